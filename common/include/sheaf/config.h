@@ -1,0 +1,124 @@
+/* sheaf/config.h - one configuration for every sheaf program.
+ *
+ * Sources, weakest first: built-in defaults, a config file (`--config FILE`
+ * or SHEAF_CONFIG), environment variables SHEAF_<KEY> (the key upper-cased,
+ * '.' and '-' turned into '_', e.g. llm.base_url -> SHEAF_LLM_BASE_URL),
+ * then command-line `-X key=value` flags.  The keys are declared once in a
+ * table (config.c: name, type, default, bounds, field offset, doc); unknown
+ * keys and bad values stop the program with a message naming the key and
+ * where it came from.  Keys starting with "kafka." are passed through to
+ * librdkafka (e.g. kafka.security.protocol); librdkafka itself validates
+ * them when the client is created, and a refused property is an error.
+ *
+ * File format: one `key = value` per line; '#' starts a comment line;
+ * blank lines ignored; values may be wrapped in double quotes, inside
+ * which \n, \t, \\ and \" are escapes (for multi-line prompts).
+ *
+ * Secrets (llm.api_key, redis.password) may come from files
+ * (llm.api_key_file, redis.password_file) or the environment; they are
+ * never printed: sheaf_config_dump() shows them as "(set)". */
+#ifndef SHEAF_CONFIG_H
+#define SHEAF_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include "sheaf/error.h"
+
+typedef struct sheaf_kv {
+    char *key;
+    char *value;
+} sheaf_kv;
+
+typedef struct sheaf_config {
+    /* Kafka */
+    char *brokers;               /* brokers: bootstrap.servers (required for Kafka use) */
+    char *topic_prefix;          /* topic.prefix: topics are <prefix>.map/.dlq/.results */
+    int session_timeout_ms;      /* kafka.session_timeout_ms wrapper: group.session.timeout */
+    int heartbeat_ms;            /* heartbeat.interval.ms */
+    sheaf_kv *kafka_props;       /* kafka.* passthrough, in order given */
+    size_t kafka_props_len;
+
+    /* Redis */
+    char *redis_url;             /* redis.url: redis://[user@]host:port[/db] */
+    char *redis_password;        /* secret: SHEAF_REDIS_PASSWORD or redis.password_file */
+    char *redis_password_file;
+    int redis_timeout_ms;
+
+    /* LLM endpoint (OpenAI-compatible) */
+    char *llm_base_url;          /* llm.base_url, e.g. http://127.0.0.1:8080/v1 */
+    char *llm_model;             /* llm.model */
+    char *llm_api_key;           /* secret: SHEAF_LLM_API_KEY or llm.api_key_file */
+    char *llm_api_key_file;
+    double llm_temperature;      /* llm.temperature */
+    int llm_max_tokens;          /* llm.max_tokens: completion budget per call */
+    int llm_timeout_ms;          /* llm.timeout_ms: whole request */
+    int llm_connect_timeout_ms;  /* llm.connect_timeout_ms */
+    int llm_max_attempts;        /* llm.max_attempts: tries per call incl. the first */
+    int llm_backoff_ms;          /* llm.backoff_ms: first retry delay, doubled per try */
+    int llm_max_response_bytes;  /* llm.max_response_bytes: cap on an HTTP body */
+
+    /* Chunking */
+    int chunk_max_tokens;        /* chunk.max_tokens */
+    int chunk_overlap_tokens;    /* chunk.overlap_tokens */
+    int chunk_pages_per_batch;   /* chunk.pages_per_batch: 0 = token mode */
+
+    /* Producer input */
+    char *input_format;          /* input.format: auto|text|jsonl */
+    char *input_id_field;        /* input.id_field (JSONL) */
+    char *input_text_field;      /* input.text_field (JSONL) */
+    char *input_meta_fields;     /* input.meta_fields: comma list, "" = none, "*" = all others */
+    int input_max_line_bytes;    /* input.max_line_bytes: cap on one JSONL line */
+    long long input_max_doc_bytes; /* input.max_doc_bytes: cap on one document */
+    char *input_on_error;        /* input.on_error: refuse|skip */
+
+    /* Worker and reducer */
+    char *worker_group;          /* worker.group: Kafka consumer group id */
+    char *reducer_group;         /* reducer.group: Redis stream consumer group */
+    int reducer_claim_idle_ms;   /* reducer.claim_idle_ms: claim a dead reducer's entries after */
+    char *reducer_output;        /* reducer.output: JSONL file path, "-" = stdout, "" = none */
+
+    /* Built-in pipeline prompts */
+    char *prompt_system;         /* prompt.system */
+    char *prompt_map;            /* prompt.map: user template for each chunk */
+    char *prompt_combine;        /* prompt.combine: user template per document */
+    char *prompt_overview;       /* prompt.overview: user template over document results */
+
+    char *log_level;             /* log.level: error|warn|info|debug */
+    int log_json;                /* log.json: JSON-lines logs */
+} sheaf_config;
+
+/* Fills cfg with the defaults.  Always succeeds unless out of memory. */
+sheaf_err sheaf_config_init(sheaf_config *cfg);
+void sheaf_config_clear(sheaf_config *cfg);
+
+/* Sets one key from a given source (source is used in error messages, e.g.
+ * "file sheaf.conf line 3", "environment SHEAF_LLM_MODEL", "flag -X").
+ * Unknown keys and out-of-range values fail with SHEAF_ERR_CONFIG. */
+sheaf_err sheaf_config_set(sheaf_config *cfg, const char *key, const char *value,
+                           const char *source, char *errstr, size_t errlen);
+
+sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errstr,
+                                 size_t errlen);
+/* Applies every SHEAF_* environment variable; an unknown SHEAF_ variable is
+ * an error (SHEAF_CONFIG, SHEAF_DEV_DIR and names listed in
+ * sheaf_config_env_ignored are not keys and are skipped). */
+sheaf_err sheaf_config_load_env(sheaf_config *cfg, char *errstr, size_t errlen);
+
+/* The usual sequence for a program: defaults, the file named by
+ * config_path (or SHEAF_CONFIG when NULL), the environment, then each
+ * "key=value" of overrides (from -X flags), then secrets from their files.
+ * Finally validates cross-key rules (e.g. overlap < max_tokens). */
+sheaf_err sheaf_config_load(sheaf_config *cfg, const char *config_path,
+                            char *const *overrides, size_t n_overrides, char *errstr,
+                            size_t errlen);
+
+/* Prints every key and its current value as a config file would hold it,
+ * secrets shown as "(set)" or "(unset)". */
+void sheaf_config_dump(const sheaf_config *cfg, FILE *out);
+/* Prints the key table with types, defaults and docs (for --help-config). */
+void sheaf_config_print_help(FILE *out);
+
+/* Topic names: <topic.prefix>.<suffix> into out. */
+void sheaf_topic_name(const sheaf_config *cfg, const char *suffix, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,93 @@
+/* sheaf/llm.h - client for OpenAI-compatible chat completions over libcurl.
+ *
+ * POST {llm.base_url}/chat/completions with a JSON body
+ * {"model","messages":[{"role","content"}],"temperature","max_tokens"};
+ * reads choices[0].message.content and usage.{prompt,completion}_tokens.
+ * The API key is sent as "Authorization: Bearer ..." and never logged.
+ *
+ * Building the body and parsing the answer are separate pure functions so
+ * they can be unit-tested and fuzzed without a network.
+ *
+ * Error classes (what a caller does next):
+ *   SHEAF_ERR_LLM_RETRY  429, 408, 409, 5xx, timeout, connection failure or
+ *                        reset, an empty or truncated body: try again later
+ *                        (retry_after_ms set from Retry-After when given);
+ *   SHEAF_ERR_LLM_FATAL  other 4xx (bad request, auth, not found, context too
+ *                        long), a 2xx whose body is not a valid completion:
+ *                        retrying the same request will not help.  Note a
+ *                        malformed 2xx body is treated as RETRY once the
+ *                        parser says the JSON itself is broken (servers
+ *                        under load do cut bodies), FATAL when the JSON is
+ *                        valid but has no content. */
+#ifndef SHEAF_LLM_H
+#define SHEAF_LLM_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "sheaf/config.h"
+#include "sheaf/error.h"
+
+typedef struct sheaf_llm_message {
+    const char *role;     /* "system", "user", "assistant" */
+    const char *content;
+} sheaf_llm_message;
+
+typedef struct sheaf_llm_request {
+    const char *model;
+    double temperature;
+    int max_tokens;                  /* <= 0: not sent */
+    const sheaf_llm_message *messages;
+    size_t n_messages;
+} sheaf_llm_request;
+
+typedef struct sheaf_llm_usage {
+    uint64_t prompt_tokens;
+    uint64_t completion_tokens;
+} sheaf_llm_usage;
+
+typedef struct sheaf_llm_result {
+    char *content;          /* owned by the caller after success: free() */
+    sheaf_llm_usage usage;
+    long http_status;       /* last HTTP status seen (0: none) */
+    int64_t retry_after_ms; /* from Retry-After on 429/503, else -1 */
+    int attempts;           /* calls made, for sheaf_llm_complete_retry */
+} sheaf_llm_result;
+
+/* Returns a malloc'd JSON body for req, or NULL on allocation failure. */
+char *sheaf_llm_request_json(const sheaf_llm_request *req);
+
+/* Parses a chat-completion response body.  On success *content is a
+ * malloc'd NUL-terminated string.  Errors: SHEAF_ERR_LLM_RETRY when the body
+ * is not valid JSON (truncated), SHEAF_ERR_LLM_FATAL when it is JSON without
+ * choices[0].message.content as a string, or carries an "error" object. */
+sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
+                                   sheaf_llm_usage *usage, char *errstr, size_t errlen);
+
+/* Parses a Retry-After header value (delta seconds, possibly fractional, or
+ * an HTTP date) into milliseconds from now; -1 if unparseable. */
+int64_t sheaf_llm_parse_retry_after(const char *value);
+
+typedef struct sheaf_llm sheaf_llm;
+
+/* Creates a client from llm.* settings; reuses one connection (keep-alive). */
+sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen);
+void sheaf_llm_destroy(sheaf_llm *llm);
+
+/* One HTTP attempt.  result->content is NULL unless SHEAF_OK. */
+sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
+                             sheaf_llm_result *result, char *errstr, size_t errlen);
+
+/* Attempts up to llm.max_attempts times, sleeping between retryable
+ * failures with exponential backoff and full jitter (first delay
+ * llm.backoff_ms, doubled each time, capped at 30 s), or the server's
+ * Retry-After when it is longer.  Returns early with SHEAF_ERR_STOPPED when
+ * *stop becomes non-zero while waiting.  The last error is returned. */
+sheaf_err sheaf_llm_complete_retry(sheaf_llm *llm, const sheaf_llm_request *req,
+                                   sheaf_llm_result *result, volatile sig_atomic_t *stop,
+                                   char *errstr, size_t errlen);
+
+/* Frees result->content and zeroes the result. */
+void sheaf_llm_result_clear(sheaf_llm_result *result);
+
+#endif

@@ -1,0 +1,59 @@
+/* sheaf/kafka.h - creating librdkafka clients the sheaf way.
+ *
+ * Every client gets bootstrap.servers from `brokers`, a client.id naming the
+ * program, the kafka.* passthrough properties (a property librdkafka
+ * refuses is an error naming it, never just a log line), and a log
+ * callback that routes librdkafka's logs into sheaf's logger.
+ *
+ * Producers are idempotent (enable.idempotence=true, acks=all) and compress
+ * (lz4).  Delivery reports are counted per client; sheaf_kafka_flush()
+ * reports any message that could not be delivered.
+ *
+ * Consumers are at-least-once: enable.auto.commit=true with
+ * enable.auto.offset.store=false, so only offsets handed to
+ * rd_kafka_offsets_store() (after the result is durable) are committed;
+ * auto.offset.reset=earliest; cooperative-sticky assignment so a dead
+ * member only moves its own partitions; session and heartbeat from
+ * group.session_timeout_ms / group.heartbeat_ms. */
+#ifndef SHEAF_KAFKA_H
+#define SHEAF_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+#include "sheaf/config.h"
+#include "sheaf/error.h"
+
+/* A configuration with the common properties set.  The caller owns it until
+ * it is handed to rd_kafka_new() (which takes it on success). */
+rd_kafka_conf_t *sheaf_kafka_conf_new(const sheaf_config *cfg, const char *client_id,
+                                      char *errstr, size_t errlen);
+
+rd_kafka_t *sheaf_kafka_producer_new(const sheaf_config *cfg, const char *client_id,
+                                     char *errstr, size_t errlen);
+
+/* A consumer in group `group`, not yet subscribed.  rebalance_cb may be NULL
+ * (librdkafka's default assignment handling is then used). */
+rd_kafka_t *sheaf_kafka_consumer_new(const sheaf_config *cfg, const char *client_id,
+                                     const char *group,
+                                     void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t,
+                                                          rd_kafka_topic_partition_list_t *,
+                                                          void *),
+                                     void *opaque, char *errstr, size_t errlen);
+
+/* Waits up to timeout_ms for outstanding messages; fails when some are
+ * still queued or any delivery report since the client was created (or the
+ * last successful flush) was an error.  errstr says how many and why. */
+sheaf_err sheaf_kafka_flush(rd_kafka_t *producer, int timeout_ms, char *errstr, size_t errlen);
+
+/* Number of messages whose delivery failed since the client was created. */
+unsigned long sheaf_kafka_delivery_failures(rd_kafka_t *producer);
+
+/* Sends a copy of orig (key, value, headers kept) to dlq_topic with headers
+ * sheaf-dlq-reason, sheaf-dlq-topic, sheaf-dlq-partition, sheaf-dlq-offset
+ * and, when known, sheaf-job.  Asynchronous; flush before committing the
+ * offset of orig. */
+sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
+                               const rd_kafka_message_t *orig, const char *reason,
+                               const char *job, char *errstr, size_t errlen);
+
+#endif

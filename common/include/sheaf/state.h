@@ -1,0 +1,158 @@
+/* sheaf/state.h - the Redis state model of sheaf.
+ *
+ * Every key of a job shares the hash tag {J} so the Lua scripts below touch
+ * one slot and keep working on Redis Cluster:
+ *
+ *   sheaf:{J}:job          hash    id, state, pv, topic, created_ms,
+ *                                  finished_ms, docs, chunks, chunks_ok,
+ *                                  chunks_failed, docs_ready, docs_done, dlq,
+ *                                  tokens_prompt, tokens_completion, error
+ *   sheaf:{J}:docs         list    document ids in submit order
+ *   sheaf:{J}:d:<doc>      hash    n (chunks), meta (JSON), ordinal
+ *   sheaf:{J}:p:<doc>      hash    s:<idx> = ok|failed, r:<idx> = result
+ *                                  JSON, done = chunks recorded
+ *   sheaf:{J}:results      hash    <doc> = the document's result (JSON line)
+ *   sheaf:{J}:overview     string  the overview result (JSON line)
+ *   sheaf:{J}:ready        stream  entries {type=doc, doc=<id>} and one
+ *                                  {type=overview}; consumer group =
+ *                                  reducer.group
+ *   sheaf:pipeline:<pv>    string  pipeline snapshot (canonical JSON)
+ *   sheaf:jobs             zset    every job id, score = created_ms
+ *   sheaf:jobs:active      set     jobs whose overview is not written yet
+ *
+ * Job states: producing -> running -> done, or failed (with error).
+ *
+ * Idempotence: a chunk's result is written by a Lua script that does
+ * nothing when the chunk already has one (first write wins), and the same
+ * script increments the document's done count and, when it reaches n,
+ * appends {type=doc} to the ready stream: redelivered chunks never double
+ * count and no document is forgotten.  Likewise a document's result is
+ * recorded once and the last one enqueues {type=overview}. */
+#ifndef SHEAF_STATE_H
+#define SHEAF_STATE_H
+
+#include <hiredis/hiredis.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "sheaf/codec.h"
+#include "sheaf/config.h"
+#include "sheaf/error.h"
+
+typedef struct sheaf_redis sheaf_redis;
+
+/* Connects to redis.url (with redis.password when set; the password is
+ * never logged).  Returns NULL with errstr on failure. */
+sheaf_redis *sheaf_redis_connect(const sheaf_config *cfg, char *errstr, size_t errlen);
+void sheaf_redis_destroy(sheaf_redis *r);
+
+/* Runs one command (hiredis argv form).  On a lost connection it reconnects
+ * once and retries.  Returns the reply (caller frees with freeReplyObject,
+ * which frees nested replies) or NULL with errstr; a Redis error reply is
+ * returned as NULL too, its message in errstr. */
+redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const size_t *argvlen,
+                             char *errstr, size_t errlen);
+/* printf-style convenience over sheaf_redis_argv (hiredis format rules:
+ * %s strings, %b binary with length). */
+redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);
+
+/* ---- producer side ---- */
+
+/* Creates the job (state producing), stores the pipeline snapshot, adds the
+ * job to sheaf:jobs and sheaf:jobs:active, creates the ready stream and its
+ * consumer group.  Fails if the job id already exists. */
+sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                                 const char *pipeline_json, const char *pv, const char *topic,
+                                 char *errstr, size_t errlen);
+
+typedef struct sheaf_doc_reg {
+    const char *id;
+    uint32_t chunks;
+    const char *meta_json;   /* "{}" when none */
+} sheaf_doc_reg;
+
+/* Registers documents (appends to sheaf:{J}:docs in the order given, from
+ * ordinal first_ordinal).  Call in batches before producing their chunks. */
+sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_reg *docs,
+                               size_t n, uint64_t first_ordinal, char *errstr, size_t errlen);
+
+/* Sets state (and totals: docs, chunks) once every chunk is produced:
+ * "running".  On failure use sheaf_state_job_fail. */
+sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs,
+                                  uint64_t chunks, char *errstr, size_t errlen);
+sheaf_err sheaf_state_job_fail(sheaf_redis *r, const char *job, const char *reason,
+                               char *errstr, size_t errlen);
+
+/* ---- worker side ---- */
+
+/* Fetches the pipeline snapshot JSON (malloc'd) of version pv. */
+sheaf_err sheaf_state_pipeline_get(sheaf_redis *r, const char *pv, char **json, char *errstr,
+                                   size_t errlen);
+
+/* 1 in *exists when the chunk already has a recorded result. */
+sheaf_err sheaf_state_chunk_exists(sheaf_redis *r, const sheaf_chunk_msg *m, int *exists,
+                                   char *errstr, size_t errlen);
+
+typedef enum { SHEAF_CHUNK_NEW = 1, SHEAF_CHUNK_DUPLICATE = 0, SHEAF_CHUNK_DOC_READY = 2 } sheaf_chunk_outcome;
+
+/* Records the chunk's result: ok with result_json (the map output record),
+ * or failed with result_json holding {"error": reason}.  Usage tokens are
+ * added to the job's totals only on the first write. */
+sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int ok,
+                                  const char *result_json, uint64_t prompt_tokens,
+                                  uint64_t completion_tokens, sheaf_chunk_outcome *outcome,
+                                  char *errstr, size_t errlen);
+
+/* Counts a dead-lettered message against the job (if the job exists). */
+sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr,
+                                   size_t errlen);
+
+/* ---- reducer side ---- */
+
+typedef struct sheaf_partial {
+    int ok;          /* 1 ok, 0 failed, -1 missing */
+    char *json;      /* the stored record (owned), NULL when missing */
+} sheaf_partial;
+
+/* Reads a document's n partial results in chunk order into *parts (n
+ * entries, owned by the caller: sheaf_partials_free). */
+sheaf_err sheaf_state_doc_partials(sheaf_redis *r, const char *job, const char *doc,
+                                   uint32_t *n, sheaf_partial **parts, char *errstr,
+                                   size_t errlen);
+void sheaf_partials_free(sheaf_partial *parts, uint32_t n);
+
+/* Document metadata JSON (malloc'd, "{}" when none) and chunk count. */
+sheaf_err sheaf_state_doc_info(sheaf_redis *r, const char *job, const char *doc,
+                               char **meta_json, uint32_t *chunks, char *errstr, size_t errlen);
+
+/* Records the document result once; *overview_queued is 1 when this was the
+ * last document and {type=overview} was enqueued. */
+sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const char *doc,
+                                       const char *result_json, uint64_t prompt_tokens,
+                                       uint64_t completion_tokens, int *overview_queued,
+                                       char *errstr, size_t errlen);
+
+/* Stores the overview, sets state done and finished_ms, removes the job from
+ * sheaf:jobs:active.  Idempotent. */
+sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char *overview_json,
+                                     uint64_t prompt_tokens, uint64_t completion_tokens,
+                                     char *errstr, size_t errlen);
+
+/* ---- status ---- */
+
+typedef struct sheaf_job_status {
+    char state[32];
+    char pv[32];
+    char error[256];
+    int64_t created_ms, finished_ms;
+    uint64_t docs, chunks, chunks_ok, chunks_failed, docs_ready, docs_done, dlq;
+    uint64_t tokens_prompt, tokens_completion;
+    int overview_done;
+} sheaf_job_status;
+
+sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_status *st,
+                                 char *errstr, size_t errlen);
+
+/* Key helpers: "sheaf:{<job>}:<suffix>" into out. */
+void sheaf_key(char *out, size_t outlen, const char *job, const char *suffix);
+
+#endif

@@ -1,0 +1,54 @@
+/* producer/producer.h - `sheaf submit`: read inputs, chunk, register, produce.
+ *
+ * Inputs are files, directories (walked recursively in sorted order, taking
+ * *.txt, *.md, *.text and *.jsonl files), and JSONL corpora.  The format of
+ * each file comes from input.format or, with "auto", its name: *.jsonl is
+ * JSONL (one item per line: input.id_field, input.text_field and
+ * input.meta_fields say which fields are what), anything else is one
+ * document of plain text whose id is the path as given on the command
+ * line (or, under a directory, the path relative to that directory's
+ * parent, e.g. "reports/q3.txt").  Form feeds in text mark pages.
+ *
+ * Two passes, both streaming with bounded memory (only per-document counts
+ * are kept, never the texts): pass 1 validates every input and counts each
+ * document's chunks; pass 2 registers the job in Redis and produces the
+ * chunk messages.  With input.on_error=refuse (default) any bad input
+ * refuses the whole submit before anything is registered or produced, with
+ * one message per problem naming file and line; with input.on_error=skip
+ * bad documents are reported and left out, the rest is submitted.  So a
+ * job is never registered with documents that can never finish.  If
+ * production itself fails part-way (Kafka unreachable), the job is marked
+ * failed with the reason. */
+#ifndef SHEAF_PRODUCER_H
+#define SHEAF_PRODUCER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "sheaf/config.h"
+#include "sheaf/error.h"
+
+typedef struct sheaf_submit_opts {
+    char *const *inputs;     /* paths */
+    size_t n_inputs;
+    const char *job_id;      /* NULL: a new id is generated */
+    int dry_run;             /* pass 1 only: validate, count, print nothing to Kafka/Redis */
+} sheaf_submit_opts;
+
+typedef struct sheaf_submit_report {
+    char job_id[201];
+    char pv[17];
+    uint64_t docs;           /* documents submitted */
+    uint64_t chunks;         /* chunk messages produced (or that would be) */
+    uint64_t tokens;         /* estimated tokens in all chunks */
+    uint64_t bytes;          /* input bytes read */
+    uint64_t skipped;        /* bad documents left out (on_error=skip) */
+    uint64_t problems;       /* input problems found */
+} sheaf_submit_report;
+
+/* Runs a submit.  Problems with inputs are logged (file:line: message) as
+ * they are found; the return value summarises: SHEAF_ERR_INVALID when the
+ * submit was refused for bad input, other errors for Redis/Kafka. */
+sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
+                       sheaf_submit_report *report, char *errstr, size_t errlen);
+
+#endif

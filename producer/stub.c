@@ -1,3 +1,0 @@
-/* placeholder until the producer lands */
-void sheaf_producer_placeholder(void);
-void sheaf_producer_placeholder(void) {}

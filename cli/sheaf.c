@@ -1,1 +1,289 @@
-int main(void) { return 0; }
+/* sheaf.c - the `sheaf` command line.
+ *
+ *   sheaf submit [--job-id ID] [--wait] [--dry-run] INPUT...
+ *   sheaf status JOB [--json]
+ *   sheaf results JOB
+ *   sheaf config            (print the effective configuration, secrets hidden)
+ *
+ * Every subcommand takes -c FILE and -X key=value like the other programs.
+ * Data (job ids, results, JSON) goes to stdout; messages to stderr. */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "producer.h"
+#include "sheaf/log.h"
+#include "sheaf/program.h"
+#include "sheaf/state.h"
+#include "sheaf/util.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: sheaf COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  submit [--job-id ID] [--wait] [--dry-run] INPUT...\n"
+            "        chunk files, directories (.txt .md) and JSONL corpora, register the\n"
+            "        job in Redis, produce its chunks to Kafka; prints the job id.\n"
+            "        --wait: wait until the job is done, then print its overview.\n"
+            "  status JOB [--json]   documents and chunks done, failed, in flight\n"
+            "  results JOB           per-document results then the overview, as JSONL\n"
+            "  config                the effective configuration (secrets hidden)\n"
+            "\n"
+            "options for every command:\n"
+            "  -c, --config FILE     configuration file (default: $SHEAF_CONFIG)\n"
+            "  -X key=value          set a configuration key (sheaf --help-config)\n");
+}
+
+typedef struct cli {
+    sheaf_config cfg;
+    const char *config_path;
+    char **overrides;
+    size_t n_overrides;
+    const char *job_id;
+    int wait, dry_run, json;
+    int timeout_s;
+} cli;
+
+/* ---- status ---- */
+
+static int print_status(const sheaf_job_status *st, const char *job, int json)
+{
+    uint64_t finished = st->chunks_ok + st->chunks_failed;
+    uint64_t in_flight = st->chunks > finished ? st->chunks - finished : 0;
+    if (json) {
+        printf("{\"job\":\"%s\",\"state\":\"%s\",\"pipeline\":\"%s\",\"docs\":%llu,"
+               "\"docs_done\":%llu,\"docs_ready\":%llu,\"chunks\":%llu,\"chunks_done\":%llu,"
+               "\"chunks_failed\":%llu,\"chunks_in_flight\":%llu,\"dlq\":%llu,"
+               "\"overview\":%s,\"tokens_prompt\":%llu,\"tokens_completion\":%llu}\n",
+               job, st->state, st->pv, (unsigned long long)st->docs,
+               (unsigned long long)st->docs_done, (unsigned long long)st->docs_ready,
+               (unsigned long long)st->chunks, (unsigned long long)st->chunks_ok,
+               (unsigned long long)st->chunks_failed, (unsigned long long)in_flight,
+               (unsigned long long)st->dlq, st->overview_done ? "true" : "false",
+               (unsigned long long)st->tokens_prompt,
+               (unsigned long long)st->tokens_completion);
+    } else {
+        printf("job %s: %s%s%s\n", job, st->state, st->error[0] ? ": " : "", st->error);
+        printf("  documents  %llu done of %llu (%llu ready to combine)\n",
+               (unsigned long long)st->docs_done, (unsigned long long)st->docs,
+               (unsigned long long)(st->docs_ready > st->docs_done ? st->docs_ready - st->docs_done
+                                                                   : 0));
+        printf("  chunks     %llu done, %llu failed, %llu in flight, of %llu\n",
+               (unsigned long long)st->chunks_ok, (unsigned long long)st->chunks_failed,
+               (unsigned long long)in_flight, (unsigned long long)st->chunks);
+        printf("  dead letters %llu\n", (unsigned long long)st->dlq);
+        printf("  overview   %s\n", st->overview_done ? "written" : "pending");
+        printf("  tokens     %llu prompt + %llu completion\n",
+               (unsigned long long)st->tokens_prompt, (unsigned long long)st->tokens_completion);
+    }
+    return 0;
+}
+
+static int cmd_status(cli *c, const char *job)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_job_status st;
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    int rc = 1;
+    if (!r) goto out;
+    if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+    rc = print_status(&st, job, c->json);
+out:
+    if (rc) fprintf(stderr, "sheaf status: %s\n", errstr);
+    sheaf_redis_destroy(r);
+    return rc;
+}
+
+/* ---- results ---- */
+
+static int cmd_results(cli *c, const char *job)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], kres[512], kov[512];
+    sheaf_job_status st;
+    redisReply *ids = NULL, *ov = NULL;
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    int rc = 1;
+
+    if (!r || sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
+    sheaf_key(kres, sizeof(kres), job, "results");
+    sheaf_key(kov, sizeof(kov), job, "overview");
+    ids = sheaf_redis_cmd(r, errstr, sizeof(errstr), "LRANGE %s 0 -1", kdocs);
+    if (!ids) goto out;
+    size_t missing = 0;
+    for (size_t i = 0; i < ids->elements; i++) {
+        redisReply *rep = sheaf_redis_cmd(r, errstr, sizeof(errstr), "HGET %s %s", kres,
+                                          ids->element[i]->str);
+        if (!rep) goto out;
+        if (rep->type == REDIS_REPLY_STRING) printf("%s\n", rep->str);
+        else missing++;
+        freeReplyObject(rep);
+    }
+    ov = sheaf_redis_cmd(r, errstr, sizeof(errstr), "GET %s", kov);
+    if (!ov) goto out;
+    if (ov->type == REDIS_REPLY_STRING) printf("%s\n", ov->str);
+    fflush(stdout);
+    if (missing || ov->type != REDIS_REPLY_STRING) {
+        fprintf(stderr, "sheaf results: job %s is %s: %zu of %zu document results missing%s\n",
+                job, st.state, missing, ids->elements,
+                ov->type == REDIS_REPLY_STRING ? "" : ", overview not written yet");
+        rc = 3;
+        goto out;
+    }
+    rc = 0;
+out:
+    if (rc == 1) fprintf(stderr, "sheaf results: %s\n", errstr);
+    if (ids) freeReplyObject(ids);
+    if (ov) freeReplyObject(ov);
+    sheaf_redis_destroy(r);
+    return rc;
+}
+
+/* ---- submit ---- */
+
+/* Polls the job until it is done or failed; prints progress to stderr. */
+static int wait_job(cli *c, const char *job)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    sheaf_job_status st;
+    int64_t start = sheaf_mono_ms(), last_print = 0;
+    int rc = 1;
+    if (!r) goto out;
+    while (!sheaf_stop) {
+        if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+        int64_t now = sheaf_mono_ms();
+        if (strcmp(st.state, "done") == 0) {
+            fprintf(stderr, "job %s done in %.1f s: %llu documents, %llu chunks (%llu failed), "
+                    "%llu dead letters\n", job, (double)(now - start) / 1000.0,
+                    (unsigned long long)st.docs, (unsigned long long)st.chunks,
+                    (unsigned long long)st.chunks_failed, (unsigned long long)st.dlq);
+            rc = st.chunks_failed || st.dlq ? 4 : 0;
+            goto out;
+        }
+        if (strcmp(st.state, "failed") == 0) {
+            snprintf(errstr, sizeof(errstr), "job %s failed: %s", job, st.error);
+            goto out;
+        }
+        if (now - last_print >= 2000) {
+            fprintf(stderr, "job %s %s: chunks %llu/%llu (%llu failed), documents %llu/%llu\n",
+                    job, st.state, (unsigned long long)(st.chunks_ok + st.chunks_failed),
+                    (unsigned long long)st.chunks, (unsigned long long)st.chunks_failed,
+                    (unsigned long long)st.docs_done, (unsigned long long)st.docs);
+            last_print = now;
+        }
+        if (c->timeout_s > 0 && now - start > (int64_t)c->timeout_s * 1000) {
+            snprintf(errstr, sizeof(errstr), "job %s not done after %d s", job, c->timeout_s);
+            goto out;
+        }
+        sheaf_sleep_ms(200);
+    }
+    snprintf(errstr, sizeof(errstr), "interrupted; job %s continues on the fleet", job);
+out:
+    if (rc == 1) fprintf(stderr, "sheaf submit: %s\n", errstr);
+    sheaf_redis_destroy(r);
+    return rc;
+}
+
+static int cmd_submit(cli *c, char **inputs, size_t n)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_submit_report rep;
+    memset(&rep, 0, sizeof(rep));
+    if (n == 0) {
+        fprintf(stderr, "sheaf submit: no input given (files, directories or .jsonl)\n");
+        return 2;
+    }
+    sheaf_submit_opts o = {.inputs = inputs, .n_inputs = n, .job_id = c->job_id,
+                           .dry_run = c->dry_run};
+    sheaf_err err = sheaf_submit(&c->cfg, &o, &rep, errstr, sizeof(errstr));
+    if (err != SHEAF_OK) {
+        fprintf(stderr, "sheaf submit: %s\n", errstr);
+        return err == SHEAF_ERR_INVALID ? 2 : 1;
+    }
+    if (c->dry_run) {
+        printf("{\"docs\":%llu,\"chunks\":%llu,\"tokens\":%llu,\"bytes\":%llu,\"skipped\":%llu,"
+               "\"pipeline\":\"%s\"}\n",
+               (unsigned long long)rep.docs, (unsigned long long)rep.chunks,
+               (unsigned long long)rep.tokens, (unsigned long long)rep.bytes,
+               (unsigned long long)rep.skipped, rep.pv);
+        return 0;
+    }
+    printf("%s\n", rep.job_id);
+    fflush(stdout);
+    return c->wait ? wait_job(c, rep.job_id) : 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"job-id", required_argument, NULL, 'j'},
+                                         {"wait", no_argument, NULL, 'w'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {"dry-run", no_argument, NULL, 'n'},
+                                         {"json", no_argument, NULL, 'J'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"help-config", no_argument, NULL, 'H'},
+                                         {NULL, 0, NULL, 0}};
+    cli c;
+    int opt, rc = 2;
+    memset(&c, 0, sizeof(c));
+    c.overrides = calloc((size_t)argc + 1, sizeof(char *));
+
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        rc = argc < 2 ? 2 : 0;
+        goto out;
+    }
+    if (strcmp(argv[1], "--help-config") == 0) {
+        sheaf_config_print_help(stdout);
+        rc = 0;
+        goto out;
+    }
+    const char *cmd = argv[1];
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "c:X:h", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': c.config_path = optarg; break;
+        case 'X': c.overrides[c.n_overrides++] = optarg; break;
+        case 'j': c.job_id = optarg; break;
+        case 'w': c.wait = 1; break;
+        case 't': c.timeout_s = atoi(optarg); break;
+        case 'n': c.dry_run = 1; break;
+        case 'J': c.json = 1; break;
+        case 'h': usage(stdout); rc = 0; goto out;
+        case 'H': sheaf_config_print_help(stdout); rc = 0; goto out;
+        default: usage(stderr); goto out;
+        }
+    }
+    if (sheaf_program_config(&c.cfg, "sheaf", c.config_path, c.overrides, c.n_overrides))
+        goto out;
+    sheaf_program_signals();
+    char **rest = argv + optind;
+    size_t n_rest = (size_t)(argc - optind);
+    if (strcmp(cmd, "submit") == 0) {
+        rc = cmd_submit(&c, rest, n_rest);
+    } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "results") == 0) {
+        if (n_rest != 1) {
+            fprintf(stderr, "sheaf %s: expected exactly one job id\n", cmd);
+            goto cleanup;
+        }
+        rc = strcmp(cmd, "status") == 0 ? cmd_status(&c, rest[0]) : cmd_results(&c, rest[0]);
+    } else if (strcmp(cmd, "config") == 0) {
+        sheaf_config_dump(&c.cfg, stdout);
+        rc = 0;
+    } else {
+        fprintf(stderr, "sheaf: unknown command \"%s\" (sheaf --help lists them)\n", cmd);
+    }
+cleanup:
+    sheaf_config_clear(&c.cfg);
+out:
+    free(c.overrides);
+    return rc;
+}

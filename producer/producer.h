@@ -1,7 +1,9 @@
 /* producer/producer.h - `sheaf submit`: read inputs, chunk, register, produce.
  *
  * Inputs are files, directories (walked recursively in sorted order, taking
- * *.txt, *.md, *.text and *.jsonl files), and JSONL corpora.  The format of
+ * *.txt, *.md, *.text and *.jsonl files, case-insensitive; names starting
+ * with '.' are skipped and links to directories are not followed), and
+ * JSONL corpora (blank lines are skipped).  The format of
  * each file comes from input.format or, with "auto", its name: *.jsonl is
  * JSONL (one item per line: input.id_field, input.text_field and
  * input.meta_fields say which fields are what), anything else is one
@@ -47,7 +49,9 @@ typedef struct sheaf_submit_report {
 
 /* Runs a submit.  Problems with inputs are logged (file:line: message) as
  * they are found; the return value summarises: SHEAF_ERR_INVALID when the
- * submit was refused for bad input, other errors for Redis/Kafka. */
+ * submit was refused for bad input (or a job with that id exists), other
+ * errors for Redis/Kafka.  On a failure in pass 2, report->chunks is the
+ * number of messages handed to Kafka before it. */
 sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
                        sheaf_submit_report *report, char *errstr, size_t errlen);
 

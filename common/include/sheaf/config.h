@@ -14,9 +14,22 @@
  * blank lines ignored; values may be wrapped in double quotes, inside
  * which \n, \t, \\ and \" are escapes (for multi-line prompts).
  *
+ * Values: integers are strict base 10 (the whole value, bounds checked);
+ * booleans are true/false/1/0/yes/no/on/off; enumerations must be one of
+ * their listed values; strings must be valid UTF-8.
+ *
+ * Environment: every variable starting with SHEAF_ must name a key, except
+ * these, which are not keys and are skipped: SHEAF_CONFIG, SHEAF_DEV_DIR,
+ * SHEAF_BUILD_DIR, SHEAF_SOURCE_DIR, SHEAF_BIN_DIR and any name starting
+ * with SHEAF_TEST_ or SHEAF_SIM_.  SHEAF_KAFKA_<NAME> sets kafka.<name>
+ * (lower-cased, '_' turned into '.'), e.g. SHEAF_KAFKA_SECURITY_PROTOCOL.
+ *
  * Secrets (llm.api_key, redis.password) may come from files
- * (llm.api_key_file, redis.password_file) or the environment; they are
- * never printed: sheaf_config_dump() shows them as "(set)". */
+ * (llm.api_key_file, redis.password_file: the first line, line ending
+ * stripped; read only when the secret itself is unset) or the environment;
+ * an empty secret counts as unset (NULL).  They are never printed:
+ * sheaf_config_dump() shows them as "(set)" or "(unset)", and errors never
+ * quote them. */
 #ifndef SHEAF_CONFIG_H
 #define SHEAF_CONFIG_H
 
@@ -33,9 +46,10 @@ typedef struct sheaf_config {
     /* Kafka */
     char *brokers;               /* brokers: bootstrap.servers (required for Kafka use) */
     char *topic_prefix;          /* topic.prefix: topics are <prefix>.map/.dlq/.results */
-    int session_timeout_ms;      /* kafka.session_timeout_ms wrapper: group.session.timeout */
-    int heartbeat_ms;            /* heartbeat.interval.ms */
-    sheaf_kv *kafka_props;       /* kafka.* passthrough, in order given */
+    int session_timeout_ms;      /* group.session_timeout_ms: session.timeout.ms */
+    int heartbeat_ms;            /* group.heartbeat_ms: heartbeat.interval.ms (< session) */
+    sheaf_kv *kafka_props;       /* kafka.* passthrough in first-set order; key is the full
+                                    "kafka.<property>", a later set replaces the value */
     size_t kafka_props_len;
 
     /* Redis */
@@ -87,8 +101,11 @@ typedef struct sheaf_config {
     int log_json;                /* log.json: JSON-lines logs */
 } sheaf_config;
 
-/* Fills cfg with the defaults.  Always succeeds unless out of memory. */
+/* Fills cfg with the defaults (cfg need not be initialised; its old
+ * contents are not freed).  Always succeeds unless out of memory. */
 sheaf_err sheaf_config_init(sheaf_config *cfg);
+/* Frees everything cfg owns and zeroes it; safe after a failed init or
+ * load, twice, and on NULL. */
 void sheaf_config_clear(sheaf_config *cfg);
 
 /* Sets one key from a given source (source is used in error messages, e.g.
@@ -100,25 +117,32 @@ sheaf_err sheaf_config_set(sheaf_config *cfg, const char *key, const char *value
 sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errstr,
                                  size_t errlen);
 /* Applies every SHEAF_* environment variable; an unknown SHEAF_ variable is
- * an error (SHEAF_CONFIG, SHEAF_DEV_DIR and names listed in
- * sheaf_config_env_ignored are not keys and are skipped). */
+ * an error naming it (the names listed at the top of this file are not keys
+ * and are skipped). */
 sheaf_err sheaf_config_load_env(sheaf_config *cfg, char *errstr, size_t errlen);
 
 /* The usual sequence for a program: defaults, the file named by
- * config_path (or SHEAF_CONFIG when NULL), the environment, then each
- * "key=value" of overrides (from -X flags), then secrets from their files.
- * Finally validates cross-key rules (e.g. overlap < max_tokens). */
+ * config_path (or SHEAF_CONFIG when NULL; none when both are unset or
+ * empty), the environment, then each "key=value" of overrides (from -X
+ * flags, split at the first '='), then secrets from their files.  Finally
+ * validates cross-key rules: chunk.overlap_tokens < chunk.max_tokens / 2
+ * and group.heartbeat_ms < group.session_timeout_ms.  cfg is initialised
+ * here (do not call sheaf_config_init first); call sheaf_config_clear
+ * afterwards, also on failure. */
 sheaf_err sheaf_config_load(sheaf_config *cfg, const char *config_path,
                             char *const *overrides, size_t n_overrides, char *errstr,
                             size_t errlen);
 
 /* Prints every key and its current value as a config file would hold it,
- * secrets shown as "(set)" or "(unset)". */
+ * secrets shown as "(set)" or "(unset)" on comment lines ("# llm.api_key =
+ * (set)") so the dump loads back as a config file.  kafka.* properties whose
+ * names suggest a secret (password, secret, .pem, sasl.jaas, ...) are shown
+ * the same way. */
 void sheaf_config_dump(const sheaf_config *cfg, FILE *out);
 /* Prints the key table with types, defaults and docs (for --help-config). */
 void sheaf_config_print_help(FILE *out);
 
-/* Topic names: <topic.prefix>.<suffix> into out. */
+/* Topic names: <topic.prefix>.<suffix> into out (truncated to outlen). */
 void sheaf_topic_name(const sheaf_config *cfg, const char *suffix, char *out, size_t outlen);
 
 #endif

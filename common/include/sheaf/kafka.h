@@ -40,6 +40,11 @@ rd_kafka_t *sheaf_kafka_consumer_new(const sheaf_config *cfg, const char *client
                                                           void *),
                                      void *opaque, char *errstr, size_t errlen);
 
+/* Destroys a producer made by sheaf_kafka_producer_new (and its delivery
+ * counters).  Call sheaf_kafka_flush first: unflushed messages are lost.
+ * NULL is a no-op. */
+void sheaf_kafka_producer_destroy(rd_kafka_t *producer);
+
 /* Waits up to timeout_ms for outstanding messages; fails when some are
  * still queued or any delivery report since the client was created (or the
  * last successful flush) was an error.  errstr says how many and why. */

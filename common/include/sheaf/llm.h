@@ -54,7 +54,10 @@ typedef struct sheaf_llm_result {
     int attempts;           /* calls made, for sheaf_llm_complete_retry */
 } sheaf_llm_result;
 
-/* Returns a malloc'd JSON body for req, or NULL on allocation failure. */
+/* Returns a malloc'd JSON body for req (compact, keys sorted, reals with 15
+ * significant digits: the same request always gives the same bytes), or
+ * NULL on allocation failure, a string that is not valid UTF-8 or a
+ * temperature that is not finite. */
 char *sheaf_llm_request_json(const sheaf_llm_request *req);
 
 /* Parses a chat-completion response body.  On success *content is a
@@ -64,8 +67,9 @@ char *sheaf_llm_request_json(const sheaf_llm_request *req);
 sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
                                    sheaf_llm_usage *usage, char *errstr, size_t errlen);
 
-/* Parses a Retry-After header value (delta seconds, possibly fractional, or
- * an HTTP date) into milliseconds from now; -1 if unparseable. */
+/* Parses a Retry-After header value (delta seconds, possibly fractional and
+ * rounded up to the next millisecond, or an HTTP date; a date in the past
+ * gives 0) into milliseconds from now; -1 if unparseable. */
 int64_t sheaf_llm_parse_retry_after(const char *value);
 
 typedef struct sheaf_llm sheaf_llm;
@@ -74,14 +78,18 @@ typedef struct sheaf_llm sheaf_llm;
 sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen);
 void sheaf_llm_destroy(sheaf_llm *llm);
 
-/* One HTTP attempt.  result->content is NULL unless SHEAF_OK. */
+/* One HTTP attempt.  result->content is NULL unless SHEAF_OK.  result is
+ * overwritten, not freed: clear a reused result first.  A request that can
+ * never be sent (empty model, no messages, invalid UTF-8) is
+ * SHEAF_ERR_LLM_FATAL; a response over llm.max_response_bytes too. */
 sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
                              sheaf_llm_result *result, char *errstr, size_t errlen);
 
 /* Attempts up to llm.max_attempts times, sleeping between retryable
  * failures with exponential backoff and full jitter (first delay
  * llm.backoff_ms, doubled each time, capped at 30 s), or the server's
- * Retry-After when it is longer.  Returns early with SHEAF_ERR_STOPPED when
+ * Retry-After when it is longer (itself capped at 300 s).  Each retry is
+ * logged at warn with the status and attempt number.  Returns early with SHEAF_ERR_STOPPED when
  * *stop becomes non-zero while waiting.  The last error is returned. */
 sheaf_err sheaf_llm_complete_retry(sheaf_llm *llm, const sheaf_llm_request *req,
                                    sheaf_llm_result *result, volatile sig_atomic_t *stop,

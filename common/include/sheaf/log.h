@@ -29,7 +29,7 @@ void sheaf_log_set_json(int on);
 void sheaf_log_write(sheaf_log_level level, const char *component, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void sheaf_log_vwrite(sheaf_log_level level, const char *component, const char *fmt,
-                      va_list ap);
+                      va_list ap) __attribute__((format(printf, 3, 0)));
 
 #define SHEAF_LOG(level, comp, ...)                                                  \
     do {                                                                             \

@@ -11,8 +11,10 @@
  * reducers look it up by the version carried in each message, so they need
  * no local copy and every process of a job sends the same prompts.
  *
- * Templates: "{{name}}" is replaced by the variable's value; "{{{{" is a
- * literal "{{".  Variables by stage:
+ * Templates: "{{name}}" is replaced by the variable's value (whitespace
+ * inside the braces is ignored: "{{ text }}"); "{{{{" is a literal "{{".
+ * An unterminated "{{", an empty name or a name holding a brace or a
+ * control character is an error.  Variables by stage:
  *   all stages: job_id
  *   map:        text, doc_id, chunk_index (from 1), chunk_count, pages
  *               ("3-4" or "" without pages), meta.<key>
@@ -51,7 +53,9 @@ sheaf_pipeline *sheaf_pipeline_builtin(const sheaf_config *cfg, char *errstr, si
 sheaf_err sheaf_pipeline_finalize(sheaf_pipeline *p, char *errstr, size_t errlen);
 /* Canonical JSON (malloc'd), the form stored in Redis and hashed. */
 char *sheaf_pipeline_to_json(const sheaf_pipeline *p);
-/* Parses the JSON form; validates and computes the version. */
+/* Parses the JSON form; validates and computes the version.  Missing keys,
+ * wrong types and unknown keys fail naming the stage and key; an optional
+ * "version" key must equal the computed version. */
 sheaf_pipeline *sheaf_pipeline_from_json(const char *json, size_t len, char *errstr,
                                          size_t errlen);
 void sheaf_pipeline_destroy(sheaf_pipeline *p);
@@ -62,7 +66,8 @@ typedef const char *(*sheaf_var_fn)(const char *name, size_t name_len, void *ud,
                                     size_t *value_len);
 
 /* Appends the rendering of tmpl to out.  An unknown variable or an
- * unterminated "{{" fails naming it. */
+ * unterminated "{{" fails naming it (SHEAF_ERR_INVALID); going over out's
+ * cap fails with SHEAF_ERR_TOO_LARGE.  On failure out is left as it was. */
 sheaf_err sheaf_prompt_render(const char *tmpl, sheaf_var_fn vars, void *ud, sheaf_buf *out,
                               char *errstr, size_t errlen);
 

@@ -1,0 +1,245 @@
+/* kafka.c - librdkafka clients configured the sheaf way.  See sheaf/kafka.h.
+ *
+ * Delivery reports are counted in a small struct hung on the client as its
+ * opaque, so sheaf_kafka_flush() can tell the caller that messages were
+ * lost instead of pretending a flush means delivered. */
+#include "sheaf/kafka.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sheaf/log.h"
+
+typedef struct producer_stats {
+    atomic_ulong delivered;
+    atomic_ulong failed;
+    atomic_ulong failed_seen;   /* failures already reported by a flush */
+    char last_error[256];
+} producer_stats;
+
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    /* syslog levels: 0-3 error, 4 warning, 5-6 info/notice, 7 debug.  Notices
+     * from librdkafka are chatty, so they go to debug. */
+    sheaf_log_level l = level <= 3 ? SHEAF_LOG_ERROR
+                        : level == 4 ? SHEAF_LOG_WARN
+                                     : SHEAF_LOG_DEBUG;
+    SHEAF_LOG(l, "kafka", "%s: %s", fac, buf);
+}
+
+static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    /* Transient broker errors are retried by librdkafka itself; fatal ones
+     * (e.g. idempotence broken) are reported by the next call. */
+    if (err == RD_KAFKA_RESP_ERR__FATAL)
+        sheaf_error("kafka", "fatal: %s", reason);
+    else
+        sheaf_debug("kafka", "%s: %s", rd_kafka_err2name(err), reason);
+}
+
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    producer_stats *st = opaque;
+    if (!st) return;
+    if (m->err) {
+        atomic_fetch_add(&st->failed, 1);
+        snprintf(st->last_error, sizeof(st->last_error), "%s", rd_kafka_err2str(m->err));
+    } else {
+        atomic_fetch_add(&st->delivered, 1);
+    }
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, char *errstr,
+                    size_t errlen)
+{
+    char err[512];
+    if (rd_kafka_conf_set(conf, key, value, err, sizeof(err)) != RD_KAFKA_CONF_OK) {
+        snprintf(errstr, errlen, "Kafka property %s: %s", key, err);
+        return -1;
+    }
+    return 0;
+}
+
+rd_kafka_conf_t *sheaf_kafka_conf_new(const sheaf_config *cfg, const char *client_id,
+                                      char *errstr, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+
+    if (!cfg->brokers || !*cfg->brokers) {
+        snprintf(errstr, errlen,
+                 "brokers is not set: set SHEAF_BROKERS or -X brokers=HOST:PORT "
+                 "(dev stack: eval \"$(dev/stack.sh env)\")");
+        goto fail;
+    }
+    if (conf_set(conf, "bootstrap.servers", cfg->brokers, errstr, errlen) ||
+        conf_set(conf, "client.id", client_id, errstr, errlen))
+        goto fail;
+    for (size_t i = 0; i < cfg->kafka_props_len; i++) {
+        /* kafka.<property> is passed as <property>; a refused one is fatal. */
+        const char *key = cfg->kafka_props[i].key;
+        if (strncmp(key, "kafka.", 6) == 0) key += 6;
+        if (conf_set(conf, key, cfg->kafka_props[i].value, errstr, errlen)) goto fail;
+    }
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+    rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+    return conf;
+
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+rd_kafka_t *sheaf_kafka_producer_new(const sheaf_config *cfg, const char *client_id,
+                                     char *errstr, size_t errlen)
+{
+    rd_kafka_t *rk = NULL;
+    producer_stats *st = NULL;
+    rd_kafka_conf_t *conf = sheaf_kafka_conf_new(cfg, client_id, errstr, errlen);
+    char err[512];
+
+    if (!conf) return NULL;
+    if (conf_set(conf, "enable.idempotence", "true", errstr, errlen) ||
+        conf_set(conf, "acks", "all", errstr, errlen) ||
+        conf_set(conf, "compression.type", "lz4", errstr, errlen) ||
+        conf_set(conf, "linger.ms", "10", errstr, errlen) ||
+        conf_set(conf, "message.max.bytes", "4000000", errstr, errlen))
+        goto fail;
+    st = calloc(1, sizeof(*st));
+    if (!st) {
+        snprintf(errstr, errlen, "out of memory");
+        goto fail;
+    }
+    rd_kafka_conf_set_opaque(conf, st);
+    rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+    rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    if (!rk) {
+        snprintf(errstr, errlen, "cannot create Kafka producer: %s", err);
+        goto fail;
+    }
+    return rk; /* rd_kafka_new took conf; st is freed by sheaf_kafka_producer_destroy */
+
+fail:
+    if (conf) rd_kafka_conf_destroy(conf);
+    free(st);
+    return NULL;
+}
+
+rd_kafka_t *sheaf_kafka_consumer_new(const sheaf_config *cfg, const char *client_id,
+                                     const char *group,
+                                     void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t,
+                                                          rd_kafka_topic_partition_list_t *,
+                                                          void *),
+                                     void *opaque, char *errstr, size_t errlen)
+{
+    rd_kafka_conf_t *conf = sheaf_kafka_conf_new(cfg, client_id, errstr, errlen);
+    rd_kafka_t *rk;
+    char err[512], session[32], heartbeat[32];
+
+    if (!conf) return NULL;
+    snprintf(session, sizeof(session), "%d", cfg->session_timeout_ms);
+    snprintf(heartbeat, sizeof(heartbeat), "%d", cfg->heartbeat_ms);
+    if (conf_set(conf, "group.id", group, errstr, errlen) ||
+        conf_set(conf, "session.timeout.ms", session, errstr, errlen) ||
+        conf_set(conf, "heartbeat.interval.ms", heartbeat, errstr, errlen) ||
+        conf_set(conf, "enable.auto.commit", "true", errstr, errlen) ||
+        conf_set(conf, "enable.auto.offset.store", "false", errstr, errlen) ||
+        conf_set(conf, "auto.commit.interval.ms", "1000", errstr, errlen) ||
+        conf_set(conf, "auto.offset.reset", "earliest", errstr, errlen) ||
+        conf_set(conf, "partition.assignment.strategy", "cooperative-sticky", errstr, errlen) ||
+        conf_set(conf, "enable.partition.eof", "false", errstr, errlen)) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    if (rebalance_cb) rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_opaque(conf, opaque);
+    rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (!rk) {
+        snprintf(errstr, errlen, "cannot create Kafka consumer: %s", err);
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    /* conf is owned by rk now.  Route the main queue into the consumer queue
+     * so one rd_kafka_consumer_poll() serves both. */
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+void sheaf_kafka_producer_destroy(rd_kafka_t *producer)
+{
+    if (!producer) return;
+    producer_stats *st = rd_kafka_opaque(producer);
+    rd_kafka_destroy(producer);
+    free(st);
+}
+
+unsigned long sheaf_kafka_delivery_failures(rd_kafka_t *producer)
+{
+    producer_stats *st = rd_kafka_opaque(producer);
+    return st ? atomic_load(&st->failed) : 0;
+}
+
+sheaf_err sheaf_kafka_flush(rd_kafka_t *producer, int timeout_ms, char *errstr, size_t errlen)
+{
+    producer_stats *st = rd_kafka_opaque(producer);
+    rd_kafka_resp_err_t err = rd_kafka_flush(producer, timeout_ms);
+    if (err) {
+        snprintf(errstr, errlen, "%d message(s) not delivered within %d ms: %s",
+                 rd_kafka_outq_len(producer), timeout_ms, rd_kafka_err2str(err));
+        return SHEAF_ERR_KAFKA;
+    }
+    if (st) {
+        unsigned long failed = atomic_load(&st->failed);
+        unsigned long seen = atomic_exchange(&st->failed_seen, failed);
+        if (failed > seen) {
+            snprintf(errstr, errlen, "%lu message(s) could not be delivered: %s",
+                     failed - seen, st->last_error);
+            return SHEAF_ERR_KAFKA;
+        }
+    }
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
+                               const rd_kafka_message_t *orig, const char *reason,
+                               const char *job, char *errstr, size_t errlen)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    rd_kafka_headers_t *orig_hdrs = NULL;
+    char part[16], off[32];
+    rd_kafka_resp_err_t err;
+
+    if (rd_kafka_message_headers(orig, &orig_hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && orig_hdrs)
+        hdrs = rd_kafka_headers_copy(orig_hdrs);
+    else
+        hdrs = rd_kafka_headers_new(5);
+    snprintf(part, sizeof(part), "%d", (int)orig->partition);
+    snprintf(off, sizeof(off), "%lld", (long long)orig->offset);
+    rd_kafka_header_add(hdrs, "sheaf-dlq-reason", -1, reason, -1);
+    rd_kafka_header_add(hdrs, "sheaf-dlq-topic", -1, rd_kafka_topic_name(orig->rkt), -1);
+    rd_kafka_header_add(hdrs, "sheaf-dlq-partition", -1, part, -1);
+    rd_kafka_header_add(hdrs, "sheaf-dlq-offset", -1, off, -1);
+    if (job) rd_kafka_header_add(hdrs, "sheaf-job", -1, job, -1);
+
+    for (;;) {
+        err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(dlq_topic),
+                                RD_KAFKA_V_KEY(orig->key, orig->key_len),
+                                RD_KAFKA_V_VALUE(orig->payload, orig->len),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
+        rd_kafka_poll(producer, 100);
+    }
+    if (err) {
+        /* producev takes the headers only on success. */
+        rd_kafka_headers_destroy(hdrs);
+        snprintf(errstr, errlen, "cannot produce to %s: %s", dlq_topic, rd_kafka_err2str(err));
+        return SHEAF_ERR_KAFKA;
+    }
+    return SHEAF_OK;
+}

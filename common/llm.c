@@ -1,0 +1,655 @@
+/* llm.c - OpenAI-compatible chat completions over libcurl.  See sheaf/llm.h.
+ *
+ * One sheaf_llm owns one curl easy handle, reused for every call so curl
+ * keeps the connection to the provider alive between requests.  A handle is
+ * not thread-safe: use one sheaf_llm per thread (workers that need many
+ * calls in flight use libcurl multi elsewhere; this client is the simple,
+ * synchronous path).
+ *
+ * The request body and the response parsing are pure functions (no curl),
+ * so they are unit-tested on their own.  sheaf_llm_complete() makes one
+ * attempt and classifies its outcome; sheaf_llm_complete_retry() adds
+ * exponential backoff with full jitter around it.
+ *
+ * Secrets: the API key lives only in the Authorization header list and in
+ * a private copy used to scrub error text; both are wiped on destroy.  It is
+ * never formatted into errstr or a log line (curl's verbose mode, which would
+ * print headers, is never turned on). */
+#include "sheaf/llm.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "sheaf/buf.h"
+#include "sheaf/log.h"
+#include "sheaf/util.h"
+
+#define LLM_BACKOFF_CAP_MS 30000      /* ceiling of one backoff delay */
+#define LLM_RETRY_AFTER_CAP_MS 300000 /* a Retry-After longer than this is cut to it */
+#define LLM_SLEEP_SLICE_MS 100        /* how often a backoff wait looks at *stop */
+#define LLM_SERVER_MSG_MAX 300        /* bytes of a server's error message kept */
+#define LLM_MIN_REDACT_LEN 4          /* shorter keys are not scrubbed (too many false hits) */
+
+struct sheaf_llm {
+    CURL *curl;                   /* owned; reused for keep-alive */
+    struct curl_slist *headers;   /* owned; may hold the Authorization line */
+    char *url;                    /* owned: base_url without trailing '/' + /chat/completions */
+    char *api_key;                /* owned copy, only to scrub error text; NULL if unset */
+    int max_attempts;
+    int backoff_ms;
+    sheaf_buf body;               /* response body, capped at llm.max_response_bytes */
+    int body_overflow;            /* set by write_cb when the cap was hit */
+    int64_t retry_after_ms;       /* Retry-After of the last response, else -1 */
+    char curl_errbuf[CURL_ERROR_SIZE];
+};
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_FAILED_INIT;
+
+static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+/* snprintf into errstr when the caller gave one. */
+static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!errstr || errlen == 0) return;
+    va_start(ap, fmt);
+    vsnprintf(errstr, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Overwrites every occurrence of secret in s with '*'. */
+static void redact(char *s, const char *secret)
+{
+    size_t n = secret ? strlen(secret) : 0;
+    char *p;
+    if (!s || n < LLM_MIN_REDACT_LEN) return;
+    while ((p = strstr(s, secret)) != NULL) memset(p, '*', n);
+}
+
+/* Zeroes and frees a string holding a secret. */
+static void free_secret(char *s)
+{
+    if (!s) return;
+    explicit_bzero(s, strlen(s));
+    free(s);
+}
+
+/* ---- request body ---------------------------------------------------- */
+
+char *sheaf_llm_request_json(const sheaf_llm_request *req)
+{
+    char *out = NULL;
+    json_t *root = json_object();
+    json_t *msgs = json_array();
+
+    if (!root || !msgs || !req) goto done;
+    for (size_t i = 0; i < req->n_messages; i++) {
+        const sheaf_llm_message *m = &req->messages[i];
+        json_t *jm = json_object();
+        if (!jm) goto done;
+        /* json_array_append_new takes jm, even when it fails. */
+        if (json_array_append_new(msgs, jm) != 0 ||
+            json_object_set_new(jm, "role", json_string(m->role ? m->role : "user")) != 0 ||
+            json_object_set_new(jm, "content", json_string(m->content ? m->content : "")) != 0)
+            goto done;
+    }
+    if (json_object_set_new(root, "model", json_string(req->model ? req->model : "")) != 0 ||
+        json_object_set_new(root, "temperature", json_real(req->temperature)) != 0)
+        goto done;
+    if (req->max_tokens > 0 &&
+        json_object_set_new(root, "max_tokens", json_integer(req->max_tokens)) != 0)
+        goto done;
+    /* json_object_set_new takes msgs; the pointer is not used afterwards. */
+    if (json_object_set_new(root, "messages", msgs) != 0) {
+        msgs = NULL;
+        goto done;
+    }
+    msgs = NULL;
+    /* Sorted keys and 15 significant digits: the same request always gives
+     * the same bytes (the LLM cache hashes them) and 0.2 reads as 0.2. */
+    out = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
+done:
+    json_decref(msgs);
+    json_decref(root);
+    return out;
+}
+
+/* ---- response parsing -------------------------------------------------- */
+
+/* Copies s[0..n) into out, cut to LLM_SERVER_MSG_MAX on a UTF-8 boundary,
+ * control characters turned into spaces so it stays one log line. */
+static void copy_message(const char *s, size_t n, char *out, size_t outlen)
+{
+    size_t i;
+    if (outlen == 0) return;
+    if (n > LLM_SERVER_MSG_MAX) n = sheaf_utf8_boundary(s, LLM_SERVER_MSG_MAX);
+    if (n > outlen - 1) n = sheaf_utf8_boundary(s, outlen - 1);
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        out[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+    }
+    out[i] = '\0';
+}
+
+/* The human-readable error of a JSON error body: error.message, error (a
+ * string), message or detail; NULL when none is there. */
+static const char *json_error_message(json_t *root, size_t *len)
+{
+    json_t *e = json_object_get(root, "error");
+    json_t *m = NULL;
+    if (json_is_object(e)) m = json_object_get(e, "message");
+    else if (json_is_string(e)) m = e;
+    if (!json_is_string(m)) m = json_object_get(root, "message");
+    if (!json_is_string(m)) m = json_object_get(root, "detail");
+    if (!json_is_string(m)) return NULL;
+    *len = json_string_length(m);
+    return json_string_value(m);
+}
+
+/* The server's explanation of a failed request, for errstr: the message
+ * of a JSON error body, else the start of the body itself. */
+static void server_message(const char *body, size_t len, char *out, size_t outlen)
+{
+    json_t *root = NULL;
+    const char *msg = NULL;
+    size_t mlen = 0;
+
+    if (!body || len == 0) {
+        copy_message("(empty body)", 12, out, outlen);
+        goto done;
+    }
+    root = json_loadb(body, len, 0, NULL);
+    if (json_is_object(root)) msg = json_error_message(root, &mlen);
+    if (msg) copy_message(msg, mlen, out, outlen);
+    else copy_message(body, len, out, outlen);
+done:
+    json_decref(root);
+}
+
+static uint64_t usage_field(json_t *usage, const char *key)
+{
+    json_t *v = json_object_get(usage, key);
+    if (json_is_integer(v) && json_integer_value(v) > 0) return (uint64_t)json_integer_value(v);
+    if (json_is_real(v) && json_real_value(v) > 0 && json_real_value(v) < 1e18)
+        return (uint64_t)json_real_value(v);
+    return 0;
+}
+
+sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
+                                   sheaf_llm_usage *usage, char *errstr, size_t errlen)
+{
+    sheaf_err err = SHEAF_ERR_LLM_FATAL;
+    json_error_t jerr;
+    json_t *root = NULL, *choices, *choice, *message, *text;
+    char msg[LLM_SERVER_MSG_MAX + 1];
+    const char *emsg;
+    size_t elen = 0;
+
+    *content = NULL;
+    if (usage) usage->prompt_tokens = usage->completion_tokens = 0;
+    if (!body || len == 0) {
+        err = SHEAF_ERR_LLM_RETRY;
+        set_err(errstr, errlen, "empty response body");
+        goto done;
+    }
+    /* Any valid JSON must parse (JSON_DECODE_ANY: a bare "null" is not a
+     * truncated body), including a "\u0000" in the content (JSON_ALLOW_NUL):
+     * only broken JSON is retried. */
+    root = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (!root) {
+        err = SHEAF_ERR_LLM_RETRY;
+        set_err(errstr, errlen, "response is not valid JSON (%zu bytes): %s at offset %d", len,
+                jerr.text, jerr.position);
+        goto done;
+    }
+    if (!json_is_object(root)) {
+        set_err(errstr, errlen, "response is JSON but not an object");
+        goto done;
+    }
+    if (json_object_get(root, "error") && !json_is_null(json_object_get(root, "error"))) {
+        emsg = json_error_message(root, &elen);
+        if (emsg) copy_message(emsg, elen, msg, sizeof(msg));
+        else copy_message("(no message)", 12, msg, sizeof(msg));
+        set_err(errstr, errlen, "response carries an error: %s", msg);
+        goto done;
+    }
+    choices = json_object_get(root, "choices");
+    if (!json_is_array(choices) || json_array_size(choices) == 0) {
+        set_err(errstr, errlen, "response has no \"choices\" array with an element");
+        goto done;
+    }
+    choice = json_array_get(choices, 0);
+    message = json_object_get(choice, "message");
+    if (!json_is_object(message)) {
+        set_err(errstr, errlen, "response has no choices[0].message object");
+        goto done;
+    }
+    text = json_object_get(message, "content");
+    if (!json_is_string(text)) {
+        json_t *reason = json_object_get(choice, "finish_reason");
+        set_err(errstr, errlen, "choices[0].message.content is %s (finish_reason %s)",
+                !text ? "missing" : json_is_null(text) ? "null" : "not a string",
+                json_is_string(reason) ? json_string_value(reason) : "unknown");
+        goto done;
+    }
+    if (strlen(json_string_value(text)) != json_string_length(text)) {
+        set_err(errstr, errlen, "choices[0].message.content contains a NUL character");
+        goto done;
+    }
+    *content = sheaf_strndup(json_string_value(text), json_string_length(text));
+    if (!*content) {
+        err = SHEAF_ERR_NOMEM;
+        set_err(errstr, errlen, "out of memory copying the response content");
+        goto done;
+    }
+    if (usage) {
+        json_t *u = json_object_get(root, "usage");
+        usage->prompt_tokens = usage_field(u, "prompt_tokens");
+        usage->completion_tokens = usage_field(u, "completion_tokens");
+    }
+    err = SHEAF_OK;
+done:
+    json_decref(root);
+    return err;
+}
+
+/* ---- Retry-After --------------------------------------------------------- */
+
+int64_t sheaf_llm_parse_retry_after(const char *value)
+{
+    char buf[128];
+    size_t n;
+    int64_t ms = -1;
+    const char *p;
+
+    if (!value) goto done;
+    while (*value == ' ' || *value == '\t') value++;
+    n = strlen(value);
+    while (n > 0 && strchr(" \t\r\n", value[n - 1])) n--;
+    if (n == 0 || n >= sizeof(buf)) goto done;
+    memcpy(buf, value, n);
+    buf[n] = '\0';
+
+    if ((buf[0] >= '0' && buf[0] <= '9') || buf[0] == '.') {
+        /* delta-seconds, parsed by hand (strtod would follow the locale);
+         * fractions are rounded up so we never come back early. */
+        int64_t secs = 0, frac = 0, scale = 100;
+        int digits = 0, round_up = 0;
+        for (p = buf; *p >= '0' && *p <= '9'; p++, digits++)
+            if (secs < 1000000000) secs = secs * 10 + (*p - '0');
+        if (*p == '.') {
+            for (p++; *p >= '0' && *p <= '9'; p++, digits++) {
+                if (scale > 0) frac += (*p - '0') * scale;
+                else if (*p != '0') round_up = 1;
+                scale /= 10;
+            }
+        }
+        if (*p != '\0' || digits == 0) goto done;
+        ms = secs * 1000 + frac + round_up;
+    } else {
+        /* HTTP-date; a date in the past means "now". */
+        time_t t = curl_getdate(buf, NULL);
+        if (t == (time_t)-1) goto done;
+        ms = (int64_t)t * 1000 - sheaf_wall_ms();
+        if (ms < 0) ms = 0;
+    }
+done:
+    return ms;
+}
+
+/* ---- curl callbacks -------------------------------------------------------- */
+
+static size_t write_cb(char *data, size_t size, size_t nmemb, void *ud)
+{
+    sheaf_llm *llm = ud;
+    size_t n = size * nmemb;
+    if (sheaf_buf_append(&llm->body, data, n) != SHEAF_OK) {
+        llm->body_overflow = 1;
+        return 0; /* curl stops with CURLE_WRITE_ERROR */
+    }
+    return n;
+}
+
+static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
+{
+    sheaf_llm *llm = ud;
+    size_t n = size * nmemb;
+    static const char name[] = "retry-after:";
+    char value[128];
+
+    /* A new status line (after a 100 Continue, say) starts a new response. */
+    if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) llm->retry_after_ms = -1;
+    if (n > sizeof(name) - 1 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
+        size_t vlen = n - (sizeof(name) - 1);
+        if (vlen < sizeof(value)) {
+            memcpy(value, data + sizeof(name) - 1, vlen);
+            value[vlen] = '\0';
+            llm->retry_after_ms = sheaf_llm_parse_retry_after(value);
+        }
+    }
+    return n;
+}
+
+/* ---- client ---------------------------------------------------------------- */
+
+sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen)
+{
+    sheaf_llm *llm = NULL, *ret = NULL;
+    char *auth = NULL;
+    struct curl_slist *h;
+    const char *base = cfg->llm_base_url;
+    size_t blen;
+    CURLcode rc = CURLE_OK;
+
+    if (!base || !*base) {
+        set_err(errstr, errlen, "llm.base_url is empty");
+        goto done;
+    }
+    if (cfg->llm_max_response_bytes <= 0) {
+        set_err(errstr, errlen, "llm.max_response_bytes must be > 0 (got %d)",
+                cfg->llm_max_response_bytes);
+        goto done;
+    }
+    pthread_once(&curl_once, curl_init_once);
+    if (curl_init_rc != CURLE_OK) {
+        set_err(errstr, errlen, "curl_global_init failed: %s", curl_easy_strerror(curl_init_rc));
+        goto done;
+    }
+    llm = calloc(1, sizeof(*llm));
+    if (!llm) {
+        set_err(errstr, errlen, "out of memory");
+        goto done;
+    }
+    sheaf_buf_init(&llm->body, (size_t)cfg->llm_max_response_bytes);
+    llm->retry_after_ms = -1;
+    llm->max_attempts = cfg->llm_max_attempts > 0 ? cfg->llm_max_attempts : 1;
+    llm->backoff_ms = cfg->llm_backoff_ms > 0 ? cfg->llm_backoff_ms : 0;
+
+    blen = strlen(base);
+    while (blen > 0 && base[blen - 1] == '/') blen--;
+    llm->url = malloc(blen + sizeof("/chat/completions"));
+    if (!llm->url) {
+        set_err(errstr, errlen, "out of memory");
+        goto done;
+    }
+    memcpy(llm->url, base, blen);
+    memcpy(llm->url + blen, "/chat/completions", sizeof("/chat/completions"));
+
+    h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h) llm->headers = h;
+    /* An empty Expect disables "100-continue": one round trip less. */
+    if (h) h = curl_slist_append(llm->headers, "Expect:");
+    if (h && cfg->llm_api_key && *cfg->llm_api_key) {
+        const char *k = cfg->llm_api_key;
+        size_t alen = strlen("Authorization: Bearer ") + strlen(k) + 1;
+        for (; *k; k++) {
+            if ((unsigned char)*k < 0x20 || *k == 0x7f) {
+                /* Never echo the key: only say it is malformed. */
+                set_err(errstr, errlen, "llm.api_key contains a control character");
+                goto done;
+            }
+        }
+        llm->api_key = strdup(cfg->llm_api_key);
+        auth = malloc(alen);
+        if (!llm->api_key || !auth) {
+            set_err(errstr, errlen, "out of memory");
+            goto done;
+        }
+        snprintf(auth, alen, "Authorization: Bearer %s", cfg->llm_api_key);
+        h = curl_slist_append(llm->headers, auth); /* copies auth */
+    }
+    if (!h) {
+        set_err(errstr, errlen, "out of memory");
+        goto done;
+    }
+
+    llm->curl = curl_easy_init();
+    if (!llm->curl) {
+        set_err(errstr, errlen, "curl_easy_init failed");
+        goto done;
+    }
+#define SETOPT(opt, val) \
+    do { if (rc == CURLE_OK) rc = curl_easy_setopt(llm->curl, (opt), (val)); } while (0)
+    SETOPT(CURLOPT_URL, llm->url);
+    SETOPT(CURLOPT_HTTPHEADER, llm->headers);
+    SETOPT(CURLOPT_POST, 1L);
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_TIMEOUT_MS, (long)(cfg->llm_timeout_ms > 0 ? cfg->llm_timeout_ms : 0));
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS,
+           (long)(cfg->llm_connect_timeout_ms > 0 ? cfg->llm_connect_timeout_ms : 0));
+    SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+    SETOPT(CURLOPT_USERAGENT, "sheaf/0.1");
+    SETOPT(CURLOPT_WRITEFUNCTION, write_cb);
+    SETOPT(CURLOPT_WRITEDATA, llm);
+    SETOPT(CURLOPT_HEADERFUNCTION, header_cb);
+    SETOPT(CURLOPT_HEADERDATA, llm);
+    SETOPT(CURLOPT_ERRORBUFFER, llm->curl_errbuf);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+#endif
+#undef SETOPT
+    if (rc != CURLE_OK) {
+        set_err(errstr, errlen, "llm.base_url: cannot configure curl: %s",
+                curl_easy_strerror(rc));
+        goto done;
+    }
+    ret = llm;
+    llm = NULL; /* handed to the caller */
+done:
+    free_secret(auth);
+    sheaf_llm_destroy(llm);
+    return ret;
+}
+
+void sheaf_llm_destroy(sheaf_llm *llm)
+{
+    if (!llm) return;
+    if (llm->curl) curl_easy_cleanup(llm->curl);
+    /* Wipe the Authorization line before the list is freed. */
+    for (struct curl_slist *h = llm->headers; h; h = h->next)
+        if (h->data) explicit_bzero(h->data, strlen(h->data));
+    curl_slist_free_all(llm->headers);
+    free_secret(llm->api_key);
+    free(llm->url);
+    sheaf_buf_free(&llm->body);
+    free(llm);
+}
+
+/* 1 when a curl failure is worth another try (the network or the server
+ * had a bad moment); 0 when the request can never work as configured. */
+static int curl_retryable(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_SSL_CONNECT_ERROR:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int status_retryable(long status)
+{
+    return status == 429 || status == 408 || status == 409 || (status >= 500 && status <= 599);
+}
+
+/* Checks what the request will send; FATAL because resending cannot help. */
+static sheaf_err check_request(const sheaf_llm_request *req, char *errstr, size_t errlen)
+{
+    size_t bad = 0;
+    if (!req->model || !*req->model) {
+        set_err(errstr, errlen, "request: model is empty");
+        return SHEAF_ERR_LLM_FATAL;
+    }
+    if (!isfinite(req->temperature)) {
+        set_err(errstr, errlen, "request: temperature is not a finite number");
+        return SHEAF_ERR_LLM_FATAL;
+    }
+    if (req->n_messages == 0 || !req->messages) {
+        set_err(errstr, errlen, "request: no messages");
+        return SHEAF_ERR_LLM_FATAL;
+    }
+    for (size_t i = 0; i < req->n_messages; i++) {
+        const char *c = req->messages[i].content ? req->messages[i].content : "";
+        if (!sheaf_utf8_valid(c, strlen(c), &bad)) {
+            set_err(errstr, errlen, "request: message %zu content is not valid UTF-8 (byte %zu)",
+                    i, bad);
+            return SHEAF_ERR_LLM_FATAL;
+        }
+    }
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
+                             sheaf_llm_result *result, char *errstr, size_t errlen)
+{
+    sheaf_err err;
+    char *json = NULL;
+    char msg[LLM_SERVER_MSG_MAX + 1];
+    long status = 0;
+    CURLcode rc;
+
+    /* result->content is not freed here: clear a reused result first. */
+    result->content = NULL;
+    result->usage.prompt_tokens = result->usage.completion_tokens = 0;
+    result->http_status = 0;
+    result->retry_after_ms = -1;
+    result->attempts = 1;
+    if (errstr && errlen) errstr[0] = '\0';
+
+    err = check_request(req, errstr, errlen);
+    if (err != SHEAF_OK) goto done;
+    json = sheaf_llm_request_json(req);
+    if (!json) {
+        err = SHEAF_ERR_NOMEM;
+        set_err(errstr, errlen, "out of memory building the request body");
+        goto done;
+    }
+
+    sheaf_buf_reset(&llm->body);
+    llm->body_overflow = 0;
+    llm->retry_after_ms = -1;
+    llm->curl_errbuf[0] = '\0';
+    /* curl does not copy POSTFIELDS: json must outlive the perform.  The
+     * handle keeps the stale pointer until the next call replaces it. */
+    rc = curl_easy_setopt(llm->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(json));
+    if (rc == CURLE_OK) rc = curl_easy_setopt(llm->curl, CURLOPT_POSTFIELDS, json);
+    if (rc == CURLE_OK) rc = curl_easy_perform(llm->curl);
+    curl_easy_getinfo(llm->curl, CURLINFO_RESPONSE_CODE, &status);
+    result->http_status = status;
+
+    if (llm->body_overflow) {
+        err = SHEAF_ERR_LLM_FATAL;
+        set_err(errstr, errlen, "response larger than llm.max_response_bytes (%zu)",
+                llm->body.max);
+        goto done;
+    }
+    if (rc != CURLE_OK) {
+        err = curl_retryable(rc) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
+        set_err(errstr, errlen, "POST %s: %s", llm->url,
+                llm->curl_errbuf[0] ? llm->curl_errbuf : curl_easy_strerror(rc));
+        goto done;
+    }
+    if (status >= 200 && status <= 299) {
+        err = sheaf_llm_parse_response(llm->body.data, llm->body.len, &result->content,
+                                       &result->usage, errstr, errlen);
+        goto done;
+    }
+    err = status_retryable(status) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
+    if (err == SHEAF_ERR_LLM_RETRY) result->retry_after_ms = llm->retry_after_ms;
+    server_message(llm->body.data, llm->body.len, msg, sizeof(msg));
+    set_err(errstr, errlen, "HTTP %ld from %s: %s", status, llm->url, msg);
+done:
+    if (errstr && errlen) redact(errstr, llm->api_key);
+    free(json);
+    return err;
+}
+
+/* Full jitter: a random delay in [0, min(cap, base * 2^(attempt-1))]. */
+static int64_t backoff_delay(int base_ms, int attempt)
+{
+    int64_t ceil_ms = base_ms;
+    for (int i = 1; i < attempt && ceil_ms < LLM_BACKOFF_CAP_MS; i++) ceil_ms *= 2;
+    if (ceil_ms > LLM_BACKOFF_CAP_MS) ceil_ms = LLM_BACKOFF_CAP_MS;
+    if (ceil_ms <= 0) return 0;
+    return (int64_t)(sheaf_random_u64() % (uint64_t)(ceil_ms + 1));
+}
+
+/* Sleeps ms in short slices; returns 1 as soon as *stop is set. */
+static int sleep_unless_stopped(int64_t ms, volatile sig_atomic_t *stop)
+{
+    int64_t deadline = sheaf_mono_ms() + ms;
+    for (;;) {
+        int64_t left;
+        if (stop && *stop) return 1;
+        left = deadline - sheaf_mono_ms();
+        if (left <= 0) return 0;
+        sheaf_sleep_ms(left < LLM_SLEEP_SLICE_MS ? left : LLM_SLEEP_SLICE_MS);
+    }
+}
+
+sheaf_err sheaf_llm_complete_retry(sheaf_llm *llm, const sheaf_llm_request *req,
+                                   sheaf_llm_result *result, volatile sig_atomic_t *stop,
+                                   char *errstr, size_t errlen)
+{
+    sheaf_err err = SHEAF_ERR_LLM_RETRY;
+    char last[SHEAF_ERRSTR_SIZE];
+    int attempt;
+
+    last[0] = '\0';
+    for (attempt = 1;; attempt++) {
+        int64_t delay;
+        char status[32];
+
+        err = sheaf_llm_complete(llm, req, result, last, sizeof(last));
+        result->attempts = attempt;
+        /* Only transient failures are retried; FATAL would fail the same way. */
+        if (err != SHEAF_ERR_LLM_RETRY || attempt >= llm->max_attempts) break;
+
+        delay = backoff_delay(llm->backoff_ms, attempt);
+        /* The server knows its own load better than our guess. */
+        if (result->retry_after_ms > delay)
+            delay = result->retry_after_ms < LLM_RETRY_AFTER_CAP_MS ? result->retry_after_ms
+                                                                    : LLM_RETRY_AFTER_CAP_MS;
+        if (result->http_status) snprintf(status, sizeof(status), "HTTP %ld", result->http_status);
+        else snprintf(status, sizeof(status), "no HTTP status");
+        sheaf_warn("llm", "attempt %d/%d failed (%s): %s; retrying in %lld ms", attempt,
+                   llm->max_attempts, status, last, (long long)delay);
+        if (sleep_unless_stopped(delay, stop)) {
+            err = SHEAF_ERR_STOPPED;
+            set_err(errstr, errlen, "stopped while waiting to retry after attempt %d/%d: %s",
+                    attempt, llm->max_attempts, last);
+            goto done;
+        }
+    }
+    set_err(errstr, errlen, "%s", last);
+done:
+    return err;
+}
+
+void sheaf_llm_result_clear(sheaf_llm_result *result)
+{
+    if (!result) return;
+    free(result->content);
+    memset(result, 0, sizeof(*result));
+}

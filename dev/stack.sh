@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# dev/stack.sh - brings the sheaf dev stack up and down on loopback.
+#
+#   dev/stack.sh up   [--dir DIR] [--workers N] [--reducers N] [--partitions P]
+#                     [--latency-ms N] [--error-rate F] [--rate-limit-rpm N]
+#                     [--session-timeout-ms N]
+#   dev/stack.sh down [--dir DIR] [--purge]
+#   dev/stack.sh env  [--dir DIR]
+#   dev/stack.sh status [--dir DIR]
+#
+# `up` starts, in this order: sheaf-kafka-mock (librdkafka's mock cluster;
+# its bootstrap list appears in DIR/bootstrap, its control FIFO is
+# DIR/kafka.ctl), a private redis-server on a free loopback port (no
+# persistence), the LLM (a real endpoint when SHEAF_LLM_BASE_URL is already
+# set, else sheaf-llm-sim on a free port), then N sheaf-worker and M
+# sheaf-reducer processes configured through the environment.  It prints
+# the exports to stdout, so `eval "$(dev/stack.sh up)"` configures the
+# calling shell; every message goes to stderr.  Each started process is
+# recorded in DIR/pids/<name>.pid (with its start time in <name>.start, so a
+# recycled PID is never mistaken for ours), logs go to DIR/<name>.log.  If
+# `up` fails half-way, what it started is stopped again.
+#
+# `down` stops only what DIR/pids records: workers and reducers first (they
+# commit and close while Kafka and Redis still run), then the simulator, then
+# Kafka and Redis; each gets SIGTERM, up to 15 s, then SIGKILL.  Logs stay
+# unless --purge.  `env` prints the exports of a running stack again.
+#
+# Binaries come from $SHEAF_BIN_DIR, else from <repo>/build/{dev,worker,
+# reducer,cli}.  DIR defaults to ${SHEAF_DEV_DIR:-<repo>/.sheaf-dev}.
+# Readiness is always polled against a deadline, never a fixed sleep.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$SCRIPT_DIR")
+STOP_TIMEOUT_S=15
+START_TIMEOUT_S=20
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+usage() {
+    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit "${1:-2}"
+}
+
+# ---- processes ---------------------------------------------------------------
+
+# Start time of a process (clock ticks since boot, /proc/PID/stat field 22), or
+# nothing where /proc is missing.
+proc_start() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    stat=${stat##*) } # the command name may hold spaces: cut after ") "
+    # shellcheck disable=SC2086 # split the fields on purpose
+    set -- $stat
+    printf '%s\n' "${20}"
+}
+
+# Milliseconds on a clock that only moves forward while we wait.
+now_ms() {
+    if [[ -n ${EPOCHREALTIME:-} ]]; then
+        local t=${EPOCHREALTIME//[.,]/}
+        printf '%s\n' $((10#$t / 1000))
+    else
+        printf '%s\n' $((SECONDS * 1000))
+    fi
+}
+
+# 1 if the process runs (a zombie, dead but not yet reaped, does not).
+alive() {
+    local pid=$1 state
+    kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -r /proc/$pid/stat ]]; then
+        state=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+        state=${state##*) }
+        [[ ${state:0:1} != Z ]] || return 1
+    fi
+    return 0
+}
+
+# alive, and the very process recorded under NAME (its start time matches).
+recorded_alive() {
+    local name=$1 pid=$2 want
+    alive "$pid" || return 1
+    if [[ -f $PIDS/$name.start ]]; then
+        want=$(cat "$PIDS/$name.start")
+        [[ -z $want || $(proc_start "$pid") == "$want" ]] || return 1
+    fi
+    return 0
+}
+
+# start NAME LOGFILE COMMAND...: runs the command in the background in its
+# own session (it outlives this script and the terminal), records its PID.
+start() {
+    local name=$1 logfile=$2 pid
+    shift 2
+    if command -v setsid >/dev/null; then
+        setsid "$@" </dev/null >>"$logfile" 2>&1 &
+    else
+        "$@" </dev/null >>"$logfile" 2>&1 &
+    fi
+    pid=$!
+    printf '%s\n' "$pid" >"$PIDS/$name.pid"
+    proc_start "$pid" >"$PIDS/$name.start"
+    STARTED_PID=$pid
+}
+
+# Stops the recorded processes whose pid-file names match the glob patterns
+# given, all at once: SIGTERM, wait up to STOP_TIMEOUT_S, SIGKILL.
+stop_group() {
+    local f name pid deadline pattern i any
+    local -a names=() pids=()
+    shopt -s nullglob
+    for pattern in "$@"; do
+        for f in "$PIDS"/$pattern.pid; do
+            [[ -e $f ]] || continue # a plain name is not a glob: nullglob keeps it
+            name=$(basename "$f" .pid)
+            pid=$(cat "$f" 2>/dev/null || true)
+            if [[ ! $pid =~ ^[0-9]+$ ]]; then
+                log "ignoring $f: no PID in it"
+            elif recorded_alive "$name" "$pid"; then
+                kill -TERM "$pid" 2>/dev/null || true
+                names+=("$name")
+                pids+=("$pid")
+            else
+                log "$name (pid $pid) was not running"
+            fi
+            rm -f "$f" "$PIDS/$name.start"
+        done
+    done
+    shopt -u nullglob
+    ((${#pids[@]})) || return 0
+
+    deadline=$(($(now_ms) + STOP_TIMEOUT_S * 1000))
+    while (($(now_ms) < deadline)); do
+        any=0
+        for pid in "${pids[@]}"; do
+            if alive "$pid"; then any=1; fi
+        done
+        ((any)) || break
+        sleep 0.1
+    done
+    for i in "${!pids[@]}"; do
+        if alive "${pids[$i]}"; then
+            kill -KILL "${pids[$i]}" 2>/dev/null || true
+            log "killed ${names[$i]} (pid ${pids[$i]}): still running ${STOP_TIMEOUT_S} s after SIGTERM"
+        else
+            log "stopped ${names[$i]} (pid ${pids[$i]})"
+        fi
+    done
+}
+
+stop_all() {
+    stop_group 'worker-*' 'reducer-*'
+    stop_group 'llm-sim'
+    stop_group 'kafka-mock' 'redis'
+    stop_group '*' # anything else recorded
+}
+
+# ---- helpers -------------------------------------------------------------------
+
+find_bin() {
+    local name=$1 d
+    if [[ -n ${SHEAF_BIN_DIR:-} ]]; then
+        [[ -x $SHEAF_BIN_DIR/$name ]] || die "$name not found in SHEAF_BIN_DIR=$SHEAF_BIN_DIR"
+        printf '%s\n' "$SHEAF_BIN_DIR/$name"
+        return
+    fi
+    for d in dev worker reducer cli; do
+        if [[ -x $REPO/build/$d/$name ]]; then
+            printf '%s\n' "$REPO/build/$d/$name"
+            return
+        fi
+    done
+    die "$name not found under $REPO/build (build first, or set SHEAF_BIN_DIR)"
+}
+
+# Quotes a value for POSIX sh: 'it'\''s'.
+shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+need_uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1: expected a non-negative integer, got '$2'"; }
+
+# Shows the end of a log after a start-up failure.
+show_log() {
+    [[ -f $1 ]] || return 0
+    log "last lines of $1:"
+    tail -n 15 "$1" >&2 || true
+}
+
+# wait_file PATH PID NAME: until PATH exists; fails if PID dies first.
+wait_file() {
+    local path=$1 pid=$2 name=$3 deadline=$((SECONDS + START_TIMEOUT_S))
+    while [[ ! -s $path ]]; do
+        alive "$pid" || { show_log "$DIR/$name.log"; die "$name exited during start-up"; }
+        ((SECONDS < deadline)) || { show_log "$DIR/$name.log"; die "$name not ready after ${START_TIMEOUT_S} s"; }
+        sleep 0.1
+    done
+}
+
+port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts redis-server on a free random loopback port; sets REDIS_PORT.
+start_redis() {
+    local bin cli port pid deadline attempt served
+    bin=$(command -v redis-server) || die "redis-server not installed"
+    cli=$(command -v redis-cli) || die "redis-cli not installed"
+    mkdir -p "$DIR/redis"
+    for attempt in 1 2 3 4 5 6 7 8 9 10; do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 41000))
+        port_in_use "$port" && continue
+        start redis "$DIR/redis.log" "$bin" --port "$port" --bind 127.0.0.1 \
+            --dir "$DIR/redis" --save '' --appendonly no --daemonize no \
+            --logfile "$DIR/redis.log"
+        pid=$STARTED_PID
+        deadline=$((SECONDS + START_TIMEOUT_S))
+        while alive "$pid" && ((SECONDS < deadline)); do
+            # PONG from a server that is ours, not one that won the port race.
+            served=$("$cli" -p "$port" info server 2>/dev/null | tr -d '\r' |
+                sed -n 's/^process_id://p') || true
+            if [[ $served == "$pid" ]]; then
+                REDIS_PORT=$port
+                log "redis: 127.0.0.1:$port (pid $pid, log $DIR/redis.log)"
+                return 0
+            fi
+            sleep 0.1
+        done
+        stop_group redis
+        log "redis did not come up on port $port (attempt $attempt); trying another"
+    done
+    show_log "$DIR/redis.log"
+    die "could not start redis-server"
+}
+
+# ---- commands ------------------------------------------------------------------
+
+cmd_up() {
+    local workers=2 reducers=1 partitions=8 latency=0 error_rate=0 rpm=0 session=6000
+    local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name
+    while (($#)); do
+        case $1 in
+        --dir) DIR=${2:?--dir needs a value}; shift 2 ;;
+        --workers) need_uint "$1" "${2:-}"; workers=$2; shift 2 ;;
+        --reducers) need_uint "$1" "${2:-}"; reducers=$2; shift 2 ;;
+        --partitions) need_uint "$1" "${2:-}"; partitions=$2; shift 2 ;;
+        --latency-ms) need_uint "$1" "${2:-}"; latency=$2; sim_opts_given=1; shift 2 ;;
+        --error-rate)
+            [[ ${2:-} =~ ^(0(\.[0-9]*)?|1(\.0*)?|\.[0-9]+)$ ]] || die "--error-rate: expected 0..1, got '${2:-}'"
+            error_rate=$2; sim_opts_given=1; shift 2 ;;
+        --rate-limit-rpm) need_uint "$1" "${2:-}"; rpm=$2; sim_opts_given=1; shift 2 ;;
+        --session-timeout-ms) need_uint "$1" "${2:-}"; session=$2; shift 2 ;;
+        -h | --help) usage 0 ;;
+        *) die "up: unknown option '$1'" ;;
+        esac
+    done
+    ((partitions >= 1)) || die "--partitions must be at least 1"
+    ((session > 500)) || die "--session-timeout-ms must be above the 500 ms heartbeat"
+    ((session > 3000)) || log "warning: session timeouts of 3000 ms or less break joins on the mock cluster (see KAFKA-DEV-NOTES.md)"
+    set_paths
+
+    # Resolve everything before starting anything.
+    mock=$(find_bin sheaf-kafka-mock)
+    worker=$(find_bin sheaf-worker)
+    reducer=$(find_bin sheaf-reducer)
+    if [[ -z ${SHEAF_LLM_BASE_URL:-} ]]; then sim=$(find_bin sheaf-llm-sim); fi
+
+    mkdir -p "$DIR" "$PIDS"
+    shopt -s nullglob
+    for f in "$PIDS"/*.pid; do
+        name=$(basename "$f" .pid)
+        pid=$(cat "$f" 2>/dev/null || true)
+        if [[ $pid =~ ^[0-9]+$ ]] && recorded_alive "$name" "$pid"; then
+            die "stack already up in $DIR; run dev/stack.sh down"
+        fi
+        rm -f "$f" "$PIDS/$name.start" # stale: that process is gone
+    done
+    shopt -u nullglob
+    rm -f "$DIR/bootstrap" "$DIR/llm.port" "$DIR/env"
+
+    UP_OK=0
+    trap 'if ((UP_OK == 0)); then log "start-up failed; stopping what was started"; stop_all; fi' EXIT
+    trap 'exit 130' INT TERM
+
+    # Kafka: the mock cluster host.
+    local prefix_args=()
+    [[ -z ${SHEAF_TOPIC_PREFIX:-} ]] || prefix_args=(--prefix "$SHEAF_TOPIC_PREFIX")
+    start kafka-mock "$DIR/kafka-mock.log" "$mock" --bootstrap-file "$DIR/bootstrap" \
+        --control-fifo "$DIR/kafka.ctl" --partitions "$partitions" "${prefix_args[@]}"
+    wait_file "$DIR/bootstrap" "$STARTED_PID" kafka-mock
+    bootstrap=$(cat "$DIR/bootstrap")
+    log "kafka: mock cluster at $bootstrap (pid $STARTED_PID, control FIFO $DIR/kafka.ctl)"
+
+    start_redis
+
+    # LLM: a configured endpoint wins; else the simulator.
+    if [[ -n ${SHEAF_LLM_BASE_URL:-} ]]; then
+        llm_url=$SHEAF_LLM_BASE_URL
+        log "LLM: using configured endpoint $llm_url"
+        ((sim_opts_given == 0)) || log "warning: --latency-ms/--error-rate/--rate-limit-rpm apply to the simulator only; ignored"
+        [[ -n ${SHEAF_LLM_MODEL:-} ]] || log "warning: SHEAF_LLM_MODEL is not set; workers will ask for the default model"
+    else
+        start llm-sim "$DIR/llm-sim.log" "$sim" --host 127.0.0.1 --port 0 \
+            --port-file "$DIR/llm.port" --latency-ms "$latency" --error-rate "$error_rate" \
+            --rate-limit-rpm "$rpm"
+        wait_file "$DIR/llm.port" "$STARTED_PID" llm-sim
+        llm_url="http://127.0.0.1:$(cat "$DIR/llm.port")/v1"
+        log "LLM: no endpoint configured; using the deterministic local simulator at $llm_url"
+    fi
+
+    {
+        # shellcheck disable=SC2016 # the $(...) is text for the reader
+        printf '# sheaf dev stack in %s; source this file or eval "$(dev/stack.sh env)"\n' "$DIR"
+        printf 'export SHEAF_BROKERS=%s\n' "$(shq "$bootstrap")"
+        printf 'export SHEAF_REDIS_URL=%s\n' "$(shq "redis://127.0.0.1:$REDIS_PORT/0")"
+        printf 'export SHEAF_LLM_BASE_URL=%s\n' "$(shq "$llm_url")"
+        printf 'export SHEAF_DEV_DIR=%s\n' "$(shq "$DIR")"
+        printf 'export SHEAF_GROUP_SESSION_TIMEOUT_MS=%s\n' "$session"
+        printf 'export SHEAF_GROUP_HEARTBEAT_MS=%s\n' 500
+    } >"$DIR/env.tmp"
+    mv "$DIR/env.tmp" "$DIR/env"
+    # shellcheck disable=SC1091 # written just above
+    source "$DIR/env"
+
+    local k
+    for ((k = 1; k <= workers; k++)); do
+        start "worker-$k" "$DIR/worker-$k.log" "$worker"
+    done
+    for ((k = 1; k <= reducers; k++)); do
+        start "reducer-$k" "$DIR/reducer-$k.log" "$reducer"
+    done
+    log "started $workers worker(s) and $reducers reducer(s); logs in $DIR"
+    log "stop with: dev/stack.sh down --dir $DIR"
+    UP_OK=1
+    cat "$DIR/env"
+}
+
+cmd_down() {
+    local purge=0
+    while (($#)); do
+        case $1 in
+        --dir) DIR=${2:?--dir needs a value}; shift 2 ;;
+        --purge) purge=1; shift ;;
+        -h | --help) usage 0 ;;
+        *) die "down: unknown option '$1'" ;;
+        esac
+    done
+    set_paths
+    [[ -d $DIR ]] || { log "nothing to stop: $DIR does not exist"; return 0; }
+    if [[ -d $PIDS ]]; then stop_all; fi
+    rmdir "$PIDS" 2>/dev/null || true
+    rm -f "$DIR/env" "$DIR/env.tmp" "$DIR/bootstrap" "$DIR/llm.port"
+    if ((purge)); then
+        rm -f "$DIR"/*.log "$DIR/kafka.ctl"
+        rm -rf "$DIR/redis"
+        rmdir "$DIR" 2>/dev/null || true
+        log "purged the logs in $DIR"
+    else
+        log "logs kept in $DIR"
+    fi
+}
+
+cmd_env() {
+    while (($#)); do
+        case $1 in
+        --dir) DIR=${2:?--dir needs a value}; shift 2 ;;
+        -h | --help) usage 0 ;;
+        *) die "env: unknown option '$1'" ;;
+        esac
+    done
+    set_paths
+    [[ -f $DIR/env ]] || die "no stack up in $DIR; run dev/stack.sh up"
+    cat "$DIR/env"
+}
+
+cmd_status() {
+    local f name pid
+    while (($#)); do
+        case $1 in
+        --dir) DIR=${2:?--dir needs a value}; shift 2 ;;
+        *) die "status: unknown option '$1'" ;;
+        esac
+    done
+    set_paths
+    shopt -s nullglob
+    for f in "$PIDS"/*.pid; do
+        name=$(basename "$f" .pid)
+        pid=$(cat "$f" 2>/dev/null || true)
+        if [[ $pid =~ ^[0-9]+$ ]] && recorded_alive "$name" "$pid"; then
+            printf '%-12s pid %-8s running\n' "$name" "$pid"
+        else
+            printf '%-12s pid %-8s not running\n' "$name" "$pid"
+        fi
+    done
+}
+
+set_paths() {
+    [[ $DIR == /* ]] || DIR="$PWD/$DIR"
+    PIDS=$DIR/pids
+}
+
+DIR=${SHEAF_DEV_DIR:-$REPO/.sheaf-dev}
+PIDS=
+STARTED_PID=
+REDIS_PORT=
+# shellcheck disable=SC2034 # read by the EXIT trap set in cmd_up
+UP_OK=1
+
+(($#)) || usage
+command=$1
+shift
+case $command in
+up) cmd_up "$@" ;;
+down) cmd_down "$@" ;;
+env) cmd_env "$@" ;;
+status) cmd_status "$@" ;;
+-h | --help | help) usage 0 ;;
+*) die "unknown command '$command' (up, down, env, status)" ;;
+esac

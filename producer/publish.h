@@ -1,0 +1,75 @@
+/* producer/publish.h - pass 2 of a submit (internal to producer/).
+ *
+ *   produce.c  one chunk to one Kafka message: encode, key, headers,
+ *              producev with back-pressure, delivery report polling.
+ *   publish.c  pass 2: registers the job and, batch by batch, the
+ *              documents in Redis, then re-reads and re-chunks each
+ *              document and produces its chunks; marks the job running or
+ *              failed at the end. */
+#ifndef SHEAF_PRODUCER_PUBLISH_H
+#define SHEAF_PRODUCER_PUBLISH_H
+
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "scan.h"
+#include "sheaf/buf.h"
+#include "sheaf/chunker.h"
+#include "sheaf/config.h"
+#include "sheaf/error.h"
+
+/* ---- produce.c ---- */
+
+typedef struct sheaf_chunk_producer {
+    rd_kafka_t *rk;          /* borrowed */
+    rd_kafka_topic_t *rkt;   /* owned topic handle */
+    const char *job;         /* borrowed */
+    const char *pv;          /* borrowed */
+    sheaf_buf key;           /* "<job>/<doc>/<idx>" */
+    sheaf_buf value;         /* the encoded message */
+    sheaf_buf text;          /* the chunk text, NUL-terminated for the codec */
+    uint64_t produced;       /* messages handed to librdkafka */
+} sheaf_chunk_producer;
+
+/* The document a chunk belongs to, as the message needs it. */
+typedef struct sheaf_doc_out {
+    const char *id;
+    uint32_t chunks;         /* count from pass 1: the message's "n" */
+    int has_pages;           /* pf/pl from the chunk, else 0 */
+    sheaf_kv *meta;          /* flattened metadata (borrowed) */
+    size_t meta_len;
+} sheaf_doc_out;
+
+/* Prepares to produce to topic.  rk, job and pv must outlive cp. */
+sheaf_err sheaf_chunk_producer_init(sheaf_chunk_producer *cp, rd_kafka_t *rk, const char *topic,
+                                    const char *job, const char *pv, char *errstr,
+                                    size_t errlen);
+/* Produces one chunk (asynchronously: delivery is checked by the final
+ * flush).  Waits while librdkafka's queue is full.  Fails with
+ * SHEAF_ERR_KAFKA when producing is refused or a delivery has already
+ * failed (no point going on: the job will fail), SHEAF_ERR_STOPPED on
+ * shutdown, SHEAF_ERR_INTERNAL when the chunk index is not below the pass-1
+ * count. */
+sheaf_err sheaf_chunk_producer_send(sheaf_chunk_producer *cp, const sheaf_doc_out *doc,
+                                    const sheaf_chunk *ch, char *errstr, size_t errlen);
+void sheaf_chunk_producer_clear(sheaf_chunk_producer *cp);
+
+/* ---- publish.c ---- */
+
+typedef struct sheaf_publish_args {
+    const sheaf_config *cfg;
+    const sheaf_input_opts *opts;
+    const sheaf_scan *scan;     /* pass 1's result: the documents to publish */
+    const char *job;
+    const char *pv;
+    const char *pipeline_json;
+    const char *topic;          /* <prefix>.map */
+} sheaf_publish_args;
+
+/* Pass 2.  On success every chunk is delivered and the job is running;
+ * *chunks says how many were produced.  Once the job exists in Redis, any
+ * failure marks it failed with the reason before returning. */
+sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *errstr,
+                        size_t errlen);
+
+#endif

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# install-deps.sh - installs what sheaf needs to build, test and run its dev
+# stack on Debian 12, and nothing that is already there.  Idempotent: runs
+# `apt-get update` once, only when something is missing.  Needs root (or
+# sudo) only when it has something to install.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config          # compiler, make, CMake >= 3.25
+  librdkafka-dev                            # Kafka client (and its mock cluster)
+  libcurl4-openssl-dev                      # HTTP client for the LLM API
+  libmsgpack-dev                            # msgpack-c: the chunk message codec
+  libhiredis-dev                            # Redis client
+  libjansson-dev                            # JSON for the HTTP API and records
+  libssl-dev                                # SHA-256 for pipeline versions
+  libmicrohttpd-dev                         # HTTP server of the LLM simulator
+  libcmocka-dev                             # unit test framework
+  redis-server                              # real Redis for the dev stack and tests
+  kcat jq curl                              # tests read topics and JSON like a user would
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: everything needed is installed" >&2
+  exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    echo "install-deps: missing packages: ${missing[*]}" >&2
+    echo "install-deps: run as root (or install sudo) to install them" >&2
+    exit 1
+  fi
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# test.sh - README command 2: install what is missing, build, and run the
+# whole test suite twice: a normal build, then an AddressSanitizer +
+# UndefinedBehaviorSanitizer build.  Prints ctest's summary of each.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+"$ROOT/scripts/install-deps.sh"
+
+status=0
+run_suite() {
+  local dir="$1"
+  echo "== ctest in $dir ==" >&2
+  # Integration tests start several processes each; two at a time fits 2 cores.
+  if ! ctest --test-dir "$dir" --output-on-failure -j2 --timeout 400; then
+    status=1
+  fi
+}
+
+"$ROOT/scripts/build.sh" "$ROOT/build"
+run_suite "$ROOT/build"
+
+if [ "${SHEAF_SKIP_SANITIZE:-0}" != 1 ]; then
+  "$ROOT/scripts/build.sh" --sanitize "$ROOT/build-asan"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    run_suite "$ROOT/build-asan"
+fi
+exit $status

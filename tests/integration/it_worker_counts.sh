@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The same job with 1 worker and with 4 workers gives byte-identical
+# results: partials are ordered by chunk index, never by arrival.
+source "$(dirname "$0")/lib.sh"
+
+stack_up
+start_reducer r1
+start_worker w1
+SMALL=(-X chunk.max_tokens=120 -X chunk.overlap_tokens=20)
+
+J1="$("$SHEAF" submit "${SMALL[@]}" "$ROOT/examples/reports" "$ROOT/examples/postings.jsonl")"
+wait_job "$J1" 180
+results "$J1" > "$T/one.jsonl"
+
+start_worker w2; start_worker w3; start_worker w4
+J2="$("$SHEAF" submit "${SMALL[@]}" "$ROOT/examples/reports" "$ROOT/examples/postings.jsonl")"
+wait_job "$J2" 180
+results "$J2" > "$T/four.jsonl"
+
+chunks=$(job_field "$J2" chunks)
+[ "$chunks" -ge 50 ] || fail "expected at least 50 chunks, got $chunks"
+cmp "$T/one.jsonl" "$T/four.jsonl" || fail "1 worker and 4 workers gave different results"
+# With four workers the chunks really were spread: more than one worker did map calls.
+busy=0
+for w in w2 w3 w4; do grep -q 'ready to combine' "$T/$w.log" && busy=$((busy + 1)); done
+log "ok: $chunks chunks, identical results; $busy of the 3 added workers completed documents"

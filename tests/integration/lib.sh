@@ -1,0 +1,104 @@
+# lib.sh - shared plumbing for sheaf's integration tests (sourced).
+#
+# Each test gets its own temp dir and its own dev stack (mock Kafka cluster,
+# redis-server, LLM simulator) started with dev/stack.sh, the same script
+# users run.  Workers and reducers are started by the test itself with
+# start_worker / start_reducer so it can kill and restart them; every PID
+# started is recorded and killed on exit, whatever happened.  Waiting is
+# always on a condition with a deadline, never a bare sleep.
+set -euo pipefail
+
+ROOT="${SHEAF_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+BUILD="${SHEAF_BUILD_DIR:-$ROOT/build}"
+SHEAF="$BUILD/cli/sheaf"
+WORKER="$BUILD/worker/sheaf-worker"
+REDUCER="$BUILD/reducer/sheaf-reducer"
+T="$(mktemp -d "${TMPDIR:-/tmp}/sheaf-it.XXXXXX")"
+STACK="$T/stack"
+PIDS=()
+STACK_UP=0
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+fail() {
+  echo "FAIL: $*" >&2
+  for f in "$T"/*.log "$STACK"/*.log; do
+    [ -f "$f" ] || continue
+    echo "---- last lines of $f" >&2
+    tail -n 15 "$f" >&2
+  done
+  exit 1
+}
+
+cleanup() {
+  local rc=$?
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [ "$STACK_UP" = 1 ]; then "$ROOT/dev/stack.sh" down --dir "$STACK" >/dev/null 2>&1 || true; fi
+  if [ $rc -eq 0 ] && [ "${SHEAF_TEST_KEEP:-0}" != 1 ]; then rm -rf "$T"; else echo "test files kept in $T" >&2; fi
+  exit $rc
+}
+trap cleanup EXIT
+
+# stack_up [dev/stack.sh up options]: starts the stack without workers or
+# reducers and exports its settings into this shell.
+stack_up() {
+  local env
+  env="$(SHEAF_BIN_DIR="$BUILD" "$ROOT/dev/stack.sh" up --dir "$STACK" --workers 0 --reducers 0 "$@")" \
+    || fail "dev/stack.sh up failed"
+  STACK_UP=1
+  eval "$env"
+  export SHEAF_LOG_LEVEL="${SHEAF_LOG_LEVEL:-info}"
+}
+
+# start_worker NAME [-X key=value ...]: sets LAST_PID.
+start_worker() {
+  local name="$1"; shift
+  "$WORKER" "$@" >"$T/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+start_reducer() {
+  local name="$1"; shift
+  "$REDUCER" "$@" >"$T/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# stop_pid PID: SIGTERM, wait for exit, return its exit code in STOP_RC.
+stop_pid() {
+  local pid="$1"
+  kill -TERM "$pid"
+  STOP_RC=0
+  wait "$pid" || STOP_RC=$?
+}
+
+# job_field JOB FIELD: one field of `sheaf status --json`.
+job_field() { "$SHEAF" status --json "$1" | jq -r ".$2"; }
+
+# wait_until TIMEOUT_S DESCRIPTION COMMAND...: polls COMMAND every 0.2 s.
+wait_until() {
+  local timeout="$1" what="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "timed out after ${timeout}s waiting for $what"
+    sleep 0.2
+  done
+}
+
+job_is_done() { [ "$(job_field "$1" state)" = done ]; }
+
+# wait_job JOB [TIMEOUT_S]
+wait_job() {
+  wait_until "${2:-120}" "job $1 to be done" job_is_done "$1"
+}
+
+# results_without_tokens JOB: results as stored (already deterministic).
+results() { "$SHEAF" results "$1"; }
+
+assert_eq() {
+  [ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"
+}

@@ -1,0 +1,905 @@
+/* test_llm.c - unit tests of the LLM client (common/llm.c).
+ *
+ * The pure parts (request body, response parsing, Retry-After) are tested
+ * directly.  The HTTP path is tested against a tiny in-process server
+ * thread that answers each request with the next canned response, so the
+ * header callback, the status classification, the body cap, redaction of
+ * the key and connection reuse are covered without the LLM simulator. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sheaf/llm.h"
+#include "sheaf/util.h"
+
+/* ---- helpers -------------------------------------------------------------- */
+
+static sheaf_err parse(const char *body, char **content, sheaf_llm_usage *u, char *errstr)
+{
+    return sheaf_llm_parse_response(body, strlen(body), content, u, errstr, SHEAF_ERRSTR_SIZE);
+}
+
+static char base_url[128];
+
+static void cfg_fill(sheaf_config *c, const char *url)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(base_url, sizeof(base_url), "%s", url);
+    c->llm_base_url = base_url;
+    c->llm_timeout_ms = 3000;
+    c->llm_connect_timeout_ms = 1000;
+    c->llm_max_attempts = 1;
+    c->llm_backoff_ms = 1;
+    c->llm_max_response_bytes = 1 << 20;
+}
+
+static const sheaf_llm_message test_msgs[] = {
+    {"system", "Be brief."},
+    {"user", "Summarize: \"quotes\", \\ and\nnewline \xc3\xa9"},
+};
+static const sheaf_llm_request test_req = {"test-model", 0.2, 64, test_msgs, 2};
+
+/* ---- a canned-response HTTP server ---------------------------------------- */
+
+typedef struct http_server {
+    int listen_fd;
+    int port;
+    pthread_t thread;
+    char **responses;       /* NULL-terminated; "HANG" answers nothing */
+    int accepts;
+    int served;
+    char request[65536];    /* the last request, head and body */
+} http_server;
+
+/* Case-insensitive strstr (strcasestr is a GNU extension). */
+static const char *find_ci(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *hay; hay++)
+        if (strncasecmp(hay, needle, n) == 0) return hay;
+    return NULL;
+}
+
+static int wait_readable(int fd, int ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, ms) == 1;
+}
+
+/* Reads one request (head + Content-Length body) into s->request. */
+static int read_request(http_server *s, int fd)
+{
+    size_t n = 0, need = 0;
+    char *end = NULL;
+    for (;;) {
+        ssize_t r;
+        if (end && n >= need) return 0;
+        if (n + 1 >= sizeof(s->request) || !wait_readable(fd, 5000)) return -1;
+        r = read(fd, s->request + n, sizeof(s->request) - 1 - n);
+        if (r <= 0) return -1;
+        n += (size_t)r;
+        s->request[n] = '\0';
+        if (!end && (end = strstr(s->request, "\r\n\r\n")) != NULL) {
+            const char *cl = find_ci(s->request, "\r\nContent-Length:");
+            need = (size_t)(end + 4 - s->request);
+            if (cl && cl < end) need += strtoul(cl + 17, NULL, 10);
+        }
+    }
+}
+
+static void *server_main(void *arg)
+{
+    http_server *s = arg;
+    size_t next = 0;
+    while (s->responses[next]) {
+        int fd;
+        if (!wait_readable(s->listen_fd, 5000)) break;
+        fd = accept(s->listen_fd, NULL, NULL);
+        if (fd < 0) break;
+        s->accepts++;
+        while (s->responses[next]) {
+            const char *r;
+            if (read_request(s, fd) != 0) break;
+            r = s->responses[next++];
+            s->served++;
+            if (strcmp(r, "HANG") == 0) {
+                wait_readable(fd, 1000); /* until the client gives up */
+                break;
+            }
+            if (write(fd, r, strlen(r)) != (ssize_t)strlen(r)) break;
+            if (strstr(r, "Connection: close")) break;
+        }
+        close(fd);
+    }
+    return NULL;
+}
+
+/* Starts a server answering with responses (taken: freed by server_stop). */
+static http_server *server_start(char **responses)
+{
+    http_server *s = calloc(1, sizeof(*s));
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    socklen_t alen = sizeof(a);
+    assert_non_null(s);
+    s->responses = responses;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(s->listen_fd >= 0);
+    assert_int_equal(bind(s->listen_fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(s->listen_fd, 8), 0);
+    assert_int_equal(getsockname(s->listen_fd, (struct sockaddr *)&a, &alen), 0);
+    s->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&s->thread, NULL, server_main, s), 0);
+    return s;
+}
+
+/* What the last stopped server saw, copied by server_stop. */
+static char last_request[65536];
+static int last_accepts, last_served;
+
+static void server_stop(http_server *s)
+{
+    pthread_join(s->thread, NULL);
+    memcpy(last_request, s->request, sizeof(last_request));
+    last_accepts = s->accepts;
+    last_served = s->served;
+    close(s->listen_fd);
+    for (char **r = s->responses; *r; r++) free(*r);
+    free(s->responses);
+    free(s);
+}
+
+/* A full HTTP/1.1 response with a correct Content-Length. */
+static char *resp(int status, const char *headers, const char *body)
+{
+    size_t n = strlen(body) + strlen(headers) + 200;
+    char *r = malloc(n);
+    assert_non_null(r);
+    snprintf(r, n,
+             "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n%s"
+             "Content-Length: %zu\r\n\r\n%s",
+             status, headers, strlen(body), body);
+    return r;
+}
+
+static char **responses(int n, ...)
+{
+    char **v = calloc((size_t)n + 1, sizeof(*v));
+    va_list ap;
+    assert_non_null(v);
+    va_start(ap, n);
+    for (int i = 0; i < n; i++) v[i] = va_arg(ap, char *);
+    va_end(ap);
+    return v;
+}
+
+static sheaf_llm *client_for(http_server *s, const char *path, const char *key,
+                             int max_attempts, sheaf_config *cfg)
+{
+    char url[128], err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm *llm;
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", s->port, path);
+    cfg_fill(cfg, url);
+    cfg->llm_api_key = (char *)key;
+    cfg->llm_max_attempts = max_attempts;
+    llm = sheaf_llm_create(cfg, err, sizeof(err));
+    if (!llm) fail_msg("create: %s", err);
+    return llm;
+}
+
+static const char good_body[] =
+    "{\"id\":\"x\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+    "\"content\":\"a summary\"},\"finish_reason\":\"stop\"}],"
+    "\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}";
+
+/* ---- request body ---------------------------------------------------------- */
+
+static void test_request_json(void **state)
+{
+    (void)state;
+    char *s = sheaf_llm_request_json(&test_req);
+    json_error_t jerr;
+    json_t *root, *msgs;
+    assert_non_null(s);
+    root = json_loads(s, 0, &jerr);
+    assert_non_null(root);
+    assert_string_equal(json_string_value(json_object_get(root, "model")), "test-model");
+    assert_true(json_real_value(json_object_get(root, "temperature")) == 0.2);
+    assert_int_equal(json_integer_value(json_object_get(root, "max_tokens")), 64);
+    msgs = json_object_get(root, "messages");
+    assert_int_equal(json_array_size(msgs), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "role")),
+                        "system");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 1), "content")),
+                        test_msgs[1].content);
+    /* Readable and stable bytes: 0.2 is written as 0.2 (keys sorted). */
+    assert_non_null(strstr(s, "\"temperature\":0.2}"));
+    static const char head[] = "{\"max_tokens\":64,\"messages\":[";
+    assert_true(strncmp(s, head, sizeof(head) - 1) == 0);
+    char *again = sheaf_llm_request_json(&test_req);
+    assert_string_equal(s, again);
+    free(again);
+    json_decref(root);
+    free(s);
+}
+
+static void test_request_json_no_max_tokens(void **state)
+{
+    (void)state;
+    sheaf_llm_request r = test_req;
+    r.max_tokens = 0;
+    r.temperature = 0;
+    char *s = sheaf_llm_request_json(&r);
+    json_t *root = json_loads(s, 0, NULL);
+    assert_non_null(root);
+    assert_null(json_object_get(root, "max_tokens"));
+    assert_true(json_is_real(json_object_get(root, "temperature")));
+    json_decref(root);
+    free(s);
+}
+
+static void test_request_json_bad_utf8(void **state)
+{
+    (void)state;
+    sheaf_llm_message m[] = {{"user", "bad \xff byte"}};
+    sheaf_llm_request r = {"m", 0, 0, m, 1};
+    assert_null(sheaf_llm_request_json(&r));
+}
+
+/* ---- response parsing ------------------------------------------------------- */
+
+static void test_parse_good(void **state)
+{
+    (void)state;
+    char *c = NULL, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage u;
+    assert_int_equal(parse(good_body, &c, &u, err), SHEAF_OK);
+    assert_string_equal(c, "a summary");
+    assert_int_equal(u.prompt_tokens, 12);
+    assert_int_equal(u.completion_tokens, 3);
+    free(c);
+}
+
+static void test_parse_no_usage(void **state)
+{
+    (void)state;
+    char *c = NULL, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage u = {99, 99};
+    assert_int_equal(parse("{\"choices\":[{\"message\":{\"content\":\"x\"}}]}", &c, &u, err),
+                     SHEAF_OK);
+    assert_string_equal(c, "x");
+    assert_int_equal(u.prompt_tokens, 0);
+    assert_int_equal(u.completion_tokens, 0);
+    free(c);
+    /* Odd usage values count as zero; a NULL usage pointer is allowed. */
+    assert_int_equal(parse("{\"choices\":[{\"message\":{\"content\":\"\"}}],\"usage\":"
+                           "{\"prompt_tokens\":-5,\"completion_tokens\":\"7\"}}",
+                           &c, &u, err),
+                     SHEAF_OK);
+    assert_string_equal(c, "");
+    assert_int_equal(u.prompt_tokens, 0);
+    assert_int_equal(u.completion_tokens, 0);
+    free(c);
+    assert_int_equal(sheaf_llm_parse_response(good_body, strlen(good_body), &c, NULL, err,
+                                              sizeof(err)),
+                     SHEAF_OK);
+    free(c);
+}
+
+static void test_parse_missing_choices(void **state)
+{
+    (void)state;
+    char *c = (char *)1, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage u;
+    assert_int_equal(parse("{\"id\":\"x\"}", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_null(c);
+    assert_non_null(strstr(err, "choices"));
+    assert_int_equal(parse("{\"choices\":[]}", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(parse("{\"choices\":{}}", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(parse("{\"choices\":[{\"text\":\"legacy\"}]}", &c, &u, err),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "choices[0].message"));
+    assert_int_equal(parse("{\"choices\":[42]}", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_null(c);
+}
+
+static void test_parse_content_null(void **state)
+{
+    (void)state;
+    char *c = NULL, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage u;
+    assert_int_equal(parse("{\"choices\":[{\"message\":{\"content\":null},"
+                           "\"finish_reason\":\"content_filter\"}]}",
+                           &c, &u, err),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_null(c);
+    assert_non_null(strstr(err, "content"));
+    assert_non_null(strstr(err, "content_filter"));
+    assert_int_equal(parse("{\"choices\":[{\"message\":{}}]}", &c, &u, err),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "missing"));
+    assert_int_equal(parse("{\"choices\":[{\"message\":{\"content\":17}}]}", &c, &u, err),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_null(c);
+}
+
+static void test_parse_error_object(void **state)
+{
+    (void)state;
+    char *c = NULL, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage u;
+    assert_int_equal(parse("{\"error\":{\"message\":\"model not found\",\"type\":\"x\"}}", &c,
+                           &u, err),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_null(c);
+    assert_non_null(strstr(err, "model not found"));
+    assert_int_equal(parse("{\"error\":\"plain string\"}", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "plain string"));
+    assert_int_equal(parse("{\"error\":{\"code\":1}}", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    /* "error": null is no error. */
+    assert_int_equal(parse("{\"error\":null,\"choices\":[{\"message\":{\"content\":\"ok\"}}]}",
+                           &c, &u, err),
+                     SHEAF_OK);
+    free(c);
+}
+
+static void test_parse_truncated_and_not_json(void **state)
+{
+    (void)state;
+    char *c = NULL, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage u;
+    /* Every strict prefix of a good body is broken JSON: retry, never crash. */
+    for (size_t n = 0; n < strlen(good_body); n++) {
+        assert_int_equal(sheaf_llm_parse_response(good_body, n, &c, &u, err, sizeof(err)),
+                         SHEAF_ERR_LLM_RETRY);
+        assert_null(c);
+    }
+    assert_int_equal(parse("<html>502 Bad Gateway</html>", &c, &u, err), SHEAF_ERR_LLM_RETRY);
+    assert_non_null(strstr(err, "not valid JSON"));
+    assert_int_equal(sheaf_llm_parse_response(NULL, 0, &c, &u, err, sizeof(err)),
+                     SHEAF_ERR_LLM_RETRY);
+    /* Trailing garbage after a complete object is broken too. */
+    char body[sizeof(good_body) + 8];
+    snprintf(body, sizeof(body), "%sxyz", good_body);
+    assert_int_equal(parse(body, &c, &u, err), SHEAF_ERR_LLM_RETRY);
+}
+
+static void test_parse_odd_inputs(void **state)
+{
+    (void)state;
+    char *c = NULL, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage u;
+    /* Valid JSON that is not an object. */
+    assert_int_equal(parse("[1,2,3]", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(parse("\"just a string\"", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(parse("null", &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    /* A NUL inside the content cannot be handed on as a C string. */
+    assert_int_equal(parse("{\"choices\":[{\"message\":{\"content\":\"a\\u0000b\"}}]}", &c, &u,
+                           err),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_null(c);
+    /* Escapes and non-ASCII come back decoded. */
+    assert_int_equal(parse("{\"choices\":[{\"message\":{\"content\":\"\\u00e9\\n\\\"q\\\" "
+                           "\xe6\x97\xa5\"}}]}",
+                           &c, &u, err),
+                     SHEAF_OK);
+    assert_string_equal(c, "\xc3\xa9\n\"q\" \xe6\x97\xa5");
+    free(c);
+    /* Invalid UTF-8 inside JSON is broken JSON. */
+    assert_int_equal(parse("{\"choices\":[{\"message\":{\"content\":\"\xff\"}}]}", &c, &u, err),
+                     SHEAF_ERR_LLM_RETRY);
+    /* A huge content string. */
+    size_t big = 2 * 1024 * 1024;
+    char *body = malloc(big + 100);
+    assert_non_null(body);
+    int k = sprintf(body, "{\"choices\":[{\"message\":{\"content\":\"");
+    memset(body + k, 'a', big);
+    strcpy(body + k + big, "\"}}]}");
+    assert_int_equal(parse(body, &c, &u, err), SHEAF_OK);
+    assert_int_equal(strlen(c), big);
+    free(c);
+    free(body);
+    /* Deep nesting does not blow the stack. */
+    char deep[40000];
+    memset(deep, '[', sizeof(deep) - 1);
+    deep[sizeof(deep) - 1] = '\0';
+    assert_int_equal(parse(deep, &c, &u, err), SHEAF_ERR_LLM_RETRY);
+    /* The error message of a huge error is cut. */
+    char *ebody = malloc(big + 100);
+    assert_non_null(ebody);
+    k = sprintf(ebody, "{\"error\":{\"message\":\"");
+    memset(ebody + k, 'e', big);
+    strcpy(ebody + k + big, "\"}}");
+    assert_int_equal(parse(ebody, &c, &u, err), SHEAF_ERR_LLM_FATAL);
+    assert_true(strlen(err) < SHEAF_ERRSTR_SIZE);
+    free(ebody);
+}
+
+/* ---- Retry-After ------------------------------------------------------------ */
+
+static void test_retry_after(void **state)
+{
+    (void)state;
+    assert_int_equal(sheaf_llm_parse_retry_after("5"), 5000);
+    assert_int_equal(sheaf_llm_parse_retry_after("0"), 0);
+    assert_int_equal(sheaf_llm_parse_retry_after(" 120 \r\n"), 120000);
+    assert_int_equal(sheaf_llm_parse_retry_after("2.5"), 2500);
+    assert_int_equal(sheaf_llm_parse_retry_after("0.25"), 250);
+    assert_int_equal(sheaf_llm_parse_retry_after(".5"), 500);
+    assert_int_equal(sheaf_llm_parse_retry_after("0.0001"), 1); /* rounded up */
+    assert_int_equal(sheaf_llm_parse_retry_after("1."), 1000);
+    assert_true(sheaf_llm_parse_retry_after("99999999999999999999999") > 0);
+    assert_int_equal(sheaf_llm_parse_retry_after(NULL), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after(""), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after("   "), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after("-1"), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after("+1"), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after("5s"), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after("1.2.3"), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after("."), -1);
+    assert_int_equal(sheaf_llm_parse_retry_after("soon"), -1);
+
+    /* HTTP-date 60 s ahead, and one in the past. */
+    char date[64];
+    time_t t = time(NULL) + 60;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    int64_t ms = sheaf_llm_parse_retry_after(date);
+    assert_true(ms > 55000 && ms <= 61000);
+    assert_int_equal(sheaf_llm_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), 0);
+}
+
+/* ---- client: creation ------------------------------------------------------- */
+
+static void test_create_errors(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    char key[] = "sk-secret-value\n";
+
+    cfg_fill(&cfg, "");
+    assert_null(sheaf_llm_create(&cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, "llm.base_url"));
+
+    cfg_fill(&cfg, "http://127.0.0.1:1/v1");
+    cfg.llm_max_response_bytes = 0;
+    assert_null(sheaf_llm_create(&cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, "llm.max_response_bytes"));
+
+    cfg_fill(&cfg, "http://127.0.0.1:1/v1");
+    cfg.llm_api_key = key;
+    assert_null(sheaf_llm_create(&cfg, err, sizeof(err)));
+    assert_non_null(strstr(err, "llm.api_key"));
+    assert_null(strstr(err, "sk-secret"));
+
+    sheaf_llm_destroy(NULL);
+    sheaf_llm_result_clear(NULL);
+}
+
+static void test_bad_request_is_fatal(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    sheaf_llm_message m[] = {{"user", "bad \xc3"}};
+    sheaf_llm_request r = {"m", 0, 0, m, 1};
+    cfg_fill(&cfg, "http://127.0.0.1:1/v1");
+    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    assert_non_null(llm);
+    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "UTF-8"));
+    r = test_req;
+    r.model = "";
+    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "model"));
+    sheaf_llm_destroy(llm);
+}
+
+/* ---- client: transport failures and retry ---------------------------------- */
+
+static void test_connection_refused_retries(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    cfg_fill(&cfg, "http://127.0.0.1:1/v1");
+    cfg.llm_max_attempts = 2;
+    cfg.llm_backoff_ms = 5;
+    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    assert_non_null(llm);
+    int64_t t0 = sheaf_mono_ms();
+    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
+                     SHEAF_ERR_LLM_RETRY);
+    assert_true(sheaf_mono_ms() - t0 < 2000);
+    assert_int_equal(res.attempts, 2);
+    assert_int_equal(res.http_status, 0);
+    assert_null(res.content);
+    assert_non_null(strstr(err, "127.0.0.1"));
+    sheaf_llm_destroy(llm);
+}
+
+static void test_stop_interrupts_backoff(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    volatile sig_atomic_t stop = 1;
+    cfg_fill(&cfg, "http://127.0.0.1:1/v1");
+    cfg.llm_max_attempts = 5;
+    cfg.llm_backoff_ms = 20000;
+    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    assert_non_null(llm);
+    int64_t t0 = sheaf_mono_ms();
+    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, &stop, err, sizeof(err)),
+                     SHEAF_ERR_STOPPED);
+    assert_true(sheaf_mono_ms() - t0 < 1000);
+    assert_int_equal(res.attempts, 1);
+    assert_non_null(strstr(err, "stopped"));
+    sheaf_llm_destroy(llm);
+}
+
+/* A thread that raises the stop flag after a delay. */
+static void *raise_stop(void *arg)
+{
+    sheaf_sleep_ms(300);
+    *(volatile sig_atomic_t *)arg = 1;
+    return NULL;
+}
+
+static void test_stop_during_wait(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    static volatile sig_atomic_t stop;
+    pthread_t th;
+    /* A long Retry-After: the wait must notice the flag within a slice. */
+    http_server *s = server_start(responses(1, resp(429, "Retry-After: 30\r\n", "{}")));
+    sheaf_llm *llm = client_for(s, "/v1", NULL, 3, &cfg);
+    stop = 0;
+    assert_int_equal(pthread_create(&th, NULL, raise_stop, (void *)&stop), 0);
+    int64_t t0 = sheaf_mono_ms();
+    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, &stop, err, sizeof(err)),
+                     SHEAF_ERR_STOPPED);
+    int64_t took = sheaf_mono_ms() - t0;
+    assert_true(took >= 250 && took < 1500);
+    pthread_join(th, NULL);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+/* ---- client: HTTP ------------------------------------------------------------ */
+
+static void test_http_ok_with_key(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    http_server *s = server_start(responses(1, resp(200, "", good_body)));
+    sheaf_llm *llm = client_for(s, "/v1//", "sk-test-123456", 1, &cfg);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    assert_string_equal(res.content, "a summary");
+    assert_int_equal(res.usage.prompt_tokens, 12);
+    assert_int_equal(res.usage.completion_tokens, 3);
+    assert_int_equal(res.http_status, 200);
+    assert_int_equal(res.retry_after_ms, -1);
+    sheaf_llm_result_clear(&res);
+    assert_null(res.content);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_request_shape(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    http_server *s = server_start(responses(1, resp(200, "", good_body)));
+    sheaf_llm *llm = client_for(s, "/v1/", "sk-test-123456", 1, &cfg);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    sheaf_llm_result_clear(&res);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+    assert_true(strncmp(last_request, "POST /v1/chat/completions HTTP/1.1\r\n", 36) == 0);
+    assert_non_null(find_ci(last_request, "\r\nAuthorization: Bearer sk-test-123456\r\n"));
+    assert_non_null(find_ci(last_request, "\r\nContent-Type: application/json\r\n"));
+    assert_null(find_ci(last_request, "\r\nExpect:"));
+    char *body = strstr(last_request, "\r\n\r\n") + 4;
+    char *want = sheaf_llm_request_json(&test_req);
+    assert_string_equal(body, want);
+    free(want);
+}
+
+static void test_http_no_key_no_auth_header(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    http_server *s = server_start(responses(1, resp(200, "", good_body)));
+    sheaf_llm *llm = client_for(s, "/v1", "", 1, &cfg);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    sheaf_llm_result_clear(&res);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+    assert_null(find_ci(last_request, "Authorization"));
+}
+
+static void test_http_429_retry_after(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    http_server *s = server_start(responses(
+        1, resp(429, "Retry-After: 7\r\n", "{\"error\":{\"message\":\"slow down\"}}")));
+    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_RETRY);
+    assert_int_equal(res.http_status, 429);
+    assert_int_equal(res.retry_after_ms, 7000);
+    assert_null(res.content);
+    assert_non_null(strstr(err, "429"));
+    assert_non_null(strstr(err, "slow down"));
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_status_classes(void **state)
+{
+    (void)state;
+    static const struct {
+        int status;
+        sheaf_err want;
+    } cases[] = {{408, SHEAF_ERR_LLM_RETRY}, {409, SHEAF_ERR_LLM_RETRY},
+                 {500, SHEAF_ERR_LLM_RETRY}, {502, SHEAF_ERR_LLM_RETRY},
+                 {503, SHEAF_ERR_LLM_RETRY}, {504, SHEAF_ERR_LLM_RETRY},
+                 {400, SHEAF_ERR_LLM_FATAL}, {401, SHEAF_ERR_LLM_FATAL},
+                 {403, SHEAF_ERR_LLM_FATAL}, {404, SHEAF_ERR_LLM_FATAL},
+                 {413, SHEAF_ERR_LLM_FATAL}, {422, SHEAF_ERR_LLM_FATAL},
+                 {301, SHEAF_ERR_LLM_FATAL}};
+    size_t n = sizeof(cases) / sizeof(cases[0]);
+    char **r = calloc(n + 1, sizeof(*r));
+    assert_non_null(r);
+    for (size_t i = 0; i < n; i++)
+        r[i] = resp(cases[i].status, "", "{\"error\":{\"message\":\"m\"}}");
+    http_server *s = server_start(r);
+    sheaf_config cfg;
+    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    for (size_t i = 0; i < n; i++) {
+        char err[SHEAF_ERRSTR_SIZE];
+        sheaf_llm_result res;
+        sheaf_err got = sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err));
+        if (got != cases[i].want)
+            fail_msg("HTTP %d: got %s (%s)", cases[i].status, sheaf_strerror(got), err);
+        assert_int_equal(res.http_status, cases[i].status);
+        assert_int_equal(res.retry_after_ms, -1);
+    }
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_fatal_message_redacted(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    /* A server that echoes the key must not get it into errstr. */
+    http_server *s = server_start(responses(
+        2,
+        resp(401, "", "{\"error\":{\"message\":\"Incorrect API key provided: sk-test-123456\"}}"),
+        resp(404, "", "<html>\n<b>not found</b></html>")));
+    sheaf_llm *llm = client_for(s, "/v1", "sk-test-123456", 1, &cfg);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "401"));
+    assert_non_null(strstr(err, "Incorrect API key provided"));
+    assert_null(strstr(err, "sk-test-123456"));
+    /* A non-JSON error body is quoted on one line. */
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "not found"));
+    assert_null(strchr(err, '\n'));
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_bad_2xx_bodies(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    char *cut = malloc(256);
+    assert_non_null(cut);
+    /* Content-Length promises more than is sent, then the server closes. */
+    snprintf(cut, 256, "HTTP/1.1 200 OK\r\nContent-Length: 500\r\nConnection: close\r\n\r\n"
+                       "{\"choices\":[{\"mess");
+    http_server *s = server_start(responses(4, resp(200, "", "<html>oops</html>"),
+                                            resp(200, "", "{\"choices\":[]}"),
+                                            resp(200, "", ""), cut));
+    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_RETRY);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_RETRY);
+    assert_non_null(strstr(err, "empty"));
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_RETRY);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_response_too_large(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE], url[64];
+    sheaf_llm_result res;
+    char *big = malloc(5001);
+    assert_non_null(big);
+    memset(big, 'x', 5000);
+    big[5000] = '\0';
+    http_server *s = server_start(responses(2, resp(200, "Connection: close\r\n", big),
+                                            resp(200, "", good_body)));
+    free(big);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", s->port);
+    cfg_fill(&cfg, url);
+    cfg.llm_max_response_bytes = 1000;
+    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    assert_non_null(llm);
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "response larger than llm.max_response_bytes"));
+    /* The client is still usable afterwards. */
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    sheaf_llm_result_clear(&res);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_keep_alive(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    http_server *s = server_start(
+        responses(3, resp(200, "", good_body), resp(200, "", good_body), resp(200, "", good_body)));
+    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+        sheaf_llm_result_clear(&res);
+    }
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+    /* Three requests over one connection. */
+    assert_int_equal(last_served, 3);
+    assert_int_equal(last_accepts, 1);
+}
+
+static void test_http_timeout_is_retry(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    char url[64];
+    http_server *s = server_start(responses(1, strdup("HANG")));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", s->port);
+    cfg_fill(&cfg, url);
+    cfg.llm_timeout_ms = 200;
+    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    assert_non_null(llm);
+    int64_t t0 = sheaf_mono_ms();
+    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+                     SHEAF_ERR_LLM_RETRY);
+    int64_t took = sheaf_mono_ms() - t0;
+    assert_true(took >= 150 && took < 1500);
+    assert_int_equal(res.http_status, 0);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_retry_then_ok(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    /* 503 with a fractional Retry-After longer than the backoff, then 200:
+     * the wait honours the server's 0.3 s. */
+    http_server *s = server_start(responses(
+        3, resp(503, "Retry-After: 0.3\r\n", "busy"), resp(500, "", "{}"),
+        resp(200, "", good_body)));
+    sheaf_llm *llm = client_for(s, "/v1", NULL, 3, &cfg);
+    int64_t t0 = sheaf_mono_ms();
+    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
+                     SHEAF_OK);
+    int64_t took = sheaf_mono_ms() - t0;
+    assert_true(took >= 300 && took < 2000);
+    assert_int_equal(res.attempts, 3);
+    assert_int_equal(res.http_status, 200);
+    assert_string_equal(res.content, "a summary");
+    sheaf_llm_result_clear(&res);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+static void test_http_fatal_is_not_retried(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    http_server *s = server_start(
+        responses(1, resp(400, "", "{\"error\":{\"message\":\"context too long\"}}")));
+    sheaf_llm *llm = client_for(s, "/v1", NULL, 5, &cfg);
+    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
+                     SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(res.attempts, 1);
+    assert_non_null(strstr(err, "context too long"));
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_json),
+        cmocka_unit_test(test_request_json_no_max_tokens),
+        cmocka_unit_test(test_request_json_bad_utf8),
+        cmocka_unit_test(test_parse_good),
+        cmocka_unit_test(test_parse_no_usage),
+        cmocka_unit_test(test_parse_missing_choices),
+        cmocka_unit_test(test_parse_content_null),
+        cmocka_unit_test(test_parse_error_object),
+        cmocka_unit_test(test_parse_truncated_and_not_json),
+        cmocka_unit_test(test_parse_odd_inputs),
+        cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_create_errors),
+        cmocka_unit_test(test_bad_request_is_fatal),
+        cmocka_unit_test(test_connection_refused_retries),
+        cmocka_unit_test(test_stop_interrupts_backoff),
+        cmocka_unit_test(test_stop_during_wait),
+        cmocka_unit_test(test_http_ok_with_key),
+        cmocka_unit_test(test_http_request_shape),
+        cmocka_unit_test(test_http_no_key_no_auth_header),
+        cmocka_unit_test(test_http_429_retry_after),
+        cmocka_unit_test(test_http_status_classes),
+        cmocka_unit_test(test_http_fatal_message_redacted),
+        cmocka_unit_test(test_http_bad_2xx_bodies),
+        cmocka_unit_test(test_http_response_too_large),
+        cmocka_unit_test(test_http_keep_alive),
+        cmocka_unit_test(test_http_timeout_is_retry),
+        cmocka_unit_test(test_http_retry_then_ok),
+        cmocka_unit_test(test_http_fatal_is_not_retried),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -25,7 +25,8 @@
 # Kafka and Redis; each gets SIGTERM, up to 15 s, then SIGKILL.  Logs stay
 # unless --purge.  `env` prints the exports of a running stack again.
 #
-# Binaries come from $SHEAF_BIN_DIR, else from <repo>/build/{dev,worker,
+# Binaries come from $SHEAF_BIN_DIR (flat), else from
+# ${SHEAF_BUILD_DIR:-<repo>/build}/{dev,worker,
 # reducer,cli}.  DIR defaults to ${SHEAF_DEV_DIR:-<repo>/.sheaf-dev}.
 # Readiness is always polled against a deadline, never a fixed sleep.
 set -euo pipefail
@@ -169,13 +170,14 @@ find_bin() {
         printf '%s\n' "$SHEAF_BIN_DIR/$name"
         return
     fi
+    local build=${SHEAF_BUILD_DIR:-$REPO/build}
     for d in dev worker reducer cli; do
-        if [[ -x $REPO/build/$d/$name ]]; then
-            printf '%s\n' "$REPO/build/$d/$name"
+        if [[ -x $build/$d/$name ]]; then
+            printf '%s\n' "$build/$d/$name"
             return
         fi
     done
-    die "$name not found under $REPO/build (build first, or set SHEAF_BIN_DIR)"
+    die "$name not found under $build (build first, or set SHEAF_BUILD_DIR or SHEAF_BIN_DIR)"
 }
 
 # Quotes a value for POSIX sh: 'it'\''s'.

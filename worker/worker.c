@@ -306,6 +306,43 @@ done:
     return out;
 }
 
+/* Logs and applies partition assignment changes.  With cooperative-sticky
+ * only the partitions that move are given or taken; a partition taken away
+ * mid-call is harmless: its next owner finds the result recorded. */
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    char list[512] = "";
+    size_t used = 0;
+    int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *error = NULL;
+    rd_kafka_resp_err_t aerr = RD_KAFKA_RESP_ERR_NO_ERROR;
+    (void)opaque;
+    for (int i = 0; i < parts->cnt && used + 16 < sizeof(list); i++)
+        used += (size_t)snprintf(list + used, sizeof(list) - used, "%s%d", i ? "," : "",
+                                 (int)parts->elems[i].partition);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        sheaf_info("worker", "partitions assigned: %d [%s]", parts->cnt, list);
+        if (cooperative) error = rd_kafka_incremental_assign(rk, parts);
+        else aerr = rd_kafka_assign(rk, parts);
+    } else {
+        sheaf_info("worker", "partitions revoked: %d [%s]", parts->cnt, list);
+        if (cooperative) error = rd_kafka_incremental_unassign(rk, parts);
+        else aerr = rd_kafka_assign(rk, NULL);
+    }
+    if (error) {
+        sheaf_error("worker", "rebalance: %s", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    } else if (aerr) {
+        sheaf_error("worker", "rebalance: %s", rd_kafka_err2str(aerr));
+    }
+    rd_kafka_topic_partition_list_t *now = NULL;
+    if (rd_kafka_assignment(rk, &now) == RD_KAFKA_RESP_ERR_NO_ERROR && now) {
+        sheaf_info("worker", "now owning %d partition(s)", now->cnt);
+        rd_kafka_topic_partition_list_destroy(now);
+    }
+}
+
 /* Marks msg processed: its offset + 1 becomes committable. */
 static void store_offset(worker *w, const rd_kafka_message_t *msg)
 {
@@ -333,8 +370,8 @@ static int worker_start(worker *w)
     if (!(w->redis = sheaf_redis_connect(&w->cfg, errstr, sizeof(errstr))) ||
         !(w->llm = sheaf_llm_create(&w->cfg, errstr, sizeof(errstr))) ||
         !(w->producer = sheaf_kafka_producer_new(&w->cfg, client_id, errstr, sizeof(errstr))) ||
-        !(w->consumer = sheaf_kafka_consumer_new(&w->cfg, client_id, w->cfg.worker_group, NULL,
-                                                 NULL, errstr, sizeof(errstr)))) {
+        !(w->consumer = sheaf_kafka_consumer_new(&w->cfg, client_id, w->cfg.worker_group,
+                                                 on_rebalance, NULL, errstr, sizeof(errstr)))) {
         sheaf_error("worker", "%s", errstr);
         return -1;
     }

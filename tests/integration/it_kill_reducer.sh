@@ -20,7 +20,9 @@ doc_ready() { [ "$(job_field "$JOB" docs_ready)" -ge 1 ]; }
 wait_until 60 "a document ready" doc_ready
 kill -KILL "$R1"
 wait "$R1" 2>/dev/null || true
-log "killed reducer r1 with $(job_field "$JOB" docs_done) documents done"
+done_at_kill=$(job_field "$JOB" docs_done)
+[ "$done_at_kill" -lt 5 ] || fail "every document was done before the kill; make the job longer"
+log "killed reducer r1 with $done_at_kill documents done"
 start_reducer r2 "${CLAIM[@]}"
 wait_job "$JOB" 180
 results "$JOB" > "$T/killed.jsonl"

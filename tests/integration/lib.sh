@@ -46,7 +46,7 @@ trap cleanup EXIT
 # reducers and exports its settings into this shell.
 stack_up() {
   local env
-  env="$(SHEAF_BIN_DIR="$BUILD" "$ROOT/dev/stack.sh" up --dir "$STACK" --workers 0 --reducers 0 "$@")" \
+  env="$(SHEAF_BUILD_DIR="$BUILD" "$ROOT/dev/stack.sh" up --dir "$STACK" --workers 0 --reducers 0 "$@")" \
     || fail "dev/stack.sh up failed"
   STACK_UP=1
   eval "$env"

@@ -486,7 +486,7 @@ static void read_new(reducer *r)
         return;
     }
     /* XREADGROUP GROUP g c COUNT 16 BLOCK 1000 STREAMS k1..kn > .. > */
-    size_t argc = 8 + 2 * n;
+    size_t argc = 9 + 2 * n;
     const char **argv = calloc(argc, sizeof(char *));
     char **keys = calloc(n, sizeof(char *));
     if (!argv || !keys) goto out;

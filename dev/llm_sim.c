@@ -644,7 +644,7 @@ static void usage(FILE *out)
             "  --rate-limit-rpm N       requests per 60 s window, else 429 (0 = none)\n"
             "  --api-key KEY            require Authorization: Bearer KEY\n"
             "  --max-request-bytes N    larger bodies get 413 (default 8388608)\n"
-            "  --summary-words N        words in an answer at most (default 60)\n"
+            "  --summary-words N        words in an answer at most (default 120)\n"
             "  --max-connections N      concurrent connections (default 1024)\n"
             "  --quiet                  no log line per request\n"
             "  -h, --help               this text\n"
@@ -692,7 +692,7 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
     int c, idx;
 
     *o = (sim_opts){.host = "127.0.0.1", .seed = 1, .max_request_bytes = 8u << 20,
-                    .summary_words = 60, .max_connections = 1024};
+                    .summary_words = 120, .max_connections = 1024};
     while ((c = getopt_long(argc, argv, "h", longopts, &idx)) != -1) {
         name = c == 'h' || c == '?' ? "" : longopts[idx].name;
         switch (c) {

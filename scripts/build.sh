@@ -5,8 +5,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SAN=OFF
 if [ "${1:-}" = "--sanitize" ]; then SAN=ON; shift; fi
-DIR="${1:-$ROOT/build$([ "$SAN" = ON ] && echo -asan)}"
-TYPE=RelWithDebInfo
-[ "$SAN" = ON ] && TYPE=Debug
+if [ "$SAN" = ON ]; then
+  DIR="${1:-$ROOT/build-asan}"
+  TYPE=Debug
+else
+  DIR="${1:-$ROOT/build}"
+  TYPE=RelWithDebInfo
+fi
 cmake -S "$ROOT" -B "$DIR" -DCMAKE_BUILD_TYPE="$TYPE" -DSHEAF_SANITIZE="$SAN" >/dev/null
 cmake --build "$DIR" -j"$(nproc)"

@@ -17,6 +17,7 @@ PACKAGES=(
   libcmocka-dev                             # unit test framework
   redis-server                              # real Redis for the dev stack and tests
   kcat jq curl                              # tests read topics and JSON like a user would
+  valgrind                                  # tests run a worker and a reducer under it
 )
 
 missing=()

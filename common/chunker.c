@@ -49,6 +49,7 @@
  *
  * Ownership: the chunker owns its buffers; chunk text handed to the callback
  * points into them (or into the window) and is valid during the call only. */
+#include "sheaf/error.h"
 #include "sheaf/chunker.h"
 
 #include <stdio.h>

@@ -24,6 +24,7 @@
  * Both directions finish with check_msg(), so the encoder refuses exactly
  * what the decoder would refuse: a producer finds a bad message when it
  * builds it, not when a worker dead-letters it. */
+#include "sheaf/error.h"
 #include "sheaf/codec.h"
 
 #include <msgpack.h>
@@ -54,18 +55,6 @@ typedef struct span {
     const char *p;
     size_t n;
 } span;
-
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-{
-    if (!errstr || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errstr, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Copies at most 48 bytes of s into out for an error message, replacing
  * anything that is not printable ASCII by '?' (keys from the wire may hold
@@ -121,58 +110,58 @@ static sheaf_err check_msg(const sheaf_chunk_msg *m, int strings_checked, char *
 {
     size_t bad = 0;
     if (m->version != SHEAF_SCHEMA_VERSION) {
-        set_err(errstr, errlen, "field \"v\": unsupported schema version %u (this build reads %d)",
+        sheaf_set_err(errstr, errlen, "field \"v\": unsupported schema version %u (this build reads %d)",
                 (unsigned)m->version, SHEAF_SCHEMA_VERSION);
         return SHEAF_ERR_VERSION;
     }
     if (!m->job || !sheaf_job_id_valid(m->job)) {
-        set_err(errstr, errlen,
+        sheaf_set_err(errstr, errlen,
                 "field \"job\": %s (1..200 bytes of A-Z a-z 0-9 . _ : / @ + -)",
                 m->job ? "not a valid job id" : "missing");
         return SHEAF_ERR_INVALID;
     }
     if (!m->doc || !sheaf_doc_id_valid(m->doc, strlen(m->doc))) {
-        set_err(errstr, errlen,
+        sheaf_set_err(errstr, errlen,
                 "field \"doc\": %s (1..512 bytes of UTF-8 without control characters)",
                 m->doc ? "not a valid document id" : "missing");
         return SHEAF_ERR_INVALID;
     }
     if (!m->pv || !sheaf_job_id_valid(m->pv)) {
-        set_err(errstr, errlen,
+        sheaf_set_err(errstr, errlen,
                 "field \"pv\": %s (1..200 bytes of A-Z a-z 0-9 . _ : / @ + -)",
                 m->pv ? "not a valid pipeline version" : "missing");
         return SHEAF_ERR_INVALID;
     }
     if (m->count == 0) {
-        set_err(errstr, errlen, "field \"n\": must be at least 1");
+        sheaf_set_err(errstr, errlen, "field \"n\": must be at least 1");
         return SHEAF_ERR_INVALID;
     }
     if (m->idx >= m->count) {
-        set_err(errstr, errlen, "field \"idx\": %u is not below \"n\" (%u)", (unsigned)m->idx,
+        sheaf_set_err(errstr, errlen, "field \"idx\": %u is not below \"n\" (%u)", (unsigned)m->idx,
                 (unsigned)m->count);
         return SHEAF_ERR_INVALID;
     }
     if (!m->text && m->text_len > 0) {
-        set_err(errstr, errlen, "field \"text\": NULL with length %zu", m->text_len);
+        sheaf_set_err(errstr, errlen, "field \"text\": NULL with length %zu", m->text_len);
         return SHEAF_ERR_INVALID;
     }
     if (m->text_len > CODEC_MAX_BYTES) {
-        set_err(errstr, errlen, "field \"text\": %zu bytes exceeds the limit of %u",
+        sheaf_set_err(errstr, errlen, "field \"text\": %zu bytes exceeds the limit of %u",
                 m->text_len, CODEC_MAX_BYTES);
         return SHEAF_ERR_TOO_LARGE;
     }
     if (!strings_checked && m->text && !sheaf_utf8_valid(m->text, m->text_len, &bad)) {
-        set_err(errstr, errlen, "field \"text\": invalid UTF-8 or NUL at byte %zu", bad);
+        sheaf_set_err(errstr, errlen, "field \"text\": invalid UTF-8 or NUL at byte %zu", bad);
         return SHEAF_ERR_INVALID;
     }
     if ((m->page_first == 0) != (m->page_last == 0) || m->page_first > m->page_last) {
-        set_err(errstr, errlen,
+        sheaf_set_err(errstr, errlen,
                 "field \"pl\": pages %u..%u are not a range (both 0 when the input has no pages)",
                 (unsigned)m->page_first, (unsigned)m->page_last);
         return SHEAF_ERR_INVALID;
     }
     if (m->meta_len > CODEC_MAX_META || (m->meta_len > 0 && !m->meta)) {
-        set_err(errstr, errlen, "field \"meta\": %zu entries (limit %d)", m->meta_len,
+        sheaf_set_err(errstr, errlen, "field \"meta\": %zu entries (limit %d)", m->meta_len,
                 CODEC_MAX_META);
         return m->meta_len > CODEC_MAX_META ? SHEAF_ERR_TOO_LARGE : SHEAF_ERR_INVALID;
     }
@@ -180,14 +169,14 @@ static sheaf_err check_msg(const sheaf_chunk_msg *m, int strings_checked, char *
         for (size_t i = 0; i < m->meta_len; i++) {
             const sheaf_kv *kv = &m->meta[i];
             if (!kv->key || !kv->value) {
-                set_err(errstr, errlen, "field \"meta\": entry %zu has a NULL %s", i,
+                sheaf_set_err(errstr, errlen, "field \"meta\": entry %zu has a NULL %s", i,
                         kv->key ? "value" : "key");
                 return SHEAF_ERR_INVALID;
             }
             if (!sheaf_utf8_valid(kv->key, strlen(kv->key), &bad) ||
                 !sheaf_utf8_valid(kv->value, strlen(kv->value), &bad)) {
                 char pk[64];
-                set_err(errstr, errlen, "field \"meta\": entry \"%s\": invalid UTF-8",
+                sheaf_set_err(errstr, errlen, "field \"meta\": entry \"%s\": invalid UTF-8",
                         printable(kv->key, strlen(kv->key), pk));
                 return SHEAF_ERR_INVALID;
             }
@@ -215,7 +204,7 @@ static sheaf_err check_meta_unique(const sheaf_chunk_msg *m, char *errstr, size_
     find_duplicate(keys, m->meta_len, &dup);
     if (dup) {
         char pk[64];
-        set_err(errstr, errlen, "field \"meta\": duplicated key \"%s\"",
+        sheaf_set_err(errstr, errlen, "field \"meta\": duplicated key \"%s\"",
                 printable(dup->p, dup->n, pk));
         err = SHEAF_ERR_INVALID;
     }
@@ -293,7 +282,7 @@ sheaf_err sheaf_chunk_encode(const sheaf_chunk_msg *m, sheaf_buf *out, char *err
     }
     if (rc != 0) {
         err = sink.err != SHEAF_OK ? sink.err : SHEAF_ERR_INTERNAL;
-        set_err(errstr, errlen, "chunk message of doc \"%s\" index %u: %s", tmp.doc,
+        sheaf_set_err(errstr, errlen, "chunk message of doc \"%s\" index %u: %s", tmp.doc,
                 (unsigned)tmp.idx,
                 err == SHEAF_ERR_TOO_LARGE ? "too large for the message or buffer limit"
                                            : sheaf_strerror(err));
@@ -334,7 +323,7 @@ static sheaf_err scan_value(const unsigned char *p, size_t len, size_t *end, cha
         while (left[depth] == 0) depth--;
         if (off >= len) goto truncated;
         if (++objects > CODEC_MAX_OBJECTS) {
-            set_err(errstr, errlen, "more than %d msgpack objects", CODEC_MAX_OBJECTS);
+            sheaf_set_err(errstr, errlen, "more than %d msgpack objects", CODEC_MAX_OBJECTS);
             return SHEAF_ERR_TOO_LARGE;
         }
         left[depth]--;
@@ -374,7 +363,7 @@ static sheaf_err scan_value(const unsigned char *p, size_t len, size_t *end, cha
             case 0xdc: case 0xde: lenbytes = 2; break;            /* array16, map16 */
             case 0xdd: case 0xdf: lenbytes = 4; break;            /* array32, map32 */
             default: /* 0xc1 is never used */
-                set_err(errstr, errlen, "malformed msgpack: byte 0x%02x at offset %zu", c,
+                sheaf_set_err(errstr, errlen, "malformed msgpack: byte 0x%02x at offset %zu", c,
                         off - 1);
                 return SHEAF_ERR_INVALID;
             }
@@ -392,7 +381,7 @@ static sheaf_err scan_value(const unsigned char *p, size_t len, size_t *end, cha
         if (children > 0) {
             if (pending + children > len - off) goto truncated;
             if (depth + 1 > CODEC_MAX_DEPTH) {
-                set_err(errstr, errlen, "msgpack nested deeper than %d levels", CODEC_MAX_DEPTH);
+                sheaf_set_err(errstr, errlen, "msgpack nested deeper than %d levels", CODEC_MAX_DEPTH);
                 return SHEAF_ERR_INVALID;
             }
             left[++depth] = children;
@@ -403,7 +392,7 @@ static sheaf_err scan_value(const unsigned char *p, size_t len, size_t *end, cha
     return SHEAF_OK;
 
 truncated:
-    set_err(errstr, errlen, "malformed msgpack: truncated value (%zu bytes)", len);
+    sheaf_set_err(errstr, errlen, "malformed msgpack: truncated value (%zu bytes)", len);
     return SHEAF_ERR_INVALID;
 }
 
@@ -429,12 +418,12 @@ static sheaf_err get_uint(const msgpack_object *o, int field, uint32_t *out, cha
                           size_t errlen)
 {
     if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
-        set_err(errstr, errlen, "field \"%s\": expected unsigned integer, got %s",
+        sheaf_set_err(errstr, errlen, "field \"%s\": expected unsigned integer, got %s",
                 field_names[field], type_name(o->type));
         return SHEAF_ERR_INVALID;
     }
     if (o->via.u64 > UINT32_MAX) {
-        set_err(errstr, errlen, "field \"%s\": %llu is larger than %lu", field_names[field],
+        sheaf_set_err(errstr, errlen, "field \"%s\": %llu is larger than %lu", field_names[field],
                 (unsigned long long)o->via.u64, (unsigned long)UINT32_MAX);
         return SHEAF_ERR_INVALID;
     }
@@ -449,12 +438,12 @@ static sheaf_err get_str(const msgpack_object *o, const char *what, char **out, 
 {
     size_t bad = 0;
     if (o->type != MSGPACK_OBJECT_STR) {
-        set_err(errstr, errlen, "%s: expected string, got %s", what, type_name(o->type));
+        sheaf_set_err(errstr, errlen, "%s: expected string, got %s", what, type_name(o->type));
         return SHEAF_ERR_INVALID;
     }
     /* The scan bounded size by the message length. */
     if (!sheaf_utf8_valid(o->via.str.ptr, o->via.str.size, &bad)) {
-        set_err(errstr, errlen, "%s: invalid UTF-8 or NUL at byte %zu", what, bad);
+        sheaf_set_err(errstr, errlen, "%s: invalid UTF-8 or NUL at byte %zu", what, bad);
         return SHEAF_ERR_INVALID;
     }
     *out = sheaf_strndup(o->via.str.size ? o->via.str.ptr : "", o->via.str.size);
@@ -483,10 +472,10 @@ static sheaf_err check_keys(const msgpack_object *o, const char *field, char *er
         const msgpack_object *k = &o->via.map.ptr[i].key;
         if (k->type != MSGPACK_OBJECT_STR) {
             if (field)
-                set_err(errstr, errlen, "field \"%s\": key %u is a %s, expected string", field,
+                sheaf_set_err(errstr, errlen, "field \"%s\": key %u is a %s, expected string", field,
                         (unsigned)i, type_name(k->type));
             else
-                set_err(errstr, errlen, "message: key %u is a %s, expected string", (unsigned)i,
+                sheaf_set_err(errstr, errlen, "message: key %u is a %s, expected string", (unsigned)i,
                         type_name(k->type));
             err = SHEAF_ERR_INVALID;
             goto done;
@@ -497,10 +486,10 @@ static sheaf_err check_keys(const msgpack_object *o, const char *field, char *er
     find_duplicate(keys, n, &dup);
     if (dup) {
         if (field)
-            set_err(errstr, errlen, "field \"%s\": duplicated key \"%s\"", field,
+            sheaf_set_err(errstr, errlen, "field \"%s\": duplicated key \"%s\"", field,
                     printable(dup->p, dup->n, pk));
         else
-            set_err(errstr, errlen, "field \"%s\": duplicated key", printable(dup->p, dup->n, pk));
+            sheaf_set_err(errstr, errlen, "field \"%s\": duplicated key", printable(dup->p, dup->n, pk));
         err = SHEAF_ERR_INVALID;
     }
 done:
@@ -513,11 +502,11 @@ static sheaf_err get_meta(const msgpack_object *o, sheaf_chunk_msg *m, char *err
 {
     sheaf_err err;
     if (o->type != MSGPACK_OBJECT_MAP) {
-        set_err(errstr, errlen, "field \"meta\": expected map, got %s", type_name(o->type));
+        sheaf_set_err(errstr, errlen, "field \"meta\": expected map, got %s", type_name(o->type));
         return SHEAF_ERR_INVALID;
     }
     if (o->via.map.size > CODEC_MAX_META) {
-        set_err(errstr, errlen, "field \"meta\": %u entries (limit %d)",
+        sheaf_set_err(errstr, errlen, "field \"meta\": %u entries (limit %d)",
                 (unsigned)o->via.map.size, CODEC_MAX_META);
         return SHEAF_ERR_TOO_LARGE;
     }
@@ -550,7 +539,7 @@ static sheaf_err decode_map(const msgpack_object *o, sheaf_chunk_msg *m, char *e
     sheaf_err err;
 
     if (o->type != MSGPACK_OBJECT_MAP) {
-        set_err(errstr, errlen, "message: expected map, got %s", type_name(o->type));
+        sheaf_set_err(errstr, errlen, "message: expected map, got %s", type_name(o->type));
         return SHEAF_ERR_INVALID;
     }
     err = check_keys(o, NULL, errstr, errlen);
@@ -567,19 +556,19 @@ static sheaf_err decode_map(const msgpack_object *o, sheaf_chunk_msg *m, char *e
     }
     /* The version first: a newer message may differ in any other field. */
     if (!found[F_V]) {
-        set_err(errstr, errlen, "field \"v\": missing");
+        sheaf_set_err(errstr, errlen, "field \"v\": missing");
         return SHEAF_ERR_INVALID;
     }
     err = get_uint(found[F_V], F_V, &m->version, errstr, errlen);
     if (err != SHEAF_OK) return err;
     if (m->version != SHEAF_SCHEMA_VERSION) {
-        set_err(errstr, errlen, "field \"v\": unsupported schema version %u (this build reads %d)",
+        sheaf_set_err(errstr, errlen, "field \"v\": unsupported schema version %u (this build reads %d)",
                 (unsigned)m->version, SHEAF_SCHEMA_VERSION);
         return SHEAF_ERR_VERSION;
     }
     for (int f = 0; f < F_COUNT; f++) {
         if (!found[f] && f != F_META) {
-            set_err(errstr, errlen, "field \"%s\": missing", field_names[f]);
+            sheaf_set_err(errstr, errlen, "field \"%s\": missing", field_names[f]);
             return SHEAF_ERR_INVALID;
         }
     }
@@ -613,12 +602,12 @@ sheaf_err sheaf_chunk_decode(const void *data, size_t len, sheaf_chunk_msg *m, c
     memset(m, 0, sizeof(*m));
     msgpack_unpacked_init(&up);
     if (!data || len == 0) {
-        set_err(errstr, errlen, "empty message");
+        sheaf_set_err(errstr, errlen, "empty message");
         err = SHEAF_ERR_INVALID;
         goto done;
     }
     if (len > CODEC_MAX_BYTES) {
-        set_err(errstr, errlen, "message of %zu bytes exceeds the limit of %u", len,
+        sheaf_set_err(errstr, errlen, "message of %zu bytes exceeds the limit of %u", len,
                 CODEC_MAX_BYTES);
         err = SHEAF_ERR_TOO_LARGE;
         goto done;
@@ -626,7 +615,7 @@ sheaf_err sheaf_chunk_decode(const void *data, size_t len, sheaf_chunk_msg *m, c
     err = scan_value(data, len, &end, errstr, errlen);
     if (err != SHEAF_OK) goto done;
     if (end != len) {
-        set_err(errstr, errlen, "%zu trailing bytes after the map", len - end);
+        sheaf_set_err(errstr, errlen, "%zu trailing bytes after the map", len - end);
         err = SHEAF_ERR_INVALID;
         goto done;
     }
@@ -635,11 +624,11 @@ sheaf_err sheaf_chunk_decode(const void *data, size_t len, sheaf_chunk_msg *m, c
         break;
     case MSGPACK_UNPACK_NOMEM_ERROR:
         err = SHEAF_ERR_NOMEM;
-        set_err(errstr, errlen, "msgpack: out of memory");
+        sheaf_set_err(errstr, errlen, "msgpack: out of memory");
         goto done;
     default: /* the scan accepted it, so this would be a disagreement */
         err = SHEAF_ERR_INVALID;
-        set_err(errstr, errlen, "malformed msgpack");
+        sheaf_set_err(errstr, errlen, "malformed msgpack");
         goto done;
     }
     err = decode_map(&up.data, m, errstr, errlen);

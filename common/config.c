@@ -18,6 +18,7 @@
  *
  * Ownership: every char * field of sheaf_config and every kafka_props
  * string is owned by the config and freed by sheaf_config_clear(). */
+#include "sheaf/error.h"
 #include "sheaf/config.h"
 
 #include <errno.h>
@@ -189,18 +190,6 @@ static const char *const env_ignored[] = {
 };
 static const char *const env_ignored_prefixes[] = {"SHEAF_TEST_", "SHEAF_SIM_"};
 
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-{
-    if (!errstr || errlen == 0) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errstr, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* A value shortened for an error message (values can be whole prompts). */
 static const char *shorten(const char *s, char out[80])
 {
@@ -321,17 +310,17 @@ static sheaf_err set_known(sheaf_config *cfg, const conf_key *k, const char *val
     case T_STRING:
     case T_ENUM:
         if (!sheaf_utf8_valid(value, strlen(value), &bad)) {
-            set_err(errstr, errlen, "%s: key \"%s\": value is not valid UTF-8 (byte %zu)", source,
+            sheaf_set_err(errstr, errlen, "%s: key \"%s\": value is not valid UTF-8 (byte %zu)", source,
                     k->name, bad);
             return SHEAF_ERR_CONFIG;
         }
         if (k->type == T_ENUM && !enum_allows(k->choices, value)) {
-            set_err(errstr, errlen, "%s: key \"%s\": \"%s\" is not one of %s", source, k->name,
+            sheaf_set_err(errstr, errlen, "%s: key \"%s\": \"%s\" is not one of %s", source, k->name,
                     shown, k->choices);
             return SHEAF_ERR_CONFIG;
         }
         if ((k->flags & CONF_TOPIC) && !topic_chars_ok(value)) {
-            set_err(errstr, errlen,
+            sheaf_set_err(errstr, errlen,
                     "%s: key \"%s\": \"%s\" is not usable in a topic name "
                     "(1..200 of A-Z a-z 0-9 . _ -)",
                     source, k->name, shown);
@@ -343,12 +332,12 @@ static sheaf_err set_known(sheaf_config *cfg, const conf_key *k, const char *val
     case T_INT:
     case T_LLONG:
         if (parse_ll(value, &ll) != 0) {
-            set_err(errstr, errlen, "%s: key \"%s\": \"%s\" is not an integer", source, k->name,
+            sheaf_set_err(errstr, errlen, "%s: key \"%s\": \"%s\" is not an integer", source, k->name,
                     shown);
             return SHEAF_ERR_CONFIG;
         }
         if (ll < k->min || ll > k->max) {
-            set_err(errstr, errlen, "%s: key \"%s\": %lld is out of range %lld..%lld", source,
+            sheaf_set_err(errstr, errlen, "%s: key \"%s\": %lld is out of range %lld..%lld", source,
                     k->name, ll, k->min, k->max);
             return SHEAF_ERR_CONFIG;
         }
@@ -357,12 +346,12 @@ static sheaf_err set_known(sheaf_config *cfg, const conf_key *k, const char *val
         return SHEAF_OK;
     case T_DOUBLE:
         if (parse_double(value, &d) != 0) {
-            set_err(errstr, errlen, "%s: key \"%s\": \"%s\" is not a number", source, k->name,
+            sheaf_set_err(errstr, errlen, "%s: key \"%s\": \"%s\" is not a number", source, k->name,
                     shown);
             return SHEAF_ERR_CONFIG;
         }
         if (d < k->dmin || d > k->dmax) {
-            set_err(errstr, errlen, "%s: key \"%s\": %g is out of range %g..%g", source, k->name,
+            sheaf_set_err(errstr, errlen, "%s: key \"%s\": %g is out of range %g..%g", source, k->name,
                     d, k->dmin, k->dmax);
             return SHEAF_ERR_CONFIG;
         }
@@ -370,7 +359,7 @@ static sheaf_err set_known(sheaf_config *cfg, const conf_key *k, const char *val
         return SHEAF_OK;
     case T_BOOL:
         if (parse_bool(value, &b) != 0) {
-            set_err(errstr, errlen,
+            sheaf_set_err(errstr, errlen,
                     "%s: key \"%s\": \"%s\" is not a boolean (true/false, yes/no, on/off, 1/0)",
                     source, k->name, shown);
             return SHEAF_ERR_CONFIG;
@@ -392,11 +381,11 @@ static sheaf_err set_kafka(sheaf_config *cfg, const char *key, const char *value
     sheaf_err err = SHEAF_OK;
 
     if (!topic_chars_ok(prop)) {
-        set_err(errstr, errlen, "%s: key \"%s\": not a Kafka property name", source, key);
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\": not a Kafka property name", source, key);
         return SHEAF_ERR_CONFIG;
     }
     if (!sheaf_utf8_valid(value, strlen(value), &bad)) {
-        set_err(errstr, errlen, "%s: key \"%s\": value is not valid UTF-8 (byte %zu)", source,
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\": value is not valid UTF-8 (byte %zu)", source,
                 key, bad);
         return SHEAF_ERR_CONFIG;
     }
@@ -405,7 +394,7 @@ static sheaf_err set_kafka(sheaf_config *cfg, const char *key, const char *value
             return replace_str(&cfg->kafka_props[i].value, value);
     }
     if (cfg->kafka_props_len >= CONF_MAX_KAFKA_PROPS) {
-        set_err(errstr, errlen, "%s: key \"%s\": more than %d kafka.* properties", source, key,
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\": more than %d kafka.* properties", source, key,
                 CONF_MAX_KAFKA_PROPS);
         return SHEAF_ERR_CONFIG;
     }
@@ -442,14 +431,14 @@ sheaf_err sheaf_config_set(sheaf_config *cfg, const char *key, const char *value
     const conf_key *k;
     if (!source) source = "set";
     if (!key || !value) {
-        set_err(errstr, errlen, "%s: %s is NULL", source, key ? "value" : "key");
+        sheaf_set_err(errstr, errlen, "%s: %s is NULL", source, key ? "value" : "key");
         return SHEAF_ERR_INVALID;
     }
     if (strncmp(key, "kafka.", 6) == 0) return set_kafka(cfg, key, value, source, errstr, errlen);
     k = find_key(key);
     if (!k) {
         char sk[80];
-        set_err(errstr, errlen, "%s: unknown key \"%s\" (see --help-config)", source,
+        sheaf_set_err(errstr, errlen, "%s: unknown key \"%s\" (see --help-config)", source,
                 shorten(key, sk));
         return SHEAF_ERR_CONFIG;
     }
@@ -556,7 +545,7 @@ sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errs
     sheaf_buf_init(&value, CONF_MAX_LINE);
     f = fopen(path, "r");
     if (!f) {
-        set_err(errstr, errlen, "config file %s: %s", path, strerror(errno));
+        sheaf_set_err(errstr, errlen, "config file %s: %s", path, strerror(errno));
         err = SHEAF_ERR_CONFIG;
         goto done;
     }
@@ -565,7 +554,7 @@ sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errs
         err = read_line(f, &line, &got);
         lineno++;
         if (err != SHEAF_OK) {
-            set_err(errstr, errlen, "file %s line %u: %s", path, lineno,
+            sheaf_set_err(errstr, errlen, "file %s line %u: %s", path, lineno,
                     err == SHEAF_ERR_TOO_LARGE ? "line too long" : strerror(errno));
             if (err != SHEAF_ERR_NOMEM) err = SHEAF_ERR_CONFIG;
             goto done;
@@ -576,13 +565,13 @@ sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errs
         while (is_blank(*s)) s++;
         if (*s == '\0' || *s == '#') continue;
         if (strlen(s) != line.len - (size_t)(s - line.data)) {
-            set_err(errstr, errlen, "file %s line %u: NUL byte", path, lineno);
+            sheaf_set_err(errstr, errlen, "file %s line %u: NUL byte", path, lineno);
             err = SHEAF_ERR_CONFIG;
             goto done;
         }
         char *eq = strchr(s, '=');
         if (!eq) {
-            set_err(errstr, errlen, "file %s line %u: expected key = value", path, lineno);
+            sheaf_set_err(errstr, errlen, "file %s line %u: expected key = value", path, lineno);
             err = SHEAF_ERR_CONFIG;
             goto done;
         }
@@ -590,7 +579,7 @@ sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errs
         while (kend > s && is_blank(kend[-1])) kend--;
         *kend = '\0';
         if (*s == '\0') {
-            set_err(errstr, errlen, "file %s line %u: missing key before '='", path, lineno);
+            sheaf_set_err(errstr, errlen, "file %s line %u: missing key before '='", path, lineno);
             err = SHEAF_ERR_CONFIG;
             goto done;
         }
@@ -604,7 +593,7 @@ sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errs
             const char *why = unquote(v + 1, &value, &err);
             if (err == SHEAF_ERR_NOMEM) goto done;
             if (why) {
-                set_err(errstr, errlen, "file %s line %u: key \"%s\": %s", path, lineno, s, why);
+                sheaf_set_err(errstr, errlen, "file %s line %u: key \"%s\": %s", path, lineno, s, why);
                 err = SHEAF_ERR_CONFIG;
                 goto done;
             }
@@ -656,7 +645,7 @@ static sheaf_err apply_env(sheaf_config *cfg, const char *entry, char *errstr, s
     const char *value = eq ? eq + 1 : "";
 
     if (nlen >= sizeof(name)) {
-        set_err(errstr, errlen, "environment variable %.64s...: matches no configuration key",
+        sheaf_set_err(errstr, errlen, "environment variable %.64s...: matches no configuration key",
                 entry);
         return SHEAF_ERR_CONFIG;
     }
@@ -684,7 +673,7 @@ static sheaf_err apply_env(sheaf_config *cfg, const char *entry, char *errstr, s
         if (strcmp(want, name) == 0)
             return set_known(cfg, &conf_keys[i], value, source, errstr, errlen);
     }
-    set_err(errstr, errlen,
+    sheaf_set_err(errstr, errlen,
             "environment variable %s matches no configuration key (see --help-config)", name);
     return SHEAF_ERR_CONFIG;
 }
@@ -712,21 +701,21 @@ static sheaf_err read_secret(const char *file_key, const char *path, char **out,
 
     sheaf_buf_init(&line, CONF_MAX_SECRET);
     if (!f) {
-        set_err(errstr, errlen, "key \"%s\": cannot read %s: %s", file_key, path,
+        sheaf_set_err(errstr, errlen, "key \"%s\": cannot read %s: %s", file_key, path,
                 strerror(errno));
         err = SHEAF_ERR_CONFIG;
         goto done;
     }
     err = read_line(f, &line, &got);
     if (err != SHEAF_OK) {
-        set_err(errstr, errlen, "key \"%s\": cannot read %s: %s", file_key, path,
+        sheaf_set_err(errstr, errlen, "key \"%s\": cannot read %s: %s", file_key, path,
                 err == SHEAF_ERR_TOO_LARGE ? "first line too long" : "read error");
         if (err != SHEAF_ERR_NOMEM) err = SHEAF_ERR_CONFIG;
         goto done;
     }
     if (line.len > 0 && line.data[line.len - 1] == '\r') line.data[--line.len] = '\0';
     if (!got || line.len == 0 || strlen(line.data) != line.len) {
-        set_err(errstr, errlen, "key \"%s\": %s: %s", file_key, path,
+        sheaf_set_err(errstr, errlen, "key \"%s\": %s: %s", file_key, path,
                 line.len == 0 ? "the first line is empty" : "NUL byte in the first line");
         err = SHEAF_ERR_CONFIG;
         goto done;
@@ -764,13 +753,13 @@ static sheaf_err load_secrets(sheaf_config *cfg, char *errstr, size_t errlen)
 static sheaf_err validate(const sheaf_config *cfg, char *errstr, size_t errlen)
 {
     if (cfg->chunk_overlap_tokens >= cfg->chunk_max_tokens / 2) {
-        set_err(errstr, errlen,
+        sheaf_set_err(errstr, errlen,
                 "key \"chunk.overlap_tokens\": %d must be below half of chunk.max_tokens (%d)",
                 cfg->chunk_overlap_tokens, cfg->chunk_max_tokens);
         return SHEAF_ERR_CONFIG;
     }
     if (cfg->heartbeat_ms >= cfg->session_timeout_ms) {
-        set_err(errstr, errlen,
+        sheaf_set_err(errstr, errlen,
                 "key \"group.heartbeat_ms\": %d must be below group.session_timeout_ms (%d)",
                 cfg->heartbeat_ms, cfg->session_timeout_ms);
         return SHEAF_ERR_CONFIG;
@@ -784,7 +773,7 @@ sheaf_err sheaf_config_load(sheaf_config *cfg, const char *config_path,
 {
     sheaf_err err = sheaf_config_init(cfg);
     if (err != SHEAF_OK) {
-        set_err(errstr, errlen, "configuration defaults: %s", sheaf_strerror(err));
+        sheaf_set_err(errstr, errlen, "configuration defaults: %s", sheaf_strerror(err));
         goto done;
     }
     if (!config_path) config_path = getenv("SHEAF_CONFIG");
@@ -799,7 +788,7 @@ sheaf_err sheaf_config_load(sheaf_config *cfg, const char *config_path,
         const char *eq = kv ? strchr(kv, '=') : NULL;
         char key[256], sk[80];
         if (!eq || eq == kv || (size_t)(eq - kv) >= sizeof(key)) {
-            set_err(errstr, errlen, "flag -X \"%s\": expected key=value",
+            sheaf_set_err(errstr, errlen, "flag -X \"%s\": expected key=value",
                     kv ? shorten(kv, sk) : "(null)");
             err = SHEAF_ERR_CONFIG;
             goto done;

@@ -1,6 +1,9 @@
 /* error.c - descriptions of sheaf_err values. */
 #include "sheaf/error.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 const char *sheaf_strerror(sheaf_err err)
 {
     switch (err) {
@@ -26,4 +29,13 @@ int sheaf_err_retryable(sheaf_err err)
 {
     return err == SHEAF_ERR_IO || err == SHEAF_ERR_KAFKA || err == SHEAF_ERR_REDIS ||
            err == SHEAF_ERR_LLM_RETRY;
+}
+
+void sheaf_set_err(char *errstr, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    if (!errstr || errlen == 0) return;
+    va_start(ap, fmt);
+    vsnprintf(errstr, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -15,6 +15,7 @@
  * a private copy used to scrub error text; both are wiped on destroy.  It is
  * never formatted into errstr or a log line (curl's verbose mode, which would
  * print headers, is never turned on). */
+#include "sheaf/error.h"
 #include "sheaf/llm.h"
 
 #include <curl/curl.h>
@@ -55,18 +56,6 @@ static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
 
 static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-/* snprintf into errstr when the caller gave one. */
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!errstr || errlen == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(errstr, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Overwrites every occurrence of secret in s with '*'. */
 static void redact(char *s, const char *secret)
@@ -200,7 +189,7 @@ sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
     if (usage) usage->prompt_tokens = usage->completion_tokens = 0;
     if (!body || len == 0) {
         err = SHEAF_ERR_LLM_RETRY;
-        set_err(errstr, errlen, "empty response body");
+        sheaf_set_err(errstr, errlen, "empty response body");
         goto done;
     }
     /* Any valid JSON must parse (JSON_DECODE_ANY: a bare "null" is not a
@@ -209,48 +198,48 @@ sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
     root = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (!root) {
         err = SHEAF_ERR_LLM_RETRY;
-        set_err(errstr, errlen, "response is not valid JSON (%zu bytes): %s at offset %d", len,
+        sheaf_set_err(errstr, errlen, "response is not valid JSON (%zu bytes): %s at offset %d", len,
                 jerr.text, jerr.position);
         goto done;
     }
     if (!json_is_object(root)) {
-        set_err(errstr, errlen, "response is JSON but not an object");
+        sheaf_set_err(errstr, errlen, "response is JSON but not an object");
         goto done;
     }
     if (json_object_get(root, "error") && !json_is_null(json_object_get(root, "error"))) {
         emsg = json_error_message(root, &elen);
         if (emsg) copy_message(emsg, elen, msg, sizeof(msg));
         else copy_message("(no message)", 12, msg, sizeof(msg));
-        set_err(errstr, errlen, "response carries an error: %s", msg);
+        sheaf_set_err(errstr, errlen, "response carries an error: %s", msg);
         goto done;
     }
     choices = json_object_get(root, "choices");
     if (!json_is_array(choices) || json_array_size(choices) == 0) {
-        set_err(errstr, errlen, "response has no \"choices\" array with an element");
+        sheaf_set_err(errstr, errlen, "response has no \"choices\" array with an element");
         goto done;
     }
     choice = json_array_get(choices, 0);
     message = json_object_get(choice, "message");
     if (!json_is_object(message)) {
-        set_err(errstr, errlen, "response has no choices[0].message object");
+        sheaf_set_err(errstr, errlen, "response has no choices[0].message object");
         goto done;
     }
     text = json_object_get(message, "content");
     if (!json_is_string(text)) {
         json_t *reason = json_object_get(choice, "finish_reason");
-        set_err(errstr, errlen, "choices[0].message.content is %s (finish_reason %s)",
+        sheaf_set_err(errstr, errlen, "choices[0].message.content is %s (finish_reason %s)",
                 !text ? "missing" : json_is_null(text) ? "null" : "not a string",
                 json_is_string(reason) ? json_string_value(reason) : "unknown");
         goto done;
     }
     if (strlen(json_string_value(text)) != json_string_length(text)) {
-        set_err(errstr, errlen, "choices[0].message.content contains a NUL character");
+        sheaf_set_err(errstr, errlen, "choices[0].message.content contains a NUL character");
         goto done;
     }
     *content = sheaf_strndup(json_string_value(text), json_string_length(text));
     if (!*content) {
         err = SHEAF_ERR_NOMEM;
-        set_err(errstr, errlen, "out of memory copying the response content");
+        sheaf_set_err(errstr, errlen, "out of memory copying the response content");
         goto done;
     }
     if (usage) {
@@ -353,22 +342,22 @@ sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen
     CURLcode rc = CURLE_OK;
 
     if (!base || !*base) {
-        set_err(errstr, errlen, "llm.base_url is empty");
+        sheaf_set_err(errstr, errlen, "llm.base_url is empty");
         goto done;
     }
     if (cfg->llm_max_response_bytes <= 0) {
-        set_err(errstr, errlen, "llm.max_response_bytes must be > 0 (got %d)",
+        sheaf_set_err(errstr, errlen, "llm.max_response_bytes must be > 0 (got %d)",
                 cfg->llm_max_response_bytes);
         goto done;
     }
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK) {
-        set_err(errstr, errlen, "curl_global_init failed: %s", curl_easy_strerror(curl_init_rc));
+        sheaf_set_err(errstr, errlen, "curl_global_init failed: %s", curl_easy_strerror(curl_init_rc));
         goto done;
     }
     llm = calloc(1, sizeof(*llm));
     if (!llm) {
-        set_err(errstr, errlen, "out of memory");
+        sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
     sheaf_buf_init(&llm->body, (size_t)cfg->llm_max_response_bytes);
@@ -380,7 +369,7 @@ sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen
     while (blen > 0 && base[blen - 1] == '/') blen--;
     llm->url = malloc(blen + sizeof("/chat/completions"));
     if (!llm->url) {
-        set_err(errstr, errlen, "out of memory");
+        sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
     memcpy(llm->url, base, blen);
@@ -396,27 +385,27 @@ sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen
         for (; *k; k++) {
             if ((unsigned char)*k < 0x20 || *k == 0x7f) {
                 /* Never echo the key: only say it is malformed. */
-                set_err(errstr, errlen, "llm.api_key contains a control character");
+                sheaf_set_err(errstr, errlen, "llm.api_key contains a control character");
                 goto done;
             }
         }
         llm->api_key = strdup(cfg->llm_api_key);
         auth = malloc(alen);
         if (!llm->api_key || !auth) {
-            set_err(errstr, errlen, "out of memory");
+            sheaf_set_err(errstr, errlen, "out of memory");
             goto done;
         }
         snprintf(auth, alen, "Authorization: Bearer %s", cfg->llm_api_key);
         h = curl_slist_append(llm->headers, auth); /* copies auth */
     }
     if (!h) {
-        set_err(errstr, errlen, "out of memory");
+        sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
 
     llm->curl = curl_easy_init();
     if (!llm->curl) {
-        set_err(errstr, errlen, "curl_easy_init failed");
+        sheaf_set_err(errstr, errlen, "curl_easy_init failed");
         goto done;
     }
 #define SETOPT(opt, val) \
@@ -440,7 +429,7 @@ sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen
 #endif
 #undef SETOPT
     if (rc != CURLE_OK) {
-        set_err(errstr, errlen, "llm.base_url: cannot configure curl: %s",
+        sheaf_set_err(errstr, errlen, "llm.base_url: cannot configure curl: %s",
                 curl_easy_strerror(rc));
         goto done;
     }
@@ -498,21 +487,21 @@ static sheaf_err check_request(const sheaf_llm_request *req, char *errstr, size_
 {
     size_t bad = 0;
     if (!req->model || !*req->model) {
-        set_err(errstr, errlen, "request: model is empty");
+        sheaf_set_err(errstr, errlen, "request: model is empty");
         return SHEAF_ERR_LLM_FATAL;
     }
     if (!isfinite(req->temperature)) {
-        set_err(errstr, errlen, "request: temperature is not a finite number");
+        sheaf_set_err(errstr, errlen, "request: temperature is not a finite number");
         return SHEAF_ERR_LLM_FATAL;
     }
     if (req->n_messages == 0 || !req->messages) {
-        set_err(errstr, errlen, "request: no messages");
+        sheaf_set_err(errstr, errlen, "request: no messages");
         return SHEAF_ERR_LLM_FATAL;
     }
     for (size_t i = 0; i < req->n_messages; i++) {
         const char *c = req->messages[i].content ? req->messages[i].content : "";
         if (!sheaf_utf8_valid(c, strlen(c), &bad)) {
-            set_err(errstr, errlen, "request: message %zu content is not valid UTF-8 (byte %zu)",
+            sheaf_set_err(errstr, errlen, "request: message %zu content is not valid UTF-8 (byte %zu)",
                     i, bad);
             return SHEAF_ERR_LLM_FATAL;
         }
@@ -542,7 +531,7 @@ sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
     json = sheaf_llm_request_json(req);
     if (!json) {
         err = SHEAF_ERR_NOMEM;
-        set_err(errstr, errlen, "out of memory building the request body");
+        sheaf_set_err(errstr, errlen, "out of memory building the request body");
         goto done;
     }
 
@@ -560,13 +549,13 @@ sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
 
     if (llm->body_overflow) {
         err = SHEAF_ERR_LLM_FATAL;
-        set_err(errstr, errlen, "response larger than llm.max_response_bytes (%zu)",
+        sheaf_set_err(errstr, errlen, "response larger than llm.max_response_bytes (%zu)",
                 llm->body.max);
         goto done;
     }
     if (rc != CURLE_OK) {
         err = curl_retryable(rc) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
-        set_err(errstr, errlen, "POST %s: %s", llm->url,
+        sheaf_set_err(errstr, errlen, "POST %s: %s", llm->url,
                 llm->curl_errbuf[0] ? llm->curl_errbuf : curl_easy_strerror(rc));
         goto done;
     }
@@ -578,7 +567,7 @@ sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
     err = status_retryable(status) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
     if (err == SHEAF_ERR_LLM_RETRY) result->retry_after_ms = llm->retry_after_ms;
     server_message(llm->body.data, llm->body.len, msg, sizeof(msg));
-    set_err(errstr, errlen, "HTTP %ld from %s: %s", status, llm->url, msg);
+    sheaf_set_err(errstr, errlen, "HTTP %ld from %s: %s", status, llm->url, msg);
 done:
     if (errstr && errlen) redact(errstr, llm->api_key);
     free(json);
@@ -637,12 +626,12 @@ sheaf_err sheaf_llm_complete_retry(sheaf_llm *llm, const sheaf_llm_request *req,
                    llm->max_attempts, status, last, (long long)delay);
         if (sleep_unless_stopped(delay, stop)) {
             err = SHEAF_ERR_STOPPED;
-            set_err(errstr, errlen, "stopped while waiting to retry after attempt %d/%d: %s",
+            sheaf_set_err(errstr, errlen, "stopped while waiting to retry after attempt %d/%d: %s",
                     attempt, llm->max_attempts, last);
             goto done;
         }
     }
-    set_err(errstr, errlen, "%s", last);
+    sheaf_set_err(errstr, errlen, "%s", last);
 done:
     return err;
 }

@@ -14,6 +14,7 @@
  *   anything else is copied as is ("}}" alone, single braces).
  * A "{{" without a closing "}}", an empty name, or a name holding a brace
  * or a control character is an error naming the offset. */
+#include "sheaf/error.h"
 #include "sheaf/pipeline.h"
 
 #include <jansson.h>
@@ -52,17 +53,6 @@ static const stage_def stage_defs[] = {
 
 static const char *const stage_keys[] = {"max_tokens", "model", "system", "temperature",
                                          "user", NULL};
-
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *errstr, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!errstr || errlen == 0) return;
-    va_start(ap, fmt);
-    vsnprintf(errstr, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Puts prefix in front of the message already in errstr. */
 static void prefix_err(char *errstr, size_t errlen, const char *prefix)
@@ -123,7 +113,7 @@ static sheaf_err tmpl_walk(const char *tmpl, const tmpl_ops *ops, void *ctx, cha
         close = strstr(p + 2, "}}");
         if (!close) {
             err = SHEAF_ERR_INVALID;
-            set_err(errstr, errlen, "unterminated \"{{\" at offset %zu", (size_t)(p - tmpl));
+            sheaf_set_err(errstr, errlen, "unterminated \"{{\" at offset %zu", (size_t)(p - tmpl));
             goto done;
         }
         name = p + 2;
@@ -132,14 +122,14 @@ static sheaf_err tmpl_walk(const char *tmpl, const tmpl_ops *ops, void *ctx, cha
         while (end > name && is_space(end[-1])) end--;
         if (name == end) {
             err = SHEAF_ERR_INVALID;
-            set_err(errstr, errlen, "empty variable name at offset %zu", (size_t)(p - tmpl));
+            sheaf_set_err(errstr, errlen, "empty variable name at offset %zu", (size_t)(p - tmpl));
             goto done;
         }
         for (const char *c = name; c < end; c++) {
             if (*c == '{' || *c == '}' || (unsigned char)*c < 0x20 || *c == 0x7f) {
                 int shown = (int)(end - name < VAR_NAME_SHOWN ? end - name : VAR_NAME_SHOWN);
                 err = SHEAF_ERR_INVALID;
-                set_err(errstr, errlen, "invalid variable name \"%.*s\" at offset %zu", shown,
+                sheaf_set_err(errstr, errlen, "invalid variable name \"%.*s\" at offset %zu", shown,
                         name, (size_t)(p - tmpl));
                 goto done;
             }
@@ -157,7 +147,7 @@ done:
 static sheaf_err unknown_var(const char *name, size_t n, char *errstr, size_t errlen)
 {
     int shown = (int)(n < VAR_NAME_SHOWN ? n : VAR_NAME_SHOWN);
-    set_err(errstr, errlen, "unknown variable \"%.*s\"", shown, name);
+    sheaf_set_err(errstr, errlen, "unknown variable \"%.*s\"", shown, name);
     return SHEAF_ERR_INVALID;
 }
 
@@ -172,9 +162,9 @@ static sheaf_err append_checked(sheaf_buf *out, const char *s, size_t n, char *e
 {
     sheaf_err err = sheaf_buf_append(out, s, n);
     if (err == SHEAF_ERR_TOO_LARGE)
-        set_err(errstr, errlen, "rendered prompt is larger than %zu bytes", out->max);
+        sheaf_set_err(errstr, errlen, "rendered prompt is larger than %zu bytes", out->max);
     else if (err != SHEAF_OK)
-        set_err(errstr, errlen, "rendering prompt: %s", sheaf_strerror(err));
+        sheaf_set_err(errstr, errlen, "rendering prompt: %s", sheaf_strerror(err));
     return err;
 }
 
@@ -265,14 +255,14 @@ static sheaf_err check_template(const char *tmpl, const stage_def *d, const char
     size_t bad = 0;
 
     if (!sheaf_utf8_valid(tmpl, strlen(tmpl), &bad)) {
-        set_err(errstr, errlen, "stage %s: %s is not valid UTF-8 (byte %zu)", d->name, label,
+        sheaf_set_err(errstr, errlen, "stage %s: %s is not valid UTF-8 (byte %zu)", d->name, label,
                 bad);
         return SHEAF_ERR_INVALID;
     }
     err = sheaf_prompt_check(tmpl, d->vars, msg, sizeof(msg));
     if (err != SHEAF_OK) {
         list_vars(d->vars, allowed, sizeof(allowed));
-        set_err(errstr, errlen, "stage %s: %s: %s (allowed: %s)", d->name, label, msg, allowed);
+        sheaf_set_err(errstr, errlen, "stage %s: %s: %s (allowed: %s)", d->name, label, msg, allowed);
     }
     return err;
 }
@@ -285,27 +275,27 @@ static sheaf_err validate_stage(const sheaf_stage *st, const stage_def *d,
     size_t bad = 0;
 
     if (!st->system || !st->user || !st->model) {
-        set_err(errstr, errlen, "stage %s: system, user and model must be set", d->name);
+        sheaf_set_err(errstr, errlen, "stage %s: system, user and model must be set", d->name);
         goto done;
     }
     if (!*st->user) {
-        set_err(errstr, errlen, "stage %s: %s is empty", d->name, user_label);
+        sheaf_set_err(errstr, errlen, "stage %s: %s is empty", d->name, user_label);
         goto done;
     }
     if (!*st->model) {
-        set_err(errstr, errlen, "stage %s: model is empty", d->name);
+        sheaf_set_err(errstr, errlen, "stage %s: model is empty", d->name);
         goto done;
     }
     if (!sheaf_utf8_valid(st->model, strlen(st->model), &bad)) {
-        set_err(errstr, errlen, "stage %s: model is not valid UTF-8 (byte %zu)", d->name, bad);
+        sheaf_set_err(errstr, errlen, "stage %s: model is not valid UTF-8 (byte %zu)", d->name, bad);
         goto done;
     }
     if (!isfinite(st->temperature) || st->temperature < 0) {
-        set_err(errstr, errlen, "stage %s: temperature must be a number >= 0", d->name);
+        sheaf_set_err(errstr, errlen, "stage %s: temperature must be a number >= 0", d->name);
         goto done;
     }
     if (st->max_tokens < 0) {
-        set_err(errstr, errlen, "stage %s: max_tokens must be >= 0 (got %d)", d->name,
+        sheaf_set_err(errstr, errlen, "stage %s: max_tokens must be >= 0 (got %d)", d->name,
                 st->max_tokens);
         goto done;
     }
@@ -324,7 +314,7 @@ sheaf_err sheaf_pipeline_finalize(sheaf_pipeline *p, char *errstr, size_t errlen
 
     p->version[0] = '\0';
     if (!p->name || !*p->name || !sheaf_utf8_valid(p->name, strlen(p->name), NULL)) {
-        set_err(errstr, errlen, "pipeline name is empty or not valid UTF-8");
+        sheaf_set_err(errstr, errlen, "pipeline name is empty or not valid UTF-8");
         goto done;
     }
     for (size_t i = 0; i < N_STAGES; i++) {
@@ -335,7 +325,7 @@ sheaf_err sheaf_pipeline_finalize(sheaf_pipeline *p, char *errstr, size_t errlen
     json = sheaf_pipeline_to_json(p);
     if (!json) {
         err = SHEAF_ERR_NOMEM;
-        set_err(errstr, errlen, "out of memory writing the pipeline JSON");
+        sheaf_set_err(errstr, errlen, "out of memory writing the pipeline JSON");
         goto done;
     }
     sheaf_sha256_hex(json, strlen(json), hex);
@@ -398,7 +388,7 @@ static sheaf_err reject_unknown_keys(json_t *obj, const char *const *known, cons
         const char *const *k = known;
         while (*k && strcmp(*k, key) != 0) k++;
         if (!*k) {
-            set_err(errstr, errlen, "%s%sunknown key \"%.64s\"", where, *where ? ": " : "", key);
+            sheaf_set_err(errstr, errlen, "%s%sunknown key \"%.64s\"", where, *where ? ": " : "", key);
             return SHEAF_ERR_INVALID;
         }
     }
@@ -412,16 +402,16 @@ static sheaf_err get_string(json_t *obj, const char *key, const char *where, cha
     json_t *v = json_object_get(obj, key);
     const char *sep = *where ? ": " : "";
     if (!v) {
-        set_err(errstr, errlen, "%s%skey \"%s\" is missing", where, sep, key);
+        sheaf_set_err(errstr, errlen, "%s%skey \"%s\" is missing", where, sep, key);
         return SHEAF_ERR_INVALID;
     }
     if (!json_is_string(v)) {
-        set_err(errstr, errlen, "%s%skey \"%s\" must be a string", where, sep, key);
+        sheaf_set_err(errstr, errlen, "%s%skey \"%s\" must be a string", where, sep, key);
         return SHEAF_ERR_INVALID;
     }
     *out = sheaf_strndup(json_string_value(v), json_string_length(v));
     if (!*out) {
-        set_err(errstr, errlen, "out of memory");
+        sheaf_set_err(errstr, errlen, "out of memory");
         return SHEAF_ERR_NOMEM;
     }
     return SHEAF_OK;
@@ -436,11 +426,11 @@ static sheaf_err stage_from_json(json_t *o, const char *name, sheaf_stage *st, c
 
     snprintf(where, sizeof(where), "stage %s", name);
     if (!o) {
-        set_err(errstr, errlen, "stages: key \"%s\" is missing", name);
+        sheaf_set_err(errstr, errlen, "stages: key \"%s\" is missing", name);
         goto done;
     }
     if (!json_is_object(o)) {
-        set_err(errstr, errlen, "stages: key \"%s\" must be an object", name);
+        sheaf_set_err(errstr, errlen, "stages: key \"%s\" must be an object", name);
         goto done;
     }
     err = reject_unknown_keys(o, stage_keys, where, errstr, errlen);
@@ -451,21 +441,21 @@ static sheaf_err stage_from_json(json_t *o, const char *name, sheaf_stage *st, c
     err = SHEAF_ERR_INVALID;
     v = json_object_get(o, "temperature");
     if (!v) {
-        set_err(errstr, errlen, "%s: key \"temperature\" is missing", where);
+        sheaf_set_err(errstr, errlen, "%s: key \"temperature\" is missing", where);
         goto done;
     }
     if (!json_is_number(v)) {
-        set_err(errstr, errlen, "%s: key \"temperature\" must be a number", where);
+        sheaf_set_err(errstr, errlen, "%s: key \"temperature\" must be a number", where);
         goto done;
     }
     st->temperature = json_number_value(v);
     v = json_object_get(o, "max_tokens");
     if (!v) {
-        set_err(errstr, errlen, "%s: key \"max_tokens\" is missing", where);
+        sheaf_set_err(errstr, errlen, "%s: key \"max_tokens\" is missing", where);
         goto done;
     }
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX) {
-        set_err(errstr, errlen, "%s: key \"max_tokens\" must be an integer in 0..%d", where,
+        sheaf_set_err(errstr, errlen, "%s: key \"max_tokens\" must be an integer in 0..%d", where,
                 INT_MAX);
         goto done;
     }
@@ -486,26 +476,26 @@ sheaf_pipeline *sheaf_pipeline_from_json(const char *json, size_t len, char *err
 
     root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        set_err(errstr, errlen, "pipeline JSON: %s at line %d column %d", jerr.text, jerr.line,
+        sheaf_set_err(errstr, errlen, "pipeline JSON: %s at line %d column %d", jerr.text, jerr.line,
                 jerr.column);
         goto done;
     }
     if (!json_is_object(root)) {
-        set_err(errstr, errlen, "pipeline JSON: not an object");
+        sheaf_set_err(errstr, errlen, "pipeline JSON: not an object");
         goto done;
     }
     if (reject_unknown_keys(root, top_keys, "pipeline JSON", errstr, errlen) != SHEAF_OK)
         goto done;
     p = calloc(1, sizeof(*p));
     if (!p) {
-        set_err(errstr, errlen, "out of memory");
+        sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
     if (get_string(root, "name", "pipeline JSON", &p->name, errstr, errlen) != SHEAF_OK)
         goto done;
     stages = json_object_get(root, "stages");
     if (!json_is_object(stages)) {
-        set_err(errstr, errlen, "pipeline JSON: key \"stages\" %s",
+        sheaf_set_err(errstr, errlen, "pipeline JSON: key \"stages\" %s",
                 stages ? "must be an object" : "is missing");
         goto done;
     }
@@ -522,7 +512,7 @@ sheaf_pipeline *sheaf_pipeline_from_json(const char *json, size_t len, char *err
      * to: otherwise the prompts were edited behind the version's back. */
     version = json_object_get(root, "version");
     if (version && (!json_is_string(version) || strcmp(json_string_value(version), p->version))) {
-        set_err(errstr, errlen, "pipeline JSON: key \"version\" does not match the content (%s)",
+        sheaf_set_err(errstr, errlen, "pipeline JSON: key \"version\" does not match the content (%s)",
                 p->version);
         goto done;
     }
@@ -556,24 +546,24 @@ sheaf_pipeline *sheaf_pipeline_builtin(const sheaf_config *cfg, char *errstr, si
     users[2] = cfg->prompt_overview;
     for (size_t i = 0; i < N_STAGES; i++) {
         if (!users[i] || !*users[i]) {
-            set_err(errstr, errlen, "%s is empty", stage_defs[i].config_key);
+            sheaf_set_err(errstr, errlen, "%s is empty", stage_defs[i].config_key);
             goto done;
         }
     }
     if (!cfg->llm_model || !*cfg->llm_model) {
-        set_err(errstr, errlen, "llm.model is empty");
+        sheaf_set_err(errstr, errlen, "llm.model is empty");
         goto done;
     }
     p = calloc(1, sizeof(*p));
     if (!p || !(p->name = strdup("summarize"))) {
-        set_err(errstr, errlen, "out of memory");
+        sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < N_STAGES; i++) {
         const stage_def *d = &stage_defs[i];
         sheaf_stage *st = stage_of(p, d);
         if (stage_from_config(st, cfg, users[i]) != SHEAF_OK) {
-            set_err(errstr, errlen, "out of memory");
+            sheaf_set_err(errstr, errlen, "out of memory");
             goto done;
         }
         /* Checked here first so the message names the config key. */

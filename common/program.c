@@ -1,7 +1,9 @@
 /* program.c - start-up and shutdown plumbing shared by sheaf programs. */
 #include "sheaf/program.h"
 
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sheaf/log.h"
@@ -38,4 +40,37 @@ int sheaf_program_config(sheaf_config *cfg, const char *prog, const char *config
     if (level >= 0) sheaf_log_set_level((sheaf_log_level)level);
     sheaf_log_set_json(cfg->log_json);
     return 0;
+}
+
+int sheaf_program_start(sheaf_config *cfg, const char *prog, const char *usage_text, int argc,
+                        char **argv)
+{
+    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {"help-config", no_argument, NULL, 'H'},
+                                         {NULL, 0, NULL, 0}};
+    const char *config_path = NULL;
+    char **overrides = calloc((size_t)argc + 1, sizeof(char *));
+    size_t n_overrides = 0;
+    int c, rc = -1;
+
+    if (!overrides) return 2;
+    while (rc < 0 && (c = getopt_long(argc, argv, "c:X:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': config_path = optarg; break;
+        case 'X': overrides[n_overrides++] = optarg; break;
+        case 'h': fputs(usage_text, stdout); rc = 0; break;
+        case 'H': sheaf_config_print_help(stdout); rc = 0; break;
+        default: fputs(usage_text, stderr); rc = 2; break;
+        }
+    }
+    if (rc < 0 && optind < argc) {
+        fprintf(stderr, "%s: unexpected argument \"%s\"\n", prog, argv[optind]);
+        rc = 2;
+    }
+    if (rc < 0 && sheaf_program_config(cfg, prog, config_path, overrides, n_overrides) != 0)
+        rc = 2;
+    if (rc < 0) sheaf_program_signals();
+    free(overrides);
+    return rc;
 }

@@ -18,7 +18,6 @@
  * A document whose chunk results are all failures gets a result carrying
  * the errors and no LLM call; a one-chunk document takes its map result as
  * its summary (no combine call needed). */
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,44 +49,15 @@ typedef struct reducer {
 
 typedef enum { ENTRY_DONE, ENTRY_RETRY, ENTRY_STOPPED } entry_outcome;
 
-static void usage(FILE *out)
-{
-    fprintf(out,
+static const char usage_text[] =
             "usage: sheaf-reducer [-c FILE] [-X key=value ...]\n"
             "  Combines each ready document's partial results and writes the\n"
             "  overview of each finished job.\n"
             "  -c, --config FILE   configuration file (default: $SHEAF_CONFIG)\n"
             "  -X key=value        set a configuration key (see --help-config)\n"
-            "      --help-config   list every configuration key\n");
-}
+            "      --help-config   list every configuration key\n";
 
 /* ---- LLM calls ---- */
-
-/* Calls the LLM for one stage; on success *text is malloc'd. */
-static sheaf_err call_stage(reducer *r, const sheaf_stage *st, const char *system,
-                            const char *user, char **text, sheaf_llm_usage *usage,
-                            char *errstr, size_t errlen)
-{
-    sheaf_llm_message msgs[2];
-    size_t n = 0;
-    sheaf_llm_result res;
-    memset(&res, 0, sizeof(res));
-    if (system && *system) msgs[n++] = (sheaf_llm_message){"system", system};
-    msgs[n++] = (sheaf_llm_message){"user", user};
-    sheaf_llm_request req = {.model = st->model,
-                             .temperature = st->temperature,
-                             .max_tokens = st->max_tokens,
-                             .messages = msgs,
-                             .n_messages = n};
-    sheaf_err err = sheaf_llm_complete_retry(r->llm, &req, &res, &sheaf_stop, errstr, errlen);
-    if (err == SHEAF_OK) {
-        *text = res.content;
-        res.content = NULL;
-        *usage = res.usage;
-    }
-    sheaf_llm_result_clear(&res);
-    return err;
-}
 
 /* ---- template variables ---- */
 
@@ -118,6 +88,52 @@ static const char *stage_var(const char *name, size_t len, void *ud, size_t *out
 #undef IS
     if (s) *out_len = strlen(s);
     return s;
+}
+
+/* Renders one stage's prompts with v and calls the LLM.  Returns
+ * SHEAF_ERR_STOPPED on shutdown (nothing decided), else SHEAF_OK with
+ * either *text (the answer) or *error (why there is none) malloc'd. */
+static sheaf_err run_stage(reducer *r, const char *name, const sheaf_stage *st, stage_vars *v,
+                           char **text, sheaf_llm_usage *usage, char **error)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", msg[SHEAF_ERRSTR_SIZE + 64];
+    sheaf_buf system, user;
+    sheaf_llm_message msgs[2];
+    sheaf_llm_result res;
+    size_t n = 0;
+    sheaf_err err = SHEAF_OK;
+
+    memset(&res, 0, sizeof(res));
+    sheaf_buf_init(&system, PROMPT_CAP);
+    sheaf_buf_init(&user, PROMPT_CAP);
+    if (sheaf_prompt_render(st->system, stage_var, v, &system, errstr, sizeof(errstr)) ||
+        sheaf_prompt_render(st->user, stage_var, v, &user, errstr, sizeof(errstr))) {
+        snprintf(msg, sizeof(msg), "%s prompt: %s", name, errstr);
+        *error = strdup(msg);
+        goto out;
+    }
+    if (system.len) msgs[n++] = (sheaf_llm_message){"system", system.data};
+    msgs[n++] = (sheaf_llm_message){"user", user.data};
+    sheaf_llm_request req = {.model = st->model,
+                             .temperature = st->temperature,
+                             .max_tokens = st->max_tokens,
+                             .messages = msgs,
+                             .n_messages = n};
+    err = sheaf_llm_complete_retry(r->llm, &req, &res, &sheaf_stop, errstr, sizeof(errstr));
+    if (err == SHEAF_OK) {
+        *text = res.content; /* ownership moves to the caller */
+        res.content = NULL;
+        *usage = res.usage;
+    } else if (err != SHEAF_ERR_STOPPED) {
+        snprintf(msg, sizeof(msg), "%s call failed: %s", name, errstr);
+        *error = strdup(msg);
+        err = SHEAF_OK;
+    }
+out:
+    sheaf_llm_result_clear(&res);
+    sheaf_buf_free(&system);
+    sheaf_buf_free(&user);
+    return err;
 }
 
 static sheaf_pipeline *job_pipeline(reducer *r, const char *job, char *errstr, size_t errlen,
@@ -164,7 +180,7 @@ static entry_outcome combine_doc(reducer *r, const char *job, const char *doc)
     char *meta_json = NULL, *summary = NULL, *result = NULL;
     json_t *meta = NULL, *failed = json_array(), *rec = NULL;
     sheaf_pipeline *p = NULL;
-    sheaf_buf partials, system, user;
+    sheaf_buf partials;
     sheaf_llm_usage usage = {0, 0};
     entry_outcome out = ENTRY_RETRY;
     const char *last_ok = NULL;
@@ -172,8 +188,6 @@ static entry_outcome combine_doc(reducer *r, const char *job, const char *doc)
     sheaf_err err;
 
     sheaf_buf_init(&partials, PROMPT_CAP);
-    sheaf_buf_init(&system, PROMPT_CAP);
-    sheaf_buf_init(&user, PROMPT_CAP);
 
     if ((err = sheaf_state_doc_info(r->redis, job, doc, &meta_json, &n, errstr,
                                     sizeof(errstr))) != SHEAF_OK ||
@@ -219,24 +233,10 @@ static entry_outcome combine_doc(reducer *r, const char *job, const char *doc)
         snprintf(nbuf, sizeof(nbuf), "%u", n);
         stage_vars v = {.job = job, .doc = doc, .chunk_count = nbuf, .partials = partials.data,
                         .meta = meta};
-        if (sheaf_prompt_render(p->combine.system, stage_var, &v, &system, errstr,
-                                sizeof(errstr)) ||
-            sheaf_prompt_render(p->combine.user, stage_var, &v, &user, errstr, sizeof(errstr))) {
-            char msg[SHEAF_ERRSTR_SIZE + 32];
-            snprintf(msg, sizeof(msg), "combine prompt: %s", errstr);
-            error = strdup(msg);
-        } else {
-            err = call_stage(r, &p->combine, system.data, user.data, &summary, &usage, errstr,
-                             sizeof(errstr));
-            if (err == SHEAF_ERR_STOPPED) {
-                out = ENTRY_STOPPED;
-                goto done;
-            }
-            if (err != SHEAF_OK) {
-                char msg[SHEAF_ERRSTR_SIZE + 32];
-                snprintf(msg, sizeof(msg), "combine call failed: %s", errstr);
-                error = strdup(msg);
-            }
+        if (run_stage(r, "combine", &p->combine, &v, &summary, &usage, &error) ==
+            SHEAF_ERR_STOPPED) {
+            out = ENTRY_STOPPED;
+            goto done;
         }
     }
 
@@ -279,8 +279,6 @@ done:
     sheaf_pipeline_destroy(p);
     sheaf_partials_free(parts, n);
     sheaf_buf_free(&partials);
-    sheaf_buf_free(&system);
-    sheaf_buf_free(&user);
     return out;
 }
 
@@ -289,7 +287,7 @@ done:
 static entry_outcome overview(reducer *r, const char *job)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], kres[512], nbuf[24];
-    sheaf_buf results, system, user;
+    sheaf_buf results;
     sheaf_pipeline *p = NULL;
     redisReply *ids = NULL;
     char *text = NULL, *json = NULL, *error = NULL;
@@ -300,8 +298,6 @@ static entry_outcome overview(reducer *r, const char *job)
     sheaf_err err;
 
     sheaf_buf_init(&results, PROMPT_CAP);
-    sheaf_buf_init(&system, PROMPT_CAP);
-    sheaf_buf_init(&user, PROMPT_CAP);
     sheaf_key(kdocs, sizeof(kdocs), job, "docs");
     sheaf_key(kres, sizeof(kres), job, "results");
 
@@ -336,25 +332,10 @@ static entry_outcome overview(reducer *r, const char *job)
     if (!error && results.len == 0) error = strdup("no document has a summary");
     if (!error) {
         stage_vars v = {.job = job, .doc_count = nbuf, .results = results.data};
-        if (sheaf_prompt_render(p->overview.system, stage_var, &v, &system, errstr,
-                                sizeof(errstr)) ||
-            sheaf_prompt_render(p->overview.user, stage_var, &v, &user, errstr,
-                                sizeof(errstr))) {
-            char msg[SHEAF_ERRSTR_SIZE + 32];
-            snprintf(msg, sizeof(msg), "overview prompt: %s", errstr);
-            error = strdup(msg);
-        } else {
-            err = call_stage(r, &p->overview, system.data, user.data, &text, &usage, errstr,
-                             sizeof(errstr));
-            if (err == SHEAF_ERR_STOPPED) {
-                out = ENTRY_STOPPED;
-                goto done;
-            }
-            if (err != SHEAF_OK) {
-                char msg[SHEAF_ERRSTR_SIZE + 32];
-                snprintf(msg, sizeof(msg), "overview call failed: %s", errstr);
-                error = strdup(msg);
-            }
+        if (run_stage(r, "overview", &p->overview, &v, &text, &usage, &error) ==
+            SHEAF_ERR_STOPPED) {
+            out = ENTRY_STOPPED;
+            goto done;
         }
     }
     rec = json_object();
@@ -383,8 +364,6 @@ done:
     if (ids) freeReplyObject(ids);
     sheaf_pipeline_destroy(p);
     sheaf_buf_free(&results);
-    sheaf_buf_free(&system);
-    sheaf_buf_free(&user);
     return out;
 }
 
@@ -534,37 +513,14 @@ out:
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {"help-config", no_argument, NULL, 'H'},
-                                         {NULL, 0, NULL, 0}};
-    const char *config_path = NULL;
-    char **overrides = calloc((size_t)argc + 1, sizeof(char *));
-    char errstr[SHEAF_ERRSTR_SIZE] = "", host[64] = "host";
-    size_t n_overrides = 0;
     reducer r;
-    int c, rc = 1;
+    char errstr[SHEAF_ERRSTR_SIZE] = "", host[64] = "host";
+    int rc;
 
     memset(&r, 0, sizeof(r));
-    while ((c = getopt_long(argc, argv, "c:X:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': config_path = optarg; break;
-        case 'X': overrides[n_overrides++] = optarg; break;
-        case 'h': usage(stdout); rc = 0; goto out;
-        case 'H': sheaf_config_print_help(stdout); rc = 0; goto out;
-        default: usage(stderr); rc = 2; goto out;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "sheaf-reducer: unexpected argument \"%s\"\n", argv[optind]);
-        rc = 2;
-        goto out;
-    }
-    if (sheaf_program_config(&r.cfg, "sheaf-reducer", config_path, overrides, n_overrides)) {
-        rc = 2;
-        goto out;
-    }
-    sheaf_program_signals();
+    rc = sheaf_program_start(&r.cfg, "sheaf-reducer", usage_text, argc, argv);
+    if (rc >= 0) return rc;
+    rc = 1;
     gethostname(host, sizeof(host) - 1);
     snprintf(r.consumer, sizeof(r.consumer), "%s-%d", host, (int)getpid());
     if (r.cfg.reducer_output && *r.cfg.reducer_output) {
@@ -603,7 +559,6 @@ stop:
     sheaf_llm_destroy(r.llm);
     sheaf_redis_destroy(r.redis);
     sheaf_config_clear(&r.cfg);
-out:
-    free(overrides);
     return rc;
 }
+

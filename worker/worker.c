@@ -18,7 +18,6 @@
  * SIGTERM: the current call is finished or abandoned (not recorded: another
  * worker redoes it), stored offsets are committed by rd_kafka_consumer_close,
  * exit 0. */
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,16 +52,13 @@ typedef struct worker {
 
 typedef enum { MSG_DONE, MSG_STOPPED } msg_outcome;
 
-static void usage(FILE *out)
-{
-    fprintf(out,
+static const char usage_text[] =
             "usage: sheaf-worker [-c FILE] [-X key=value ...]\n"
             "  Consumes chunk messages from <topic.prefix>.map in consumer group\n"
             "  worker.group, runs the map stage, stores results in Redis.\n"
             "  -c, --config FILE   configuration file (default: $SHEAF_CONFIG)\n"
             "  -X key=value        set a configuration key (see --help-config)\n"
-            "      --help-config   list every configuration key\n");
-}
+            "      --help-config   list every configuration key\n";
 
 /* ---- pipelines, looked up by version and cached ---- */
 
@@ -409,36 +405,13 @@ static void worker_stop(worker *w)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {{"config", required_argument, NULL, 'c'},
-                                         {"help", no_argument, NULL, 'h'},
-                                         {"help-config", no_argument, NULL, 'H'},
-                                         {NULL, 0, NULL, 0}};
-    const char *config_path = NULL;
-    char **overrides = calloc((size_t)argc + 1, sizeof(char *));
-    size_t n_overrides = 0;
     worker w;
-    int c, rc = 1;
+    int rc;
 
     memset(&w, 0, sizeof(w));
-    while ((c = getopt_long(argc, argv, "c:X:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c': config_path = optarg; break;
-        case 'X': overrides[n_overrides++] = optarg; break;
-        case 'h': usage(stdout); rc = 0; goto out;
-        case 'H': sheaf_config_print_help(stdout); rc = 0; goto out;
-        default: usage(stderr); rc = 2; goto out;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "sheaf-worker: unexpected argument \"%s\"\n", argv[optind]);
-        rc = 2;
-        goto out;
-    }
-    if (sheaf_program_config(&w.cfg, "sheaf-worker", config_path, overrides, n_overrides)) {
-        rc = 2;
-        goto out;
-    }
-    sheaf_program_signals();
+    rc = sheaf_program_start(&w.cfg, "sheaf-worker", usage_text, argc, argv);
+    if (rc >= 0) return rc;
+    rc = 1;
     if (worker_start(&w) == 0) {
         while (!sheaf_stop) {
             rd_kafka_message_t *msg = rd_kafka_consumer_poll(w.consumer, 200);
@@ -457,7 +430,5 @@ int main(int argc, char **argv)
         rc = 0;
     }
     worker_stop(&w);
-out:
-    free(overrides);
     return rc;
 }

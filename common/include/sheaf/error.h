@@ -10,6 +10,8 @@
 #ifndef SHEAF_ERROR_H
 #define SHEAF_ERROR_H
 
+#include <stddef.h>
+
 #define SHEAF_ERRSTR_SIZE 512
 
 typedef enum sheaf_err {
@@ -34,5 +36,9 @@ const char *sheaf_strerror(sheaf_err err);
 
 /* 1 when the same operation may succeed if tried again later. */
 int sheaf_err_retryable(sheaf_err err);
+
+/* snprintf into errstr when the caller gave one (errstr may be NULL). */
+void sheaf_set_err(char *errstr, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -23,4 +23,12 @@ void sheaf_program_signals(void);
 int sheaf_program_config(sheaf_config *cfg, const char *prog, const char *config_path,
                          char *const *overrides, size_t n_overrides);
 
+/* Command line of a long-running program (worker, reducer): -c/--config
+ * FILE, -X key=value, -h/--help (prints usage_text), --help-config; no
+ * positional arguments.  Loads cfg and installs the signal handlers.
+ * Returns -1 to go on, else the exit code (0 after help, 2 on a bad
+ * command line or configuration). */
+int sheaf_program_start(sheaf_config *cfg, const char *prog, const char *usage_text, int argc,
+                        char **argv);
+
 #endif

@@ -8,6 +8,7 @@
 #  - a chunk whose LLM call keeps failing is recorded as failed and
 #    dead-lettered, and its document still completes with the failure in
 #    its result.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 stack_up

@@ -5,6 +5,7 @@
 # Also checks the status counts, the reducer's JSONL output file, that a
 # chunk message on the topic is readable by another Kafka client (kcat),
 # and that workers and the reducer exit 0 on SIGTERM.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 stack_up

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A reducer killed with SIGKILL mid-job: its pending stream entries are
 # claimed by another reducer and the job completes with identical results.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 stack_up --latency-ms 150

@@ -2,6 +2,7 @@
 # A worker killed with SIGKILL in the middle of a job: the surviving worker
 # takes its partitions over and the job completes with results identical
 # to a clean run.  Nothing is lost and nothing is double counted.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 stack_up --latency-ms 40

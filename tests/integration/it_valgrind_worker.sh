@@ -2,9 +2,11 @@
 # A worker and a reducer under valgrind run a whole job: no invalid reads
 # or writes, no definite or indirect leaks, exit 0 on SIGTERM.  (Not run in
 # the sanitizer build: valgrind and ASan do not mix.)
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || fail "valgrind is not installed"
 
+# shellcheck disable=SC2054  # the commas are inside valgrind options
 VG=(valgrind --leak-check=full --show-leak-kinds=definite,indirect
     --errors-for-leak-kinds=definite,indirect --error-exitcode=99)
 stack_up

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The same job with 1 worker and with 4 workers gives byte-identical
 # results: partials are ordered by chunk index, never by arrival.
+# shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 stack_up --latency-ms 20

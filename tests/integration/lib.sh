@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # lib.sh - shared plumbing for sheaf's integration tests (sourced).
 #
 # Each test gets its own temp dir and its own dev stack (mock Kafka cluster,
@@ -89,7 +90,7 @@ wait_until() {
   done
 }
 
-job_is_done() { [ "$(job_field "$1" state)" = done ]; }
+job_is_done() { [ "$(job_field "$1" state)" = "done" ]; }
 
 # wait_job JOB [TIMEOUT_S]
 wait_job() {

@@ -153,6 +153,14 @@ static const conf_key conf_keys[] = {
 
     /* Worker and reducer */
     K_STR("worker.group", worker_group, "sheaf-workers", "Kafka consumer group of the workers."),
+    K_INT("worker.max_in_flight", worker_max_in_flight, "64", 1, 100000,
+          "LLM calls a worker keeps in flight at once (libcurl multi, one thread)."),
+    K_INT("worker.drain_ms", worker_drain_ms, "10000", 0, HOUR_MS,
+          "On SIGTERM, how long to let in-flight calls finish before abandoning them."),
+    K_DOUBLE("llm.rpm", llm_rpm, "0", 0, 1e9,
+             "Requests per minute allowed by the provider, shared by the whole fleet through Redis; 0 = no limit."),
+    K_DOUBLE("llm.tpm", llm_tpm, "0", 0, 1e12,
+             "Tokens per minute allowed by the provider (estimated prompt + max_tokens), fleet-wide; 0 = no limit."),
     K_STR("reducer.group", reducer_group, "sheaf-reducers",
           "Redis stream consumer group of the reducers."),
     K_INT("reducer.claim_idle_ms", reducer_claim_idle_ms, "30000", 1, DAY_MS,

@@ -3,13 +3,18 @@
  * One sheaf_llm owns one curl easy handle, reused for every call so curl
  * keeps the connection to the provider alive between requests.  A handle is
  * not thread-safe: use one sheaf_llm per thread (workers that need many
- * calls in flight use libcurl multi elsewhere; this client is the simple,
- * synchronous path).
+ * calls in flight use sheaf/llm_async.h, libcurl multi; this client is the
+ * simple, synchronous path).
  *
  * The request body and the response parsing are pure functions (no curl),
  * so they are unit-tested on their own.  sheaf_llm_complete() makes one
  * attempt and classifies its outcome; sheaf_llm_complete_retry() adds
  * exponential backoff with full jitter around it.
+ *
+ * This file also defines the internals the async engine shares
+ * (llm_internal.h): endpoint and header setup, the receiving side of an
+ * attempt, classification of its outcome, retry delays.  They are defined
+ * once, here, so both clients treat every status and header the same way.
  *
  * Secrets: the API key lives only in the Authorization header list and in
  * a private copy used to scrub error text; both are wiped on destroy.  It is
@@ -29,27 +34,22 @@
 #include <strings.h>
 #include <time.h>
 
+#include "llm_internal.h"
 #include "sheaf/buf.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"
 
-#define LLM_BACKOFF_CAP_MS 30000      /* ceiling of one backoff delay */
-#define LLM_RETRY_AFTER_CAP_MS 300000 /* a Retry-After longer than this is cut to it */
 #define LLM_SLEEP_SLICE_MS 100        /* how often a backoff wait looks at *stop */
 #define LLM_SERVER_MSG_MAX 300        /* bytes of a server's error message kept */
 #define LLM_MIN_REDACT_LEN 4          /* shorter keys are not scrubbed (too many false hits) */
+#define LLM_HEADER_VALUE_MAX 128      /* longer values of the headers we read are ignored */
 
 struct sheaf_llm {
     CURL *curl;                   /* owned; reused for keep-alive */
-    struct curl_slist *headers;   /* owned; may hold the Authorization line */
-    char *url;                    /* owned: base_url without trailing '/' + /chat/completions */
-    char *api_key;                /* owned copy, only to scrub error text; NULL if unset */
+    sheaf_llm_endpoint ep;        /* owned: URL, headers, key copy */
     int max_attempts;
     int backoff_ms;
-    sheaf_buf body;               /* response body, capped at llm.max_response_bytes */
-    int body_overflow;            /* set by write_cb when the cap was hit */
-    int64_t retry_after_ms;       /* Retry-After of the last response, else -1 */
-    char curl_errbuf[CURL_ERROR_SIZE];
+    sheaf_llm_xfer xfer;          /* receiving side of the current attempt */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -297,50 +297,79 @@ done:
     return ms;
 }
 
-/* ---- curl callbacks -------------------------------------------------------- */
+/* ---- durations of x-ratelimit-reset-* --------------------------------------- */
 
-static size_t write_cb(char *data, size_t size, size_t nmemb, void *ud)
+int64_t sheaf_llm_parse_duration(const char *value)
 {
-    sheaf_llm *llm = ud;
-    size_t n = size * nmemb;
-    if (sheaf_buf_append(&llm->body, data, n) != SHEAF_OK) {
-        llm->body_overflow = 1;
-        return 0; /* curl stops with CURLE_WRITE_ERROR */
-    }
-    return n;
-}
+    /* Nanoseconds per unit; longer names first so "ms" is not read as "m". */
+    static const struct { const char *name; int64_t ns; } units[] = {
+        {"ms", 1000000}, {"us", 1000}, {"\xc2\xb5s", 1000}, {"ns", 1},
+        {"h", 3600000000000LL}, {"m", 60000000000LL}, {"s", 1000000000LL},
+    };
+    static const size_t n_units = sizeof(units) / sizeof(units[0]);
+    const char *p = value;
+    int64_t total_ns = 0;
+    int groups = 0;
 
-static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
-{
-    sheaf_llm *llm = ud;
-    size_t n = size * nmemb;
-    static const char name[] = "retry-after:";
-    char value[128];
-
-    /* A new status line (after a 100 Continue, say) starts a new response. */
-    if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) llm->retry_after_ms = -1;
-    if (n > sizeof(name) - 1 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
-        size_t vlen = n - (sizeof(name) - 1);
-        if (vlen < sizeof(value)) {
-            memcpy(value, data + sizeof(name) - 1, vlen);
-            value[vlen] = '\0';
-            llm->retry_after_ms = sheaf_llm_parse_retry_after(value);
+    if (!p) return -1;
+    while (*p == ' ' || *p == '\t') p++;
+    /* One or more "<number><unit>" groups ("6m0s"), numbers parsed by hand
+     * (strtod would follow the locale), fractions rounded up. */
+    while (*p && !strchr(" \t\r\n", *p)) {
+        int64_t whole = 0, frac = 0, frac_scale = 1, unit_ns;
+        int digits = 0, round_up = 0;
+        size_t u, ulen = 0;
+        for (; *p >= '0' && *p <= '9'; p++, digits++) {
+            if (whole >= 100000000000000LL) return -1; /* absurd in any unit */
+            whole = whole * 10 + (*p - '0');
         }
+        if (*p == '.') {
+            for (p++; *p >= '0' && *p <= '9'; p++, digits++) {
+                if (frac_scale < 1000000) {
+                    frac = frac * 10 + (*p - '0');
+                    frac_scale *= 10;
+                } else if (*p != '0') {
+                    round_up = 1;
+                }
+            }
+        }
+        if (digits == 0) return -1;
+        for (u = 0; u < n_units; u++) {
+            ulen = strlen(units[u].name);
+            if (strncmp(p, units[u].name, ulen) == 0) break;
+        }
+        if (u < n_units) {
+            unit_ns = units[u].ns;
+            p += ulen;
+        } else if (groups == 0 && (!*p || strchr(" \t\r\n", *p))) {
+            unit_ns = 1000000000LL; /* bare seconds, only as the whole value */
+        } else {
+            return -1;
+        }
+        /* Over three years is absurd; checked before anything can overflow
+         * (frac < 10^6 and unit_ns <= 3.6 * 10^12 keep frac * unit_ns small). */
+        if (whole > 100000000000000000LL / unit_ns) return -1;
+        total_ns += whole * unit_ns + (frac * unit_ns + frac_scale - 1) / frac_scale + round_up;
+        if (total_ns > 100000000000000000LL) return -1;
+        groups++;
     }
-    return n;
+    while (*p && strchr(" \t\r\n", *p)) p++;
+    if (groups == 0 || *p) return -1;
+    return (total_ns + 999999) / 1000000;
 }
 
-/* ---- client ---------------------------------------------------------------- */
+/* ---- one attempt: endpoint, handle setup, receiving, classification ------- */
 
-sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen)
+sheaf_err sheaf_llm_endpoint_init(sheaf_llm_endpoint *ep, const sheaf_config *cfg, char *errstr,
+                                  size_t errlen)
 {
-    sheaf_llm *llm = NULL, *ret = NULL;
+    sheaf_err err = SHEAF_ERR_CONFIG;
     char *auth = NULL;
     struct curl_slist *h;
     const char *base = cfg->llm_base_url;
     size_t blen;
-    CURLcode rc = CURLE_OK;
 
+    memset(ep, 0, sizeof(*ep));
     if (!base || !*base) {
         sheaf_set_err(errstr, errlen, "llm.base_url is empty");
         goto done;
@@ -352,112 +381,176 @@ sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen
     }
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK) {
+        err = SHEAF_ERR_INTERNAL;
         sheaf_set_err(errstr, errlen, "curl_global_init failed: %s", curl_easy_strerror(curl_init_rc));
         goto done;
     }
-    llm = calloc(1, sizeof(*llm));
-    if (!llm) {
-        sheaf_set_err(errstr, errlen, "out of memory");
-        goto done;
-    }
-    sheaf_buf_init(&llm->body, (size_t)cfg->llm_max_response_bytes);
-    llm->retry_after_ms = -1;
-    llm->max_attempts = cfg->llm_max_attempts > 0 ? cfg->llm_max_attempts : 1;
-    llm->backoff_ms = cfg->llm_backoff_ms > 0 ? cfg->llm_backoff_ms : 0;
-
+    err = SHEAF_ERR_NOMEM;
     blen = strlen(base);
     while (blen > 0 && base[blen - 1] == '/') blen--;
-    llm->url = malloc(blen + sizeof("/chat/completions"));
-    if (!llm->url) {
+    ep->url = malloc(blen + sizeof("/chat/completions"));
+    if (!ep->url) {
         sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
-    memcpy(llm->url, base, blen);
-    memcpy(llm->url + blen, "/chat/completions", sizeof("/chat/completions"));
+    memcpy(ep->url, base, blen);
+    memcpy(ep->url + blen, "/chat/completions", sizeof("/chat/completions"));
+    ep->timeout_ms = cfg->llm_timeout_ms > 0 ? cfg->llm_timeout_ms : 0;
+    ep->connect_timeout_ms = cfg->llm_connect_timeout_ms > 0 ? cfg->llm_connect_timeout_ms : 0;
+    ep->max_response_bytes = (size_t)cfg->llm_max_response_bytes;
 
     h = curl_slist_append(NULL, "Content-Type: application/json");
-    if (h) llm->headers = h;
+    if (h) ep->headers = h;
     /* An empty Expect disables "100-continue": one round trip less. */
-    if (h) h = curl_slist_append(llm->headers, "Expect:");
+    if (h) h = curl_slist_append(ep->headers, "Expect:");
     if (h && cfg->llm_api_key && *cfg->llm_api_key) {
         const char *k = cfg->llm_api_key;
         size_t alen = strlen("Authorization: Bearer ") + strlen(k) + 1;
         for (; *k; k++) {
             if ((unsigned char)*k < 0x20 || *k == 0x7f) {
                 /* Never echo the key: only say it is malformed. */
+                err = SHEAF_ERR_CONFIG;
                 sheaf_set_err(errstr, errlen, "llm.api_key contains a control character");
                 goto done;
             }
         }
-        llm->api_key = strdup(cfg->llm_api_key);
+        ep->api_key = strdup(cfg->llm_api_key);
         auth = malloc(alen);
-        if (!llm->api_key || !auth) {
+        if (!ep->api_key || !auth) {
             sheaf_set_err(errstr, errlen, "out of memory");
             goto done;
         }
         snprintf(auth, alen, "Authorization: Bearer %s", cfg->llm_api_key);
-        h = curl_slist_append(llm->headers, auth); /* copies auth */
+        h = curl_slist_append(ep->headers, auth); /* copies auth */
     }
     if (!h) {
         sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
+    err = SHEAF_OK;
+done:
+    free_secret(auth);
+    if (err != SHEAF_OK) sheaf_llm_endpoint_free(ep);
+    return err;
+}
 
-    llm->curl = curl_easy_init();
-    if (!llm->curl) {
-        sheaf_set_err(errstr, errlen, "curl_easy_init failed");
-        goto done;
+void sheaf_llm_endpoint_free(sheaf_llm_endpoint *ep)
+{
+    if (!ep) return;
+    /* Wipe the Authorization line before the list is freed. */
+    for (struct curl_slist *h = ep->headers; h; h = h->next)
+        if (h->data) explicit_bzero(h->data, strlen(h->data));
+    curl_slist_free_all(ep->headers);
+    free_secret(ep->api_key);
+    free(ep->url);
+    memset(ep, 0, sizeof(*ep));
+}
+
+static void resp_headers_reset(sheaf_llm_resp_headers *h)
+{
+    h->retry_after_ms = h->remaining_requests = h->reset_requests_ms = -1;
+}
+
+void sheaf_llm_xfer_init(sheaf_llm_xfer *x, size_t max_body)
+{
+    sheaf_buf_init(&x->body, max_body);
+    sheaf_llm_xfer_reset(x);
+}
+
+void sheaf_llm_xfer_reset(sheaf_llm_xfer *x)
+{
+    sheaf_buf_reset(&x->body);
+    x->body_overflow = 0;
+    resp_headers_reset(&x->hdr);
+    x->errbuf[0] = '\0';
+}
+
+void sheaf_llm_xfer_free(sheaf_llm_xfer *x)
+{
+    sheaf_buf_free(&x->body);
+}
+
+static size_t write_cb(char *data, size_t size, size_t nmemb, void *ud)
+{
+    sheaf_llm_xfer *x = ud;
+    size_t n = size * nmemb;
+    if (sheaf_buf_append(&x->body, data, n) != SHEAF_OK) {
+        x->body_overflow = 1;
+        return 0; /* curl stops with CURLE_WRITE_ERROR */
     }
+    return n;
+}
+
+/* The value of header line data[0..n) when its name is name (with the
+ * colon, lower case), trimmed, into value; 0 when it is another header or
+ * the value does not fit. */
+static int header_value(const char *data, size_t n, const char *name, char *value)
+{
+    size_t nlen = strlen(name), vlen;
+    if (n <= nlen || strncasecmp(data, name, nlen) != 0) return 0;
+    data += nlen;
+    vlen = n - nlen;
+    while (vlen > 0 && (*data == ' ' || *data == '\t')) data++, vlen--;
+    while (vlen > 0 && strchr(" \t\r\n", data[vlen - 1])) vlen--;
+    if (vlen >= LLM_HEADER_VALUE_MAX) return 0;
+    memcpy(value, data, vlen);
+    value[vlen] = '\0';
+    return 1;
+}
+
+static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
+{
+    sheaf_llm_xfer *x = ud;
+    size_t n = size * nmemb;
+    char value[LLM_HEADER_VALUE_MAX];
+
+    /* A new status line (after a 100 Continue, say) starts a new response. */
+    if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) resp_headers_reset(&x->hdr);
+    if (header_value(data, n, "retry-after:", value)) {
+        x->hdr.retry_after_ms = sheaf_llm_parse_retry_after(value);
+    } else if (header_value(data, n, "x-ratelimit-remaining-requests:", value)) {
+        char *end;
+        long long v = strtoll(value, &end, 10);
+        x->hdr.remaining_requests = (end != value && *end == '\0' && v >= 0) ? v : -1;
+    } else if (header_value(data, n, "x-ratelimit-reset-requests:", value)) {
+        x->hdr.reset_requests_ms = sheaf_llm_parse_duration(value);
+    }
+    return n;
+}
+
+CURLcode sheaf_llm_easy_setup(CURL *curl, const sheaf_llm_endpoint *ep, sheaf_llm_xfer *x)
+{
+    CURLcode rc = CURLE_OK;
 #define SETOPT(opt, val) \
-    do { if (rc == CURLE_OK) rc = curl_easy_setopt(llm->curl, (opt), (val)); } while (0)
-    SETOPT(CURLOPT_URL, llm->url);
-    SETOPT(CURLOPT_HTTPHEADER, llm->headers);
+    do { if (rc == CURLE_OK) rc = curl_easy_setopt(curl, (opt), (val)); } while (0)
+    SETOPT(CURLOPT_URL, ep->url);
+    SETOPT(CURLOPT_HTTPHEADER, ep->headers);
     SETOPT(CURLOPT_POST, 1L);
     SETOPT(CURLOPT_NOSIGNAL, 1L);
-    SETOPT(CURLOPT_TIMEOUT_MS, (long)(cfg->llm_timeout_ms > 0 ? cfg->llm_timeout_ms : 0));
-    SETOPT(CURLOPT_CONNECTTIMEOUT_MS,
-           (long)(cfg->llm_connect_timeout_ms > 0 ? cfg->llm_connect_timeout_ms : 0));
+    SETOPT(CURLOPT_TIMEOUT_MS, ep->timeout_ms);
+    SETOPT(CURLOPT_CONNECTTIMEOUT_MS, ep->connect_timeout_ms);
     SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
     SETOPT(CURLOPT_USERAGENT, "sheaf/0.1");
     SETOPT(CURLOPT_WRITEFUNCTION, write_cb);
-    SETOPT(CURLOPT_WRITEDATA, llm);
+    SETOPT(CURLOPT_WRITEDATA, x);
     SETOPT(CURLOPT_HEADERFUNCTION, header_cb);
-    SETOPT(CURLOPT_HEADERDATA, llm);
-    SETOPT(CURLOPT_ERRORBUFFER, llm->curl_errbuf);
+    SETOPT(CURLOPT_HEADERDATA, x);
+    SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
 #if LIBCURL_VERSION_NUM >= 0x075500
     SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
 #undef SETOPT
-    if (rc != CURLE_OK) {
-        sheaf_set_err(errstr, errlen, "llm.base_url: cannot configure curl: %s",
-                curl_easy_strerror(rc));
-        goto done;
-    }
-    ret = llm;
-    llm = NULL; /* handed to the caller */
-done:
-    free_secret(auth);
-    sheaf_llm_destroy(llm);
-    return ret;
+    return rc;
 }
 
-void sheaf_llm_destroy(sheaf_llm *llm)
+CURLcode sheaf_llm_easy_body(CURL *curl, const char *body, size_t len)
 {
-    if (!llm) return;
-    if (llm->curl) curl_easy_cleanup(llm->curl);
-    /* Wipe the Authorization line before the list is freed. */
-    for (struct curl_slist *h = llm->headers; h; h = h->next)
-        if (h->data) explicit_bzero(h->data, strlen(h->data));
-    curl_slist_free_all(llm->headers);
-    free_secret(llm->api_key);
-    free(llm->url);
-    sheaf_buf_free(&llm->body);
-    free(llm);
+    CURLcode rc = curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    if (rc == CURLE_OK) rc = curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+    return rc;
 }
 
-/* 1 when a curl failure is worth another try (the network or the server
- * had a bad moment); 0 when the request can never work as configured. */
-static int curl_retryable(CURLcode rc)
+int sheaf_llm_curl_retryable(CURLcode rc)
 {
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
@@ -477,13 +570,46 @@ static int curl_retryable(CURLcode rc)
     }
 }
 
-static int status_retryable(long status)
+int sheaf_llm_status_retryable(long status)
 {
     return status == 429 || status == 408 || status == 409 || (status >= 500 && status <= 599);
 }
 
-/* Checks what the request will send; FATAL because resending cannot help. */
-static sheaf_err check_request(const sheaf_llm_request *req, char *errstr, size_t errlen)
+sheaf_err sheaf_llm_classify(const sheaf_llm_xfer *x, CURLcode rc, long status,
+                             const sheaf_llm_endpoint *ep, sheaf_llm_result *result,
+                             char *errstr, size_t errlen)
+{
+    sheaf_err err;
+    char msg[LLM_SERVER_MSG_MAX + 1];
+
+    result->http_status = status;
+    if (x->body_overflow) {
+        err = SHEAF_ERR_LLM_FATAL;
+        sheaf_set_err(errstr, errlen, "response larger than llm.max_response_bytes (%zu)",
+                x->body.max);
+        goto done;
+    }
+    if (rc != CURLE_OK) {
+        err = sheaf_llm_curl_retryable(rc) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
+        sheaf_set_err(errstr, errlen, "POST %s: %s", ep->url,
+                x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        goto done;
+    }
+    if (status >= 200 && status <= 299) {
+        err = sheaf_llm_parse_response(x->body.data, x->body.len, &result->content,
+                                       &result->usage, errstr, errlen);
+        goto done;
+    }
+    err = sheaf_llm_status_retryable(status) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
+    if (err == SHEAF_ERR_LLM_RETRY) result->retry_after_ms = x->hdr.retry_after_ms;
+    server_message(x->body.data, x->body.len, msg, sizeof(msg));
+    sheaf_set_err(errstr, errlen, "HTTP %ld from %s: %s", status, ep->url, msg);
+done:
+    if (errstr && errlen) redact(errstr, ep->api_key);
+    return err;
+}
+
+sheaf_err sheaf_llm_check_request(const sheaf_llm_request *req, char *errstr, size_t errlen)
 {
     size_t bad = 0;
     if (!req->model || !*req->model) {
@@ -509,12 +635,75 @@ static sheaf_err check_request(const sheaf_llm_request *req, char *errstr, size_
     return SHEAF_OK;
 }
 
+int64_t sheaf_llm_backoff_ceiling(int base_ms, int attempt)
+{
+    int64_t ceil_ms = base_ms;
+    for (int i = 1; i < attempt && ceil_ms < SHEAF_LLM_BACKOFF_CAP_MS; i++) ceil_ms *= 2;
+    if (ceil_ms > SHEAF_LLM_BACKOFF_CAP_MS) ceil_ms = SHEAF_LLM_BACKOFF_CAP_MS;
+    return ceil_ms > 0 ? ceil_ms : 0;
+}
+
+int64_t sheaf_llm_retry_delay(int base_ms, int attempt, int64_t retry_after_ms)
+{
+    int64_t ceil_ms = sheaf_llm_backoff_ceiling(base_ms, attempt);
+    /* Full jitter: a random delay in [0, ceiling]. */
+    int64_t delay = ceil_ms > 0 ? (int64_t)(sheaf_random_u64() % (uint64_t)(ceil_ms + 1)) : 0;
+    /* The server knows its own load better than our guess. */
+    if (retry_after_ms > delay)
+        delay = retry_after_ms < SHEAF_LLM_RETRY_AFTER_CAP_MS ? retry_after_ms
+                                                             : SHEAF_LLM_RETRY_AFTER_CAP_MS;
+    return delay;
+}
+
+/* ---- client ---------------------------------------------------------------- */
+
+sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen)
+{
+    sheaf_llm *llm = NULL, *ret = NULL;
+    CURLcode rc;
+
+    llm = calloc(1, sizeof(*llm));
+    if (!llm) {
+        sheaf_set_err(errstr, errlen, "out of memory");
+        goto done;
+    }
+    if (sheaf_llm_endpoint_init(&llm->ep, cfg, errstr, errlen) != SHEAF_OK) goto done;
+    sheaf_llm_xfer_init(&llm->xfer, llm->ep.max_response_bytes);
+    llm->max_attempts = cfg->llm_max_attempts > 0 ? cfg->llm_max_attempts : 1;
+    llm->backoff_ms = cfg->llm_backoff_ms > 0 ? cfg->llm_backoff_ms : 0;
+
+    llm->curl = curl_easy_init();
+    if (!llm->curl) {
+        sheaf_set_err(errstr, errlen, "curl_easy_init failed");
+        goto done;
+    }
+    rc = sheaf_llm_easy_setup(llm->curl, &llm->ep, &llm->xfer);
+    if (rc != CURLE_OK) {
+        sheaf_set_err(errstr, errlen, "llm.base_url: cannot configure curl: %s",
+                curl_easy_strerror(rc));
+        goto done;
+    }
+    ret = llm;
+    llm = NULL; /* handed to the caller */
+done:
+    sheaf_llm_destroy(llm);
+    return ret;
+}
+
+void sheaf_llm_destroy(sheaf_llm *llm)
+{
+    if (!llm) return;
+    if (llm->curl) curl_easy_cleanup(llm->curl);
+    sheaf_llm_endpoint_free(&llm->ep);
+    sheaf_llm_xfer_free(&llm->xfer);
+    free(llm);
+}
+
 sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
                              sheaf_llm_result *result, char *errstr, size_t errlen)
 {
     sheaf_err err;
     char *json = NULL;
-    char msg[LLM_SERVER_MSG_MAX + 1];
     long status = 0;
     CURLcode rc;
 
@@ -526,7 +715,7 @@ sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
     result->attempts = 1;
     if (errstr && errlen) errstr[0] = '\0';
 
-    err = check_request(req, errstr, errlen);
+    err = sheaf_llm_check_request(req, errstr, errlen);
     if (err != SHEAF_OK) goto done;
     json = sheaf_llm_request_json(req);
     if (!json) {
@@ -535,53 +724,16 @@ sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
         goto done;
     }
 
-    sheaf_buf_reset(&llm->body);
-    llm->body_overflow = 0;
-    llm->retry_after_ms = -1;
-    llm->curl_errbuf[0] = '\0';
+    sheaf_llm_xfer_reset(&llm->xfer);
     /* curl does not copy POSTFIELDS: json must outlive the perform.  The
      * handle keeps the stale pointer until the next call replaces it. */
-    rc = curl_easy_setopt(llm->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(json));
-    if (rc == CURLE_OK) rc = curl_easy_setopt(llm->curl, CURLOPT_POSTFIELDS, json);
+    rc = sheaf_llm_easy_body(llm->curl, json, strlen(json));
     if (rc == CURLE_OK) rc = curl_easy_perform(llm->curl);
     curl_easy_getinfo(llm->curl, CURLINFO_RESPONSE_CODE, &status);
-    result->http_status = status;
-
-    if (llm->body_overflow) {
-        err = SHEAF_ERR_LLM_FATAL;
-        sheaf_set_err(errstr, errlen, "response larger than llm.max_response_bytes (%zu)",
-                llm->body.max);
-        goto done;
-    }
-    if (rc != CURLE_OK) {
-        err = curl_retryable(rc) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
-        sheaf_set_err(errstr, errlen, "POST %s: %s", llm->url,
-                llm->curl_errbuf[0] ? llm->curl_errbuf : curl_easy_strerror(rc));
-        goto done;
-    }
-    if (status >= 200 && status <= 299) {
-        err = sheaf_llm_parse_response(llm->body.data, llm->body.len, &result->content,
-                                       &result->usage, errstr, errlen);
-        goto done;
-    }
-    err = status_retryable(status) ? SHEAF_ERR_LLM_RETRY : SHEAF_ERR_LLM_FATAL;
-    if (err == SHEAF_ERR_LLM_RETRY) result->retry_after_ms = llm->retry_after_ms;
-    server_message(llm->body.data, llm->body.len, msg, sizeof(msg));
-    sheaf_set_err(errstr, errlen, "HTTP %ld from %s: %s", status, llm->url, msg);
+    err = sheaf_llm_classify(&llm->xfer, rc, status, &llm->ep, result, errstr, errlen);
 done:
-    if (errstr && errlen) redact(errstr, llm->api_key);
     free(json);
     return err;
-}
-
-/* Full jitter: a random delay in [0, min(cap, base * 2^(attempt-1))]. */
-static int64_t backoff_delay(int base_ms, int attempt)
-{
-    int64_t ceil_ms = base_ms;
-    for (int i = 1; i < attempt && ceil_ms < LLM_BACKOFF_CAP_MS; i++) ceil_ms *= 2;
-    if (ceil_ms > LLM_BACKOFF_CAP_MS) ceil_ms = LLM_BACKOFF_CAP_MS;
-    if (ceil_ms <= 0) return 0;
-    return (int64_t)(sheaf_random_u64() % (uint64_t)(ceil_ms + 1));
 }
 
 /* Sleeps ms in short slices; returns 1 as soon as *stop is set. */
@@ -615,11 +767,7 @@ sheaf_err sheaf_llm_complete_retry(sheaf_llm *llm, const sheaf_llm_request *req,
         /* Only transient failures are retried; FATAL would fail the same way. */
         if (err != SHEAF_ERR_LLM_RETRY || attempt >= llm->max_attempts) break;
 
-        delay = backoff_delay(llm->backoff_ms, attempt);
-        /* The server knows its own load better than our guess. */
-        if (result->retry_after_ms > delay)
-            delay = result->retry_after_ms < LLM_RETRY_AFTER_CAP_MS ? result->retry_after_ms
-                                                                    : LLM_RETRY_AFTER_CAP_MS;
+        delay = sheaf_llm_retry_delay(llm->backoff_ms, attempt, result->retry_after_ms);
         if (result->http_status) snprintf(status, sizeof(status), "HTTP %ld", result->http_status);
         else snprintf(status, sizeof(status), "no HTTP status");
         sheaf_warn("llm", "attempt %d/%d failed (%s): %s; retrying in %lld ms", attempt,

@@ -32,10 +32,6 @@ struct sheaf_redis {
     int timeout_ms;
 };
 
-typedef struct lua_script {
-    const char *body;
-    char sha[41];
-} lua_script;
 
 /* ---- connection ---- */
 
@@ -209,11 +205,9 @@ redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const c
     return rep;
 }
 
-/* Runs a Lua script with EVALSHA, falling back to EVAL on NOSCRIPT.
- * args holds nkeys keys followed by the script arguments. */
-static redisReply *run_script(sheaf_redis *r, lua_script *s, int nkeys, int nargs,
-                              const char **args, const size_t *lens, char *errstr,
-                              size_t errlen)
+redisReply *sheaf_redis_script(sheaf_redis *r, sheaf_lua_script *s, int nkeys, int nargs,
+                               const char **args, const size_t *lens, char *errstr,
+                               size_t errlen)
 {
     const char *argv[24];
     size_t argvlen[24];
@@ -270,7 +264,7 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
                                  const char *pipeline_json, const char *pv, const char *topic,
                                  char *errstr, size_t errlen)
 {
-    static lua_script create = {
+    static sheaf_lua_script create = {
         "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
         "redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'producing', 'pv', ARGV[2],\n"
         "  'topic', ARGV[3], 'created_ms', ARGV[4], 'docs', 0, 'chunks', 0,\n"
@@ -297,7 +291,7 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
     sheaf_key(kready, sizeof(kready), job, "ready");
     snprintf(created, sizeof(created), "%lld", (long long)sheaf_wall_ms());
     const char *args[] = {kjob, kready, job, pv, topic, created, cfg->reducer_group};
-    rep = run_script(r, &create, 2, 7, args, NULL, errstr, errlen);
+    rep = sheaf_redis_script(r, &create, 2, 7, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 0) {
         snprintf(errstr, errlen, "job %s already exists; choose another --job-id", job);
@@ -362,7 +356,7 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
      * check closes the race with reducers that finished every document
      * before production ended: exactly one of this script and the last
      * doc_result enqueues the overview. */
-    static lua_script running = {
+    static sheaf_lua_script running = {
         "redis.call('HSET', KEYS[1], 'state', 'running', 'docs', ARGV[1], 'chunks', ARGV[2])\n"
         "local done = tonumber(redis.call('HGET', KEYS[1], 'docs_done') or '0')\n"
         "if done == tonumber(ARGV[1]) then\n"
@@ -377,7 +371,7 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
     snprintf(d, sizeof(d), "%llu", (unsigned long long)docs);
     snprintf(c, sizeof(c), "%llu", (unsigned long long)chunks);
     const char *args[] = {kjob, kready, d, c};
-    redisReply *rep = run_script(r, &running, 2, 4, args, NULL, errstr, errlen);
+    redisReply *rep = sheaf_redis_script(r, &running, 2, 4, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
     return SHEAF_OK;
@@ -438,7 +432,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
     /* First write wins: a redelivered chunk (or one finished by two workers
      * around a rebalance) leaves the state as the first left it, so the
      * done count reaches n exactly once and "ready" is enqueued once. */
-    static lua_script store = {
+    static sheaf_lua_script store = {
         "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
         "local f = 's:' .. ARGV[2]\n"
         "if redis.call('HEXISTS', KEYS[2], f) == 1 then return 0 end\n"
@@ -465,7 +459,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
     snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
     const char *args[] = {kjob, kpart, kready, m->doc, idx, n, ok ? "ok" : "failed",
                           result_json, pt, ct};
-    redisReply *rep = run_script(r, &store, 3, 10, args, NULL, errstr, errlen);
+    redisReply *rep = sheaf_redis_script(r, &store, 3, 10, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     sheaf_err err = SHEAF_OK;
     if (rep->type != REDIS_REPLY_INTEGER) {
@@ -483,7 +477,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
 
 sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
-    static lua_script incr = {
+    static sheaf_lua_script incr = {
         "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
         "return redis.call('HINCRBY', KEYS[1], 'dlq', 1)\n",
         ""};
@@ -491,7 +485,7 @@ sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr
     if (!job || !sheaf_job_id_valid(job)) return SHEAF_OK;
     sheaf_key(kjob, sizeof(kjob), job, "job");
     const char *args[] = {kjob};
-    redisReply *rep = run_script(r, &incr, 1, 1, args, NULL, errstr, errlen);
+    redisReply *rep = sheaf_redis_script(r, &incr, 1, 1, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
     return SHEAF_OK;
@@ -588,8 +582,9 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
                                        uint64_t completion_tokens, int *overview_queued,
                                        char *errstr, size_t errlen)
 {
-    static lua_script store = {
+    static sheaf_lua_script store = {
         "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
+        "redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
         "local d = redis.call('HINCRBY', KEYS[1], 'docs_done', 1)\n"
@@ -600,14 +595,16 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
         "end\n"
         "return 1\n",
         ""};
-    char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], pt[24], ct[24];
+    char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], ktimes[KEYLEN], pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kres, sizeof(kres), job, "results");
     sheaf_key(kready, sizeof(kready), job, "ready");
+    sheaf_key(ktimes, sizeof(ktimes), job, "done_ms");
     snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
     snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
-    const char *args[] = {kjob, kres, kready, doc, result_json, pt, ct};
-    redisReply *rep = run_script(r, &store, 3, 7, args, NULL, errstr, errlen);
+    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
+    const char *args[] = {kjob, kres, kready, ktimes, doc, result_json, pt, ct, now};
+    redisReply *rep = sheaf_redis_script(r, &store, 4, 9, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (overview_queued) *overview_queued = rep->type == REDIS_REPLY_INTEGER && rep->integer == 2;
     freeReplyObject(rep);
@@ -618,7 +615,7 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
                                      uint64_t prompt_tokens, uint64_t completion_tokens,
                                      char *errstr, size_t errlen)
 {
-    static lua_script store = {
+    static sheaf_lua_script store = {
         "if redis.call('SETNX', KEYS[2], ARGV[1]) == 1 then\n"
         "  redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[2])\n"
         "  redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[3])\n"
@@ -635,7 +632,7 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
     snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
     snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
     const char *args[] = {kjob, kov, overview_json, pt, ct, now};
-    redisReply *rep = run_script(r, &store, 2, 6, args, NULL, errstr, errlen);
+    redisReply *rep = sheaf_redis_script(r, &store, 2, 6, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
     rep = sheaf_redis_cmd(r, errstr, errlen, "SREM sheaf:jobs:active %s", job);

@@ -6,30 +6,62 @@
  * twice gives byte-identical results and the reducer's output can be
  * compared across fleet sizes.  Around that core it simulates what a real
  * provider does to a fleet: latency (--latency-ms plus uniform --jitter-ms),
- * random 500s (--error-rate, drawn from a PRNG seeded with --seed), a
- * requests-per-minute limit answered with 429 and Retry-After
- * (--rate-limit-rpm: a sliding 60 s window over admitted requests, so no 60 s
- * span ever admits more than the limit), an API key check (--api-key), a
- * request size cap (--max-request-bytes: 413), fault triggers in the text
- * (SHEAF_SIM_FAIL_400 / SHEAF_SIM_FAIL_500), strict request validation
- * (400 with an OpenAI-style error object) and max_tokens (the answer is cut
- * to fit, finish_reason "length", as a real model stops).
+ * random 500s (--error-rate), a requests-per-minute limit answered with 429
+ * and Retry-After (--rate-limit-rpm: a sliding 60 s window over admitted
+ * requests, so no 60 s span ever admits more than the limit), a
+ * tokens-per-minute limit the same way (--tpm, over prompt plus completion
+ * tokens, both known before the answer is sent: the answer is deterministic
+ * and made first), an API key check (--api-key), a request size cap
+ * (--max-request-bytes: 413), fault triggers in the text (SHEAF_SIM_FAIL_400
+ * / SHEAF_SIM_FAIL_500), strict request validation (400 with an
+ * OpenAI-style error object) and max_tokens (the answer is cut to fit,
+ * finish_reason "length", as a real model stops).  Every 200 (and every
+ * 429 of a limit) carries OpenAI's x-ratelimit-{limit,remaining,reset}-
+ * {requests,tokens} headers for the limits that are set; "reset" is the
+ * time until the oldest admission leaves the window, when "remaining" next
+ * grows ("250ms", "1.5s", "60s").
  *
- * GET /stats reports counters (requests seen, answers by class, tokens,
- * in-flight and its maximum, so tests can check the fleet's concurrency and
- * that it respected the rate limit); POST /stats/reset zeroes them; GET
- * /health answers "ok".  Only the completions endpoints need the key.
+ * Transport faults for reliability tests: a 200 whose JSON body is cut in
+ * half (--malformed-rate), a connection closed with no response at all
+ * (--reset-rate: the client reads end-of-file, curl's "Empty reply from
+ * server"; on a reused keep-alive connection libcurl may resend the request
+ * by itself, so /stats can count more resets than the client saw), and an
+ * answer --slow-ms late (--slow-rate), so a client's timeout fires.  Every
+ * random draw comes from a splitmix64 stream seeded with --seed, one stream
+ * per purpose, so the n-th draw of a fault is the same from run to run; the
+ * answer's content never depends on a draw.
+ *
+ * A request that passed validation meets the faults in this order: a 429
+ * storm (rate_limit_next), the rate limits, the latency (plus jitter, plus
+ * slow), a reset, a 5xx burst (fail_next), the text triggers, a random 500,
+ * then the answer, possibly malformed.  So a reset or a 500 has used up its
+ * place in the rate windows, as with a real provider.
+ *
+ * GET /stats reports counters (requests seen, answers by class, faults
+ * injected, tokens, in-flight and its maximum, so tests can check the
+ * fleet's concurrency and that it respected the rate limit); POST
+ * /stats/reset zeroes them; GET /health answers "ok".  POST /control changes
+ * the fault settings of a running simulator (any subset of latency_ms,
+ * jitter_ms, error_rate, malformed_rate, reset_rate, slow_rate, slow_ms,
+ * rate_limit_rpm, tpm, plus fail_next: N, the next N requests answer 500,
+ * and rate_limit_next: N, the next N answer 429 with Retry-After 1); the
+ * whole change is validated first and applied at once, or refused with 400
+ * naming the key.  GET /control shows the settings.  Only the completions
+ * endpoints need the key.
  *
  * Threads: libmicrohttpd runs one thread per connection
  * (MHD_USE_THREAD_PER_CONNECTION), so sleeping for the simulated latency in
  * the handler delays only that request; hundreds of connections may be open
- * at once (--max-connections).  Shared state (counters, the rate window, the
- * PRNGs) is guarded by one mutex each; nothing is held while sleeping.
+ * at once (--max-connections).  Shared state is guarded by one mutex each:
+ * the counters; the settings /control changes together with the rate
+ * windows they limit; each PRNG.  A request copies the settings once, when
+ * it is admitted, and nothing is held while sleeping.
  *
  * A request's life: the access handler is called once with the headers
  * (a request context is made and counted in flight), then once per upload
  * chunk (appended to a capped sheaf_buf; past the cap the rest is
- * discarded), then once more to answer.  The completed-callback frees the
+ * discarded), then once more to answer (or, for a reset, to return MHD_NO,
+ * which makes MHD close the connection).  The completed-callback frees the
  * context and ends its in-flight count.
  *
  * Shutdown: SIGTERM/SIGINT set a flag (the daemon's threads have both
@@ -47,6 +79,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,20 +95,32 @@
 
 #define COMP "llm-sim"
 #define SLEEP_SLICE_MS 50          /* latency sleeps wake this often to see shutdown */
-#define MAX_RPM 1000000            /* bounds the sliding window's memory (8 MB) */
+#define MAX_RPM 1000000            /* bounds the request window's memory (16 MB) */
+#define MAX_TPM 1000000000000LL    /* tokens per minute */
+#define MAX_DELAY_MS 3600000       /* latency, jitter and slow: an hour at most */
+#define MAX_NEXT 1000000000LL      /* fail_next, rate_limit_next */
+#define WINDOW_MS 60000            /* the rate limits' sliding window */
 #define MAX_SUMMARY_WORDS 100000
 #define THREAD_STACK (2u << 20)    /* jansson's parser recurses up to depth 2048 */
 #define CONNECTION_TIMEOUT_S 300   /* idle keep-alive connections are closed after */
+
+/* What POST /control may change; the command line gives the first values.
+ * Guarded by sim.ctl_lock. */
+typedef struct sim_settings {
+    long long latency_ms, jitter_ms, slow_ms;
+    double error_rate, malformed_rate, reset_rate, slow_rate;
+    long long rate_limit_rpm;  /* 0: no limit */
+    long long tpm;             /* 0: no limit */
+    long long fail_next;       /* this many more requests answer 500 */
+    long long rate_limit_next; /* this many more requests answer 429 */
+} sim_settings;
 
 typedef struct sim_opts {
     const char *host;
     int port;
     const char *port_file;
-    int latency_ms;
-    int jitter_ms;
-    double error_rate;
+    sim_settings initial;
     uint64_t seed;
-    int rate_limit_rpm;        /* 0: no limit */
     const char *api_key;       /* NULL: no key needed */
     int quiet;
     size_t max_request_bytes;
@@ -85,7 +130,7 @@ typedef struct sim_opts {
 
 typedef struct sim_stats {
     uint64_t requests, completions, errors_500, rate_limited_429, bad_requests,
-        unauthorized_401, prompt_tokens, completion_tokens;
+        unauthorized_401, malformed, resets, slow, prompt_tokens, completion_tokens;
     int64_t in_flight, max_in_flight;
 } sim_stats;
 
@@ -96,14 +141,28 @@ typedef struct sim_rng {
     uint64_t state;
 } sim_rng;
 
+/* A sliding window: what was admitted (n of it, at mono time t) in the last
+ * WINDOW_MS, oldest at head of a growable ring. */
+typedef struct win_entry {
+    int64_t t;
+    uint64_t n;
+} win_entry;
+
+typedef struct sim_window {
+    win_entry *ring;
+    size_t cap, head, used;
+    uint64_t total;            /* sum of n over the window */
+} sim_window;
+
 typedef struct sim {
     sim_opts opts;
     pthread_mutex_t stats_lock;
     sim_stats stats;
-    pthread_mutex_t rate_lock;
-    int64_t *rate_ring;        /* admission times (mono ms), oldest at rate_head */
-    size_t rate_used, rate_head;
-    sim_rng err_rng, jitter_rng;
+    pthread_mutex_t ctl_lock;  /* guards settings, req_window, tok_window */
+    sim_settings settings;
+    sim_window req_window;     /* one per admitted request, while rate_limit_rpm is set */
+    sim_window tok_window;     /* tokens per admitted request, while tpm is set */
+    sim_rng err_rng, jitter_rng, malformed_rng, reset_rng, slow_rng;
     atomic_ullong next_id;
     atomic_int stopping;
 } sim;
@@ -118,6 +177,19 @@ typedef struct req_ctx {
     int too_large;             /* the body went past --max-request-bytes */
     int answered;              /* a response was queued early (413 by Content-Length) */
 } req_ctx;
+
+/* The outcome of the rate limits for one request, and what the
+ * x-ratelimit-* headers say (for the limits that are set). */
+typedef struct rate_verdict {
+    int admitted;
+    const char *limited_by;    /* "requests" or "tokens" when refused */
+    int too_large;             /* the request alone is over --tpm: never admitted */
+    int retry_after_s;
+    long long rpm, remaining_requests;
+    int64_t reset_requests_ms;
+    long long tpm, remaining_tokens;
+    int64_t reset_tokens_ms;
+} rate_verdict;
 
 static volatile sig_atomic_t stop_requested;
 
@@ -162,39 +234,187 @@ static int sleep_unless_stopping(sim *s, int64_t ms)
     }
 }
 
-/* Sliding 60 s window over admitted requests.  Returns 1 to admit, else 0
- * with *retry_after_s the whole seconds until the oldest admission in the
- * window expires (at least 1). */
-static int rate_admit(sim *s, int *retry_after_s)
-{
-    size_t cap = (size_t)s->opts.rate_limit_rpm;
-    int admit = 1;
+/* ---- rate windows ------------------------------------------------------ */
 
-    if (cap == 0) return 1;
-    pthread_mutex_lock(&s->rate_lock);
-    int64_t now = sheaf_mono_ms();
-    if (s->rate_used < cap) {
-        s->rate_ring[(s->rate_head + s->rate_used) % cap] = now;
-        s->rate_used++;
-    } else if (s->rate_ring[s->rate_head] <= now - 60000) {
-        /* The oldest has left the window: its slot becomes the newest. */
-        s->rate_ring[s->rate_head] = now;
-        s->rate_head = (s->rate_head + 1) % cap;
-    } else {
-        int64_t wait_ms = s->rate_ring[s->rate_head] + 60000 - now;
-        *retry_after_s = (int)((wait_ms + 999) / 1000);
-        if (*retry_after_s < 1) *retry_after_s = 1;
-        admit = 0;
+/* Drops what left the window: admitted at or before now - WINDOW_MS. */
+static void win_expire(sim_window *w, int64_t now)
+{
+    while (w->used > 0 && w->ring[w->head].t <= now - WINDOW_MS) {
+        w->total -= w->ring[w->head].n;
+        w->head = (w->head + 1) % w->cap;
+        w->used--;
     }
-    pthread_mutex_unlock(&s->rate_lock);
-    return admit;
 }
+
+/* Makes room for one more entry; -1 when out of memory. */
+static int win_reserve(sim_window *w)
+{
+    if (w->used < w->cap) return 0;
+    size_t cap = w->cap ? w->cap * 2 : 64;
+    win_entry *ring = malloc(cap * sizeof(*ring));
+    if (!ring) return -1;
+    for (size_t i = 0; i < w->used; i++) ring[i] = w->ring[(w->head + i) % w->cap];
+    free(w->ring);
+    w->ring = ring;
+    w->cap = cap;
+    w->head = 0;
+    return 0;
+}
+
+/* Adds an entry as the newest; win_reserve made room. */
+static void win_push(sim_window *w, int64_t t, uint64_t n)
+{
+    w->ring[(w->head + w->used) % w->cap] = (win_entry){t, n};
+    w->used++;
+    w->total += n;
+}
+
+static void win_clear(sim_window *w)
+{
+    free(w->ring);
+    memset(w, 0, sizeof(*w));
+}
+
+/* Ms from now until the window holds at most limit - n, as its oldest
+ * entries leave; -1 if it never will (n > limit). */
+static int64_t win_wait_ms(const sim_window *w, uint64_t limit, uint64_t n, int64_t now)
+{
+    uint64_t total = w->total;
+    if (n > limit) return -1;
+    for (size_t i = 0; i < w->used && total > limit - n; i++) {
+        const win_entry *e = &w->ring[(w->head + i) % w->cap];
+        total -= e->n;
+        if (total <= limit - n) return e->t + WINDOW_MS - now;
+    }
+    return 0;
+}
+
+/* Ms until the oldest entry leaves the window, when "remaining" next grows. */
+static int64_t win_reset_ms(const sim_window *w, int64_t now)
+{
+    return w->used ? w->ring[w->head].t + WINDOW_MS - now : 0;
+}
+
+static int ceil_seconds(int64_t ms)
+{
+    int64_t sec = (ms + 999) / 1000;
+    return sec < 1 ? 1 : sec > INT_MAX ? INT_MAX : (int)sec;
+}
+
+/* Decides whether a request of `tokens` (prompt plus completion) is
+ * admitted under the limits in *set (the caller's copy, taken under the
+ * same lock), and records it in the windows if so.  A request is admitted
+ * only when both limits allow it, so a refusal never uses up a place.
+ * Returns -1 when out of memory. */
+static int rate_admit_locked(sim *s, const sim_settings *set, uint64_t tokens, rate_verdict *v)
+{
+    int64_t now = sheaf_mono_ms(), wait_ms = 0;
+    uint64_t rpm = (uint64_t)set->rate_limit_rpm, tpm = (uint64_t)set->tpm;
+
+    memset(v, 0, sizeof(*v));
+    v->rpm = set->rate_limit_rpm;
+    v->tpm = set->tpm;
+    win_expire(&s->req_window, now);
+    win_expire(&s->tok_window, now);
+    if (rpm && s->req_window.used >= rpm) {
+        v->limited_by = "requests";
+        wait_ms = win_wait_ms(&s->req_window, rpm, 1, now);
+    }
+    if (tpm && s->tok_window.total + tokens > tpm) {
+        int64_t w = win_wait_ms(&s->tok_window, tpm, tokens, now);
+        if (w < 0) {
+            v->too_large = 1;
+            w = WINDOW_MS;
+        }
+        if (!v->limited_by || w > wait_ms) {
+            v->limited_by = "tokens";
+            wait_ms = w;
+        }
+    }
+    if (v->limited_by) {
+        v->retry_after_s = ceil_seconds(wait_ms);
+    } else {
+        if ((rpm && win_reserve(&s->req_window) != 0) ||
+            (tpm && tokens && win_reserve(&s->tok_window) != 0))
+            return -1;
+        if (rpm) win_push(&s->req_window, now, 1);
+        if (tpm && tokens) win_push(&s->tok_window, now, tokens);
+        v->admitted = 1;
+    }
+    if (rpm) {
+        v->remaining_requests =
+            s->req_window.used >= rpm ? 0 : (long long)(rpm - s->req_window.used);
+        v->reset_requests_ms = win_reset_ms(&s->req_window, now);
+    }
+    if (tpm) {
+        v->remaining_tokens =
+            s->tok_window.total >= tpm ? 0 : (long long)(tpm - s->tok_window.total);
+        v->reset_tokens_ms = win_reset_ms(&s->tok_window, now);
+    }
+    return 0;
+}
+
+/* Takes one from *counter (fail_next, rate_limit_next) if it is above 0;
+ * returns 1 if it did. */
+static int take_next(sim *s, long long *counter)
+{
+    int taken = 0;
+    pthread_mutex_lock(&s->ctl_lock);
+    if (*counter > 0) {
+        (*counter)--;
+        taken = 1;
+    }
+    pthread_mutex_unlock(&s->ctl_lock);
+    return taken;
+}
+
+/* 1 with probability rate, from the stream r; no draw when rate is 0, so a
+ * fault that is off leaves its stream where it was. */
+static int draw(sim_rng *r, double rate) { return rate > 0 && rng_unit(r) < rate; }
 
 /* ---- responses ---------------------------------------------------------- */
 
-/* Queues body (malloc'd; ownership passes to MHD, which frees it). */
+/* Formats ms as OpenAI's reset headers do: "250ms", "1.5s", "60s". */
+static void format_reset(char *out, size_t size, int64_t ms)
+{
+    if (ms < 0) ms = 0;
+    if (ms < 1000) {
+        snprintf(out, size, "%lldms", (long long)ms);
+        return;
+    }
+    int n = snprintf(out, size, "%lld.%03lld", (long long)(ms / 1000), (long long)(ms % 1000));
+    while (n > 0 && out[n - 1] == '0') out[--n] = '\0';
+    if (n > 0 && out[n - 1] == '.') out[--n] = '\0';
+    snprintf(out + n, size - (size_t)n, "s");
+}
+
+/* Adds the x-ratelimit-* headers of the limits that are set. */
+static void add_ratelimit_headers(struct MHD_Response *resp, const rate_verdict *v)
+{
+    char val[32];
+    if (v->rpm > 0) {
+        snprintf(val, sizeof(val), "%lld", v->rpm);
+        MHD_add_response_header(resp, "x-ratelimit-limit-requests", val);
+        snprintf(val, sizeof(val), "%lld", v->remaining_requests);
+        MHD_add_response_header(resp, "x-ratelimit-remaining-requests", val);
+        format_reset(val, sizeof(val), v->reset_requests_ms);
+        MHD_add_response_header(resp, "x-ratelimit-reset-requests", val);
+    }
+    if (v->tpm > 0) {
+        snprintf(val, sizeof(val), "%lld", v->tpm);
+        MHD_add_response_header(resp, "x-ratelimit-limit-tokens", val);
+        snprintf(val, sizeof(val), "%lld", v->remaining_tokens);
+        MHD_add_response_header(resp, "x-ratelimit-remaining-tokens", val);
+        format_reset(val, sizeof(val), v->reset_tokens_ms);
+        MHD_add_response_header(resp, "x-ratelimit-reset-tokens", val);
+    }
+}
+
+/* Queues body (malloc'd; ownership passes to MHD, which frees it), with
+ * Retry-After when retry_after_s > 0 and the rate headers when rl. */
 static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned status, char *body,
-                                 const char *content_type, int retry_after_s)
+                                 const char *content_type, int retry_after_s,
+                                 const rate_verdict *rl)
 {
     struct MHD_Response *resp;
     enum MHD_Result ret;
@@ -212,6 +432,7 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned status, c
         snprintf(v, sizeof(v), "%d", retry_after_s);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
     }
+    if (rl) add_ratelimit_headers(resp, rl);
     ret = MHD_queue_response(conn, status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -219,14 +440,26 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned status, c
 
 /* Sends json (a reference is stolen) compactly. */
 static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status, json_t *json,
-                                 int retry_after_s)
+                                 int retry_after_s, const rate_verdict *rl)
 {
-    char *text = json ? json_dumps(json, JSON_COMPACT) : NULL;
+    /* 15 digits: a rate of 0.1 reads 0.1, not 0.10000000000000001. */
+    char *text = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
     json_decref(json);
-    return send_body(conn, status, text, "application/json", retry_after_s);
+    return send_body(conn, status, text, "application/json", retry_after_s, rl);
 }
 
 /* An OpenAI-style error: {"error":{"message","type","param":null,"code"}}. */
+static json_t *error_json(const char *type, const char *code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static json_t *error_json(const char *type, const char *code, const char *fmt, va_list ap)
+{
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    return json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", msg, "type", type, "param",
+                     "code", code);
+}
+
 static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
                                   const char *type, const char *code, int retry_after_s,
                                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -235,14 +468,25 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status,
                                   const char *type, const char *code, int retry_after_s,
                                   const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    json_t *err = error_json(type, code, fmt, ap);
     va_end(ap);
-    json_t *err = json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", msg, "type", type,
-                            "param", "code", code);
-    return send_json(conn, status, err, retry_after_s);
+    return send_json(conn, status, err, retry_after_s, NULL);
+}
+
+/* A 429 of the rate limits: the error, Retry-After and the rate headers. */
+static enum MHD_Result send_429(struct MHD_Connection *conn, const rate_verdict *v,
+                                const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static enum MHD_Result send_429(struct MHD_Connection *conn, const rate_verdict *v,
+                                const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    json_t *err = error_json(v->limited_by, "rate_limit_exceeded", fmt, ap);
+    va_end(ap);
+    return send_json(conn, MHD_HTTP_TOO_MANY_REQUESTS, err, v->retry_after_s, v);
 }
 
 /* ---- chat completions --------------------------------------------------- */
@@ -326,35 +570,46 @@ static const char *parse_chat(json_t *root, chat_request *cr)
     return NULL;
 }
 
-/* Builds the chat.completion for a valid request; NULL when out of memory. */
-static json_t *answer_chat(sim *s, const chat_request *cr, uint64_t *completion_tokens)
+/* The answer to a valid request, made before it is admitted so that its
+ * tokens count against --tpm. */
+typedef struct chat_answer {
+    char *text;                /* malloc'd */
+    const char *finish;
+    uint64_t completion_tokens;
+} chat_answer;
+
+/* Makes the deterministic answer; -1 when out of memory. */
+static int compose_answer(const sim *s, const chat_request *cr, chat_answer *a)
 {
     int words = s->opts.summary_words;
-    const char *finish = "stop";
-    char id[40];
-    json_t *resp;
 
+    a->finish = "stop";
     /* About 3 words per 4 tokens; the hard cut below makes sure. */
     if (cr->max_tokens > 0 && cr->max_tokens / 4 * 3 < words)
         words = cr->max_tokens / 4 * 3 > 0 ? cr->max_tokens / 4 * 3 : 1;
-    char *text = sim_summary(cr->user.data ? cr->user.data : "", cr->user.len, words);
-    if (!text) return NULL;
-    size_t len = strlen(text);
-    if (cr->max_tokens > 0 && sim_cut_to_tokens(text, len, (unsigned)cr->max_tokens) != len) {
-        len = strlen(text);
-        finish = "length";
+    a->text = sim_summary(cr->user.data ? cr->user.data : "", cr->user.len, words);
+    if (!a->text) return -1;
+    size_t len = strlen(a->text);
+    if (cr->max_tokens > 0 && sim_cut_to_tokens(a->text, len, (unsigned)cr->max_tokens) != len) {
+        len = strlen(a->text);
+        a->finish = "length";
     }
-    *completion_tokens = sheaf_estimate_tokens(text, len);
+    a->completion_tokens = sheaf_estimate_tokens(a->text, len);
+    return 0;
+}
+
+/* Builds the chat.completion around the answer; NULL when out of memory. */
+static json_t *build_answer(sim *s, const chat_request *cr, const chat_answer *a)
+{
+    char id[40];
     snprintf(id, sizeof(id), "simcmpl-%llu", (unsigned long long)atomic_fetch_add(&s->next_id, 1));
-    resp = json_pack("{s:s, s:s, s:i, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I, s:I}}",
+    return json_pack("{s:s, s:s, s:i, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I, s:I}}",
                      "id", id, "object", "chat.completion", "created", 0, "model", cr->model,
-                     "choices", "index", 0, "message", "role", "assistant", "content", text,
-                     "finish_reason", finish, "usage", "prompt_tokens",
+                     "choices", "index", 0, "message", "role", "assistant", "content", a->text,
+                     "finish_reason", a->finish, "usage", "prompt_tokens",
                      (json_int_t)cr->prompt_tokens, "completion_tokens",
-                     (json_int_t)*completion_tokens, "total_tokens",
-                     (json_int_t)(cr->prompt_tokens + *completion_tokens));
-    free(text);
-    return resp;
+                     (json_int_t)a->completion_tokens, "total_tokens",
+                     (json_int_t)(cr->prompt_tokens + a->completion_tokens));
 }
 
 /* 1 if the Authorization header carries "Bearer <--api-key>". */
@@ -376,20 +631,25 @@ static int authorized(const sim *s, struct MHD_Connection *conn)
 }
 
 /* Answers a complete completions request; returns what MHD wants and sets
- * *status for the log line. */
+ * *status (0: no response) and *note (a fault injected, or NULL) for the
+ * log line. */
 static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const char *method,
-                                   req_ctx *ctx, unsigned *status, uint64_t *ptok,
-                                   uint64_t *ctok)
+                                   req_ctx *ctx, unsigned *status, const char **note,
+                                   uint64_t *ptok, uint64_t *ctok)
 {
     chat_request cr;
+    chat_answer ans = {0};
+    sim_settings set;
+    rate_verdict rv;
     json_error_t jerr;
     json_t *root = NULL, *resp = NULL;
     enum MHD_Result ret;
     const char *bad;
-    int retry_after = 0;
+    int storm = 0, admit_rc;
 
     memset(&cr, 0, sizeof(cr));
     sheaf_buf_init(&cr.user, s->opts.max_request_bytes);
+    *note = NULL;
 
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
         *status = MHD_HTTP_METHOD_NOT_ALLOWED;
@@ -426,22 +686,89 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
             ret = send_error(conn, *status, "invalid_request_error", NULL, 0, "%s", bad);
         goto out;
     }
-    if (!rate_admit(s, &retry_after)) {
-        *status = MHD_HTTP_TOO_MANY_REQUESTS;
-        STATS_UPDATE(s, s->stats.rate_limited_429++);
-        ret = send_error(conn, *status, "requests", "rate_limit_exceeded", retry_after,
-                         "Rate limit reached: %d requests per minute (simulated). Please try "
-                         "again in %ds.",
-                         s->opts.rate_limit_rpm, retry_after);
+    if (compose_answer(s, &cr, &ans) != 0) {
+        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        STATS_UPDATE(s, s->stats.errors_500++);
+        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
         goto out;
     }
 
-    int64_t delay = s->opts.latency_ms;
-    if (s->opts.jitter_ms > 0)
-        delay += (int64_t)(rng_unit(&s->jitter_rng) * (s->opts.jitter_ms + 1));
+    /* Admission: the settings are copied here for the whole request. */
+    pthread_mutex_lock(&s->ctl_lock);
+    set = s->settings;
+    if (s->settings.rate_limit_next > 0) {
+        s->settings.rate_limit_next--;
+        storm = 1;
+        admit_rc = 0;
+    } else {
+        admit_rc = rate_admit_locked(s, &set, cr.prompt_tokens + ans.completion_tokens, &rv);
+    }
+    pthread_mutex_unlock(&s->ctl_lock);
+    if (storm) {
+        *status = MHD_HTTP_TOO_MANY_REQUESTS;
+        *note = "rate_limit_next";
+        STATS_UPDATE(s, s->stats.rate_limited_429++);
+        ret = send_error(conn, *status, "requests", "rate_limit_exceeded", 1,
+                         "Rate limit reached (simulated: rate_limit_next). Please try again "
+                         "in 1s.");
+        goto out;
+    }
+    if (admit_rc != 0) {
+        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        STATS_UPDATE(s, s->stats.errors_500++);
+        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
+        goto out;
+    }
+    if (!rv.admitted) {
+        *status = MHD_HTTP_TOO_MANY_REQUESTS;
+        STATS_UPDATE(s, s->stats.rate_limited_429++);
+        uint64_t want = cr.prompt_tokens + ans.completion_tokens;
+        if (rv.too_large)
+            ret = send_429(conn, &rv,
+                           "Request too large: %lld tokens per minute (simulated), requested "
+                           "%llu.",
+                           rv.tpm, (unsigned long long)want);
+        else if (strcmp(rv.limited_by, "tokens") == 0)
+            ret = send_429(conn, &rv,
+                           "Rate limit reached: %lld tokens per minute (simulated), used %lld, "
+                           "requested %llu. Please try again in %ds.",
+                           rv.tpm, rv.tpm - rv.remaining_tokens, (unsigned long long)want,
+                           rv.retry_after_s);
+        else
+            ret = send_429(conn, &rv,
+                           "Rate limit reached: %lld requests per minute (simulated). Please "
+                           "try again in %ds.",
+                           rv.rpm, rv.retry_after_s);
+        goto out;
+    }
+
+    int64_t delay = set.latency_ms;
+    if (set.jitter_ms > 0) delay += (int64_t)(rng_unit(&s->jitter_rng) * (set.jitter_ms + 1));
+    if (draw(&s->slow_rng, set.slow_rate)) {
+        delay += set.slow_ms;
+        *note = "slow";
+        STATS_UPDATE(s, s->stats.slow++);
+    }
     if (sleep_unless_stopping(s, delay) != 0) {
         *status = 0;
-        ret = MHD_NO; /* shutting down: drop the connection */
+        *note = "shutting down";
+        ret = MHD_NO; /* drop the connection */
+        goto out;
+    }
+    if (draw(&s->reset_rng, set.reset_rate)) {
+        *status = 0;
+        *note = "reset";
+        STATS_UPDATE(s, s->stats.resets++);
+        ret = MHD_NO; /* MHD closes the connection without a response */
+        goto out;
+    }
+    if (take_next(s, &s->settings.fail_next)) {
+        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        *note = "fail_next";
+        STATS_UPDATE(s, s->stats.errors_500++);
+        ret = send_error(conn, *status, "server_error", NULL, 0,
+                         "The server had an error while processing your request (simulated: "
+                         "fail_next).");
         goto out;
     }
     /* Fault triggers in the text itself, so a test can make one chunk fail
@@ -461,7 +788,7 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
                          "The server had an error (simulated: SHEAF_SIM_FAIL_500 in the text).");
         goto out;
     }
-    if (s->opts.error_rate > 0 && rng_unit(&s->err_rng) < s->opts.error_rate) {
+    if (draw(&s->err_rng, set.error_rate)) {
         *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
         ret = send_error(conn, *status, "server_error", NULL, 0,
@@ -469,25 +796,37 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
         goto out;
     }
 
-    resp = answer_chat(s, &cr, ctok);
-    if (!resp) {
+    resp = build_answer(s, &cr, &ans);
+    char *text = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
+    if (!text) {
         *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
         ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
         goto out;
     }
     *ptok = cr.prompt_tokens;
+    *ctok = ans.completion_tokens;
     *status = MHD_HTTP_OK;
-    STATS_UPDATE(s, {
-        s->stats.completions++;
-        s->stats.prompt_tokens += cr.prompt_tokens;
-        s->stats.completion_tokens += *ctok;
-    });
-    ret = send_json(conn, *status, resp, 0);
-    resp = NULL; /* stolen by send_json */
+    if (draw(&s->malformed_rng, set.malformed_rate)) {
+        /* Half of a JSON object is never valid JSON: its closing brace is
+         * the last byte. */
+        text[strlen(text) / 2] = '\0';
+        *note = "malformed";
+        STATS_UPDATE(s, s->stats.malformed++);
+    } else {
+        STATS_UPDATE(s, {
+            s->stats.completions++;
+            s->stats.prompt_tokens += cr.prompt_tokens;
+            s->stats.completion_tokens += ans.completion_tokens;
+        });
+    }
+    ret = send_body(conn, *status, text, "application/json", 0, &rv);
+    text = NULL; /* owned by MHD (or freed by send_body) */
 
 out:
+    json_decref(resp);
     json_decref(root);
+    free(ans.text);
     sheaf_buf_free(&cr.user);
     return ret;
 }
@@ -501,14 +840,16 @@ static enum MHD_Result handle_stats(sim *s, struct MHD_Connection *conn)
     st = s->stats;
     pthread_mutex_unlock(&s->stats_lock);
     json_t *j = json_pack(
-        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "requests",
+        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "requests",
         (json_int_t)st.requests, "completions", (json_int_t)st.completions, "errors_500",
         (json_int_t)st.errors_500, "rate_limited_429", (json_int_t)st.rate_limited_429,
         "bad_requests", (json_int_t)st.bad_requests, "unauthorized_401",
-        (json_int_t)st.unauthorized_401, "in_flight", (json_int_t)st.in_flight,
-        "max_in_flight", (json_int_t)st.max_in_flight, "prompt_tokens",
-        (json_int_t)st.prompt_tokens, "completion_tokens", (json_int_t)st.completion_tokens);
-    return send_json(conn, MHD_HTTP_OK, j, 0);
+        (json_int_t)st.unauthorized_401, "malformed", (json_int_t)st.malformed, "resets",
+        (json_int_t)st.resets, "slow", (json_int_t)st.slow, "in_flight",
+        (json_int_t)st.in_flight, "max_in_flight", (json_int_t)st.max_in_flight,
+        "prompt_tokens", (json_int_t)st.prompt_tokens, "completion_tokens",
+        (json_int_t)st.completion_tokens);
+    return send_json(conn, MHD_HTTP_OK, j, 0, NULL);
 }
 
 static enum MHD_Result handle_stats_reset(sim *s, struct MHD_Connection *conn)
@@ -518,7 +859,150 @@ static enum MHD_Result handle_stats_reset(sim *s, struct MHD_Connection *conn)
     memset(&s->stats, 0, sizeof(s->stats));
     s->stats.in_flight = s->stats.max_in_flight = in_flight;
     pthread_mutex_unlock(&s->stats_lock);
-    return send_json(conn, MHD_HTTP_OK, json_pack("{s:b}", "reset", 1), 0);
+    return send_json(conn, MHD_HTTP_OK, json_pack("{s:b}", "reset", 1), 0, NULL);
+}
+
+/* ---- runtime control ---------------------------------------------------- */
+
+typedef enum { CTL_INT, CTL_RATE } ctl_type;
+
+/* The keys of POST /control: one row each, so validation, application and
+ * GET /control cannot disagree. */
+static const struct ctl_key {
+    const char *name;
+    ctl_type type;
+    size_t offset;             /* in sim_settings: long long (CTL_INT) or double (CTL_RATE) */
+    long long max;             /* CTL_INT: 0..max */
+} ctl_keys[] = {
+    {"latency_ms", CTL_INT, offsetof(sim_settings, latency_ms), MAX_DELAY_MS},
+    {"jitter_ms", CTL_INT, offsetof(sim_settings, jitter_ms), MAX_DELAY_MS},
+    {"error_rate", CTL_RATE, offsetof(sim_settings, error_rate), 0},
+    {"malformed_rate", CTL_RATE, offsetof(sim_settings, malformed_rate), 0},
+    {"reset_rate", CTL_RATE, offsetof(sim_settings, reset_rate), 0},
+    {"slow_rate", CTL_RATE, offsetof(sim_settings, slow_rate), 0},
+    {"slow_ms", CTL_INT, offsetof(sim_settings, slow_ms), MAX_DELAY_MS},
+    {"rate_limit_rpm", CTL_INT, offsetof(sim_settings, rate_limit_rpm), MAX_RPM},
+    {"tpm", CTL_INT, offsetof(sim_settings, tpm), MAX_TPM},
+    {"fail_next", CTL_INT, offsetof(sim_settings, fail_next), MAX_NEXT},
+    {"rate_limit_next", CTL_INT, offsetof(sim_settings, rate_limit_next), MAX_NEXT},
+};
+
+static json_t *settings_json(const sim_settings *set)
+{
+    json_t *j = json_object();
+    for (size_t i = 0; j && i < sizeof(ctl_keys) / sizeof(ctl_keys[0]); i++) {
+        const struct ctl_key *k = &ctl_keys[i];
+        const char *field = (const char *)set + k->offset;
+        json_t *v = k->type == CTL_INT ? json_integer(*(const long long *)(const void *)field)
+                                       : json_real(*(const double *)(const void *)field);
+        if (json_object_set_new(j, k->name, v) != 0) {
+            json_decref(j);
+            j = NULL;
+        }
+    }
+    return j;
+}
+
+static const struct ctl_key *find_ctl_key(const char *name)
+{
+    for (size_t i = 0; i < sizeof(ctl_keys) / sizeof(ctl_keys[0]); i++)
+        if (strcmp(ctl_keys[i].name, name) == 0) return &ctl_keys[i];
+    return NULL;
+}
+
+/* A slow answer needs a delay: "slow_rate" without "slow_ms" is refused. */
+static const char *settings_conflict(const sim_settings *set)
+{
+    return set->slow_rate > 0 && set->slow_ms == 0 ? "slow_rate > 0 needs slow_ms > 0" : NULL;
+}
+
+/* Applies the changes of *req to *set; fills err and returns -1 (set then
+ * half-changed) on an unknown key or a bad value. */
+static int apply_control(json_t *req, sim_settings *set, char *err, size_t errlen)
+{
+    const char *name;
+    json_t *v;
+
+    if (!json_is_object(req)) {
+        snprintf(err, errlen, "the body must be a JSON object");
+        return -1;
+    }
+    json_object_foreach(req, name, v) {
+        const struct ctl_key *k = find_ctl_key(name);
+        char *field = (char *)set;
+        if (!k) {
+            snprintf(err, errlen, "unknown key \"%s\"", name);
+            return -1;
+        }
+        field += k->offset;
+        if (k->type == CTL_INT) {
+            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+                json_integer_value(v) > k->max) {
+                snprintf(err, errlen, "\"%s\": expected an integer in 0..%lld", name, k->max);
+                return -1;
+            }
+            *(long long *)(void *)field = (long long)json_integer_value(v);
+        } else {
+            double d = json_number_value(v);
+            if (!json_is_number(v) || !(d >= 0 && d <= 1)) {
+                snprintf(err, errlen, "\"%s\": expected a number in 0..1", name);
+                return -1;
+            }
+            *(double *)(void *)field = d;
+        }
+    }
+    const char *conflict = settings_conflict(set);
+    if (conflict) {
+        snprintf(err, errlen, "%s", conflict);
+        return -1;
+    }
+    return 0;
+}
+
+/* GET /control: the settings; POST /control: changes them, all or none,
+ * and answers with the settings now in force. */
+static enum MHD_Result handle_control(sim *s, struct MHD_Connection *conn, const char *method,
+                                      req_ctx *ctx)
+{
+    sim_settings set;
+    json_error_t jerr;
+    char err[256];
+
+    if (strcmp(method, MHD_HTTP_METHOD_GET) == 0) {
+        pthread_mutex_lock(&s->ctl_lock);
+        set = s->settings;
+        pthread_mutex_unlock(&s->ctl_lock);
+        return send_json(conn, MHD_HTTP_OK, settings_json(&set), 0, NULL);
+    }
+    if (ctx->too_large)
+        return send_error(conn, MHD_HTTP_CONTENT_TOO_LARGE, "invalid_request_error",
+                          "request_too_large", 0, "Request body exceeds %zu bytes",
+                          s->opts.max_request_bytes);
+    json_t *req = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
+    if (!req)
+        return send_error(conn, MHD_HTTP_BAD_REQUEST, "invalid_request_error", NULL, 0,
+                          "We could not parse the JSON body of your request: %s", jerr.text);
+
+    pthread_mutex_lock(&s->ctl_lock);
+    set = s->settings;
+    int rc = apply_control(req, &set, err, sizeof(err));
+    if (rc == 0) {
+        /* A limit turned off forgets its window: it starts afresh when
+         * turned on again. */
+        if (set.rate_limit_rpm == 0) win_clear(&s->req_window);
+        if (set.tpm == 0) win_clear(&s->tok_window);
+        s->settings = set;
+    }
+    pthread_mutex_unlock(&s->ctl_lock);
+    json_decref(req);
+    if (rc != 0)
+        return send_error(conn, MHD_HTTP_BAD_REQUEST, "invalid_request_error", NULL, 0,
+                          "/control: %s", err);
+    json_t *now = settings_json(&set);
+    char *text = now ? json_dumps(now, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
+    sheaf_info(COMP, "control: settings now %s", text ? text : "(out of memory)");
+    free(text);
+    return send_json(conn, MHD_HTTP_OK, now, 0, NULL);
 }
 
 static int is_path(const char *url, const char *path) { return strcmp(url, path) == 0; }
@@ -577,23 +1061,33 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
     if (ctx->ep == EP_COMPLETIONS) {
         unsigned status = 0;
+        const char *note = NULL;
         uint64_t ptok = 0, ctok = 0;
-        enum MHD_Result ret = handle_chat(s, conn, method, ctx, &status, &ptok, &ctok);
-        if (!s->opts.quiet && status == 0)
-            sheaf_info(COMP, "%s %s -> dropped: shutting down", method, url);
-        else if (!s->opts.quiet)
-            sheaf_info(COMP, "%s %s -> %u in %lld ms (prompt %llu, completion %llu tokens)",
-                       method, url, status, (long long)(sheaf_mono_ms() - ctx->started_ms),
-                       (unsigned long long)ptok, (unsigned long long)ctok);
+        enum MHD_Result ret = handle_chat(s, conn, method, ctx, &status, &note, &ptok, &ctok);
+        long long ms = (long long)(sheaf_mono_ms() - ctx->started_ms);
+        if (s->opts.quiet) {
+            /* no line per request */
+        } else if (status == 0) {
+            sheaf_info(COMP, "%s %s -> no response (%s) after %lld ms", method, url,
+                       note ? note : "error", ms);
+        } else {
+            sheaf_info(COMP, "%s %s -> %u in %lld ms (prompt %llu, completion %llu tokens)%s%s",
+                       method, url, status, ms, (unsigned long long)ptok,
+                       (unsigned long long)ctok, note ? " fault: " : "", note ? note : "");
+        }
         return ret;
     }
     if (is_path(url, "/health") && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
-        return send_body(conn, MHD_HTTP_OK, strdup("ok\n"), "text/plain", 0);
+        return send_body(conn, MHD_HTTP_OK, strdup("ok\n"), "text/plain", 0, NULL);
     if (is_path(url, "/stats") && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
         return handle_stats(s, conn);
     if (is_path(url, "/stats/reset") && strcmp(method, MHD_HTTP_METHOD_POST) == 0)
         return handle_stats_reset(s, conn);
-    if (is_path(url, "/health") || is_path(url, "/stats") || is_path(url, "/stats/reset"))
+    if (is_path(url, "/control") && (strcmp(method, MHD_HTTP_METHOD_GET) == 0 ||
+                                     strcmp(method, MHD_HTTP_METHOD_POST) == 0))
+        return handle_control(s, conn, method, ctx);
+    if (is_path(url, "/health") || is_path(url, "/stats") || is_path(url, "/stats/reset") ||
+        is_path(url, "/control"))
         return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request_error",
                           "method_not_allowed", 0, "%s is not allowed on %s", method, url);
     return send_error(conn, MHD_HTTP_NOT_FOUND, "invalid_request_error", "unknown_url", 0,
@@ -640,8 +1134,16 @@ static void usage(FILE *out)
             "  --latency-ms N           delay before each answer (default 0)\n"
             "  --jitter-ms N            plus a uniform 0..N ms (default 0)\n"
             "  --error-rate F           probability 0..1 of a 500 (default 0)\n"
-            "  --seed N                 seed of the error and jitter draws (default 1)\n"
+            "  --malformed-rate F       probability 0..1 of a 200 with truncated JSON (default 0)\n"
+            "  --reset-rate F           probability 0..1 of a connection reset, no response\n"
+            "                           (default 0)\n"
+            "  --slow-rate F            probability 0..1 of an answer --slow-ms late (default 0)\n"
+            "  --slow-ms N              the extra delay of a slow answer (default 0; needed\n"
+            "                           with --slow-rate)\n"
+            "  --seed N                 seed of the random draws (default 1)\n"
             "  --rate-limit-rpm N       requests per 60 s window, else 429 (0 = none)\n"
+            "  --tpm N                  tokens (prompt + completion) per 60 s window, else\n"
+            "                           429 (0 = none)\n"
             "  --api-key KEY            require Authorization: Bearer KEY\n"
             "  --max-request-bytes N    larger bodies get 413 (default 8388608)\n"
             "  --summary-words N        words in an answer at most (default 120)\n"
@@ -649,7 +1151,12 @@ static void usage(FILE *out)
             "  --quiet                  no log line per request\n"
             "  -h, --help               this text\n"
             "  Endpoints: POST /v1/chat/completions, POST /chat/completions,\n"
-            "             GET /stats, POST /stats/reset, GET /health\n");
+            "             GET /stats, POST /stats/reset, GET /health,\n"
+            "             GET /control, POST /control with any of {\"latency_ms\",\n"
+            "             \"jitter_ms\", \"error_rate\", \"malformed_rate\", \"reset_rate\",\n"
+            "             \"slow_rate\", \"slow_ms\", \"rate_limit_rpm\", \"tpm\",\n"
+            "             \"fail_next\": N (next N answer 500), \"rate_limit_next\": N (next N\n"
+            "             answer 429)}\n");
 }
 
 static int parse_ll(const char *name, const char *s, long long min, long long max,
@@ -667,6 +1174,22 @@ static int parse_ll(const char *name, const char *s, long long min, long long ma
     return 0;
 }
 
+static int parse_rate(const char *name, const char *s, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= 0 && v <= 1)) {
+        fprintf(stderr, "sheaf-llm-sim: --%s: expected 0..1, got \"%s\"\n", name, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* getopt codes of the options without a letter. */
+enum { OPT_MALFORMED_RATE = 256, OPT_RESET_RATE, OPT_SLOW_RATE, OPT_SLOW_MS, OPT_TPM };
+
 static int parse_opts(int argc, char **argv, sim_opts *o)
 {
     static const struct option longopts[] = {
@@ -676,8 +1199,13 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
         {"latency-ms", required_argument, NULL, 'l'},
         {"jitter-ms", required_argument, NULL, 'j'},
         {"error-rate", required_argument, NULL, 'e'},
+        {"malformed-rate", required_argument, NULL, OPT_MALFORMED_RATE},
+        {"reset-rate", required_argument, NULL, OPT_RESET_RATE},
+        {"slow-rate", required_argument, NULL, OPT_SLOW_RATE},
+        {"slow-ms", required_argument, NULL, OPT_SLOW_MS},
         {"seed", required_argument, NULL, 's'},
         {"rate-limit-rpm", required_argument, NULL, 'r'},
+        {"tpm", required_argument, NULL, OPT_TPM},
         {"api-key", required_argument, NULL, 'k'},
         {"max-request-bytes", required_argument, NULL, 'm'},
         {"summary-words", required_argument, NULL, 'w'},
@@ -686,9 +1214,9 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *name;
+    sim_settings *set = &o->initial;
+    const char *name, *conflict;
     long long v;
-    char *end;
     int c, idx;
 
     *o = (sim_opts){.host = "127.0.0.1", .seed = 1, .max_request_bytes = 8u << 20,
@@ -705,20 +1233,23 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
             o->port = (int)v;
             break;
         case 'l':
-            if (parse_ll(name, optarg, 0, 3600000, &v)) return -1;
-            o->latency_ms = (int)v;
+            if (parse_ll(name, optarg, 0, MAX_DELAY_MS, &set->latency_ms)) return -1;
             break;
         case 'j':
-            if (parse_ll(name, optarg, 0, 3600000, &v)) return -1;
-            o->jitter_ms = (int)v;
+            if (parse_ll(name, optarg, 0, MAX_DELAY_MS, &set->jitter_ms)) return -1;
+            break;
+        case OPT_SLOW_MS:
+            if (parse_ll(name, optarg, 0, MAX_DELAY_MS, &set->slow_ms)) return -1;
             break;
         case 's':
             if (parse_ll(name, optarg, 0, LLONG_MAX, &v)) return -1;
             o->seed = (uint64_t)v;
             break;
         case 'r':
-            if (parse_ll(name, optarg, 0, MAX_RPM, &v)) return -1;
-            o->rate_limit_rpm = (int)v;
+            if (parse_ll(name, optarg, 0, MAX_RPM, &set->rate_limit_rpm)) return -1;
+            break;
+        case OPT_TPM:
+            if (parse_ll(name, optarg, 0, MAX_TPM, &set->tpm)) return -1;
             break;
         case 'm':
             if (parse_ll(name, optarg, 1, 1LL << 32, &v)) return -1;
@@ -733,13 +1264,16 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
             o->max_connections = (int)v;
             break;
         case 'e':
-            errno = 0;
-            o->error_rate = strtod(optarg, &end);
-            if (errno || end == optarg || *end || !(o->error_rate >= 0 && o->error_rate <= 1)) {
-                fprintf(stderr, "sheaf-llm-sim: --error-rate: expected 0..1, got \"%s\"\n",
-                        optarg);
-                return -1;
-            }
+            if (parse_rate(name, optarg, &set->error_rate)) return -1;
+            break;
+        case OPT_MALFORMED_RATE:
+            if (parse_rate(name, optarg, &set->malformed_rate)) return -1;
+            break;
+        case OPT_RESET_RATE:
+            if (parse_rate(name, optarg, &set->reset_rate)) return -1;
+            break;
+        case OPT_SLOW_RATE:
+            if (parse_rate(name, optarg, &set->slow_rate)) return -1;
             break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -747,6 +1281,11 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
     }
     if (optind < argc) {
         fprintf(stderr, "sheaf-llm-sim: unexpected argument \"%s\"\n", argv[optind]);
+        return -1;
+    }
+    conflict = settings_conflict(set);
+    if (conflict) {
+        fprintf(stderr, "sheaf-llm-sim: --slow-rate > 0 needs --slow-ms > 0\n");
         return -1;
     }
     if (o->api_key && !o->api_key[0]) o->api_key = NULL;
@@ -790,12 +1329,15 @@ static void raise_nofile(int want)
 
 static void sim_destroy(sim *s)
 {
-    free(s->rate_ring);
-    s->rate_ring = NULL;
+    win_clear(&s->req_window);
+    win_clear(&s->tok_window);
     pthread_mutex_destroy(&s->stats_lock);
-    pthread_mutex_destroy(&s->rate_lock);
+    pthread_mutex_destroy(&s->ctl_lock);
     pthread_mutex_destroy(&s->err_rng.lock);
     pthread_mutex_destroy(&s->jitter_rng.lock);
+    pthread_mutex_destroy(&s->malformed_rng.lock);
+    pthread_mutex_destroy(&s->reset_rng.lock);
+    pthread_mutex_destroy(&s->slow_rng.lock);
 }
 
 int main(int argc, char **argv)
@@ -808,7 +1350,7 @@ int main(int argc, char **argv)
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
                      MHD_USE_POLL | MHD_USE_ERROR_LOG;
     const char *host;
-    char port_text[16], url[128], limit[32];
+    char port_text[16], url[128], limit[64];
     sigset_t block, old;
     struct sigaction act;
     int rc = 1;
@@ -816,20 +1358,22 @@ int main(int argc, char **argv)
     if (parse_opts(argc, argv, &s.opts) != 0) return 2;
 
     pthread_mutex_init(&s.stats_lock, NULL);
-    pthread_mutex_init(&s.rate_lock, NULL);
+    pthread_mutex_init(&s.ctl_lock, NULL);
     pthread_mutex_init(&s.err_rng.lock, NULL);
     pthread_mutex_init(&s.jitter_rng.lock, NULL);
+    pthread_mutex_init(&s.malformed_rng.lock, NULL);
+    pthread_mutex_init(&s.reset_rng.lock, NULL);
+    pthread_mutex_init(&s.slow_rng.lock, NULL);
+    /* The error and jitter streams are as before the other faults existed,
+     * so --error-rate with a given --seed fails the same requests. */
     s.err_rng.state = s.opts.seed;
     s.jitter_rng.state = s.opts.seed ^ 0x6A09E667F3BCC909ULL;
+    s.malformed_rng.state = s.opts.seed ^ 0xBB67AE8584CAA73BULL;
+    s.reset_rng.state = s.opts.seed ^ 0x3C6EF372FE94F82BULL;
+    s.slow_rng.state = s.opts.seed ^ 0xA54FF53A5F1D36F1ULL;
+    s.settings = s.opts.initial;
     atomic_init(&s.next_id, 1);
     atomic_init(&s.stopping, 0);
-    if (s.opts.rate_limit_rpm > 0) {
-        s.rate_ring = calloc((size_t)s.opts.rate_limit_rpm, sizeof(*s.rate_ring));
-        if (!s.rate_ring) {
-            sheaf_error(COMP, "out of memory");
-            goto out;
-        }
-    }
 
     host = strcmp(s.opts.host, "localhost") == 0 ? "127.0.0.1" : s.opts.host;
     memset(&sin, 0, sizeof(sin));
@@ -888,14 +1432,21 @@ int main(int argc, char **argv)
     }
     snprintf(url, sizeof(url), (flags & MHD_USE_IPv6) ? "http://[%s]:%u/v1" : "http://%s:%u/v1",
              host, port);
-    if (s.opts.rate_limit_rpm)
-        snprintf(limit, sizeof(limit), "%d rpm", s.opts.rate_limit_rpm);
+    const sim_settings *set = &s.opts.initial;
+    if (set->rate_limit_rpm && set->tpm)
+        snprintf(limit, sizeof(limit), "%lld rpm, %lld tpm", set->rate_limit_rpm, set->tpm);
+    else if (set->rate_limit_rpm)
+        snprintf(limit, sizeof(limit), "%lld rpm", set->rate_limit_rpm);
+    else if (set->tpm)
+        snprintf(limit, sizeof(limit), "%lld tpm", set->tpm);
     else
         snprintf(limit, sizeof(limit), "none");
     sheaf_info(COMP,
-               "LLM simulator listening on %s (deterministic, latency=%dms jitter=%dms "
-               "error-rate=%g rate-limit=%s seed=%llu%s)",
-               url, s.opts.latency_ms, s.opts.jitter_ms, s.opts.error_rate, limit,
+               "LLM simulator listening on %s (deterministic, latency=%lldms jitter=%lldms "
+               "error-rate=%g malformed-rate=%g reset-rate=%g slow-rate=%g slow=%lldms "
+               "rate-limit=%s seed=%llu%s)",
+               url, set->latency_ms, set->jitter_ms, set->error_rate, set->malformed_rate,
+               set->reset_rate, set->slow_rate, set->slow_ms, limit,
                (unsigned long long)s.opts.seed, s.opts.api_key ? ", API key required" : "");
 
     /* Wait with the signals unblocked, atomically: none is missed. */

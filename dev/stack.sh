@@ -3,10 +3,19 @@
 #
 #   dev/stack.sh up   [--dir DIR] [--workers N] [--reducers N] [--partitions P]
 #                     [--latency-ms N] [--error-rate F] [--rate-limit-rpm N]
-#                     [--session-timeout-ms N]
+#                     [--tpm N] [--malformed-rate F] [--reset-rate F]
+#                     [--slow-rate F --slow-ms N] [--session-timeout-ms N]
 #   dev/stack.sh down [--dir DIR] [--purge]
 #   dev/stack.sh env  [--dir DIR]
 #   dev/stack.sh status [--dir DIR]
+#
+# The simulator's options (F: a probability 0..1): --latency-ms delays each
+# answer; --error-rate answers 500; --rate-limit-rpm and --tpm (prompt plus
+# completion tokens) answer 429 with Retry-After over a sliding minute;
+# --malformed-rate answers 200 with truncated JSON; --reset-rate closes the
+# connection without a response; --slow-rate answers --slow-ms late.  They
+# can be changed while it runs: POST {"reset_rate":0.1,...} to
+# <llm>/control (see sheaf-llm-sim --help; the base URL without /v1).
 #
 # `up` starts, in this order: sheaf-kafka-mock (librdkafka's mock cluster;
 # its bootstrap list appears in DIR/bootstrap, its control FIFO is
@@ -43,7 +52,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit "${1:-2}"
 }
 
@@ -185,6 +194,8 @@ shq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
 need_uint() { [[ $2 =~ ^[0-9]+$ ]] || die "$1: expected a non-negative integer, got '$2'"; }
 
+need_rate() { [[ $2 =~ ^(0(\.[0-9]*)?|1(\.0*)?|\.[0-9]+)$ ]] || die "$1: expected 0..1, got '$2'"; }
+
 # Shows the end of a log after a start-up failure.
 show_log() {
     [[ -f $1 ]] || return 0
@@ -240,6 +251,7 @@ start_redis() {
 
 cmd_up() {
     local workers=2 reducers=1 partitions=8 latency=0 error_rate=0 rpm=0 session=6000
+    local tpm=0 malformed_rate=0 reset_rate=0 slow_rate=0 slow_ms=0
     local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name
     while (($#)); do
         case $1 in
@@ -248,10 +260,13 @@ cmd_up() {
         --reducers) need_uint "$1" "${2:-}"; reducers=$2; shift 2 ;;
         --partitions) need_uint "$1" "${2:-}"; partitions=$2; shift 2 ;;
         --latency-ms) need_uint "$1" "${2:-}"; latency=$2; sim_opts_given=1; shift 2 ;;
-        --error-rate)
-            [[ ${2:-} =~ ^(0(\.[0-9]*)?|1(\.0*)?|\.[0-9]+)$ ]] || die "--error-rate: expected 0..1, got '${2:-}'"
-            error_rate=$2; sim_opts_given=1; shift 2 ;;
+        --error-rate) need_rate "$1" "${2:-}"; error_rate=$2; sim_opts_given=1; shift 2 ;;
         --rate-limit-rpm) need_uint "$1" "${2:-}"; rpm=$2; sim_opts_given=1; shift 2 ;;
+        --tpm) need_uint "$1" "${2:-}"; tpm=$2; sim_opts_given=1; shift 2 ;;
+        --malformed-rate) need_rate "$1" "${2:-}"; malformed_rate=$2; sim_opts_given=1; shift 2 ;;
+        --reset-rate) need_rate "$1" "${2:-}"; reset_rate=$2; sim_opts_given=1; shift 2 ;;
+        --slow-rate) need_rate "$1" "${2:-}"; slow_rate=$2; sim_opts_given=1; shift 2 ;;
+        --slow-ms) need_uint "$1" "${2:-}"; slow_ms=$2; sim_opts_given=1; shift 2 ;;
         --session-timeout-ms) need_uint "$1" "${2:-}"; session=$2; shift 2 ;;
         -h | --help) usage 0 ;;
         *) die "up: unknown option '$1'" ;;
@@ -259,6 +274,7 @@ cmd_up() {
     done
     ((partitions >= 1)) || die "--partitions must be at least 1"
     ((session > 500)) || die "--session-timeout-ms must be above the 500 ms heartbeat"
+    [[ ! $slow_rate =~ [1-9] ]] || ((slow_ms > 0)) || die "--slow-rate needs --slow-ms N (N > 0)"
     ((session > 3000)) || log "warning: session timeouts of 3000 ms or less break joins on the mock cluster (see KAFKA-DEV-NOTES.md)"
     set_paths
 
@@ -300,12 +316,13 @@ cmd_up() {
     if [[ -n ${SHEAF_LLM_BASE_URL:-} ]]; then
         llm_url=$SHEAF_LLM_BASE_URL
         log "LLM: using configured endpoint $llm_url"
-        ((sim_opts_given == 0)) || log "warning: --latency-ms/--error-rate/--rate-limit-rpm apply to the simulator only; ignored"
+        ((sim_opts_given == 0)) || log "warning: the simulator's options (--latency-ms, --error-rate, --rate-limit-rpm, --tpm, --malformed-rate, --reset-rate, --slow-rate, --slow-ms) apply to it only; ignored"
         [[ -n ${SHEAF_LLM_MODEL:-} ]] || log "warning: SHEAF_LLM_MODEL is not set; workers will ask for the default model"
     else
         start llm-sim "$DIR/llm-sim.log" "$sim" --host 127.0.0.1 --port 0 \
             --port-file "$DIR/llm.port" --latency-ms "$latency" --error-rate "$error_rate" \
-            --rate-limit-rpm "$rpm"
+            --rate-limit-rpm "$rpm" --tpm "$tpm" --malformed-rate "$malformed_rate" \
+            --reset-rate "$reset_rate" --slow-rate "$slow_rate" --slow-ms "$slow_ms"
         wait_file "$DIR/llm.port" "$STARTED_PID" llm-sim
         llm_url="http://127.0.0.1:$(cat "$DIR/llm.port")/v1"
         log "LLM: no endpoint configured; using the deterministic local simulator at $llm_url"

@@ -25,10 +25,11 @@
 #include <unistd.h>
 
 #include "sheaf/buf.h"
-#include "sheaf/llm.h"
+#include "sheaf/llm_async.h"
 #include "sheaf/log.h"
 #include "sheaf/pipeline.h"
 #include "sheaf/program.h"
+#include "sheaf/ratelimit.h"
 #include "sheaf/state.h"
 #include "sheaf/util.h"
 
@@ -38,7 +39,8 @@
 typedef struct reducer {
     sheaf_config cfg;
     sheaf_redis *redis;
-    sheaf_llm *llm;
+    sheaf_ratelimit *limit;      /* fleet-wide, shared with the workers; NULL = none */
+    sheaf_llm_async *llm;        /* same engine as the workers: retries, breaker, limiter */
     char consumer[128];
     FILE *out;                   /* reducer.output, or NULL */
     char *jobs[MAX_JOBS];        /* active jobs, refreshed every second */
@@ -90,6 +92,28 @@ static const char *stage_var(const char *name, size_t len, void *ud, size_t *out
     return s;
 }
 
+/* One reducer call waited for by run_stage. */
+typedef struct stage_call {
+    int done;
+    sheaf_err err;
+    char *text;
+    sheaf_llm_usage usage;
+    char errstr[SHEAF_ERRSTR_SIZE];
+} stage_call;
+
+static void stage_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr)
+{
+    stage_call *sc = ud;
+    sc->done = 1;
+    sc->err = err;
+    snprintf(sc->errstr, sizeof(sc->errstr), "%s", errstr);
+    if (err == SHEAF_OK) {
+        sc->text = res->content; /* taken from the engine */
+        res->content = NULL;
+        sc->usage = res->usage;
+    }
+}
+
 /* Renders one stage's prompts with v and calls the LLM.  Returns
  * SHEAF_ERR_STOPPED on shutdown (nothing decided), else SHEAF_OK with
  * either *text (the answer) or *error (why there is none) malloc'd. */
@@ -99,11 +123,9 @@ static sheaf_err run_stage(reducer *r, const char *name, const sheaf_stage *st, 
     char errstr[SHEAF_ERRSTR_SIZE] = "", msg[SHEAF_ERRSTR_SIZE + 64];
     sheaf_buf system, user;
     sheaf_llm_message msgs[2];
-    sheaf_llm_result res;
     size_t n = 0;
     sheaf_err err = SHEAF_OK;
 
-    memset(&res, 0, sizeof(res));
     sheaf_buf_init(&system, PROMPT_CAP);
     sheaf_buf_init(&user, PROMPT_CAP);
     if (sheaf_prompt_render(st->system, stage_var, v, &system, errstr, sizeof(errstr)) ||
@@ -119,18 +141,30 @@ static sheaf_err run_stage(reducer *r, const char *name, const sheaf_stage *st, 
                              .max_tokens = st->max_tokens,
                              .messages = msgs,
                              .n_messages = n};
-    err = sheaf_llm_complete_retry(r->llm, &req, &res, &sheaf_stop, errstr, sizeof(errstr));
+    stage_call sc;
+    memset(&sc, 0, sizeof(sc));
+    uint64_t est = (uint64_t)sheaf_estimate_tokens(system.data ? system.data : "", system.len) +
+                   sheaf_estimate_tokens(user.data, user.len) +
+                   (uint64_t)(st->max_tokens > 0 ? st->max_tokens : 0);
+    if (sheaf_llm_async_submit(r->llm, &req, est > UINT32_MAX ? UINT32_MAX : (uint32_t)est,
+                               stage_done, &sc) != SHEAF_OK) {
+        *error = strdup("out of memory submitting the call");
+        goto out;
+    }
+    while (!sc.done) {
+        if (sheaf_stop) sheaf_llm_async_abort_all(r->llm);
+        sheaf_llm_async_run(r->llm, 100);
+    }
+    err = sc.err;
     if (err == SHEAF_OK) {
-        *text = res.content; /* ownership moves to the caller */
-        res.content = NULL;
-        *usage = res.usage;
+        *text = sc.text; /* ownership moves to the caller */
+        *usage = sc.usage;
     } else if (err != SHEAF_ERR_STOPPED) {
-        snprintf(msg, sizeof(msg), "%s call failed: %s", name, errstr);
+        snprintf(msg, sizeof(msg), "%s call failed: %s", name, sc.errstr);
         *error = strdup(msg);
         err = SHEAF_OK;
     }
 out:
-    sheaf_llm_result_clear(&res);
     sheaf_buf_free(&system);
     sheaf_buf_free(&user);
     return err;
@@ -515,6 +549,7 @@ int main(int argc, char **argv)
 {
     reducer r;
     char errstr[SHEAF_ERRSTR_SIZE] = "", host[64] = "host";
+    sheaf_llm_limiter limiter;
     int rc;
 
     memset(&r, 0, sizeof(r));
@@ -533,7 +568,10 @@ int main(int argc, char **argv)
         }
     }
     if (!(r.redis = sheaf_redis_connect(&r.cfg, errstr, sizeof(errstr))) ||
-        !(r.llm = sheaf_llm_create(&r.cfg, errstr, sizeof(errstr)))) {
+        sheaf_ratelimit_from_config(r.redis, &r.cfg, &r.limit, errstr, sizeof(errstr)) ||
+        (r.limit && (sheaf_ratelimit_bind(r.limit, &limiter), 0)) ||
+        !(r.llm = sheaf_llm_async_create(&r.cfg, 4, r.limit ? &limiter : NULL, errstr,
+                                         sizeof(errstr)))) {
         sheaf_error("reducer", "%s", errstr);
         goto stop;
     }
@@ -556,7 +594,8 @@ int main(int argc, char **argv)
 stop:
     if (r.out && r.out != stdout) fclose(r.out);
     for (size_t i = 0; i < r.n_jobs; i++) free(r.jobs[i]);
-    sheaf_llm_destroy(r.llm);
+    sheaf_llm_async_destroy(r.llm);
+    sheaf_ratelimit_destroy(r.limit);
     sheaf_redis_destroy(r.redis);
     sheaf_config_clear(&r.cfg);
     return rc;

@@ -1,319 +1,109 @@
 /* worker.c - sheaf-worker: the map stage of every job.
  *
  * A stateless member of the Kafka consumer group worker.group on
- * <prefix>.map.  For each chunk message: decode it strictly, look up the
- * job's pipeline by the version the message carries, render the map
- * prompt, call the LLM (with retries), record the result in Redis with the
- * idempotent chunk-store script, and only then hand the offset to
- * rd_kafka_offsets_store() so the auto-committer may commit it.  A crash
- * at any point therefore leads to redelivery, never to loss, and a
- * redelivered chunk whose result is already recorded costs no LLM call.
+ * <prefix>.map.  One thread runs one loop: it takes chunk messages from
+ * Kafka while the LLM engine has room (worker.max_in_flight calls in
+ * flight, libcurl multi), turns the engine, and stores offsets as calls
+ * finish - per partition only up to the lowest unfinished offset (the
+ * offset window), so a crash leads to redelivery, never to loss.  See
+ * chunk.c for what happens to one message.
  *
- * What cannot be processed is never dropped: an undecodable message, an
- * unknown job or pipeline, a prompt that cannot be rendered, or an LLM call
- * that still fails after llm.max_attempts goes to <prefix>.dlq with the
- * reason (flushed before the offset is stored); a chunk that fails for LLM
- * reasons is also recorded as failed so its document still completes.
+ * Flow control: when the engine holds max_in_flight calls, or its circuit
+ * breaker is open (the endpoint is down), every assigned partition is
+ * paused; the loop keeps polling, so the consumer stays in its group
+ * however slow the LLM is, and resumes the partitions when half the window
+ * is free (or the circuit closes).  Rate limits are fleet-wide: the engine
+ * asks a GCRA limiter in Redis (llm.rpm, llm.tpm) before every attempt.
  *
- * SIGTERM: the current call is finished or abandoned (not recorded: another
- * worker redoes it), stored offsets are committed by rd_kafka_consumer_close,
- * exit 0. */
-#include <jansson.h>
+ * Rebalances: a revoked partition's window is forgotten and its
+ * generation bumped, so calls still running for it record their results
+ * (idempotently) but store no offset: the new owner redoes those messages
+ * and finds the results recorded.
+ *
+ * SIGTERM: pause everything, let in-flight calls finish for up to
+ * worker.drain_ms, abandon the rest (not recorded, redelivered to another
+ * worker), commit stored offsets by closing the consumer (which also leaves
+ * the group at once), exit 0. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "sheaf/codec.h"
 #include "sheaf/kafka.h"
-#include "sheaf/llm.h"
 #include "sheaf/log.h"
-#include "sheaf/pipeline.h"
 #include "sheaf/program.h"
-#include "sheaf/state.h"
 #include "sheaf/util.h"
-
-#define PIPELINE_CACHE 16
-
-typedef struct worker {
-    sheaf_config cfg;
-    rd_kafka_t *consumer;
-    rd_kafka_t *producer;       /* dead letters */
-    sheaf_redis *redis;
-    sheaf_llm *llm;
-    char map_topic[256];
-    char dlq_topic[256];
-    struct {
-        char pv[17];
-        sheaf_pipeline *p;
-    } pipelines[PIPELINE_CACHE];
-    unsigned long processed, duplicates, failed, dead_lettered;
-} worker;
-
-typedef enum { MSG_DONE, MSG_STOPPED } msg_outcome;
+#include "worker.h"
 
 static const char usage_text[] =
-            "usage: sheaf-worker [-c FILE] [-X key=value ...]\n"
-            "  Consumes chunk messages from <topic.prefix>.map in consumer group\n"
-            "  worker.group, runs the map stage, stores results in Redis.\n"
-            "  -c, --config FILE   configuration file (default: $SHEAF_CONFIG)\n"
-            "  -X key=value        set a configuration key (see --help-config)\n"
-            "      --help-config   list every configuration key\n";
+    "usage: sheaf-worker [-c FILE] [-X key=value ...]\n"
+    "  Consumes chunk messages from <topic.prefix>.map in consumer group\n"
+    "  worker.group, runs the map stage with worker.max_in_flight LLM calls in\n"
+    "  flight, stores results in Redis.\n"
+    "  -c, --config FILE   configuration file (default: $SHEAF_CONFIG)\n"
+    "  -X key=value        set a configuration key (see --help-config)\n"
+    "      --help-config   list every configuration key\n";
 
-/* ---- pipelines, looked up by version and cached ---- */
+/* ---- partition generations ---- */
 
-static const sheaf_pipeline *pipeline_for(worker *w, const char *pv, sheaf_err *err,
-                                          char *errstr, size_t errlen)
+uint32_t worker_generation(worker *w, int32_t partition)
 {
-    int free_slot = -1;
-    char *json = NULL;
-    for (int i = 0; i < PIPELINE_CACHE; i++) {
-        if (w->pipelines[i].p && strcmp(w->pipelines[i].pv, pv) == 0) return w->pipelines[i].p;
-        if (!w->pipelines[i].p && free_slot < 0) free_slot = i;
-    }
-    *err = sheaf_state_pipeline_get(w->redis, pv, &json, errstr, errlen);
-    if (*err != SHEAF_OK) return NULL;
-    sheaf_pipeline *p = sheaf_pipeline_from_json(json, strlen(json), errstr, errlen);
-    free(json);
-    if (!p) {
-        *err = SHEAF_ERR_INVALID;
-        return NULL;
-    }
-    if (free_slot < 0) {
-        /* Full: evict the oldest (slot 0) by shifting. */
-        sheaf_pipeline_destroy(w->pipelines[0].p);
-        memmove(&w->pipelines[0], &w->pipelines[1], sizeof(w->pipelines[0]) * (PIPELINE_CACHE - 1));
-        free_slot = PIPELINE_CACHE - 1;
-    }
-    snprintf(w->pipelines[free_slot].pv, sizeof(w->pipelines[free_slot].pv), "%s", pv);
-    w->pipelines[free_slot].p = p;
-    *err = SHEAF_OK;
-    return p;
+    return partition >= 0 && (size_t)partition < w->n_generation ? w->generation[partition] : 0;
 }
 
-/* ---- prompt variables of the map stage ---- */
-
-typedef struct map_vars {
-    const sheaf_chunk_msg *m;
-    char chunk_index[16], chunk_count[16], pages[32];
-} map_vars;
-
-static const char *map_var(const char *name, size_t len, void *ud, size_t *out_len)
+static void generation_bump(worker *w, int32_t partition)
 {
-    map_vars *v = ud;
-    const char *s = NULL;
-#define IS(lit) (len == sizeof(lit) - 1 && memcmp(name, lit, len) == 0)
-    if (IS("text")) {
-        *out_len = v->m->text_len;
-        return v->m->text;
+    if (partition < 0) return;
+    if ((size_t)partition >= w->n_generation) {
+        size_t n = (size_t)partition + 64;
+        uint32_t *g = realloc(w->generation, n * sizeof(*g));
+        if (!g) return; /* stays 0: at worst an idempotent rewrite */
+        memset(g + w->n_generation, 0, (n - w->n_generation) * sizeof(*g));
+        w->generation = g;
+        w->n_generation = n;
     }
-    if (IS("doc_id")) s = v->m->doc;
-    else if (IS("job_id")) s = v->m->job;
-    else if (IS("chunk_index")) s = v->chunk_index;
-    else if (IS("chunk_count")) s = v->chunk_count;
-    else if (IS("pages")) s = v->pages;
-    else if (len > 5 && memcmp(name, "meta.", 5) == 0) {
-        char key[256];
-        if (len - 5 >= sizeof(key)) return NULL;
-        memcpy(key, name + 5, len - 5);
-        key[len - 5] = '\0';
-        s = sheaf_chunk_meta_get(v->m, key);
-        if (!s) s = ""; /* a missing metadata field renders empty */
-    }
-#undef IS
-    if (s) *out_len = strlen(s);
-    return s;
+    w->generation[partition]++;
 }
 
-/* ---- dead letters ---- */
+/* ---- flow control ---- */
 
-/* Sends msg to the DLQ and waits until it is durable there; only then may
- * the caller store the offset.  Retries until it works or shutdown. */
-static msg_outcome dead_letter(worker *w, const rd_kafka_message_t *msg, const char *job,
-                               const char *reason)
+static void set_paused(worker *w, int pause)
 {
-    char errstr[SHEAF_ERRSTR_SIZE];
-    sheaf_warn("worker", "dead-lettering %s [%d] offset %lld%s%s: %s",
-               rd_kafka_topic_name(msg->rkt), (int)msg->partition, (long long)msg->offset,
-               job ? " job " : "", job ? job : "", reason);
-    while (!sheaf_stop) {
-        if (sheaf_kafka_dlq_send(w->producer, w->dlq_topic, msg, reason, job, errstr,
-                                 sizeof(errstr)) == SHEAF_OK &&
-            sheaf_kafka_flush(w->producer, 10000, errstr, sizeof(errstr)) == SHEAF_OK) {
-            w->dead_lettered++;
-            if (job && sheaf_state_job_dlq_incr(w->redis, job, errstr, sizeof(errstr)) != SHEAF_OK)
-                sheaf_warn("worker", "job %s: could not count the dead letter: %s", job, errstr);
-            return MSG_DONE;
-        }
-        sheaf_error("worker", "cannot dead-letter to %s (will retry): %s", w->dlq_topic, errstr);
-        sheaf_sleep_ms(1000);
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(w->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts) return;
+    if (parts->cnt > 0) {
+        if (pause) rd_kafka_pause_partitions(w->consumer, parts);
+        else rd_kafka_resume_partitions(w->consumer, parts);
     }
-    return MSG_STOPPED;
+    rd_kafka_topic_partition_list_destroy(parts);
+    w->paused = pause;
 }
 
-/* ---- one message ---- */
-
-static char *result_record(const char *key, const char *value)
+static void flow_control(worker *w)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, key, json_string(value));
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return s;
-}
-
-/* Records the chunk, retrying Redis failures until shutdown. */
-static msg_outcome record(worker *w, const rd_kafka_message_t *msg, const sheaf_chunk_msg *m,
-                          int ok, const char *json, const sheaf_llm_usage *usage)
-{
-    char errstr[SHEAF_ERRSTR_SIZE];
-    int64_t delay = 200;
-    for (;;) {
-        sheaf_chunk_outcome outcome = SHEAF_CHUNK_NEW;
-        sheaf_err err = sheaf_state_chunk_store(w->redis, m, ok, json, usage->prompt_tokens,
-                                                usage->completion_tokens, &outcome, errstr,
-                                                sizeof(errstr));
-        if (err == SHEAF_OK) {
-            if (outcome == SHEAF_CHUNK_DUPLICATE) w->duplicates++;
-            if (outcome == SHEAF_CHUNK_DOC_READY)
-                sheaf_info("worker", "job %s doc %s: all %u chunks recorded, ready to combine",
-                           m->job, m->doc, m->count);
-            return MSG_DONE;
-        }
-        if (err == SHEAF_ERR_NOT_FOUND) return dead_letter(w, msg, m->job, errstr);
-        sheaf_error("worker", "job %s doc %s chunk %u: cannot record result (will retry): %s",
-                    m->job, m->doc, m->idx, errstr);
-        if (sheaf_stop) return MSG_STOPPED;
-        sheaf_sleep_ms(delay);
-        if (delay < 5000) delay *= 2;
+    size_t pending = sheaf_llm_async_pending(w->llm);
+    size_t max = (size_t)w->cfg.worker_max_in_flight;
+    int circuit = sheaf_llm_async_circuit_open(w->llm);
+    if (!w->paused && (pending >= max || circuit)) {
+        if (circuit) sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
+        set_paused(w, 1);
+    } else if (w->paused && !circuit && pending <= max / 2) {
+        set_paused(w, 0);
     }
-}
-
-static msg_outcome handle(worker *w, const rd_kafka_message_t *msg)
-{
-    char errstr[SHEAF_ERRSTR_SIZE] = "";
-    char reason[SHEAF_ERRSTR_SIZE + 64];
-    sheaf_chunk_msg m;
-    sheaf_buf user, system;
-    sheaf_llm_result res;
-    sheaf_llm_usage usage = {0, 0};
-    msg_outcome out = MSG_DONE;
-    char *json = NULL;
-    sheaf_err err;
-    int exists = 0;
-
-    memset(&m, 0, sizeof(m));
-    memset(&res, 0, sizeof(res));
-    sheaf_buf_init(&user, (size_t)64 << 20);
-    sheaf_buf_init(&system, (size_t)1 << 20);
-
-    err = sheaf_chunk_decode(msg->payload, msg->len, &m, errstr, sizeof(errstr));
-    if (err != SHEAF_OK) {
-        snprintf(reason, sizeof(reason), "not a valid sheaf chunk message: %s", errstr);
-        out = dead_letter(w, msg, NULL, reason);
-        goto done;
-    }
-
-    /* Cheap check first: a redelivered chunk that is already recorded costs
-     * no LLM call. */
-    while ((err = sheaf_state_chunk_exists(w->redis, &m, &exists, errstr, sizeof(errstr))) !=
-           SHEAF_OK) {
-        sheaf_error("worker", "Redis unavailable (will retry): %s", errstr);
-        if (sheaf_stop) {
-            out = MSG_STOPPED;
-            goto done;
-        }
-        sheaf_sleep_ms(1000);
-    }
-    if (exists) {
-        w->duplicates++;
-        goto done;
-    }
-
-    const sheaf_pipeline *p;
-    while (!(p = pipeline_for(w, m.pv, &err, errstr, sizeof(errstr)))) {
-        if (err != SHEAF_ERR_REDIS) {
-            snprintf(reason, sizeof(reason), "pipeline %s: %s", m.pv, errstr);
-            out = dead_letter(w, msg, m.job, reason);
-            goto done;
-        }
-        sheaf_error("worker", "Redis unavailable (will retry): %s", errstr);
-        if (sheaf_stop) {
-            out = MSG_STOPPED;
-            goto done;
-        }
-        sheaf_sleep_ms(1000);
-    }
-
-    map_vars vars = {.m = &m};
-    snprintf(vars.chunk_index, sizeof(vars.chunk_index), "%u", m.idx + 1);
-    snprintf(vars.chunk_count, sizeof(vars.chunk_count), "%u", m.count);
-    if (m.page_first && m.page_last > m.page_first)
-        snprintf(vars.pages, sizeof(vars.pages), "%u-%u", m.page_first, m.page_last);
-    else if (m.page_first)
-        snprintf(vars.pages, sizeof(vars.pages), "%u", m.page_first);
-    if (sheaf_prompt_render(p->map.system, map_var, &vars, &system, errstr, sizeof(errstr)) ||
-        sheaf_prompt_render(p->map.user, map_var, &vars, &user, errstr, sizeof(errstr))) {
-        snprintf(reason, sizeof(reason), "map prompt: %s", errstr);
-        json = result_record("error", reason);
-        out = record(w, msg, &m, 0, json, &usage);
-        if (out == MSG_DONE) out = dead_letter(w, msg, m.job, reason);
-        w->failed++;
-        goto done;
-    }
-
-    sheaf_llm_message msgs[2];
-    size_t nmsgs = 0;
-    if (system.len) msgs[nmsgs++] = (sheaf_llm_message){"system", system.data};
-    msgs[nmsgs++] = (sheaf_llm_message){"user", user.data};
-    sheaf_llm_request req = {.model = p->map.model,
-                             .temperature = p->map.temperature,
-                             .max_tokens = p->map.max_tokens,
-                             .messages = msgs,
-                             .n_messages = nmsgs};
-    err = sheaf_llm_complete_retry(w->llm, &req, &res, &sheaf_stop, errstr, sizeof(errstr));
-    if (err == SHEAF_ERR_STOPPED) {
-        out = MSG_STOPPED;
-        goto done;
-    }
-    if (err != SHEAF_OK) {
-        snprintf(reason, sizeof(reason), "LLM call failed after %d attempt(s): %s", res.attempts,
-                 errstr);
-        sheaf_warn("worker", "job %s doc %s chunk %u: %s", m.job, m.doc, m.idx, reason);
-        json = result_record("error", reason);
-        out = record(w, msg, &m, 0, json, &usage);
-        if (out == MSG_DONE) out = dead_letter(w, msg, m.job, reason);
-        w->failed++;
-        goto done;
-    }
-    json = result_record("text", res.content);
-    out = record(w, msg, &m, 1, json, &res.usage);
-    if (out == MSG_DONE) w->processed++;
-    sheaf_debug("worker", "job %s doc %s chunk %u/%u done (%llu+%llu tokens)", m.job, m.doc,
-                m.idx + 1, m.count, (unsigned long long)res.usage.prompt_tokens,
-                (unsigned long long)res.usage.completion_tokens);
-
-done:
-    free(json);
-    sheaf_llm_result_clear(&res);
-    sheaf_buf_free(&user);
-    sheaf_buf_free(&system);
-    sheaf_chunk_msg_clear(&m);
-    return out;
 }
 
 /* Logs and applies partition assignment changes.  With cooperative-sticky
- * only the partitions that move are given or taken; a partition taken away
- * mid-call is harmless: its next owner finds the result recorded. */
+ * only the partitions that move are given or taken. */
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
+    worker *w = opaque;
     char list[512] = "";
     size_t used = 0;
     int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
     rd_kafka_error_t *error = NULL;
     rd_kafka_resp_err_t aerr = RD_KAFKA_RESP_ERR_NO_ERROR;
-    (void)opaque;
+
     for (int i = 0; i < parts->cnt && used + 16 < sizeof(list); i++)
         used += (size_t)snprintf(list + used, sizeof(list) - used, "%s%d", i ? "," : "",
                                  (int)parts->elems[i].partition);
@@ -321,8 +111,16 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         sheaf_info("worker", "partitions assigned: %d [%s]", parts->cnt, list);
         if (cooperative) error = rd_kafka_incremental_assign(rk, parts);
         else aerr = rd_kafka_assign(rk, parts);
+        /* New partitions join the current flow-control state. */
+        if (w->paused && parts->cnt > 0) rd_kafka_pause_partitions(rk, parts);
     } else {
-        sheaf_info("worker", "partitions revoked: %d [%s]", parts->cnt, list);
+        size_t dropped = 0;
+        for (int i = 0; i < parts->cnt; i++) {
+            dropped += sheaf_offwin_forget(w->window, parts->elems[i].partition);
+            generation_bump(w, parts->elems[i].partition);
+        }
+        sheaf_info("worker", "partitions revoked: %d [%s]; %zu call(s) in flight for them will "
+                   "record results but leave offsets to the new owner", parts->cnt, list, dropped);
         if (cooperative) error = rd_kafka_incremental_unassign(rk, parts);
         else aerr = rd_kafka_assign(rk, NULL);
     }
@@ -339,35 +137,31 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
-/* Marks msg processed: its offset + 1 becomes committable. */
-static void store_offset(worker *w, const rd_kafka_message_t *msg)
-{
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(msg->rkt), msg->partition)->offset =
-        msg->offset + 1;
-    rd_kafka_resp_err_t err = rd_kafka_offsets_store(w->consumer, l);
-    if (err || l->elems[0].err)
-        /* The partition was revoked meanwhile: its new owner redoes the
-         * message and finds the result recorded. */
-        sheaf_debug("worker", "offset %lld of [%d] not stored: %s", (long long)msg->offset,
-                    (int)msg->partition, rd_kafka_err2str(err ? err : l->elems[0].err));
-    rd_kafka_topic_partition_list_destroy(l);
-}
+/* ---- start, loop, stop ---- */
 
 static int worker_start(worker *w)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "";
     char client_id[128], host[64] = "host";
+    sheaf_llm_limiter limiter;
+
     gethostname(host, sizeof(host) - 1);
     snprintf(client_id, sizeof(client_id), "sheaf-worker-%s-%d", host, (int)getpid());
     sheaf_topic_name(&w->cfg, "map", w->map_topic, sizeof(w->map_topic));
     sheaf_topic_name(&w->cfg, "dlq", w->dlq_topic, sizeof(w->dlq_topic));
 
+    if (!(w->window = sheaf_offwin_create())) {
+        sheaf_error("worker", "out of memory");
+        return -1;
+    }
     if (!(w->redis = sheaf_redis_connect(&w->cfg, errstr, sizeof(errstr))) ||
-        !(w->llm = sheaf_llm_create(&w->cfg, errstr, sizeof(errstr))) ||
+        sheaf_ratelimit_from_config(w->redis, &w->cfg, &w->limit, errstr, sizeof(errstr)) ||
+        (w->limit && (sheaf_ratelimit_bind(w->limit, &limiter), 0)) ||
+        !(w->llm = sheaf_llm_async_create(&w->cfg, w->cfg.worker_max_in_flight,
+                                          w->limit ? &limiter : NULL, errstr, sizeof(errstr))) ||
         !(w->producer = sheaf_kafka_producer_new(&w->cfg, client_id, errstr, sizeof(errstr))) ||
         !(w->consumer = sheaf_kafka_consumer_new(&w->cfg, client_id, w->cfg.worker_group,
-                                                 on_rebalance, NULL, errstr, sizeof(errstr)))) {
+                                                 on_rebalance, w, errstr, sizeof(errstr)))) {
         sheaf_error("worker", "%s", errstr);
         return -1;
     }
@@ -379,14 +173,62 @@ static int worker_start(worker *w)
         sheaf_error("worker", "cannot subscribe to %s: %s", w->map_topic, rd_kafka_err2str(err));
         return -1;
     }
-    sheaf_info("worker", "consuming %s in group %s; LLM %s model %s", w->map_topic,
-               w->cfg.worker_group, w->cfg.llm_base_url, w->cfg.llm_model);
+    sheaf_info("worker", "consuming %s in group %s; LLM %s model %s; %d calls in flight%s",
+               w->map_topic, w->cfg.worker_group, w->cfg.llm_base_url, w->cfg.llm_model,
+               w->cfg.worker_max_in_flight, w->limit ? "; fleet-wide rate limit" : "");
     return 0;
+}
+
+/* Takes messages while the engine has room, then turns the engine once. */
+static void loop_once(worker *w)
+{
+    size_t max = (size_t)w->cfg.worker_max_in_flight;
+    for (int i = 0; i < 256; i++) {
+        size_t pending = sheaf_llm_async_pending(w->llm);
+        /* Block in Kafka only when there is nothing else to wait for. */
+        int timeout = (i == 0 && pending == 0) ? 100 : 0;
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(w->consumer, timeout);
+        if (!msg) break;
+        if (msg->err) {
+            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                sheaf_warn("worker", "consumer: %s", rd_kafka_message_errstr(msg));
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        worker_take(w, msg);
+        if (sheaf_llm_async_pending(w->llm) >= max) break;
+    }
+    sheaf_llm_async_run(w->llm, sheaf_llm_async_pending(w->llm) ? 10 : 0);
+    flow_control(w);
+}
+
+/* After SIGTERM: stop fetching, let calls finish until the deadline. */
+static void drain(worker *w)
+{
+    int64_t deadline = sheaf_mono_ms() + w->cfg.worker_drain_ms;
+    size_t pending = sheaf_llm_async_pending(w->llm);
+    set_paused(w, 1);
+    if (pending)
+        sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", pending,
+                   w->cfg.worker_drain_ms);
+    while (sheaf_llm_async_pending(w->llm) && sheaf_mono_ms() < deadline) {
+        sheaf_llm_async_run(w->llm, 50);
+        /* Keep serving the group; anything fetched is not ours to start. */
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(w->consumer, 0);
+        if (msg) rd_kafka_message_destroy(msg);
+    }
+    pending = sheaf_llm_async_pending(w->llm);
+    if (pending)
+        sheaf_warn("worker", "drain deadline reached: abandoning %zu call(s); their messages "
+                   "will be redelivered", pending);
+    sheaf_llm_async_abort_all(w->llm);
 }
 
 static void worker_stop(worker *w)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
+    /* Calls hold Kafka messages: end them before the consumer goes. */
+    sheaf_llm_async_destroy(w->llm);
     if (w->consumer) {
         /* Commits the stored offsets and leaves the group, so partitions move
          * at once instead of after the session timeout. */
@@ -397,9 +239,11 @@ static void worker_stop(worker *w)
     if (w->producer && sheaf_kafka_flush(w->producer, 10000, errstr, sizeof(errstr)) != SHEAF_OK)
         sheaf_warn("worker", "dead-letter producer: %s", errstr);
     sheaf_kafka_producer_destroy(w->producer);
-    sheaf_llm_destroy(w->llm);
+    sheaf_ratelimit_destroy(w->limit);
     sheaf_redis_destroy(w->redis);
-    for (int i = 0; i < PIPELINE_CACHE; i++) sheaf_pipeline_destroy(w->pipelines[i].p);
+    sheaf_offwin_destroy(w->window);
+    free(w->generation);
+    worker_pipelines_clear(w);
     sheaf_config_clear(&w->cfg);
 }
 
@@ -413,20 +257,11 @@ int main(int argc, char **argv)
     if (rc >= 0) return rc;
     rc = 1;
     if (worker_start(&w) == 0) {
-        while (!sheaf_stop) {
-            rd_kafka_message_t *msg = rd_kafka_consumer_poll(w.consumer, 200);
-            if (!msg) continue;
-            if (msg->err) {
-                if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                    sheaf_warn("worker", "consumer: %s", rd_kafka_message_errstr(msg));
-                rd_kafka_message_destroy(msg);
-                continue;
-            }
-            if (handle(&w, msg) == MSG_DONE) store_offset(&w, msg);
-            rd_kafka_message_destroy(msg);
-        }
-        sheaf_info("worker", "stopping: %lu chunks processed, %lu duplicates skipped, %lu failed, "
-                   "%lu dead-lettered", w.processed, w.duplicates, w.failed, w.dead_lettered);
+        while (!sheaf_stop) loop_once(&w);
+        drain(&w);
+        sheaf_info("worker", "stopped: %lu chunks processed, %lu duplicates skipped, %lu failed, "
+                   "%lu dead-lettered, %lu abandoned", w.processed, w.duplicates, w.failed,
+                   w.dead_lettered, w.abandoned);
         rc = 0;
     }
     worker_stop(&w);

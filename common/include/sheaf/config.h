@@ -87,6 +87,10 @@ typedef struct sheaf_config {
 
     /* Worker and reducer */
     char *worker_group;          /* worker.group: Kafka consumer group id */
+    int worker_max_in_flight;    /* worker.max_in_flight: LLM calls in flight per worker */
+    int worker_drain_ms;         /* worker.drain_ms: SIGTERM drain deadline */
+    double llm_rpm;              /* llm.rpm: fleet-wide requests/min, 0 = unlimited */
+    double llm_tpm;              /* llm.tpm: fleet-wide tokens/min, 0 = unlimited */
     char *reducer_group;         /* reducer.group: Redis stream consumer group */
     int reducer_claim_idle_ms;   /* reducer.claim_idle_ms: claim a dead reducer's entries after */
     char *reducer_output;        /* reducer.output: JSONL file path, "-" = stdout, "" = none */

@@ -12,6 +12,8 @@
  *   sheaf:{J}:p:<doc>      hash    s:<idx> = ok|failed, r:<idx> = result
  *                                  JSON, done = chunks recorded
  *   sheaf:{J}:results      hash    <doc> = the document's result (JSON line)
+ *   sheaf:{J}:done_ms      hash    <doc> = wall-clock ms its result was stored
+ *                                  (kept apart so results stay deterministic)
  *   sheaf:{J}:overview     string  the overview result (JSON line)
  *   sheaf:{J}:ready        stream  entries {type=doc, doc=<id>} and one
  *                                  {type=overview}; consumer group =
@@ -54,6 +56,20 @@ redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const 
 /* printf-style convenience over sheaf_redis_argv (hiredis format rules:
  * %s strings, %b binary with length). */
 redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);
+
+/* A Lua script run by sheaf_redis_script; sha is computed on first use. */
+typedef struct sheaf_lua_script {
+    const char *body;
+    char sha[41];
+} sheaf_lua_script;
+
+/* Runs a Lua script with EVALSHA, loading it with EVAL when Redis answers
+ * NOSCRIPT (after a restart or SCRIPT FLUSH).  args holds nkeys keys then
+ * the script arguments (nargs in all, at most 20); lens may be NULL for C
+ * strings.  Returns the reply or NULL with errstr, like sheaf_redis_argv. */
+redisReply *sheaf_redis_script(sheaf_redis *r, sheaf_lua_script *s, int nkeys, int nargs,
+                               const char **args, const size_t *lens, char *errstr,
+                               size_t errlen);
 
 /* ---- producer side ---- */
 

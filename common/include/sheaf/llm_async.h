@@ -1,0 +1,194 @@
+/* sheaf/llm_async.h - many LLM calls in flight from one thread (libcurl
+ * multi).
+ *
+ * A worker's throughput is min(C / L, R) for provider latency L, fleet
+ * concurrency C and rate limit R (see DESIGN.md), so a worker keeps many
+ * requests in flight instead of one thread per call.  The caller submits
+ * calls and turns the crank with sheaf_llm_async_run(); each submitted call
+ * ends in exactly one callback, in completion order (not submission order).
+ *
+ * Same request body, response parsing, status classes, Retry-After
+ * handling and key scrubbing as the synchronous client (sheaf/llm.h); what
+ * this engine adds:
+ *
+ *   - retries inside the engine, up to llm.max_attempts: retryable failures
+ *     (429, 408, 409, 5xx, transport errors, timeouts, a truncated or
+ *     non-JSON 2xx) wait with exponential backoff and full jitter from
+ *     llm.backoff_ms (cap 30 s), or the server's Retry-After when longer
+ *     (cap 300 s).  Waits are timers, not sleeps: other calls proceed.
+ *   - admission: a call starts when one of max_in_flight slots is free, the
+ *     limiter admits it (each attempt is charged) and the circuit breaker
+ *     lets it.  Queued calls start oldest first, retries before new calls
+ *     submitted after them, so Kafka offsets can be committed early.
+ *   - back-pressure from the provider: a 429 penalizes the limiter by its
+ *     Retry-After (else the current backoff ceiling); a response with
+ *     x-ratelimit-remaining-requests: 0 penalizes it by
+ *     x-ratelimit-reset-requests ("1s", "6m0s", "250ms").  Either also
+ *     holds back this engine's own new starts for that long, with or
+ *     without a limiter.
+ *   - a circuit breaker: after SHEAF_LLM_BREAKER_THRESHOLD consecutive
+ *     transient failures (connection errors, timeouts, 5xx, 408) no new
+ *     attempt starts for a cooldown (5 s, doubled on each failed probe up
+ *     to 60 s); then one probe call goes (half-open); its success closes
+ *     the circuit, its failure opens it again.  Queued calls wait rather
+ *     than burn attempts against a dead endpoint.  429 and other 4xx are an
+ *     answer from a live server and reset the count.
+ *
+ * Connections: HTTP/2 multiplexing when the server offers it over TLS
+ * (CURL_HTTP_VERSION_2TLS, CURLPIPE_MULTIPLEX), else up to max_in_flight
+ * kept-alive HTTP/1.1 connections.  Easy handles are pooled, not created
+ * per call.  Memory per call: the request body, a small record, and while
+ * in flight a response buffer capped at llm.max_response_bytes.
+ *
+ * Not thread-safe: one engine is used by one thread. */
+#ifndef SHEAF_LLM_ASYNC_H
+#define SHEAF_LLM_ASYNC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "sheaf/config.h"
+#include "sheaf/error.h"
+#include "sheaf/llm.h"
+
+#define SHEAF_LLM_BREAKER_THRESHOLD 10       /* consecutive transient failures that open it */
+#define SHEAF_LLM_BREAKER_COOLDOWN_MS 5000   /* first open period */
+#define SHEAF_LLM_BREAKER_MAX_COOLDOWN_MS 60000 /* doubling stops here */
+
+/* A fleet-wide rate limiter as the engine sees it; the worker binds it to
+ * sheaf_ratelimit (Redis GCRA), tests to a fake.  Both functions are called
+ * from sheaf_llm_async_run() / _submit() on the engine's thread.
+ *
+ *   acquire:  admit one attempt costing tokens.  SHEAF_OK with *wait_ms 0:
+ *             admitted (and charged); SHEAF_OK with *wait_ms > 0: not yet,
+ *             ask again after that long.  Any other return (Redis down):
+ *             the engine asks again after SHEAF_LLM_LIMITER_ERROR_WAIT_MS;
+ *             calls wait, they do not fail.  The implementation logs why.
+ *   penalize: the provider pushed back: admit nothing for ms from now.
+ *
+ * Binding the Redis limiter (sheaf/ratelimit.h), in the worker:
+ *
+ *   static sheaf_err rl_acquire(void *ud, uint32_t tokens, int64_t *wait_ms) {
+ *       char e[SHEAF_ERRSTR_SIZE];
+ *       sheaf_err err = sheaf_ratelimit_acquire(ud, tokens, wait_ms, e, sizeof(e));
+ *       if (err != SHEAF_OK) sheaf_warn("worker", "rate limiter: %s", e);
+ *       return err;
+ *   }
+ *   static void rl_penalize(void *ud, int64_t ms) {
+ *       char e[SHEAF_ERRSTR_SIZE];
+ *       if (sheaf_ratelimit_penalize(ud, ms, e, sizeof(e)) != SHEAF_OK)
+ *           sheaf_warn("worker", "rate limiter penalty: %s", e);
+ *   }
+ *   sheaf_llm_limiter lim = {rl_acquire, rl_penalize, rl};  // rl outlives the engine
+ */
+typedef struct sheaf_llm_limiter {
+    sheaf_err (*acquire)(void *ud, uint32_t tokens, int64_t *wait_ms);
+    void (*penalize)(void *ud, int64_t ms);
+    void *ud;
+} sheaf_llm_limiter;
+
+#define SHEAF_LLM_LIMITER_ERROR_WAIT_MS 500
+
+/* Called exactly once per accepted call, from sheaf_llm_async_run(),
+ * sheaf_llm_async_abort_all() or sheaf_llm_async_destroy().
+ *   err     SHEAF_OK; SHEAF_ERR_LLM_FATAL (not retryable: 4xx other than
+ *           429/408/409, an unusable answer, an invalid request);
+ *           SHEAF_ERR_LLM_RETRY (llm.max_attempts used up on retryable
+ *           failures: worth trying again much later); SHEAF_ERR_STOPPED
+ *           (aborted at shutdown); SHEAF_ERR_NOMEM or SHEAF_ERR_INTERNAL
+ *           (no memory or a curl failure to start a transfer).
+ *   result  never NULL; valid only during the callback.  On SHEAF_OK
+ *           result->content is the answer: the callback may take it (set
+ *           result->content = NULL and free() it later), otherwise it is
+ *           freed after the callback returns.  http_status is the last seen,
+ *           attempts the number of HTTP attempts made.
+ *   errstr  never NULL: "" on success, else why (the API key scrubbed).
+ * The callback may submit new calls and may call _abort_all; it must not
+ * call _destroy (refused with an error log) and a nested _run returns 0. */
+typedef void (*sheaf_llm_done_fn)(void *ud, sheaf_err err, sheaf_llm_result *result,
+                                  const char *errstr);
+
+typedef enum sheaf_llm_breaker_state {
+    SHEAF_LLM_BREAKER_CLOSED = 0,    /* calls flow */
+    SHEAF_LLM_BREAKER_OPEN = 1,      /* cooling down: nothing starts */
+    SHEAF_LLM_BREAKER_HALF_OPEN = 2  /* cooldown over: one probe call decides */
+} sheaf_llm_breaker_state;
+
+typedef struct sheaf_llm_stats {
+    uint64_t submitted;      /* calls accepted by sheaf_llm_async_submit */
+    uint64_t started;        /* HTTP attempts started (retries included) */
+    uint64_t completed_ok;   /* callbacks fired with SHEAF_OK */
+    uint64_t failed;         /* callbacks fired with an error (STOPPED included) */
+    uint64_t retries;        /* attempts scheduled again after a retryable failure */
+    uint64_t http_429;       /* 429 responses seen */
+    uint64_t penalties;      /* limiter penalties sent (429, remaining-requests 0) */
+    uint64_t breaker_opens;  /* times the circuit opened (failed probes included) */
+    sheaf_llm_breaker_state breaker;  /* current state */
+    uint64_t latency_ms_sum; /* over completed_ok calls: submit to callback, ms */
+    uint64_t attempt_ms_sum; /* over finished HTTP attempts: their duration, ms */
+    size_t queued;           /* waiting for a slot, the limiter or the breaker */
+    size_t waiting;          /* waiting for a retry timer */
+    size_t in_flight;        /* HTTP requests under way */
+} sheaf_llm_stats;
+
+typedef struct sheaf_llm_async sheaf_llm_async;
+
+/* Creates an engine from llm.* settings (base_url, api_key, timeout_ms,
+ * connect_timeout_ms, max_attempts, backoff_ms, max_response_bytes) with at
+ * most max_in_flight (1..4096) concurrent HTTP requests.  cfg is read here
+ * and not kept.  limiter is copied (the struct, not what ud points to: ud
+ * must outlive the engine); NULL means no limiter.  NULL with errstr on a
+ * bad argument, setting or no memory. */
+sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flight,
+                                        const sheaf_llm_limiter *limiter, char *errstr,
+                                        size_t errlen);
+
+/* Aborts what is still pending (each callback fires with SHEAF_ERR_STOPPED,
+ * so call it while the callbacks' ud are still valid), then frees.  NULL is
+ * a no-op. */
+void sheaf_llm_async_destroy(sheaf_llm_async *a);
+
+/* Tunes the circuit breaker (defaults: the SHEAF_LLM_BREAKER_* constants).
+ * threshold >= 1, 1 <= cooldown_ms <= max_cooldown_ms.  SHEAF_ERR_INVALID
+ * otherwise.  Takes effect from the next failure. */
+sheaf_err sheaf_llm_async_set_breaker(sheaf_llm_async *a, int threshold, int cooldown_ms,
+                                      int max_cooldown_ms);
+
+/* Queues one call.  req is copied into the JSON body at once (nothing of it
+ * is kept); est_tokens is what the limiter is charged per attempt (e.g.
+ * prompt estimate + max_tokens).  The call starts during a later
+ * sheaf_llm_async_run().  SHEAF_OK: accepted, done(ud, ...) will fire
+ * exactly once - also for a request that can never be sent (empty model,
+ * invalid UTF-8), which fails with SHEAF_ERR_LLM_FATAL on the next run.
+ * SHEAF_ERR_INVALID (a or done NULL) or SHEAF_ERR_NOMEM: not accepted and
+ * done will never fire. */
+sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *req,
+                                 uint32_t est_tokens, sheaf_llm_done_fn done, void *ud);
+
+/* One event-loop step: starts what may start, waits for network activity
+ * up to timeout_ms (less when a retry, limiter or breaker timer is due
+ * sooner, 0 when a callback is ready), advances transfers, schedules
+ * retries, and fires the callbacks of finished calls.  Returns how many
+ * callbacks fired.  Returns 0 at once when nothing is pending or when
+ * called from a callback.  Never blocks longer than timeout_ms (plus the
+ * time of the callbacks and of limiter calls). */
+int sheaf_llm_async_run(sheaf_llm_async *a, int timeout_ms);
+
+/* Calls not yet called back: queued + waiting for a retry + in flight. */
+size_t sheaf_llm_async_pending(const sheaf_llm_async *a);
+/* HTTP requests under way. */
+size_t sheaf_llm_async_in_flight(const sheaf_llm_async *a);
+/* 1 while the circuit is open (cooling down) or its probe call is in
+ * flight: the worker should stop taking new work (pause Kafka consumption)
+ * meanwhile.  0 when closed, and when the cooldown is over but no call has
+ * come to probe with: then new work must be submitted, or the circuit
+ * could never close. */
+int sheaf_llm_async_circuit_open(const sheaf_llm_async *a);
+/* Fills st with the counters since create and the current state. */
+void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st);
+
+/* For shutdown after the drain deadline: stops every transfer and fires
+ * every pending callback with SHEAF_ERR_STOPPED.  Calls submitted from
+ * those callbacks stay queued. */
+void sheaf_llm_async_abort_all(sheaf_llm_async *a);
+
+#endif

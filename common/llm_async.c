@@ -1,0 +1,815 @@
+/* llm_async.c - many LLM calls in flight from one thread.  See
+ * sheaf/llm_async.h for the contract.
+ *
+ * Design.  Every submitted call is a record (llm_call) that lives in
+ * exactly one of four lists of the engine:
+ *
+ *   queued   ready to start, ordered by submission (oldest first); waits
+ *            for a free slot, the hold after provider push-back, the
+ *            circuit breaker and the limiter, checked in that order;
+ *   waiting  a retry timer is running (unordered; scanned each step:
+ *            timers are few compared with the work of an HTTP response);
+ *   flight   an HTTP attempt is under way on a slot;
+ *   done     finished, callback not yet fired.
+ *
+ * A slot is a pooled curl easy handle with its receiving buffer
+ * (sheaf_llm_xfer); slots are created on demand up to max_in_flight and
+ * reused, so curl keeps their connections in the multi handle's cache.
+ * Handles ask for HTTP/2 over TLS and multiplexing; PIPEWAIT (wait for a
+ * connection that may multiplex rather than open another) is set only for
+ * https, where ALPN settles the question at the handshake: on plain http
+ * curl would hold every new transfer until the first response arrived.
+ *
+ * One step (sheaf_llm_async_run) moves due retries to the queue, starts
+ * what may start, polls (curl_multi_poll, no longer than the nearest timer
+ * of ours; curl shortens it for its own), performs, and classifies each
+ * finished attempt with the synchronous client's rules
+ * (sheaf_llm_classify in llm.c).  Callbacks fire last, from a list
+ * detached from the engine, so a callback may submit new calls.
+ *
+ * Why the retry rules look as they do:
+ *   - the limiter is asked per attempt, not per call: every attempt costs
+ *     the provider a request, and a retry storm must stay under the fleet's
+ *     rate as much as new work does;
+ *   - a 429 penalizes the limiter, so the whole fleet backs off, not just
+ *     this call; the engine also holds its own starts for as long (a
+ *     penalty that would not extend the hold already sent is not sent
+ *     again: 64 answers of one burst need one Redis round trip, not 64);
+ *   - x-ratelimit-remaining-requests: 0 on any answer means the next
+ *     request would be refused: back off before we earn the 429;
+ *   - the circuit breaker counts only failures that say the endpoint is
+ *     unwell (no connection, timeouts, 5xx, 408).  While it is open queued
+ *     calls do not spend their attempts; results of calls already in
+ *     flight when it opened are ignored by it, and only the probe decides
+ *     whether it closes. */
+#include "sheaf/llm_async.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "llm_internal.h"
+#include "sheaf/log.h"
+#include "sheaf/util.h"
+
+#define ASYNC_MAX_IN_FLIGHT 4096
+#define ASYNC_SLOT_KEEP_BYTES 65536   /* a slot's buffer larger than this is freed after use */
+#define ASYNC_PENALTY_SLACK_MS 100    /* a penalty extending the hold less than this is not resent */
+
+typedef struct llm_call llm_call;
+typedef struct llm_slot llm_slot;
+
+/* A doubly linked list of calls with its length. */
+typedef struct call_list {
+    llm_call *head, *tail;
+    size_t n;
+} call_list;
+
+struct llm_call {
+    llm_call *prev, *next;     /* links in the one list holding the call */
+    uint64_t seq;              /* submission order */
+    char *body;                /* owned: the JSON request, resent on retries */
+    size_t body_len;
+    uint32_t est_tokens;       /* charged to the limiter per attempt */
+    sheaf_llm_done_fn done;
+    void *ud;                  /* the caller's, passed back untouched */
+    int64_t submitted_ms;
+    int64_t not_before_ms;     /* retry timer, while waiting */
+    int64_t attempt_start_ms;
+    llm_slot *slot;            /* while in flight */
+    int probe;                 /* the half-open breaker's probe */
+    sheaf_err err;             /* final outcome, once done */
+    char *errmsg;              /* owned: text of the last failure, or NULL */
+    sheaf_llm_result result;   /* result.content owned until the callback takes it */
+};
+
+struct llm_slot {
+    CURL *easy;                /* owned; CURLOPT_PRIVATE points back to the slot */
+    sheaf_llm_xfer xfer;       /* receiving side, reset per attempt */
+    llm_call *call;            /* the attempt under way, or NULL when idle */
+    llm_slot *next_free;
+};
+
+struct sheaf_llm_async {
+    CURLM *multi;                  /* owned */
+    sheaf_llm_endpoint ep;         /* owned: URL, headers, key, timeouts */
+    int https;                     /* ep.url is https: PIPEWAIT pays off */
+    int max_in_flight;
+    int max_attempts;
+    int backoff_ms;
+    sheaf_llm_limiter limiter;     /* copied; limiter.ud borrowed */
+    int has_limiter;
+
+    llm_slot **slots;              /* owned: every slot created, idle or busy */
+    size_t n_slots;
+    llm_slot *free_slots;          /* idle ones */
+
+    call_list queued, waiting, flight, done;
+    uint64_t next_seq;
+
+    int64_t hold_until_ms;         /* provider push-back: nothing starts before */
+    int64_t limiter_retry_ms;      /* the limiter said wait (or failed): ask again then */
+    int limiter_failing;           /* for logging a failure streak once */
+
+    sheaf_llm_breaker_state breaker;
+    int brk_threshold;
+    int brk_cooldown_ms, brk_max_cooldown_ms, brk_cur_cooldown_ms;
+    int brk_failures;              /* consecutive transient failures while closed */
+    int64_t brk_open_until_ms;
+    int brk_probe_in_flight;
+
+    int firing;                    /* > 0 inside a callback */
+    sheaf_llm_stats st;            /* counters; the current-state fields are filled on read */
+};
+
+/* ---- lists ------------------------------------------------------------------ */
+
+static void list_push_back(call_list *l, llm_call *c)
+{
+    c->next = NULL;
+    c->prev = l->tail;
+    if (l->tail) l->tail->next = c;
+    else l->head = c;
+    l->tail = c;
+    l->n++;
+}
+
+static void list_remove(call_list *l, llm_call *c)
+{
+    if (c->prev) c->prev->next = c->next;
+    else l->head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    else l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->n--;
+}
+
+/* Inserts c before the first call submitted after it: the queue stays in
+ * submission order, so a retried call goes ahead of newer work. */
+static void list_insert_by_seq(call_list *l, llm_call *c)
+{
+    llm_call *at = l->head;
+    while (at && at->seq < c->seq) at = at->next;
+    if (!at) {
+        list_push_back(l, c);
+        return;
+    }
+    c->next = at;
+    c->prev = at->prev;
+    if (at->prev) at->prev->next = c;
+    else l->head = c;
+    at->prev = c;
+    l->n++;
+}
+
+/* Moves every call of from to the end of to, leaving from empty. */
+static void list_splice(call_list *to, call_list *from)
+{
+    if (!from->head) return;
+    if (to->tail) {
+        to->tail->next = from->head;
+        from->head->prev = to->tail;
+    } else {
+        to->head = from->head;
+    }
+    to->tail = from->tail;
+    to->n += from->n;
+    from->head = from->tail = NULL;
+    from->n = 0;
+}
+
+/* ---- calls ------------------------------------------------------------------ */
+
+static void call_free(llm_call *c)
+{
+    if (!c) return;
+    free(c->body);
+    free(c->errmsg);
+    free(c->result.content);
+    free(c);
+}
+
+/* Replaces the call's error text with a copy of msg (kept NULL on no
+ * memory: the callback then gets the error class's description). */
+static void call_set_error(llm_call *c, const char *msg)
+{
+    free(c->errmsg);
+    c->errmsg = sheaf_strdup(msg);
+}
+
+/* Ends a call: it goes to the done list and is called back at the end of
+ * the current step. */
+static void call_finish(sheaf_llm_async *a, llm_call *c, sheaf_err err, const char *msg)
+{
+    c->err = err;
+    if (err == SHEAF_OK) {
+        free(c->errmsg);
+        c->errmsg = NULL;
+    } else if (msg) {
+        call_set_error(c, msg);
+    }
+    list_push_back(&a->done, c);
+}
+
+/* Fires the callbacks of the calls in l (detached from the engine by the
+ * caller, so callbacks may submit) and frees them.  Returns how many. */
+static int fire(sheaf_llm_async *a, call_list *l)
+{
+    int fired = 0;
+    llm_call *c;
+    while ((c = l->head) != NULL) {
+        list_remove(l, c);
+        if (c->err == SHEAF_OK) {
+            int64_t lat = sheaf_mono_ms() - c->submitted_ms;
+            a->st.completed_ok++;
+            a->st.latency_ms_sum += lat > 0 ? (uint64_t)lat : 0;
+        } else {
+            a->st.failed++;
+        }
+        a->firing++;
+        c->done(c->ud, c->err, &c->result,
+                c->err == SHEAF_OK ? "" : c->errmsg ? c->errmsg : sheaf_strerror(c->err));
+        a->firing--;
+        call_free(c); /* frees result.content unless the callback took it */
+        fired++;
+    }
+    return fired;
+}
+
+/* ---- slots ------------------------------------------------------------------- */
+
+static void slot_destroy(llm_slot *s)
+{
+    if (!s) return;
+    if (s->easy) curl_easy_cleanup(s->easy);
+    sheaf_llm_xfer_free(&s->xfer);
+    free(s);
+}
+
+/* An idle slot from the pool, or a new one while fewer than max_in_flight
+ * exist; NULL on no memory or a curl failure (errstr says which). */
+static llm_slot *slot_get(sheaf_llm_async *a, char *errstr, size_t errlen)
+{
+    llm_slot *s = a->free_slots, *ret = NULL;
+    CURLcode rc;
+
+    if (s) {
+        a->free_slots = s->next_free;
+        s->next_free = NULL;
+        return s;
+    }
+    if (a->n_slots >= (size_t)a->max_in_flight) {
+        sheaf_set_err(errstr, errlen, "no free slot (internal accounting error)");
+        goto done;
+    }
+    s = calloc(1, sizeof(*s));
+    if (!s) {
+        sheaf_set_err(errstr, errlen, "out of memory creating a connection slot");
+        goto done;
+    }
+    sheaf_llm_xfer_init(&s->xfer, a->ep.max_response_bytes);
+    s->easy = curl_easy_init();
+    if (!s->easy) {
+        sheaf_set_err(errstr, errlen, "curl_easy_init failed");
+        goto done;
+    }
+    rc = sheaf_llm_easy_setup(s->easy, &a->ep, &s->xfer);
+    if (rc == CURLE_OK) rc = curl_easy_setopt(s->easy, CURLOPT_PRIVATE, (void *)s);
+    /* A libcurl built without HTTP/2 refuses this: HTTP/1.1 then, not an error. */
+    if (rc == CURLE_OK)
+        (void)curl_easy_setopt(s->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    if (rc == CURLE_OK && a->https) rc = curl_easy_setopt(s->easy, CURLOPT_PIPEWAIT, 1L);
+    if (rc != CURLE_OK) {
+        sheaf_set_err(errstr, errlen, "cannot configure curl: %s", curl_easy_strerror(rc));
+        goto done;
+    }
+    a->slots[a->n_slots++] = s; /* the pool's list owns it from here */
+    ret = s;
+    s = NULL;
+done:
+    slot_destroy(s);
+    return ret;
+}
+
+/* Returns a slot to the pool; a buffer grown by a big answer is let go so a
+ * few large responses do not pin memory in every slot. */
+static void slot_put(sheaf_llm_async *a, llm_slot *s)
+{
+    s->call = NULL;
+    if (s->xfer.body.cap > ASYNC_SLOT_KEEP_BYTES) sheaf_buf_free(&s->xfer.body);
+    sheaf_llm_xfer_reset(&s->xfer);
+    s->next_free = a->free_slots;
+    a->free_slots = s;
+}
+
+/* ---- push-back and the circuit breaker ------------------------------------------ */
+
+/* The provider asked us to slow down for ms: hold our own starts and tell
+ * the fleet's limiter, unless an earlier penalty already covers it. */
+static void penalize(sheaf_llm_async *a, int64_t ms, int64_t now)
+{
+    if (ms <= 0) return;
+    if (ms > SHEAF_LLM_RETRY_AFTER_CAP_MS) ms = SHEAF_LLM_RETRY_AFTER_CAP_MS;
+    if (now + ms <= a->hold_until_ms + ASYNC_PENALTY_SLACK_MS) return;
+    if (now + ms > a->hold_until_ms) a->hold_until_ms = now + ms;
+    a->st.penalties++;
+    if (a->has_limiter && a->limiter.penalize) a->limiter.penalize(a->limiter.ud, ms);
+}
+
+static void breaker_open(sheaf_llm_async *a, int64_t now, int cooldown_ms, const char *why)
+{
+    a->breaker = SHEAF_LLM_BREAKER_OPEN;
+    a->brk_cur_cooldown_ms = cooldown_ms;
+    a->brk_open_until_ms = now + cooldown_ms;
+    a->st.breaker_opens++;
+    sheaf_warn("llm", "circuit open for %d ms: %s", cooldown_ms, why);
+}
+
+/* Feeds one finished attempt to the breaker.  transient: the endpoint
+ * looks unwell; answered: an HTTP answer that says it is alive. */
+static void breaker_record(sheaf_llm_async *a, llm_call *c, int transient, int answered,
+                           int64_t now, const char *why)
+{
+    int was_probe = c->probe;
+    c->probe = 0;
+    if (was_probe) a->brk_probe_in_flight = 0;
+    switch (a->breaker) {
+    case SHEAF_LLM_BREAKER_CLOSED:
+        if (transient && ++a->brk_failures >= a->brk_threshold)
+            breaker_open(a, now, a->brk_cooldown_ms, why);
+        else if (answered)
+            a->brk_failures = 0;
+        break;
+    case SHEAF_LLM_BREAKER_OPEN:
+        break; /* a call started before it opened: says nothing new */
+    case SHEAF_LLM_BREAKER_HALF_OPEN:
+        if (!was_probe) break;
+        if (transient) {
+            int next = a->brk_cur_cooldown_ms > a->brk_max_cooldown_ms / 2
+                           ? a->brk_max_cooldown_ms
+                           : a->brk_cur_cooldown_ms * 2;
+            breaker_open(a, now, next, why);
+        } else if (answered) {
+            a->breaker = SHEAF_LLM_BREAKER_CLOSED;
+            a->brk_failures = 0;
+            a->brk_cur_cooldown_ms = a->brk_cooldown_ms;
+            sheaf_info("llm", "circuit closed: the probe call got an answer");
+        }
+        /* Neither (a request that can never work): the next call probes. */
+        break;
+    }
+}
+
+/* The breaker's state at time now: an open circuit whose cooldown is over
+ * is half-open, whether or not a call has come to probe it yet. */
+static sheaf_llm_breaker_state breaker_state(const sheaf_llm_async *a, int64_t now)
+{
+    if (a->breaker == SHEAF_LLM_BREAKER_OPEN && now >= a->brk_open_until_ms)
+        return SHEAF_LLM_BREAKER_HALF_OPEN;
+    return a->breaker;
+}
+
+/* 1 when the breaker lets a call start now; *probe is set when that call
+ * is the half-open probe. */
+static int breaker_allows(sheaf_llm_async *a, int64_t now, int *probe)
+{
+    *probe = 0;
+    if (a->breaker == SHEAF_LLM_BREAKER_OPEN) {
+        if (breaker_state(a, now) == SHEAF_LLM_BREAKER_OPEN) return 0;
+        a->breaker = SHEAF_LLM_BREAKER_HALF_OPEN;
+        a->brk_probe_in_flight = 0;
+    }
+    if (a->breaker == SHEAF_LLM_BREAKER_CLOSED) return 1;
+    if (a->brk_probe_in_flight) return 0;
+    *probe = 1;
+    return 1;
+}
+
+/* ---- starting and finishing attempts ------------------------------------------ */
+
+/* Starts call c (already off the queue) on a slot; on failure the call is
+ * finished with the reason. */
+static void start_attempt(sheaf_llm_async *a, llm_call *c, int probe, int64_t now)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    llm_slot *s = slot_get(a, errstr, sizeof(errstr));
+    CURLcode rc;
+    CURLMcode mrc;
+
+    if (!s) {
+        call_finish(a, c, SHEAF_ERR_NOMEM, errstr);
+        return;
+    }
+    sheaf_llm_xfer_reset(&s->xfer);
+    /* c->body stays alive until the call is freed, after its last attempt. */
+    rc = sheaf_llm_easy_body(s->easy, c->body, c->body_len);
+    if (rc != CURLE_OK) {
+        slot_put(a, s);
+        sheaf_set_err(errstr, sizeof(errstr), "cannot set the request body: %s",
+                      curl_easy_strerror(rc));
+        call_finish(a, c, SHEAF_ERR_INTERNAL, errstr);
+        return;
+    }
+    mrc = curl_multi_add_handle(a->multi, s->easy);
+    if (mrc != CURLM_OK) {
+        slot_put(a, s);
+        sheaf_set_err(errstr, sizeof(errstr), "curl_multi_add_handle: %s",
+                      curl_multi_strerror(mrc));
+        call_finish(a, c, mrc == CURLM_OUT_OF_MEMORY ? SHEAF_ERR_NOMEM : SHEAF_ERR_INTERNAL,
+                    errstr);
+        return;
+    }
+    s->call = c;
+    c->slot = s;
+    c->probe = probe;
+    if (probe) a->brk_probe_in_flight = 1;
+    c->attempt_start_ms = now;
+    c->result.attempts++;
+    a->st.started++;
+    list_push_back(&a->flight, c);
+}
+
+/* Starts queued calls, oldest first, while a slot is free and nothing
+ * holds them back.  Returns how many started. */
+static int start_ready(sheaf_llm_async *a, int64_t now)
+{
+    int started = 0;
+    llm_call *c;
+
+    while ((c = a->queued.head) != NULL) {
+        int probe = 0;
+        if (a->flight.n >= (size_t)a->max_in_flight) break;
+        if (now < a->hold_until_ms) break;
+        if (!breaker_allows(a, now, &probe)) break;
+        if (a->has_limiter) {
+            int64_t wait_ms = 0;
+            sheaf_err err;
+            if (now < a->limiter_retry_ms) break;
+            err = a->limiter.acquire(a->limiter.ud, c->est_tokens, &wait_ms);
+            if (err != SHEAF_OK) {
+                if (!a->limiter_failing)
+                    sheaf_warn("llm", "rate limiter failed (%s); calls wait and ask again "
+                               "every %d ms", sheaf_strerror(err), SHEAF_LLM_LIMITER_ERROR_WAIT_MS);
+                a->limiter_failing = 1;
+                a->limiter_retry_ms = now + SHEAF_LLM_LIMITER_ERROR_WAIT_MS;
+                break;
+            }
+            if (a->limiter_failing) sheaf_info("llm", "rate limiter works again");
+            a->limiter_failing = 0;
+            if (wait_ms > 0) {
+                a->limiter_retry_ms = now + wait_ms;
+                break;
+            }
+        }
+        list_remove(&a->queued, c);
+        start_attempt(a, c, probe, now);
+        started++;
+    }
+    return started;
+}
+
+/* Handles a finished attempt on slot s: classifies it, feeds the breaker
+ * and the limiter, then finishes the call or arms its retry timer. */
+static void finish_attempt(sheaf_llm_async *a, llm_slot *s, CURLcode rc, int64_t now)
+{
+    llm_call *c = s->call;
+    char errstr[SHEAF_ERRSTR_SIZE];
+    long status = 0;
+    sheaf_err err;
+    sheaf_llm_resp_headers hdr;
+    int transient;
+
+    curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(a->multi, s->easy);
+    list_remove(&a->flight, c);
+    c->slot = NULL;
+    if (now > c->attempt_start_ms) a->st.attempt_ms_sum += (uint64_t)(now - c->attempt_start_ms);
+
+    c->result.retry_after_ms = -1;
+    errstr[0] = '\0';
+    err = sheaf_llm_classify(&s->xfer, rc, status, &a->ep, &c->result, errstr, sizeof(errstr));
+    hdr = s->xfer.hdr;
+    transient = (rc != CURLE_OK && !s->xfer.body_overflow && sheaf_llm_curl_retryable(rc)) ||
+                status == 408 || (status >= 500 && status <= 599);
+    slot_put(a, s);
+
+    if (status == 429) {
+        a->st.http_429++;
+        penalize(a, hdr.retry_after_ms >= 0
+                        ? hdr.retry_after_ms
+                        : sheaf_llm_backoff_ceiling(a->backoff_ms, c->result.attempts), now);
+    }
+    if (hdr.remaining_requests == 0 && hdr.reset_requests_ms > 0)
+        penalize(a, hdr.reset_requests_ms, now);
+    breaker_record(a, c, transient, status > 0 && !transient, now, errstr);
+
+    if (err == SHEAF_ERR_LLM_RETRY && c->result.attempts < a->max_attempts) {
+        int64_t delay = sheaf_llm_retry_delay(a->backoff_ms, c->result.attempts,
+                                              c->result.retry_after_ms);
+        sheaf_debug("llm", "attempt %d/%d failed: %s; retrying in %lld ms", c->result.attempts,
+                    a->max_attempts, errstr, (long long)delay);
+        call_set_error(c, errstr);
+        c->not_before_ms = now + delay;
+        a->st.retries++;
+        list_push_back(&a->waiting, c);
+        return;
+    }
+    if (err != SHEAF_OK && c->result.attempts > 1) {
+        size_t n = strlen(errstr);
+        snprintf(errstr + n, sizeof(errstr) - n, " (attempt %d/%d)", c->result.attempts,
+                 a->max_attempts);
+    }
+    call_finish(a, c, err, errstr);
+}
+
+/* Moves calls whose retry timer is due to the queue. */
+static void promote_due(sheaf_llm_async *a, int64_t now)
+{
+    llm_call *c = a->waiting.head, *next;
+    for (; c; c = next) {
+        next = c->next;
+        if (c->not_before_ms > now) continue;
+        list_remove(&a->waiting, c);
+        list_insert_by_seq(&a->queued, c);
+    }
+}
+
+/* Milliseconds until one of our timers may let something happen; -1 when
+ * none is armed (only the network can move things then). */
+static int64_t next_timer(const sheaf_llm_async *a, int64_t now)
+{
+    int64_t best = -1;
+    for (const llm_call *c = a->waiting.head; c; c = c->next) {
+        int64_t d = c->not_before_ms - now;
+        if (best < 0 || d < best) best = d;
+    }
+    if (a->queued.n && a->flight.n < (size_t)a->max_in_flight) {
+        /* Queued calls start when every hold is over: the latest one. */
+        int64_t until = a->hold_until_ms;
+        if (a->breaker == SHEAF_LLM_BREAKER_OPEN && a->brk_open_until_ms > until)
+            until = a->brk_open_until_ms;
+        if (a->has_limiter && a->limiter_retry_ms > until) until = a->limiter_retry_ms;
+        if (!(a->breaker == SHEAF_LLM_BREAKER_HALF_OPEN && a->brk_probe_in_flight)) {
+            int64_t d = until - now;
+            if (best < 0 || d < best) best = d;
+        }
+    }
+    return best < 0 ? -1 : best;
+}
+
+/* Reads curl's finished transfers.  Returns how many. */
+static int collect_finished(sheaf_llm_async *a)
+{
+    CURLMsg *msg;
+    int left = 0, n = 0;
+    int64_t now = sheaf_mono_ms();
+    while ((msg = curl_multi_info_read(a->multi, &left)) != NULL) {
+        char *priv = NULL;
+        llm_slot *s;
+        if (msg->msg != CURLMSG_DONE) continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        s = (llm_slot *)(void *)priv;
+        if (!s || !s->call) continue; /* cannot happen: every added handle is a busy slot */
+        /* finish_attempt removes the handle; msg is not used afterwards. */
+        finish_attempt(a, s, msg->data.result, now);
+        n++;
+    }
+    return n;
+}
+
+/* ---- public API ----------------------------------------------------------------- */
+
+sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flight,
+                                        const sheaf_llm_limiter *limiter, char *errstr,
+                                        size_t errlen)
+{
+    sheaf_llm_async *a = NULL, *ret = NULL;
+    CURLMcode mrc = CURLM_OK;
+
+    if (!cfg) {
+        sheaf_set_err(errstr, errlen, "no configuration");
+        goto done;
+    }
+    if (max_in_flight < 1 || max_in_flight > ASYNC_MAX_IN_FLIGHT) {
+        sheaf_set_err(errstr, errlen, "max_in_flight must be 1..%d (got %d)", ASYNC_MAX_IN_FLIGHT,
+                      max_in_flight);
+        goto done;
+    }
+    if (limiter && !limiter->acquire) {
+        sheaf_set_err(errstr, errlen, "limiter without an acquire function");
+        goto done;
+    }
+    a = calloc(1, sizeof(*a));
+    if (!a) {
+        sheaf_set_err(errstr, errlen, "out of memory");
+        goto done;
+    }
+    if (sheaf_llm_endpoint_init(&a->ep, cfg, errstr, errlen) != SHEAF_OK) goto done;
+    a->https = strncasecmp(a->ep.url, "https:", 6) == 0;
+    a->max_in_flight = max_in_flight;
+    a->max_attempts = cfg->llm_max_attempts > 0 ? cfg->llm_max_attempts : 1;
+    a->backoff_ms = cfg->llm_backoff_ms > 0 ? cfg->llm_backoff_ms : 0;
+    if (limiter) {
+        a->limiter = *limiter;
+        a->has_limiter = 1;
+    }
+    a->breaker = SHEAF_LLM_BREAKER_CLOSED;
+    a->brk_threshold = SHEAF_LLM_BREAKER_THRESHOLD;
+    a->brk_cooldown_ms = a->brk_cur_cooldown_ms = SHEAF_LLM_BREAKER_COOLDOWN_MS;
+    a->brk_max_cooldown_ms = SHEAF_LLM_BREAKER_MAX_COOLDOWN_MS;
+
+    a->slots = calloc((size_t)max_in_flight, sizeof(*a->slots));
+    if (!a->slots) {
+        sheaf_set_err(errstr, errlen, "out of memory");
+        goto done;
+    }
+    a->multi = curl_multi_init();
+    if (!a->multi) {
+        sheaf_set_err(errstr, errlen, "curl_multi_init failed");
+        goto done;
+    }
+    /* HTTP/2 streams share a connection when the server offers h2; else
+     * one kept-alive connection per concurrent request, all of them kept. */
+    mrc = curl_multi_setopt(a->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    if (mrc == CURLM_OK)
+        mrc = curl_multi_setopt(a->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)max_in_flight);
+    if (mrc == CURLM_OK)
+        mrc = curl_multi_setopt(a->multi, CURLMOPT_MAXCONNECTS, (long)max_in_flight);
+    if (mrc != CURLM_OK) {
+        sheaf_set_err(errstr, errlen, "cannot configure curl multi: %s", curl_multi_strerror(mrc));
+        goto done;
+    }
+    ret = a;
+    a = NULL; /* handed to the caller */
+done:
+    sheaf_llm_async_destroy(a);
+    return ret;
+}
+
+void sheaf_llm_async_destroy(sheaf_llm_async *a)
+{
+    if (!a) return;
+    if (a->firing) {
+        /* Freeing now would pull the engine from under the step that is
+         * firing callbacks: refuse loudly rather than crash. */
+        sheaf_error("llm", "sheaf_llm_async_destroy called from a callback: ignored (a bug)");
+        return;
+    }
+    /* Every accepted call is called back exactly once, even now. */
+    sheaf_llm_async_abort_all(a);
+    /* No handle is in the multi any more (abort_all removed them). */
+    if (a->multi) curl_multi_cleanup(a->multi);
+    for (size_t i = 0; i < a->n_slots; i++) slot_destroy(a->slots[i]);
+    free(a->slots);
+    sheaf_llm_endpoint_free(&a->ep);
+    free(a);
+}
+
+sheaf_err sheaf_llm_async_set_breaker(sheaf_llm_async *a, int threshold, int cooldown_ms,
+                                      int max_cooldown_ms)
+{
+    if (!a || threshold < 1 || cooldown_ms < 1 || max_cooldown_ms < cooldown_ms)
+        return SHEAF_ERR_INVALID;
+    a->brk_threshold = threshold;
+    a->brk_cooldown_ms = cooldown_ms;
+    a->brk_max_cooldown_ms = max_cooldown_ms;
+    if (a->breaker == SHEAF_LLM_BREAKER_CLOSED) a->brk_cur_cooldown_ms = cooldown_ms;
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *req,
+                                 uint32_t est_tokens, sheaf_llm_done_fn done, void *ud)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    llm_call *c;
+
+    if (!a || !req || !done) return SHEAF_ERR_INVALID;
+    c = calloc(1, sizeof(*c));
+    if (!c) return SHEAF_ERR_NOMEM;
+    c->seq = a->next_seq++;
+    c->est_tokens = est_tokens;
+    c->done = done;
+    c->ud = ud;
+    c->submitted_ms = sheaf_mono_ms();
+    c->result.retry_after_ms = -1;
+    a->st.submitted++;
+    if (sheaf_llm_check_request(req, errstr, sizeof(errstr)) != SHEAF_OK) {
+        /* Sending it can never work: one failure path for the caller,
+         * through the callback, with the reason. */
+        call_finish(a, c, SHEAF_ERR_LLM_FATAL, errstr);
+        return SHEAF_OK;
+    }
+    c->body = sheaf_llm_request_json(req);
+    if (!c->body) {
+        a->st.submitted--;
+        call_free(c);
+        return SHEAF_ERR_NOMEM;
+    }
+    c->body_len = strlen(c->body);
+    list_push_back(&a->queued, c);
+    return SHEAF_OK;
+}
+
+int sheaf_llm_async_run(sheaf_llm_async *a, int timeout_ms)
+{
+    call_list ready = {NULL, NULL, 0};
+    int running = 0;
+    int64_t now, timer;
+    long wait;
+
+    if (!a || a->firing || sheaf_llm_async_pending(a) == 0) return 0;
+    if (timeout_ms < 0) timeout_ms = 0;
+
+    now = sheaf_mono_ms();
+    promote_due(a, now);
+    if (start_ready(a, now) > 0) curl_multi_perform(a->multi, &running);
+
+    wait = timeout_ms;
+    timer = next_timer(a, now);
+    if (a->done.n) wait = 0;
+    else if (timer >= 0 && timer < wait) wait = (long)timer;
+    /* Without transfers this is our timer's sleep: curl_multi_poll waits
+     * even with no descriptor.  curl shortens wait for its own timers. */
+    curl_multi_poll(a->multi, NULL, 0, (int)wait, NULL);
+    curl_multi_perform(a->multi, &running);
+    collect_finished(a);
+
+    now = sheaf_mono_ms();
+    promote_due(a, now);
+    if (start_ready(a, now) > 0) curl_multi_perform(a->multi, &running);
+
+    /* Callbacks last, from a detached list: they may submit. */
+    list_splice(&ready, &a->done);
+    return fire(a, &ready);
+}
+
+size_t sheaf_llm_async_pending(const sheaf_llm_async *a)
+{
+    if (!a) return 0;
+    return a->queued.n + a->waiting.n + a->flight.n + a->done.n;
+}
+
+size_t sheaf_llm_async_in_flight(const sheaf_llm_async *a)
+{
+    return a ? a->flight.n : 0;
+}
+
+int sheaf_llm_async_circuit_open(const sheaf_llm_async *a)
+{
+    if (!a) return 0;
+    switch (breaker_state(a, sheaf_mono_ms())) {
+    case SHEAF_LLM_BREAKER_OPEN:
+        return 1;
+    case SHEAF_LLM_BREAKER_HALF_OPEN:
+        /* Waiting for a call to probe with: the caller must be let to
+         * submit one, or the circuit would never close. */
+        return a->brk_probe_in_flight;
+    default:
+        return 0;
+    }
+}
+
+void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st)
+{
+    if (!st) return;
+    memset(st, 0, sizeof(*st));
+    if (!a) return;
+    *st = a->st;
+    st->breaker = breaker_state(a, sheaf_mono_ms());
+    st->queued = a->queued.n + a->done.n;
+    st->waiting = a->waiting.n;
+    st->in_flight = a->flight.n;
+}
+
+void sheaf_llm_async_abort_all(sheaf_llm_async *a)
+{
+    call_list stopped = {NULL, NULL, 0};
+    llm_call *c;
+    char msg[SHEAF_ERRSTR_SIZE];
+
+    if (!a) return;
+    while ((c = a->flight.head) != NULL) {
+        llm_slot *s = c->slot;
+        curl_multi_remove_handle(a->multi, s->easy);
+        list_remove(&a->flight, c);
+        c->slot = NULL;
+        slot_put(a, s);
+        list_push_back(&stopped, c);
+    }
+    a->brk_probe_in_flight = 0;
+    list_splice(&stopped, &a->waiting);
+    list_splice(&stopped, &a->queued);
+    for (c = stopped.head; c; c = c->next) {
+        c->err = SHEAF_ERR_STOPPED;
+        c->probe = 0;
+        snprintf(msg, sizeof(msg), "stopped at shutdown after %d attempt(s)%s%s",
+                 c->result.attempts, c->errmsg ? "; last error: " : "",
+                 c->errmsg ? c->errmsg : "");
+        call_set_error(c, msg);
+    }
+    /* Calls already finished keep their outcome; all fire now. */
+    list_splice(&stopped, &a->done);
+    fire(a, &stopped);
+}

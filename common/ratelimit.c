@@ -1,0 +1,253 @@
+/* ratelimit.c - the fleet-wide GCRA limiter.  See sheaf/ratelimit.h for the
+ * algorithm, the keys and the rule for costs above the burst.
+ *
+ * The whole decision (read both TATs, compare, write both) is one Lua
+ * script so concurrent workers cannot both take the last room.  It is run
+ * with EVALSHA and loaded again with EVAL when Redis answers NOSCRIPT, as
+ * in state.c.  The C side only turns the configured rates into emission
+ * intervals and tolerances (microseconds, passed as arguments) so the
+ * script holds no configuration.
+ *
+ * An unlimited limit is passed as T = tau = 0: its cost is 0 and the test
+ * reduces to TAT <= now, which only a penalty can make false. */
+#include "sheaf/ratelimit.h"
+#include "sheaf/util.h"
+#include "sheaf/log.h"
+#include "sheaf/buf.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RL_KEY_MAX 200
+#define RL_BURST_MAX_S 3600.0
+/* A day: a silly Retry-After must not stop the fleet for longer. */
+#define RL_PENALTY_MAX_MS (24 * 3600 * 1000LL)
+
+/* KEYS[1] request TAT, KEYS[2] token TAT, both in microseconds of Redis
+ * time.  ARGV: mode ('a' acquire, 'p' penalize), T_req, tau_req, T_tok,
+ * tau_tok, tokens, penalty_us.  Acquire returns {1, 0} when admitted and
+ * {0, wait_us} (wait_us >= 1) when not; penalize returns 1. */
+static const char rl_script_body[] =
+    "if redis.replicate_commands then pcall(redis.replicate_commands) end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local function get_tat(k)\n"
+    "  local v = tonumber(redis.call('GET', k) or '')\n"
+    "  if v == nil or v < now then return now end\n"
+    "  return v\n"
+    "end\n"
+    "local function store(k, tat)\n"
+    "  if tat > now then\n"
+    "    redis.call('SET', k, string.format('%.0f', tat), 'PX',\n"
+    "               math.ceil((tat - now) / 1000) + 1)\n"
+    "  end\n"
+    "end\n"
+    "local T = {tonumber(ARGV[2]), tonumber(ARGV[4])}\n"
+    "local tau = {tonumber(ARGV[3]), tonumber(ARGV[5])}\n"
+    "if ARGV[1] == 'p' then\n"
+    "  local pen = tonumber(ARGV[7])\n"
+    "  for i = 1, 2 do\n"
+    "    store(KEYS[i], math.max(get_tat(KEYS[i]), now + pen + tau[i] - T[i]))\n"
+    "  end\n"
+    "  return 1\n"
+    "end\n"
+    "local n = {1, tonumber(ARGV[6])}\n"
+    "local base, inc, wait = {}, {}, 0\n"
+    "for i = 1, 2 do\n"
+    "  base[i] = get_tat(KEYS[i])\n"
+    "  inc[i] = n[i] * T[i]\n"
+    "  local w = base[i] - now + math.min(inc[i], tau[i]) - tau[i]\n"
+    "  if w > wait then wait = w end\n"
+    "end\n"
+    "if wait > 0 then return {0, math.max(1, math.ceil(wait))} end\n"
+    "for i = 1, 2 do store(KEYS[i], base[i] + inc[i]) end\n"
+    "return {1, 0}\n";
+
+struct sheaf_ratelimit {
+    sheaf_redis *r;                 /* borrowed */
+    char key_req[RL_KEY_MAX + 32];
+    char key_tok[RL_KEY_MAX + 32];
+    char t_req[32], tau_req[32];    /* emission interval and tolerance, us */
+    char t_tok[32], tau_tok[32];
+};
+
+static int endpoint_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > RL_KEY_MAX) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        /* Braces would end the hash tag early and split the two keys. */
+        if (c <= ' ' || c >= 0x7f || c == '{' || c == '}') return 0;
+    }
+    return 1;
+}
+
+/* Emission interval and tolerance of one limit of per_minute units, as
+ * script arguments.  0 per minute = unlimited = both 0. */
+static void limit_args(double per_minute, double burst_s, char *t, char *tau, size_t len)
+{
+    double interval = 0.0, tolerance = 0.0;
+    if (per_minute > 0.0) {
+        interval = 60e6 / per_minute;
+        tolerance = fmax(interval, burst_s * 1e6);   /* B = max(1, rate * burst_s) */
+    }
+    snprintf(t, len, "%.17g", interval);
+    snprintf(tau, len, "%.17g", tolerance);
+}
+
+sheaf_ratelimit *sheaf_ratelimit_create(sheaf_redis *r, const char *endpoint_key, double rpm,
+                                        double tpm, double burst_seconds, char *errstr,
+                                        size_t errlen)
+{
+    sheaf_ratelimit *rl = NULL;
+
+    if (!r) {
+        sheaf_set_err(errstr, errlen, "rate limiter: no Redis connection");
+        goto fail;
+    }
+    if (!endpoint_valid(endpoint_key)) {
+        sheaf_set_err(errstr, errlen,
+                      "rate limiter: endpoint key must be 1-%d printable ASCII bytes without "
+                      "spaces or braces",
+                      RL_KEY_MAX);
+        goto fail;
+    }
+    /* The upper bound keeps 60e6 / rate meaningful (>= 1e-6 us). */
+    if (!isfinite(rpm) || !isfinite(tpm) || rpm < 0.0 || tpm < 0.0 || rpm > 6e13 ||
+        tpm > 6e13) {
+        sheaf_set_err(errstr, errlen,
+                      "rate limiter %s: rpm and tpm must be finite and >= 0 (0 = unlimited)",
+                      endpoint_key);
+        goto fail;
+    }
+    if (!isfinite(burst_seconds) || burst_seconds > RL_BURST_MAX_S) {
+        sheaf_set_err(errstr, errlen, "rate limiter %s: burst_seconds must be at most %.0f",
+                      endpoint_key, RL_BURST_MAX_S);
+        goto fail;
+    }
+    if (burst_seconds <= 0.0) burst_seconds = 1.0;
+
+    rl = calloc(1, sizeof(*rl));
+    if (!rl) {
+        sheaf_set_err(errstr, errlen, "out of memory");
+        goto fail;
+    }
+    rl->r = r;
+    snprintf(rl->key_req, sizeof(rl->key_req), "sheaf:rl:{%s}:req", endpoint_key);
+    snprintf(rl->key_tok, sizeof(rl->key_tok), "sheaf:rl:{%s}:tok", endpoint_key);
+    limit_args(rpm, burst_seconds, rl->t_req, rl->tau_req, sizeof(rl->t_req));
+    limit_args(tpm, burst_seconds, rl->t_tok, rl->tau_tok, sizeof(rl->t_tok));
+    return rl;
+
+fail:
+    sheaf_ratelimit_destroy(rl);
+    return NULL;
+}
+
+void sheaf_ratelimit_destroy(sheaf_ratelimit *rl)
+{
+    free(rl);
+}
+
+/* Runs the script in mode ('a' acquire or 'p' penalize). */
+static redisReply *run(sheaf_ratelimit *rl, const char *mode, const char *tokens,
+                       const char *penalty_us, char *errstr, size_t errlen)
+{
+    static sheaf_lua_script script = {rl_script_body, ""};
+    const char *args[] = {rl->key_req, rl->key_tok, mode,        rl->t_req, rl->tau_req,
+                          rl->t_tok,   rl->tau_tok, tokens,      penalty_us};
+    char local_err[SHEAF_ERRSTR_SIZE] = "";
+    redisReply *rep = sheaf_redis_script(rl->r, &script, 2, 9, args, NULL, local_err,
+                                         sizeof(local_err));
+    if (!rep) sheaf_set_err(errstr, errlen, "rate limiter %s: %s", rl->key_req, local_err);
+    return rep;
+}
+
+sheaf_err sheaf_ratelimit_acquire(sheaf_ratelimit *rl, uint32_t tokens, int64_t *wait_ms,
+                                  char *errstr, size_t errlen)
+{
+    char ntok[16];
+    redisReply *rep;
+    sheaf_err err = SHEAF_OK;
+
+    *wait_ms = 0;
+    snprintf(ntok, sizeof(ntok), "%u", tokens);
+    rep = run(rl, "a", ntok, "0", errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_INTEGER ||
+        rep->element[1]->type != REDIS_REPLY_INTEGER) {
+        sheaf_set_err(errstr, errlen, "rate limiter %s: unexpected script reply (type %d)",
+                      rl->key_req, rep->type);
+        err = SHEAF_ERR_INTERNAL;
+    } else if (rep->element[0]->integer == 0) {
+        /* Round up: waking a little late costs less than a useless retry. */
+        long long us = rep->element[1]->integer;
+        *wait_ms = us > 0 ? (int64_t)((us + 999) / 1000) : 1;
+    }
+    freeReplyObject(rep);
+    return err;
+}
+
+sheaf_err sheaf_ratelimit_penalize(sheaf_ratelimit *rl, int64_t ms, char *errstr, size_t errlen)
+{
+    char pen[32];
+    redisReply *rep;
+
+    if (ms <= 0) return SHEAF_OK;
+    if (ms > RL_PENALTY_MAX_MS) ms = RL_PENALTY_MAX_MS;
+    snprintf(pen, sizeof(pen), "%lld", (long long)ms * 1000);
+    rep = run(rl, "p", "0", pen, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
+                                      sheaf_ratelimit **out, char *errstr, size_t errlen)
+{
+    char key[256], hex[65];
+    sheaf_buf id;
+
+    *out = NULL;
+    if (cfg->llm_rpm <= 0 && cfg->llm_tpm <= 0) return SHEAF_OK;
+    /* One limit per endpoint and model, named by a hash so any URL fits the
+     * key rules and none appears in Redis. */
+    sheaf_buf_init(&id, 64 * 1024);
+    if (sheaf_buf_appendf(&id, "%s|%s", cfg->llm_base_url ? cfg->llm_base_url : "",
+                          cfg->llm_model ? cfg->llm_model : "") != SHEAF_OK) {
+        sheaf_buf_free(&id);
+        sheaf_set_err(errstr, errlen, "llm.base_url and llm.model are too long");
+        return SHEAF_ERR_CONFIG;
+    }
+    sheaf_sha256_hex(id.data, id.len, hex);
+    sheaf_buf_free(&id);
+    snprintf(key, sizeof(key), "ep-%.16s", hex);
+    *out = sheaf_ratelimit_create(r, key, cfg->llm_rpm, cfg->llm_tpm, 1.0, errstr, errlen);
+    return *out ? SHEAF_OK : SHEAF_ERR_CONFIG;
+}
+
+static sheaf_err bound_acquire(void *ud, uint32_t tokens, int64_t *wait_ms)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_err err = sheaf_ratelimit_acquire(ud, tokens, wait_ms, errstr, sizeof(errstr));
+    if (err != SHEAF_OK) sheaf_warn("ratelimit", "%s (calls wait)", errstr);
+    return err;
+}
+
+static void bound_penalize(void *ud, int64_t ms)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    if (sheaf_ratelimit_penalize(ud, ms, errstr, sizeof(errstr)) != SHEAF_OK)
+        sheaf_warn("ratelimit", "%s", errstr);
+}
+
+void sheaf_ratelimit_bind(sheaf_ratelimit *rl, sheaf_llm_limiter *lim)
+{
+    lim->acquire = bound_acquire;
+    lim->penalize = bound_penalize;
+    lim->ud = rl;
+}

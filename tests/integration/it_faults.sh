@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Provider faults never lose a chunk: under 429 storms, 5xx bursts,
+# responses slower than the timeout, malformed JSON and dropped
+# connections, every chunk ends either done or failed with its message in
+# the DLQ with a reason; status shows both counts and they add up.
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+stack_up --latency-ms 20 --malformed-rate 0.05 --reset-rate 0.05 --slow-rate 0.05 --slow-ms 3000
+STATS="${SHEAF_LLM_BASE_URL%/v1}/stats"
+CONTROL="${SHEAF_LLM_BASE_URL%/v1}/control"
+FAST=(-X llm.timeout_ms=1000 -X llm.max_attempts=4 -X llm.backoff_ms=50)
+start_worker w1 "${FAST[@]}"
+start_worker w2 "${FAST[@]}"
+start_reducer r1 "${FAST[@]}"
+
+# One chunk the provider errors on for ever: it must end in the DLQ.
+mkdir -p "$T/in"
+cp "$ROOT"/examples/reports/*.txt "$T/in/"
+printf 'A healthy first paragraph opens this document. It has several plain sentences that summarize well. Nothing in it upsets the simulator at all, so its chunk succeeds.\n\nThis paragraph carries SHEAF_SIM_FAIL_500 and always gets a server error.\n' > "$T/in/poison.txt"
+
+JOB="$("$SHEAF" submit -X chunk.max_tokens=40 "$T/in")"
+# A 429 storm and a 5xx burst in the middle of the job.
+started() { [ "$(job_field "$JOB" chunks_done)" -ge 20 ]; }
+wait_until 60 "the job to be under way" started
+curl -sf -X POST -d '{"rate_limit_next": 40, "fail_next": 40}' "$CONTROL" > /dev/null \
+  || fail "could not drive the simulator"
+wait_job "$JOB" 240
+
+chunks=$(job_field "$JOB" chunks)
+ok=$(job_field "$JOB" chunks_done)
+failed=$(job_field "$JOB" chunks_failed)
+dlq=$(job_field "$JOB" dlq)
+assert_eq "$((ok + failed))" "$chunks" "done + failed chunks"
+[ "$failed" -ge 1 ] || fail "the poisoned chunk did not fail"
+assert_eq "$dlq" "$failed" "dead letters for the failed chunks"
+
+# Every dead letter of this job is on the topic with a reason.
+kcat -b "$SHEAF_BROKERS" -C -t sheaf.dlq -o beginning -e -f '%h\n' 2>/dev/null \
+  | grep "sheaf-job=$JOB" > "$T/dlq.txt" || true
+assert_eq "$(wc -l < "$T/dlq.txt")" "$dlq" "DLQ messages of the job on sheaf.dlq"
+grep -q 'sheaf-dlq-reason=LLM call failed after 4 attempt' "$T/dlq.txt" || fail "no reason on the DLQ messages: $(head -2 "$T/dlq.txt")"
+
+# The faults really happened.
+s="$(curl -s "$STATS")"
+for k in malformed resets slow rate_limited_429 errors_500; do
+  [ "$(echo "$s" | jq ".$k")" -gt 0 ] || fail "the simulator injected no $k: $s"
+done
+res="$(results "$JOB" | jq -c 'select(.doc == "in/poison.txt")')"
+echo "$res" | jq -e '.chunks_failed >= 1 and .summary != null' > /dev/null \
+  || fail "poisoned document result wrong: $res"
+log "ok: $chunks chunks: $ok done, $failed failed and dead-lettered; faults: $(echo "$s" | jq -c '{malformed,resets,slow,rate_limited_429,errors_500}')"

@@ -1,0 +1,378 @@
+/* chunk.c - one chunk message, from decode to recorded result.
+ *
+ * worker_take() decodes the message strictly, skips it when its result is
+ * already recorded (a redelivery costs no LLM call), looks up the job's
+ * pipeline by the version the message carries, renders the map prompt and
+ * submits the call to the LLM engine.  The engine calls on_done() when the
+ * call ends, in any order; the result is recorded in Redis with the
+ * idempotent chunk-store script and only then is the message's offset
+ * finished in the offset window, which stores offsets per partition up to
+ * the lowest unfinished one.
+ *
+ * What cannot be processed is never dropped: an undecodable message, an
+ * unknown job or pipeline, a prompt that cannot be rendered, or an LLM call
+ * that still fails after llm.max_attempts (or is refused) goes to
+ * <prefix>.dlq with the reason, flushed before the offset is finished; a
+ * chunk that fails for LLM or prompt reasons is also recorded as failed so
+ * its document completes.
+ *
+ * A call aborted at shutdown is abandoned: nothing recorded, offset not
+ * finished, so the message is redelivered to another worker. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sheaf/codec.h"
+#include "sheaf/kafka.h"
+#include "sheaf/log.h"
+#include "sheaf/program.h"
+#include "sheaf/util.h"
+#include "worker.h"
+
+#define PROMPT_CAP ((size_t)64 << 20)
+
+typedef struct call {
+    worker *w;
+    rd_kafka_message_t *msg;   /* owned; destroyed when the call ends */
+    sheaf_chunk_msg m;
+    uint32_t generation;       /* of msg's partition when taken */
+} call;
+
+typedef enum { DONE, STOPPED } outcome;
+
+/* ---- pipelines, looked up by version and cached ---- */
+
+static const sheaf_pipeline *pipeline_for(worker *w, const char *pv, sheaf_err *err,
+                                          char *errstr, size_t errlen)
+{
+    int free_slot = -1;
+    char *json = NULL;
+    for (int i = 0; i < PIPELINE_CACHE; i++) {
+        if (w->pipelines[i].p && strcmp(w->pipelines[i].pv, pv) == 0) return w->pipelines[i].p;
+        if (!w->pipelines[i].p && free_slot < 0) free_slot = i;
+    }
+    *err = sheaf_state_pipeline_get(w->redis, pv, &json, errstr, errlen);
+    if (*err != SHEAF_OK) return NULL;
+    sheaf_pipeline *p = sheaf_pipeline_from_json(json, strlen(json), errstr, errlen);
+    free(json);
+    if (!p) {
+        *err = SHEAF_ERR_INVALID;
+        return NULL;
+    }
+    if (free_slot < 0) {
+        /* Full: evict the oldest (slot 0) by shifting. */
+        sheaf_pipeline_destroy(w->pipelines[0].p);
+        memmove(&w->pipelines[0], &w->pipelines[1],
+                sizeof(w->pipelines[0]) * (PIPELINE_CACHE - 1));
+        free_slot = PIPELINE_CACHE - 1;
+    }
+    snprintf(w->pipelines[free_slot].pv, sizeof(w->pipelines[free_slot].pv), "%s", pv);
+    w->pipelines[free_slot].p = p;
+    *err = SHEAF_OK;
+    return p;
+}
+
+void worker_pipelines_clear(worker *w)
+{
+    for (int i = 0; i < PIPELINE_CACHE; i++) {
+        sheaf_pipeline_destroy(w->pipelines[i].p);
+        w->pipelines[i].p = NULL;
+    }
+}
+
+/* ---- prompt variables of the map stage ---- */
+
+typedef struct map_vars {
+    const sheaf_chunk_msg *m;
+    char chunk_index[16], chunk_count[16], pages[32];
+} map_vars;
+
+static const char *map_var(const char *name, size_t len, void *ud, size_t *out_len)
+{
+    map_vars *v = ud;
+    const char *s = NULL;
+#define IS(lit) (len == sizeof(lit) - 1 && memcmp(name, lit, len) == 0)
+    if (IS("text")) {
+        *out_len = v->m->text_len;
+        return v->m->text;
+    }
+    if (IS("doc_id")) s = v->m->doc;
+    else if (IS("job_id")) s = v->m->job;
+    else if (IS("chunk_index")) s = v->chunk_index;
+    else if (IS("chunk_count")) s = v->chunk_count;
+    else if (IS("pages")) s = v->pages;
+    else if (len > 5 && memcmp(name, "meta.", 5) == 0) {
+        char key[256];
+        if (len - 5 >= sizeof(key)) return NULL;
+        memcpy(key, name + 5, len - 5);
+        key[len - 5] = '\0';
+        s = sheaf_chunk_meta_get(v->m, key);
+        if (!s) s = ""; /* a missing metadata field renders empty */
+    }
+#undef IS
+    if (s) *out_len = strlen(s);
+    return s;
+}
+
+/* ---- dead letters and records ---- */
+
+/* Sends msg to the DLQ and waits until it is durable there; only then may
+ * its offset be finished.  Retries until it works; once shutdown started it
+ * tries once more and then gives up (the message is redelivered). */
+static outcome dead_letter(worker *w, const rd_kafka_message_t *msg, const char *job,
+                           const char *reason)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    sheaf_warn("worker", "dead-lettering %s [%d] offset %lld%s%s: %s",
+               rd_kafka_topic_name(msg->rkt), (int)msg->partition, (long long)msg->offset,
+               job ? " job " : "", job ? job : "", reason);
+    for (;;) {
+        if (sheaf_kafka_dlq_send(w->producer, w->dlq_topic, msg, reason, job, errstr,
+                                 sizeof(errstr)) == SHEAF_OK &&
+            sheaf_kafka_flush(w->producer, 10000, errstr, sizeof(errstr)) == SHEAF_OK) {
+            w->dead_lettered++;
+            if (job && sheaf_state_job_dlq_incr(w->redis, job, errstr, sizeof(errstr)) != SHEAF_OK)
+                sheaf_warn("worker", "job %s: could not count the dead letter: %s", job, errstr);
+            return DONE;
+        }
+        sheaf_error("worker", "cannot dead-letter to %s: %s", w->dlq_topic, errstr);
+        if (sheaf_stop) return STOPPED;
+        sheaf_sleep_ms(1000);
+    }
+}
+
+static char *result_record(const char *key, const char *value)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, key, json_string(value));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+/* Records the chunk, retrying Redis failures until shutdown. */
+static outcome record(worker *w, call *c, int ok, const char *json,
+                      const sheaf_llm_usage *usage)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    int64_t delay = 200;
+    const sheaf_chunk_msg *m = &c->m;
+    for (;;) {
+        sheaf_chunk_outcome out = SHEAF_CHUNK_NEW;
+        sheaf_err err = sheaf_state_chunk_store(w->redis, m, ok, json, usage->prompt_tokens,
+                                                usage->completion_tokens, &out, errstr,
+                                                sizeof(errstr));
+        if (err == SHEAF_OK) {
+            if (out == SHEAF_CHUNK_DUPLICATE) w->duplicates++;
+            if (out == SHEAF_CHUNK_DOC_READY)
+                sheaf_info("worker", "job %s doc %s: all %u chunks recorded, ready to combine",
+                           m->job, m->doc, m->count);
+            return DONE;
+        }
+        if (err == SHEAF_ERR_NOT_FOUND) return dead_letter(w, c->msg, m->job, errstr);
+        sheaf_error("worker", "job %s doc %s chunk %u: cannot record result (will retry): %s",
+                    m->job, m->doc, m->idx, errstr);
+        if (sheaf_stop) return STOPPED;
+        sheaf_sleep_ms(delay);
+        if (delay < 5000) delay *= 2;
+    }
+}
+
+/* Dead-letters a failed chunk's message, then records the failure.  In
+ * that order, so that when the failure completes the document (and maybe
+ * the job) the job's dead-letter count already includes it; a crash in
+ * between dead-letters the message twice, which is harmless. */
+static outcome fail_chunk(worker *w, call *c, const char *reason)
+{
+    sheaf_llm_usage none = {0, 0};
+    outcome out = dead_letter(w, c->msg, c->m.job, reason);
+    if (out == DONE) {
+        char *json = result_record("error", reason);
+        out = json ? record(w, c, 0, json, &none) : STOPPED;
+        free(json);
+    }
+    if (out == DONE) w->failed++;
+    return out;
+}
+
+/* ---- ending a call ---- */
+
+/* Ends a call: with DONE its offset is finished in the window and every
+ * offset that became committable is stored; with STOPPED the message is
+ * abandoned (redelivered later).  Frees the call. */
+static void call_end(call *c, outcome out)
+{
+    worker *w = c->w;
+    int32_t part = c->msg->partition;
+    if (out == STOPPED) {
+        w->abandoned++;
+    } else if (c->generation == worker_generation(w, part) &&
+               sheaf_offwin_finish(w->window, part, c->msg->offset) == SHEAF_OK) {
+        int64_t next = sheaf_offwin_take(w->window, part);
+        if (next >= 0) {
+            rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+            rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(c->msg->rkt), part)
+                ->offset = next;
+            rd_kafka_resp_err_t err = rd_kafka_offsets_store(w->consumer, l);
+            if (err || l->elems[0].err)
+                /* Revoked meanwhile: the new owner redoes the message and
+                 * finds its result recorded. */
+                sheaf_debug("worker", "offset %lld of [%d] not stored: %s", (long long)next,
+                            (int)part, rd_kafka_err2str(err ? err : l->elems[0].err));
+            rd_kafka_topic_partition_list_destroy(l);
+        }
+    }
+    /* A partition revoked while the call ran: the result is recorded (or
+     * not), the offset belongs to the partition's new owner. */
+    sheaf_chunk_msg_clear(&c->m);
+    rd_kafka_message_destroy(c->msg);
+    free(c);
+}
+
+static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr)
+{
+    call *c = ud;
+    worker *w = c->w;
+    char reason[SHEAF_ERRSTR_SIZE + 64];
+    outcome out;
+
+    if (err == SHEAF_ERR_STOPPED) {
+        call_end(c, STOPPED);
+        return;
+    }
+    if (err != SHEAF_OK) {
+        snprintf(reason, sizeof(reason), "LLM call failed after %d attempt(s): %s", res->attempts,
+                 errstr);
+        sheaf_warn("worker", "job %s doc %s chunk %u: %s", c->m.job, c->m.doc, c->m.idx, reason);
+        call_end(c, fail_chunk(w, c, reason));
+        return;
+    }
+    char *json = result_record("text", res->content);
+    out = json ? record(w, c, 1, json, &res->usage) : STOPPED;
+    free(json);
+    if (out == DONE) w->processed++;
+    sheaf_debug("worker", "job %s doc %s chunk %u/%u done (%llu+%llu tokens)", c->m.job,
+                c->m.doc, c->m.idx + 1, c->m.count, (unsigned long long)res->usage.prompt_tokens,
+                (unsigned long long)res->usage.completion_tokens);
+    call_end(c, out);
+}
+
+/* ---- taking a message ---- */
+
+/* Renders the map prompts and submits the call; the call ends in on_done. */
+static outcome submit(worker *w, call *c, const sheaf_pipeline *p)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", reason[SHEAF_ERRSTR_SIZE + 32];
+    const sheaf_chunk_msg *m = &c->m;
+    sheaf_buf user, system;
+    map_vars vars = {.m = m};
+    outcome out = DONE;
+
+    sheaf_buf_init(&user, PROMPT_CAP);
+    sheaf_buf_init(&system, PROMPT_CAP);
+    snprintf(vars.chunk_index, sizeof(vars.chunk_index), "%u", m->idx + 1);
+    snprintf(vars.chunk_count, sizeof(vars.chunk_count), "%u", m->count);
+    if (m->page_first && m->page_last > m->page_first)
+        snprintf(vars.pages, sizeof(vars.pages), "%u-%u", m->page_first, m->page_last);
+    else if (m->page_first)
+        snprintf(vars.pages, sizeof(vars.pages), "%u", m->page_first);
+    if (sheaf_prompt_render(p->map.system, map_var, &vars, &system, errstr, sizeof(errstr)) ||
+        sheaf_prompt_render(p->map.user, map_var, &vars, &user, errstr, sizeof(errstr))) {
+        snprintf(reason, sizeof(reason), "map prompt: %s", errstr);
+        call_end(c, fail_chunk(w, c, reason));
+        goto done;
+    }
+    sheaf_llm_message msgs[2];
+    size_t n = 0;
+    if (system.len) msgs[n++] = (sheaf_llm_message){"system", system.data};
+    msgs[n++] = (sheaf_llm_message){"user", user.data};
+    sheaf_llm_request req = {.model = p->map.model,
+                             .temperature = p->map.temperature,
+                             .max_tokens = p->map.max_tokens,
+                             .messages = msgs,
+                             .n_messages = n};
+    /* The limiter is charged what the provider will count: the prompt
+     * (estimated) plus the completion budget. */
+    uint64_t est = (uint64_t)sheaf_estimate_tokens(system.data ? system.data : "", system.len) +
+                   sheaf_estimate_tokens(user.data, user.len) +
+                   (uint64_t)(p->map.max_tokens > 0 ? p->map.max_tokens : 0);
+    if (sheaf_llm_async_submit(w->llm, &req, est > UINT32_MAX ? UINT32_MAX : (uint32_t)est,
+                               on_done, c) != SHEAF_OK) {
+        sheaf_error("worker", "out of memory submitting job %s doc %s chunk %u", m->job, m->doc,
+                    m->idx);
+        call_end(c, STOPPED);
+        out = STOPPED;
+    }
+done:
+    sheaf_buf_free(&user);
+    sheaf_buf_free(&system);
+    return out;
+}
+
+/* Waits out a Redis outage (the loop cannot do anything useful without
+ * Redis); 0 when Redis answered, -1 on shutdown. */
+static int redis_wait(const char *errstr)
+{
+    sheaf_error("worker", "Redis unavailable (will retry): %s", errstr);
+    if (sheaf_stop) return -1;
+    sheaf_sleep_ms(1000);
+    return 0;
+}
+
+void worker_take(worker *w, rd_kafka_message_t *msg)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", reason[SHEAF_ERRSTR_SIZE + 64];
+    const sheaf_pipeline *p;
+    sheaf_err err;
+    int exists = 0;
+    call *c = calloc(1, sizeof(*c));
+
+    if (!c) {
+        sheaf_error("worker", "out of memory; message redelivered later");
+        rd_kafka_message_destroy(msg);
+        return;
+    }
+    c->w = w;
+    c->msg = msg;
+    c->generation = worker_generation(w, msg->partition);
+    if (sheaf_offwin_begin(w->window, msg->partition, msg->offset) != SHEAF_OK) {
+        /* An offset at or below one already taken: the partition was
+         * rewound (seek, reset).  Start its window afresh. */
+        sheaf_offwin_forget(w->window, msg->partition);
+        sheaf_offwin_begin(w->window, msg->partition, msg->offset);
+    }
+
+    err = sheaf_chunk_decode(msg->payload, msg->len, &c->m, errstr, sizeof(errstr));
+    if (err != SHEAF_OK) {
+        snprintf(reason, sizeof(reason), "not a valid sheaf chunk message: %s", errstr);
+        call_end(c, dead_letter(w, msg, NULL, reason));
+        return;
+    }
+    /* Cheap check first: a redelivered chunk already recorded costs no
+     * LLM call. */
+    while ((err = sheaf_state_chunk_exists(w->redis, &c->m, &exists, errstr,
+                                           sizeof(errstr))) != SHEAF_OK) {
+        if (redis_wait(errstr) < 0) {
+            call_end(c, STOPPED);
+            return;
+        }
+    }
+    if (exists) {
+        w->duplicates++;
+        call_end(c, DONE);
+        return;
+    }
+    while (!(p = pipeline_for(w, c->m.pv, &err, errstr, sizeof(errstr)))) {
+        if (err != SHEAF_ERR_REDIS) {
+            snprintf(reason, sizeof(reason), "pipeline %s: %s", c->m.pv, errstr);
+            call_end(c, dead_letter(w, msg, c->m.job, reason));
+            return;
+        }
+        if (redis_wait(errstr) < 0) {
+            call_end(c, STOPPED);
+            return;
+        }
+    }
+    submit(w, c, p);
+}

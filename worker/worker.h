@@ -1,0 +1,50 @@
+/* worker/worker.h - the worker's state, shared by its two files.
+ *
+ * worker.c runs the loop: Kafka consumption, flow control (pausing
+ * partitions while the LLM window is full), rebalances, shutdown.
+ * chunk.c handles one chunk message from decode to recorded result. */
+#ifndef SHEAF_WORKER_H
+#define SHEAF_WORKER_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+
+#include "sheaf/config.h"
+#include "sheaf/llm_async.h"
+#include "sheaf/offwin.h"
+#include "sheaf/pipeline.h"
+#include "sheaf/ratelimit.h"
+#include "sheaf/state.h"
+
+#define PIPELINE_CACHE 16
+
+typedef struct worker {
+    sheaf_config cfg;
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;       /* dead letters */
+    sheaf_redis *redis;
+    sheaf_ratelimit *limit;     /* NULL: no fleet-wide limit configured */
+    sheaf_llm_async *llm;
+    sheaf_offwin *window;       /* offsets in flight per partition */
+    uint32_t *generation;       /* per partition id: bumped on every revoke */
+    size_t n_generation;
+    char map_topic[256];
+    char dlq_topic[256];
+    int paused;
+    struct {
+        char pv[17];
+        sheaf_pipeline *p;
+    } pipelines[PIPELINE_CACHE];
+    unsigned long processed, duplicates, failed, dead_lettered, abandoned;
+} worker;
+
+/* Takes one chunk message: ownership of msg passes to the worker (it is
+ * destroyed once its chunk is finished or abandoned). */
+void worker_take(worker *w, rd_kafka_message_t *msg);
+
+/* Current generation of a partition (0 when never revoked). */
+uint32_t worker_generation(worker *w, int32_t partition);
+
+void worker_pipelines_clear(worker *w);
+
+#endif

@@ -130,6 +130,17 @@ fail:
     return NULL;
 }
 
+/* 1 when the user passed kafka.<prop> (or <prop>) themselves. */
+static int user_set(const sheaf_config *cfg, const char *prop)
+{
+    for (size_t i = 0; i < cfg->kafka_props_len; i++) {
+        const char *key = cfg->kafka_props[i].key;
+        if (strncmp(key, "kafka.", 6) == 0) key += 6;
+        if (strcmp(key, prop) == 0) return 1;
+    }
+    return 0;
+}
+
 rd_kafka_t *sheaf_kafka_consumer_new(const sheaf_config *cfg, const char *client_id,
                                      const char *group,
                                      void (*rebalance_cb)(rd_kafka_t *, rd_kafka_resp_err_t,
@@ -142,6 +153,17 @@ rd_kafka_t *sheaf_kafka_consumer_new(const sheaf_config *cfg, const char *client
     char err[512], session[32], heartbeat[32];
 
     if (!conf) return NULL;
+    /* Defaults the user may override with kafka.*: answer idle fetches
+     * within 100 ms (the mock cluster waits the full time even when data
+     * arrives), and prefetch at most 8 MiB (librdkafka's 64 MiB default
+     * dominates a worker's memory otherwise). */
+    if ((!user_set(cfg, "fetch.wait.max.ms") &&
+         conf_set(conf, "fetch.wait.max.ms", "100", errstr, errlen)) ||
+        (!user_set(cfg, "queued.max.messages.kbytes") &&
+         conf_set(conf, "queued.max.messages.kbytes", "8192", errstr, errlen))) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
     snprintf(session, sizeof(session), "%d", cfg->session_timeout_ms);
     snprintf(heartbeat, sizeof(heartbeat), "%d", cfg->heartbeat_ms);
     if (conf_set(conf, "group.id", group, errstr, errlen) ||

@@ -783,14 +783,15 @@ void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st)
     st->in_flight = a->flight.n;
 }
 
-void sheaf_llm_async_abort_all(sheaf_llm_async *a)
+/* Fires every call of the waiting and queued lists (and, with flight, of
+ * the flight list) with SHEAF_ERR_STOPPED. */
+static void stop_calls(sheaf_llm_async *a, int flight)
 {
     call_list stopped = {NULL, NULL, 0};
     llm_call *c;
     char msg[SHEAF_ERRSTR_SIZE];
 
-    if (!a) return;
-    while ((c = a->flight.head) != NULL) {
+    while (flight && (c = a->flight.head) != NULL) {
         llm_slot *s = c->slot;
         curl_multi_remove_handle(a->multi, s->easy);
         list_remove(&a->flight, c);
@@ -798,7 +799,7 @@ void sheaf_llm_async_abort_all(sheaf_llm_async *a)
         slot_put(a, s);
         list_push_back(&stopped, c);
     }
-    a->brk_probe_in_flight = 0;
+    if (flight) a->brk_probe_in_flight = 0;
     list_splice(&stopped, &a->waiting);
     list_splice(&stopped, &a->queued);
     for (c = stopped.head; c; c = c->next) {
@@ -812,4 +813,14 @@ void sheaf_llm_async_abort_all(sheaf_llm_async *a)
     /* Calls already finished keep their outcome; all fire now. */
     list_splice(&stopped, &a->done);
     fire(a, &stopped);
+}
+
+void sheaf_llm_async_abort_all(sheaf_llm_async *a)
+{
+    if (a) stop_calls(a, 1);
+}
+
+void sheaf_llm_async_abort_queued(sheaf_llm_async *a)
+{
+    if (a) stop_calls(a, 0);
 }

@@ -153,12 +153,17 @@ static sheaf_err run_stage(reducer *r, const char *name, const sheaf_stage *st, 
     }
     while (!sc.done) {
         if (sheaf_stop) sheaf_llm_async_abort_all(r->llm);
-        sheaf_llm_async_run(r->llm, 100);
+        sheaf_llm_async_run(r->llm, 10);
     }
     err = sc.err;
     if (err == SHEAF_OK) {
         *text = sc.text; /* ownership moves to the caller */
         *usage = sc.usage;
+    } else if (err == SHEAF_ERR_LLM_RETRY) {
+        /* Transient (429 storm, 5xx, timeouts) even after every attempt:
+         * not the document's fault, so nothing is recorded; the entry stays
+         * pending and is claimed again after reducer.claim_idle_ms. */
+        sheaf_warn("reducer", "%s call failed, will retry later: %s", name, sc.errstr);
     } else if (err != SHEAF_ERR_STOPPED) {
         snprintf(msg, sizeof(msg), "%s call failed: %s", name, sc.errstr);
         *error = strdup(msg);
@@ -267,9 +272,9 @@ static entry_outcome combine_doc(reducer *r, const char *job, const char *doc)
         snprintf(nbuf, sizeof(nbuf), "%u", n);
         stage_vars v = {.job = job, .doc = doc, .chunk_count = nbuf, .partials = partials.data,
                         .meta = meta};
-        if (run_stage(r, "combine", &p->combine, &v, &summary, &usage, &error) ==
-            SHEAF_ERR_STOPPED) {
-            out = ENTRY_STOPPED;
+        err = run_stage(r, "combine", &p->combine, &v, &summary, &usage, &error);
+        if (err != SHEAF_OK) {
+            out = err == SHEAF_ERR_STOPPED ? ENTRY_STOPPED : ENTRY_RETRY;
             goto done;
         }
     }
@@ -366,9 +371,9 @@ static entry_outcome overview(reducer *r, const char *job)
     if (!error && results.len == 0) error = strdup("no document has a summary");
     if (!error) {
         stage_vars v = {.job = job, .doc_count = nbuf, .results = results.data};
-        if (run_stage(r, "overview", &p->overview, &v, &text, &usage, &error) ==
-            SHEAF_ERR_STOPPED) {
-            out = ENTRY_STOPPED;
+        err = run_stage(r, "overview", &p->overview, &v, &text, &usage, &error);
+        if (err != SHEAF_OK) {
+            out = err == SHEAF_ERR_STOPPED ? ENTRY_STOPPED : ENTRY_RETRY;
             goto done;
         }
     }

@@ -8,11 +8,12 @@
  * offset window), so a crash leads to redelivery, never to loss.  See
  * chunk.c for what happens to one message.
  *
- * Flow control: when the engine holds max_in_flight calls, or its circuit
- * breaker is open (the endpoint is down), every assigned partition is
- * paused; the loop keeps polling, so the consumer stays in its group
- * however slow the LLM is, and resumes the partitions when half the window
- * is free (or the circuit closes).  Rate limits are fleet-wide: the engine
+ * Flow control: when the engine holds two windows of calls (max_in_flight
+ * in flight, as many queued behind them), or its circuit breaker is open
+ * (the endpoint is down), every assigned partition is paused; the loop
+ * keeps polling, so the consumer stays in its group however slow the LLM
+ * is, and resumes the partitions when no more than one window is left (or
+ * the circuit closes).  Rate limits are fleet-wide: the engine
  * asks a GCRA limiter in Redis (llm.rpm, llm.tpm) before every attempt.
  *
  * Rebalances: a revoked partition's window is forgotten and its
@@ -20,8 +21,8 @@
  * (idempotently) but store no offset: the new owner redoes those messages
  * and finds the results recorded.
  *
- * SIGTERM: pause everything, let in-flight calls finish for up to
- * worker.drain_ms, abandon the rest (not recorded, redelivered to another
+ * SIGTERM: pause everything, give back the calls not yet started, let
+ * the calls in flight finish for up to worker.drain_ms, abandon the rest (not recorded, redelivered to another
  * worker), commit stored offsets by closing the consumer (which also leaves
  * the group at once), exit 0. */
 #include <stdio.h>
@@ -79,15 +80,23 @@ static void set_paused(worker *w, int pause)
     w->paused = pause;
 }
 
+/* The engine holds up to one window of calls queued behind the window in
+ * flight, so when a batch of calls ends the next starts at once: resuming
+ * paused partitions costs a fetch round trip (librdkafka drops what it had
+ * prefetched for them on pause), which must not stall the LLM pipe. */
+static size_t backlog_limit(const worker *w)
+{
+    return 2 * (size_t)w->cfg.worker_max_in_flight;
+}
+
 static void flow_control(worker *w)
 {
     size_t pending = sheaf_llm_async_pending(w->llm);
-    size_t max = (size_t)w->cfg.worker_max_in_flight;
     int circuit = sheaf_llm_async_circuit_open(w->llm);
-    if (!w->paused && (pending >= max || circuit)) {
+    if (!w->paused && (pending >= backlog_limit(w) || circuit)) {
         if (circuit) sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
         set_paused(w, 1);
-    } else if (w->paused && !circuit && pending <= max / 2) {
+    } else if (w->paused && !circuit && pending <= (size_t)w->cfg.worker_max_in_flight) {
         set_paused(w, 0);
     }
 }
@@ -182,7 +191,7 @@ static int worker_start(worker *w)
 /* Takes messages while the engine has room, then turns the engine once. */
 static void loop_once(worker *w)
 {
-    size_t max = (size_t)w->cfg.worker_max_in_flight;
+    size_t max = backlog_limit(w);
     for (int i = 0; i < 256; i++) {
         size_t pending = sheaf_llm_async_pending(w->llm);
         /* Block in Kafka only when there is nothing else to wait for. */
@@ -206,8 +215,12 @@ static void loop_once(worker *w)
 static void drain(worker *w)
 {
     int64_t deadline = sheaf_mono_ms() + w->cfg.worker_drain_ms;
-    size_t pending = sheaf_llm_async_pending(w->llm);
+    size_t pending;
     set_paused(w, 1);
+    /* Calls not yet started are given back (redelivered to whoever takes
+     * the partition); only requests under way are worth waiting for. */
+    sheaf_llm_async_abort_queued(w->llm);
+    pending = sheaf_llm_async_pending(w->llm);
     if (pending)
         sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", pending,
                    w->cfg.worker_drain_ms);

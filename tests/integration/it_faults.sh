@@ -12,7 +12,7 @@ CONTROL="${SHEAF_LLM_BASE_URL%/v1}/control"
 FAST=(-X llm.timeout_ms=1000 -X llm.max_attempts=4 -X llm.backoff_ms=50)
 start_worker w1 "${FAST[@]}"
 start_worker w2 "${FAST[@]}"
-start_reducer r1 "${FAST[@]}"
+start_reducer r1 "${FAST[@]}" -X reducer.claim_idle_ms=2000
 
 # One chunk the provider errors on for ever: it must end in the DLQ.
 mkdir -p "$T/in"

@@ -190,5 +190,9 @@ void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st);
  * every pending callback with SHEAF_ERR_STOPPED.  Calls submitted from
  * those callbacks stay queued. */
 void sheaf_llm_async_abort_all(sheaf_llm_async *a);
+/* For the start of a drain: fires every call that has no HTTP request
+ * under way (queued, or waiting for a retry timer) with SHEAF_ERR_STOPPED;
+ * calls in flight go on.  Finished calls keep their outcome. */
+void sheaf_llm_async_abort_queued(sheaf_llm_async *a);
 
 #endif

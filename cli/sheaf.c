@@ -1,6 +1,6 @@
 /* sheaf.c - the `sheaf` command line.
  *
- *   sheaf submit [--job-id ID] [--wait] [--dry-run] INPUT...
+ *   sheaf submit [--pipeline NAME|FILE] [--job-id ID] [--wait] [--dry-run] INPUT...
  *   sheaf status JOB [--json]
  *   sheaf results JOB
  *   sheaf config            (print the effective configuration, secrets hidden)
@@ -26,12 +26,15 @@ static void usage(FILE *out)
             "usage: sheaf COMMAND [options]\n"
             "\n"
             "commands:\n"
-            "  submit [--job-id ID] [--wait] [--dry-run] INPUT...\n"
-            "        chunk files, directories (.txt .md) and JSONL corpora, register the\n"
-            "        job in Redis, produce its chunks to Kafka; prints the job id.\n"
+            "  submit [--pipeline NAME|FILE] [--job-id ID] [--wait] [--dry-run] INPUT...\n"
+            "        chunk files, directories (.txt .md .pdf) and JSONL corpora, register\n"
+            "        the job in Redis, produce its chunks to Kafka; prints the job id.\n"
+            "        --pipeline: a built-in (summarize, summarize-refine, batch) or a\n"
+            "        pipeline JSON file (same as -X pipeline=...).\n"
             "        --wait: wait until the job is done, then print its overview.\n"
             "  status JOB [--json]   documents and chunks done, failed, in flight\n"
-            "  results JOB           per-document results then the overview, as JSONL\n"
+            "  results JOB           per-document results, group results, then the\n"
+            "                        overview, as JSONL\n"
             "  config                the effective configuration (secrets hidden)\n"
             "\n"
             "options for every command:\n"
@@ -47,6 +50,8 @@ typedef struct cli {
     const char *job_id;
     int wait, dry_run, json;
     int timeout_s;
+    char *owned[8];      /* overrides made from options */
+    size_t n_owned;
 } cli;
 
 /* ---- status ---- */
@@ -101,6 +106,37 @@ out:
 
 /* ---- results ---- */
 
+static int cmp_reply_str(const void *a, const void *b)
+{
+    const redisReply *x = *(redisReply *const *)a, *y = *(redisReply *const *)b;
+    return strcmp(x->str, y->str);
+}
+
+/* Group results (hierarchical pipelines), ordered by their path. */
+static int print_groups(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
+{
+    char kgroups[512];
+    sheaf_key(kgroups, sizeof(kgroups), job, "groups");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kgroups);
+    if (!rep) return -1;
+    size_t n = rep->elements / 2;
+    redisReply **keys = calloc(n ? n : 1, sizeof(*keys));
+    if (!keys) {
+        freeReplyObject(rep);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) keys[i] = rep->element[2 * i];
+    qsort(keys, n, sizeof(*keys), cmp_reply_str);
+    for (size_t i = 0; i < n; i++) {
+        /* The value follows its key in the reply. */
+        for (size_t j = 0; j < n; j++)
+            if (rep->element[2 * j] == keys[i]) printf("%s\n", rep->element[2 * j + 1]->str);
+    }
+    free(keys);
+    freeReplyObject(rep);
+    return 0;
+}
+
 static int cmd_results(cli *c, const char *job)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], kres[512], kov[512];
@@ -124,6 +160,7 @@ static int cmd_results(cli *c, const char *job)
         else missing++;
         freeReplyObject(rep);
     }
+    if (print_groups(r, job, errstr, sizeof(errstr)) != 0) goto out;
     ov = sheaf_redis_cmd(r, errstr, sizeof(errstr), "GET %s", kov);
     if (!ov) goto out;
     if (ov->type == REDIS_REPLY_STRING) printf("%s\n", ov->str);
@@ -227,6 +264,7 @@ int main(int argc, char **argv)
                                          {"timeout", required_argument, NULL, 't'},
                                          {"dry-run", no_argument, NULL, 'n'},
                                          {"json", no_argument, NULL, 'J'},
+                                         {"pipeline", required_argument, NULL, 'p'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"help-config", no_argument, NULL, 'H'},
                                          {NULL, 0, NULL, 0}};
@@ -257,6 +295,16 @@ int main(int argc, char **argv)
         case 't': c.timeout_s = atoi(optarg); break;
         case 'n': c.dry_run = 1; break;
         case 'J': c.json = 1; break;
+        case 'p': {
+            /* The same as -X pipeline=..., and as strong. */
+            size_t len = strlen(optarg) + sizeof("pipeline=");
+            char *kv = c.n_owned < sizeof(c.owned) / sizeof(c.owned[0]) ? malloc(len) : NULL;
+            if (!kv) goto out;
+            snprintf(kv, len, "pipeline=%s", optarg);
+            c.owned[c.n_owned++] = kv;
+            c.overrides[c.n_overrides++] = kv;
+            break;
+        }
         case 'h': usage(stdout); rc = 0; goto out;
         case 'H': sheaf_config_print_help(stdout); rc = 0; goto out;
         default: usage(stderr); goto out;
@@ -284,6 +332,7 @@ int main(int argc, char **argv)
 cleanup:
     sheaf_config_clear(&c.cfg);
 out:
+    for (size_t i = 0; i < c.n_owned; i++) free(c.owned[i]);
     free(c.overrides);
     return rc;
 }

@@ -165,8 +165,14 @@ static const conf_key conf_keys[] = {
           "Redis stream consumer group of the reducers."),
     K_INT("reducer.claim_idle_ms", reducer_claim_idle_ms, "30000", 1, DAY_MS,
           "Claim another reducer's pending documents after they were idle this long."),
+    K_INT("reducer.threads", reducer_threads, "4", 1, 256,
+          "Reducer threads per process: documents and groups reduced at once."),
     K_STR("reducer.output", reducer_output, "",
           "JSONL file the reducer appends results to; \"-\" = stdout, \"\" = none."),
+
+    K_STR("pipeline", pipeline, "summarize",
+          "Pipeline of a submitted job: a built-in (summarize, summarize-refine, batch) or a "
+          "pipeline JSON file."),
 
     /* Built-in pipeline prompts */
     K_STR("prompt.system", prompt_system,
@@ -191,6 +197,7 @@ static const conf_key conf_keys[] = {
 };
 
 #define N_KEYS (sizeof(conf_keys) / sizeof(conf_keys[0]))
+_Static_assert(N_KEYS <= 8 * sizeof(((sheaf_config *)0)->set_explicitly), "set_explicitly is too small");
 
 /* SHEAF_ variables that are not keys: set by tools and test scripts. */
 static const char *const env_ignored[] = {
@@ -450,7 +457,21 @@ sheaf_err sheaf_config_set(sheaf_config *cfg, const char *key, const char *value
                 shorten(key, sk));
         return SHEAF_ERR_CONFIG;
     }
-    return set_known(cfg, k, value, source, errstr, errlen);
+    sheaf_err err = set_known(cfg, k, value, source, errstr, errlen);
+    if (err == SHEAF_OK) {
+        size_t i = (size_t)(k - conf_keys);
+        cfg->set_explicitly[i / 8] |= (unsigned char)(1u << (i % 8));
+    }
+    return err;
+}
+
+int sheaf_config_is_set(const sheaf_config *cfg, const char *key)
+{
+    const conf_key *k = find_key(key);
+    size_t i;
+    if (!k) return 0;
+    i = (size_t)(k - conf_keys);
+    return (cfg->set_explicitly[i / 8] >> (i % 8)) & 1;
 }
 
 /* ---- lifecycle ---- */

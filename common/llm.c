@@ -76,6 +76,24 @@ static void free_secret(char *s)
 
 /* ---- request body ---------------------------------------------------- */
 
+/* OpenAI's structured-output object around schema (a copy: the caller's
+ * schema is const and outlives nothing of ours).  strict is false because
+ * strict mode requires every property listed in "required" and
+ * additionalProperties false at every level, which sheaf's schemas need not
+ * meet; the caller validates the answer itself.  NULL on a schema that is
+ * not an object or no memory. */
+static json_t *response_format(const json_t *schema)
+{
+    json_t *copy = json_is_object(schema) ? json_deep_copy(schema) : NULL, *rf;
+    if (!copy) return NULL;
+    /* "O" adds a reference (rf holds its own), so copy is ours to drop
+     * whether packing worked or not. */
+    rf = json_pack("{s:s, s:{s:s, s:b, s:O}}", "type", "json_schema", "json_schema", "name",
+                   "sheaf_map", "strict", 0, "schema", copy);
+    json_decref(copy);
+    return rf;
+}
+
 char *sheaf_llm_request_json(const sheaf_llm_request *req)
 {
     char *out = NULL;
@@ -98,6 +116,11 @@ char *sheaf_llm_request_json(const sheaf_llm_request *req)
         goto done;
     if (req->max_tokens > 0 &&
         json_object_set_new(root, "max_tokens", json_integer(req->max_tokens)) != 0)
+        goto done;
+    /* Only with a schema: a free-text body stays byte-identical to what it
+     * always was (the LLM cache and golden tests hash these bytes). */
+    if (req->json_schema &&
+        json_object_set_new(root, "response_format", response_format(req->json_schema)) != 0)
         goto done;
     /* json_object_set_new takes msgs; the pointer is not used afterwards. */
     if (json_object_set_new(root, "messages", msgs) != 0) {
@@ -631,6 +654,10 @@ sheaf_err sheaf_llm_check_request(const sheaf_llm_request *req, char *errstr, si
                     i, bad);
             return SHEAF_ERR_LLM_FATAL;
         }
+    }
+    if (req->json_schema && !json_is_object(req->json_schema)) {
+        sheaf_set_err(errstr, errlen, "request: json_schema is not a JSON object");
+        return SHEAF_ERR_LLM_FATAL;
     }
     return SHEAF_OK;
 }

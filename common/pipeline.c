@@ -1,5 +1,5 @@
-/* pipeline.c - the prompts of a job's three stages, their templates and the
- * pipeline version.  See sheaf/pipeline.h.
+/* pipeline.c - a job's stages, their validation, canonical JSON and
+ * version.  See sheaf/pipeline.h; templates are in template.c.
  *
  * The version is a hash of the canonical JSON form (jansson, sorted keys,
  * compact, reals with 15 significant digits), so the producer, every worker
@@ -7,61 +7,60 @@
  * it: 15 digits is DBL_DIG, so printing a double parsed back from its
  * 15-digit form gives the same digits again.
  *
- * Templates are walked by one scanner (tmpl_walk) shared by rendering and
- * checking, so what validation accepts is exactly what rendering can do:
- *   "{{ name }}"  a variable (whitespace around the name is ignored);
- *   "{{{{"        a literal "{{";
- *   anything else is copied as is ("}}" alone, single braces).
- * A "{{" without a closing "}}", an empty name, or a name holding a brace
- * or a control character is an error naming the offset. */
-#include "sheaf/error.h"
+ * One parser reads both forms: a user's file (stage defaults from llm.*,
+ * "defaults" given) and the stored snapshot (strict: every key present).
+ * Stages are described by one table (stage_defs): their JSON name, where
+ * they live in the struct, their variables and whether they reduce (and so
+ * take budget_tokens and group_size). */
 #include "sheaf/pipeline.h"
 
-#include <jansson.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "sheaf/error.h"
+#include "sheaf/jschema.h"
+#include "sheaf/merge.h"
 #include "sheaf/util.h"
 
-#define VAR_NAME_SHOWN 64 /* bytes of a bad variable name quoted in errors */
+#define PIPELINE_FILE_MAX ((size_t)4 << 20)
+#define MAX_REFINE_ROUNDS 20
+#define MAX_JSON_RETRIES 10
 
 /* Variables each stage may use (an entry ending in '.' is a prefix). */
-static const char *const map_vars[] = {"job_id", "text",  "doc_id", "chunk_index",
-                                       "chunk_count", "pages", "meta.", NULL};
-static const char *const combine_vars[] = {"job_id", "doc_id", "chunk_count",
-                                           "partials", "meta.", NULL};
-static const char *const overview_vars[] = {"job_id", "doc_count", "results", NULL};
+static const char *const map_vars[] = {"job_id", "text", "doc_id", "chunk_index", "chunk_count",
+                                       "pages", "page_first", "page_last", "meta.", NULL};
+static const char *const combine_vars[] = {"job_id", "doc_id", "chunk_count", "partials",
+                                           "level", "meta.", NULL};
+static const char *const critique_vars[] = {"job_id", "doc_id", "draft", "round", "partials",
+                                            "meta.", NULL};
+static const char *const refine_vars[] = {"job_id", "doc_id", "draft", "critique", "round",
+                                          "partials", "meta.", NULL};
+static const char *const group_vars[] = {"job_id", "group", "group_key", "group_path", "count",
+                                         "results", "level", NULL};
+static const char *const overview_vars[] = {"job_id", "doc_count", "group_count", "count",
+                                            "results", "level", NULL};
 
 typedef struct stage_def {
     const char *name;         /* key in "stages" and in error messages */
     size_t offset;            /* of the sheaf_stage in sheaf_pipeline */
     const char *const *vars;  /* allowed variables */
-    const char *config_key;   /* prompt.* key of its user template (built-in) */
+    int reduces;              /* takes budget_tokens and group_size */
 } stage_def;
 
 static const stage_def stage_defs[] = {
-    {"map", offsetof(sheaf_pipeline, map), map_vars, "prompt.map"},
-    {"combine", offsetof(sheaf_pipeline, combine), combine_vars, "prompt.combine"},
-    {"overview", offsetof(sheaf_pipeline, overview), overview_vars, "prompt.overview"},
+    {"map", offsetof(sheaf_pipeline, map), map_vars, 0},
+    {"combine", offsetof(sheaf_pipeline, combine), combine_vars, 1},
+    {"critique", offsetof(sheaf_pipeline, critique), critique_vars, 0},
+    {"refine", offsetof(sheaf_pipeline, refine), refine_vars, 0},
+    {"group", offsetof(sheaf_pipeline, group), group_vars, 1},
+    {"overview", offsetof(sheaf_pipeline, overview), overview_vars, 1},
 };
 #define N_STAGES (sizeof(stage_defs) / sizeof(stage_defs[0]))
-
-static const char *const stage_keys[] = {"max_tokens", "model", "system", "temperature",
-                                         "user", NULL};
-
-/* Puts prefix in front of the message already in errstr. */
-static void prefix_err(char *errstr, size_t errlen, const char *prefix)
-{
-    char tmp[SHEAF_ERRSTR_SIZE];
-    if (!errstr || errlen == 0) return;
-    snprintf(tmp, sizeof(tmp), "%s", errstr);
-    snprintf(errstr, errlen, "%s: %s", prefix, tmp);
-}
 
 static sheaf_stage *stage_of(sheaf_pipeline *p, const stage_def *d)
 {
@@ -73,160 +72,13 @@ static const sheaf_stage *stage_of_const(const sheaf_pipeline *p, const stage_de
     return (const sheaf_stage *)((const char *)p + d->offset);
 }
 
-/* ---- templates ------------------------------------------------------------ */
-
-typedef struct tmpl_ops {
-    /* A run of literal text; NULL to skip. */
-    sheaf_err (*text)(void *ctx, const char *s, size_t n, char *errstr, size_t errlen);
-    /* A variable, its name trimmed. */
-    sheaf_err (*var)(void *ctx, const char *name, size_t n, char *errstr, size_t errlen);
-} tmpl_ops;
-
-static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
-
-/* Walks tmpl calling ops for each literal run and each variable. */
-static sheaf_err tmpl_walk(const char *tmpl, const tmpl_ops *ops, void *ctx, char *errstr,
-                           size_t errlen)
+/* Puts prefix in front of the message already in errstr. */
+static void prefix_err(char *errstr, size_t errlen, const char *prefix)
 {
-    sheaf_err err = SHEAF_OK;
-    const char *p = tmpl, *lit = tmpl;
-
-    while (*p) {
-        const char *name, *end, *close;
-        if (p[0] != '{' || p[1] != '{') {
-            p++;
-            continue;
-        }
-        if (p > lit && ops->text) {
-            err = ops->text(ctx, lit, (size_t)(p - lit), errstr, errlen);
-            if (err != SHEAF_OK) goto done;
-        }
-        if (p[2] == '{' && p[3] == '{') { /* "{{{{" is a literal "{{" */
-            if (ops->text) {
-                err = ops->text(ctx, "{{", 2, errstr, errlen);
-                if (err != SHEAF_OK) goto done;
-            }
-            p += 4;
-            lit = p;
-            continue;
-        }
-        close = strstr(p + 2, "}}");
-        if (!close) {
-            err = SHEAF_ERR_INVALID;
-            sheaf_set_err(errstr, errlen, "unterminated \"{{\" at offset %zu", (size_t)(p - tmpl));
-            goto done;
-        }
-        name = p + 2;
-        end = close;
-        while (name < end && is_space(*name)) name++;
-        while (end > name && is_space(end[-1])) end--;
-        if (name == end) {
-            err = SHEAF_ERR_INVALID;
-            sheaf_set_err(errstr, errlen, "empty variable name at offset %zu", (size_t)(p - tmpl));
-            goto done;
-        }
-        for (const char *c = name; c < end; c++) {
-            if (*c == '{' || *c == '}' || (unsigned char)*c < 0x20 || *c == 0x7f) {
-                int shown = (int)(end - name < VAR_NAME_SHOWN ? end - name : VAR_NAME_SHOWN);
-                err = SHEAF_ERR_INVALID;
-                sheaf_set_err(errstr, errlen, "invalid variable name \"%.*s\" at offset %zu", shown,
-                        name, (size_t)(p - tmpl));
-                goto done;
-            }
-        }
-        err = ops->var(ctx, name, (size_t)(end - name), errstr, errlen);
-        if (err != SHEAF_OK) goto done;
-        p = close + 2;
-        lit = p;
-    }
-    if (p > lit && ops->text) err = ops->text(ctx, lit, (size_t)(p - lit), errstr, errlen);
-done:
-    return err;
-}
-
-static sheaf_err unknown_var(const char *name, size_t n, char *errstr, size_t errlen)
-{
-    int shown = (int)(n < VAR_NAME_SHOWN ? n : VAR_NAME_SHOWN);
-    sheaf_set_err(errstr, errlen, "unknown variable \"%.*s\"", shown, name);
-    return SHEAF_ERR_INVALID;
-}
-
-typedef struct render_ctx {
-    sheaf_buf *out;
-    sheaf_var_fn vars;
-    void *ud;
-} render_ctx;
-
-static sheaf_err append_checked(sheaf_buf *out, const char *s, size_t n, char *errstr,
-                                size_t errlen)
-{
-    sheaf_err err = sheaf_buf_append(out, s, n);
-    if (err == SHEAF_ERR_TOO_LARGE)
-        sheaf_set_err(errstr, errlen, "rendered prompt is larger than %zu bytes", out->max);
-    else if (err != SHEAF_OK)
-        sheaf_set_err(errstr, errlen, "rendering prompt: %s", sheaf_strerror(err));
-    return err;
-}
-
-static sheaf_err render_text(void *ctx, const char *s, size_t n, char *errstr, size_t errlen)
-{
-    render_ctx *rc = ctx;
-    return append_checked(rc->out, s, n, errstr, errlen);
-}
-
-static sheaf_err render_var(void *ctx, const char *name, size_t n, char *errstr, size_t errlen)
-{
-    render_ctx *rc = ctx;
-    size_t vlen = 0;
-    const char *v = rc->vars ? rc->vars(name, n, rc->ud, &vlen) : NULL;
-    if (!v) return unknown_var(name, n, errstr, errlen);
-    return append_checked(rc->out, v, vlen, errstr, errlen);
-}
-
-sheaf_err sheaf_prompt_render(const char *tmpl, sheaf_var_fn vars, void *ud, sheaf_buf *out,
-                              char *errstr, size_t errlen)
-{
-    static const tmpl_ops ops = {render_text, render_var};
-    render_ctx rc = {out, vars, ud};
-    size_t start = out->len;
-    sheaf_err err = tmpl_walk(tmpl ? tmpl : "", &ops, &rc, errstr, errlen);
-    /* On failure out is left as it was: no half-rendered prompt. */
-    if (err != SHEAF_OK && out->data) {
-        out->len = start;
-        out->data[start] = '\0';
-    }
-    return err;
-}
-
-static int var_allowed(const char *name, size_t n, const char *const *allowed)
-{
-    for (; *allowed; allowed++) {
-        size_t alen = strlen(*allowed);
-        if (alen > 0 && (*allowed)[alen - 1] == '.') {
-            if (n > alen && memcmp(name, *allowed, alen) == 0) return 1;
-        } else if (n == alen && memcmp(name, *allowed, alen) == 0) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-typedef struct check_ctx {
-    const char *const *allowed;
-} check_ctx;
-
-static sheaf_err check_var(void *ctx, const char *name, size_t n, char *errstr, size_t errlen)
-{
-    const check_ctx *cc = ctx;
-    return var_allowed(name, n, cc->allowed) ? SHEAF_OK : unknown_var(name, n, errstr, errlen);
-}
-
-sheaf_err sheaf_prompt_check(const char *tmpl, const char *const *allowed, char *errstr,
-                             size_t errlen)
-{
-    static const tmpl_ops ops = {NULL, check_var};
-    check_ctx cc = {allowed};
-    return tmpl_walk(tmpl ? tmpl : "", &ops, &cc, errstr, errlen);
+    char tmp[SHEAF_ERRSTR_SIZE];
+    if (!errstr || errlen == 0) return;
+    snprintf(tmp, sizeof(tmp), "%s", errstr);
+    snprintf(errstr, errlen, "%s: %s", prefix, tmp);
 }
 
 /* ---- validation and version ------------------------------------------------ */
@@ -245,8 +97,7 @@ static void list_vars(const char *const *vars, char *out, size_t outlen)
     }
 }
 
-/* Checks one template of a stage; label says which ("user template",
- * "prompt.map", ...) for the message. */
+/* Checks one template of a stage; label says which for the message. */
 static sheaf_err check_template(const char *tmpl, const stage_def *d, const char *label,
                                 char *errstr, size_t errlen)
 {
@@ -256,13 +107,14 @@ static sheaf_err check_template(const char *tmpl, const stage_def *d, const char
 
     if (!sheaf_utf8_valid(tmpl, strlen(tmpl), &bad)) {
         sheaf_set_err(errstr, errlen, "stage %s: %s is not valid UTF-8 (byte %zu)", d->name, label,
-                bad);
+                      bad);
         return SHEAF_ERR_INVALID;
     }
     err = sheaf_prompt_check(tmpl, d->vars, msg, sizeof(msg));
     if (err != SHEAF_OK) {
         list_vars(d->vars, allowed, sizeof(allowed));
-        sheaf_set_err(errstr, errlen, "stage %s: %s: %s (allowed: %s)", d->name, label, msg, allowed);
+        sheaf_set_err(errstr, errlen, "stage %s: %s: %s (allowed: %s)", d->name, label, msg,
+                      allowed);
     }
     return err;
 }
@@ -287,7 +139,8 @@ static sheaf_err validate_stage(const sheaf_stage *st, const stage_def *d,
         goto done;
     }
     if (!sheaf_utf8_valid(st->model, strlen(st->model), &bad)) {
-        sheaf_set_err(errstr, errlen, "stage %s: model is not valid UTF-8 (byte %zu)", d->name, bad);
+        sheaf_set_err(errstr, errlen, "stage %s: model is not valid UTF-8 (byte %zu)", d->name,
+                      bad);
         goto done;
     }
     if (!isfinite(st->temperature) || st->temperature < 0) {
@@ -296,7 +149,12 @@ static sheaf_err validate_stage(const sheaf_stage *st, const stage_def *d,
     }
     if (st->max_tokens < 0) {
         sheaf_set_err(errstr, errlen, "stage %s: max_tokens must be >= 0 (got %d)", d->name,
-                st->max_tokens);
+                      st->max_tokens);
+        goto done;
+    }
+    if (d->reduces && (st->budget_tokens < 0 || st->group_size < 2)) {
+        sheaf_set_err(errstr, errlen, "stage %s: budget_tokens must be >= 0 and group_size >= 2",
+                      d->name);
         goto done;
     }
     err = check_template(st->system, d, system_label, errstr, errlen);
@@ -304,6 +162,72 @@ static sheaf_err validate_stage(const sheaf_stage *st, const stage_def *d,
     err = check_template(st->user, d, user_label, errstr, errlen);
 done:
     return err;
+}
+
+#define REQUIRE(cond, ...)                                \
+    do {                                                  \
+        if (!(cond)) {                                    \
+            sheaf_set_err(errstr, errlen, __VA_ARGS__);   \
+            return SHEAF_ERR_INVALID;                     \
+        }                                                 \
+    } while (0)
+
+/* The grouping levels: "meta.<key>" or "result.<key>", metadata levels
+ * first (they are known at submit, so those groups can complete as soon as
+ * their documents do); a result level needs a map schema property. */
+static sheaf_err validate_grouping(sheaf_pipeline *p, char *errstr, size_t errlen)
+{
+    json_t *props = p->schema ? json_object_get(p->schema, "properties") : NULL;
+    p->n_meta_levels = 0;
+    for (size_t i = 0; i < p->n_group_by; i++) {
+        const char *by = p->group_by[i];
+        if (strncmp(by, "meta.", 5) == 0 && by[5]) {
+            REQUIRE(p->n_meta_levels == i,
+                    "grouping.by[%zu]: \"%s\" must come before every \"result.\" level "
+                    "(metadata groups are the outer ones)", i, by);
+            p->n_meta_levels++;
+        } else if (strncmp(by, "result.", 7) == 0 && by[7]) {
+            REQUIRE(json_object_get(props, by + 7),
+                    "grouping.by[%zu]: \"%s\" needs stages.map.json_schema with property \"%s\"",
+                    i, by, by + 7);
+        } else {
+            REQUIRE(0, "grouping.by[%zu]: \"%s\" must be \"meta.<key>\" or \"result.<key>\"", i,
+                    by);
+        }
+    }
+    return SHEAF_OK;
+}
+
+/* Which stages may go together. */
+static sheaf_err validate_shape(sheaf_pipeline *p, char *errstr, size_t errlen)
+{
+    REQUIRE(p->map.present, "stages: key \"map\" is missing");
+    REQUIRE(!p->merge || p->schema, "merge: needs stages.map.json_schema");
+    REQUIRE(!p->merge || !p->combine.present,
+            "merge: a pipeline merges records or combines text, not both (remove "
+            "stages.combine or merge)");
+    REQUIRE(!p->merge || !p->refine_rounds, "merge: cannot be used with refinement");
+    REQUIRE(p->critique.present == p->refine.present && p->refine.present == !!p->refine_rounds,
+            "refinement: needs stages.critique, stages.refine and refinement.max_rounds together");
+    REQUIRE(!p->refine_rounds || (p->refine_stop && *p->refine_stop),
+            "refinement: stop_when must not be empty");
+    REQUIRE(p->group.present == (p->n_group_by > 0),
+            "grouping: stages.group and grouping.by go together");
+    REQUIRE(p->json_retries >= 0 && p->json_retries <= MAX_JSON_RETRIES,
+            "stage map: json_retries must be in 0..%d", MAX_JSON_RETRIES);
+    if (p->schema) {
+        char msg[SHEAF_ERRSTR_SIZE];
+        REQUIRE(json_is_object(p->schema) &&
+                    json_equal(json_object_get(p->schema, "type"), json_string_nocheck("object")),
+                "stage map: json_schema must be an object schema ({\"type\": \"object\", ...})");
+        REQUIRE(sheaf_jschema_check(p->schema, msg, sizeof(msg)) == SHEAF_OK,
+                "stage map: json_schema: %s", msg);
+    }
+    if (p->merge) {
+        char msg[SHEAF_ERRSTR_SIZE];
+        REQUIRE(sheaf_merge_check(p->merge, msg, sizeof(msg)) == SHEAF_OK, "%s", msg);
+    }
+    return validate_grouping(p, errstr, errlen);
 }
 
 sheaf_err sheaf_pipeline_finalize(sheaf_pipeline *p, char *errstr, size_t errlen)
@@ -318,10 +242,14 @@ sheaf_err sheaf_pipeline_finalize(sheaf_pipeline *p, char *errstr, size_t errlen
         goto done;
     }
     for (size_t i = 0; i < N_STAGES; i++) {
-        err = validate_stage(stage_of(p, &stage_defs[i]), &stage_defs[i], "system prompt",
-                             "user template", errstr, errlen);
+        const sheaf_stage *st = stage_of(p, &stage_defs[i]);
+        if (!st->present) continue;
+        err = validate_stage(st, &stage_defs[i], "system prompt", "user template", errstr,
+                             errlen);
         if (err != SHEAF_OK) goto done;
     }
+    err = validate_shape(p, errstr, errlen);
+    if (err != SHEAF_OK) goto done;
     json = sheaf_pipeline_to_json(p);
     if (!json) {
         err = SHEAF_ERR_NOMEM;
@@ -339,41 +267,79 @@ done:
 
 /* ---- JSON form ---------------------------------------------------------------- */
 
-static json_t *stage_to_json(const sheaf_stage *st)
+/* json_object_set_new that counts failures (it fails on a NULL value). */
+static void put(json_t *o, const char *key, json_t *v, int *bad)
 {
+    if (json_object_set_new(o, key, v) != 0) *bad = 1;
+}
+
+static json_t *stage_to_json(const sheaf_pipeline *p, const stage_def *d)
+{
+    const sheaf_stage *st = stage_of_const(p, d);
     json_t *o = json_object();
-    /* json_object_set_new takes each value, and fails on a NULL one. */
-    if (!o || json_object_set_new(o, "system", json_string(st->system)) != 0 ||
-        json_object_set_new(o, "user", json_string(st->user)) != 0 ||
-        json_object_set_new(o, "model", json_string(st->model)) != 0 ||
-        json_object_set_new(o, "temperature", json_real(st->temperature)) != 0 ||
-        json_object_set_new(o, "max_tokens", json_integer(st->max_tokens)) != 0) {
+    int bad = !o;
+    if (bad) return NULL;
+    put(o, "system", json_string(st->system), &bad);
+    put(o, "user", json_string(st->user), &bad);
+    put(o, "model", json_string(st->model), &bad);
+    put(o, "temperature", json_real(st->temperature), &bad);
+    put(o, "max_tokens", json_integer(st->max_tokens), &bad);
+    if (d->reduces) {
+        put(o, "budget_tokens", json_integer(st->budget_tokens), &bad);
+        put(o, "group_size", json_integer(st->group_size), &bad);
+    }
+    if (st == &p->map && p->schema) {
+        put(o, "json_schema", json_deep_copy(p->schema), &bad);
+        put(o, "json_retries", json_integer(p->json_retries), &bad);
+    }
+    if (bad) {
         json_decref(o);
         o = NULL;
     }
     return o;
 }
 
+static json_t *pipeline_to_json_obj(const sheaf_pipeline *p)
+{
+    json_t *root = json_object(), *stages = json_object();
+    int bad = !root || !stages;
+    if (bad) goto fail;
+    put(root, "name", json_string(p->name), &bad);
+    for (size_t i = 0; i < N_STAGES; i++)
+        if (stage_of_const(p, &stage_defs[i])->present)
+            put(stages, stage_defs[i].name, stage_to_json(p, &stage_defs[i]), &bad);
+    put(root, "stages", stages, &bad); /* taken, even on failure */
+    stages = NULL;
+    if (p->pages_per_batch || p->chunk_max_tokens || p->chunk_overlap_tokens) {
+        json_t *c = json_object();
+        if (c && p->pages_per_batch) put(c, "pages_per_batch", json_integer(p->pages_per_batch), &bad);
+        if (c && p->chunk_max_tokens) put(c, "max_tokens", json_integer(p->chunk_max_tokens), &bad);
+        if (c && p->chunk_overlap_tokens)
+            put(c, "overlap_tokens", json_integer(p->chunk_overlap_tokens), &bad);
+        put(root, "chunking", c, &bad);
+    }
+    if (p->refine_rounds)
+        put(root, "refinement", json_pack("{s:i,s:s}", "max_rounds", p->refine_rounds,
+                                          "stop_when", p->refine_stop), &bad);
+    if (p->n_group_by) {
+        json_t *by = json_array();
+        for (size_t i = 0; by && i < p->n_group_by; i++)
+            if (json_array_append_new(by, json_string(p->group_by[i]))) bad = 1;
+        put(root, "grouping", json_pack("{s:o}", "by", by), &bad);
+    }
+    if (p->merge) put(root, "merge", json_deep_copy(p->merge), &bad);
+    if (!bad) return root;
+fail:
+    json_decref(stages);
+    json_decref(root);
+    return NULL;
+}
+
 char *sheaf_pipeline_to_json(const sheaf_pipeline *p)
 {
-    char *out = NULL;
-    json_t *root = json_object();
-    json_t *stages = json_object();
-    json_t *owned;
-
-    if (!root || !stages || json_object_set_new(root, "name", json_string(p->name)) != 0)
-        goto done;
-    for (size_t i = 0; i < N_STAGES; i++) {
-        json_t *s = stage_to_json(stage_of_const(p, &stage_defs[i]));
-        if (json_object_set_new(stages, stage_defs[i].name, s) != 0) goto done;
-    }
-    /* root takes stages, even when the call fails. */
-    owned = stages;
-    stages = NULL;
-    if (json_object_set_new(root, "stages", owned) != 0) goto done;
-    out = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
-done:
-    json_decref(stages);
+    json_t *root = pipeline_to_json_obj(p);
+    char *out = root ? json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15))
+                     : NULL;
     json_decref(root);
     return out;
 }
@@ -388,28 +354,28 @@ static sheaf_err reject_unknown_keys(json_t *obj, const char *const *known, cons
         const char *const *k = known;
         while (*k && strcmp(*k, key) != 0) k++;
         if (!*k) {
-            sheaf_set_err(errstr, errlen, "%s%sunknown key \"%.64s\"", where, *where ? ": " : "", key);
+            sheaf_set_err(errstr, errlen, "%s: unknown key \"%.64s\"", where, key);
             return SHEAF_ERR_INVALID;
         }
     }
     return SHEAF_OK;
 }
 
-/* Copies the string at obj[key] into *out. */
-static sheaf_err get_string(json_t *obj, const char *key, const char *where, char **out,
-                            char *errstr, size_t errlen)
+/* Copies the string at obj[key] into *out; a missing key takes def (NULL:
+ * required). */
+static sheaf_err get_string(json_t *obj, const char *key, const char *def, const char *where,
+                            char **out, char *errstr, size_t errlen)
 {
     json_t *v = json_object_get(obj, key);
-    const char *sep = *where ? ": " : "";
-    if (!v) {
-        sheaf_set_err(errstr, errlen, "%s%skey \"%s\" is missing", where, sep, key);
+    if (!v && !def) {
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\" is missing", where, key);
         return SHEAF_ERR_INVALID;
     }
-    if (!json_is_string(v)) {
-        sheaf_set_err(errstr, errlen, "%s%skey \"%s\" must be a string", where, sep, key);
+    if (v && !json_is_string(v)) {
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\" must be a string", where, key);
         return SHEAF_ERR_INVALID;
     }
-    *out = sheaf_strndup(json_string_value(v), json_string_length(v));
+    *out = v ? sheaf_strndup(json_string_value(v), json_string_length(v)) : strdup(def);
     if (!*out) {
         sheaf_set_err(errstr, errlen, "out of memory");
         return SHEAF_ERR_NOMEM;
@@ -417,168 +383,406 @@ static sheaf_err get_string(json_t *obj, const char *key, const char *where, cha
     return SHEAF_OK;
 }
 
-static sheaf_err stage_from_json(json_t *o, const char *name, sheaf_stage *st, char *errstr,
-                                 size_t errlen)
+/* Reads the integer obj[key] in lo..hi into *out; has_def: a missing key
+ * keeps *out. */
+static sheaf_err get_int(json_t *obj, const char *key, int has_def, long long lo, long long hi,
+                         const char *where, int *out, char *errstr, size_t errlen)
 {
-    sheaf_err err = SHEAF_ERR_INVALID;
-    char where[32];
-    json_t *v;
+    json_t *v = json_object_get(obj, key);
+    if (!v && has_def) return SHEAF_OK;
+    if (!v) {
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\" is missing", where, key);
+        return SHEAF_ERR_INVALID;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\" must be an integer in %lld..%lld", where, key,
+                      lo, hi);
+        return SHEAF_ERR_INVALID;
+    }
+    *out = (int)json_integer_value(v);
+    return SHEAF_OK;
+}
 
-    snprintf(where, sizeof(where), "stage %s", name);
-    if (!o) {
-        sheaf_set_err(errstr, errlen, "stages: key \"%s\" is missing", name);
-        goto done;
-    }
+static sheaf_err stage_from_json(json_t *o, const stage_def *d, sheaf_pipeline *p,
+                                 const sheaf_stage *defaults, char *errstr, size_t errlen)
+{
+    static const char *const keys[] = {"system", "user", "model", "temperature", "max_tokens",
+                                       "budget_tokens", "group_size", "json_schema",
+                                       "json_retries", NULL};
+    sheaf_stage *st = stage_of(p, d);
+    char where[64];
+    json_t *v;
+    sheaf_err err;
+
+    snprintf(where, sizeof(where), "stage %s", d->name);
     if (!json_is_object(o)) {
-        sheaf_set_err(errstr, errlen, "stages: key \"%s\" must be an object", name);
-        goto done;
+        sheaf_set_err(errstr, errlen, "stages: key \"%s\" must be an object", d->name);
+        return SHEAF_ERR_INVALID;
     }
-    err = reject_unknown_keys(o, stage_keys, where, errstr, errlen);
-    if (err == SHEAF_OK) err = get_string(o, "system", where, &st->system, errstr, errlen);
-    if (err == SHEAF_OK) err = get_string(o, "user", where, &st->user, errstr, errlen);
-    if (err == SHEAF_OK) err = get_string(o, "model", where, &st->model, errstr, errlen);
-    if (err != SHEAF_OK) goto done;
-    err = SHEAF_ERR_INVALID;
+    if ((err = reject_unknown_keys(o, keys, where, errstr, errlen)) != SHEAF_OK) return err;
+    if (!d->reduces && (json_object_get(o, "budget_tokens") || json_object_get(o, "group_size"))) {
+        sheaf_set_err(errstr, errlen, "%s: budget_tokens and group_size belong to combine, group "
+                      "and overview", where);
+        return SHEAF_ERR_INVALID;
+    }
+    if (st != &p->map && (json_object_get(o, "json_schema") || json_object_get(o, "json_retries"))) {
+        sheaf_set_err(errstr, errlen, "%s: json_schema and json_retries belong to map", where);
+        return SHEAF_ERR_INVALID;
+    }
+    st->present = 1;
+    st->temperature = defaults ? defaults->temperature : 0;
+    st->max_tokens = defaults ? defaults->max_tokens : 0;
+    st->group_size = SHEAF_GROUP_SIZE_DEFAULT;
+    if ((err = get_string(o, "system", defaults ? "" : NULL, where, &st->system, errstr,
+                          errlen)) ||
+        (err = get_string(o, "user", NULL, where, &st->user, errstr, errlen)) ||
+        (err = get_string(o, "model", defaults ? defaults->model : NULL, where, &st->model,
+                          errstr, errlen)) ||
+        (err = get_int(o, "max_tokens", !!defaults, 0, INT_MAX, where, &st->max_tokens, errstr,
+                       errlen)))
+        return err;
     v = json_object_get(o, "temperature");
-    if (!v) {
-        sheaf_set_err(errstr, errlen, "%s: key \"temperature\" is missing", where);
-        goto done;
-    }
-    if (!json_is_number(v)) {
+    if (v && !json_is_number(v)) {
         sheaf_set_err(errstr, errlen, "%s: key \"temperature\" must be a number", where);
-        goto done;
+        return SHEAF_ERR_INVALID;
     }
-    st->temperature = json_number_value(v);
-    v = json_object_get(o, "max_tokens");
-    if (!v) {
-        sheaf_set_err(errstr, errlen, "%s: key \"max_tokens\" is missing", where);
-        goto done;
+    if (!v && !defaults) {
+        sheaf_set_err(errstr, errlen, "%s: key \"temperature\" is missing", where);
+        return SHEAF_ERR_INVALID;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX) {
-        sheaf_set_err(errstr, errlen, "%s: key \"max_tokens\" must be an integer in 0..%d", where,
-                INT_MAX);
-        goto done;
+    if (v) st->temperature = json_number_value(v);
+    if (d->reduces &&
+        ((err = get_int(o, "budget_tokens", 1, 0, INT_MAX, where, &st->budget_tokens, errstr,
+                        errlen)) ||
+         (err = get_int(o, "group_size", 1, 2, 100000, where, &st->group_size, errstr,
+                        errlen))))
+        return err;
+    if ((v = json_object_get(o, "json_schema")) != NULL) {
+        p->schema = json_deep_copy(v);
+        p->json_retries = 2;
+        if ((err = get_int(o, "json_retries", !!defaults, 0, MAX_JSON_RETRIES, where,
+                           &p->json_retries, errstr, errlen)))
+            return err;
+    } else if (json_object_get(o, "json_retries")) {
+        sheaf_set_err(errstr, errlen, "%s: json_retries needs json_schema", where);
+        return SHEAF_ERR_INVALID;
     }
-    st->max_tokens = (int)json_integer_value(v);
-    err = SHEAF_OK;
-done:
-    return err;
+    return SHEAF_OK;
+}
+
+static sheaf_err chunking_from_json(json_t *c, sheaf_pipeline *p, char *errstr, size_t errlen)
+{
+    static const char *const keys[] = {"pages_per_batch", "max_tokens", "overlap_tokens", NULL};
+    sheaf_err err;
+    if (!json_is_object(c)) {
+        sheaf_set_err(errstr, errlen, "chunking: must be an object");
+        return SHEAF_ERR_INVALID;
+    }
+    if ((err = reject_unknown_keys(c, keys, "chunking", errstr, errlen)) ||
+        (err = get_int(c, "pages_per_batch", 1, 1, 10000, "chunking", &p->pages_per_batch,
+                       errstr, errlen)) ||
+        (err = get_int(c, "max_tokens", 1, 16, 1000000, "chunking", &p->chunk_max_tokens, errstr,
+                       errlen)) ||
+        (err = get_int(c, "overlap_tokens", 1, 1, 1000000, "chunking", &p->chunk_overlap_tokens,
+                       errstr, errlen)))
+        return err;
+    return SHEAF_OK;
+}
+
+static sheaf_err refinement_from_json(json_t *r, sheaf_pipeline *p, int strict, char *errstr,
+                                      size_t errlen)
+{
+    static const char *const keys[] = {"max_rounds", "stop_when", NULL};
+    sheaf_err err;
+    if (!json_is_object(r)) {
+        sheaf_set_err(errstr, errlen, "refinement: must be an object");
+        return SHEAF_ERR_INVALID;
+    }
+    p->refine_rounds = 2;
+    if ((err = reject_unknown_keys(r, keys, "refinement", errstr, errlen)) ||
+        (err = get_int(r, "max_rounds", !strict, 1, MAX_REFINE_ROUNDS, "refinement",
+                       &p->refine_rounds, errstr, errlen)) ||
+        (err = get_string(r, "stop_when", strict ? NULL : "DONE", "refinement", &p->refine_stop,
+                          errstr, errlen)))
+        return err;
+    return SHEAF_OK;
+}
+
+static sheaf_err grouping_from_json(json_t *g, sheaf_pipeline *p, char *errstr, size_t errlen)
+{
+    static const char *const keys[] = {"by", NULL};
+    json_t *by = json_object_get(g, "by"), *v;
+    size_t i;
+    sheaf_err err;
+    if (!json_is_object(g)) {
+        sheaf_set_err(errstr, errlen, "grouping: must be an object");
+        return SHEAF_ERR_INVALID;
+    }
+    if ((err = reject_unknown_keys(g, keys, "grouping", errstr, errlen))) return err;
+    if (!json_is_array(by) || json_array_size(by) == 0 ||
+        json_array_size(by) > SHEAF_MAX_GROUP_LEVELS) {
+        sheaf_set_err(errstr, errlen, "grouping: key \"by\" must be an array of 1..%d field names",
+                      SHEAF_MAX_GROUP_LEVELS);
+        return SHEAF_ERR_INVALID;
+    }
+    json_array_foreach(by, i, v) {
+        if (!json_is_string(v)) {
+            sheaf_set_err(errstr, errlen, "grouping.by[%zu]: must be a string", i);
+            return SHEAF_ERR_INVALID;
+        }
+        if (!(p->group_by[i] = strdup(json_string_value(v)))) return SHEAF_ERR_NOMEM;
+        p->n_group_by = i + 1;
+    }
+    return SHEAF_OK;
+}
+
+/* Parses root into p; defaults NULL = the strict stored form. */
+static sheaf_err pipeline_from_obj(json_t *root, sheaf_pipeline *p, const sheaf_stage *defaults,
+                                   char *errstr, size_t errlen)
+{
+    static const char *const top_keys[] = {"name", "stages", "version", "chunking", "refinement",
+                                           "grouping", "merge", "description", NULL};
+    json_t *stages, *v;
+    sheaf_err err;
+
+    if (!json_is_object(root)) {
+        sheaf_set_err(errstr, errlen, "pipeline: not an object");
+        return SHEAF_ERR_INVALID;
+    }
+    if ((err = reject_unknown_keys(root, top_keys, "pipeline", errstr, errlen)) ||
+        (err = get_string(root, "name", NULL, "pipeline", &p->name, errstr, errlen)))
+        return err;
+    stages = json_object_get(root, "stages");
+    if (!json_is_object(stages)) {
+        sheaf_set_err(errstr, errlen, "pipeline: key \"stages\" %s",
+                      stages ? "must be an object" : "is missing");
+        return SHEAF_ERR_INVALID;
+    }
+    {
+        const char *key;
+        json_object_foreach(stages, key, v) {
+            size_t i = 0;
+            while (i < N_STAGES && strcmp(stage_defs[i].name, key) != 0) i++;
+            if (i == N_STAGES) {
+                sheaf_set_err(errstr, errlen, "stages: unknown stage \"%.64s\" (stages are map, "
+                              "combine, critique, refine, group, overview)", key);
+                return SHEAF_ERR_INVALID;
+            }
+            if ((err = stage_from_json(v, &stage_defs[i], p, defaults, errstr, errlen)))
+                return err;
+        }
+    }
+    if ((v = json_object_get(root, "chunking")) &&
+        (err = chunking_from_json(v, p, errstr, errlen)))
+        return err;
+    if ((v = json_object_get(root, "refinement")) &&
+        (err = refinement_from_json(v, p, !defaults, errstr, errlen)))
+        return err;
+    if ((v = json_object_get(root, "grouping")) && (err = grouping_from_json(v, p, errstr, errlen)))
+        return err;
+    if ((v = json_object_get(root, "merge"))) p->merge = json_deep_copy(v);
+    if ((v = json_object_get(root, "description")) && !json_is_string(v)) {
+        sheaf_set_err(errstr, errlen, "pipeline: key \"description\" must be a string");
+        return SHEAF_ERR_INVALID;
+    }
+    return sheaf_pipeline_finalize(p, errstr, errlen);
+}
+
+static sheaf_pipeline *pipeline_parse(const char *json, size_t len, const sheaf_stage *defaults,
+                                      char *errstr, size_t errlen)
+{
+    sheaf_pipeline *p = NULL;
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr), *version;
+
+    if (!root) {
+        sheaf_set_err(errstr, errlen, "line %d column %d: %s", jerr.line, jerr.column, jerr.text);
+        return NULL;
+    }
+    p = calloc(1, sizeof(*p));
+    if (!p) {
+        sheaf_set_err(errstr, errlen, "out of memory");
+    } else if (pipeline_from_obj(root, p, defaults, errstr, errlen) != SHEAF_OK) {
+        sheaf_pipeline_destroy(p);
+        p = NULL;
+    } else if ((version = json_object_get(root, "version")) &&
+               (!json_is_string(version) || strcmp(json_string_value(version), p->version))) {
+        /* A stored version must be the one the content hashes to:
+         * otherwise the prompts were edited behind the version's back. */
+        sheaf_set_err(errstr, errlen, "pipeline: key \"version\" does not match the content (%s)",
+                      p->version);
+        sheaf_pipeline_destroy(p);
+        p = NULL;
+    }
+    json_decref(root);
+    return p;
 }
 
 sheaf_pipeline *sheaf_pipeline_from_json(const char *json, size_t len, char *errstr,
                                          size_t errlen)
 {
-    static const char *const top_keys[] = {"name", "stages", "version", NULL};
-    static const char *const stage_names[] = {"map", "combine", "overview", NULL};
-    sheaf_pipeline *p = NULL, *ret = NULL;
-    json_t *root = NULL, *stages, *version;
-    json_error_t jerr;
-
-    root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        sheaf_set_err(errstr, errlen, "pipeline JSON: %s at line %d column %d", jerr.text, jerr.line,
-                jerr.column);
-        goto done;
-    }
-    if (!json_is_object(root)) {
-        sheaf_set_err(errstr, errlen, "pipeline JSON: not an object");
-        goto done;
-    }
-    if (reject_unknown_keys(root, top_keys, "pipeline JSON", errstr, errlen) != SHEAF_OK)
-        goto done;
-    p = calloc(1, sizeof(*p));
-    if (!p) {
-        sheaf_set_err(errstr, errlen, "out of memory");
-        goto done;
-    }
-    if (get_string(root, "name", "pipeline JSON", &p->name, errstr, errlen) != SHEAF_OK)
-        goto done;
-    stages = json_object_get(root, "stages");
-    if (!json_is_object(stages)) {
-        sheaf_set_err(errstr, errlen, "pipeline JSON: key \"stages\" %s",
-                stages ? "must be an object" : "is missing");
-        goto done;
-    }
-    if (reject_unknown_keys(stages, stage_names, "stages", errstr, errlen) != SHEAF_OK)
-        goto done;
-    for (size_t i = 0; i < N_STAGES; i++) {
-        const stage_def *d = &stage_defs[i];
-        if (stage_from_json(json_object_get(stages, d->name), d->name, stage_of(p, d), errstr,
-                            errlen) != SHEAF_OK)
-            goto done;
-    }
-    if (sheaf_pipeline_finalize(p, errstr, errlen) != SHEAF_OK) goto done;
-    /* A stored version, when present, must be the one the content hashes
-     * to: otherwise the prompts were edited behind the version's back. */
-    version = json_object_get(root, "version");
-    if (version && (!json_is_string(version) || strcmp(json_string_value(version), p->version))) {
-        sheaf_set_err(errstr, errlen, "pipeline JSON: key \"version\" does not match the content (%s)",
-                p->version);
-        goto done;
-    }
-    ret = p;
-    p = NULL; /* handed to the caller */
-done:
-    sheaf_pipeline_destroy(p);
-    json_decref(root);
-    return ret;
+    sheaf_pipeline *p = pipeline_parse(json, len, NULL, errstr, errlen);
+    if (!p) prefix_err(errstr, errlen, "pipeline JSON");
+    return p;
 }
 
-/* ---- built-in pipeline --------------------------------------------------------- */
+/* ---- built-in pipelines and files ------------------------------------------------ */
 
-static sheaf_err stage_from_config(sheaf_stage *st, const sheaf_config *cfg, const char *user)
+static sheaf_err stage_from_config(sheaf_stage *st, const sheaf_config *cfg, const char *system,
+                                   const char *user)
 {
-    st->system = strdup(cfg->prompt_system ? cfg->prompt_system : "");
+    st->present = 1;
+    st->system = strdup(system);
     st->user = strdup(user);
     st->model = strdup(cfg->llm_model);
     st->temperature = cfg->llm_temperature;
     st->max_tokens = cfg->llm_max_tokens;
+    st->group_size = SHEAF_GROUP_SIZE_DEFAULT;
     return st->system && st->user && st->model ? SHEAF_OK : SHEAF_ERR_NOMEM;
+}
+
+static const char critique_system[] =
+    "You are a careful critic of summaries. If the draft is accurate, complete and concise, "
+    "answer exactly DONE. Otherwise give one concrete improvement.";
+static const char critique_user[] =
+    "Round: {{round}}\nSource notes:\n{{partials}}\n\nDraft:\n{{draft}}";
+static const char refine_system[] =
+    "You are an editor. Rewrite the draft applying the critique; keep every fact.";
+static const char refine_user[] = "Draft:\n{{draft}}\nCritique:\n{{critique}}";
+
+/* Built-ins from prompt.* and llm.*: "summarize" (map, combine, overview),
+ * "summarize-refine" (plus a refinement chain) and "batch" (map only). */
+static sheaf_pipeline *builtin(const char *name, const sheaf_config *cfg, char *errstr,
+                               size_t errlen)
+{
+    const char *sys = cfg->prompt_system ? cfg->prompt_system : "";
+    int refine = strcmp(name, "summarize-refine") == 0, batch = strcmp(name, "batch") == 0;
+    struct { const char *key, *value; } need[] = {
+        {"prompt.map", cfg->prompt_map},
+        {"prompt.combine", batch ? "-" : cfg->prompt_combine},
+        {"prompt.overview", batch ? "-" : cfg->prompt_overview},
+        {"llm.model", cfg->llm_model}};
+    sheaf_pipeline *p = NULL;
+    sheaf_err err = SHEAF_OK;
+
+    for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+        if (!need[i].value || !*need[i].value) {
+            sheaf_set_err(errstr, errlen, "%s is empty", need[i].key);
+            return NULL;
+        }
+    }
+    p = calloc(1, sizeof(*p));
+    if (!p || !(p->name = strdup(name))) goto nomem;
+    /* Checked stage by stage first so a message names the config key. */
+    if ((err = stage_from_config(&p->map, cfg, sys, cfg->prompt_map)) ||
+        (err = validate_stage(&p->map, &stage_defs[0], "prompt.system", "prompt.map", errstr,
+                              errlen)))
+        goto fail;
+    if (!batch) {
+        if ((err = stage_from_config(&p->combine, cfg, sys, cfg->prompt_combine)) ||
+            (err = validate_stage(&p->combine, &stage_defs[1], "prompt.system", "prompt.combine",
+                                  errstr, errlen)) ||
+            (err = stage_from_config(&p->overview, cfg, sys, cfg->prompt_overview)) ||
+            (err = validate_stage(&p->overview, &stage_defs[5], "prompt.system",
+                                  "prompt.overview", errstr, errlen)))
+            goto fail;
+    }
+    if (refine) {
+        if ((err = stage_from_config(&p->critique, cfg, critique_system, critique_user)) ||
+            (err = stage_from_config(&p->refine, cfg, refine_system, refine_user)) ||
+            !(p->refine_stop = strdup("DONE")))
+            goto nomem;
+        p->refine_rounds = 3;
+    }
+    if (sheaf_pipeline_finalize(p, errstr, errlen) != SHEAF_OK) {
+        prefix_err(errstr, errlen, "built-in pipeline");
+        goto fail;
+    }
+    return p;
+nomem:
+    sheaf_set_err(errstr, errlen, "out of memory");
+fail:
+    if (err == SHEAF_ERR_NOMEM) sheaf_set_err(errstr, errlen, "out of memory");
+    sheaf_pipeline_destroy(p);
+    return NULL;
 }
 
 sheaf_pipeline *sheaf_pipeline_builtin(const sheaf_config *cfg, char *errstr, size_t errlen)
 {
-    const char *users[N_STAGES];
-    sheaf_pipeline *p = NULL, *ret = NULL;
+    return builtin("summarize", cfg, errstr, errlen);
+}
 
-    users[0] = cfg->prompt_map;
-    users[1] = cfg->prompt_combine;
-    users[2] = cfg->prompt_overview;
-    for (size_t i = 0; i < N_STAGES; i++) {
-        if (!users[i] || !*users[i]) {
-            sheaf_set_err(errstr, errlen, "%s is empty", stage_defs[i].config_key);
-            goto done;
+/* Reads a whole (small) file; NULL with errstr naming it. */
+static char *read_small_file(const char *path, size_t *len, char *errstr, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    if (!f) {
+        sheaf_set_err(errstr, errlen, "pipeline %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    buf = malloc(PIPELINE_FILE_MAX + 1);
+    if (buf) {
+        *len = fread(buf, 1, PIPELINE_FILE_MAX + 1, f);
+        if (ferror(f) || *len > PIPELINE_FILE_MAX) {
+            sheaf_set_err(errstr, errlen, "pipeline %s: %s", path,
+                          ferror(f) ? "read error" : "larger than 4 MiB");
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[*len] = '\0';
         }
-    }
-    if (!cfg->llm_model || !*cfg->llm_model) {
-        sheaf_set_err(errstr, errlen, "llm.model is empty");
-        goto done;
-    }
-    p = calloc(1, sizeof(*p));
-    if (!p || !(p->name = strdup("summarize"))) {
+    } else {
         sheaf_set_err(errstr, errlen, "out of memory");
-        goto done;
     }
-    for (size_t i = 0; i < N_STAGES; i++) {
-        const stage_def *d = &stage_defs[i];
-        sheaf_stage *st = stage_of(p, d);
-        if (stage_from_config(st, cfg, users[i]) != SHEAF_OK) {
-            sheaf_set_err(errstr, errlen, "out of memory");
-            goto done;
-        }
-        /* Checked here first so the message names the config key. */
-        if (validate_stage(st, d, "prompt.system", d->config_key, errstr, errlen) != SHEAF_OK)
-            goto done;
+    fclose(f);
+    return buf;
+}
+
+sheaf_pipeline *sheaf_pipeline_load(const char *spec, const sheaf_config *cfg, char *errstr,
+                                    size_t errlen)
+{
+    static const char *const builtins[] = {"summarize", "summarize-refine", "batch", NULL};
+    sheaf_stage defaults = {0};
+    sheaf_pipeline *p;
+    size_t len = 0;
+    char *text;
+
+    if (!spec || !*spec) spec = "summarize";
+    for (const char *const *b = builtins; *b; b++)
+        if (strcmp(spec, *b) == 0) return builtin(spec, cfg, errstr, errlen);
+    if (!strchr(spec, '/') && !strchr(spec, '.')) {
+        sheaf_set_err(errstr, errlen, "pipeline \"%s\": not a built-in (summarize, "
+                      "summarize-refine, batch) nor a file path", spec);
+        return NULL;
     }
-    if (sheaf_pipeline_finalize(p, errstr, errlen) != SHEAF_OK) {
-        prefix_err(errstr, errlen, "built-in pipeline");
-        goto done;
+    if (!(text = read_small_file(spec, &len, errstr, errlen))) return NULL;
+    defaults.model = cfg->llm_model;
+    defaults.temperature = cfg->llm_temperature;
+    defaults.max_tokens = cfg->llm_max_tokens;
+    p = pipeline_parse(text, len, &defaults, errstr, errlen);
+    free(text);
+    if (!p) {
+        char where[SHEAF_ERRSTR_SIZE];
+        snprintf(where, sizeof(where), "pipeline %s", spec);
+        prefix_err(errstr, errlen, where);
     }
-    ret = p;
-    p = NULL; /* handed to the caller */
-done:
-    sheaf_pipeline_destroy(p);
-    return ret;
+    return p;
+}
+
+/* ---- results as text ------------------------------------------------------------- */
+
+char *sheaf_pipeline_result_text(const json_t *rec)
+{
+    const char *s = json_string_value(json_object_get(rec, "summary"));
+    json_t *data = json_object_get(rec, "data");
+    if (!s) s = json_string_value(json_object_get(rec, "text"));
+    if (json_is_object(data)) {
+        const char *sum = json_string_value(json_object_get(data, "summary"));
+        if (sum) return strdup(sum);
+        return json_dumps(data, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    }
+    return s ? strdup(s) : NULL;
 }
 
 static void stage_clear(sheaf_stage *st)
@@ -592,6 +796,10 @@ void sheaf_pipeline_destroy(sheaf_pipeline *p)
 {
     if (!p) return;
     for (size_t i = 0; i < N_STAGES; i++) stage_clear(stage_of(p, &stage_defs[i]));
+    for (size_t i = 0; i < p->n_group_by; i++) free(p->group_by[i]);
+    json_decref(p->schema);
+    json_decref(p->merge);
+    free(p->refine_stop);
     free(p->name);
     free(p);
 }

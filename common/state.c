@@ -310,6 +310,54 @@ out:
     return err;
 }
 
+/* Counts a document into its metadata groups: the innermost group gets
+ * the document as a member, and each group that appears for the first time
+ * becomes a member of its parent (the root "[]" being the job).  Members
+ * keep their first-appearance order, so results do not depend on timing.
+ * Keys are built from the job's prefix inside the script: they all share
+ * the {J} hash tag, so the script stays on one slot. */
+static sheaf_err group_register(sheaf_redis *r, const char *job, const sheaf_doc_reg *d,
+                                char *errstr, size_t errlen)
+{
+    static sheaf_lua_script reg = {
+        "local L = #ARGV - 2\n"
+        "local pre, doc = ARGV[1], ARGV[2]\n"
+        "local inner = ARGV[L + 2]\n"
+        "if redis.call('HINCRBY', KEYS[1], 'n:' .. inner, 1) == 1 then\n"
+        "  redis.call('RPUSH', pre .. 'ginner', inner)\n"
+        "end\n"
+        "redis.call('RPUSH', pre .. 'gm:' .. inner, doc)\n"
+        "for k = L, 1, -1 do\n"
+        "  local parent = '[]'\n"
+        "  if k > 1 then parent = ARGV[k + 1] end\n"
+        "  if redis.call('HSETNX', KEYS[1], 'p:' .. ARGV[k + 2], parent) == 0 then break end\n"
+        "  redis.call('HINCRBY', KEYS[1], 'n:' .. parent, 1)\n"
+        "  redis.call('RPUSH', pre .. 'gm:' .. parent, ARGV[k + 2])\n"
+        "end\n"
+        "return 1\n",
+        ""};
+    char kg[KEYLEN], pre[KEYLEN];
+    const char *args[3 + SHEAF_MAX_GROUP_PATHS];
+    redisReply *rep;
+
+    if (d->n_group_paths == 0) return SHEAF_OK;
+    if (d->n_group_paths > SHEAF_MAX_GROUP_PATHS) {
+        snprintf(errstr, errlen, "document %s: more than %d group levels", d->id,
+                 SHEAF_MAX_GROUP_PATHS);
+        return SHEAF_ERR_INVALID;
+    }
+    sheaf_key(kg, sizeof(kg), job, "g");
+    sheaf_key(pre, sizeof(pre), job, "");
+    args[0] = kg;
+    args[1] = pre;
+    args[2] = d->id;
+    for (size_t k = 0; k < d->n_group_paths; k++) args[3 + k] = d->group_paths[k];
+    rep = sheaf_redis_script(r, &reg, 1, 3 + (int)d->n_group_paths, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
 sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_reg *docs,
                                size_t n, uint64_t first_ordinal, char *errstr, size_t errlen)
 {
@@ -323,8 +371,13 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
             doc_key(kdoc, sizeof(kdoc), job, "d", docs[i].id);
             snprintf(nbuf, sizeof(nbuf), "%u", docs[i].chunks);
             snprintf(obuf, sizeof(obuf), "%llu", (unsigned long long)(first_ordinal + i));
-            redisAppendCommand(r->c, "HSET %s n %s meta %s ordinal %s", kdoc, nbuf,
-                               docs[i].meta_json ? docs[i].meta_json : "{}", obuf);
+            if (docs[i].n_group_paths)
+                redisAppendCommand(r->c, "HSET %s n %s meta %s ordinal %s g %s", kdoc, nbuf,
+                                   docs[i].meta_json ? docs[i].meta_json : "{}", obuf,
+                                   docs[i].group_paths[docs[i].n_group_paths - 1]);
+            else
+                redisAppendCommand(r->c, "HSET %s n %s meta %s ordinal %s", kdoc, nbuf,
+                                   docs[i].meta_json ? docs[i].meta_json : "{}", obuf);
             redisAppendCommand(r->c, "RPUSH %s %s", kdocs, docs[i].id);
         }
         for (size_t i = 0; i < 2 * n; i++) {
@@ -342,7 +395,8 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
             }
             freeReplyObject(rep);
         }
-        if (err == SHEAF_OK) return SHEAF_OK;
+        for (size_t i = 0; err == SHEAF_OK && i < n; i++)
+            err = group_register(r, job, &docs[i], errstr, errlen);
         /* A retry after a lost connection could push ids twice: refuse. */
         return err;
     }
@@ -358,6 +412,18 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
      * doc_result enqueues the overview. */
     static sheaf_lua_script running = {
         "redis.call('HSET', KEYS[1], 'state', 'running', 'docs', ARGV[1], 'chunks', ARGV[2])\n"
+        "local inner = redis.call('LRANGE', KEYS[3], 0, -1)\n"
+        "if #inner > 0 then\n"
+        "  local n = 0\n"
+        "  for _, g in ipairs(inner) do\n"
+        "    local want = redis.call('HGET', KEYS[4], 'n:' .. g)\n"
+        "    if redis.call('HGET', KEYS[4], 'd:' .. g) == want then\n"
+        "      redis.call('XADD', KEYS[2], '*', 'type', 'group', 'g', g)\n"
+        "      n = n + 1\n"
+        "    end\n"
+        "  end\n"
+        "  return 3\n"
+        "end\n"
         "local done = tonumber(redis.call('HGET', KEYS[1], 'docs_done') or '0')\n"
         "if done == tonumber(ARGV[1]) then\n"
         "  redis.call('XADD', KEYS[2], '*', 'type', 'overview')\n"
@@ -365,13 +431,15 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
         "end\n"
         "return 1\n",
         ""};
-    char kjob[KEYLEN], kready[KEYLEN], d[24], c[24];
+    char kjob[KEYLEN], kready[KEYLEN], kinner[KEYLEN], kg[KEYLEN], d[24], c[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kready, sizeof(kready), job, "ready");
+    sheaf_key(kinner, sizeof(kinner), job, "ginner");
+    sheaf_key(kg, sizeof(kg), job, "g");
     snprintf(d, sizeof(d), "%llu", (unsigned long long)docs);
     snprintf(c, sizeof(c), "%llu", (unsigned long long)chunks);
-    const char *args[] = {kjob, kready, d, c};
-    redisReply *rep = sheaf_redis_script(r, &running, 2, 4, args, NULL, errstr, errlen);
+    const char *args[] = {kjob, kready, kinner, kg, d, c};
+    redisReply *rep = sheaf_redis_script(r, &running, 4, 6, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
     return SHEAF_OK;
@@ -589,24 +657,76 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
         "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
         "local d = redis.call('HINCRBY', KEYS[1], 'docs_done', 1)\n"
         "local total = tonumber(redis.call('HGET', KEYS[1], 'docs') or '-1')\n"
-        "if redis.call('HGET', KEYS[1], 'state') == 'running' and d == total then\n"
+        "local running = redis.call('HGET', KEYS[1], 'state') == 'running'\n"
+        "local g = redis.call('HGET', KEYS[5], 'g')\n"
+        "if g then\n"
+        "  local gd = redis.call('HINCRBY', KEYS[6], 'd:' .. g, 1)\n"
+        "  if running and gd == tonumber(redis.call('HGET', KEYS[6], 'n:' .. g)) then\n"
+        "    redis.call('XADD', KEYS[3], '*', 'type', 'group', 'g', g)\n"
+        "    return 3\n"
+        "  end\n"
+        "  return 1\n"
+        "end\n"
+        "if running and d == total then\n"
         "  redis.call('XADD', KEYS[3], '*', 'type', 'overview')\n"
         "  return 2\n"
         "end\n"
         "return 1\n",
         ""};
-    char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], ktimes[KEYLEN], pt[24], ct[24], now[24];
+    char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], ktimes[KEYLEN], kdoc[KEYLEN], kg[KEYLEN];
+    char pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kres, sizeof(kres), job, "results");
     sheaf_key(kready, sizeof(kready), job, "ready");
     sheaf_key(ktimes, sizeof(ktimes), job, "done_ms");
+    sheaf_key(kg, sizeof(kg), job, "g");
+    doc_key(kdoc, sizeof(kdoc), job, "d", doc);
     snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
     snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
     snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    const char *args[] = {kjob, kres, kready, ktimes, doc, result_json, pt, ct, now};
+    const char *args[] = {kjob, kres, kready, ktimes, kdoc, kg, doc, result_json, pt, ct, now};
+    redisReply *rep = sheaf_redis_script(r, &store, 6, 11, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (overview_queued)
+        *overview_queued = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer - 1 : 0;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const char *path,
+                                         int counted, const char *result_json,
+                                         uint64_t prompt_tokens, uint64_t completion_tokens,
+                                         int *queued, char *errstr, size_t errlen)
+{
+    static sheaf_lua_script store = {
+        "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
+        "redis.call('HINCRBY', KEYS[1], 'groups_done', 1)\n"
+        "if ARGV[5] ~= '1' then return 1 end\n"
+        "local parent = redis.call('HGET', KEYS[3], 'p:' .. ARGV[1])\n"
+        "if not parent then return 1 end\n"
+        "local d = redis.call('HINCRBY', KEYS[3], 'd:' .. parent, 1)\n"
+        "if d ~= tonumber(redis.call('HGET', KEYS[3], 'n:' .. parent)) then return 1 end\n"
+        "if parent == '[]' then\n"
+        "  redis.call('XADD', KEYS[4], '*', 'type', 'overview')\n"
+        "  return 2\n"
+        "end\n"
+        "redis.call('XADD', KEYS[4], '*', 'type', 'group', 'g', parent)\n"
+        "return 3\n",
+        ""};
+    char kjob[KEYLEN], kgroups[KEYLEN], kg[KEYLEN], kready[KEYLEN], pt[24], ct[24];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    sheaf_key(kgroups, sizeof(kgroups), job, "groups");
+    sheaf_key(kg, sizeof(kg), job, "g");
+    sheaf_key(kready, sizeof(kready), job, "ready");
+    snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
+    snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
+    const char *args[] = {kjob, kgroups, kg, kready, path, result_json, pt, ct,
+                          counted ? "1" : "0"};
     redisReply *rep = sheaf_redis_script(r, &store, 4, 9, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (overview_queued) *overview_queued = rep->type == REDIS_REPLY_INTEGER && rep->integer == 2;
+    if (queued) *queued = rep->type == REDIS_REPLY_INTEGER && rep->integer >= 2 ? 1 : 0;
     freeReplyObject(rep);
     return SHEAF_OK;
 }

@@ -4,8 +4,30 @@
  * POST /v1/chat/completions (also /chat/completions) answers with an
  * extractive summary of the last user message (sim_summary.c), so a job run
  * twice gives byte-identical results and the reducer's output can be
- * compared across fleet sizes.  Around that core it simulates what a real
- * provider does to a fleet: latency (--latency-ms plus uniform --jitter-ms),
+ * compared across fleet sizes.  Some requests get other deterministic
+ * answers (sim_answer.c has the rules), in this order:
+ *   - structured output: response_format {"type":"json_schema",
+ *     "json_schema":{"name","schema","strict"}} answers a compact JSON
+ *     object with the schema's top-level properties in order, filled from
+ *     "label lines" of the last user message U ("Total amount: EUR 1,234.50"
+ *     fills total_amount with 1234.5); {"type":"json_object"} answers
+ *     {"summary": <the summary>}.  A bad response_format (schema not of
+ *     type object, a property not an object, ...) is a 400 naming the
+ *     field.  SHEAF_SIM_BAD_JSON in U makes such answers invalid JSON (cut
+ *     in half); SHEAF_SIM_BAD_JSON_ONCE only the first time a request's
+ *     messages are seen (FNV-1a 64 of their dump, the last 4096 kept;
+ *     POST /stats/reset forgets them), so a validate-and-retry test gets
+ *     a good answer on the identical retry;
+ *   - a refinement, when the first system message contains "refine" or
+ *     "editor": the draft without its longest sentence (kept as it is when
+ *     it has one);
+ *   - otherwise a critique, when it contains "critic" or "critique": "DONE" once U's "Round: N" line has N >= critique_done_after
+ *     (--critique-done-after, default 2; no such line: round 1), else
+ *     "Round N: shorten the longest sentence: \"...\"" naming the draft's
+ *     longest sentence (the draft: after a "Draft:" line, up to a
+ *     "Critique:" line).
+ * Around that core it simulates what a real provider does to a fleet:
+ * latency (--latency-ms plus uniform --jitter-ms),
  * random 500s (--error-rate), a requests-per-minute limit answered with 429
  * and Retry-After (--rate-limit-rpm: a sliding 60 s window over admitted
  * requests, so no 60 s span ever admits more than the limit), a
@@ -13,7 +35,7 @@
  * tokens, both known before the answer is sent: the answer is deterministic
  * and made first), an API key check (--api-key), a request size cap
  * (--max-request-bytes: 413), fault triggers in the text (SHEAF_SIM_FAIL_400
- * / SHEAF_SIM_FAIL_500), strict request validation (400 with an
+ * / SHEAF_SIM_FAIL_500; SHEAF_SIM_SLOW answers slow_ms late), strict request validation (400 with an
  * OpenAI-style error object) and max_tokens (the answer is cut to fit,
  * finish_reason "length", as a real model stops).  Every 200 (and every
  * 429 of a limit) carries OpenAI's x-ratelimit-{limit,remaining,reset}-
@@ -34,17 +56,24 @@
  * A request that passed validation meets the faults in this order: a 429
  * storm (rate_limit_next), the rate limits, the latency (plus jitter, plus
  * slow), a reset, a 5xx burst (fail_next), the text triggers, a random 500,
- * then the answer, possibly malformed.  So a reset or a 500 has used up its
+ * then the answer, possibly malformed, else possibly made invalid JSON by
+ * SHEAF_SIM_BAD_JSON(_ONCE) (decided last, so the request _ONCE remembers
+ * is one whose bad answer was read).  So a reset or a 500 has used up its
  * place in the rate windows, as with a real provider.
  *
  * GET /stats reports counters (requests seen, answers by class, faults
  * injected, tokens, in-flight and its maximum, so tests can check the
- * fleet's concurrency and that it respected the rate limit); POST
+ * fleet's concurrency and that it respected the rate limit; json_answers,
+ * bad_json_answers, critiques and refinements by answer kind;
+ * max_prompt_tokens, the largest prompt of any 200, so a test can check a
+ * token budget.  prompt_tokens is sheaf_estimate_tokens() of each message's
+ * text, summed: what the worker and the reducer estimate); POST
  * /stats/reset zeroes them; GET /health answers "ok".  POST /control changes
  * the fault settings of a running simulator (any subset of latency_ms,
  * jitter_ms, error_rate, malformed_rate, reset_rate, slow_rate, slow_ms,
- * rate_limit_rpm, tpm, plus fail_next: N, the next N requests answer 500,
- * and rate_limit_next: N, the next N answer 429 with Retry-After 1); the
+ * rate_limit_rpm, tpm, critique_done_after, plus fail_next: N, the next N
+ * requests answer 500, and rate_limit_next: N, the next N answer 429 with
+ * Retry-After 1); the
  * whole change is validated first and applied at once, or refused with 400
  * naming the key.  GET /control shows the settings.  Only the completions
  * endpoints need the key.
@@ -91,6 +120,7 @@
 #include "sheaf/buf.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"
+#include "sim_answer.h"
 #include "sim_summary.h"
 
 #define COMP "llm-sim"
@@ -99,6 +129,8 @@
 #define MAX_TPM 1000000000000LL    /* tokens per minute */
 #define MAX_DELAY_MS 3600000       /* latency, jitter and slow: an hour at most */
 #define MAX_NEXT 1000000000LL      /* fail_next, rate_limit_next */
+#define MAX_ROUNDS 1000000LL       /* critique_done_after */
+#define DEFAULT_CRITIQUE_DONE_AFTER 2
 #define WINDOW_MS 60000            /* the rate limits' sliding window */
 #define MAX_SUMMARY_WORDS 100000
 #define THREAD_STACK (2u << 20)    /* jansson's parser recurses up to depth 2048 */
@@ -113,6 +145,7 @@ typedef struct sim_settings {
     long long tpm;             /* 0: no limit */
     long long fail_next;       /* this many more requests answer 500 */
     long long rate_limit_next; /* this many more requests answer 429 */
+    long long critique_done_after; /* a critique of this round or later is "DONE" */
 } sim_settings;
 
 typedef struct sim_opts {
@@ -131,6 +164,8 @@ typedef struct sim_opts {
 typedef struct sim_stats {
     uint64_t requests, completions, errors_500, rate_limited_429, bad_requests,
         unauthorized_401, malformed, resets, slow, prompt_tokens, completion_tokens;
+    uint64_t json_answers, bad_json_answers, critiques, refinements;
+    uint64_t max_prompt_tokens;   /* of any request answered with a 200 */
     int64_t in_flight, max_in_flight;
 } sim_stats;
 
@@ -163,6 +198,7 @@ typedef struct sim {
     sim_window req_window;     /* one per admitted request, while rate_limit_rpm is set */
     sim_window tok_window;     /* tokens per admitted request, while tpm is set */
     sim_rng err_rng, jitter_rng, malformed_rng, reset_rng, slow_rng;
+    sim_seen seen;             /* requests SHEAF_SIM_BAD_JSON_ONCE answered badly */
     atomic_ullong next_id;
     atomic_int stopping;
 } sim;
@@ -496,41 +532,77 @@ typedef struct chat_request {
     const char *model;
     int max_tokens;            /* 0: not given */
     uint64_t prompt_tokens;
+    json_t *messages;
     sheaf_buf user;            /* content of the last user message */
+    sheaf_buf system;          /* content of the first system message */
+    int has_system;
+    sim_format format;         /* response_format */
 } chat_request;
 
-/* Adds a message content (string, null, or an array of {"type":"text",
- * "text":...} parts) to the token count and, when keep, to out.  Returns an
- * error message or NULL. */
-static const char *take_content(json_t *content, chat_request *cr, sheaf_buf *out, int keep)
+/* Appends a message content (string, null, or an array of {"type":"text",
+ * "text":...} parts, joined with newlines) to out.  Returns an error
+ * message or NULL. */
+static const char *content_text(json_t *content, sheaf_buf *out)
 {
-    if (json_is_null(content)) return NULL;
-    if (json_is_string(content)) {
-        const char *t = json_string_value(content);
-        size_t n = json_string_length(content);
-        cr->prompt_tokens += sheaf_estimate_tokens(t, n);
-        if (keep && sheaf_buf_append(out, t, n) != SHEAF_OK) return "out of memory";
-        return NULL;
-    }
-    if (!json_is_array(content)) return "message content must be a string or an array of parts";
     size_t i;
     json_t *part;
+
+    if (json_is_null(content)) return NULL;
+    if (json_is_string(content))
+        return sheaf_buf_append(out, json_string_value(content), json_string_length(content)) ==
+                       SHEAF_OK
+                   ? NULL
+                   : "out of memory";
+    if (!json_is_array(content)) return "message content must be a string or an array of parts";
     json_array_foreach(content, i, part) {
         json_t *text = json_object_get(part, "text");
         const char *type = json_string_value(json_object_get(part, "type"));
         if (!type || strcmp(type, "text") != 0 || !json_is_string(text))
             return "only text content parts are supported";
-        if (keep && out->len && sheaf_buf_append(out, "\n", 1) != SHEAF_OK) return "out of memory";
-        if (take_content(text, cr, out, keep)) return "out of memory";
+        if ((out->len && sheaf_buf_append(out, "\n", 1) != SHEAF_OK) ||
+            sheaf_buf_append(out, json_string_value(text), json_string_length(text)) != SHEAF_OK)
+            return "out of memory";
     }
     return NULL;
 }
 
-/* Validates the request body; returns an error message (for a 400) or NULL. */
-static const char *parse_chat(json_t *root, chat_request *cr)
+/* Reads every message's text: counts its tokens and keeps the last user
+ * message's and the first system message's.  prompt_tokens is the sum of
+ * sheaf_estimate_tokens() over each message's text, exactly what the worker
+ * and the reducer estimate (system plus user, each on its own), so a test
+ * can compare the two. */
+static const char *take_messages(json_t *messages, size_t last_user, chat_request *cr)
+{
+    size_t i;
+    json_t *msg;
+    const char *e = NULL;
+
+    json_array_foreach(messages, i, msg) {
+        const char *role = json_string_value(json_object_get(msg, "role"));
+        int first_system = !cr->has_system && strcmp(role, "system") == 0;
+        sheaf_buf *keep = i == last_user ? &cr->user : first_system ? &cr->system : NULL;
+        sheaf_buf text;
+
+        sheaf_buf_init(&text, cr->user.max);
+        e = content_text(json_object_get(msg, "content"), keep ? keep : &text);
+        if (!e) {
+            const sheaf_buf *t = keep ? keep : &text;
+            cr->prompt_tokens += sheaf_estimate_tokens(t->data ? t->data : "", t->len);
+        }
+        cr->has_system |= first_system;
+        sheaf_buf_free(&text);
+        if (e) return e;
+    }
+    return NULL;
+}
+
+/* Validates the request body; returns an error message (for a 400, in err
+ * or static) or NULL. */
+static const char *parse_chat(json_t *root, chat_request *cr, char *err, size_t errlen)
 {
     json_t *messages, *v, *msg;
     size_t i, last_user = (size_t)-1;
+    const char *e;
 
     if (!json_is_object(root)) return "the request body must be a JSON object";
     v = json_object_get(root, "model");
@@ -547,11 +619,8 @@ static const char *parse_chat(json_t *root, chat_request *cr)
     }
     /* No user message: answer from the last message of any role. */
     if (last_user == (size_t)-1) last_user = json_array_size(messages) - 1;
-    json_array_foreach(messages, i, msg) {
-        const char *e = take_content(json_object_get(msg, "content"), cr, &cr->user,
-                                     i == last_user);
-        if (e) return e;
-    }
+    cr->messages = messages;
+    if ((e = take_messages(messages, last_user, cr))) return e;
 
     v = json_object_get(root, "max_tokens");
     if (!v) v = json_object_get(root, "max_completion_tokens");
@@ -567,7 +636,7 @@ static const char *parse_chat(json_t *root, chat_request *cr)
         return "temperature must be a number between 0 and 2";
     v = json_object_get(root, "stream");
     if (json_is_true(v)) return "stream=true is not supported by the simulator";
-    return NULL;
+    return sim_format_parse(json_object_get(root, "response_format"), &cr->format, err, errlen);
 }
 
 /* The answer to a valid request, made before it is admitted so that its
@@ -576,18 +645,28 @@ typedef struct chat_answer {
     char *text;                /* malloc'd */
     const char *finish;
     uint64_t completion_tokens;
+    sim_kind kind;
+    int bad_json;              /* the content was made invalid JSON on purpose */
 } chat_answer;
 
-/* Makes the deterministic answer; -1 when out of memory. */
-static int compose_answer(const sim *s, const chat_request *cr, chat_answer *a)
+/* Makes the deterministic answer (sim_answer.c); -1 when out of memory. */
+static int compose_answer(sim *s, const chat_request *cr, chat_answer *a)
 {
-    int words = s->opts.summary_words;
+    sim_prompt p = {.user = cr->user.data ? cr->user.data : "",
+                    .user_len = cr->user.len,
+                    .system = cr->has_system ? (cr->system.data ? cr->system.data : "") : NULL,
+                    .system_len = cr->system.len,
+                    .format = cr->format,
+                    .summary_words = s->opts.summary_words};
 
+    pthread_mutex_lock(&s->ctl_lock);
+    p.critique_done_after = s->settings.critique_done_after;
+    pthread_mutex_unlock(&s->ctl_lock);
     a->finish = "stop";
     /* About 3 words per 4 tokens; the hard cut below makes sure. */
-    if (cr->max_tokens > 0 && cr->max_tokens / 4 * 3 < words)
-        words = cr->max_tokens / 4 * 3 > 0 ? cr->max_tokens / 4 * 3 : 1;
-    a->text = sim_summary(cr->user.data ? cr->user.data : "", cr->user.len, words);
+    if (cr->max_tokens > 0 && cr->max_tokens / 4 * 3 < p.summary_words)
+        p.summary_words = cr->max_tokens / 4 * 3 > 0 ? cr->max_tokens / 4 * 3 : 1;
+    a->text = sim_answer(&p, &a->kind);
     if (!a->text) return -1;
     size_t len = strlen(a->text);
     if (cr->max_tokens > 0 && sim_cut_to_tokens(a->text, len, (unsigned)cr->max_tokens) != len) {
@@ -596,6 +675,37 @@ static int compose_answer(const sim *s, const chat_request *cr, chat_answer *a)
     }
     a->completion_tokens = sheaf_estimate_tokens(a->text, len);
     return 0;
+}
+
+/* The SHEAF_SIM_BAD_JSON triggers of a structured answer about to be sent:
+ * cuts its content in half (never valid JSON: an object's closing brace is
+ * its last byte).  Decided only now, after every fault, so that with
+ * _ONCE the request that is remembered is one whose bad answer the client
+ * actually reads. */
+static void apply_bad_json(sim *s, const chat_request *cr, chat_answer *a)
+{
+    sim_bad_json trig = sim_bad_json_trigger(cr->user.data ? cr->user.data : "", cr->user.len);
+
+    if (a->kind != SIM_KIND_JSON || trig == SIM_BAD_JSON_NONE) return;
+    if (trig == SIM_BAD_JSON_ONCE && sim_seen_first(&s->seen, cr->messages) != 1) return;
+    size_t len = strlen(a->text) / 2;
+    a->text[len] = '\0';
+    a->completion_tokens = sheaf_estimate_tokens(a->text, len);
+    a->bad_json = 1;
+}
+
+/* Counts a delivered answer by its kind. */
+static void count_answer(sim *s, const chat_request *cr, const chat_answer *a)
+{
+    STATS_UPDATE(s, {
+        s->stats.completions++;
+        s->stats.prompt_tokens += cr->prompt_tokens;
+        s->stats.completion_tokens += a->completion_tokens;
+        if (a->bad_json) s->stats.bad_json_answers++;
+        else if (a->kind == SIM_KIND_JSON) s->stats.json_answers++;
+        else if (a->kind == SIM_KIND_CRITIQUE) s->stats.critiques++;
+        else if (a->kind == SIM_KIND_REFINEMENT) s->stats.refinements++;
+    });
 }
 
 /* Builds the chat.completion around the answer; NULL when out of memory. */
@@ -645,10 +755,12 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
     json_t *root = NULL, *resp = NULL;
     enum MHD_Result ret;
     const char *bad;
+    char err[256];
     int storm = 0, admit_rc;
 
     memset(&cr, 0, sizeof(cr));
     sheaf_buf_init(&cr.user, s->opts.max_request_bytes);
+    sheaf_buf_init(&cr.system, s->opts.max_request_bytes);
     *note = NULL;
 
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
@@ -673,7 +785,7 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
         goto out;
     }
     root = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
-    bad = root ? parse_chat(root, &cr) : NULL;
+    bad = root ? parse_chat(root, &cr, err, sizeof(err)) : NULL;
     if (!root || bad) {
         *status = MHD_HTTP_BAD_REQUEST;
         STATS_UPDATE(s, s->stats.bad_requests++);
@@ -744,7 +856,10 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
 
     int64_t delay = set.latency_ms;
     if (set.jitter_ms > 0) delay += (int64_t)(rng_unit(&s->jitter_rng) * (set.jitter_ms + 1));
-    if (draw(&s->slow_rng, set.slow_rate)) {
+    /* SHEAF_SIM_SLOW in the text: this answer is slow_ms late, always (so a
+     * test can hold back chosen items and watch the others complete). */
+    if (draw(&s->slow_rng, set.slow_rate) ||
+        (set.slow_ms > 0 && cr.user.data && strstr(cr.user.data, "SHEAF_SIM_SLOW"))) {
         delay += set.slow_ms;
         *note = "slow";
         STATS_UPDATE(s, s->stats.slow++);
@@ -796,6 +911,8 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
         goto out;
     }
 
+    int malformed = draw(&s->malformed_rng, set.malformed_rate);
+    if (!malformed) apply_bad_json(s, &cr, &ans);
     resp = build_answer(s, &cr, &ans);
     char *text = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
     if (!text) {
@@ -807,18 +924,21 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
     *ptok = cr.prompt_tokens;
     *ctok = ans.completion_tokens;
     *status = MHD_HTTP_OK;
-    if (draw(&s->malformed_rng, set.malformed_rate)) {
+    /* Every answered request, malformed or not, is in max_prompt_tokens:
+     * it is there to show that no call went over a budget. */
+    STATS_UPDATE(s, {
+        if (cr.prompt_tokens > s->stats.max_prompt_tokens)
+            s->stats.max_prompt_tokens = cr.prompt_tokens;
+    });
+    if (malformed) {
         /* Half of a JSON object is never valid JSON: its closing brace is
          * the last byte. */
         text[strlen(text) / 2] = '\0';
         *note = "malformed";
         STATS_UPDATE(s, s->stats.malformed++);
     } else {
-        STATS_UPDATE(s, {
-            s->stats.completions++;
-            s->stats.prompt_tokens += cr.prompt_tokens;
-            s->stats.completion_tokens += ans.completion_tokens;
-        });
+        if (ans.bad_json) *note = "bad_json";
+        count_answer(s, &cr, &ans);
     }
     ret = send_body(conn, *status, text, "application/json", 0, &rv);
     text = NULL; /* owned by MHD (or freed by send_body) */
@@ -828,6 +948,7 @@ out:
     json_decref(root);
     free(ans.text);
     sheaf_buf_free(&cr.user);
+    sheaf_buf_free(&cr.system);
     return ret;
 }
 
@@ -840,7 +961,9 @@ static enum MHD_Result handle_stats(sim *s, struct MHD_Connection *conn)
     st = s->stats;
     pthread_mutex_unlock(&s->stats_lock);
     json_t *j = json_pack(
-        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "requests",
+        "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+        "s:I}",
+        "requests",
         (json_int_t)st.requests, "completions", (json_int_t)st.completions, "errors_500",
         (json_int_t)st.errors_500, "rate_limited_429", (json_int_t)st.rate_limited_429,
         "bad_requests", (json_int_t)st.bad_requests, "unauthorized_401",
@@ -848,7 +971,10 @@ static enum MHD_Result handle_stats(sim *s, struct MHD_Connection *conn)
         (json_int_t)st.resets, "slow", (json_int_t)st.slow, "in_flight",
         (json_int_t)st.in_flight, "max_in_flight", (json_int_t)st.max_in_flight,
         "prompt_tokens", (json_int_t)st.prompt_tokens, "completion_tokens",
-        (json_int_t)st.completion_tokens);
+        (json_int_t)st.completion_tokens, "max_prompt_tokens", (json_int_t)st.max_prompt_tokens,
+        "json_answers", (json_int_t)st.json_answers, "bad_json_answers",
+        (json_int_t)st.bad_json_answers, "critiques", (json_int_t)st.critiques, "refinements",
+        (json_int_t)st.refinements);
     return send_json(conn, MHD_HTTP_OK, j, 0, NULL);
 }
 
@@ -859,6 +985,9 @@ static enum MHD_Result handle_stats_reset(sim *s, struct MHD_Connection *conn)
     memset(&s->stats, 0, sizeof(s->stats));
     s->stats.in_flight = s->stats.max_in_flight = in_flight;
     pthread_mutex_unlock(&s->stats_lock);
+    /* A test that starts with a reset sees SHEAF_SIM_BAD_JSON_ONCE fire
+     * again, whatever the tests before it sent. */
+    sim_seen_clear(&s->seen);
     return send_json(conn, MHD_HTTP_OK, json_pack("{s:b}", "reset", 1), 0, NULL);
 }
 
@@ -885,6 +1014,7 @@ static const struct ctl_key {
     {"tpm", CTL_INT, offsetof(sim_settings, tpm), MAX_TPM},
     {"fail_next", CTL_INT, offsetof(sim_settings, fail_next), MAX_NEXT},
     {"rate_limit_next", CTL_INT, offsetof(sim_settings, rate_limit_next), MAX_NEXT},
+    {"critique_done_after", CTL_INT, offsetof(sim_settings, critique_done_after), MAX_ROUNDS},
 };
 
 static json_t *settings_json(const sim_settings *set)
@@ -1147,6 +1277,8 @@ static void usage(FILE *out)
             "  --api-key KEY            require Authorization: Bearer KEY\n"
             "  --max-request-bytes N    larger bodies get 413 (default 8388608)\n"
             "  --summary-words N        words in an answer at most (default 120)\n"
+            "  --critique-done-after K  a critique request of \"Round: K\" or later\n"
+            "                           answers DONE (default 2)\n"
             "  --max-connections N      concurrent connections (default 1024)\n"
             "  --quiet                  no log line per request\n"
             "  -h, --help               this text\n"
@@ -1156,7 +1288,10 @@ static void usage(FILE *out)
             "             \"jitter_ms\", \"error_rate\", \"malformed_rate\", \"reset_rate\",\n"
             "             \"slow_rate\", \"slow_ms\", \"rate_limit_rpm\", \"tpm\",\n"
             "             \"fail_next\": N (next N answer 500), \"rate_limit_next\": N (next N\n"
-            "             answer 429)}\n");
+            "             answer 429), \"critique_done_after\"}\n"
+            "  Answers: structured output for response_format json_schema/json_object;\n"
+            "  a critique or a refinement when the system message says \"critic\" or\n"
+            "  \"refine\"/\"editor\"; else the summary (see the top of llm_sim.c).\n");
 }
 
 static int parse_ll(const char *name, const char *s, long long min, long long max,
@@ -1188,7 +1323,14 @@ static int parse_rate(const char *name, const char *s, double *out)
 }
 
 /* getopt codes of the options without a letter. */
-enum { OPT_MALFORMED_RATE = 256, OPT_RESET_RATE, OPT_SLOW_RATE, OPT_SLOW_MS, OPT_TPM };
+enum {
+    OPT_MALFORMED_RATE = 256,
+    OPT_RESET_RATE,
+    OPT_SLOW_RATE,
+    OPT_SLOW_MS,
+    OPT_TPM,
+    OPT_CRITIQUE_DONE_AFTER
+};
 
 static int parse_opts(int argc, char **argv, sim_opts *o)
 {
@@ -1206,6 +1348,7 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
         {"seed", required_argument, NULL, 's'},
         {"rate-limit-rpm", required_argument, NULL, 'r'},
         {"tpm", required_argument, NULL, OPT_TPM},
+        {"critique-done-after", required_argument, NULL, OPT_CRITIQUE_DONE_AFTER},
         {"api-key", required_argument, NULL, 'k'},
         {"max-request-bytes", required_argument, NULL, 'm'},
         {"summary-words", required_argument, NULL, 'w'},
@@ -1221,6 +1364,7 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
 
     *o = (sim_opts){.host = "127.0.0.1", .seed = 1, .max_request_bytes = 8u << 20,
                     .summary_words = 120, .max_connections = 1024};
+    set->critique_done_after = DEFAULT_CRITIQUE_DONE_AFTER;
     while ((c = getopt_long(argc, argv, "h", longopts, &idx)) != -1) {
         name = c == 'h' || c == '?' ? "" : longopts[idx].name;
         switch (c) {
@@ -1250,6 +1394,9 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
             break;
         case OPT_TPM:
             if (parse_ll(name, optarg, 0, MAX_TPM, &set->tpm)) return -1;
+            break;
+        case OPT_CRITIQUE_DONE_AFTER:
+            if (parse_ll(name, optarg, 0, MAX_ROUNDS, &set->critique_done_after)) return -1;
             break;
         case 'm':
             if (parse_ll(name, optarg, 1, 1LL << 32, &v)) return -1;
@@ -1338,6 +1485,7 @@ static void sim_destroy(sim *s)
     pthread_mutex_destroy(&s->malformed_rng.lock);
     pthread_mutex_destroy(&s->reset_rng.lock);
     pthread_mutex_destroy(&s->slow_rng.lock);
+    sim_seen_destroy(&s->seen);
 }
 
 int main(int argc, char **argv)
@@ -1364,6 +1512,7 @@ int main(int argc, char **argv)
     pthread_mutex_init(&s.malformed_rng.lock, NULL);
     pthread_mutex_init(&s.reset_rng.lock, NULL);
     pthread_mutex_init(&s.slow_rng.lock, NULL);
+    sim_seen_init(&s.seen);
     /* The error and jitter streams are as before the other faults existed,
      * so --error-rate with a given --seed fails the same requests. */
     s.err_rng.state = s.opts.seed;

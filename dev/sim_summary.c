@@ -195,3 +195,57 @@ size_t sim_cut_to_tokens(char *s, size_t len, unsigned max_tokens)
     s[keep] = '\0';
     return keep;
 }
+
+/* Grows *spans to hold one more; -1 when out of memory. */
+static int reserve_span(sim_span **spans, size_t count, size_t *cap)
+{
+    if (count < *cap) return 0;
+    size_t n = *cap ? *cap * 2 : 16;
+    sim_span *grown = realloc(*spans, n * sizeof(**spans));
+    if (!grown) return -1;
+    *spans = grown;
+    *cap = n;
+    return 0;
+}
+
+int sim_sentences(const char *text, size_t len, char **joined, sim_span **spans,
+                  size_t *count)
+{
+    sheaf_buf out;
+    sim_span *v = NULL;
+    size_t n = 0, cap = 0, pos = 0;
+    int open = 0, para_break, rc = -1; /* open: a sentence has words, not yet ended */
+    word w;
+
+    *joined = NULL;
+    *spans = NULL;
+    *count = 0;
+    /* Output: the source's words plus one separator each. */
+    sheaf_buf_init(&out, len * 2 + 64);
+    while (next_word(text, len, &pos, &w, &para_break)) {
+        if (open && para_break) open = 0; /* a paragraph's end ends its sentence */
+        if (!open) {
+            if (reserve_span(&v, n, &cap) != 0) goto out;
+            if (out.len && sheaf_buf_append(&out, " ", 1) != SHEAF_OK) goto out;
+            v[n++] = (sim_span){out.len, 0};
+            open = 1;
+        } else if (sheaf_buf_append(&out, " ", 1) != SHEAF_OK) {
+            goto out;
+        }
+        if (sheaf_buf_append(&out, text + w.off, w.len) != SHEAF_OK) goto out;
+        v[n - 1].len = out.len - v[n - 1].off;
+        if (ends_sentence(text, &w)) open = 0;
+    }
+    if (n > 0) {
+        *joined = sheaf_buf_steal(&out);
+        if (!*joined) goto out;
+        *spans = v;
+        *count = n;
+        v = NULL;
+    }
+    rc = 0;
+out:
+    sheaf_buf_free(&out);
+    free(v);
+    return rc;
+}

@@ -32,4 +32,18 @@ char *sim_summary(const char *text, size_t len, int word_limit);
  * middle of the text, with finish_reason "length". */
 size_t sim_cut_to_tokens(char *s, size_t len, unsigned max_tokens);
 
+/* One sentence inside the text sim_sentences() makes: text[off..off+len). */
+typedef struct sim_span {
+    size_t off, len;
+} sim_span;
+
+/* Splits text[0..len) into all its sentences by the rules above (a sentence
+ * ends at '.', '!' or '?' followed by whitespace or the end, or at the end
+ * of its paragraph; <text> tags are not special here).  *joined receives
+ * the sentences with whitespace collapsed, separated by single spaces, and
+ * *spans (*count of them) where each one is in it.  The caller frees both
+ * (they are NULL when *count is 0).  Returns -1 when out of memory. */
+int sim_sentences(const char *text, size_t len, char **joined, sim_span **spans,
+                  size_t *count);
+
 #endif

@@ -8,6 +8,8 @@
  *              its format and, for text files, its document id.
  *   textdoc.c  streams one plain-text document in 64 KiB blocks, checking
  *              UTF-8 (NUL bytes included) as it goes.
+ *   pdfdoc.c   streams the text of a PDF: runs pdftotext (poppler-utils)
+ *              and feeds its output through textdoc.c's checks.
  *   lines.c    reads a file line by line with a hard cap on a line's length
  *              and remembers where each line starts (so pass 2 can come
  *              back to it).
@@ -23,6 +25,7 @@
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include "sheaf/buf.h"
 #include "sheaf/chunker.h"
 #include "sheaf/config.h"
@@ -36,7 +39,8 @@
 typedef enum sheaf_format {
     SHEAF_FORMAT_AUTO = 0,
     SHEAF_FORMAT_TEXT = 1,
-    SHEAF_FORMAT_JSONL = 2
+    SHEAF_FORMAT_JSONL = 2,
+    SHEAF_FORMAT_PDF = 3      /* chosen by name (*.pdf), never by input.format */
 } sheaf_format;
 
 typedef struct sheaf_input_opts {
@@ -62,8 +66,8 @@ void sheaf_input_opts_clear(sheaf_input_opts *o);
 
 typedef struct sheaf_in_file {
     char *path;            /* owned: the path to open */
-    char *id;              /* owned: the document id of a text file; NULL for JSONL */
-    sheaf_format format;   /* TEXT or JSONL, never AUTO */
+    char *id;              /* owned: the document id of a text or PDF file; NULL for JSONL */
+    sheaf_format format;   /* TEXT, JSONL or PDF, never AUTO */
 } sheaf_in_file;
 
 typedef struct sheaf_in_files {
@@ -76,15 +80,18 @@ typedef void (*sheaf_problem_fn)(void *ud, const char *msg);
 
 /* Appends the input files of each path to out, in order: a file is taken
  * as given (whatever its name) with its path as document id; a directory
- * is walked recursively and its *.txt, *.md, *.text and *.jsonl files
- * (case-insensitive) are taken in byte order of their path relative to the
+ * is walked recursively and its *.txt, *.md, *.text, *.pdf and *.jsonl
+ * files (case-insensitive) are taken in byte order of their path relative to the
  * directory, with ids "<dirname>/<relative path>" where <dirname> is the
  * directory's own name ("/data/reports/" gives "reports/q3.txt"; for "." or
  * ".." the name of the resolved directory; for "/" no prefix).  Inside a
  * walk, names starting with '.' are ignored and symbolic links to
  * directories are not followed (no cycles); links to files are.
  * Unreadable paths and special files are reported through problem and left
- * out.  Fails only when out of memory. */
+ * out.  The format of a file is input.format, or with "auto" JSONL for
+ * *.jsonl and TEXT otherwise; a *.pdf file is PDF unless input.format is
+ * "jsonl" (input.format=text means "not JSONL", and the text of a PDF is
+ * what pdftotext makes of it).  Fails only when out of memory. */
 sheaf_err sheaf_walk_inputs(const sheaf_input_opts *o, char *const *paths, size_t n_paths,
                             sheaf_in_files *out, sheaf_problem_fn problem, void *ud);
 void sheaf_in_files_clear(sheaf_in_files *f);
@@ -94,10 +101,16 @@ void sheaf_in_files_clear(sheaf_in_files *f);
 typedef sheaf_err (*sheaf_text_sink)(const char *data, size_t len, void *ud);
 
 typedef struct sheaf_text_info {
-    uint64_t bytes;   /* bytes read */
+    uint64_t bytes;   /* bytes of text read (for a PDF: the text pdftotext wrote) */
     int has_pages;    /* the text contains a form feed */
     int bad;          /* 1 when the document itself is bad (msg says why) */
+    int eof;          /* the stream was read to its end (not stopped by an error) */
+    int empty;        /* bad because empty or only whitespace */
 } sheaf_text_info;
+
+/* Where sheaf_text_stream gets its bytes: like read(2), up to len bytes
+ * into buf, 0 at the end, -1 with errno set on failure. */
+typedef ssize_t (*sheaf_text_source)(void *src, char *buf, size_t len);
 
 /* Streams the file at path through sink in blocks (at most 64 KiB plus a
  * carried partial UTF-8 sequence), each piece well-formed UTF-8.  The
@@ -111,8 +124,48 @@ typedef struct sheaf_text_info {
 sheaf_err sheaf_text_read(const char *path, uint64_t max_bytes, sheaf_text_sink sink, void *ud,
                           sheaf_text_info *info, char *msg, size_t msglen);
 
+/* The checking loop of sheaf_text_read over any source: the same blocks,
+ * checks, messages ("PATH: ..." with path only used in them) and info,
+ * except that the size is only known as the bytes go by.  Reads until the
+ * end, a bad byte, the cap or a sink error; info->eof says whether the end
+ * was reached. */
+sheaf_err sheaf_text_stream(const char *path, sheaf_text_source source, void *src,
+                            uint64_t max_bytes, sheaf_text_sink sink, void *ud,
+                            sheaf_text_info *info, char *msg, size_t msglen);
+
+/* Reads an input file of format TEXT (sheaf_text_read) or PDF
+ * (sheaf_pdf_read), same contract.  Not for JSONL. */
+sheaf_err sheaf_in_file_read(const sheaf_in_file *f, uint64_t max_bytes, sheaf_text_sink sink,
+                             void *ud, sheaf_text_info *info, char *msg, size_t msglen);
+
 /* 1 when s[0..len) holds nothing but ASCII whitespace. */
 int sheaf_text_blank(const char *s, size_t len);
+
+/* ---- pdfdoc.c ---- */
+
+/* Name of the program that turns a PDF into text, looked up in PATH. */
+#define SHEAF_PDFTOTEXT "pdftotext"
+
+/* Streams the text of the PDF at path through sink, with the contract of
+ * sheaf_text_read (same checks on the text, same info and messages; the cap
+ * applies to the text, not to the PDF file).  The text is the output of
+ * `pdftotext -enc UTF-8 PATH -`, run directly (no shell) with its output in
+ * a pipe: each page followed by a form feed, so pages are numbered as in the
+ * PDF (the form feed after the last page opens no new page).  Memory is one
+ * text block and 512 bytes of pdftotext's stderr, whatever the PDF.  The
+ * child is always waited for, and killed when reading stops early.  More
+ * ways for the document to be bad (info->bad = 1, SHEAF_ERR_INVALID):
+ *   "PATH: reading PDF needs pdftotext (Debian package poppler-utils): not found"
+ *   "PATH: cannot run pdftotext: <strerror>"
+ *   "PATH: pdftotext failed (exit N): <its first error line>"
+ *   "PATH: pdftotext killed by signal N"
+ *   "PATH: empty document (pdftotext found no text; scanned pages need OCR)"
+ * where "its first error line" is the first line of its stderr naming an
+ * error ("... Error: ..."), else its first line.  A failure of pdftotext
+ * wins over what its (partial) output looked like.  On shutdown (sheaf_stop)
+ * the child is killed and SHEAF_ERR_STOPPED returned, not a bad document. */
+sheaf_err sheaf_pdf_read(const char *path, uint64_t max_bytes, sheaf_text_sink sink, void *ud,
+                         sheaf_text_info *info, char *msg, size_t msglen);
 
 /* ---- lines.c ---- */
 

@@ -1,15 +1,17 @@
 /* producer/producer.h - `sheaf submit`: read inputs, chunk, register, produce.
  *
  * Inputs are files, directories (walked recursively in sorted order, taking
- * *.txt, *.md, *.text and *.jsonl files, case-insensitive; names starting
- * with '.' are skipped and links to directories are not followed), and
- * JSONL corpora (blank lines are skipped).  The format of
+ * *.txt, *.md, *.text, *.pdf and *.jsonl files, case-insensitive; names
+ * starting with '.' are skipped and links to directories are not
+ * followed), and JSONL corpora (blank lines are skipped).  The format of
  * each file comes from input.format or, with "auto", its name: *.jsonl is
  * JSONL (one item per line: input.id_field, input.text_field and
  * input.meta_fields say which fields are what), anything else is one
  * document of plain text whose id is the path as given on the command
  * line (or, under a directory, the path relative to that directory's
- * parent, e.g. "reports/q3.txt").  Form feeds in text mark pages.
+ * parent, e.g. "reports/q3.txt").  Form feeds in text mark pages.  A *.pdf
+ * file (unless input.format=jsonl) is one document whose text is what
+ * `pdftotext` (poppler-utils) extracts, one page per PDF page.
  *
  * Two passes, both streaming with bounded memory (only per-document counts
  * are kept, never the texts): pass 1 validates every input and counts each

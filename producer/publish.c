@@ -18,8 +18,9 @@
  * options and checks the counts agree.  A JSONL item is read twice here:
  * once by the registration reader for its metadata, once by the production
  * reader for its text; each reader has its own file handle and moves
- * forward, so neither ever holds more than a line.  Text files need no
- * registration read (their metadata is empty). */
+ * forward, so neither ever holds more than a line.  Text and PDF files need
+ * no registration read (their metadata is empty); a PDF is converted again
+ * by pdftotext, which gives the same text every time. */
 #include "publish.h"
 
 #include <stdio.h>
@@ -123,6 +124,24 @@ done:
     return err;
 }
 
+/* A document's metadata group paths (see sheaf_doc_reg): for level k the
+ * JSON array of the values of the first k+1 "meta." levels, "" for a
+ * missing value.  paths[] entries are malloc'd; returns how many. */
+static size_t group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths)
+{
+    json_t *meta = json_loads(meta_json ? meta_json : "{}", 0, NULL), *vals = json_array();
+    size_t n = 0;
+    for (size_t k = 0; pl && vals && k < pl->n_meta_levels; k++) {
+        const char *v = json_string_value(json_object_get(meta, pl->group_by[k] + 5));
+        json_array_append_new(vals, json_string(v ? v : ""));
+        if (!(paths[n] = json_dumps(vals, JSON_COMPACT))) break;
+        n++;
+    }
+    json_decref(vals);
+    json_decref(meta);
+    return n;
+}
+
 /* Registers documents first.. (as many as fit in a batch) in Redis; *n
  * says how many. */
 static sheaf_err register_batch(pub *p, size_t first, size_t *n, char *errstr, size_t errlen)
@@ -132,11 +151,12 @@ static sheaf_err register_batch(pub *p, size_t first, size_t *n, char *errstr, s
     size_t max = docs->n - first < BATCH_DOCS ? docs->n - first : BATCH_DOCS;
     sheaf_doc_reg *regs = calloc(max, sizeof(*regs));
     char **metas = calloc(max, sizeof(*metas));
+    char *(*paths)[SHEAF_MAX_GROUP_PATHS] = calloc(max, sizeof(*paths));
     size_t count = 0, meta_bytes = 0;
     sheaf_jsonl_item it = {0};
     json_t *meta = NULL;
 
-    if (!regs || !metas) {
+    if (!regs || !metas || !paths) {
         snprintf(errstr, errlen, "out of memory");
         goto done;
     }
@@ -161,6 +181,9 @@ static sheaf_err register_batch(pub *p, size_t first, size_t *n, char *errstr, s
             meta = NULL;
             sheaf_jsonl_item_clear(&it);
         }
+        regs[count].n_group_paths = group_paths(p->a->pipeline, regs[count].meta_json,
+                                                paths[count]);
+        regs[count].group_paths = (const char *const *)paths[count];
         count++;
     }
     err = sheaf_state_docs_add(p->r, p->a->job, regs, count, first, errstr, errlen);
@@ -170,6 +193,10 @@ done:
     sheaf_jsonl_item_clear(&it);
     if (metas)
         for (size_t i = 0; i < max; i++) free(metas[i]);
+    if (paths)
+        for (size_t i = 0; i < max; i++)
+            for (size_t k = 0; k < SHEAF_MAX_GROUP_PATHS; k++) free(paths[i][k]);
+    free(paths);
     free(metas);
     free(regs);
     return err;
@@ -205,8 +232,8 @@ static sheaf_err produce_doc(pub *p, size_t i, char *errstr, size_t errlen)
         err = meta ? sheaf_meta_flatten(meta, &dc.out.meta, &dc.out.meta_len) : SHEAF_ERR_NOMEM;
         if (err == SHEAF_OK) err = sheaf_chunker_feed(ch, it.text, it.text_len);
     } else {
-        err = sheaf_text_read(f->path, p->a->opts->max_doc_bytes, chunker_sink, ch, &info, msg,
-                              sizeof(msg));
+        err = sheaf_in_file_read(f, p->a->opts->max_doc_bytes, chunker_sink, ch, &info, msg,
+                                 sizeof(msg));
         if (info.bad) {
             snprintf(errstr, errlen, "%s (the input changed during the submit?)", msg);
             goto done;

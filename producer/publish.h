@@ -16,6 +16,7 @@
 #include "sheaf/buf.h"
 #include "sheaf/chunker.h"
 #include "sheaf/config.h"
+#include "sheaf/pipeline.h"
 #include "sheaf/error.h"
 
 /* ---- produce.c ---- */
@@ -64,6 +65,7 @@ typedef struct sheaf_publish_args {
     const char *pv;
     const char *pipeline_json;
     const char *topic;          /* <prefix>.map */
+    const sheaf_pipeline *pipeline; /* for its metadata grouping levels */
 } sheaf_publish_args;
 
 /* Pass 2.  On success every chunk is delivered and the job is running;

@@ -9,7 +9,8 @@
  *
  * The checks, in order, for a text file: a usable id (its path), not a
  * duplicate, readable, within input.max_doc_bytes, valid UTF-8 without NUL,
- * not blank.  For a JSONL line: within input.max_line_bytes, not blank
+ * not blank.  A PDF gets the same checks on the text pdftotext makes of it,
+ * after pdftotext itself succeeded.  For a JSONL line: within input.max_line_bytes, not blank
  * (blank lines are skipped silently), then sheaf_jsonl_parse's checks, then
  * not a duplicate.  A duplicate names both places; the first one seen is
  * kept. */
@@ -127,12 +128,16 @@ static sheaf_err scan_text(scan_ctx *c, uint32_t fi, char *errstr, size_t errlen
         err = SHEAF_ERR_INTERNAL;
         goto done;
     }
-    err = sheaf_text_read(f->path, c->o->max_doc_bytes, chunker_sink, ch, &info, msg,
-                          sizeof(msg));
+    err = sheaf_in_file_read(f, c->o->max_doc_bytes, chunker_sink, ch, &info, msg,
+                             sizeof(msg));
     c->s->bytes += info.bytes;
     if (info.bad) {
         problem(c, msg);
         err = SHEAF_OK;
+        goto done;
+    }
+    if (err == SHEAF_ERR_STOPPED) { /* a PDF reader noticed the shutdown */
+        snprintf(errstr, errlen, "interrupted while reading the inputs");
         goto done;
     }
     if (err == SHEAF_OK) err = sheaf_chunker_finish(ch);

@@ -25,6 +25,7 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
     sheaf_input_opts io;
     sheaf_scan scan;
     sheaf_pipeline *pipe = NULL;
+    sheaf_config eff;
     char *pipe_json = NULL;
     char topic[256];
     int io_ready = 0;
@@ -39,7 +40,20 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
         snprintf(errstr, errlen, "no inputs given (files, directories or .jsonl)");
         goto done;
     }
-    err = sheaf_input_opts_init(&io, cfg, errstr, errlen);
+    pipe = sheaf_pipeline_load(cfg->pipeline, cfg, errstr, errlen);
+    if (!pipe) {
+        err = SHEAF_ERR_CONFIG;
+        goto done;
+    }
+    /* The pipeline's chunking is the default; chunk.* set by the user wins. */
+    eff = *cfg; /* shallow: eff owns nothing and is never cleared */
+    if (pipe->pages_per_batch && !sheaf_config_is_set(cfg, "chunk.pages_per_batch"))
+        eff.chunk_pages_per_batch = pipe->pages_per_batch;
+    if (pipe->chunk_max_tokens && !sheaf_config_is_set(cfg, "chunk.max_tokens"))
+        eff.chunk_max_tokens = pipe->chunk_max_tokens;
+    if (pipe->chunk_overlap_tokens && !sheaf_config_is_set(cfg, "chunk.overlap_tokens"))
+        eff.chunk_overlap_tokens = pipe->chunk_overlap_tokens;
+    err = sheaf_input_opts_init(&io, &eff, errstr, errlen);
     if (err != SHEAF_OK) goto done;
     io_ready = 1;
 
@@ -58,11 +72,6 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
         snprintf(report->job_id, sizeof(report->job_id), "%s", id);
     }
 
-    pipe = sheaf_pipeline_builtin(cfg, errstr, errlen);
-    if (!pipe) {
-        err = SHEAF_ERR_CONFIG;
-        goto done;
-    }
     pipe_json = sheaf_pipeline_to_json(pipe);
     if (!pipe_json) {
         err = SHEAF_ERR_NOMEM;
@@ -111,7 +120,8 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
 
     /* Pass 2. */
     {
-        sheaf_publish_args pa = {cfg, &io, &scan, report->job_id, report->pv, pipe_json, topic};
+        sheaf_publish_args pa = {cfg, &io, &scan, report->job_id, report->pv, pipe_json, topic,
+                                 pipe};
         uint64_t produced = 0;
         err = sheaf_publish(&pa, &produced, errstr, errlen);
         report->chunks = produced;

@@ -6,7 +6,11 @@
  * is exact whatever the block boundaries.  Lines are counted as the text
  * goes by, so an invalid byte is reported by line and byte within the line,
  * the way an editor would find it.  Memory is one block, whatever the size
- * of the file. */
+ * of the file.
+ *
+ * The checking loop reads from a source function rather than a file, so the
+ * text pdftotext writes into a pipe (pdfdoc.c) goes through exactly the same
+ * checks, block by block, as a text file on disk. */
 #include "inputs.h"
 
 #include <errno.h>
@@ -47,29 +51,28 @@ static void advance_lines(text_pos *pos, const char *s, size_t len, uint64_t off
     }
 }
 
-sheaf_err sheaf_text_read(const char *path, uint64_t max_bytes, sheaf_text_sink sink, void *ud,
-                          sheaf_text_info *info, char *msg, size_t msglen)
+/* The source of a plain file: read(2) on its descriptor, retried on EINTR. */
+static ssize_t fd_source(void *src, char *buf, size_t len)
+{
+    int fd = *(int *)src;
+    for (;;) {
+        ssize_t got = read(fd, buf, len);
+        if (got >= 0 || errno != EINTR) return got;
+    }
+}
+
+sheaf_err sheaf_text_stream(const char *path, sheaf_text_source source, void *src,
+                            uint64_t max_bytes, sheaf_text_sink sink, void *ud,
+                            sheaf_text_info *info, char *msg, size_t msglen)
 {
     sheaf_err err = SHEAF_OK;
     char *buf = NULL;
     size_t carry = 0;
-    uint64_t off = 0; /* file offset of buf[0] */
+    uint64_t off = 0; /* stream offset of buf[0] */
     text_pos pos = {1, 0};
     int nonblank = 0;
-    int fd = -1;
-    struct stat st;
 
     memset(info, 0, sizeof(*info));
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        snprintf(msg, msglen, "%s: cannot read: %s", path, strerror(errno));
-        goto bad;
-    }
-    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > max_bytes) {
-        snprintf(msg, msglen, "%s: document larger than input.max_doc_bytes (%llu)", path,
-                 (unsigned long long)max_bytes);
-        goto bad;
-    }
     buf = malloc(TEXT_BLOCK + TEXT_CARRY);
     if (!buf) {
         err = SHEAF_ERR_NOMEM;
@@ -77,11 +80,10 @@ sheaf_err sheaf_text_read(const char *path, uint64_t max_bytes, sheaf_text_sink 
         goto done;
     }
     for (;;) {
-        ssize_t got = read(fd, buf + carry, TEXT_BLOCK);
+        ssize_t got = source(src, buf + carry, TEXT_BLOCK);
         size_t total, good, bad_at;
         int eof;
         if (got < 0) {
-            if (errno == EINTR) continue;
             snprintf(msg, msglen, "%s: cannot read: %s", path, strerror(errno));
             goto bad;
         }
@@ -118,7 +120,9 @@ sheaf_err sheaf_text_read(const char *path, uint64_t max_bytes, sheaf_text_sink 
         off += good;
         if (eof) break;
     }
+    info->eof = 1;
     if (!nonblank) {
+        info->empty = 1;
         snprintf(msg, msglen, "%s: empty document", path);
         goto bad;
     }
@@ -127,7 +131,42 @@ bad:
     info->bad = 1;
     err = SHEAF_ERR_INVALID;
 done:
-    if (fd >= 0) close(fd);
     free(buf);
     return err;
+}
+
+sheaf_err sheaf_text_read(const char *path, uint64_t max_bytes, sheaf_text_sink sink, void *ud,
+                          sheaf_text_info *info, char *msg, size_t msglen)
+{
+    sheaf_err err = SHEAF_ERR_INVALID;
+    int fd = -1;
+    struct stat st;
+
+    memset(info, 0, sizeof(*info));
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        snprintf(msg, msglen, "%s: cannot read: %s", path, strerror(errno));
+        info->bad = 1;
+        goto done;
+    }
+    /* Refused before a byte is read; the stream checks the cap again for
+     * files that grow and for what is not a regular file. */
+    if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > max_bytes) {
+        snprintf(msg, msglen, "%s: document larger than input.max_doc_bytes (%llu)", path,
+                 (unsigned long long)max_bytes);
+        info->bad = 1;
+        goto done;
+    }
+    err = sheaf_text_stream(path, fd_source, &fd, max_bytes, sink, ud, info, msg, msglen);
+done:
+    if (fd >= 0) close(fd);
+    return err;
+}
+
+sheaf_err sheaf_in_file_read(const sheaf_in_file *f, uint64_t max_bytes, sheaf_text_sink sink,
+                             void *ud, sheaf_text_info *info, char *msg, size_t msglen)
+{
+    if (f->format == SHEAF_FORMAT_PDF)
+        return sheaf_pdf_read(f->path, max_bytes, sink, ud, info, msg, msglen);
+    return sheaf_text_read(f->path, max_bytes, sink, ud, info, msg, msglen);
 }

@@ -2,7 +2,7 @@
  *
  * A path naming a file is taken as it is.  A directory is walked
  * recursively; the walk collects the relative paths of the wanted files
- * (*.txt, *.md, *.text, *.jsonl) and sorts them bytewise, so a directory's
+ * (*.txt, *.md, *.text, *.pdf, *.jsonl) and sorts them bytewise, so a directory's
  * documents come in the order `LC_ALL=C sort` would print their ids, on
  * every machine and every run (readdir order is not stable).  Pass 1 and
  * pass 2 both use the list made here, so what pass 2 reads is exactly what
@@ -48,11 +48,15 @@ static int has_suffix(const char *name, const char *suffix)
 static int wanted_name(const char *name)
 {
     return has_suffix(name, ".txt") || has_suffix(name, ".md") || has_suffix(name, ".text") ||
-           has_suffix(name, ".jsonl");
+           has_suffix(name, ".pdf") || has_suffix(name, ".jsonl");
 }
 
+/* See inputs.h: a PDF is text only through pdftotext, so input.format=text
+ * (which says "not JSONL") still reads *.pdf as PDF. */
 static sheaf_format resolve_format(const sheaf_input_opts *o, const char *path)
 {
+    if (o->format == SHEAF_FORMAT_JSONL) return SHEAF_FORMAT_JSONL;
+    if (has_suffix(path, ".pdf")) return SHEAF_FORMAT_PDF;
     if (o->format != SHEAF_FORMAT_AUTO) return o->format;
     return has_suffix(path, ".jsonl") ? SHEAF_FORMAT_JSONL : SHEAF_FORMAT_TEXT;
 }
@@ -97,7 +101,7 @@ static sheaf_err files_push(sheaf_in_files *f, const char *path, const char *id,
     }
     e.path = strdup(path);
     if (!e.path) goto done;
-    if (format == SHEAF_FORMAT_TEXT) {
+    if (format != SHEAF_FORMAT_JSONL) {
         e.id = strdup(id);
         if (!e.id) goto done;
     }
@@ -230,7 +234,7 @@ static sheaf_err walk_dir(const sheaf_input_opts *o, const char *given, sheaf_in
     err = collect(&w, "", 0);
     if (err != SHEAF_OK) goto done;
     if (w.rels.n == 0)
-        sheaf_warn("producer", "%s: no *.txt, *.md, *.text or *.jsonl files found", given);
+        sheaf_warn("producer", "%s: no *.txt, *.md, *.text, *.pdf or *.jsonl files found", given);
     qsort(w.rels.v, w.rels.n, sizeof(char *), cmp_str);
     for (size_t i = 0; i < w.rels.n; i++) {
         path = join(root, w.rels.v[i]);

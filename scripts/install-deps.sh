@@ -18,6 +18,7 @@ PACKAGES=(
   redis-server                              # real Redis for the dev stack and tests
   kcat jq curl                              # tests read topics and JSON like a user would
   valgrind                                  # tests run a worker and a reducer under it
+  poppler-utils                             # pdftotext: the producer reads *.pdf through it
 )
 
 missing=()

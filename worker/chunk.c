@@ -17,13 +17,25 @@
  * its document completes.
  *
  * A call aborted at shutdown is abandoned: nothing recorded, offset not
- * finished, so the message is redelivered to another worker. */
+ * finished, so the message is redelivered to another worker.
+ *
+ * Structured output: when the pipeline's map stage has a JSON schema, it is
+ * sent with the call (response_format) and the answer must parse as JSON
+ * and pass sheaf_jschema_validate.  An answer that does not is asked for
+ * again, the same request, up to json_retries more times: models slip now
+ * and then (a cut-off object, a number as a string) and an identical retry
+ * usually mends it, while a transport retry inside the engine would never
+ * see the problem (the HTTP exchange itself succeeded).  Every answer's
+ * tokens count, the rejected ones too.  The record is then
+ *   {"text": <answer>, "data": <parsed>, "pages": [page_first, page_last]}
+ * instead of {"text": <answer>}; a free-text record is unchanged. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sheaf/codec.h"
+#include "sheaf/jschema.h"
 #include "sheaf/kafka.h"
 #include "sheaf/log.h"
 #include "sheaf/program.h"
@@ -32,11 +44,28 @@
 
 #define PROMPT_CAP ((size_t)64 << 20)
 
+/* What a map call sends, owned by the call: an answer that fails the
+ * schema is asked for again from on_done, when the pipeline it came from
+ * may have been evicted from the cache (and freed) by newer jobs. */
+typedef struct map_request {
+    char *model;
+    char *system;              /* "" when the stage has none */
+    char *user;                /* NULL once no resend can come (memory) */
+    double temperature;
+    int max_tokens;
+    uint32_t est_tokens;       /* what the limiter is charged per attempt */
+} map_request;
+
 typedef struct call {
     worker *w;
     rd_kafka_message_t *msg;   /* owned; destroyed when the call ends */
     sheaf_chunk_msg m;
     uint32_t generation;       /* of msg's partition when taken */
+    map_request req;           /* owned */
+    json_t *schema;            /* a reference to the pipeline's; NULL: free text */
+    int json_answers;          /* answers checked against the schema so far */
+    int json_max;              /* answers allowed: 1 + the pipeline's json_retries */
+    sheaf_llm_usage usage;     /* summed over every answer of this call */
 } call;
 
 typedef enum { DONE, STOPPED } outcome;
@@ -151,6 +180,20 @@ static char *result_record(const char *key, const char *value)
     return s;
 }
 
+/* The record of a structured answer: {"text","data","pages"} in that
+ * order.  pages is [0, 0] for input without pages, so a record's shape
+ * does not depend on the input format.  NULL on no memory. */
+static char *schema_record(const char *text, json_t *data, const sheaf_chunk_msg *m)
+{
+    char *s = NULL;
+    /* "O" adds a reference: data stays the caller's. */
+    json_t *o = json_pack("{s:s, s:O, s:[I, I]}", "text", text, "data", data, "pages",
+                          (json_int_t)m->page_first, (json_int_t)m->page_last);
+    if (o) s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
 /* Records the chunk, retrying Redis failures until shutdown. */
 static outcome record(worker *w, call *c, int ok, const char *json,
                       const sheaf_llm_usage *usage)
@@ -182,14 +225,15 @@ static outcome record(worker *w, call *c, int ok, const char *json,
 /* Dead-letters a failed chunk's message, then records the failure.  In
  * that order, so that when the failure completes the document (and maybe
  * the job) the job's dead-letter count already includes it; a crash in
- * between dead-letters the message twice, which is harmless. */
+ * between dead-letters the message twice, which is harmless.  The call's
+ * usage is recorded with the failure: answers rejected by the schema were
+ * paid for. */
 static outcome fail_chunk(worker *w, call *c, const char *reason)
 {
-    sheaf_llm_usage none = {0, 0};
     outcome out = dead_letter(w, c->msg, c->m.job, reason);
     if (out == DONE) {
         char *json = result_record("error", reason);
-        out = json ? record(w, c, 0, json, &none) : STOPPED;
+        out = json ? record(w, c, 0, json, &c->usage) : STOPPED;
         free(json);
     }
     if (out == DONE) w->failed++;
@@ -225,22 +269,109 @@ static void call_end(call *c, outcome out)
     }
     /* A partition revoked while the call ran: the result is recorded (or
      * not), the offset belongs to the partition's new owner. */
+    free(c->req.model);
+    free(c->req.system);
+    free(c->req.user);
+    json_decref(c->schema);
     sheaf_chunk_msg_clear(&c->m);
     rd_kafka_message_destroy(c->msg);
     free(c);
+}
+
+/* ---- asking the LLM ---- */
+
+static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr);
+
+/* Submits the call's map request (first time or again); the call ends in
+ * on_done.  The engine copies the request into its body, so once no resend
+ * can follow the prompts are dropped: a call in flight holds its prompt
+ * once, not twice. */
+static outcome send_map(worker *w, call *c)
+{
+    const map_request *r = &c->req;
+    sheaf_llm_message msgs[2];
+    size_t n = 0;
+    if (r->system[0]) msgs[n++] = (sheaf_llm_message){"system", r->system};
+    msgs[n++] = (sheaf_llm_message){"user", r->user};
+    sheaf_llm_request req = {.model = r->model,
+                             .temperature = r->temperature,
+                             .max_tokens = r->max_tokens,
+                             .messages = msgs,
+                             .n_messages = n,
+                             .json_schema = c->schema};
+    if (sheaf_llm_async_submit(w->llm, &req, r->est_tokens, on_done, c) != SHEAF_OK) {
+        sheaf_error("worker", "out of memory submitting job %s doc %s chunk %u", c->m.job,
+                    c->m.doc, c->m.idx);
+        call_end(c, STOPPED);
+        return STOPPED;
+    }
+    if (!c->schema || c->json_answers + 1 >= c->json_max) {
+        free(c->req.system);
+        free(c->req.user);
+        c->req.system = c->req.user = NULL;
+    }
+    return DONE;
+}
+
+/* The answer parsed and validated against the call's schema, or NULL with
+ * why in errstr.  Strict JSON, no fences or prose around it: that is what
+ * response_format asks of the provider, and the record's "data" must be
+ * exactly what the schema describes. */
+static json_t *checked_answer(const call *c, const char *content, char *errstr, size_t errlen)
+{
+    json_error_t jerr;
+    json_t *data = json_loads(content, 0, &jerr);
+    if (!data) {
+        sheaf_set_err(errstr, errlen, "not JSON: %s at line %d column %d", jerr.text, jerr.line,
+                      jerr.column);
+        return NULL;
+    }
+    if (sheaf_jschema_validate(c->schema, data, errstr, errlen) != SHEAF_OK) {
+        json_decref(data);
+        return NULL;
+    }
+    return data;
+}
+
+/* An answer that failed the schema: the same request goes again while the
+ * call has answers left (counted per call, so one stubborn chunk cannot use
+ * up another's), else the chunk fails like any unusable answer. */
+static void answer_rejected(worker *w, call *c, const char *why)
+{
+    char reason[SHEAF_ERRSTR_SIZE + 128];
+    c->json_answers++;
+    if (c->json_answers < c->json_max) {
+        sheaf_warn("worker", "job %s doc %s chunk %u: map answer %d of at most %d rejected, "
+                   "asking again: %s", c->m.job, c->m.doc, c->m.idx, c->json_answers,
+                   c->json_max, why);
+        /* At shutdown the message goes back instead: a new call would be
+         * abandoned by the drain anyway. */
+        if (sheaf_stop) call_end(c, STOPPED);
+        else send_map(w, c);
+        return;
+    }
+    snprintf(reason, sizeof(reason),
+             "map answer is not valid JSON for the schema after %d attempt(s): %s",
+             c->json_answers, why);
+    sheaf_warn("worker", "job %s doc %s chunk %u: %s", c->m.job, c->m.doc, c->m.idx, reason);
+    call_end(c, fail_chunk(w, c, reason));
 }
 
 static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr)
 {
     call *c = ud;
     worker *w = c->w;
-    char reason[SHEAF_ERRSTR_SIZE + 64];
+    char reason[SHEAF_ERRSTR_SIZE + 64], why[SHEAF_ERRSTR_SIZE];
+    json_t *data = NULL;
+    char *json;
     outcome out;
 
     if (err == SHEAF_ERR_STOPPED) {
         call_end(c, STOPPED);
         return;
     }
+    c->usage.prompt_tokens += res->usage.prompt_tokens;
+    c->usage.completion_tokens += res->usage.completion_tokens;
     if (err != SHEAF_OK) {
         snprintf(reason, sizeof(reason), "LLM call failed after %d attempt(s): %s", res->attempts,
                  errstr);
@@ -248,19 +379,25 @@ static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *
         call_end(c, fail_chunk(w, c, reason));
         return;
     }
-    char *json = result_record("text", res->content);
-    out = json ? record(w, c, 1, json, &res->usage) : STOPPED;
+    if (c->schema && !(data = checked_answer(c, res->content, why, sizeof(why)))) {
+        answer_rejected(w, c, why);
+        return;
+    }
+    json = data ? schema_record(res->content, data, &c->m) : result_record("text", res->content);
+    json_decref(data);
+    out = json ? record(w, c, 1, json, &c->usage) : STOPPED;
     free(json);
     if (out == DONE) w->processed++;
     sheaf_debug("worker", "job %s doc %s chunk %u/%u done (%llu+%llu tokens)", c->m.job,
-                c->m.doc, c->m.idx + 1, c->m.count, (unsigned long long)res->usage.prompt_tokens,
-                (unsigned long long)res->usage.completion_tokens);
+                c->m.doc, c->m.idx + 1, c->m.count, (unsigned long long)c->usage.prompt_tokens,
+                (unsigned long long)c->usage.completion_tokens);
     call_end(c, out);
 }
 
 /* ---- taking a message ---- */
 
-/* Renders the map prompts and submits the call; the call ends in on_done. */
+/* Renders the map prompts into the call's own request and submits it; the
+ * call ends in on_done. */
 static outcome submit(worker *w, call *c, const sheaf_pipeline *p)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", reason[SHEAF_ERRSTR_SIZE + 32];
@@ -283,27 +420,30 @@ static outcome submit(worker *w, call *c, const sheaf_pipeline *p)
         call_end(c, fail_chunk(w, c, reason));
         goto done;
     }
-    sheaf_llm_message msgs[2];
-    size_t n = 0;
-    if (system.len) msgs[n++] = (sheaf_llm_message){"system", system.data};
-    msgs[n++] = (sheaf_llm_message){"user", user.data};
-    sheaf_llm_request req = {.model = p->map.model,
-                             .temperature = p->map.temperature,
-                             .max_tokens = p->map.max_tokens,
-                             .messages = msgs,
-                             .n_messages = n};
     /* The limiter is charged what the provider will count: the prompt
      * (estimated) plus the completion budget. */
     uint64_t est = (uint64_t)sheaf_estimate_tokens(system.data ? system.data : "", system.len) +
                    sheaf_estimate_tokens(user.data, user.len) +
                    (uint64_t)(p->map.max_tokens > 0 ? p->map.max_tokens : 0);
-    if (sheaf_llm_async_submit(w->llm, &req, est > UINT32_MAX ? UINT32_MAX : (uint32_t)est,
-                               on_done, c) != SHEAF_OK) {
+    /* Copies, not pointers into p: the pipeline cache may free p before a
+     * resend.  The pipeline never changes its schema after loading, so a
+     * reference to it is as good as a copy. */
+    c->req.model = strdup(p->map.model);
+    c->req.system = sheaf_buf_steal(&system);
+    c->req.user = sheaf_buf_steal(&user);
+    c->req.temperature = p->map.temperature;
+    c->req.max_tokens = p->map.max_tokens;
+    c->req.est_tokens = est > UINT32_MAX ? UINT32_MAX : (uint32_t)est;
+    c->schema = json_incref(p->schema);
+    c->json_max = 1 + p->json_retries;
+    if (!c->req.model || !c->req.system || !c->req.user) {
         sheaf_error("worker", "out of memory submitting job %s doc %s chunk %u", m->job, m->doc,
                     m->idx);
         call_end(c, STOPPED);
         out = STOPPED;
+        goto done;
     }
+    out = send_map(w, c);
 done:
     sheaf_buf_free(&user);
     sheaf_buf_free(&system);

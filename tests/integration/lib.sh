@@ -103,3 +103,32 @@ results() { "$SHEAF" results "$1"; }
 assert_eq() {
   [ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"
 }
+
+# all_own_partitions NAME...: every named worker owns at least one partition.
+all_own_partitions() {
+  local w
+  for w in "$@"; do
+    [ "$(grep -o 'now owning [0-9]*' "$T/$w.log" | tail -n 1 | awk '{print $3}')" -gt 0 ] 2>/dev/null || return 1
+  done
+}
+
+# run_job OUT SUBMIT-ARGS...: submits, waits, writes `sheaf results` to OUT;
+# sets JOB.
+run_job() {
+  local out="$1"; shift
+  JOB="$("$SHEAF" submit "$@")" || fail "submit $* failed"
+  wait_job "$JOB" 180
+  results "$JOB" > "$out" || fail "sheaf results $JOB failed"
+}
+
+# check_golden FILE NAME: FILE equals tests/expected/NAME (SHEAF_TEST_REGEN=1
+# writes it instead).
+check_golden() {
+  local expected="$ROOT/tests/expected/$2"
+  if [ "${SHEAF_TEST_REGEN:-0}" = 1 ]; then mkdir -p "$(dirname "$expected")"; cp "$1" "$expected"; fi
+  diff -u "$expected" "$1" > "$T/golden.diff" || fail "results differ from $expected: $(head -c 3000 "$T/golden.diff")"
+}
+
+# sim_stat KEY: a counter of the LLM simulator; sim_reset zeroes them.
+sim_stat() { curl -s "${SHEAF_LLM_BASE_URL%/v1}/stats" | jq -r ".$1"; }
+sim_reset() { curl -sf -X POST "${SHEAF_LLM_BASE_URL%/v1}/stats/reset" > /dev/null || fail "cannot reset the simulator's counters"; }

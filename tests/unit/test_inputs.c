@@ -5,9 +5,13 @@
  * errors by line and byte, including sequences cut by the 64 KiB block
  * boundary, empty files), the capped line reader, JSONL field checks with
  * exact line numbers, duplicate ids across files, metadata selection and
- * flattening, chunk counts and page detection, and the pass-2 way of
- * finding a JSONL item again by its recorded offset.  Each test builds its
- * fixtures in a fresh mkdtemp directory and removes it afterwards. */
+ * flattening, chunk counts and page detection, the pass-2 way of finding a
+ * JSONL item again by its recorded offset, and PDF input through pdftotext
+ * (pages numbered, the committed example PDF read back, its errors naming
+ * the file, no child or descriptor left behind).  Each test builds its
+ * fixtures in a fresh mkdtemp directory and removes it afterwards.  The PDF
+ * tests are skipped, saying so, where pdftotext is not installed
+ * (scripts/install-deps.sh installs it). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,7 +19,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <errno.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -23,6 +30,7 @@
 #include "inputs.h"
 #include "scan.h"
 #include "sheaf/log.h"
+#include "sheaf/program.h"
 #include "sheaf/util.h"
 
 typedef struct fixture {
@@ -190,7 +198,7 @@ static void test_walk_order_and_ids(void **state)
     write_str(f, "corpus/UPPER.TXT", "Upper case suffix.");
     write_str(f, "corpus/.hidden.txt", "never read");
     write_str(f, "corpus/.git/x.txt", "never read");
-    write_str(f, "corpus/image.pdf", "%PDF not taken");
+    write_str(f, "corpus/image.png", "\x89PNG not taken");
     write_str(f, "single.txt", "A file given by name.");
     snprintf(root, sizeof(root), "%s/corpus/", f->dir); /* trailing slash on purpose */
 
@@ -729,6 +737,315 @@ static void test_reread_by_offset(void **state)
     sheaf_lines_close(&lr);
 }
 
+/* ---- PDF ---- */
+
+/* The committed example PDF, found from this file's path (CMake compiles
+ * sources by absolute path). */
+static const char *example_pdf(void)
+{
+    static char p[1024];
+    const char *file = __FILE__, *slash = strrchr(file, '/');
+    snprintf(p, sizeof(p), "%.*s/../../examples/statements/northgate-tyne-2026-03.pdf",
+             slash ? (int)(slash - file) : 1, slash ? file : ".");
+    return p;
+}
+
+static int have_pdftotext(void)
+{
+    const char *path = getenv("PATH");
+    char dir[1024], exe[1100];
+    while (path && *path) {
+        size_t n = strcspn(path, ":");
+        snprintf(dir, sizeof(dir), "%.*s", (int)n, path);
+        snprintf(exe, sizeof(exe), "%s/pdftotext", *dir ? dir : ".");
+        if (access(exe, X_OK) == 0) return 1;
+        path += n;
+        if (*path == ':') path++;
+    }
+    return 0;
+}
+
+#define NEED_PDFTOTEXT()                                                                  \
+    do {                                                                                  \
+        if (!have_pdftotext()) {                                                          \
+            fprintf(stderr, "pdftotext not installed (poppler-utils): PDF test skipped\n"); \
+            skip();                                                                       \
+        }                                                                                 \
+    } while (0)
+
+/* Open descriptors of this process. */
+static int count_fds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    if (!d) return -1;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.') n++;
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+/* No child of ours is left, not even a zombie. */
+static void assert_no_children(void)
+{
+    errno = 0;
+    assert_int_equal(waitpid(-1, NULL, WNOHANG), -1);
+    assert_int_equal(errno, ECHILD);
+}
+
+/* Writes a PDF 1.4 of n pages, page i showing the ASCII line texts[i] (none
+ * when NULL), with a correct xref table. */
+static void write_pdf(fixture *f, const char *rel, int n, const char *const *texts)
+{
+    char pdf[8192], stream[512];
+    size_t len = 0, offs[32];
+    int objs = 3 + 2 * n;
+
+    assert_true(n >= 1 && objs < 32);
+#define PUT(...) (len += (size_t)snprintf(pdf + len, sizeof(pdf) - len, __VA_ARGS__))
+    PUT("%%PDF-1.4\n");
+    offs[1] = len;
+    PUT("1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n");
+    offs[2] = len;
+    PUT("2 0 obj\n<< /Type /Pages /Count %d /Kids [", n);
+    for (int i = 0; i < n; i++) PUT(" %d 0 R", 4 + 2 * i);
+    PUT(" ] >>\nendobj\n");
+    offs[3] = len;
+    PUT("3 0 obj\n<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>\nendobj\n");
+    for (int i = 0; i < n; i++) {
+        int sl = texts[i] ? snprintf(stream, sizeof(stream), "BT /F1 12 Tf 72 720 Td (%s) Tj ET\n",
+                                     texts[i])
+                          : snprintf(stream, sizeof(stream), "0 0 m 10 10 l S\n");
+        offs[4 + 2 * i] = len;
+        PUT("%d 0 obj\n<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << "
+            "/Font << /F1 3 0 R >> >> /Contents %d 0 R >>\nendobj\n",
+            4 + 2 * i, 5 + 2 * i);
+        offs[5 + 2 * i] = len;
+        PUT("%d 0 obj\n<< /Length %d >>\nstream\n%sendstream\nendobj\n", 5 + 2 * i, sl, stream);
+    }
+    {
+        size_t xref = len;
+        PUT("xref\n0 %d\n0000000000 65535 f \n", objs);
+        for (int i = 1; i < objs; i++) PUT("%010zu 00000 n \n", offs[i]);
+        PUT("trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%zu\n%%%%EOF\n", objs, xref);
+    }
+#undef PUT
+    assert_true(len < sizeof(pdf));
+    write_bytes(f, rel, pdf, len);
+}
+
+static void test_pdf_walk(void **state)
+{
+    fixture *f = *state;
+    sheaf_in_files files = {NULL, 0, 0};
+    char *paths[1];
+
+    write_str(f, "docs/a.txt", "A.");
+    write_str(f, "docs/b.PDF", "not read by the walk");
+    write_str(f, "docs/c.pdf.txt", "C.");
+    init_opts(f);
+    paths[0] = (char *)path_of(f, "docs");
+    assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
+    assert_int_equal(files.n, 3);
+    assert_string_equal(files.v[0].id, "docs/a.txt");
+    assert_int_equal(files.v[0].format, SHEAF_FORMAT_TEXT);
+    assert_string_equal(files.v[1].id, "docs/b.PDF");
+    assert_int_equal(files.v[1].format, SHEAF_FORMAT_PDF);
+    assert_int_equal(files.v[2].format, SHEAF_FORMAT_TEXT);
+    sheaf_in_files_clear(&files);
+
+    /* input.format=text still reads a PDF as PDF; jsonl means JSONL. */
+    sheaf_input_opts_clear(&f->opts);
+    f->cfg.input_format = (char *)"text";
+    init_opts(f);
+    paths[0] = (char *)path_of(f, "docs/b.PDF");
+    assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
+    assert_int_equal(files.v[0].format, SHEAF_FORMAT_PDF);
+    assert_string_equal(files.v[0].id, paths[0]);
+    sheaf_in_files_clear(&files);
+    sheaf_input_opts_clear(&f->opts);
+    f->cfg.input_format = (char *)"jsonl";
+    init_opts(f);
+    assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
+    assert_int_equal(files.v[0].format, SHEAF_FORMAT_JSONL);
+    sheaf_in_files_clear(&files);
+}
+
+/* Feeds a chunker and keeps the text of page 1 too. */
+typedef struct pdf_collect {
+    sheaf_chunker *ch;
+    char head[4096];
+    size_t head_len;
+} pdf_collect;
+
+static sheaf_err pdf_sink(const char *data, size_t len, void *ud)
+{
+    pdf_collect *c = ud;
+    size_t n = len < sizeof(c->head) - 1 - c->head_len ? len : sizeof(c->head) - 1 - c->head_len;
+    memcpy(c->head + c->head_len, data, n);
+    c->head_len += n;
+    c->head[c->head_len] = '\0';
+    return sheaf_chunker_feed(c->ch, data, len);
+}
+
+static void test_pdf_pages(void **state)
+{
+    fixture *f = *state;
+    const char *pdf = example_pdf();
+    const char *texts[3] = {"Alpha page.", "Beta page.", "Gamma page."};
+    pdf_collect pc;
+    counter cnt;
+    sheaf_text_info info;
+    sheaf_chunk_opts batch1 = {64, 0, 1}, tokens = {4096, 0, 0};
+    char msg[SHEAF_PROBLEM_SIZE] = "", err[SHEAF_ERRSTR_SIZE] = "", cwd[1024];
+    char odd[512], *odd_name = "it's a \"pdf\" $(touch x) -- ;.pdf";
+    int fds;
+    FILE *src, *dst;
+
+    NEED_PDFTOTEXT();
+    if (access(pdf, R_OK) != 0) fprintf(stderr, "example PDF not found: %s\n", pdf);
+    assert_int_equal(access(pdf, R_OK), 0);
+    fds = count_fds();
+
+    /* The committed statement: 4 pages, page numbers as in the PDF. */
+    memset(&pc, 0, sizeof(pc));
+    memset(&cnt, 0, sizeof(cnt));
+    pc.ch = sheaf_chunker_create(&batch1, count_pages, &cnt, err, sizeof(err));
+    assert_non_null(pc.ch);
+    assert_int_equal(sheaf_pdf_read(pdf, 1 << 20, pdf_sink, &pc, &info, msg, sizeof(msg)),
+                     SHEAF_OK);
+    assert_int_equal(sheaf_chunker_finish(pc.ch), SHEAF_OK);
+    sheaf_chunker_destroy(pc.ch);
+    assert_int_equal(info.bad, 0);
+    assert_int_equal(info.has_pages, 1);
+    assert_int_equal(cnt.n, 4);
+    for (uint32_t i = 0; i < 4; i++) {
+        assert_int_equal(cnt.first[i], i + 1);
+        assert_int_equal(cnt.last[i], i + 1);
+    }
+    assert_non_null(strstr(pc.head, "Account number: 40-62-18 31457726\n"));
+    assert_non_null(strstr(pc.head, "Account holder: Siobh\xc3\xa1n N\xc3\xad Bhriain\n"));
+    assert_non_null(strstr(pc.head, "Transaction: 2026-02-14 | Tesco Stores 2841, Jesmond | "
+                                    "-46.32\n"));
+
+    /* Token mode: the form feed pdftotext writes after the last page opens
+     * no page 5. */
+    memset(&pc, 0, sizeof(pc));
+    memset(&cnt, 0, sizeof(cnt));
+    pc.ch = sheaf_chunker_create(&tokens, count_pages, &cnt, err, sizeof(err));
+    assert_non_null(pc.ch);
+    assert_int_equal(sheaf_pdf_read(pdf, 1 << 20, pdf_sink, &pc, &info, msg, sizeof(msg)),
+                     SHEAF_OK);
+    assert_int_equal(sheaf_chunker_finish(pc.ch), SHEAF_OK);
+    sheaf_chunker_destroy(pc.ch);
+    assert_int_equal(cnt.n, 1);
+    assert_int_equal(cnt.first[0], 1);
+    assert_int_equal(cnt.last[0], 4);
+
+    /* On shutdown the child is killed and the read says so: not a bad
+     * document. */
+    memset(&pc, 0, sizeof(pc));
+    pc.ch = sheaf_chunker_create(&tokens, count_pages, &cnt, err, sizeof(err));
+    assert_non_null(pc.ch);
+    sheaf_stop = 1;
+    assert_int_equal(sheaf_pdf_read(pdf, 1 << 20, pdf_sink, &pc, &info, msg, sizeof(msg)),
+                     SHEAF_ERR_STOPPED);
+    sheaf_stop = 0;
+    sheaf_chunker_destroy(pc.ch);
+    assert_int_equal(info.bad, 0);
+    assert_non_null(strstr(msg, ": interrupted"));
+
+    /* Through pass 1, next to a text file, with names no shell would take:
+     * quotes, "$(...)", a leading '-' (not an option: "./-x.pdf"). */
+    src = fopen(pdf, "rb");
+    assert_non_null(src);
+    snprintf(odd, sizeof(odd), "%s/%s", f->dir, odd_name);
+    dst = fopen(odd, "wb");
+    assert_non_null(dst);
+    for (int c; (c = fgetc(src)) != EOF;) fputc(c, dst);
+    fclose(dst);
+    fclose(src);
+    write_pdf(f, "-three.pdf", 3, texts);
+    f->cfg.chunk_pages_per_batch = 2;
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(f->dir), 0);
+    run_scan(f, 2, odd_name, (char *)"-three.pdf");
+    assert_int_equal(access("x", F_OK), -1); /* nothing ran "touch x" */
+    assert_int_equal(chdir(cwd), 0);
+    assert_int_equal(f->scan.n_problems, 0);
+    assert_int_equal(f->scan.docs.n, 2);
+    assert_string_equal(doc(f, 0)->id, odd_name);
+    assert_int_equal(doc(f, 0)->chunks, 2);
+    assert_int_equal(doc(f, 0)->has_pages, 1);
+    assert_string_equal(doc(f, 1)->id, "-three.pdf");
+    assert_int_equal(doc(f, 1)->chunks, 2); /* pages 1-2, 3 */
+    assert_int_equal(f->scan.files.v[doc(f, 1)->file].format, SHEAF_FORMAT_PDF);
+
+    assert_no_children();
+    assert_int_equal(count_fds(), fds);
+}
+
+static void test_pdf_errors(void **state)
+{
+    fixture *f = *state;
+    const char *blank[2] = {NULL, NULL};
+    char expected[2048], *old_path = NULL;
+    const char *p;
+    int fds;
+
+    NEED_PDFTOTEXT();
+    fds = count_fds();
+    write_str(f, "corrupt.pdf", "not a pdf\n");
+    write_pdf(f, "scanned.pdf", 2, blank);
+    f->cfg.input_max_doc_bytes = 100; /* the example's text is ~3 KB */
+    run_scan(f, 4, (char *)path_of(f, "corrupt.pdf"), (char *)path_of(f, "scanned.pdf"),
+             (char *)example_pdf(), (char *)path_of(f, "missing.pdf"));
+    assert_int_equal(f->scan.docs.n, 0);
+    assert_int_equal(f->scan.n_problems, 4);
+    /* The walk finds the missing file before anything is read. */
+    snprintf(expected, sizeof(expected), "%s: cannot read: No such file or directory",
+             path_of(f, "missing.pdf"));
+    expect_problem(f, 0, expected);
+    /* poppler's wording may change; the shape and the exit code do not. */
+    p = f->scan.problems[1];
+    snprintf(expected, sizeof(expected), "%s: pdftotext failed (exit 1): ",
+             path_of(f, "corrupt.pdf"));
+    if (strncmp(p, expected, strlen(expected)) != 0) fprintf(stderr, "got %s\n", p);
+    assert_memory_equal(p, expected, strlen(expected));
+    assert_non_null(strstr(p + strlen(expected), "Error"));
+    assert_null(strchr(p, '\n'));
+    snprintf(expected, sizeof(expected),
+             "%s: empty document (pdftotext found no text; scanned pages need OCR)",
+             path_of(f, "scanned.pdf"));
+    expect_problem(f, 2, expected);
+    /* Stopped after the cap: the child is killed, not waited out. */
+    snprintf(expected, sizeof(expected), "%s: document larger than input.max_doc_bytes (100)",
+             example_pdf());
+    expect_problem(f, 3, expected);
+    assert_no_children();
+    assert_int_equal(count_fds(), fds);
+
+    /* pdftotext not installed: PATH holds only an empty directory. */
+    sheaf_scan_clear(&f->scan);
+    sheaf_input_opts_clear(&f->opts);
+    f->opts_ready = 0;
+    old_path = strdup(getenv("PATH"));
+    assert_non_null(old_path);
+    write_str(f, "empty-bin/.keep", "");
+    setenv("PATH", path_of(f, "empty-bin"), 1);
+    run_scan(f, 1, (char *)path_of(f, "scanned.pdf"));
+    setenv("PATH", old_path, 1);
+    free(old_path);
+    assert_int_equal(f->scan.n_problems, 1);
+    snprintf(expected, sizeof(expected),
+             "%s: reading PDF needs pdftotext (Debian package poppler-utils): not found",
+             path_of(f, "scanned.pdf"));
+    expect_problem(f, 0, expected);
+    assert_no_children();
+    assert_int_equal(count_fds(), fds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -746,6 +1063,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_meta_flattening, setup, teardown),
         cmocka_unit_test_setup_teardown(test_custom_fields_and_bom, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reread_by_offset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pdf_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pdf_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pdf_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -52,7 +52,7 @@ static const sheaf_llm_message test_msgs[] = {
     {"system", "Be brief."},
     {"user", "Summarize: \"quotes\", \\ and\nnewline \xc3\xa9"},
 };
-static const sheaf_llm_request test_req = {"test-model", 0.2, 64, test_msgs, 2};
+static const sheaf_llm_request test_req = {"test-model", 0.2, 64, test_msgs, 2, NULL};
 
 /* ---- a canned-response HTTP server ---------------------------------------- */
 
@@ -257,8 +257,63 @@ static void test_request_json_bad_utf8(void **state)
 {
     (void)state;
     sheaf_llm_message m[] = {{"user", "bad \xff byte"}};
-    sheaf_llm_request r = {"m", 0, 0, m, 1};
+    sheaf_llm_request r = {"m", 0, 0, m, 1, NULL};
     assert_null(sheaf_llm_request_json(&r));
+}
+
+/* With a schema the body carries OpenAI's response_format around a copy of
+ * it; the rest of the body is what it is without one. */
+static void test_request_json_schema(void **state)
+{
+    (void)state;
+    json_t *schema = json_loads("{\"type\":\"object\",\"properties\":{\"total\":"
+                                "{\"type\":\"number\"}},\"required\":[\"total\"]}",
+                                0, NULL);
+    assert_non_null(schema);
+    sheaf_llm_request r = test_req;
+    r.json_schema = schema;
+    char *s = sheaf_llm_request_json(&r);
+    assert_non_null(s);
+    json_t *root = json_loads(s, 0, NULL);
+    assert_non_null(root);
+    json_t *rf = json_object_get(root, "response_format");
+    assert_true(json_is_object(rf));
+    assert_int_equal(json_object_size(rf), 2);
+    assert_string_equal(json_string_value(json_object_get(rf, "type")), "json_schema");
+    json_t *js = json_object_get(rf, "json_schema");
+    assert_int_equal(json_object_size(js), 3);
+    assert_string_equal(json_string_value(json_object_get(js, "name")), "sheaf_map");
+    assert_true(json_is_false(json_object_get(js, "strict")));
+    assert_true(json_equal(json_object_get(js, "schema"), schema));
+    /* Exact bytes: sorted keys, the schema's own keys sorted too. */
+    assert_non_null(strstr(s, "\"response_format\":{\"json_schema\":{\"name\":\"sheaf_map\","
+                              "\"schema\":{\"properties\":{\"total\":{\"type\":\"number\"}},"
+                              "\"required\":[\"total\"],\"type\":\"object\"},"
+                              "\"strict\":false},\"type\":\"json_schema\"}"));
+    /* Apart from response_format, the same body as without a schema. */
+    char *plain = sheaf_llm_request_json(&test_req);
+    json_t *proot = json_loads(plain, 0, NULL);
+    assert_null(json_object_get(proot, "response_format"));
+    json_object_del(root, "response_format");
+    assert_true(json_equal(root, proot));
+    /* The caller's schema is copied, not taken or changed. */
+    assert_int_equal(schema->refcount, 1);
+    json_decref(proot);
+    free(plain);
+    json_decref(root);
+    free(s);
+    json_decref(schema);
+}
+
+/* A schema that is not an object cannot be sent. */
+static void test_request_json_schema_not_object(void **state)
+{
+    (void)state;
+    json_t *arr = json_array();
+    sheaf_llm_request r = test_req;
+    r.json_schema = arr;
+    assert_null(sheaf_llm_request_json(&r));
+    json_decref(arr);
 }
 
 /* ---- response parsing ------------------------------------------------------- */
@@ -500,7 +555,7 @@ static void test_bad_request_is_fatal(void **state)
     char err[SHEAF_ERRSTR_SIZE];
     sheaf_llm_result res;
     sheaf_llm_message m[] = {{"user", "bad \xc3"}};
-    sheaf_llm_request r = {"m", 0, 0, m, 1};
+    sheaf_llm_request r = {"m", 0, 0, m, 1, NULL};
     cfg_fill(&cfg, "http://127.0.0.1:1/v1");
     sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
     assert_non_null(llm);
@@ -510,6 +565,12 @@ static void test_bad_request_is_fatal(void **state)
     r.model = "";
     assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
     assert_non_null(strstr(err, "model"));
+    json_t *arr = json_array();
+    r = test_req;
+    r.json_schema = arr;
+    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
+    assert_non_null(strstr(err, "json_schema"));
+    json_decref(arr);
     sheaf_llm_destroy(llm);
 }
 
@@ -631,6 +692,32 @@ static void test_http_request_shape(void **state)
     char *want = sheaf_llm_request_json(&test_req);
     assert_string_equal(body, want);
     free(want);
+}
+
+/* The schema reaches the wire: the body sent is the built body, with
+ * response_format in it. */
+static void test_http_request_with_schema(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    char err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_result res;
+    json_t *schema = json_pack("{s:s, s:{s:{s:s}}}", "type", "object", "properties", "total",
+                               "type", "number");
+    sheaf_llm_request r = test_req;
+    r.json_schema = schema;
+    http_server *s = server_start(responses(1, resp(200, "", good_body)));
+    sheaf_llm *llm = client_for(s, "/v1/", NULL, 1, &cfg);
+    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_OK);
+    sheaf_llm_result_clear(&res);
+    sheaf_llm_destroy(llm);
+    server_stop(s);
+    char *body = strstr(last_request, "\r\n\r\n") + 4;
+    char *want = sheaf_llm_request_json(&r);
+    assert_string_equal(body, want);
+    assert_non_null(strstr(body, "\"response_format\":{\"json_schema\":{\"name\":\"sheaf_map\""));
+    free(want);
+    json_decref(schema);
 }
 
 static void test_http_no_key_no_auth_header(void **state)
@@ -875,6 +962,8 @@ int main(void)
         cmocka_unit_test(test_request_json),
         cmocka_unit_test(test_request_json_no_max_tokens),
         cmocka_unit_test(test_request_json_bad_utf8),
+        cmocka_unit_test(test_request_json_schema),
+        cmocka_unit_test(test_request_json_schema_not_object),
         cmocka_unit_test(test_parse_good),
         cmocka_unit_test(test_parse_no_usage),
         cmocka_unit_test(test_parse_missing_choices),
@@ -890,6 +979,7 @@ int main(void)
         cmocka_unit_test(test_stop_during_wait),
         cmocka_unit_test(test_http_ok_with_key),
         cmocka_unit_test(test_http_request_shape),
+        cmocka_unit_test(test_http_request_with_schema),
         cmocka_unit_test(test_http_no_key_no_auth_header),
         cmocka_unit_test(test_http_429_retry_after),
         cmocka_unit_test(test_http_status_classes),

@@ -199,7 +199,7 @@ static void submit(sheaf_llm_async *a, int id, const char *plan, int delay_ms)
 {
     char text[128];
     sheaf_llm_message m[] = {{"system", "Be brief."}, {"user", text}};
-    sheaf_llm_request req = {"stub-model", 0.0, 16, m, 2};
+    sheaf_llm_request req = {"stub-model", 0.0, 16, m, 2, NULL};
     snprintf(text, sizeof(text), "id=%d plan=%s delay=%d", id, plan, delay_ms);
     memset(&recs[id], 0, sizeof(recs[id]));
     recs[id].id = id;
@@ -563,7 +563,7 @@ static void test_invalid_request_and_resubmit(void **state)
     http_stub *s = http_stub_start(0, stub_handler, NULL);
     sheaf_llm_async *a;
     sheaf_llm_message m[] = {{"user", "hello"}};
-    sheaf_llm_request bad = {"", 0.0, 0, m, 1};
+    sheaf_llm_request bad = {"", 0.0, 0, m, 1, NULL};
     assert_non_null(s);
     cfg_fill(&cfg, s->port, 1, 1);
     a = engine(&cfg, 2, NULL);
@@ -591,7 +591,7 @@ static void chain_cb(void *ud, sheaf_err err, sheaf_llm_result *res, const char 
     call_rec *r = ud;
     char text[64];
     sheaf_llm_message m[] = {{"user", text}};
-    sheaf_llm_request req = {"stub-model", 0.0, 16, m, 1};
+    sheaf_llm_request req = {"stub-model", 0.0, 16, m, 1, NULL};
     done_cb(ud, err, res, errstr);
     if (r->id >= 3) return;
     snprintf(text, sizeof(text), "id=%d plan=ok delay=0", r->id + 1);
@@ -606,7 +606,7 @@ static void test_callback_submits(void **state)
     sheaf_config cfg;
     http_stub *s = http_stub_start(0, stub_handler, NULL);
     sheaf_llm_message m[] = {{"user", "id=1 plan=ok delay=0"}};
-    sheaf_llm_request req = {"stub-model", 0.0, 16, m, 1};
+    sheaf_llm_request req = {"stub-model", 0.0, 16, m, 1, NULL};
     assert_non_null(s);
     cfg_fill(&cfg, s->port, 1, 1);
     chain_engine = engine(&cfg, 2, NULL);

@@ -320,7 +320,8 @@ static void test_version_is_hash_of_json(void **state)
     assert_memory_equal(p->version, hex, 16);
     /* Canonical: compact, keys sorted, no version inside. */
     static const char head[] = "{\"name\":\"summarize\",\"stages\":{\"combine\":"
-                               "{\"max_tokens\":512,\"model\":\"sim-model\",\"system\":";
+                               "{\"budget_tokens\":0,\"group_size\":8,\"max_tokens\":512,"
+                               "\"model\":\"sim-model\",\"system\":";
     assert_true(strncmp(json, head, sizeof(head) - 1) == 0);
     assert_non_null(strstr(json, "\"temperature\":0.2,"));
     assert_null(strstr(json, "version"));
@@ -469,13 +470,13 @@ static void test_json_errors(void **state)
                            "\"extra\"");
     assert_from_json_fails("{\"name\":\"n\",\"name\":\"m\",\"stages\":{}}", "duplicate", NULL);
 
-    snprintf(buf, sizeof(buf), "{\"name\":\"n\",\"stages\":{\"map\":%s,\"overview\":%s}}",
+    snprintf(buf, sizeof(buf), "{\"name\":\"n\",\"stages\":{\"combine\":%s,\"overview\":%s}}",
              STAGE_OK, STAGE_OK);
-    assert_from_json_fails(buf, "\"combine\"", "missing");
+    assert_from_json_fails(buf, "\"map\"", "missing");
     snprintf(buf, sizeof(buf),
              "{\"name\":\"n\",\"stages\":{\"map\":%s,\"combine\":%s,\"overview\":%s,\"x\":{}}}",
              STAGE_OK, STAGE_OK, STAGE_OK);
-    assert_from_json_fails(buf, "stages", "unknown key \"x\"");
+    assert_from_json_fails(buf, "stages", "unknown stage \"x\"");
     snprintf(buf, sizeof(buf),
              "{\"name\":\"n\",\"stages\":{\"map\":%s,\"combine\":\"text\",\"overview\":%s}}",
              STAGE_OK, STAGE_OK);

@@ -103,6 +103,9 @@ typedef struct sheaf_config {
 
     char *log_level;             /* log.level: error|warn|info|debug */
     int log_json;                /* log.json: JSON-lines logs */
+    char *pipeline;              /* pipeline: built-in name or JSON file */
+    int reducer_threads;         /* reducer.threads */
+    unsigned char set_explicitly[32]; /* bit per key: set by file, env or flag */
 } sheaf_config;
 
 /* Fills cfg with the defaults (cfg need not be initialised; its old
@@ -117,6 +120,10 @@ void sheaf_config_clear(sheaf_config *cfg);
  * Unknown keys and out-of-range values fail with SHEAF_ERR_CONFIG. */
 sheaf_err sheaf_config_set(sheaf_config *cfg, const char *key, const char *value,
                            const char *source, char *errstr, size_t errlen);
+
+/* 1 when key was set by sheaf_config_set (file, environment or flag),
+ * not left at its default. */
+int sheaf_config_is_set(const sheaf_config *cfg, const char *key);
 
 sheaf_err sheaf_config_load_file(sheaf_config *cfg, const char *path, char *errstr,
                                  size_t errlen);

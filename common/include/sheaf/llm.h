@@ -1,7 +1,13 @@
 /* sheaf/llm.h - client for OpenAI-compatible chat completions over libcurl.
  *
  * POST {llm.base_url}/chat/completions with a JSON body
- * {"model","messages":[{"role","content"}],"temperature","max_tokens"};
+ * {"model","messages":[{"role","content"}],"temperature","max_tokens"},
+ * plus, when the request has a JSON schema, OpenAI's structured output
+ * "response_format": {"type": "json_schema", "json_schema": {"name":
+ * "sheaf_map", "strict": false, "schema": <schema>}} (strict false: strict
+ * mode demands every property required and additionalProperties false,
+ * which sheaf's schema subset does not; the answer is checked by the caller
+ * with sheaf_jschema_validate instead);
  * reads choices[0].message.content and usage.{prompt,completion}_tokens.
  * The API key is sent as "Authorization: Bearer ..." and never logged.
  *
@@ -22,6 +28,7 @@
 #ifndef SHEAF_LLM_H
 #define SHEAF_LLM_H
 
+#include <jansson.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -39,6 +46,9 @@ typedef struct sheaf_llm_request {
     int max_tokens;                  /* <= 0: not sent */
     const sheaf_llm_message *messages;
     size_t n_messages;
+    const json_t *json_schema;       /* NULL: free text; else an object schema,
+                                      * sent as response_format (copied into
+                                      * the body: not kept after the call) */
 } sheaf_llm_request;
 
 typedef struct sheaf_llm_usage {
@@ -55,9 +65,11 @@ typedef struct sheaf_llm_result {
 } sheaf_llm_result;
 
 /* Returns a malloc'd JSON body for req (compact, keys sorted, reals with 15
- * significant digits: the same request always gives the same bytes), or
- * NULL on allocation failure, a string that is not valid UTF-8 or a
- * temperature that is not finite. */
+ * significant digits: the same request always gives the same bytes; keys
+ * inside json_schema are sorted too), or NULL on allocation failure, a
+ * string that is not valid UTF-8, a temperature that is not finite or a
+ * json_schema that is not a JSON object.  Without json_schema the body has
+ * no "response_format" key. */
 char *sheaf_llm_request_json(const sheaf_llm_request *req);
 
 /* Parses a chat-completion response body.  On success *content is a
@@ -80,8 +92,9 @@ void sheaf_llm_destroy(sheaf_llm *llm);
 
 /* One HTTP attempt.  result->content is NULL unless SHEAF_OK.  result is
  * overwritten, not freed: clear a reused result first.  A request that can
- * never be sent (empty model, no messages, invalid UTF-8) is
- * SHEAF_ERR_LLM_FATAL; a response over llm.max_response_bytes too. */
+ * never be sent (empty model, no messages, invalid UTF-8, a json_schema that
+ * is not an object) is SHEAF_ERR_LLM_FATAL; a response over
+ * llm.max_response_bytes too. */
 sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
                              sheaf_llm_result *result, char *errstr, size_t errlen);
 

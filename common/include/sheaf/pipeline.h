@@ -1,64 +1,124 @@
 /* sheaf/pipeline.h - what is asked of the LLM at each stage, and its version.
  *
- * A pipeline names three stages: map (per chunk), combine (per document,
- * over the map results in chunk order) and overview (per job, over the
- * document results in document order).  Each stage has a system prompt, a
- * user template, a model and sampling settings.  The pipeline version is the
- * first 16 hex digits of the SHA-256 of its canonical JSON (keys sorted,
- * compact): anything that changes what is sent changes the version.
+ * A pipeline is a JSON document naming its stages and how they connect:
  *
- * The producer stores the snapshot in Redis under the version; workers and
- * reducers look it up by the version carried in each message, so they need
- * no local copy and every process of a job sends the same prompts.
+ *   {"name": "statements",
+ *    "chunking": {"pages_per_batch": 2},            producer defaults (optional)
+ *    "stages": {
+ *      "map":      {...stage, "json_schema": {...}, "json_retries": 2},
+ *      "combine":  {...stage, "budget_tokens": 3000, "group_size": 8},
+ *      "critique": {...stage}, "refine": {...stage},
+ *      "group":    {...stage, "budget_tokens": 0, "group_size": 8},
+ *      "overview": {...stage, "budget_tokens": 0, "group_size": 8}},
+ *    "refinement": {"max_rounds": 3, "stop_when": "DONE"},
+ *    "grouping": {"by": ["meta.sector", "result.role"]},
+ *    "merge": {"key": "account_number", "rules": {"fees": "sum"}}}
+ *
+ * A stage is {"system", "user", "model", "temperature", "max_tokens"}; in a
+ * user's file only "user" is required (system defaults to "", the others
+ * to llm.model, llm.temperature and llm.max_tokens), while the stored
+ * snapshot has every key.  Only "map" is required; what else is present
+ * picks the pattern:
+ *   map only                 batch items: each document's result is its
+ *                            map result, streamed out as it is recorded
+ *   + combine                map-reduce; with budget_tokens, progressive:
+ *                            partials that do not fit are reduced in groups
+ *                            of at most group_size, level by level
+ *   + critique, refine,      refinement chain on each document result:
+ *     refinement             critique -> refine, up to max_rounds or until
+ *                            the critique contains stop_when
+ *   + group, grouping        hierarchical: document results grouped by
+ *                            metadata or map-result fields, outermost first
+ *   + overview               one result over the documents (or the
+ *                            outermost groups)
+ *   map.json_schema + merge  page-batch extraction: per-batch JSON records
+ *                            merged per document (or per merge.key)
+ * The combination is validated with errors naming the stage and key.
+ *
+ * The version is the first 16 hex digits of the SHA-256 of the canonical
+ * JSON (keys sorted, compact): anything that changes what is sent changes
+ * the version.  The producer stores the snapshot in Redis under the
+ * version; workers and reducers look it up by the version each message
+ * carries, so every process of a job sends the same prompts.
  *
  * Templates: "{{name}}" is replaced by the variable's value (whitespace
  * inside the braces is ignored: "{{ text }}"); "{{{{" is a literal "{{".
  * An unterminated "{{", an empty name or a name holding a brace or a
- * control character is an error.  Variables by stage:
- *   all stages: job_id
- *   map:        text, doc_id, chunk_index (from 1), chunk_count, pages
- *               ("3-4" or "" without pages), meta.<key>
- *   combine:    doc_id, chunk_count, partials (map results joined with
- *               blank lines), meta.<key>
- *   overview:   doc_count, results (document results, each as
- *               "[doc_id]\n<text>", joined with blank lines)
- * An unknown variable fails validation naming the stage and variable. */
+ * control character is an error.  Variables by stage (all: job_id):
+ *   map:      text, doc_id, chunk_index (from 1), chunk_count, pages
+ *             ("3-4" or ""), page_first, page_last, meta.<key>
+ *   combine:  doc_id, chunk_count, partials (map results, or the previous
+ *             level's results, joined with blank lines), level (0 for the
+ *             call over everything, 1.. for progressive levels), meta.<key>
+ *   critique: doc_id, draft, round (from 1), partials, meta.<key>
+ *   refine:   doc_id, draft, critique, round, partials, meta.<key>
+ *   group:    group (the value), group_key ("meta.sector"), group_path
+ *             ("finance / engineering"), count, results, level
+ *   overview: doc_count, group_count, count, results, level
+ * "results" are the members' results, each "[id]\n<text>", joined with
+ * blank lines.  An unknown variable fails validation naming the stage. */
 #ifndef SHEAF_PIPELINE_H
 #define SHEAF_PIPELINE_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include "sheaf/buf.h"
 #include "sheaf/config.h"
 #include "sheaf/error.h"
 
+#define SHEAF_GROUP_SIZE_DEFAULT 8
+#define SHEAF_MAX_GROUP_LEVELS 8
+
 typedef struct sheaf_stage {
+    int present;        /* 0: not part of the pipeline */
     char *system;       /* may be "" */
     char *user;         /* template */
     char *model;
     double temperature;
     int max_tokens;
+    int budget_tokens;  /* combine/group/overview: prompt budget, 0 = none */
+    int group_size;     /* combine/group/overview: inputs per progressive call */
 } sheaf_stage;
 
 typedef struct sheaf_pipeline {
     char *name;
-    sheaf_stage map;
-    sheaf_stage combine;
-    sheaf_stage overview;
-    char version[17];   /* filled by sheaf_pipeline_finalize */
+    sheaf_stage map, combine, critique, refine, group, overview;
+    json_t *schema;          /* map answer's JSON schema; NULL = free text */
+    int json_retries;        /* map: extra calls when the answer fails the schema */
+    int refine_rounds;       /* 0 = no refinement chain */
+    char *refine_stop;       /* critique answer holding it ends the chain */
+    char *group_by[SHEAF_MAX_GROUP_LEVELS]; /* "meta.<k>" or "result.<k>" */
+    size_t n_group_by;
+    size_t n_meta_levels;    /* the leading "meta." levels */
+    json_t *merge;           /* {"key"?, "rules"?}; NULL = no merge */
+    int pages_per_batch, chunk_max_tokens, chunk_overlap_tokens; /* 0 = unset */
+    char version[17];        /* filled by sheaf_pipeline_finalize */
 } sheaf_pipeline;
 
+/* Loads what the "pipeline" setting names: a built-in ("summarize",
+ * "summarize-refine", "batch"; made from the prompt.* and llm.* settings)
+ * or a JSON file (a path; errors name the file).  Stage defaults come from
+ * llm.*.  Validated and versioned. */
+sheaf_pipeline *sheaf_pipeline_load(const char *spec, const sheaf_config *cfg, char *errstr,
+                                    size_t errlen);
 /* The built-in "summarize" pipeline from prompt.* and llm.* settings. */
 sheaf_pipeline *sheaf_pipeline_builtin(const sheaf_config *cfg, char *errstr, size_t errlen);
-/* Validates templates and computes the version. */
+/* Validates templates and the combination of stages, computes the version. */
 sheaf_err sheaf_pipeline_finalize(sheaf_pipeline *p, char *errstr, size_t errlen);
 /* Canonical JSON (malloc'd), the form stored in Redis and hashed. */
 char *sheaf_pipeline_to_json(const sheaf_pipeline *p);
-/* Parses the JSON form; validates and computes the version.  Missing keys,
- * wrong types and unknown keys fail naming the stage and key; an optional
- * "version" key must equal the computed version. */
+/* Parses the stored (canonical) form strictly: every stage key present
+ * (budget_tokens and group_size may be left out: 0 and 8).
+ * Missing keys, wrong types and unknown keys fail naming the stage and
+ * key; an optional "version" key must equal the computed version. */
 sheaf_pipeline *sheaf_pipeline_from_json(const char *json, size_t len, char *errstr,
                                          size_t errlen);
 void sheaf_pipeline_destroy(sheaf_pipeline *p);
+
+/* The text of a map answer or document result for use as input to a
+ * later stage: the "text" of rec, or with a schema the "summary" string of
+ * its data when there is one, else the data as compact JSON.  malloc'd. */
+char *sheaf_pipeline_result_text(const json_t *rec);
 
 /* Variable lookup for rendering: returns the value of name[0..name_len) and
  * its length, or NULL when the variable does not exist. */

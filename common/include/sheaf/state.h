@@ -15,7 +15,15 @@
  *   sheaf:{J}:done_ms      hash    <doc> = wall-clock ms its result was stored
  *                                  (kept apart so results stay deterministic)
  *   sheaf:{J}:overview     string  the overview result (JSON line)
- *   sheaf:{J}:ready        stream  entries {type=doc, doc=<id>} and one
+ *   sheaf:{J}:g            hash    metadata groups, by path (a JSON array of
+ *                                  values, root "[]"): n:<path> members,
+ *                                  d:<path> members done, p:<path> parent
+ *   sheaf:{J}:gm:<path>    list    a group's members in first-appearance
+ *                                  order: documents (innermost) or paths
+ *   sheaf:{J}:ginner       list    the innermost metadata groups
+ *   sheaf:{J}:groups       hash    <path> = the group's result (JSON line)
+ *   sheaf:{J}:ready        stream  entries {type=doc, doc=<id>},
+ *                                  {type=group, g=<path>} and one
  *                                  {type=overview}; consumer group =
  *                                  reducer.group
  *   sheaf:pipeline:<pv>    string  pipeline snapshot (canonical JSON)
@@ -80,10 +88,17 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
                                  const char *pipeline_json, const char *pv, const char *topic,
                                  char *errstr, size_t errlen);
 
+#define SHEAF_MAX_GROUP_PATHS 8
+
 typedef struct sheaf_doc_reg {
     const char *id;
     uint32_t chunks;
     const char *meta_json;   /* "{}" when none */
+    /* Metadata grouping: the document's group path at each level, outermost
+     * first, each a compact JSON array of the values so far ("[\"finance\"]",
+     * "[\"finance\",\"sales\"]"); none without metadata grouping. */
+    const char *const *group_paths;
+    size_t n_group_paths;
 } sheaf_doc_reg;
 
 /* Registers documents (appends to sheaf:{J}:docs in the order given, from
@@ -141,11 +156,22 @@ sheaf_err sheaf_state_doc_info(sheaf_redis *r, const char *job, const char *doc,
                                char **meta_json, uint32_t *chunks, char *errstr, size_t errlen);
 
 /* Records the document result once; *overview_queued is 1 when this was the
- * last document and {type=overview} was enqueued. */
+ * last document and {type=overview} was enqueued, 2 when it completed its
+ * metadata group and {type=group, g=<path>} was enqueued. */
 sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const char *doc,
                                        const char *result_json, uint64_t prompt_tokens,
                                        uint64_t completion_tokens, int *overview_queued,
                                        char *errstr, size_t errlen);
+
+/* Records a group's result once, in sheaf:{J}:groups under its path.
+ * counted (metadata groups): the group is counted into its parent, and
+ * the parent's entry ({type=group} or, for the root, {type=overview}) is
+ * enqueued when it was the last; *queued says so.  Groups by map results
+ * live inside their metadata group and are not counted. */
+sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const char *path,
+                                         int counted, const char *result_json,
+                                         uint64_t prompt_tokens, uint64_t completion_tokens,
+                                         int *queued, char *errstr, size_t errlen);
 
 /* Stores the overview, sets state done and finished_ms, removes the job from
  * sheaf:jobs:active.  Idempotent. */

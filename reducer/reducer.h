@@ -1,0 +1,113 @@
+/* reducer.h - what the parts of sheaf-reducer share.
+ *
+ * A reducer process runs reducer.threads threads; each is a full reducer
+ * (its own Redis connection, LLM engine and stream consumer name) reading
+ * the same consumer groups, so documents are reduced in parallel exactly as
+ * with several reducer processes.  What threads share is read-only (the
+ * configuration) or guarded (the output file, the results producer). */
+#ifndef SHEAF_REDUCER_H
+#define SHEAF_REDUCER_H
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <pthread.h>
+#include <stdio.h>
+
+#include "sheaf/llm_async.h"
+#include "sheaf/pipeline.h"
+#include "sheaf/ratelimit.h"
+#include "sheaf/state.h"
+
+#define MAX_JOBS 256
+
+typedef struct reducer_shared {
+    sheaf_config cfg;
+    FILE *out;                   /* reducer.output, or NULL */
+    pthread_mutex_t out_lock;
+    rd_kafka_t *results;         /* producer for <prefix>.results */
+    char results_topic[256];
+} reducer_shared;
+
+typedef struct reducer {
+    reducer_shared *sh;
+    const sheaf_config *cfg;
+    sheaf_redis *redis;
+    sheaf_ratelimit *limit;      /* fleet-wide, shared with the workers; NULL = none */
+    sheaf_llm_limiter limiter;
+    sheaf_llm_async *llm;        /* same engine as the workers: retries, breaker, limiter */
+    char consumer[160];
+    char *jobs[MAX_JOBS];        /* active jobs, refreshed every second */
+    size_t n_jobs;
+    int64_t jobs_refreshed_ms, claimed_ms;
+    unsigned long docs, groups, overviews;
+    pthread_t thread;
+    int rc;
+} reducer;
+
+typedef enum { ENTRY_DONE, ENTRY_RETRY, ENTRY_STOPPED } entry_outcome;
+
+/* ---- template variables (calls.c) ---- */
+
+#define RVARS_MAX 16
+typedef struct rvars {
+    const char *name[RVARS_MAX];
+    const char *value[RVARS_MAX];
+    size_t n;
+    const json_t *meta;          /* for meta.<key>; NULL = none */
+} rvars;
+
+/* Sets (or replaces) a variable; value must outlive its use. */
+void rvars_set(rvars *v, const char *name, const char *value);
+const char *rvars_lookup(const char *name, size_t len, void *ud, size_t *out_len);
+
+/* ---- LLM calls (calls.c) ---- */
+
+typedef struct stage_result {
+    char *text;                  /* the answer (malloc'd), NULL when error is set */
+    char *error;                 /* why there is no answer (a permanent failure) */
+    sheaf_llm_usage usage;       /* summed over every call made */
+} stage_result;
+
+void stage_result_clear(stage_result *res);
+
+/* Renders the stage with vars and calls the LLM once.  SHEAF_OK with
+ * res->text or res->error; SHEAF_ERR_STOPPED at shutdown;
+ * SHEAF_ERR_LLM_RETRY when the provider failed transiently after every
+ * attempt (nothing decided: retry the entry later). */
+sheaf_err reducer_call(reducer *r, const char *name, const sheaf_stage *st, const rvars *vars,
+                       stage_result *res);
+
+/* Runs a reduce stage over texts: one call with every text joined under
+ * the variable input_var ("partials" or "results") when the rendered
+ * prompt fits st->budget_tokens (or there is no budget), else progressive:
+ * consecutive texts are reduced in groups of at most st->group_size that
+ * fit the budget, all calls of a level at once, level by level, until one
+ * call takes everything.  Each level's results are appended to levels (an
+ * array of arrays) when levels is not NULL.  Same outcomes as reducer_call. */
+sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, rvars *vars,
+                         const char *input_var, char *const *texts, size_t n, json_t *levels,
+                         stage_result *res);
+
+/* ---- results (main.c) ---- */
+
+/* Writes one result line to reducer.output and <prefix>.results:
+ * {"job":J,"kind":kind,"result":json}. */
+void reducer_emit(reducer *r, const char *job, const char *kind, const char *json);
+/* The job's pipeline (NULL with *err: SHEAF_ERR_REDIS to retry, others
+ * permanent). */
+sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, size_t errlen,
+                                     sheaf_err *err);
+
+/* ---- stages (doc.c, group.c) ---- */
+
+entry_outcome reducer_doc(reducer *r, const char *job, const char *doc);
+entry_outcome reducer_group(reducer *r, const char *job, const char *path);
+entry_outcome reducer_overview(reducer *r, const char *job);
+
+/* Maps a stage outcome to what happens to the stream entry. */
+static inline entry_outcome entry_from(sheaf_err err)
+{
+    return err == SHEAF_OK ? ENTRY_DONE : err == SHEAF_ERR_STOPPED ? ENTRY_STOPPED : ENTRY_RETRY;
+}
+
+#endif

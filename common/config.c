@@ -124,6 +124,10 @@ static const conf_key conf_keys[] = {
           "Tries per call, the first included, for retryable failures (429, 5xx, timeouts)."),
     K_INT("llm.backoff_ms", llm_backoff_ms, "500", 0, HOUR_MS,
           "First retry delay, doubled per try (with jitter)."),
+    K_ENUM("llm.structured_output", llm_structured_output, "json_schema", "json_schema|prompt",
+           "How a map stage's json_schema reaches the model: as response_format (json_schema), "
+           "or in the system prompt for endpoints without structured output (prompt); the "
+           "answer is validated and retried either way."),
     K_INT("llm.max_response_bytes", llm_max_response_bytes, "8388608", KiB, GiB,
           "Cap on one HTTP response body."),
 

@@ -181,6 +181,9 @@ static sheaf_err validate_grouping(sheaf_pipeline *p, char *errstr, size_t errle
     p->n_meta_levels = 0;
     for (size_t i = 0; i < p->n_group_by; i++) {
         const char *by = p->group_by[i];
+        for (size_t j = 0; j < i; j++)
+            REQUIRE(strcmp(p->group_by[j], by) != 0, "grouping.by[%zu]: \"%s\" is already level %zu",
+                    i, by, j);
         if (strncmp(by, "meta.", 5) == 0 && by[5]) {
             REQUIRE(p->n_meta_levels == i,
                     "grouping.by[%zu]: \"%s\" must come before every \"result.\" level "
@@ -217,16 +220,23 @@ static sheaf_err validate_shape(sheaf_pipeline *p, char *errstr, size_t errlen)
             "stage map: json_retries must be in 0..%d", MAX_JSON_RETRIES);
     if (p->schema) {
         char msg[SHEAF_ERRSTR_SIZE];
-        REQUIRE(json_is_object(p->schema) &&
-                    json_equal(json_object_get(p->schema, "type"), json_string_nocheck("object")),
+        const char *type = json_string_value(json_object_get(p->schema, "type"));
+        REQUIRE(json_is_object(p->schema) && type && strcmp(type, "object") == 0,
                 "stage map: json_schema must be an object schema ({\"type\": \"object\", ...})");
         REQUIRE(sheaf_jschema_check(p->schema, msg, sizeof(msg)) == SHEAF_OK,
                 "stage map: json_schema: %s", msg);
     }
     if (p->merge) {
         char msg[SHEAF_ERRSTR_SIZE];
+        const char *key = json_string_value(json_object_get(p->merge, "key"));
         REQUIRE(sheaf_merge_check(p->merge, msg, sizeof(msg)) == SHEAF_OK, "%s", msg);
+        REQUIRE(!key || json_object_get(json_object_get(p->schema, "properties"), key),
+                "merge.key: \"%s\" is not a property of stages.map.json_schema", key);
     }
+    REQUIRE(!p->chunk_overlap_tokens ||
+                p->chunk_overlap_tokens < (p->chunk_max_tokens ? p->chunk_max_tokens : INT_MAX) / 2,
+            "chunking: overlap_tokens (%d) must be below half of max_tokens (%d)",
+            p->chunk_overlap_tokens, p->chunk_max_tokens);
     return validate_grouping(p, errstr, errlen);
 }
 
@@ -451,6 +461,7 @@ static sheaf_err stage_from_json(json_t *o, const stage_def *d, sheaf_pipeline *
         return SHEAF_ERR_INVALID;
     }
     if (v) st->temperature = json_number_value(v);
+    if (st->temperature == 0) st->temperature = 0; /* -0.0 would hash apart from 0 */
     if (d->reduces &&
         ((err = get_int(o, "budget_tokens", 1, 0, INT_MAX, where, &st->budget_tokens, errstr,
                         errlen)) ||

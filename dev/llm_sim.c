@@ -18,6 +18,9 @@
  *     messages are seen (FNV-1a 64 of their dump, the last 4096 kept;
  *     POST /stats/reset forgets them), so a validate-and-retry test gets
  *     a good answer on the identical retry;
+ *   - the same JSON when there is no response_format but the system
+ *     message holds "matches this JSON schema: " followed by the schema
+ *     (sheaf's llm.structured_output=prompt: a model following orders);
  *   - a refinement, when the first system message contains "refine" or
  *     "editor": the draft without its longest sentence (kept as it is when
  *     it has one);

@@ -420,6 +420,9 @@ out:
 
 /* ---- entry points -------------------------------------------------------- */
 
+/* What precedes a JSON schema in a system prompt that carries one. */
+#define SCHEMA_MARKER "matches this JSON schema: "
+
 char *sim_answer(const sim_prompt *p, sim_kind *kind)
 {
     const char *sys = p->system ? p->system : "";
@@ -427,6 +430,24 @@ char *sim_answer(const sim_prompt *p, sim_kind *kind)
     if (p->format.type != SIM_FORMAT_TEXT) {
         *kind = SIM_KIND_JSON;
         return structured_answer(p);
+    }
+    /* A model told the schema in its instructions (sheaf's
+     * llm.structured_output=prompt) answers as if it had been given
+     * response_format. */
+    size_t at = find_ci(sys, p->system_len, SCHEMA_MARKER, sizeof(SCHEMA_MARKER) - 1);
+    if (at < p->system_len) {
+        size_t from = at + sizeof(SCHEMA_MARKER) - 1;
+        json_t *schema = json_loadb(sys + from, p->system_len - from, JSON_DISABLE_EOF_CHECK, NULL);
+        if (json_is_object(json_object_get(schema, "properties"))) {
+            sim_prompt q = *p;
+            q.format.type = SIM_FORMAT_JSON_SCHEMA;
+            q.format.schema = schema;
+            char *answer = structured_answer(&q);
+            json_decref(schema);
+            *kind = SIM_KIND_JSON;
+            return answer;
+        }
+        json_decref(schema);
     }
     /* The editor is looked for first: its prompt usually mentions "the
      * critique" it applies, while a critic's rarely says "editor".

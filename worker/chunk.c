@@ -298,7 +298,8 @@ static outcome send_map(worker *w, call *c)
                              .max_tokens = r->max_tokens,
                              .messages = msgs,
                              .n_messages = n,
-                             .json_schema = c->schema};
+                             .json_schema = strcmp(w->cfg.llm_structured_output, "prompt")
+                                                ? c->schema : NULL};
     if (sheaf_llm_async_submit(w->llm, &req, r->est_tokens, on_done, c) != SHEAF_OK) {
         sheaf_error("worker", "out of memory submitting job %s doc %s chunk %u", c->m.job,
                     c->m.doc, c->m.idx);
@@ -396,6 +397,22 @@ static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *
 
 /* ---- taking a message ---- */
 
+/* llm.structured_output=prompt, for endpoints without response_format:
+ * the schema goes at the end of the system prompt instead (the answer is
+ * validated and retried the same way). */
+static sheaf_err append_schema(sheaf_buf *system, const json_t *schema, char *errstr,
+                               size_t errlen)
+{
+    char *text = json_dumps(schema, JSON_COMPACT | JSON_SORT_KEYS);
+    sheaf_err err = text ? sheaf_buf_appendf(system, "%sAnswer with one JSON object, and nothing "
+                                             "else, that matches this JSON schema: %s",
+                                             system->len ? "\n\n" : "", text)
+                         : SHEAF_ERR_NOMEM;
+    if (err != SHEAF_OK) snprintf(errstr, errlen, "adding the JSON schema: %s", sheaf_strerror(err));
+    free(text);
+    return err;
+}
+
 /* Renders the map prompts into the call's own request and submits it; the
  * call ends in on_done. */
 static outcome submit(worker *w, call *c, const sheaf_pipeline *p)
@@ -416,6 +433,12 @@ static outcome submit(worker *w, call *c, const sheaf_pipeline *p)
         snprintf(vars.pages, sizeof(vars.pages), "%u", m->page_first);
     if (sheaf_prompt_render(p->map.system, map_var, &vars, &system, errstr, sizeof(errstr)) ||
         sheaf_prompt_render(p->map.user, map_var, &vars, &user, errstr, sizeof(errstr))) {
+        snprintf(reason, sizeof(reason), "map prompt: %s", errstr);
+        call_end(c, fail_chunk(w, c, reason));
+        goto done;
+    }
+    if (p->schema && strcmp(w->cfg.llm_structured_output, "prompt") == 0 &&
+        append_schema(&system, p->schema, errstr, sizeof(errstr)) != SHEAF_OK) {
         snprintf(reason, sizeof(reason), "map prompt: %s", errstr);
         call_end(c, fail_chunk(w, c, reason));
         goto done;

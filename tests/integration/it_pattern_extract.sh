@@ -4,7 +4,8 @@
 # per account with the pages of each value; the PDF gives the same records
 # as its text version; calls per document against one page per call;
 # invalid JSON answers retried, then dead-lettered with the reason; one
-# worker vs three byte-identical.
+# worker vs three byte-identical; the schema given in the prompt instead of
+# response_format gives the same records.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 P="$ROOT/examples/pipelines"
@@ -12,7 +13,7 @@ P="$ROOT/examples/pipelines"
 command -v pdftotext > /dev/null || fail "pdftotext (poppler-utils) is needed: scripts/install-deps.sh installs it"
 stack_up
 start_reducer r1
-start_worker w1
+start_worker w1; W1=$LAST_PID
 
 sim_reset
 run_job "$T/extract.one.jsonl" --pipeline "$P/statements.json" "$ROOT/examples/statements"
@@ -52,8 +53,16 @@ kcat -b "$SHEAF_BROKERS" -C -t sheaf.dlq -o beginning -e -f '%h\n' 2>/dev/null |
 grep -q 'not valid JSON for the schema after 3 attempt' "$T/dlq.txt" || fail "DLQ reason missing: $(cat "$T/dlq.txt")"
 
 # One worker vs three: byte-identical.
-start_worker w2; start_worker w3
+start_worker w2; W2=$LAST_PID; start_worker w3; W3=$LAST_PID
 wait_until 60 "three workers to own partitions" all_own_partitions w1 w2 w3
 run_job "$T/extract.three.jsonl" --pipeline "$P/statements.json" "$ROOT/examples/statements"
 diff -u "$T/extract.one.jsonl" "$T/extract.three.jsonl" || fail "one worker and three workers differ"
+# An endpoint without response_format: the schema goes in the system prompt
+# (llm.structured_output=prompt); same validation, same records.
+for pid in $W1 $W2 $W3; do stop_pid "$pid"; done
+start_worker w4 -X llm.structured_output=prompt
+sim_reset
+run_job "$T/extract.prompt.jsonl" --pipeline "$P/statements.json" "$ROOT/examples/statements"
+diff -u "$T/extract.one.jsonl" "$T/extract.prompt.jsonl" || fail "schema in the prompt gives other records"
+assert_eq "$(sim_stat json_answers)" "$batched_chunks" "JSON answers with the schema in the prompt"
 log "ok: extraction ($docs statements, $batched_calls calls batched vs $perpage_calls per page), JSON retry and DLQ"

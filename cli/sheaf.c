@@ -2,7 +2,10 @@
  *
  *   sheaf submit [--pipeline NAME|FILE] [--job-id ID] [--wait] [--dry-run] INPUT...
  *   sheaf status JOB [--json]
- *   sheaf results JOB
+ *   sheaf results JOB [--version PV]
+ *   sheaf replay JOB [--pipeline NAME|FILE] [--wait]
+ *   sheaf replay --from TIME --to TIME [--pipeline NAME|FILE]
+ *   sheaf diff JOB PV1 PV2
  *   sheaf config            (print the effective configuration, secrets hidden)
  *
  * Every subcommand takes -c FILE and -X key=value like the other programs.
@@ -12,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "producer.h"
@@ -35,6 +39,15 @@ static void usage(FILE *out)
             "  status JOB [--json]   documents and chunks done, failed, in flight\n"
             "  results JOB           per-document results, group results, then the\n"
             "                        overview, as JSONL\n"
+            "        --version PV: the results of that pipeline version (after a replay)\n"
+            "  replay JOB [--pipeline NAME|FILE] [--wait]\n"
+            "        run the job again from its chunk messages on Kafka under the pipeline\n"
+            "        (default: its own); unchanged LLM calls come from the call cache.\n"
+            "        Prints the run id (JOB@rN).\n"
+            "  replay --from TIME --to TIME [--pipeline NAME|FILE]\n"
+            "        replay every job with chunk messages produced in that window\n"
+            "        (TIME: epoch milliseconds or YYYY-MM-DDTHH:MM:SS, UTC)\n"
+            "  diff JOB PV1 PV2      which documents' results differ between two versions\n"
             "  config                the effective configuration (secrets hidden)\n"
             "\n"
             "options for every command:\n"
@@ -50,6 +63,7 @@ typedef struct cli {
     const char *job_id;
     int wait, dry_run, json;
     int timeout_s;
+    const char *version, *from, *to;
     char *owned[8];      /* overrides made from options */
     size_t n_owned;
 } cli;
@@ -64,14 +78,16 @@ static int print_status(const sheaf_job_status *st, const char *job, int json)
         printf("{\"job\":\"%s\",\"state\":\"%s\",\"pipeline\":\"%s\",\"docs\":%llu,"
                "\"docs_done\":%llu,\"docs_ready\":%llu,\"chunks\":%llu,\"chunks_done\":%llu,"
                "\"chunks_failed\":%llu,\"chunks_in_flight\":%llu,\"dlq\":%llu,"
-               "\"overview\":%s,\"tokens_prompt\":%llu,\"tokens_completion\":%llu}\n",
+               "\"overview\":%s,\"tokens_prompt\":%llu,\"tokens_completion\":%llu,"
+               "\"cache_hits\":%llu,\"cache_misses\":%llu,\"tokens_saved\":%llu}\n",
                job, st->state, st->pv, (unsigned long long)st->docs,
                (unsigned long long)st->docs_done, (unsigned long long)st->docs_ready,
                (unsigned long long)st->chunks, (unsigned long long)st->chunks_ok,
                (unsigned long long)st->chunks_failed, (unsigned long long)in_flight,
                (unsigned long long)st->dlq, st->overview_done ? "true" : "false",
                (unsigned long long)st->tokens_prompt,
-               (unsigned long long)st->tokens_completion);
+               (unsigned long long)st->tokens_completion, (unsigned long long)st->cache_hits,
+               (unsigned long long)st->cache_misses, (unsigned long long)st->tokens_saved);
     } else {
         printf("job %s: %s%s%s\n", job, st->state, st->error[0] ? ": " : "", st->error);
         printf("  documents  %llu done of %llu (%llu ready to combine)\n",
@@ -85,6 +101,9 @@ static int print_status(const sheaf_job_status *st, const char *job, int json)
         printf("  overview   %s\n", st->overview_done ? "written" : "pending");
         printf("  tokens     %llu prompt + %llu completion\n",
                (unsigned long long)st->tokens_prompt, (unsigned long long)st->tokens_completion);
+        printf("  cache      %llu hits, %llu misses, %llu tokens saved\n",
+               (unsigned long long)st->cache_hits, (unsigned long long)st->cache_misses,
+               (unsigned long long)st->tokens_saved);
     }
     return 0;
 }
@@ -137,7 +156,159 @@ static int print_groups(sheaf_redis *r, const char *job, char *errstr, size_t er
     return 0;
 }
 
+/* The run holding version pv of job (malloc'd), or NULL with errstr. */
+static char *version_run(sheaf_redis *r, const char *job, const char *pv, char *errstr,
+                         size_t errlen)
+{
+    char kvers[512];
+    char *run = NULL;
+    sheaf_key(kvers, sizeof(kvers), job, "versions");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", kvers, pv);
+    if (!rep) return NULL;
+    if (rep->type == REDIS_REPLY_STRING) {
+        run = strdup(rep->str);
+    } else {
+        redisReply *all = sheaf_redis_cmd(r, errstr, errlen, "HKEYS %s", kvers);
+        size_t n = 0;
+        snprintf(errstr, errlen, "job %s has no results for version %s; its versions:", job, pv);
+        for (size_t i = 0; all && i < all->elements; i++) {
+            n = strlen(errstr);
+            snprintf(errstr + n, errlen - n, " %s", all->element[i]->str);
+        }
+        if (all) freeReplyObject(all);
+    }
+    freeReplyObject(rep);
+    return run;
+}
+
+static int cmd_results_run(cli *c, const char *job);
+static int wait_job(cli *c, const char *job);
+
 static int cmd_results(cli *c, const char *job)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    if (!c->version) return cmd_results_run(c, job);
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    char *run = r ? version_run(r, job, c->version, errstr, sizeof(errstr)) : NULL;
+    sheaf_redis_destroy(r);
+    if (!run) {
+        fprintf(stderr, "sheaf results: %s\n", errstr);
+        return 1;
+    }
+    int rc = cmd_results_run(c, run);
+    free(run);
+    return rc;
+}
+
+/* Which documents' results differ between two versions of a job: one JSON
+ * line per document ({"doc", "changed"}), then a summary line. */
+static int cmd_diff(cli *c, const char *job, const char *v1, const char *v2)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], k1[512], k2[512];
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    char *r1 = NULL, *r2 = NULL;
+    redisReply *ids = NULL;
+    size_t changed = 0, missing = 0;
+    int rc = 1;
+
+    if (!r || !(r1 = version_run(r, job, v1, errstr, sizeof(errstr))) ||
+        !(r2 = version_run(r, job, v2, errstr, sizeof(errstr))))
+        goto out;
+    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
+    sheaf_key(k1, sizeof(k1), r1, "results");
+    sheaf_key(k2, sizeof(k2), r2, "results");
+    if (!(ids = sheaf_redis_cmd(r, errstr, sizeof(errstr), "LRANGE %s 0 -1", kdocs))) goto out;
+    for (size_t i = 0; i < ids->elements; i++) {
+        const char *doc = ids->element[i]->str;
+        redisReply *a = sheaf_redis_cmd(r, errstr, sizeof(errstr), "HGET %s %s", k1, doc);
+        redisReply *b = a ? sheaf_redis_cmd(r, errstr, sizeof(errstr), "HGET %s %s", k2, doc) : NULL;
+        if (!a || !b) {
+            if (a) freeReplyObject(a);
+            goto out;
+        }
+        int have = a->type == REDIS_REPLY_STRING && b->type == REDIS_REPLY_STRING;
+        int diff = !have || strcmp(a->str, b->str) != 0;
+        json_t *line = json_pack("{s:s,s:b}", "doc", doc, "changed", diff);
+        if (!have) json_object_set_new(line, "missing", json_true());
+        char *txt = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        printf("%s\n", txt);
+        free(txt);
+        json_decref(line);
+        changed += (size_t)diff;
+        missing += (size_t)!have;
+        freeReplyObject(a);
+        freeReplyObject(b);
+    }
+    printf("{\"versions\":[\"%s\",\"%s\"],\"runs\":[\"%s\",\"%s\"],\"docs\":%zu,\"changed\":%zu,"
+           "\"missing\":%zu}\n", v1, v2, r1, r2, ids->elements, changed, missing);
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "sheaf diff: %s\n", errstr);
+    if (ids) freeReplyObject(ids);
+    free(r1);
+    free(r2);
+    sheaf_redis_destroy(r);
+    return rc;
+}
+
+/* Epoch milliseconds, or YYYY-MM-DDTHH:MM:SS (UTC); -1 when neither. */
+static int64_t parse_time(const char *s)
+{
+    struct tm tm;
+    char *end;
+    long long ms = strtoll(s, &end, 10);
+    if (*s && !*end) return ms;
+    int len = 0;
+    memset(&tm, 0, sizeof(tm));
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &len) != 6 ||
+        (s[len] && strcmp(s + len, "Z") != 0))
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t)timegm(&tm) * 1000;
+}
+
+static int cmd_replay(cli *c, char **rest, size_t n)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_replay_report rep;
+    sheaf_replay_opts o = {0};
+    int rc = 0;
+
+    if (n == 1 && !c->from && !c->to) {
+        o.job = rest[0];
+    } else if (n == 0 && c->from && c->to) {
+        o.from_ms = parse_time(c->from);
+        o.to_ms = parse_time(c->to);
+        if (o.from_ms < 0 || o.to_ms < 0 || o.to_ms < o.from_ms) {
+            fprintf(stderr, "sheaf replay: --from/--to must be epoch milliseconds or "
+                    "YYYY-MM-DDTHH:MM:SS (UTC), from <= to\n");
+            return 2;
+        }
+    } else {
+        fprintf(stderr, "sheaf replay: give a job id, or --from and --to\n");
+        return 2;
+    }
+    sheaf_err err = sheaf_replay(&c->cfg, &o, &rep, errstr, sizeof(errstr));
+    for (size_t i = 0; i < rep.n_runs; i++) {
+        printf("%s\n", rep.runs[i]);
+        fprintf(stderr, "sheaf replay: job %s replayed as %s (pipeline %s)\n", rep.jobs[i],
+                rep.runs[i], rep.pv);
+    }
+    fflush(stdout);
+    if (err != SHEAF_OK) {
+        fprintf(stderr, "sheaf replay: %s\n", errstr);
+        return err == SHEAF_ERR_NOT_FOUND || err == SHEAF_ERR_INVALID ? 3 : 1;
+    }
+    for (size_t i = 0; c->wait && i < rep.n_runs; i++) {
+        int w = wait_job(c, rep.runs[i]);
+        if (w > rc) rc = w;
+    }
+    return rc;
+}
+
+static int cmd_results_run(cli *c, const char *job)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], kres[512], kov[512];
     sheaf_job_status st;
@@ -265,6 +436,9 @@ int main(int argc, char **argv)
                                          {"dry-run", no_argument, NULL, 'n'},
                                          {"json", no_argument, NULL, 'J'},
                                          {"pipeline", required_argument, NULL, 'p'},
+                                         {"version", required_argument, NULL, 'V'},
+                                         {"from", required_argument, NULL, 'F'},
+                                         {"to", required_argument, NULL, 'T'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"help-config", no_argument, NULL, 'H'},
                                          {NULL, 0, NULL, 0}};
@@ -295,6 +469,9 @@ int main(int argc, char **argv)
         case 't': c.timeout_s = atoi(optarg); break;
         case 'n': c.dry_run = 1; break;
         case 'J': c.json = 1; break;
+        case 'V': c.version = optarg; break;
+        case 'F': c.from = optarg; break;
+        case 'T': c.to = optarg; break;
         case 'p': {
             /* The same as -X pipeline=..., and as strong. */
             size_t len = strlen(optarg) + sizeof("pipeline=");
@@ -317,6 +494,14 @@ int main(int argc, char **argv)
     size_t n_rest = (size_t)(argc - optind);
     if (strcmp(cmd, "submit") == 0) {
         rc = cmd_submit(&c, rest, n_rest);
+    } else if (strcmp(cmd, "replay") == 0) {
+        rc = cmd_replay(&c, rest, n_rest);
+    } else if (strcmp(cmd, "diff") == 0) {
+        if (n_rest != 3) {
+            fprintf(stderr, "sheaf diff: expected JOB PV1 PV2\n");
+            goto cleanup;
+        }
+        rc = cmd_diff(&c, rest[0], rest[1], rest[2]);
     } else if (strcmp(cmd, "status") == 0 || strcmp(cmd, "results") == 0) {
         if (n_rest != 1) {
             fprintf(stderr, "sheaf %s: expected exactly one job id\n", cmd);

@@ -131,6 +131,16 @@ static const conf_key conf_keys[] = {
     K_INT("llm.max_response_bytes", llm_max_response_bytes, "8388608", KiB, GiB,
           "Cap on one HTTP response body."),
 
+    /* LLM call cache */
+    K_BOOL("cache.enabled", cache_enabled, "true",
+           "Look every LLM call up in Redis (by a hash of the endpoint and the exact request) "
+           "before sending it, and store its answer."),
+    K_INT("cache.ttl_s", cache_ttl_s, "604800", 0, 315360000,
+          "Expiry of a cache entry in seconds; 0 = never.  With a TTL, Redis maxmemory and "
+          "maxmemory-policy volatile-lru evict cache entries and never job state."),
+    K_BOOL("cache.nondeterministic", cache_nondeterministic, "false",
+           "Cache calls with temperature > 0 too (otherwise only temperature 0 is cached)."),
+
     /* Chunking */
     K_INT("chunk.max_tokens", chunk_max_tokens, "800", 16, 1000000,
           "Estimated tokens per chunk at most."),

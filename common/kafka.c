@@ -17,6 +17,9 @@ typedef struct producer_stats {
     atomic_ulong failed;
     atomic_ulong failed_seen;   /* failures already reported by a flush */
     char last_error[256];
+    /* Offsets delivered per partition, for replay: written only by the
+     * delivery callback, which runs in the thread that polls or flushes. */
+    int64_t first[SHEAF_KAFKA_MAX_PARTITIONS], last[SHEAF_KAFKA_MAX_PARTITIONS];
 } producer_stats;
 
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -52,6 +55,11 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         snprintf(st->last_error, sizeof(st->last_error), "%s", rd_kafka_err2str(m->err));
     } else {
         atomic_fetch_add(&st->delivered, 1);
+        if (m->partition >= 0 && m->partition < SHEAF_KAFKA_MAX_PARTITIONS && m->offset >= 0) {
+            int32_t p = m->partition;
+            if (st->first[p] < 0 || m->offset < st->first[p]) st->first[p] = m->offset;
+            if (m->offset > st->last[p]) st->last[p] = m->offset;
+        }
     }
 }
 
@@ -115,6 +123,7 @@ rd_kafka_t *sheaf_kafka_producer_new(const sheaf_config *cfg, const char *client
         snprintf(errstr, errlen, "out of memory");
         goto fail;
     }
+    for (int i = 0; i < SHEAF_KAFKA_MAX_PARTITIONS; i++) st->first[i] = st->last[i] = -1;
     rd_kafka_conf_set_opaque(conf, st);
     rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
     rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
@@ -198,6 +207,17 @@ void sheaf_kafka_producer_destroy(rd_kafka_t *producer)
     producer_stats *st = rd_kafka_opaque(producer);
     rd_kafka_destroy(producer);
     free(st);
+}
+
+int sheaf_kafka_delivered_range(rd_kafka_t *producer, int32_t partition, int64_t *first,
+                                int64_t *last)
+{
+    producer_stats *st = rd_kafka_opaque(producer);
+    if (!st || partition < 0 || partition >= SHEAF_KAFKA_MAX_PARTITIONS || st->first[partition] < 0)
+        return 0;
+    *first = st->first[partition];
+    *last = st->last[partition];
+    return 1;
 }
 
 unsigned long sheaf_kafka_delivery_failures(rd_kafka_t *producer)

@@ -271,9 +271,10 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
         "  'chunks_ok', 0, 'chunks_failed', 0, 'docs_ready', 0, 'docs_done', 0, 'dlq', 0,\n"
         "  'tokens_prompt', 0, 'tokens_completion', 0)\n"
         "local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[2], ARGV[5], '0', 'MKSTREAM')\n"
+        "redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])\n"
         "return 1\n",
         ""};
-    char kjob[KEYLEN], kready[KEYLEN], created[32], kpipe[128];
+    char kjob[KEYLEN], kready[KEYLEN], kvers[KEYLEN], created[32], kpipe[128];
     redisReply *rep;
     sheaf_err err = SHEAF_ERR_REDIS;
 
@@ -290,8 +291,9 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kready, sizeof(kready), job, "ready");
     snprintf(created, sizeof(created), "%lld", (long long)sheaf_wall_ms());
-    const char *args[] = {kjob, kready, job, pv, topic, created, cfg->reducer_group};
-    rep = sheaf_redis_script(r, &create, 2, 7, args, NULL, errstr, errlen);
+    sheaf_key(kvers, sizeof(kvers), job, "versions");
+    const char *args[] = {kjob, kready, kvers, job, pv, topic, created, cfg->reducer_group};
+    rep = sheaf_redis_script(r, &create, 3, 8, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 0) {
         snprintf(errstr, errlen, "job %s already exists; choose another --job-id", job);
@@ -788,10 +790,10 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     rep = sheaf_redis_cmd(r, errstr, errlen,
                           "HMGET %s state pv error created_ms finished_ms docs chunks chunks_ok "
                           "chunks_failed docs_ready docs_done dlq tokens_prompt "
-                          "tokens_completion id",
+                          "tokens_completion id cache_hits cache_misses tokens_saved",
                           kjob);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 15 ||
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 18 ||
         rep->element[14]->type != REDIS_REPLY_STRING) {
         freeReplyObject(rep);
         snprintf(errstr, errlen, "no job %s in Redis", job);
@@ -812,10 +814,31 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     st->dlq = field_u64(e[11]);
     st->tokens_prompt = field_u64(e[12]);
     st->tokens_completion = field_u64(e[13]);
+    st->cache_hits = field_u64(e[15]);
+    st->cache_misses = field_u64(e[16]);
+    st->tokens_saved = field_u64(e[17]);
     freeReplyObject(rep);
     rep = sheaf_redis_cmd(r, errstr, errlen, "EXISTS %s", kov);
     if (!rep) return SHEAF_ERR_REDIS;
     st->overview_done = rep->integer == 1;
     freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+/* ---- replay ---- */
+
+sheaf_err sheaf_state_job_offsets_store(sheaf_redis *r, const char *job, const int64_t *first,
+                                        const int64_t *last, int n, char *errstr, size_t errlen)
+{
+    char koff[KEYLEN], field[16], value[48];
+    sheaf_key(koff, sizeof(koff), job, "offsets");
+    for (int i = 0; i < n; i++) {
+        if (first[i] < 0) continue;
+        snprintf(field, sizeof(field), "%d", i);
+        snprintf(value, sizeof(value), "%lld-%lld", (long long)first[i], (long long)last[i]);
+        redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HSET %s %s %s", koff, field, value);
+        if (!rep) return SHEAF_ERR_REDIS;
+        freeReplyObject(rep);
+    }
     return SHEAF_OK;
 }

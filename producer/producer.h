@@ -57,4 +57,28 @@ typedef struct sheaf_submit_report {
 sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
                        sheaf_submit_report *report, char *errstr, size_t errlen);
 
+/* ---- replay (replay.c) ---- */
+
+#define SHEAF_REPLAY_MAX_RUNS 64
+
+typedef struct sheaf_replay_opts {
+    const char *job;          /* the job to replay; NULL: the time range */
+    int64_t from_ms, to_ms;   /* chunk messages timestamped in [from, to] */
+} sheaf_replay_opts;
+
+typedef struct sheaf_replay_report {
+    char jobs[SHEAF_REPLAY_MAX_RUNS][256];  /* replayed jobs */
+    char runs[SHEAF_REPLAY_MAX_RUNS][256];  /* and their runs, J@rN */
+    size_t n_runs;
+    uint64_t chunks;          /* messages produced again */
+    char pv[17];              /* the runs' pipeline version */
+} sheaf_replay_report;
+
+/* Replays a job (or every job with chunk messages in a time range) from
+ * its retained messages under the pipeline the "pipeline" setting names
+ * when set, else the job's own.  Refuses, changing nothing, when a job's
+ * recorded messages are no longer all on the topic. */
+sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
+                       sheaf_replay_report *rep, char *errstr, size_t errlen);
+
 #endif

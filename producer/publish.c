@@ -127,7 +127,7 @@ done:
 /* A document's metadata group paths (see sheaf_doc_reg): for level k the
  * JSON array of the values of the first k+1 "meta." levels, "" for a
  * missing value.  paths[] entries are malloc'd; returns how many. */
-static size_t group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths)
+size_t sheaf_group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths)
 {
     json_t *meta = json_loads(meta_json ? meta_json : "{}", 0, NULL), *vals = json_array();
     size_t n = 0;
@@ -181,8 +181,8 @@ static sheaf_err register_batch(pub *p, size_t first, size_t *n, char *errstr, s
             meta = NULL;
             sheaf_jsonl_item_clear(&it);
         }
-        regs[count].n_group_paths = group_paths(p->a->pipeline, regs[count].meta_json,
-                                                paths[count]);
+        regs[count].n_group_paths = sheaf_group_paths(p->a->pipeline, regs[count].meta_json,
+                                                      paths[count]);
         regs[count].group_paths = (const char *const *)paths[count];
         count++;
     }
@@ -200,6 +200,19 @@ done:
     free(metas);
     free(regs);
     return err;
+}
+
+/* Records where the job's chunks landed (first and last offset per
+ * partition), so `sheaf replay` can read exactly them again. */
+static sheaf_err record_offsets(pub *p, char *errstr, size_t errlen)
+{
+    int64_t first[SHEAF_KAFKA_MAX_PARTITIONS], last[SHEAF_KAFKA_MAX_PARTITIONS];
+    int n = 0;
+    for (int32_t i = 0; i < SHEAF_KAFKA_MAX_PARTITIONS; i++) {
+        if (!sheaf_kafka_delivered_range(p->rk, i, &first[i], &last[i])) first[i] = last[i] = -1;
+        else n = i + 1;
+    }
+    return sheaf_state_job_offsets_store(p->r, p->a->job, first, last, n, errstr, errlen);
 }
 
 /* Re-reads, re-chunks and produces document i. */
@@ -323,6 +336,8 @@ sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *err
                  (unsigned long long)p.cp.produced, (unsigned long long)a->scan->chunks);
         goto done;
     }
+    err = record_offsets(&p, errstr, errlen);
+    if (err != SHEAF_OK) goto done;
     err = sheaf_state_job_running(p.r, a->job, (uint64_t)a->scan->docs.n, p.cp.produced, errstr,
                                   errlen);
 done:

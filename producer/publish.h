@@ -68,6 +68,10 @@ typedef struct sheaf_publish_args {
     const sheaf_pipeline *pipeline; /* for its metadata grouping levels */
 } sheaf_publish_args;
 
+/* A document's metadata group paths under pipeline pl (see sheaf_doc_reg):
+ * one malloc'd JSON array per "meta." level into paths; returns how many. */
+size_t sheaf_group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths);
+
 /* Pass 2.  On success every chunk is delivered and the job is running;
  * *chunks says how many were produced.  Once the job exists in Redis, any
  * failure marks it failed with the reason before returning. */

@@ -10,13 +10,20 @@
  * Budgets are checked on the real rendered prompt (system plus user, each
  * estimated with sheaf_estimate_tokens, the estimate the LLM simulator also
  * reports), never on a guess: packing uses additive estimates to pick a
- * group, then the group's prompt is rendered and shrunk until it fits. */
+ * group, then the group's prompt is rendered and shrunk until it fits.
+ *
+ * The LLM call cache (sheaf/cache.h): each call that may be cached is
+ * looked up before it is submitted, under the hash of the very request the
+ * engine would get; a hit fills its result with zero usage and costs no
+ * call, a miss is submitted and its answer stored once it came back.  Hits
+ * and misses are counted against the job being reduced (r->job). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "reducer.h"
 #include "sheaf/buf.h"
+#include "sheaf/cache.h"
 #include "sheaf/log.h"
 #include "sheaf/program.h"
 #include "sheaf/util.h"
@@ -100,6 +107,8 @@ typedef struct pending {
     sheaf_err err;
     char errstr[SHEAF_ERRSTR_SIZE];
     stage_result *res;
+    char cache_key[SHEAF_CACHE_KEY_SIZE]; /* "" when not cached or a hit */
+    sheaf_llm_usage usage;     /* of this call's answer (what the cache stores) */
 } pending;
 
 static void call_done(void *ud, sheaf_err err, sheaf_llm_result *llm, const char *errstr)
@@ -113,7 +122,35 @@ static void call_done(void *ud, sheaf_err err, sheaf_llm_result *llm, const char
         llm->content = NULL;
         pc->res->usage.prompt_tokens += llm->usage.prompt_tokens;
         pc->res->usage.completion_tokens += llm->usage.completion_tokens;
+        pc->usage = llm->usage;
     }
+}
+
+/* Looks req up in the cache and counts the hit or miss against the job.
+ * On a hit pc is done with the cached answer and zero usage (1 returned);
+ * on a miss pc->cache_key stays set so the answer is stored.  Redis
+ * trouble is a miss: the cache never fails a call. */
+static int cache_lookup(reducer *r, const char *name, pending *pc, const sheaf_llm_request *req)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", *content = NULL;
+    sheaf_llm_usage saved = {0, 0};
+    int hit = 0;
+
+    if (!sheaf_cache_usable(r->cfg, req) ||
+        sheaf_cache_key(r->cfg->llm_base_url, req, pc->cache_key) != SHEAF_OK) {
+        pc->cache_key[0] = '\0';
+        return 0;
+    }
+    if (sheaf_cache_get(r->redis, pc->cache_key, &content, &saved, &hit, errstr,
+                        sizeof(errstr)) != SHEAF_OK)
+        sheaf_warn("reducer", "%s call: %s; calling the LLM", name, errstr);
+    sheaf_cache_count(r->redis, r->job, hit, &saved);
+    if (!hit) return 0;
+    pc->cache_key[0] = '\0';      /* nothing to store */
+    pc->res->text = content;      /* handed over to the result */
+    pc->done = 1;
+    pc->err = SHEAF_OK;
+    return 1;
 }
 
 /* Runs n rendered prompts of one stage at once; each res[i] gets its text
@@ -136,13 +173,14 @@ static sheaf_err run_prompts(reducer *r, const char *name, const sheaf_stage *st
                                  .n_messages = m};
         uint64_t est = (uint64_t)ps[i].tokens + (uint64_t)(st->max_tokens > 0 ? st->max_tokens : 0);
         pcs[i].res = &res[i];
+        submitted++;
+        if (cache_lookup(r, name, &pcs[i], &req)) continue;
         if (sheaf_llm_async_submit(r->llm, &req, est > UINT32_MAX ? UINT32_MAX : (uint32_t)est,
                                    call_done, &pcs[i]) != SHEAF_OK) {
             pcs[i].done = 1;
             pcs[i].err = SHEAF_ERR_NOMEM;
             snprintf(pcs[i].errstr, sizeof(pcs[i].errstr), "out of memory submitting the call");
         }
-        submitted++;
     }
     for (;;) {
         size_t open = 0;
@@ -152,8 +190,15 @@ static sheaf_err run_prompts(reducer *r, const char *name, const sheaf_stage *st
         sheaf_llm_async_run(r->llm, 10);
     }
     for (size_t i = 0; i < n; i++) {
-        char msg[SHEAF_ERRSTR_SIZE + 64];
-        if (pcs[i].err == SHEAF_OK) continue;
+        char msg[SHEAF_ERRSTR_SIZE + 64], errstr[SHEAF_ERRSTR_SIZE] = "";
+        if (pcs[i].err == SHEAF_OK) {
+            /* An answer from the provider: kept for the next identical call. */
+            if (pcs[i].cache_key[0] && res[i].text &&
+                sheaf_cache_put(r->redis, r->cfg, pcs[i].cache_key, res[i].text, &pcs[i].usage,
+                                errstr, sizeof(errstr)) != SHEAF_OK)
+                sheaf_warn("reducer", "%s call: %s", name, errstr);
+            continue;
+        }
         if (pcs[i].err == SHEAF_ERR_STOPPED) {
             ret = SHEAF_ERR_STOPPED;
         } else if (pcs[i].err == SHEAF_ERR_LLM_RETRY) {

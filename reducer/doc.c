@@ -231,6 +231,7 @@ entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
     sheaf_err err;
     int queued = 0;
 
+    r->job = job;
     memset(&w, 0, sizeof(w));
     w.job = job;
     w.doc = doc;

@@ -292,6 +292,7 @@ entry_outcome reducer_group(reducer *r, const char *job, const char *path_json)
     sheaf_pipeline *p = reducer_job_pipeline(r, job, errstr, sizeof(errstr), &err);
     entry_outcome out = ENTRY_DONE;
 
+    r->job = job;
     if (!p) {
         sheaf_error("reducer", "job %s: %s", job, errstr);
         out = err == SHEAF_ERR_REDIS ? ENTRY_RETRY : ENTRY_DONE;
@@ -325,6 +326,7 @@ entry_outcome reducer_overview(reducer *r, const char *job)
     entry_outcome out = ENTRY_RETRY;
     sheaf_pipeline *p = reducer_job_pipeline(r, job, errstr, sizeof(errstr), &err);
 
+    r->job = job;
     if (!p) {
         sheaf_error("reducer", "job %s: %s", job, errstr);
         out = err == SHEAF_ERR_REDIS ? ENTRY_RETRY : ENTRY_DONE;

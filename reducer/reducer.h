@@ -35,6 +35,7 @@ typedef struct reducer {
     sheaf_ratelimit *limit;      /* fleet-wide, shared with the workers; NULL = none */
     sheaf_llm_limiter limiter;
     sheaf_llm_async *llm;        /* same engine as the workers: retries, breaker, limiter */
+    const char *job;             /* the job being reduced (cache counters); set by the stages */
     char consumer[160];
     char *jobs[MAX_JOBS];        /* active jobs, refreshed every second */
     size_t n_jobs;

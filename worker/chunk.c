@@ -28,12 +28,22 @@
  * see the problem (the HTTP exchange itself succeeded).  Every answer's
  * tokens count, the rejected ones too.  The record is then
  *   {"text": <answer>, "data": <parsed>, "pages": [page_first, page_last]}
- * instead of {"text": <answer>}; a free-text record is unchanged. */
+ * instead of {"text": <answer>}; a free-text record is unchanged.
+ *
+ * The LLM call cache (sheaf/cache.h): before the first send, a call that
+ * may be cached is looked up under the hash of the very request the engine
+ * would get.  A hit goes through on_done like an answer from the provider
+ * (same validation, same record) with zero usage, so the job's spent tokens
+ * do not grow; a miss is sent, and its answer stored once it is accepted
+ * (for a schema, once it validated: a rejected answer is never stored).
+ * A resend after a rejected answer skips the lookup: the cache cannot hold
+ * an answer for it, and it is the same call, not another miss. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "sheaf/cache.h"
 #include "sheaf/codec.h"
 #include "sheaf/jschema.h"
 #include "sheaf/kafka.h"
@@ -66,6 +76,9 @@ typedef struct call {
     int json_answers;          /* answers checked against the schema so far */
     int json_max;              /* answers allowed: 1 + the pipeline's json_retries */
     sheaf_llm_usage usage;     /* summed over every answer of this call */
+    char cache_key[SHEAF_CACHE_KEY_SIZE]; /* "" when the call is not cached */
+    int cache_looked;          /* the first send looked the cache up */
+    int from_cache;            /* the answer in on_done came from the cache */
 } call;
 
 typedef enum { DONE, STOPPED } outcome;
@@ -282,6 +295,50 @@ static void call_end(call *c, outcome out)
 
 static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr);
 
+/* Looks the call's request up in the cache (first send only) and counts
+ * the hit or miss against the job.  On a hit the cached answer is handled
+ * by on_done exactly like the provider's, with zero usage, and 1 is
+ * returned: the call may have ended, c must not be touched again.  Redis
+ * trouble is a miss: the cache never fails a chunk. */
+static int cache_lookup(worker *w, call *c, const sheaf_llm_request *req)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_llm_result res;
+    sheaf_llm_usage saved = {0, 0};
+    int hit = 0;
+
+    c->cache_looked = 1;
+    if (!sheaf_cache_usable(&w->cfg, req)) return 0;
+    if (sheaf_cache_key(w->cfg.llm_base_url, req, c->cache_key) != SHEAF_OK) {
+        c->cache_key[0] = '\0';
+        return 0;
+    }
+    memset(&res, 0, sizeof(res));
+    res.retry_after_ms = -1;
+    if (sheaf_cache_get(w->redis, c->cache_key, &res.content, &saved, &hit, errstr,
+                        sizeof(errstr)) != SHEAF_OK)
+        sheaf_warn("worker", "job %s doc %s chunk %u: %s; calling the LLM", c->m.job, c->m.doc,
+                   c->m.idx, errstr);
+    sheaf_cache_count(w->redis, c->m.job, hit, &saved);
+    if (!hit) return 0;
+    sheaf_debug("worker", "job %s doc %s chunk %u: cache hit (%llu+%llu tokens saved)",
+                c->m.job, c->m.doc, c->m.idx, (unsigned long long)saved.prompt_tokens,
+                (unsigned long long)saved.completion_tokens);
+    c->from_cache = 1;
+    on_done(c, SHEAF_OK, &res, "");   /* does not take res.content */
+    free(res.content);
+    return 1;
+}
+
+/* Stores an accepted answer from the provider under the call's key. */
+static void cache_store(worker *w, const call *c, const sheaf_llm_result *res)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    if (sheaf_cache_put(w->redis, &w->cfg, c->cache_key, res->content, &res->usage, errstr,
+                        sizeof(errstr)) != SHEAF_OK)
+        sheaf_warn("worker", "job %s doc %s chunk %u: %s", c->m.job, c->m.doc, c->m.idx, errstr);
+}
+
 /* Submits the call's map request (first time or again); the call ends in
  * on_done.  The engine copies the request into its body, so once no resend
  * can follow the prompts are dropped: a call in flight holds its prompt
@@ -300,6 +357,9 @@ static outcome send_map(worker *w, call *c)
                              .n_messages = n,
                              .json_schema = strcmp(w->cfg.llm_structured_output, "prompt")
                                                 ? c->schema : NULL};
+    /* The key is computed from req itself: what is hashed is what is sent. */
+    if (!c->cache_looked && cache_lookup(w, c, &req)) return DONE;
+    c->from_cache = 0;
     if (sheaf_llm_async_submit(w->llm, &req, r->est_tokens, on_done, c) != SHEAF_OK) {
         sheaf_error("worker", "out of memory submitting job %s doc %s chunk %u", c->m.job,
                     c->m.doc, c->m.idx);
@@ -386,6 +446,8 @@ static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *
     }
     json = data ? schema_record(res->content, data, &c->m) : result_record("text", res->content);
     json_decref(data);
+    /* Accepted: stored for the next identical call (a hit is not stored again). */
+    if (json && c->cache_key[0] && !c->from_cache) cache_store(w, c, res);
     out = json ? record(w, c, 1, json, &c->usage) : STOPPED;
     free(json);
     if (out == DONE) w->processed++;

@@ -3,6 +3,9 @@
 # claimed by another reducer and the job completes with identical results.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
+# The killed job repeats the clean one: with the LLM call cache every call
+# would be a hit and there would be nothing in flight to kill.
+export SHEAF_CACHE_ENABLED=false
 
 stack_up --latency-ms 150
 start_worker w1; start_worker w2

@@ -5,6 +5,9 @@
 # counted.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
+# The killed job repeats the clean one: with the LLM call cache every call
+# would be a hit and there would be nothing in flight to kill.
+export SHEAF_CACHE_ENABLED=false
 
 stack_up --latency-ms 1000
 start_reducer r1

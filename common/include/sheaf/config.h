@@ -71,6 +71,11 @@ typedef struct sheaf_config {
     int llm_backoff_ms;          /* llm.backoff_ms: first retry delay, doubled per try */
     int llm_max_response_bytes;  /* llm.max_response_bytes: cap on an HTTP body */
 
+    /* LLM call cache (sheaf/cache.h) */
+    int cache_enabled;           /* cache.enabled: look calls up in Redis before sending */
+    int cache_ttl_s;             /* cache.ttl_s: expiry of cache entries, 0 = none */
+    int cache_nondeterministic;  /* cache.nondeterministic: cache temperature > 0 calls too */
+
     /* Chunking */
     int chunk_max_tokens;        /* chunk.max_tokens */
     int chunk_overlap_tokens;    /* chunk.overlap_tokens */

@@ -50,6 +50,13 @@ void sheaf_kafka_producer_destroy(rd_kafka_t *producer);
  * last successful flush) was an error.  errstr says how many and why. */
 sheaf_err sheaf_kafka_flush(rd_kafka_t *producer, int timeout_ms, char *errstr, size_t errlen);
 
+#define SHEAF_KAFKA_MAX_PARTITIONS 1024
+
+/* The first and last offsets delivered to partition (any topic) since the
+ * client was created; 0 when nothing was delivered there. */
+int sheaf_kafka_delivered_range(rd_kafka_t *producer, int32_t partition, int64_t *first,
+                                int64_t *last);
+
 /* Number of messages whose delivery failed since the client was created. */
 unsigned long sheaf_kafka_delivery_failures(rd_kafka_t *producer);
 

@@ -6,7 +6,8 @@
  *   sheaf:{J}:job          hash    id, state, pv, topic, created_ms,
  *                                  finished_ms, docs, chunks, chunks_ok,
  *                                  chunks_failed, docs_ready, docs_done, dlq,
- *                                  tokens_prompt, tokens_completion, error
+ *                                  tokens_prompt, tokens_completion, error,
+ *                                  cache_hits, cache_misses, tokens_saved
  *   sheaf:{J}:docs         list    document ids in submit order
  *   sheaf:{J}:d:<doc>      hash    n (chunks), meta (JSON), ordinal
  *   sheaf:{J}:p:<doc>      hash    s:<idx> = ok|failed, r:<idx> = result
@@ -22,6 +23,10 @@
  *                                  order: documents (innermost) or paths
  *   sheaf:{J}:ginner       list    the innermost metadata groups
  *   sheaf:{J}:groups       hash    <path> = the group's result (JSON line)
+ *   sheaf:{J}:offsets      hash    <partition> = "first-last": where the
+ *                                  job's chunk messages are (for replay)
+ *   sheaf:{J}:versions     hash    <pv> = the run holding that version's
+ *                                  results: J itself, or a replay J@rN
  *   sheaf:{J}:ready        stream  entries {type=doc, doc=<id>},
  *                                  {type=group, g=<path>} and one
  *                                  {type=overview}; consumer group =
@@ -188,11 +193,19 @@ typedef struct sheaf_job_status {
     int64_t created_ms, finished_ms;
     uint64_t docs, chunks, chunks_ok, chunks_failed, docs_ready, docs_done, dlq;
     uint64_t tokens_prompt, tokens_completion;
+    uint64_t cache_hits, cache_misses, tokens_saved;   /* LLM call cache (sheaf/cache.h) */
     int overview_done;
 } sheaf_job_status;
 
 sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_status *st,
                                  char *errstr, size_t errlen);
+
+/* ---- replay ---- */
+
+/* Records the first and last offset of the job's chunk messages in each
+ * partition (first[i] < 0: none there) in sheaf:{J}:offsets. */
+sheaf_err sheaf_state_job_offsets_store(sheaf_redis *r, const char *job, const int64_t *first,
+                                        const int64_t *last, int n, char *errstr, size_t errlen);
 
 /* Key helpers: "sheaf:{<job>}:<suffix>" into out. */
 void sheaf_key(char *out, size_t outlen, const char *job, const char *suffix);

@@ -1,0 +1,159 @@
+/* cache.c - the LLM call cache in Redis.  See sheaf/cache.h.
+ *
+ * The key is a hash of what goes on the wire, computed from the very
+ * request struct handed to the LLM engine, so "the same call" means the
+ * same bytes sent to the same endpoint and nothing else: a changed prompt,
+ * model, sampling setting or schema is a different key, an unchanged one
+ * the same key across jobs, replays and workers.
+ *
+ * Values are small JSON objects so the usage of the first answer travels
+ * with it (tokens_saved counts what a hit would have cost).  Anything
+ * unexpected on the way in is a miss: the cache is an optimisation and must
+ * never be why a chunk fails. */
+#include "sheaf/cache.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sheaf/log.h"
+#include "sheaf/util.h"
+
+int sheaf_cache_usable(const sheaf_config *cfg, const sheaf_llm_request *req)
+{
+    if (!cfg || !req || !cfg->cache_enabled) return 0;
+    return req->temperature == 0.0 || cfg->cache_nondeterministic;
+}
+
+sheaf_err sheaf_cache_key(const char *base_url, const sheaf_llm_request *req,
+                          char out[SHEAF_CACHE_KEY_SIZE])
+{
+    char hex[65];
+    char *body = sheaf_llm_request_json(req);
+    const char *url = base_url ? base_url : "";
+    size_t ulen = strlen(url), blen;
+    char *all;
+
+    out[0] = '\0';
+    if (!body) return SHEAF_ERR_INVALID;
+    /* base_url, a NUL byte, then the body: the NUL keeps the two apart (a
+     * URL never contains one), so no other pair hashes the same bytes. */
+    blen = strlen(body);
+    all = malloc(ulen + 1 + blen);
+    if (!all) {
+        free(body);
+        return SHEAF_ERR_NOMEM;
+    }
+    memcpy(all, url, ulen);
+    all[ulen] = '\0';
+    memcpy(all + ulen + 1, body, blen);
+    sheaf_sha256_hex(all, ulen + 1 + blen, hex);
+    free(all);
+    free(body);
+    snprintf(out, SHEAF_CACHE_KEY_SIZE, "%s%s", SHEAF_CACHE_PREFIX, hex);
+    return SHEAF_OK;
+}
+
+/* Parses a cache value; 0 with everything set, -1 when it is not one. */
+static int parse_value(const char *s, size_t len, char **content, sheaf_llm_usage *usage)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(s, len, 0, &jerr);
+    json_t *c = json_object_get(v, "c"), *p = json_object_get(v, "p"),
+           *k = json_object_get(v, "k");
+    int rc = -1;
+    if (json_is_string(c) && json_is_integer(p) && json_is_integer(k) &&
+        json_integer_value(p) >= 0 && json_integer_value(k) >= 0 &&
+        (*content = strdup(json_string_value(c)))) {
+        usage->prompt_tokens = (uint64_t)json_integer_value(p);
+        usage->completion_tokens = (uint64_t)json_integer_value(k);
+        rc = 0;
+    }
+    json_decref(v);
+    return rc;
+}
+
+sheaf_err sheaf_cache_get(sheaf_redis *r, const char *key, char **content,
+                          sheaf_llm_usage *usage, int *hit, char *errstr, size_t errlen)
+{
+    char why[SHEAF_ERRSTR_SIZE] = "";
+    redisReply *rep;
+
+    *content = NULL;
+    *hit = 0;
+    memset(usage, 0, sizeof(*usage));
+    rep = sheaf_redis_cmd(r, why, sizeof(why), "GET %s", key);
+    if (!rep) {
+        snprintf(errstr, errlen, "cache lookup of %s: %s", key, why);
+        return SHEAF_ERR_REDIS;
+    }
+    if (rep->type == REDIS_REPLY_STRING) {
+        if (parse_value(rep->str, rep->len, content, usage) == 0)
+            *hit = 1;
+        else
+            sheaf_warn("cache", "%s holds no usable cache value (%zu bytes): taken as a miss",
+                       key, (size_t)rep->len);
+    }
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_cache_put(sheaf_redis *r, const sheaf_config *cfg, const char *key,
+                          const char *content, const sheaf_llm_usage *usage, char *errstr,
+                          size_t errlen)
+{
+    char why[SHEAF_ERRSTR_SIZE] = "";
+    redisReply *rep;
+    char *value;
+    /* json_pack refuses a string that is not UTF-8 (NULL). */
+    json_t *v = json_pack("{s:s, s:I, s:I}", "c", content, "p",
+                          (json_int_t)usage->prompt_tokens, "k",
+                          (json_int_t)usage->completion_tokens);
+
+    value = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    if (!value) {
+        snprintf(errstr, errlen, "cache store of %s: the answer cannot be encoded", key);
+        return SHEAF_ERR_INVALID;
+    }
+    if (cfg->cache_ttl_s > 0)
+        rep = sheaf_redis_cmd(r, why, sizeof(why), "SET %s %b EX %d", key, value, strlen(value),
+                              cfg->cache_ttl_s);
+    else
+        rep = sheaf_redis_cmd(r, why, sizeof(why), "SET %s %b", key, value, strlen(value));
+    free(value);
+    if (!rep) {
+        snprintf(errstr, errlen, "cache store of %s: %s", key, why);
+        return SHEAF_ERR_REDIS;
+    }
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+void sheaf_cache_count(sheaf_redis *r, const char *job, int hit, const sheaf_llm_usage *saved)
+{
+    /* Only an existing job is counted: a job deleted meanwhile is not
+     * brought back as a hash of counters. */
+    static sheaf_lua_script count = {
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+        "redis.call('HINCRBY', KEYS[1], ARGV[1], 1)\n"
+        "if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], 'tokens_saved', ARGV[2]) end\n"
+        "return 1\n",
+        ""};
+    char kjob[1024], tokens[32], errstr[SHEAF_ERRSTR_SIZE] = "";
+    unsigned long long n = 0;
+
+    if (!job || !sheaf_job_id_valid(job)) return;
+    if (hit && saved) n = (unsigned long long)(saved->prompt_tokens + saved->completion_tokens);
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    snprintf(tokens, sizeof(tokens), "%llu", n);
+    const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
+    redisReply *rep = sheaf_redis_script(r, &count, 1, 3, args, NULL, errstr, sizeof(errstr));
+    if (!rep) {
+        sheaf_warn("cache", "job %s: could not count a cache %s in %s: %s", job,
+                   hit ? "hit" : "miss", kjob, errstr);
+        return;
+    }
+    freeReplyObject(rep);
+}

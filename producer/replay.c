@@ -1,0 +1,469 @@
+/* replay.c - `sheaf replay`: run a job again, from its retained chunk
+ * messages, under a (possibly new) pipeline version.
+ *
+ * The producer recorded where each job's chunks landed (first and last
+ * offset per partition, sheaf:{J}:offsets).  A replay:
+ *   1. checks that every recorded range is still on the topic (watermarks)
+ *      and refuses, naming the missing range, before changing anything;
+ *   2. creates a run R = J@rN (a job of its own: same documents, metadata
+ *      and order, the new pipeline) and maps the version to it in
+ *      sheaf:{J}:versions, so every version of J stays readable;
+ *   3. reads exactly those ranges with an assign()ed consumer in a fresh
+ *      group, keeps the messages of J (other jobs' messages interleave),
+ *      and produces each again with job R and the new version - so the
+ *      normal worker fleet does the work, side by side with new jobs;
+ *   4. records R's own offsets and marks it running.
+ * What is paid for is decided by the LLM call cache: calls whose request
+ * is unchanged are answered from it, so only changed stages call the LLM.
+ *
+ * A time-range replay (--from/--to) finds the jobs with chunk messages
+ * timestamped in the window (offsets-for-times where the cluster supports
+ * it, else by reading from the earliest offset) and replays each whole. */
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "producer.h"
+#include "publish.h"
+#include "sheaf/codec.h"
+#include "sheaf/kafka.h"
+#include "sheaf/log.h"
+#include "sheaf/pipeline.h"
+#include "sheaf/program.h"
+#include "sheaf/state.h"
+#include "sheaf/util.h"
+
+#define MAXP SHEAF_KAFKA_MAX_PARTITIONS
+#define WM_TIMEOUT_MS 10000
+#define DOC_BATCH 500
+
+typedef struct ranges {
+    int64_t first[MAXP], last[MAXP];
+    int n;                      /* partitions 0..n-1 considered */
+} ranges;
+
+/* HGET helper: a malloc'd string or NULL (missing); *err on Redis failure. */
+static char *hget(sheaf_redis *r, const char *key, const char *field, sheaf_err *err,
+                  char *errstr, size_t errlen)
+{
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", key, field);
+    char *s = NULL;
+    if (!rep) {
+        *err = SHEAF_ERR_REDIS;
+        return NULL;
+    }
+    if (rep->type == REDIS_REPLY_STRING) s = strdup(rep->str);
+    freeReplyObject(rep);
+    return s;
+}
+
+static sheaf_err read_ranges(sheaf_redis *r, const char *job, ranges *rg, char *errstr,
+                             size_t errlen)
+{
+    char koff[512];
+    sheaf_key(koff, sizeof(koff), job, "offsets");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", koff);
+    if (!rep) return SHEAF_ERR_REDIS;
+    rg->n = 0;
+    for (int i = 0; i < MAXP; i++) rg->first[i] = rg->last[i] = -1;
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        int p = atoi(rep->element[i]->str);
+        long long f, l;
+        if (p < 0 || p >= MAXP || sscanf(rep->element[i + 1]->str, "%lld-%lld", &f, &l) != 2)
+            continue;
+        rg->first[p] = f;
+        rg->last[p] = l;
+        if (p + 1 > rg->n) rg->n = p + 1;
+    }
+    freeReplyObject(rep);
+    if (rg->n == 0) {
+        snprintf(errstr, errlen, "job %s has no recorded offsets (submitted by an older sheaf, "
+                 "or it failed while producing): nothing to replay", job);
+        return SHEAF_ERR_NOT_FOUND;
+    }
+    return SHEAF_OK;
+}
+
+/* Every recorded range must still be on the topic. */
+static sheaf_err check_retained(rd_kafka_t *rk, const char *topic, const char *job,
+                                const ranges *rg, char *errstr, size_t errlen)
+{
+    for (int p = 0; p < rg->n; p++) {
+        int64_t low = 0, high = 0;
+        if (rg->first[p] < 0) continue;
+        rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high,
+                                                                 WM_TIMEOUT_MS);
+        if (e) {
+            snprintf(errstr, errlen, "topic %s partition %d: cannot read its offsets: %s", topic,
+                     p, rd_kafka_err2str(e));
+            return SHEAF_ERR_KAFKA;
+        }
+        if (rg->first[p] < low || rg->last[p] >= high) {
+            snprintf(errstr, errlen,
+                     "job %s: its messages on %s partition %d (offsets %lld-%lld) are no longer "
+                     "all on the topic, which now holds offsets %lld-%lld (retention expired?); "
+                     "nothing was replayed",
+                     job, topic, p, (long long)rg->first[p], (long long)rg->last[p],
+                     (long long)low, (long long)high - 1);
+            return SHEAF_ERR_NOT_FOUND;
+        }
+    }
+    return SHEAF_OK;
+}
+
+/* The pipeline of the run: the configured one, or the job's own. */
+static sheaf_pipeline *run_pipeline(const sheaf_config *cfg, sheaf_redis *r, const char *pv,
+                                    char *errstr, size_t errlen)
+{
+    char *json = NULL;
+    sheaf_pipeline *p;
+    if (sheaf_config_is_set(cfg, "pipeline")) return sheaf_pipeline_load(cfg->pipeline, cfg, errstr, errlen);
+    if (sheaf_state_pipeline_get(r, pv, &json, errstr, errlen) != SHEAF_OK) return NULL;
+    p = sheaf_pipeline_from_json(json, strlen(json), errstr, errlen);
+    free(json);
+    return p;
+}
+
+/* Registers J's documents, in order, under run R. */
+static sheaf_err copy_docs(sheaf_redis *r, const char *job, const char *run,
+                           const sheaf_pipeline *pl, uint64_t *ndocs, char *errstr, size_t errlen)
+{
+    char kdocs[512];
+    sheaf_err err = SHEAF_OK;
+    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
+    redisReply *ids = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s 0 -1", kdocs);
+    if (!ids) return SHEAF_ERR_REDIS;
+    *ndocs = ids->elements;
+    for (size_t start = 0; start < ids->elements && err == SHEAF_OK; start += DOC_BATCH) {
+        size_t n = ids->elements - start < DOC_BATCH ? ids->elements - start : DOC_BATCH;
+        sheaf_doc_reg regs[DOC_BATCH];
+        char *metas[DOC_BATCH], *paths[DOC_BATCH][SHEAF_MAX_GROUP_PATHS];
+        memset(regs, 0, sizeof(regs));
+        memset(metas, 0, sizeof(metas));
+        memset(paths, 0, sizeof(paths));
+        for (size_t i = 0; i < n && err == SHEAF_OK; i++) {
+            const char *doc = ids->element[start + i]->str;
+            char kdoc[1024];
+            snprintf(kdoc, sizeof(kdoc), "sheaf:{%s}:d:%s", job, doc);
+            redisReply *h = sheaf_redis_cmd(r, errstr, errlen, "HMGET %s n meta", kdoc);
+            if (!h) {
+                err = SHEAF_ERR_REDIS;
+                break;
+            }
+            regs[i].id = doc;
+            regs[i].chunks = h->elements > 0 && h->element[0]->str ? (uint32_t)atol(h->element[0]->str) : 0;
+            metas[i] = strdup(h->elements > 1 && h->element[1]->str ? h->element[1]->str : "{}");
+            regs[i].meta_json = metas[i];
+            regs[i].n_group_paths = sheaf_group_paths(pl, metas[i], paths[i]);
+            regs[i].group_paths = (const char *const *)paths[i];
+            freeReplyObject(h);
+        }
+        if (err == SHEAF_OK)
+            err = sheaf_state_docs_add(r, run, regs, n, start, errstr, errlen);
+        for (size_t i = 0; i < n; i++) {
+            free(metas[i]);
+            for (size_t k = 0; k < SHEAF_MAX_GROUP_PATHS; k++) free(paths[i][k]);
+        }
+    }
+    freeReplyObject(ids);
+    return err;
+}
+
+/* Reads J's ranges and produces J's messages again as run R. */
+static sheaf_err copy_messages(rd_kafka_t *consumer, sheaf_chunk_producer *cp, const char *topic,
+                               const char *job, const ranges *rg, char *errstr, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(rg->n);
+    int remaining = 0, done[MAXP] = {0};
+    sheaf_err err = SHEAF_OK;
+    int64_t idle_since = sheaf_mono_ms();
+
+    for (int p = 0; p < rg->n; p++) {
+        if (rg->first[p] < 0) continue;
+        rd_kafka_topic_partition_list_add(parts, topic, p)->offset = rg->first[p];
+        remaining++;
+    }
+    rd_kafka_resp_err_t e = rd_kafka_assign(consumer, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (e) {
+        snprintf(errstr, errlen, "assigning %s: %s", topic, rd_kafka_err2str(e));
+        return SHEAF_ERR_KAFKA;
+    }
+    while (remaining > 0 && err == SHEAF_OK) {
+        if (sheaf_stop) return SHEAF_ERR_STOPPED;
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(consumer, 200);
+        if (!msg) {
+            if (sheaf_mono_ms() - idle_since > 60000) {
+                snprintf(errstr, errlen, "no message from %s for 60 s with %d partition(s) "
+                         "still to read", topic, remaining);
+                return SHEAF_ERR_KAFKA;
+            }
+            continue;
+        }
+        idle_since = sheaf_mono_ms();
+        int32_t p = msg->partition;
+        if (msg->err) {
+            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+                snprintf(errstr, errlen, "reading %s: %s", topic, rd_kafka_message_errstr(msg));
+                err = SHEAF_ERR_KAFKA;
+            }
+        } else if (p >= 0 && p < MAXP && !done[p] && msg->offset <= rg->last[p]) {
+            sheaf_chunk_msg m;
+            char derr[SHEAF_ERRSTR_SIZE];
+            memset(&m, 0, sizeof(m));
+            /* Another job's message, or one that is not ours at all: skip. */
+            if (sheaf_chunk_decode(msg->payload, msg->len, &m, derr, sizeof(derr)) == SHEAF_OK &&
+                strcmp(m.job, job) == 0) {
+                sheaf_doc_out d = {m.doc, m.count, m.page_first > 0, m.meta, m.meta_len};
+                sheaf_chunk ch = {m.text, m.text_len, m.idx, m.page_first, m.page_last, m.tokens};
+                err = sheaf_chunk_producer_send(cp, &d, &ch, errstr, errlen);
+            }
+            sheaf_chunk_msg_clear(&m);
+            if (msg->offset >= rg->last[p]) {
+                done[p] = 1;
+                remaining--;
+            }
+        }
+        rd_kafka_message_destroy(msg);
+    }
+    return err;
+}
+
+/* Replays one job; the run id goes to run (256 bytes). */
+static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char *job, char *run,
+                            char *pv_out, uint64_t *chunks, char *errstr, size_t errlen)
+{
+    char kjob[512], kvers[512], group[320], *topic = NULL, *state = NULL, *pv = NULL;
+    char *pjson = NULL;
+    ranges rg;
+    sheaf_pipeline *pl = NULL;
+    rd_kafka_t *consumer = NULL, *producer = NULL;
+    sheaf_chunk_producer cp;
+    int cp_ready = 0;
+    uint64_t ndocs = 0;
+    sheaf_err err = SHEAF_OK;
+
+    memset(&cp, 0, sizeof(cp));
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    topic = hget(r, kjob, "topic", &err, errstr, errlen);
+    state = hget(r, kjob, "state", &err, errstr, errlen);
+    pv = hget(r, kjob, "pv", &err, errstr, errlen);
+    if (err != SHEAF_OK) goto done;
+    if (!state || !topic || !pv) {
+        snprintf(errstr, errlen, "job %s does not exist", job);
+        err = SHEAF_ERR_NOT_FOUND;
+        goto done;
+    }
+    if (strcmp(state, "running") != 0 && strcmp(state, "done") != 0) {
+        snprintf(errstr, errlen, "job %s is %s: only a job whose chunks were all produced can be "
+                 "replayed", job, state);
+        err = SHEAF_ERR_INVALID;
+        goto done;
+    }
+    if ((err = read_ranges(r, job, &rg, errstr, errlen)) != SHEAF_OK) goto done;
+    if (!(pl = run_pipeline(cfg, r, pv, errstr, errlen))) {
+        err = SHEAF_ERR_CONFIG;
+        goto done;
+    }
+    snprintf(pv_out, 17, "%s", pl->version);
+    /* A fresh consumer group: it only reads assigned ranges, commits nothing. */
+    snprintf(group, sizeof(group), "sheaf-replay-%s-%lld", job, (long long)sheaf_wall_ms());
+    if (!(consumer = sheaf_kafka_consumer_new(cfg, "sheaf-replay", group, NULL, NULL, errstr,
+                                              errlen)) ||
+        !(producer = sheaf_kafka_producer_new(cfg, "sheaf-replay", errstr, errlen))) {
+        err = SHEAF_ERR_KAFKA;
+        goto done;
+    }
+    /* Nothing is written before this check passes. */
+    if ((err = check_retained(consumer, topic, job, &rg, errstr, errlen)) != SHEAF_OK) goto done;
+    redisReply *n = sheaf_redis_cmd(r, errstr, errlen, "HINCRBY %s replays 1", kjob);
+    if (!n) {
+        err = SHEAF_ERR_REDIS;
+        goto done;
+    }
+    snprintf(run, 256, "%s@r%lld", job, (long long)n->integer);
+    freeReplyObject(n);
+    if (!sheaf_job_id_valid(run)) {
+        snprintf(errstr, errlen, "job id %s is too long to name its replay", job);
+        err = SHEAF_ERR_INVALID;
+        goto done;
+    }
+    if (!(pjson = sheaf_pipeline_to_json(pl))) {
+        err = SHEAF_ERR_NOMEM;
+        goto done;
+    }
+    if ((err = sheaf_state_job_create(r, cfg, run, pjson, pl->version, topic, errstr, errlen)) ||
+        (err = copy_docs(r, job, run, pl, &ndocs, errstr, errlen)) ||
+        (err = sheaf_chunk_producer_init(&cp, producer, topic, run, pl->version, errstr, errlen)))
+        goto fail_run;
+    cp_ready = 1;
+    sheaf_info("producer", "replaying job %s as %s (pipeline %s, was %s)", job, run, pl->version,
+               pv);
+    if ((err = copy_messages(consumer, &cp, topic, job, &rg, errstr, errlen)) ||
+        (err = sheaf_kafka_flush(producer, 60000, errstr, errlen)))
+        goto fail_run;
+    {
+        int64_t first[MAXP], last[MAXP];
+        int np = 0;
+        for (int i = 0; i < MAXP; i++) {
+            if (!sheaf_kafka_delivered_range(producer, i, &first[i], &last[i])) first[i] = -1;
+            else np = i + 1;
+        }
+        if ((err = sheaf_state_job_offsets_store(r, run, first, last, np, errstr, errlen)) ||
+            (err = sheaf_state_job_running(r, run, ndocs, cp.produced, errstr, errlen)))
+            goto fail_run;
+    }
+    sheaf_key(kvers, sizeof(kvers), job, "versions");
+    redisReply *v = sheaf_redis_cmd(r, errstr, errlen, "HSET %s %s %s", kvers, pl->version, run);
+    if (!v) {
+        err = SHEAF_ERR_REDIS;
+        goto done;
+    }
+    freeReplyObject(v);
+    *chunks = cp.produced;
+    goto done;
+fail_run:
+    {
+        char ferr[SHEAF_ERRSTR_SIZE];
+        if (run[0] && sheaf_state_job_fail(r, run, errstr, ferr, sizeof(ferr)) != SHEAF_OK)
+            sheaf_warn("producer", "replay %s: could not be marked failed: %s", run, ferr);
+    }
+done:
+    if (cp_ready) sheaf_chunk_producer_clear(&cp);
+    if (consumer) {
+        rd_kafka_consumer_close(consumer);
+        rd_kafka_destroy(consumer);
+    }
+    sheaf_kafka_producer_destroy(producer);
+    sheaf_pipeline_destroy(pl);
+    free(pjson);
+    free(topic);
+    free(state);
+    free(pv);
+    return err;
+}
+
+/* ---- time range ---- */
+
+/* Job ids with chunk messages timestamped in [from, to] on topic. */
+static sheaf_err jobs_in_window(const sheaf_config *cfg, const char *topic, int64_t from,
+                                int64_t to, char ***jobs, size_t *n_jobs, char *errstr,
+                                size_t errlen)
+{
+    char group[64];
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    int64_t high[MAXP];
+    int remaining = 0, done[MAXP] = {0};
+    sheaf_err err = SHEAF_OK;
+    rd_kafka_t *c;
+
+    snprintf(group, sizeof(group), "sheaf-replay-scan-%lld", (long long)sheaf_wall_ms());
+    if (!(c = sheaf_kafka_consumer_new(cfg, "sheaf-replay", group, NULL, NULL, errstr, errlen)))
+        return SHEAF_ERR_KAFKA;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(c, topic, NULL);
+    if (rd_kafka_metadata(c, 0, rkt, &md, WM_TIMEOUT_MS) || md->topic_cnt != 1 ||
+        md->topics[0].err) {
+        snprintf(errstr, errlen, "topic %s: no metadata", topic);
+        err = SHEAF_ERR_KAFKA;
+        goto done;
+    }
+    parts = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
+    for (int i = 0; i < md->topics[0].partition_cnt && i < MAXP; i++)
+        rd_kafka_topic_partition_list_add(parts, topic, md->topics[0].partitions[i].id)->offset = from;
+    /* Where the cluster supports it, offsets-for-times skips what is
+     * older; where it answers -1 (the dev mock), start at the earliest. */
+    rd_kafka_offsets_for_times(c, parts, WM_TIMEOUT_MS);
+    for (int i = 0; i < parts->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        int64_t low = 0, hi = 0;
+        rd_kafka_query_watermark_offsets(c, topic, tp->partition, &low, &hi, WM_TIMEOUT_MS);
+        high[tp->partition] = hi;
+        if (tp->offset < 0 || tp->offset < low) tp->offset = low;
+        if (tp->offset >= hi) done[tp->partition] = 1;
+        else remaining++;
+    }
+    rd_kafka_assign(c, parts);
+    while (remaining > 0 && !sheaf_stop) {
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(c, 500);
+        if (!msg) continue;
+        int32_t p = msg->partition;
+        if (!msg->err && p >= 0 && p < MAXP && !done[p]) {
+            rd_kafka_timestamp_type_t tt;
+            int64_t ts = rd_kafka_message_timestamp(msg, &tt);
+            sheaf_chunk_msg m;
+            char derr[SHEAF_ERRSTR_SIZE];
+            memset(&m, 0, sizeof(m));
+            if (ts >= from && ts <= to &&
+                sheaf_chunk_decode(msg->payload, msg->len, &m, derr, sizeof(derr)) == SHEAF_OK) {
+                size_t k = 0;
+                while (k < *n_jobs && strcmp((*jobs)[k], m.job) != 0) k++;
+                if (k == *n_jobs) {
+                    char **grown = realloc(*jobs, (*n_jobs + 1) * sizeof(char *));
+                    if (grown) {
+                        *jobs = grown;
+                        (*jobs)[(*n_jobs)++] = strdup(m.job);
+                    }
+                }
+            }
+            sheaf_chunk_msg_clear(&m);
+            /* Timestamps only grow within a partition for our producers. */
+            if (ts > to || msg->offset + 1 >= high[p]) {
+                done[p] = 1;
+                remaining--;
+            }
+        }
+        rd_kafka_message_destroy(msg);
+    }
+done:
+    if (parts) rd_kafka_topic_partition_list_destroy(parts);
+    if (md) rd_kafka_metadata_destroy(md);
+    if (rkt) rd_kafka_topic_destroy(rkt);
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+    return sheaf_stop ? SHEAF_ERR_STOPPED : err;
+}
+
+sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
+                       sheaf_replay_report *rep, char *errstr, size_t errlen)
+{
+    char **jobs = NULL, topic[256];
+    size_t n_jobs = 0;
+    sheaf_err err = SHEAF_OK;
+    sheaf_redis *r = sheaf_redis_connect(cfg, errstr, errlen);
+
+    memset(rep, 0, sizeof(*rep));
+    if (!r) return SHEAF_ERR_REDIS;
+    if (o->job) {
+        jobs = calloc(1, sizeof(char *));
+        if (jobs && (jobs[0] = strdup(o->job))) n_jobs = 1;
+    } else {
+        sheaf_topic_name(cfg, "map", topic, sizeof(topic));
+        err = jobs_in_window(cfg, topic, o->from_ms, o->to_ms, &jobs, &n_jobs, errstr, errlen);
+        if (err == SHEAF_OK && n_jobs == 0) {
+            snprintf(errstr, errlen, "no chunk message on %s was produced in that time range",
+                     topic);
+            err = SHEAF_ERR_NOT_FOUND;
+        }
+    }
+    for (size_t i = 0; i < n_jobs && err == SHEAF_OK; i++) {
+        if (rep->n_runs == SHEAF_REPLAY_MAX_RUNS) {
+            sheaf_warn("producer", "more than %d jobs in the range: replay the rest by job id",
+                       SHEAF_REPLAY_MAX_RUNS);
+            break;
+        }
+        uint64_t chunks = 0;
+        err = replay_job(cfg, r, jobs[i], rep->runs[rep->n_runs], rep->pv, &chunks, errstr,
+                         errlen);
+        if (err == SHEAF_OK) {
+            snprintf(rep->jobs[rep->n_runs], sizeof(rep->jobs[0]), "%s", jobs[i]);
+            rep->n_runs++;
+            rep->chunks += chunks;
+        }
+    }
+    for (size_t i = 0; i < n_jobs; i++) free(jobs[i]);
+    free(jobs);
+    sheaf_redis_destroy(r);
+    return err;
+}

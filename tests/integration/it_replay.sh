@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Replay after a prompt change: versioned results, the LLM call cache, and
+# reprocessing from the retained chunk topic.
+#   - combine prompt changed: no map call, new combine results, old version
+#     intact and still readable by version; `sheaf diff` shows the change;
+#   - map prompt changed: one map call per chunk, the reduce reruns;
+#   - nothing changed: no call at all;
+#   - a worker SIGKILLed during a replay: the replay completes and matches
+#     a clean replay;
+#   - a job whose messages are gone from the topic (retention): refused,
+#     naming the range, nothing changed.
+# shellcheck source=tests/integration/lib.sh
+source "$(dirname "$0")/lib.sh"
+P="$ROOT/examples/pipelines/map-reduce.json"
+
+stack_up
+start_reducer r1
+start_worker w1; W1=$LAST_PID
+start_worker w2
+
+run_job "$T/v1.jsonl" --job-id rp --pipeline "$P" "$ROOT/examples/reports"
+PV1=$(job_field rp pipeline); chunks=$(job_field rp chunks)
+multi=$(jq -s '[.[] | select(.doc and .chunks > 1)] | length' "$T/v1.jsonl")
+
+# replay_run OUT ARGS...: replays rp, waits, writes the run's results; sets RUN.
+replay_run() {
+  local out="$1"; shift
+  RUN="$("$SHEAF" replay rp "$@")" || fail "replay $* failed"
+  wait_job "$RUN" 180
+  results "$RUN" > "$out" || fail "results of $RUN"
+}
+
+# 1. Only the combine prompt changes.
+jq '.stages.combine.user = "Combine these notes on \"{{doc_id}}\" into one short summary.\n\n<text>\nIn short: {{partials}}\n</text>"' "$P" > "$T/combine2.json"
+sim_reset
+replay_run "$T/v2.jsonl" --pipeline "$T/combine2.json"
+PV2=$(job_field "$RUN" pipeline)
+assert_eq "$(sim_stat requests)" "$((multi + 1))" "LLM calls (combines of multi-chunk documents + overview, no map call)"
+assert_eq "$(job_field "$RUN" cache_hits)" "$chunks" "cache hits (every map call)"
+results rp > "$T/v1-again.jsonl"
+diff -u "$T/v1.jsonl" "$T/v1-again.jsonl" || fail "the first version changed"
+"$SHEAF" results rp --version "$PV1" | diff -u "$T/v1.jsonl" - || fail "results --version $PV1"
+"$SHEAF" results rp --version "$PV2" | diff -u "$T/v2.jsonl" - || fail "results --version $PV2"
+"$SHEAF" diff rp "$PV1" "$PV2" > "$T/diff.jsonl" || fail "sheaf diff failed"
+assert_eq "$(tail -n 1 "$T/diff.jsonl" | jq .changed)" "$multi" "documents changed by the combine prompt"
+"$SHEAF" results rp --version 0000000000000000 2> "$T/noversion.err" && fail "an unknown version was accepted"
+grep -q "no results for version 0000000000000000" "$T/noversion.err" || fail "unknown version error: $(cat "$T/noversion.err")"
+
+# 2. The map prompt changes: every chunk is mapped again, the reduce reruns.
+jq '.stages.map.user = "In a few sentences, what does this part of \"{{doc_id}}\" say?\n\n<text>\nFrom the report: {{text}}\n</text>"' "$P" > "$T/map2.json"
+sim_reset
+replay_run "$T/v3.jsonl" --pipeline "$T/map2.json"
+misses=$(job_field "$RUN" cache_misses); hits=$(job_field "$RUN" cache_hits)
+assert_eq "$((hits + misses))" "$((chunks + multi + 1))" "calls of the pipeline (cache hits + misses)"
+assert_eq "$(sim_stat requests)" "$misses" "LLM calls (one per cache miss)"
+[ "$misses" -gt "$chunks" ] || fail "only $misses misses: the reduce did not rerun on the new map results"
+"$SHEAF" diff rp "$PV1" "$(job_field "$RUN" pipeline)" | tail -n 1 | jq -e '.changed > 0' > /dev/null \
+  || fail "a map change changed no document result"
+
+# 3. Nothing changes: no call at all.
+sim_reset
+replay_run "$T/v1-replayed.jsonl"
+assert_eq "$(sim_stat requests)" 0 "LLM calls of a replay with nothing changed"
+diff -u "$T/v1.jsonl" "$T/v1-replayed.jsonl" || fail "an unchanged replay gave other results"
+
+# 4. A worker killed during a replay: it still completes, like a clean one.
+jq '.stages.map.user = "Briefly, part {{chunk_index}} of \"{{doc_id}}\":\n\n<text>\n{{text}}\n</text>"' "$P" > "$T/map3.json"
+curl -sf -X POST -d '{"latency_ms": 300}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set latency"
+RUN="$("$SHEAF" replay rp --pipeline "$T/map3.json")" || fail "replay failed"
+under_way() { [ "$(job_field "$RUN" chunks_done)" -ge 3 ]; }
+wait_until 60 "the replay to be under way" under_way
+kill -KILL "$W1"
+start_worker w3
+wait_job "$RUN" 180
+results "$RUN" > "$T/killed.jsonl"
+curl -sf -X POST -d '{"latency_ms": 0}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot reset latency"
+replay_run "$T/clean.jsonl" --pipeline "$T/map3.json"
+diff -u "$T/clean.jsonl" "$T/killed.jsonl" || fail "the replay with a killed worker differs from a clean one"
+
+# 5. Retention: on a one-partition stack, a 12 MB job pushes the first
+# job's messages past the mock broker's ~5 MiB per partition.
+for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
+for pid in "${PIDS[@]}"; do wait "$pid" 2> /dev/null || true; done
+PIDS=()
+"$ROOT/dev/stack.sh" down --dir "$STACK" > /dev/null 2>&1 || true
+STACK="$T/stack2"
+stack_up --partitions 1
+run_small() { "$SHEAF" submit --job-id small "$ROOT/examples/reports/hiring-plan-2027.txt"; }
+run_small > /dev/null || fail "submit small"
+mkdir -p "$T/big"
+head -c 9000000 /dev/urandom | base64 -w 76 | sed 's/$/ ./' > "$T/big/noise.txt"
+"$SHEAF" submit --job-id big "$T/big" > /dev/null 2> "$T/big.log" || fail "submit big: $(cat "$T/big.log")"
+"$SHEAF" replay small > "$T/gone.out" 2> "$T/gone.err" && fail "a replay of expired messages was accepted"
+grep -q "are no longer all on the topic" "$T/gone.err" || fail "retention error: $(cat "$T/gone.err")"
+grep -q "partition 0 (offsets 0-" "$T/gone.err" || fail "the missing range is not named: $(cat "$T/gone.err")"
+[ ! -s "$T/gone.out" ] || fail "a run id was printed for a refused replay"
+assert_eq "$(redis-cli -u "$SHEAF_REDIS_URL" HGET 'sheaf:{small}:job' replays)" "" "replay counter after a refused replay"
+log "ok: combine change $((multi + 1)) calls, map change $((chunks + multi + 1)), unchanged 0; killed worker; retention refused"

@@ -7,6 +7,7 @@
 #   - nothing changed: no call at all;
 #   - a worker SIGKILLed during a replay: the replay completes and matches
 #     a clean replay;
+#   - a replay by time range finds the jobs produced in the window;
 #   - a job whose messages are gone from the topic (retention): refused,
 #     naming the range, nothing changed.
 # shellcheck source=tests/integration/lib.sh
@@ -77,7 +78,16 @@ curl -sf -X POST -d '{"latency_ms": 0}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /d
 replay_run "$T/clean.jsonl" --pipeline "$T/map3.json"
 diff -u "$T/clean.jsonl" "$T/killed.jsonl" || fail "the replay with a killed worker differs from a clean one"
 
-# 5. Retention: on a one-partition stack, a 12 MB job pushes the first
+# 5. By time range: the jobs with chunk messages produced in the window.
+t0=$(date +%s%3N)
+run_job "$T/tr.jsonl" --job-id tr --pipeline "$P" "$ROOT/examples/reports/market-entry-nordics.txt"
+t1=$(date +%s%3N)
+"$SHEAF" replay --from "$t0" --to "$t1" --wait > "$T/window.out" 2> "$T/window.err" \
+  || fail "replay by time range failed: $(cat "$T/window.err")"
+assert_eq "$(cat "$T/window.out")" "tr@r1" "runs of the time-range replay"
+results tr@r1 | diff -u "$T/tr.jsonl" - || fail "time-range replay results differ"
+
+# 6. Retention: on a one-partition stack, a 12 MB job pushes the first
 # job's messages past the mock broker's ~5 MiB per partition.
 for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
 for pid in "${PIDS[@]}"; do wait "$pid" 2> /dev/null || true; done

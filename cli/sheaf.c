@@ -6,6 +6,7 @@
  *   sheaf replay JOB [--pipeline NAME|FILE] [--wait]
  *   sheaf replay --from TIME --to TIME [--pipeline NAME|FILE]
  *   sheaf diff JOB PV1 PV2
+ *   sheaf cost JOB
  *   sheaf config            (print the effective configuration, secrets hidden)
  *
  * Every subcommand takes -c FILE and -X key=value like the other programs.
@@ -19,6 +20,8 @@
 #include <unistd.h>
 
 #include "producer.h"
+#include "progress.h"
+#include "sheaf/cost.h"
 #include "sheaf/log.h"
 #include "sheaf/program.h"
 #include "sheaf/state.h"
@@ -36,7 +39,11 @@ static void usage(FILE *out)
             "        --pipeline: a built-in (summarize, summarize-refine, batch) or a\n"
             "        pipeline JSON file (same as -X pipeline=...).\n"
             "        --wait: wait until the job is done, then print its overview.\n"
-            "  status JOB [--json]   documents and chunks done, failed, in flight\n"
+            "  status JOB [--json] [--watch]\n"
+            "        progress per stage (chunks, documents, groups, overview), rate, ETA,\n"
+            "        failures, dead letters, tokens by stage, cost (cost.prices), cache;\n"
+            "        --watch refreshes every second until the job ends (in place on a\n"
+            "        terminal, one line per refresh otherwise)\n"
             "  results JOB           per-document results, group results, then the\n"
             "                        overview, as JSONL\n"
             "        --version PV: the results of that pipeline version (after a replay)\n"
@@ -48,6 +55,9 @@ static void usage(FILE *out)
             "        replay every job with chunk messages produced in that window\n"
             "        (TIME: epoch milliseconds or YYYY-MM-DDTHH:MM:SS, UTC)\n"
             "  diff JOB PV1 PV2      which documents' results differ between two versions\n"
+            "  cost JOB              tokens and cost per document (JSONL), then the job's\n"
+            "                        totals (the status --json line)\n"
+            "                        totals (the status --json line)\n"
             "  config                the effective configuration (secrets hidden)\n"
             "\n"
             "options for every command:\n"
@@ -61,7 +71,7 @@ typedef struct cli {
     char **overrides;
     size_t n_overrides;
     const char *job_id;
-    int wait, dry_run, json;
+    int wait, dry_run, json, watch;
     int timeout_s;
     const char *version, *from, *to;
     char *owned[8];      /* overrides made from options */
@@ -70,53 +80,36 @@ typedef struct cli {
 
 /* ---- status ---- */
 
-static int print_status(const sheaf_job_status *st, const char *job, int json)
-{
-    uint64_t finished = st->chunks_ok + st->chunks_failed;
-    uint64_t in_flight = st->chunks > finished ? st->chunks - finished : 0;
-    if (json) {
-        printf("{\"job\":\"%s\",\"state\":\"%s\",\"pipeline\":\"%s\",\"docs\":%llu,"
-               "\"docs_done\":%llu,\"docs_ready\":%llu,\"chunks\":%llu,\"chunks_done\":%llu,"
-               "\"chunks_failed\":%llu,\"chunks_in_flight\":%llu,\"dlq\":%llu,"
-               "\"overview\":%s,\"tokens_prompt\":%llu,\"tokens_completion\":%llu,"
-               "\"cache_hits\":%llu,\"cache_misses\":%llu,\"tokens_saved\":%llu}\n",
-               job, st->state, st->pv, (unsigned long long)st->docs,
-               (unsigned long long)st->docs_done, (unsigned long long)st->docs_ready,
-               (unsigned long long)st->chunks, (unsigned long long)st->chunks_ok,
-               (unsigned long long)st->chunks_failed, (unsigned long long)in_flight,
-               (unsigned long long)st->dlq, st->overview_done ? "true" : "false",
-               (unsigned long long)st->tokens_prompt,
-               (unsigned long long)st->tokens_completion, (unsigned long long)st->cache_hits,
-               (unsigned long long)st->cache_misses, (unsigned long long)st->tokens_saved);
-    } else {
-        printf("job %s: %s%s%s\n", job, st->state, st->error[0] ? ": " : "", st->error);
-        printf("  documents  %llu done of %llu (%llu ready to combine)\n",
-               (unsigned long long)st->docs_done, (unsigned long long)st->docs,
-               (unsigned long long)(st->docs_ready > st->docs_done ? st->docs_ready - st->docs_done
-                                                                   : 0));
-        printf("  chunks     %llu done, %llu failed, %llu in flight, of %llu\n",
-               (unsigned long long)st->chunks_ok, (unsigned long long)st->chunks_failed,
-               (unsigned long long)in_flight, (unsigned long long)st->chunks);
-        printf("  dead letters %llu\n", (unsigned long long)st->dlq);
-        printf("  overview   %s\n", st->overview_done ? "written" : "pending");
-        printf("  tokens     %llu prompt + %llu completion\n",
-               (unsigned long long)st->tokens_prompt, (unsigned long long)st->tokens_completion);
-        printf("  cache      %llu hits, %llu misses, %llu tokens saved\n",
-               (unsigned long long)st->cache_hits, (unsigned long long)st->cache_misses,
-               (unsigned long long)st->tokens_saved);
-    }
-    return 0;
-}
 
 static int cmd_status(cli *c, const char *job)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "";
     sheaf_job_status st;
+    progress pg;
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
-    int rc = 1;
+    int rc = 1, tty = isatty(STDOUT_FILENO);
+
+    memset(&pg, 0, sizeof(pg));
     if (!r) goto out;
-    if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
-    rc = print_status(&st, job, c->json);
+    do {
+        if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+        int64_t now = sheaf_wall_ms();
+        progress_load_models(&pg, r, &st);
+        progress_update(&pg, &st, now);
+        if (c->json) {
+            progress_print_json(stdout, &c->cfg, job, &st, &pg, now);
+        } else if (c->watch && !tty) {
+            progress_print_line(stdout, job, &st, &pg, now);
+        } else {
+            if (c->watch) fputs("\033[H\033[2J", stdout); /* redraw in place */
+            progress_print_full(stdout, &c->cfg, job, &st, &pg, now);
+        }
+        fflush(stdout);
+        if (strcmp(st.state, "done") == 0 || strcmp(st.state, "failed") == 0) break;
+        if (c->watch) sheaf_sleep_ms(1000);
+    } while (c->watch && !sheaf_stop);
+    rc = strcmp(st.state, "failed") == 0 ? 1 : 0;
+    if (rc) snprintf(errstr, sizeof(errstr), "job %s failed: %s", job, st.error);
 out:
     if (rc) fprintf(stderr, "sheaf status: %s\n", errstr);
     sheaf_redis_destroy(r);
@@ -360,13 +353,16 @@ static int wait_job(cli *c, const char *job)
     char errstr[SHEAF_ERRSTR_SIZE] = "";
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
     sheaf_job_status st;
+    progress pg;
     int64_t start = sheaf_mono_ms(), last_print = 0;
-    int rc = 1;
+    int rc = 1, tty = isatty(STDERR_FILENO);
+    memset(&pg, 0, sizeof(pg));
     if (!r) goto out;
     while (!sheaf_stop) {
         if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
         int64_t now = sheaf_mono_ms();
         if (strcmp(st.state, "done") == 0) {
+            if (tty && last_print) fputs("\n", stderr);
             fprintf(stderr, "job %s done in %.1f s: %llu documents, %llu chunks (%llu failed), "
                     "%llu dead letters\n", job, (double)(now - start) / 1000.0,
                     (unsigned long long)st.docs, (unsigned long long)st.chunks,
@@ -378,11 +374,13 @@ static int wait_job(cli *c, const char *job)
             snprintf(errstr, sizeof(errstr), "job %s failed: %s", job, st.error);
             goto out;
         }
-        if (now - last_print >= 2000) {
-            fprintf(stderr, "job %s %s: chunks %llu/%llu (%llu failed), documents %llu/%llu\n",
-                    job, st.state, (unsigned long long)(st.chunks_ok + st.chunks_failed),
-                    (unsigned long long)st.chunks, (unsigned long long)st.chunks_failed,
-                    (unsigned long long)st.docs_done, (unsigned long long)st.docs);
+        /* The status line: redrawn in place on a terminal, a plain line
+         * every 10 s otherwise. */
+        if (now - last_print >= (tty ? 1000 : 10000) || !last_print) {
+            progress_update(&pg, &st, sheaf_wall_ms());
+            if (tty) fputs("\r\033[K", stderr);
+            progress_print_line(stderr, job, &st, &pg, sheaf_wall_ms());
+            if (tty) fputs("\033[A", stderr); /* back onto the line for the next redraw */
             last_print = now;
         }
         if (c->timeout_s > 0 && now - start > (int64_t)c->timeout_s * 1000) {
@@ -394,6 +392,106 @@ static int wait_job(cli *c, const char *job)
     snprintf(errstr, sizeof(errstr), "interrupted; job %s continues on the fleet", job);
 out:
     if (rc == 1) fprintf(stderr, "sheaf submit: %s\n", errstr);
+    sheaf_redis_destroy(r);
+    return rc;
+}
+
+/* submit --dry-run: what would be produced, the calls and tokens it would
+ * take and what they would cost, as one JSON object. */
+static void print_estimate(const sheaf_config *cfg, const sheaf_submit_report *rep)
+{
+    static const char *const names[4] = {"map", "reduce", "group", "overview"};
+    sheaf_price_table t;
+    char e[SHEAF_ERRSTR_SIZE];
+    json_t *stages = json_object();
+    uint64_t calls = 0, prompt = 0, completion = 0;
+    double cost = 0;
+    int priced = sheaf_price_table_parse(cfg->cost_prices, &t, e, sizeof(e)) == SHEAF_OK && t.n;
+
+    for (int k = 0; k < 4; k++) {
+        int known = 0;
+        if (!rep->est.calls[k]) continue;
+        double ck = priced ? sheaf_cost_of(&t, rep->est.models[k], rep->est.prompt_tokens[k],
+                                           rep->est.completion_tokens_max[k], &known)
+                           : 0;
+        if (!known) priced = 0;
+        cost += ck;
+        calls += rep->est.calls[k];
+        prompt += rep->est.prompt_tokens[k];
+        completion += rep->est.completion_tokens_max[k];
+        json_object_set_new(stages, names[k],
+                            json_pack("{s:s,s:I,s:I,s:I}", "model", rep->est.models[k], "calls",
+                                      (json_int_t)rep->est.calls[k], "prompt_tokens",
+                                      (json_int_t)rep->est.prompt_tokens[k],
+                                      "completion_tokens_max",
+                                      (json_int_t)rep->est.completion_tokens_max[k]));
+    }
+    json_t *o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:s,s:I,s:I,s:I,s:o,s:o,s:s}", "docs",
+                          (json_int_t)rep->docs, "chunks", (json_int_t)rep->chunks, "tokens",
+                          (json_int_t)rep->tokens, "bytes", (json_int_t)rep->bytes, "skipped",
+                          (json_int_t)rep->skipped, "pipeline", rep->pv, "calls_min",
+                          (json_int_t)calls, "prompt_tokens_est", (json_int_t)prompt,
+                          "completion_tokens_max", (json_int_t)completion, "stages", stages,
+                          "cost_max", priced ? json_real(cost) : json_null(), "currency",
+                          cfg->cost_currency);
+    char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (txt) printf("%s\n", txt);
+    free(txt);
+    json_decref(o);
+}
+
+/* `sheaf cost JOB`: tokens and cost per document, one JSON line each, in
+ * submit order (map calls of its chunks, then its reduce calls). */
+static int cmd_cost(cli *c, const char *job)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], ktok[512];
+    sheaf_job_status st;
+    progress pg;
+    sheaf_price_table t;
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    redisReply *ids = NULL;
+    int rc = 1;
+
+    memset(&pg, 0, sizeof(pg));
+    if (!r || sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK ||
+        sheaf_price_table_parse(c->cfg.cost_prices, &t, errstr, sizeof(errstr)) != SHEAF_OK)
+        goto out;
+    progress_load_models(&pg, r, &st);
+    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
+    sheaf_key(ktok, sizeof(ktok), job, "doc_tokens");
+    if (!(ids = sheaf_redis_cmd(r, errstr, sizeof(errstr), "LRANGE %s 0 -1", kdocs))) goto out;
+    for (size_t i = 0; i < ids->elements; i++) {
+        const char *doc = ids->element[i]->str;
+        char f[4][1100];
+        uint64_t v[4] = {0, 0, 0, 0};
+        snprintf(f[0], sizeof(f[0]), "%s:p", doc);
+        snprintf(f[1], sizeof(f[1]), "%s:c", doc);
+        snprintf(f[2], sizeof(f[2]), "%s:rp", doc);
+        snprintf(f[3], sizeof(f[3]), "%s:rc", doc);
+        redisReply *h = sheaf_redis_cmd(r, errstr, sizeof(errstr), "HMGET %s %s %s %s %s", ktok,
+                                        f[0], f[1], f[2], f[3]);
+        if (!h) goto out;
+        for (size_t k = 0; k < 4 && k < h->elements; k++)
+            if (h->element[k]->type == REDIS_REPLY_STRING) v[k] = strtoull(h->element[k]->str, NULL, 10);
+        freeReplyObject(h);
+        int k1 = 0, k2 = 0;
+        double cost = sheaf_cost_of(&t, pg.models[0], v[0], v[1], &k1) +
+                      sheaf_cost_of(&t, pg.models[1], v[2], v[3], &k2);
+        json_t *o = json_pack("{s:s,s:{s:I,s:I},s:{s:I,s:I},s:o}", "doc", doc, "map", "prompt",
+                              (json_int_t)v[0], "completion", (json_int_t)v[1], "reduce",
+                              "prompt", (json_int_t)v[2], "completion", (json_int_t)v[3], "cost",
+                              k1 && (k2 || !(v[2] || v[3])) ? json_real(cost) : json_null());
+        char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (txt) printf("%s\n", txt);
+        free(txt);
+        json_decref(o);
+    }
+    progress_update(&pg, &st, sheaf_wall_ms());
+    progress_print_json(stdout, &c->cfg, job, &st, &pg, sheaf_wall_ms());
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "sheaf cost: %s\n", errstr);
+    if (ids) freeReplyObject(ids);
     sheaf_redis_destroy(r);
     return rc;
 }
@@ -415,11 +513,7 @@ static int cmd_submit(cli *c, char **inputs, size_t n)
         return err == SHEAF_ERR_INVALID ? 2 : 1;
     }
     if (c->dry_run) {
-        printf("{\"docs\":%llu,\"chunks\":%llu,\"tokens\":%llu,\"bytes\":%llu,\"skipped\":%llu,"
-               "\"pipeline\":\"%s\"}\n",
-               (unsigned long long)rep.docs, (unsigned long long)rep.chunks,
-               (unsigned long long)rep.tokens, (unsigned long long)rep.bytes,
-               (unsigned long long)rep.skipped, rep.pv);
+        print_estimate(&c->cfg, &rep);
         return 0;
     }
     printf("%s\n", rep.job_id);
@@ -437,6 +531,7 @@ int main(int argc, char **argv)
                                          {"json", no_argument, NULL, 'J'},
                                          {"pipeline", required_argument, NULL, 'p'},
                                          {"version", required_argument, NULL, 'V'},
+                                         {"watch", no_argument, NULL, 'W'},
                                          {"from", required_argument, NULL, 'F'},
                                          {"to", required_argument, NULL, 'T'},
                                          {"help", no_argument, NULL, 'h'},
@@ -470,6 +565,7 @@ int main(int argc, char **argv)
         case 'n': c.dry_run = 1; break;
         case 'J': c.json = 1; break;
         case 'V': c.version = optarg; break;
+        case 'W': c.watch = 1; break;
         case 'F': c.from = optarg; break;
         case 'T': c.to = optarg; break;
         case 'p': {
@@ -494,6 +590,12 @@ int main(int argc, char **argv)
     size_t n_rest = (size_t)(argc - optind);
     if (strcmp(cmd, "submit") == 0) {
         rc = cmd_submit(&c, rest, n_rest);
+    } else if (strcmp(cmd, "cost") == 0) {
+        if (n_rest != 1) {
+            fprintf(stderr, "sheaf cost: expected exactly one job id\n");
+            goto cleanup;
+        }
+        rc = cmd_cost(&c, rest[0]);
     } else if (strcmp(cmd, "replay") == 0) {
         rc = cmd_replay(&c, rest, n_rest);
     } else if (strcmp(cmd, "diff") == 0) {

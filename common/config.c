@@ -20,6 +20,7 @@
  * string is owned by the config and freed by sheaf_config_clear(). */
 #include "sheaf/error.h"
 #include "sheaf/config.h"
+#include "sheaf/cost.h"
 
 #include <errno.h>
 #include <math.h>
@@ -184,6 +185,10 @@ static const conf_key conf_keys[] = {
     K_STR("reducer.output", reducer_output, "",
           "JSONL file the reducer appends results to; \"-\" = stdout, \"\" = none."),
 
+    K_STR("cost.prices", cost_prices, "",
+          "Prices per million tokens by model, \"model=input/output; ...\" (e.g. "
+          "\"gpt-4o-mini=0.15/0.60\"); used by status and submit --dry-run."),
+    K_STR("cost.currency", cost_currency, "USD", "Currency of cost.prices, for display."),
     K_STR("pipeline", pipeline, "summarize",
           "Pipeline of a submitted job: a built-in (summarize, summarize-refine, batch) or a "
           "pipeline JSON file."),
@@ -807,7 +812,8 @@ static sheaf_err validate(const sheaf_config *cfg, char *errstr, size_t errlen)
                 cfg->heartbeat_ms, cfg->session_timeout_ms);
         return SHEAF_ERR_CONFIG;
     }
-    return SHEAF_OK;
+    sheaf_price_table prices;
+    return sheaf_price_table_parse(cfg->cost_prices, &prices, errstr, errlen);
 }
 
 sheaf_err sheaf_config_load(sheaf_config *cfg, const char *config_path,

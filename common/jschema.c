@@ -201,8 +201,7 @@ static unsigned value_bits(const json_t *v)
     return 0;
 }
 
-/* The name of a value's type in "got ..." (integers are numbers). */
-static const char *value_type_name(const json_t *v)
+const char *sheaf_json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
     case JSON_OBJECT: return "object";
@@ -463,7 +462,7 @@ static sheaf_err validate_type(const json_t *t, const json_t *v, const seg *at, 
         }
     }
     if (!allowed || (allowed & value_bits(v))) return SHEAF_OK; /* malformed: ignored */
-    return fail(errstr, errlen, 0, at, "expected %s, got %s", want, value_type_name(v));
+    return fail(errstr, errlen, 0, at, "expected %s, got %s", want, sheaf_json_type_name(v));
 }
 
 static sheaf_err validate_enum(const json_t *en, const json_t *v, const seg *at, char *errstr,

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "sheaf/error.h"
+#include "sheaf/jschema.h"
 #include "sheaf/util.h"
 
 #define MAX_DEPTH 64    /* nesting of objects merged field by field */
@@ -111,21 +112,6 @@ static int is_empty(const json_t *v)
 static kind kind_of(const json_t *v)
 {
     return json_is_object(v) ? K_OBJECT : json_is_array(v) ? K_ARRAY : K_SCALAR;
-}
-
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER:
-    case JSON_REAL: return "number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    case JSON_NULL: return "null";
-    }
-    return "value";
 }
 
 static rule rule_from_name(const char *s)
@@ -331,7 +317,7 @@ static sheaf_err merge_union(merge_ctx *c, field *f, const json_t *v)
     int added = 0;
 
     if (!json_is_array(v)) {
-        field_err(c, f, "union needs arrays, got %s", type_name(v));
+        field_err(c, f, "union needs arrays, got %s", sheaf_json_type_name(v));
         return SHEAF_ERR_INVALID;
     }
     if (!f->value && !(f->value = json_array())) return nomem(c);
@@ -356,7 +342,7 @@ static sheaf_err merge_union(merge_ctx *c, field *f, const json_t *v)
 static sheaf_err merge_sum(merge_ctx *c, field *f, const json_t *v)
 {
     if (!json_is_number(v)) {
-        field_err(c, f, "sum needs numbers, got %s", type_name(v));
+        field_err(c, f, "sum needs numbers, got %s", sheaf_json_type_name(v));
         return SHEAF_ERR_INVALID;
     }
     if (json_is_integer(v) && !f->real_sum) {
@@ -378,7 +364,7 @@ static sheaf_err merge_extreme(merge_ctx *c, field *f, const json_t *v)
 {
     int cmp;
     if (!json_is_number(v)) {
-        field_err(c, f, "%s needs numbers, got %s", rule_names[f->rule], type_name(v));
+        field_err(c, f, "%s needs numbers, got %s", rule_names[f->rule], sheaf_json_type_name(v));
         return SHEAF_ERR_INVALID;
     }
     cmp = f->value ? num_cmp(v, f->value) : 1;
@@ -418,7 +404,7 @@ static sheaf_err merge_value(merge_ctx *c, field *f, const json_t *v, int depth)
             f->rule = k == K_OBJECT ? R_OBJECT : k == K_ARRAY ? R_UNION : R_FIRST;
         } else if (k != f->kind) {
             field_err(c, f, "expected %s as in earlier batches, got %s", kind_names[f->kind],
-                      type_name(v));
+                      sheaf_json_type_name(v));
             return SHEAF_ERR_INVALID;
         }
     }

@@ -511,6 +511,10 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
         "else redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1) end\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[6])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[7])\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_map_prompt', ARGV[6])\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_map_completion', ARGV[7])\n"
+        "redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':p', ARGV[6])\n"
+        "redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':c', ARGV[7])\n"
         "local done = redis.call('HINCRBY', KEYS[2], 'done', 1)\n"
         "if done == tonumber(ARGV[3]) then\n"
         "  redis.call('XADD', KEYS[3], '*', 'type', 'doc', 'doc', ARGV[1])\n"
@@ -519,17 +523,19 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
         "end\n"
         "return 1\n",
         ""};
-    char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], idx[16], n[16], pt[24], ct[24];
+    char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], idx[16], n[16], pt[24];
+    char ct[24];
     sheaf_key(kjob, sizeof(kjob), m->job, "job");
     doc_key(kpart, sizeof(kpart), m->job, "p", m->doc);
     sheaf_key(kready, sizeof(kready), m->job, "ready");
+    sheaf_key(ktok, sizeof(ktok), m->job, "doc_tokens");
     snprintf(idx, sizeof(idx), "%u", m->idx);
     snprintf(n, sizeof(n), "%u", m->count);
     snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
     snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
-    const char *args[] = {kjob, kpart, kready, m->doc, idx, n, ok ? "ok" : "failed",
+    const char *args[] = {kjob, kpart, kready, ktok, m->doc, idx, n, ok ? "ok" : "failed",
                           result_json, pt, ct};
-    redisReply *rep = sheaf_redis_script(r, &store, 3, 10, args, NULL, errstr, errlen);
+    redisReply *rep = sheaf_redis_script(r, &store, 4, 11, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     sheaf_err err = SHEAF_OK;
     if (rep->type != REDIS_REPLY_INTEGER) {
@@ -657,6 +663,10 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
         "redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_reduce_prompt', ARGV[3])\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_reduce_completion', ARGV[4])\n"
+        "redis.call('HINCRBY', KEYS[7], ARGV[1] .. ':rp', ARGV[3])\n"
+        "redis.call('HINCRBY', KEYS[7], ARGV[1] .. ':rc', ARGV[4])\n"
         "local d = redis.call('HINCRBY', KEYS[1], 'docs_done', 1)\n"
         "local total = tonumber(redis.call('HGET', KEYS[1], 'docs') or '-1')\n"
         "local running = redis.call('HGET', KEYS[1], 'state') == 'running'\n"
@@ -686,8 +696,11 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
     snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
     snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
     snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    const char *args[] = {kjob, kres, kready, ktimes, kdoc, kg, doc, result_json, pt, ct, now};
-    redisReply *rep = sheaf_redis_script(r, &store, 6, 11, args, NULL, errstr, errlen);
+    char ktok[KEYLEN];
+    sheaf_key(ktok, sizeof(ktok), job, "doc_tokens");
+    const char *args[] = {kjob, kres, kready, ktimes, kdoc, kg, ktok, doc, result_json, pt, ct,
+                          now};
+    redisReply *rep = sheaf_redis_script(r, &store, 7, 12, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (overview_queued)
         *overview_queued = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer - 1 : 0;
@@ -704,6 +717,8 @@ sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const 
         "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_group_prompt', ARGV[3])\n"
+        "redis.call('HINCRBY', KEYS[1], 'tokens_group_completion', ARGV[4])\n"
         "redis.call('HINCRBY', KEYS[1], 'groups_done', 1)\n"
         "if ARGV[5] ~= '1' then return 1 end\n"
         "local parent = redis.call('HGET', KEYS[3], 'p:' .. ARGV[1])\n"
@@ -741,6 +756,8 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
         "if redis.call('SETNX', KEYS[2], ARGV[1]) == 1 then\n"
         "  redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[2])\n"
         "  redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[3])\n"
+        "  redis.call('HINCRBY', KEYS[1], 'tokens_overview_prompt', ARGV[2])\n"
+        "  redis.call('HINCRBY', KEYS[1], 'tokens_overview_completion', ARGV[3])\n"
         "end\n"
         "redis.call('HSET', KEYS[1], 'state', 'done')\n"
         "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 0 then\n"
@@ -790,10 +807,13 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     rep = sheaf_redis_cmd(r, errstr, errlen,
                           "HMGET %s state pv error created_ms finished_ms docs chunks chunks_ok "
                           "chunks_failed docs_ready docs_done dlq tokens_prompt "
-                          "tokens_completion id cache_hits cache_misses tokens_saved",
+                          "tokens_completion id cache_hits cache_misses tokens_saved "
+                          "tokens_map_prompt tokens_map_completion tokens_reduce_prompt "
+                          "tokens_reduce_completion tokens_group_prompt tokens_group_completion "
+                          "tokens_overview_prompt tokens_overview_completion groups_done",
                           kjob);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 18 ||
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 27 ||
         rep->element[14]->type != REDIS_REPLY_STRING) {
         freeReplyObject(rep);
         snprintf(errstr, errlen, "no job %s in Redis", job);
@@ -817,6 +837,11 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     st->cache_hits = field_u64(e[15]);
     st->cache_misses = field_u64(e[16]);
     st->tokens_saved = field_u64(e[17]);
+    for (int k = 0; k < SHEAF_N_STAGE_KINDS; k++) {
+        st->stage_tokens[k][0] = field_u64(e[18 + 2 * k]);
+        st->stage_tokens[k][1] = field_u64(e[19 + 2 * k]);
+    }
+    st->groups_done = field_u64(e[26]);
     freeReplyObject(rep);
     rep = sheaf_redis_cmd(r, errstr, errlen, "EXISTS %s", kov);
     if (!rep) return SHEAF_ERR_REDIS;

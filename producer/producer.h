@@ -47,6 +47,17 @@ typedef struct sheaf_submit_report {
     uint64_t bytes;          /* input bytes read */
     uint64_t skipped;        /* bad documents left out (on_error=skip) */
     uint64_t problems;       /* input problems found */
+    /* Dry run: what the job would cost.  Calls are a floor (progressive
+     * levels, refinement rounds and result-label groups depend on the
+     * answers); map prompt tokens are exact estimates, every completion is
+     * counted at its stage's max_tokens (a ceiling), and reduce prompts
+     * are made of those completions. */
+    struct {
+        uint64_t calls[4];               /* by SHEAF_STAGE_KIND_* */
+        uint64_t prompt_tokens[4];
+        uint64_t completion_tokens_max[4];
+        char models[4][128];
+    } est;
 } sheaf_submit_report;
 
 /* Runs a submit.  Problems with inputs are logged (file:line: message) as

@@ -16,7 +16,57 @@
 #include "scan.h"
 #include "sheaf/log.h"
 #include "sheaf/pipeline.h"
+#include "sheaf/state.h"
 #include "sheaf/util.h"
+#include "sheaf/util.h"
+
+/* Tokens of a stage's prompt with its inputs left empty: what every call
+ * of it pays on top of its inputs. */
+static uint64_t overhead(const sheaf_stage *st)
+{
+    return sheaf_estimate_tokens(st->system, strlen(st->system)) +
+           sheaf_estimate_tokens(st->user, strlen(st->user));
+}
+
+/* The dry run's estimate of calls and tokens (see sheaf_submit_report). */
+static void estimate(const sheaf_pipeline *p, const sheaf_scan *scan, sheaf_submit_report *rep)
+{
+    const sheaf_stage *reduce = p->combine.present ? &p->combine : NULL;
+    uint64_t multi = 0, reduced_docs;
+    for (size_t i = 0; i < scan->docs.n; i++) multi += scan->docs.v[i].chunks > 1;
+    reduced_docs = p->combine.present ? multi : 0;
+
+    rep->est.calls[SHEAF_STAGE_KIND_MAP] = scan->chunks;
+    rep->est.prompt_tokens[SHEAF_STAGE_KIND_MAP] = scan->tokens + scan->chunks * overhead(&p->map);
+    rep->est.completion_tokens_max[SHEAF_STAGE_KIND_MAP] = scan->chunks * (uint64_t)p->map.max_tokens;
+    if (reduce) {
+        /* Each multi-chunk document's combine reads its map answers. */
+        uint64_t calls = reduced_docs;
+        rep->est.calls[SHEAF_STAGE_KIND_REDUCE] = calls;
+        rep->est.prompt_tokens[SHEAF_STAGE_KIND_REDUCE] =
+            calls * overhead(reduce) + (scan->chunks > scan->docs.n ? scan->chunks : 0) *
+                                           (uint64_t)p->map.max_tokens;
+        rep->est.completion_tokens_max[SHEAF_STAGE_KIND_REDUCE] = calls * (uint64_t)reduce->max_tokens;
+    }
+    if (p->refine_rounds) {
+        /* At least one critique per document. */
+        rep->est.calls[SHEAF_STAGE_KIND_REDUCE] += scan->docs.n;
+        rep->est.prompt_tokens[SHEAF_STAGE_KIND_REDUCE] += scan->docs.n * overhead(&p->critique);
+        rep->est.completion_tokens_max[SHEAF_STAGE_KIND_REDUCE] +=
+            scan->docs.n * (uint64_t)p->critique.max_tokens;
+    }
+    if (p->overview.present) {
+        uint64_t per_doc = reduce ? (uint64_t)reduce->max_tokens : (uint64_t)p->map.max_tokens;
+        rep->est.calls[SHEAF_STAGE_KIND_OVERVIEW] = 1;
+        rep->est.prompt_tokens[SHEAF_STAGE_KIND_OVERVIEW] =
+            overhead(&p->overview) + (p->group.present ? 0 : scan->docs.n * per_doc);
+        rep->est.completion_tokens_max[SHEAF_STAGE_KIND_OVERVIEW] = (uint64_t)p->overview.max_tokens;
+    }
+    const sheaf_stage *st[4] = {&p->map, reduce ? reduce : &p->critique, &p->group, &p->overview};
+    for (int k = 0; k < 4; k++)
+        snprintf(rep->est.models[k], sizeof(rep->est.models[k]), "%s",
+                 st[k]->present && st[k]->model ? st[k]->model : "");
+}
 
 sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
                        sheaf_submit_report *report, char *errstr, size_t errlen)
@@ -110,6 +160,7 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
                    (unsigned long long)scan.n_problems, scan.n_problems == 1 ? "" : "s");
 
     if (opts->dry_run) {
+        estimate(pipe, &scan, report);
         sheaf_info("producer", "dry run: %llu documents, %llu chunks (~%llu tokens) would be "
                    "produced to %s",
                    (unsigned long long)report->docs, (unsigned long long)report->chunks,

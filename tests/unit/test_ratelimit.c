@@ -1,11 +1,12 @@
 /* test_ratelimit.c - unit tests of the fleet-wide GCRA limiter
  * (common/ratelimit.c) against a real redis-server.
  *
- * The group setup starts its own redis-server, hiredis test.sh style: a
- * free loopback port (bind a socket to port 0, read it, close it), no
- * persistence, PING polled until a deadline; the group teardown stops it by
- * its PID.  When redis-server is not on PATH every test is skipped.  Each
- * test uses its own endpoint key, so the tests do not share limiter state.
+ * The group setup (redis_server.h) starts its own redis-server, hiredis
+ * test.sh style: a free loopback port (bind a socket to port 0, read it,
+ * close it), no persistence, PING polled until a deadline; the group
+ * teardown stops it by its PID.  When redis-server is not on PATH every
+ * test is skipped.  Each test uses its own endpoint key, so the tests do
+ * not share limiter state.
  *
  * Timing tests count admissions over a short window (1-2 s) with bounds a
  * few requests wide: sleeping is never exact, but the GCRA arithmetic
@@ -16,180 +17,22 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include "sheaf/config.h"
 #include "sheaf/ratelimit.h"
 #include "sheaf/state.h"
 #include "sheaf/util.h"
 
-/* ---- the redis-server of this test run ----------------------------------- */
+/* ---- the redis-server of this test run (redis_server.h) --------------- */
 
-static struct {
-    int available;   /* 0: redis-server not installed, tests skip */
-    pid_t pid;
-    int port;
-    char url[64];
-} srv;
-
-static int redis_server_installed(void)
-{
-    const char *path = getenv("PATH");
-    char dir[4096], exe[4200];
-    while (path && *path) {
-        size_t n = strcspn(path, ":");
-        if (n > 0 && n < sizeof(dir)) {
-            memcpy(dir, path, n);
-            dir[n] = '\0';
-            snprintf(exe, sizeof(exe), "%s/redis-server", dir);
-            if (access(exe, X_OK) == 0) return 1;
-        }
-        path += n;
-        if (*path == ':') path++;
-    }
-    return 0;
-}
-
-/* A port that was free a moment ago (the kernel picked it for port 0). */
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int port = -1;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static sheaf_redis *conn(void)
-{
-    sheaf_config cfg;
-    char err[SHEAF_ERRSTR_SIZE] = "";
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.redis_url = srv.url;
-    cfg.redis_timeout_ms = 2000;
-    sheaf_redis *r = sheaf_redis_connect(&cfg, err, sizeof(err));
-    return r;
-}
-
-static void server_stop(void)
-{
-    int status;
-    if (srv.pid <= 0) return;
-    kill(srv.pid, SIGTERM);
-    for (int i = 0; i < 200; i++) {   /* 2 s, then SIGKILL */
-        if (waitpid(srv.pid, &status, WNOHANG) == srv.pid) goto done;
-        sheaf_sleep_ms(10);
-    }
-    kill(srv.pid, SIGKILL);
-    waitpid(srv.pid, &status, 0);
-done:
-    srv.pid = 0;
-}
-
-/* Starts redis-server on a fresh port and waits up to 5 s for PING. */
-static int server_start_once(void)
-{
-    char port[16];
-    int status;
-
-    srv.port = free_port();
-    if (srv.port <= 0) return -1;
-    snprintf(port, sizeof(port), "%d", srv.port);
-    snprintf(srv.url, sizeof(srv.url), "redis://127.0.0.1:%d", srv.port);
-
-    srv.pid = fork();
-    if (srv.pid < 0) return -1;
-    if (srv.pid == 0) {
-        int devnull = open("/dev/null", O_RDWR);
-#ifdef __linux__
-        prctl(PR_SET_PDEATHSIG, SIGKILL);   /* a crashed test leaves no server behind */
-#endif
-        if (devnull >= 0) {
-            dup2(devnull, STDOUT_FILENO);
-            dup2(devnull, STDERR_FILENO);
-        }
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", "/tmp", "--loglevel", "warning",
-               (char *)NULL);
-        _exit(127);
-    }
-
-    int64_t deadline = sheaf_mono_ms() + 5000;
-    while (sheaf_mono_ms() < deadline) {
-        if (waitpid(srv.pid, &status, WNOHANG) == srv.pid) {   /* died: port taken? */
-            srv.pid = 0;
-            return -1;
-        }
-        sheaf_redis *r = conn();
-        if (r) {
-            char err[SHEAF_ERRSTR_SIZE];
-            redisReply *rep = sheaf_redis_cmd(r, err, sizeof(err), "PING");
-            int ok = rep && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "PONG") == 0;
-            if (rep) freeReplyObject(rep);
-            sheaf_redis_destroy(r);
-            if (ok) return 0;
-        }
-        sheaf_sleep_ms(20);
-    }
-    server_stop();
-    return -1;
-}
-
-static int group_setup(void **state)
-{
-    (void)state;
-    memset(&srv, 0, sizeof(srv));
-    if (!redis_server_installed()) {
-        fprintf(stderr, "redis-server not found on PATH: skipping the rate limiter tests\n");
-        return 0;
-    }
-    /* The port can be taken between free_port() and the server's bind. */
-    for (int attempt = 0; attempt < 3; attempt++) {
-        if (server_start_once() == 0) {
-            srv.available = 1;
-            return 0;
-        }
-    }
-    fprintf(stderr, "redis-server did not start\n");
-    return -1;
-}
-
-static int group_teardown(void **state)
-{
-    (void)state;
-    server_stop();
-    return 0;
-}
-
-#define NEED_REDIS()                 \
-    do {                             \
-        if (!srv.available) skip();  \
-    } while (0)
+#define REDIS_SERVER_TESTS "the rate limiter tests"
+#include "redis_server.h"
 
 /* ---- helpers -------------------------------------------------------------- */
 

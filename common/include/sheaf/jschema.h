@@ -56,4 +56,9 @@ sheaf_err sheaf_jschema_check(const json_t *schema, char *errstr, size_t errlen)
 sheaf_err sheaf_jschema_validate(const json_t *schema, const json_t *value, char *errstr,
                                  size_t errlen);
 
+/* The JSON type of v as a schema names it: "object", "array", "string",
+ * "number", "boolean" or "null"; integers and reals are both "number".
+ * For error messages ("got ..."); never NULL. */
+const char *sheaf_json_type_name(const json_t *v);
+
 #endif

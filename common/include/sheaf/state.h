@@ -7,7 +7,10 @@
  *                                  finished_ms, docs, chunks, chunks_ok,
  *                                  chunks_failed, docs_ready, docs_done, dlq,
  *                                  tokens_prompt, tokens_completion, error,
- *                                  cache_hits, cache_misses, tokens_saved
+ *                                  cache_hits, cache_misses, tokens_saved,
+ *                                  tokens_{map,reduce,group,overview}_
+ *                                  {prompt,completion}, groups_done,
+ *                                  replays
  *   sheaf:{J}:docs         list    document ids in submit order
  *   sheaf:{J}:d:<doc>      hash    n (chunks), meta (JSON), ordinal
  *   sheaf:{J}:p:<doc>      hash    s:<idx> = ok|failed, r:<idx> = result
@@ -23,6 +26,9 @@
  *                                  order: documents (innermost) or paths
  *   sheaf:{J}:ginner       list    the innermost metadata groups
  *   sheaf:{J}:groups       hash    <path> = the group's result (JSON line)
+ *   sheaf:{J}:doc_tokens   hash    <doc>:p, <doc>:c = prompt and completion
+ *                                  tokens of the document's map calls,
+ *                                  <doc>:rp, <doc>:rc of its reduce calls
  *   sheaf:{J}:offsets      hash    <partition> = "first-last": where the
  *                                  job's chunk messages are (for replay)
  *   sheaf:{J}:versions     hash    <pv> = the run holding that version's
@@ -186,6 +192,9 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
 
 /* ---- status ---- */
 
+enum { SHEAF_STAGE_KIND_MAP, SHEAF_STAGE_KIND_REDUCE, SHEAF_STAGE_KIND_GROUP,
+       SHEAF_STAGE_KIND_OVERVIEW, SHEAF_N_STAGE_KINDS };
+
 typedef struct sheaf_job_status {
     char state[32];
     char pv[32];
@@ -193,6 +202,10 @@ typedef struct sheaf_job_status {
     int64_t created_ms, finished_ms;
     uint64_t docs, chunks, chunks_ok, chunks_failed, docs_ready, docs_done, dlq;
     uint64_t tokens_prompt, tokens_completion;
+    /* Tokens [prompt, completion] by stage kind: map, reduce (combine,
+     * refinement), group, overview (SHEAF_STAGE_KIND_*). */
+    uint64_t stage_tokens[4][2];
+    uint64_t groups_done;
     uint64_t cache_hits, cache_misses, tokens_saved;   /* LLM call cache (sheaf/cache.h) */
     int overview_done;
 } sheaf_job_status;

@@ -113,6 +113,9 @@ static const conf_key conf_keys[] = {
     K_SECRET("llm.api_key", llm_api_key,
              "API key sent as a bearer token (secret; better from SHEAF_LLM_API_KEY or "
              "llm.api_key_file)."),
+    K_SECRET("llm.headers", llm_headers,
+             "Extra HTTP headers for the LLM endpoint, \"Name: value; Name2: value\" (e.g. "
+             "Azure's \"api-key: ...\"); secret: never printed."),
     K_STR("llm.api_key_file", llm_api_key_file, "",
           "File whose first line is the API key, read when llm.api_key is unset."),
     K_DOUBLE("llm.temperature", llm_temperature, "0", 0.0, 2.0, "Sampling temperature."),

@@ -23,6 +23,7 @@
 #include "sheaf/error.h"
 #include "sheaf/llm.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
@@ -383,6 +384,42 @@ int64_t sheaf_llm_parse_duration(const char *value)
 
 /* ---- one attempt: endpoint, handle setup, receiving, classification ------- */
 
+/* llm.headers: "Name: value" pairs separated by ';' (Azure's api-key, a
+ * proxy's auth, an organisation id).  Values may be secrets: errors name
+ * the header by position and name, never its value. */
+static sheaf_err add_custom_headers(sheaf_llm_endpoint *ep, const char *spec, char *errstr,
+                                    size_t errlen)
+{
+    char *copy = strdup(spec), *save = NULL, *item;
+    int i = 0;
+    sheaf_err err = SHEAF_OK;
+    if (!copy) return SHEAF_ERR_NOMEM;
+    for (item = strtok_r(copy, ";", &save); item && err == SHEAF_OK;
+         item = strtok_r(NULL, ";", &save)) {
+        char *colon = strchr(item, ':'), *name = item;
+        i++;
+        while (*name == ' ' || *name == '\t') name++;
+        if (!*name) continue;
+        size_t nlen = colon ? (size_t)(colon - name) : 0;
+        int bad = !colon || nlen == 0;
+        for (const char *c = name; !bad && c < colon; c++)
+            bad = !(isalnum((unsigned char)*c) || *c == '-' || *c == '_');
+        for (const char *c = colon ? colon + 1 : ""; !bad && *c; c++)
+            bad = (unsigned char)*c < 0x20 && *c != '\t';
+        if (bad) {
+            sheaf_set_err(errstr, errlen, "llm.headers: entry %d: expected \"Name: value\" with a "
+                          "name of letters, digits, '-' or '_' and no control characters", i);
+            err = SHEAF_ERR_CONFIG;
+        } else {
+            struct curl_slist *h = curl_slist_append(ep->headers, name); /* copies */
+            if (!h) err = SHEAF_ERR_NOMEM;
+        }
+    }
+    explicit_bzero(copy, strlen(spec));
+    free(copy);
+    return err;
+}
+
 sheaf_err sheaf_llm_endpoint_init(sheaf_llm_endpoint *ep, const sheaf_config *cfg, char *errstr,
                                   size_t errlen)
 {
@@ -446,8 +483,12 @@ sheaf_err sheaf_llm_endpoint_init(sheaf_llm_endpoint *ep, const sheaf_config *cf
         snprintf(auth, alen, "Authorization: Bearer %s", cfg->llm_api_key);
         h = curl_slist_append(ep->headers, auth); /* copies auth */
     }
+    if (h && cfg->llm_headers && *cfg->llm_headers &&
+        (err = add_custom_headers(ep, cfg->llm_headers, errstr, errlen)) != SHEAF_OK)
+        goto done;
     if (!h) {
         sheaf_set_err(errstr, errlen, "out of memory");
+        err = SHEAF_ERR_NOMEM;
         goto done;
     }
     err = SHEAF_OK;
@@ -460,7 +501,7 @@ done:
 void sheaf_llm_endpoint_free(sheaf_llm_endpoint *ep)
 {
     if (!ep) return;
-    /* Wipe the Authorization line before the list is freed. */
+    /* Wipe the Authorization line (and llm.headers) before the list is freed. */
     for (struct curl_slist *h = ep->headers; h; h = h->next)
         if (h->data) explicit_bzero(h->data, strlen(h->data));
     curl_slist_free_all(ep->headers);

@@ -1,5 +1,8 @@
 /* log.c - leveled logging to stderr, plain or JSON lines.
  *
+ * Convention: a message about a job says "job <id>" (and "doc <id>" about
+ * a document); in JSON lines those become the fields "job" and "doc".
+ *
  * Each event is formatted into one buffer and written with a single
  * write(2), so lines from threads and processes sharing stderr do not
  * interleave. */
@@ -47,6 +50,24 @@ static size_t json_escape(char *out, size_t cap, const char *s)
     return n;
 }
 
+/* The word after the first "key" that starts a word in msg, without a
+ * trailing ':' or ','; 0 when there is none. */
+static int word_after(const char *msg, const char *key, char *out, size_t outlen)
+{
+    size_t klen = strlen(key), n = 0;
+    for (const char *p = strstr(msg, key); p; p = strstr(p + 1, key)) {
+        if (p != msg && p[-1] != ' ' && p[-1] != '(') continue;
+        p += klen;
+        while (p[n] && p[n] != ' ' && n + 1 < outlen) n++;
+        while (n && (p[n - 1] == ':' || p[n - 1] == ',')) n--;
+        if (!n) return 0;
+        memcpy(out, p, n);
+        out[n] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
 void sheaf_log_vwrite(sheaf_log_level level, const char *component, const char *fmt, va_list ap)
 {
     char msg[4096], line[8192], ts[32];
@@ -62,12 +83,23 @@ void sheaf_log_vwrite(sheaf_log_level level, const char *component, const char *
     snprintf(ts + n, sizeof(ts) - n, ".%03dZ", (int)(tv.tv_usec / 1000));
 
     if (log_json) {
-        char esc[6144];
+        char esc[6144], ids[1200] = "", id[256], eid[520];
         json_escape(esc, sizeof(esc), msg);
+        /* Messages about a job or document say "job J" / "doc D": those
+         * become fields, so a log pipeline can select by them. */
+        if (word_after(msg, "job ", id, sizeof(id))) {
+            json_escape(eid, sizeof(eid), id);
+            snprintf(ids, sizeof(ids), ",\"job\":\"%s\"", eid);
+        }
+        if (word_after(msg, "doc ", id, sizeof(id))) {
+            size_t k = strlen(ids);
+            json_escape(eid, sizeof(eid), id);
+            snprintf(ids + k, sizeof(ids) - k, ",\"doc\":\"%s\"", eid);
+        }
         n = (size_t)snprintf(line, sizeof(line),
                              "{\"ts\":\"%s\",\"level\":\"%s\",\"component\":\"%s\","
-                             "\"pid\":%d,\"msg\":\"%s\"}\n",
-                             ts, level_names[level], component, (int)getpid(), esc);
+                             "\"pid\":%d%s,\"msg\":\"%s\"}\n",
+                             ts, level_names[level], component, (int)getpid(), ids, esc);
     } else {
         n = (size_t)snprintf(line, sizeof(line), "%s %-5s %s[%d]: %s\n", ts,
                              level_names[level], component, (int)getpid(), msg);

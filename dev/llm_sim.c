@@ -1277,7 +1277,8 @@ static void usage(FILE *out)
             "  --rate-limit-rpm N       requests per 60 s window, else 429 (0 = none)\n"
             "  --tpm N                  tokens (prompt + completion) per 60 s window, else\n"
             "                           429 (0 = none)\n"
-            "  --api-key KEY            require Authorization: Bearer KEY\n"
+            "  --api-key KEY            require Authorization: Bearer KEY (or set\n"
+            "                           SHEAF_SIM_API_KEY, which ps does not show)\n"
             "  --max-request-bytes N    larger bodies get 413 (default 8388608)\n"
             "  --summary-words N        words in an answer at most (default 120)\n"
             "  --critique-done-after K  a critique request of \"Round: K\" or later\n"
@@ -1438,6 +1439,8 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
         fprintf(stderr, "sheaf-llm-sim: --slow-rate > 0 needs --slow-ms > 0\n");
         return -1;
     }
+    /* From the environment, the key stays out of the process list. */
+    if (!o->api_key) o->api_key = getenv("SHEAF_SIM_API_KEY");
     if (o->api_key && !o->api_key[0]) o->api_key = NULL;
     return 0;
 }

@@ -224,14 +224,21 @@ start_redis() {
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
         port=$((20000 + (RANDOM * 32768 + RANDOM) % 41000))
         port_in_use "$port" && continue
-        start redis "$DIR/redis.log" "$bin" --port "$port" --bind 127.0.0.1 \
+        # A password (SHEAF_REDIS_PASSWORD) goes in a 0600 config file, not
+        # on the command line where ps would show it.
+        local conf=()
+        if [[ -n ${SHEAF_REDIS_PASSWORD:-} ]]; then
+            (umask 077 && printf 'requirepass "%s"\n' "$SHEAF_REDIS_PASSWORD" >"$DIR/redis/auth.conf")
+            conf=("$DIR/redis/auth.conf")
+        fi
+        start redis "$DIR/redis.log" "$bin" "${conf[@]}" --port "$port" --bind 127.0.0.1 \
             --dir "$DIR/redis" --save '' --appendonly no --daemonize no \
             --logfile "$DIR/redis.log"
         pid=$STARTED_PID
         deadline=$((SECONDS + START_TIMEOUT_S))
         while alive "$pid" && ((SECONDS < deadline)); do
             # PONG from a server that is ours, not one that won the port race.
-            served=$("$cli" -p "$port" info server 2>/dev/null | tr -d '\r' |
+            served=$(REDISCLI_AUTH=${SHEAF_REDIS_PASSWORD:-} "$cli" -p "$port" info server 2>/dev/null | tr -d '\r' |
                 sed -n 's/^process_id://p') || true
             if [[ $served == "$pid" ]]; then
                 REDIS_PORT=$port
@@ -319,6 +326,9 @@ cmd_up() {
         ((sim_opts_given == 0)) || log "warning: the simulator's options (--latency-ms, --error-rate, --rate-limit-rpm, --tpm, --malformed-rate, --reset-rate, --slow-rate, --slow-ms) apply to it only; ignored"
         [[ -n ${SHEAF_LLM_MODEL:-} ]] || log "warning: SHEAF_LLM_MODEL is not set; workers will ask for the default model"
     else
+        # With SHEAF_LLM_API_KEY set, the simulator requires that key
+        # (passed in its environment, not its command line).
+        SHEAF_SIM_API_KEY=${SHEAF_LLM_API_KEY:-} \
         start llm-sim "$DIR/llm-sim.log" "$sim" --host 127.0.0.1 --port 0 \
             --port-file "$DIR/llm.port" --latency-ms "$latency" --error-rate "$error_rate" \
             --rate-limit-rpm "$rpm" --tpm "$tpm" --malformed-rate "$malformed_rate" \

@@ -109,6 +109,7 @@ typedef struct sheaf_config {
     char *log_level;             /* log.level: error|warn|info|debug */
     int log_json;                /* log.json: JSON-lines logs */
     char *pipeline;              /* pipeline: built-in name or JSON file */
+    char *llm_headers;           /* llm.headers (secret) */
     char *cost_prices;           /* cost.prices: "model=in/out; ..." per 1M tokens */
     char *cost_currency;         /* cost.currency */
     char *llm_structured_output; /* llm.structured_output: json_schema|prompt */

@@ -5,6 +5,7 @@
  *   sheaf results JOB [--version PV]
  *   sheaf replay JOB [--pipeline NAME|FILE] [--wait]
  *   sheaf replay --from TIME --to TIME [--pipeline NAME|FILE]
+ *   sheaf repair JOB [--dry-run]
  *   sheaf diff JOB PV1 PV2
  *   sheaf cost JOB
  *   sheaf config            (print the effective configuration, secrets hidden)
@@ -54,6 +55,12 @@ static void usage(FILE *out)
             "  replay --from TIME --to TIME [--pipeline NAME|FILE]\n"
             "        replay every job with chunk messages produced in that window\n"
             "        (TIME: epoch milliseconds or YYYY-MM-DDTHH:MM:SS, UTC)\n"
+            "  repair JOB [--dry-run]\n"
+            "        find what Redis lost of the job (chunk, document, group and overview\n"
+            "        results, counters, ready entries), fix the counters and have the\n"
+            "        fleet redo it: lost chunks are produced again from the topic. One\n"
+            "        JSON line per document repaired, then a summary; --dry-run: only\n"
+            "        report, change nothing.\n"
             "  diff JOB PV1 PV2      which documents' results differ between two versions\n"
             "  cost JOB              tokens and cost per document (JSONL), then the job's\n"
             "                        totals (the status --json line)\n"
@@ -299,6 +306,91 @@ static int cmd_replay(cli *c, char **rest, size_t n)
         if (w > rc) rc = w;
     }
     return rc;
+}
+
+/* ---- repair ---- */
+
+static int cmd_repair(cli *c, char **rest, size_t n)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", msg[1024];
+    sheaf_repair_report rep;
+    const char *would = c->dry_run ? "would be " : "";
+    size_t len = 0;
+
+    if (n != 1) {
+        fprintf(stderr, "sheaf repair: expected exactly one job id\n");
+        return 2;
+    }
+    sheaf_repair_opts o = {.job = rest[0], .dry_run = c->dry_run, .details = stdout};
+    sheaf_err err = sheaf_repair(&c->cfg, &o, &rep, errstr, sizeof(errstr));
+    fflush(stdout);
+    if (err != SHEAF_OK) {
+        fprintf(stderr, "sheaf repair: %s\n", errstr);
+        return err == SHEAF_ERR_NOT_FOUND || err == SHEAF_ERR_INVALID ? 3 : 1;
+    }
+    int nothing = sheaf_repair_nothing(&rep);
+    json_t *sum = json_pack(
+        "{s:s,s:b,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:b}", "job", rest[0],
+        "dry_run", c->dry_run, "state", rep.state, "docs", (json_int_t)rep.docs,
+        "chunks_missing", (json_int_t)rep.chunks_missing, "chunks_enqueued",
+        (json_int_t)rep.chunks_enqueued, "chunks_queued", (json_int_t)rep.chunks_queued,
+        "docs_lost_chunks", (json_int_t)rep.docs_lost_chunks, "results_missing",
+        (json_int_t)rep.results_missing, "docs_requeued", (json_int_t)rep.docs_requeued,
+        "docs_counters_fixed", (json_int_t)rep.docs_counted, "groups_requeued",
+        (json_int_t)rep.groups_requeued, "docs_unregistered", (json_int_t)rep.docs_unregistered,
+        "overview_missing", rep.overview_missing, "overview_requeued", rep.overview_requeued,
+        "reopened", rep.reopened, "nothing_to_repair", nothing);
+    json_object_set_new(sum, "job_counters_fixed",
+                        json_boolean(rep.docs_done_fixed || rep.groups_counted));
+    if (rep.chunks_not_found)
+        json_object_set_new(sum, "chunks_not_found", json_integer((json_int_t)rep.chunks_not_found));
+    char *txt = json_dumps(sum, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (txt) printf("%s\n", txt);
+    free(txt);
+    json_decref(sum);
+    fflush(stdout);
+
+#define ADD(...) len += (size_t)snprintf(msg + len, len < sizeof(msg) ? sizeof(msg) - len : 0, __VA_ARGS__)
+    msg[0] = '\0';
+    if (nothing) {
+        ADD("nothing to repair");
+    } else {
+        if (rep.chunks_enqueued)
+            ADD("%llu chunk(s) of %llu document(s) lost: %sproduced again; ",
+                (unsigned long long)rep.chunks_enqueued,
+                (unsigned long long)rep.docs_lost_chunks, would);
+        if (rep.results_missing)
+            ADD("%llu document result(s) missing: %llu %sre-queued now, the rest once their "
+                "chunks are recorded; ", (unsigned long long)rep.results_missing,
+                (unsigned long long)rep.docs_requeued, would);
+        if (rep.docs_counted)
+            ADD("counters of %llu document(s) %srecounted; ", (unsigned long long)rep.docs_counted,
+                would);
+        if (rep.docs_done_fixed || rep.groups_counted)
+            ADD("job's document and group counts %srecounted; ", would);
+        if (rep.groups_requeued)
+            ADD("%llu group(s) %sre-queued; ", (unsigned long long)rep.groups_requeued, would);
+        if (rep.overview_missing)
+            ADD("overview missing: %s; ", rep.overview_requeued
+                                              ? (c->dry_run ? "would be re-queued" : "re-queued")
+                                              : "follows the results");
+        if (rep.reopened) ADD("job %srunning again; ", would);
+        if (rep.activated) ADD("job %swatched by the reducers again; ", would);
+        if (len >= 2 && len < sizeof(msg)) msg[len - 2] = '\0';
+    }
+    if (rep.chunks_queued)
+        ADD(" (%llu chunk(s) without a result are still queued for the workers)",
+            (unsigned long long)rep.chunks_queued);
+#undef ADD
+    fprintf(stderr, "sheaf repair: job %s%s: %s\n", rest[0], c->dry_run ? " (dry run)" : "", msg);
+    if (rep.chunks_not_found || rep.docs_unregistered) {
+        fprintf(stderr, "sheaf repair: %llu lost chunk(s) were not found in the job's recorded "
+                "ranges and %llu document(s) have lost their registration: those cannot be "
+                "repaired\n", (unsigned long long)rep.chunks_not_found,
+                (unsigned long long)rep.docs_unregistered);
+        return 4;
+    }
+    return 0;
 }
 
 static int cmd_results_run(cli *c, const char *job)
@@ -598,6 +690,8 @@ int main(int argc, char **argv)
         rc = cmd_cost(&c, rest[0]);
     } else if (strcmp(cmd, "replay") == 0) {
         rc = cmd_replay(&c, rest, n_rest);
+    } else if (strcmp(cmd, "repair") == 0) {
+        rc = cmd_repair(&c, rest, n_rest);
     } else if (strcmp(cmd, "diff") == 0) {
         if (n_rest != 3) {
             fprintf(stderr, "sheaf diff: expected JOB PV1 PV2\n");

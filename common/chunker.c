@@ -28,7 +28,9 @@
  * counters snapshotted at cs.  The last candidate of a class then qualifies
  * iff it is >= half, and the choice is: the last paragraph, sentence or word
  * candidate >= half, in that order; else the last paragraph, sentence or word
- * candidate anywhere after cs; else the last UTF-8 boundary before p.  So a
+ * candidate anywhere after cs; else the last UTF-8 boundary before p, moved
+ * back to the start of the last combining sequence when the character at p
+ * may extend it (see cluster_cut).  So a
  * heading or a short paragraph stays with the text after it instead of
  * becoming a chunk of its own.  The decision reads only win[ov, p], never
  * bytes after p, so it cannot depend on where the feeds were split.
@@ -154,6 +156,92 @@ static int starts_sentence(const unsigned char *w, size_t lo, size_t x)
     return ends_sentence(w, lo, r);
 }
 
+/* 1 if code point cp attaches to the character before it: a combining mark
+ * (Latin, Cyrillic, Hebrew and Arabic points, the Indic and Thai vowel signs
+ * and viramas, the combining blocks), a zero-width (non-)joiner, a variation
+ * selector, an emoji skin-tone modifier or a tag.  The common ranges, not
+ * all of Unicode's Grapheme_Extend: a cut before one of these would split
+ * what a reader sees as one character. */
+static int is_extender(uint32_t cp)
+{
+    static const uint32_t ranges[][2] = {
+        {0x0300, 0x036F},   {0x0483, 0x0489},   {0x0591, 0x05BD},   {0x05BF, 0x05BF},
+        {0x05C1, 0x05C2},   {0x05C4, 0x05C5},   {0x05C7, 0x05C7},   {0x0610, 0x061A},
+        {0x064B, 0x065F},   {0x0670, 0x0670},   {0x06D6, 0x06DC},   {0x06DF, 0x06E4},
+        {0x06E7, 0x06E8},   {0x06EA, 0x06ED},   {0x0711, 0x0711},   {0x0730, 0x074A},
+        {0x07A6, 0x07B0},   {0x07EB, 0x07F3},   {0x0E31, 0x0E31},   {0x0E34, 0x0E3A},
+        {0x0E47, 0x0E4E},   {0x0EB1, 0x0EB1},   {0x0EB4, 0x0EBC},   {0x0EC8, 0x0ECD},
+        {0x1AB0, 0x1AFF},   {0x1DC0, 0x1DFF},   {0x200C, 0x200D},   {0x20D0, 0x20FF},
+        {0x302A, 0x302F},   {0x3099, 0x309A},   {0xFE00, 0xFE0F},   {0xFE20, 0xFE2F},
+        {0x1F3FB, 0x1F3FF}, {0xE0020, 0xE007F}, {0xE0100, 0xE01EF},
+    };
+    if (cp >= 0x0900 && cp <= 0x0DFF) {
+        /* The Indic blocks share one layout: signs, nukta, vowel signs and
+         * virama at the same offsets in each 128-code-point block. */
+        uint32_t off = cp & 0x7F;
+        return off <= 0x03 || (off >= 0x3A && off <= 0x4F && off != 0x3D) ||
+               (off >= 0x51 && off <= 0x57) || off == 0x62 || off == 0x63;
+    }
+    for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++)
+        if (cp >= ranges[i][0] && cp <= ranges[i][1]) return 1;
+    return 0;
+}
+
+/* 1 if a character whose first byte is c may be an extender: every lead
+ * byte of a range above (U+0300-07FF, U+0900-3FFF, U+FE00-FFFF and the
+ * supplementary planes 1 and 14). */
+static int may_extend(unsigned char c)
+{
+    return (c >= 0xCC && c <= 0xCD) || c == 0xD2 || (c >= 0xD6 && c <= 0xDF) ||
+           (c >= 0xE0 && c <= 0xE3) || c == 0xEF || c == 0xF0 || c == 0xF3;
+}
+
+/* 1 if w[q, e) is exactly one well-formed character that is an extender. */
+static int extender_at(const unsigned char *w, size_t q, size_t e)
+{
+    size_t n = e - q;
+    uint32_t cp;
+    if (n == 2 && w[q] >= 0xC2 && w[q] <= 0xDF)
+        cp = (uint32_t)(w[q] & 0x1F) << 6 | (w[q + 1] & 0x3F);
+    else if (n == 3 && (w[q] & 0xF0) == 0xE0)
+        cp = (uint32_t)(w[q] & 0x0F) << 12 | (uint32_t)(w[q + 1] & 0x3F) << 6 | (w[q + 2] & 0x3F);
+    else if (n == 4 && (w[q] & 0xF8) == 0xF0)
+        cp = (uint32_t)(w[q] & 0x07) << 18 | (uint32_t)(w[q + 1] & 0x3F) << 12 |
+             (uint32_t)(w[q + 2] & 0x3F) << 6 | (w[q + 3] & 0x3F);
+    else
+        return 0;
+    for (size_t i = q + 1; i < e; i++)
+        if ((w[i] & 0xC0) != 0x80) return 0;
+    return is_extender(cp);
+}
+
+/* The last-resort cut e (a character boundary, e <= p, where the byte at p
+ * overflowed) moved back so that it does not separate a base character from
+ * the combining marks after it ("e" + U+0301, Hebrew and Arabic points): to
+ * the start of the last base character when the character at e is, or (at
+ * p) may be, an extender.  Only the lead byte of the character at p is read
+ * (the bytes after p may not have been fed yet, and the cut must not depend
+ * on that), so a non-mark at p whose lead byte could start one costs the
+ * chunk its last character.  Returns e itself when there is no base after
+ * cs to cut before (a run of marks longer than a chunk). */
+static size_t cluster_cut(const unsigned char *w, size_t cs, size_t e, size_t p)
+{
+    size_t x = e;
+    int ext = x == p ? may_extend(w[p]) : 0;
+    if (x < p) {
+        size_t n = 1;
+        while (x + n < p && (w[x + n] & 0xC0) == 0x80) n++;
+        ext = extender_at(w, x, x + n);
+    }
+    while (ext && x > cs) {
+        size_t q = x - 1;
+        while (q > cs && x - q < 4 && (w[q] & 0xC0) == 0x80) q--;
+        ext = extender_at(w, q, x);
+        x = q;
+    }
+    return x > cs ? x : e;
+}
+
 static size_t count_ff(const char *s, size_t a, size_t b)
 {
     size_t n = 0;
@@ -277,6 +365,10 @@ static sheaf_err tok_cut(sheaf_chunker *ch, size_t p)
     } else if (cs != NONE && p > cs) {
         e = ch->ov + sheaf_utf8_boundary(ch->win.data + ch->ov, p - ch->ov);
         if (e <= cs) e = p;
+        /* Not between a letter and its accent: a text without any break
+         * (a long "e\u0301e\u0301..." run) once began every chunk with a
+         * lone combining mark. */
+        e = cluster_cut((const unsigned char *)ch->win.data, cs, e, p);
     } else if (ch->ov < ch->start) {
         /* The overlap leaves no room for new text: drop it for this chunk. */
         tok_gap(ch, ch->start);

@@ -614,6 +614,17 @@ sheaf_err sheaf_chunk_decode(const void *data, size_t len, sheaf_chunk_msg *m, c
     }
     err = scan_value(data, len, &end, errstr, errlen);
     if (err != SHEAF_OK) goto done;
+    /* A payload that does not start with a map (JSON or text from another
+     * producer: '{' reads as the integer 123) is named as such, not as
+     * "trailing bytes after the map" it never had. */
+    unsigned char b0 = *(const unsigned char *)data;
+    if (end != len && !((b0 & 0xF0) == 0x80 || b0 == 0xDE || b0 == 0xDF)) {
+        sheaf_set_err(errstr, errlen, "message: expected map, got %s (first byte 0x%02x%s)",
+                      b0 >= 0x20 && b0 < 0x7F ? "text" : "other msgpack", b0,
+                      b0 == '{' || b0 == '[' ? ": JSON, not msgpack?" : "");
+        err = SHEAF_ERR_INVALID;
+        goto done;
+    }
     if (end != len) {
         sheaf_set_err(errstr, errlen, "%zu trailing bytes after the map", len - end);
         err = SHEAF_ERR_INVALID;

@@ -213,6 +213,14 @@ static const conf_key conf_keys[] = {
           "{{results}}\n</text>",
           "User prompt over all document results of a job."),
 
+    /* Metrics and health (sheaf/metrics.h) */
+    K_INT("metrics.port", metrics_port, "0", 0, 65535,
+          "Port of the HTTP endpoint serving Prometheus /metrics and /health (worker, "
+          "reducer); 0 = off.  A port that cannot be bound stops the program."),
+    K_STR("metrics.bind", metrics_bind, "127.0.0.1",
+          "Numeric IPv4 or IPv6 address the metrics endpoint listens on (0.0.0.0 in a "
+          "container)."),
+
     /* Logging */
     K_ENUM("log.level", log_level, "info", "error|warn|info|debug", "Least severe level logged."),
     K_BOOL("log.json", log_json, "false", "Log JSON lines instead of text."),

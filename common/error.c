@@ -4,6 +4,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "sheaf/util.h"
+
 const char *sheaf_strerror(sheaf_err err)
 {
     switch (err) {
@@ -34,8 +36,14 @@ int sheaf_err_retryable(sheaf_err err)
 void sheaf_set_err(char *errstr, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
+    int n;
     if (!errstr || errlen == 0) return;
     va_start(ap, fmt);
-    vsnprintf(errstr, errlen, fmt, ap);
+    n = vsnprintf(errstr, errlen, fmt, ap);
     va_end(ap);
+    /* A cut message ends on a character boundary: messages quote UTF-8 from
+     * outside (JSON keys of an LLM answer, server text) and end up in logs
+     * and JSON records, which jansson refuses to build from invalid UTF-8
+     * (found by fuzz/fuzz_jschema: a long value path cut mid-character). */
+    if (n >= 0 && (size_t)n >= errlen) errstr[sheaf_utf8_boundary(errstr, errlen - 1)] = '\0';
 }

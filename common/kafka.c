@@ -2,15 +2,90 @@
  *
  * Delivery reports are counted in a small struct hung on the client as its
  * opaque, so sheaf_kafka_flush() can tell the caller that messages were
- * lost instead of pretending a flush means delivered. */
+ * lost instead of pretending a flush means delivered.
+ *
+ * Broker reachability (for /health) is kept per process, not per client:
+ * a process's clients all talk to one cluster.  librdkafka says when every
+ * broker went down (the error callback, RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+ * but never when one came back, so with metrics.port set clients also
+ * emit statistics every 5 s, whose broker states do tell; the statistics
+ * are served by the client's poll, so only clients that are polled
+ * regularly may be made with metrics on (the worker polls both of its
+ * clients, the reducer its producer).  The process counts as reachable
+ * when any client recently saw a broker up. */
 #include "sheaf/kafka.h"
 
+#include <jansson.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sheaf/log.h"
+#include "sheaf/util.h"
+
+#define KAFKA_STATS_INTERVAL "5000"
+
+/* Broker reachability: the latest news from each client (error callback
+ * or statistics), under brokers_lock.  Clients are not told to forget
+ * (callers destroy them with rd_kafka_destroy), so news older than
+ * BROKERS_FRESH_MS is ignored: a live client with metrics on reports
+ * every 5 s. */
+#define BROKERS_CLIENTS 16
+#define BROKERS_FRESH_MS 30000
+
+typedef struct broker_news {
+    const rd_kafka_t *rk;
+    int64_t ms;                    /* when (0: free slot) */
+    int up;                        /* a broker connection is up */
+    char why[200];                 /* when not up */
+} broker_news;
+
+static pthread_mutex_t brokers_lock = PTHREAD_MUTEX_INITIALIZER;
+static broker_news brokers[BROKERS_CLIENTS];
+static char brokers_fatal[256];    /* a client hit a fatal error ("" none) */
+
+/* Records news of rk's brokers: up, or not with why (fatal: for good). */
+static void brokers_note(const rd_kafka_t *rk, int up, int fatal, const char *why)
+{
+    broker_news *slot = &brokers[0];
+    pthread_mutex_lock(&brokers_lock);
+    for (int i = 0; i < BROKERS_CLIENTS; i++) {
+        if (brokers[i].rk == rk) {
+            slot = &brokers[i];
+            break;
+        }
+        if (brokers[i].ms < slot->ms) slot = &brokers[i]; /* else the oldest */
+    }
+    slot->rk = rk;
+    slot->ms = sheaf_mono_ms();
+    slot->up = up;
+    snprintf(slot->why, sizeof(slot->why), "%s", up ? "" : why);
+    if (fatal) snprintf(brokers_fatal, sizeof(brokers_fatal), "%s", why);
+    pthread_mutex_unlock(&brokers_lock);
+}
+
+int sheaf_kafka_brokers_ok(char *reason, size_t len)
+{
+    const broker_news *down = NULL;
+    int64_t now = sheaf_mono_ms();
+    int up = 0, ok;
+    pthread_mutex_lock(&brokers_lock);
+    for (int i = 0; i < BROKERS_CLIENTS; i++) {
+        const broker_news *n = &brokers[i];
+        if (!n->ms || now - n->ms > BROKERS_FRESH_MS) continue;
+        if (n->up) up = 1;
+        else if (!down || n->ms > down->ms) down = n;
+    }
+    /* One client with a broker up is enough: another's idle connection may
+     * have been closed by the broker. */
+    ok = !brokers_fatal[0] && (up || !down);
+    if (reason && len)
+        snprintf(reason, len, "%s", ok ? "ok" : brokers_fatal[0] ? brokers_fatal : down->why);
+    pthread_mutex_unlock(&brokers_lock);
+    return ok;
+}
 
 typedef struct producer_stats {
     atomic_ulong delivered;
@@ -35,7 +110,6 @@ static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const
 
 static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    (void)rk;
     (void)opaque;
     /* Transient broker errors are retried by librdkafka itself; fatal ones
      * (e.g. idempotence broken) are reported by the next call. */
@@ -43,6 +117,39 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
         sheaf_error("kafka", "fatal: %s", reason);
     else
         sheaf_debug("kafka", "%s: %s", rd_kafka_err2name(err), reason);
+    if (err == RD_KAFKA_RESP_ERR__FATAL || err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s: %s",
+                 err == RD_KAFKA_RESP_ERR__FATAL ? "fatal error" : "all brokers down", reason);
+        brokers_note(rk, 0, err == RD_KAFKA_RESP_ERR__FATAL, why);
+    }
+}
+
+/* Statistics (with metrics on): is any real broker connection up?  The
+ * internal pseudo-broker is always "UP" and does not count. */
+static int kafka_stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+    json_t *root = json_loadb(json, json_len, 0, NULL);
+    json_t *list = json_object_get(root, "brokers"), *b;
+    const char *name;
+    int up = 0, known = 0;
+    char why[96];
+    (void)opaque;
+    json_object_foreach(list, name, b) {
+        const char *source = json_string_value(json_object_get(b, "source"));
+        const char *state = json_string_value(json_object_get(b, "state"));
+        if (source && strcmp(source, "internal") == 0) continue;
+        known++;
+        if (state && strcmp(state, "UP") == 0) up++;
+    }
+    if (up) {
+        brokers_note(rk, 1, 0, "");
+    } else if (known) {
+        snprintf(why, sizeof(why), "no connection to any of %d broker(s)", known);
+        brokers_note(rk, 0, 0, why);
+    }
+    json_decref(root);
+    return 0; /* librdkafka frees json */
 }
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -62,6 +169,8 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         }
     }
 }
+
+static int user_set(const sheaf_config *cfg, const char *prop);
 
 static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *value, char *errstr,
                     size_t errlen)
@@ -94,8 +203,13 @@ rd_kafka_conf_t *sheaf_kafka_conf_new(const sheaf_config *cfg, const char *clien
         if (strncmp(key, "kafka.", 6) == 0) key += 6;
         if (conf_set(conf, key, cfg->kafka_props[i].value, errstr, errlen)) goto fail;
     }
+    /* With metrics on, statistics tell when a broker is up again. */
+    if (cfg->metrics_port > 0 && !user_set(cfg, "statistics.interval.ms") &&
+        conf_set(conf, "statistics.interval.ms", KAFKA_STATS_INTERVAL, errstr, errlen))
+        goto fail;
     rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
     rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+    rd_kafka_conf_set_stats_cb(conf, kafka_stats_cb);
     return conf;
 
 fail:
@@ -268,12 +382,28 @@ sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
     rd_kafka_header_add(hdrs, "sheaf-dlq-offset", -1, off, -1);
     if (job) rd_kafka_header_add(hdrs, "sheaf-job", -1, job, -1);
 
+    int dropped = 0;
     for (;;) {
         err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(dlq_topic),
                                 RD_KAFKA_V_KEY(orig->key, orig->key_len),
-                                RD_KAFKA_V_VALUE(orig->payload, orig->len),
+                                /* Parenthesized: the macro casts its argument,
+                                 * (void *)dropped would bind first (clang). */
+                                RD_KAFKA_V_VALUE((dropped ? NULL : orig->payload),
+                                                 (dropped ? 0 : orig->len)),
                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                 RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && !dropped) {
+            /* A message over our message.max.bytes (an oversized one some
+             * other producer put on the topic) would be refused for ever,
+             * and the caller retries until it works: the worker stalled.
+             * Dead-letter it without its value; the headers say where the
+             * original still is. */
+            char size[32];
+            snprintf(size, sizeof(size), "%zu", orig->len);
+            rd_kafka_header_add(hdrs, "sheaf-dlq-value-dropped", -1, size, -1);
+            dropped = 1;
+            continue;
+        }
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
         rd_kafka_poll(producer, 100);
     }

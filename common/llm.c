@@ -141,16 +141,26 @@ done:
 /* ---- response parsing -------------------------------------------------- */
 
 /* Copies s[0..n) into out, cut to LLM_SERVER_MSG_MAX on a UTF-8 boundary,
- * control characters turned into spaces so it stays one log line. */
+ * control characters turned into spaces so it stays one log line.  A byte
+ * that does not begin a valid UTF-8 sequence becomes '?': the text comes
+ * from the server (an HTML error page, a cut body) and ends up in errstr,
+ * hence in logs and in a failed chunk's JSON error record, which jansson
+ * refuses to build from invalid UTF-8 (the reason was silently lost). */
 static void copy_message(const char *s, size_t n, char *out, size_t outlen)
 {
-    size_t i;
+    size_t i = 0;
     if (outlen == 0) return;
     if (n > LLM_SERVER_MSG_MAX) n = sheaf_utf8_boundary(s, LLM_SERVER_MSG_MAX);
     if (n > outlen - 1) n = sheaf_utf8_boundary(s, outlen - 1);
-    for (i = 0; i < n; i++) {
+    while (i < n) {
         unsigned char c = (unsigned char)s[i];
-        out[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+        size_t len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+        if (len > 1 && len <= n - i && sheaf_utf8_valid(s + i, len, NULL)) {
+            memcpy(out + i, s + i, len);
+            i += len;
+            continue;
+        }
+        out[i++] = len == 0 || len > 1 ? '?' : (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
     }
     out[i] = '\0';
 }
@@ -222,8 +232,12 @@ sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
     root = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (!root) {
         err = SHEAF_ERR_LLM_RETRY;
+        /* jansson quotes the bytes near the error ("near '<byte>'"), which
+         * may be control characters: through copy_message like all text
+         * that comes from the server. */
+        copy_message(jerr.text, strlen(jerr.text), msg, sizeof(msg));
         sheaf_set_err(errstr, errlen, "response is not valid JSON (%zu bytes): %s at offset %d", len,
-                jerr.text, jerr.position);
+                msg, jerr.position);
         goto done;
     }
     if (!json_is_object(root)) {
@@ -251,9 +265,14 @@ sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
     text = json_object_get(message, "content");
     if (!json_is_string(text)) {
         json_t *reason = json_object_get(choice, "finish_reason");
+        /* The server's text: through copy_message, so a newline or a huge
+         * value in finish_reason cannot break the log line or errstr. */
+        if (json_is_string(reason))
+            copy_message(json_string_value(reason), json_string_length(reason), msg, sizeof(msg));
+        else
+            copy_message("unknown", 7, msg, sizeof(msg));
         sheaf_set_err(errstr, errlen, "choices[0].message.content is %s (finish_reason %s)",
-                !text ? "missing" : json_is_null(text) ? "null" : "not a string",
-                json_is_string(reason) ? json_string_value(reason) : "unknown");
+                !text ? "missing" : json_is_null(text) ? "null" : "not a string", msg);
         goto done;
     }
     if (strlen(json_string_value(text)) != json_string_length(text)) {
@@ -314,6 +333,11 @@ int64_t sheaf_llm_parse_retry_after(const char *value)
         /* HTTP-date; a date in the past means "now". */
         time_t t = curl_getdate(buf, NULL);
         if (t == (time_t)-1) goto done;
+        /* curl accepts absurd years ("Oct 422552552"): clamp to the year
+         * 9999 before converting, or t * 1000 overflows (found by
+         * fuzz/fuzz_llm_response under UBSan).  Callers cap the delay. */
+        if (t > (time_t)253402300799LL) t = (time_t)253402300799LL;
+        if (t < 0) t = 0;
         ms = (int64_t)t * 1000 - sheaf_wall_ms();
         if (ms < 0) ms = 0;
     }
@@ -562,10 +586,15 @@ static int header_value(const char *data, size_t n, const char *name, char *valu
     return 1;
 }
 
+/* curl's header callback: each line goes to sheaf_llm_xfer_header. */
 static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
 {
-    sheaf_llm_xfer *x = ud;
-    size_t n = size * nmemb;
+    sheaf_llm_xfer_header(ud, data, size * nmemb);
+    return size * nmemb;
+}
+
+void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n)
+{
     char value[LLM_HEADER_VALUE_MAX];
 
     /* A new status line (after a 100 Continue, say) starts a new response. */
@@ -579,7 +608,6 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
     } else if (header_value(data, n, "x-ratelimit-reset-requests:", value)) {
         x->hdr.reset_requests_ms = sheaf_llm_parse_duration(value);
     }
-    return n;
 }
 
 CURLcode sheaf_llm_easy_setup(CURL *curl, const sheaf_llm_endpoint *ep, sheaf_llm_xfer *x)

@@ -41,7 +41,11 @@
  *     unwell (no connection, timeouts, 5xx, 408).  While it is open queued
  *     calls do not spend their attempts; results of calls already in
  *     flight when it opened are ignored by it, and only the probe decides
- *     whether it closes. */
+ *     whether it closes.
+ *
+ * Prometheus metrics (sheaf_llm_async_set_metrics) are counted where the
+ * stats are; the in-flight gauge, shared by every engine of a process, gets
+ * this engine's changes at the end of each step (in fire()). */
 #include "sheaf/llm_async.h"
 
 #include <curl/curl.h>
@@ -122,6 +126,10 @@ struct sheaf_llm_async {
 
     int firing;                    /* > 0 inside a callback */
     sheaf_llm_stats st;            /* counters; the current-state fields are filled on read */
+    char brk_reason[256];          /* why the circuit last opened */
+
+    sheaf_llm_metrics met;         /* fed as things happen; members may be NULL */
+    size_t met_in_flight;          /* our share of met.in_flight, as last published */
 };
 
 /* ---- lists ------------------------------------------------------------------ */
@@ -213,21 +221,35 @@ static void call_finish(sheaf_llm_async *a, llm_call *c, sheaf_err err, const ch
     list_push_back(&a->done, c);
 }
 
+/* Brings the in-flight gauge to this engine's flight count: the gauge is
+ * shared by engines, so each adds its own changes. */
+static void met_in_flight(sheaf_llm_async *a)
+{
+    if (!a->met.in_flight || a->flight.n == a->met_in_flight) return;
+    sheaf_metric_gauge_add(a->met.in_flight, (int64_t)a->flight.n - (int64_t)a->met_in_flight);
+    a->met_in_flight = a->flight.n;
+}
+
 /* Fires the callbacks of the calls in l (detached from the engine by the
  * caller, so callbacks may submit) and frees them.  Returns how many. */
 static int fire(sheaf_llm_async *a, call_list *l)
 {
     int fired = 0;
     llm_call *c;
+    met_in_flight(a);
     while ((c = l->head) != NULL) {
+        int64_t lat = sheaf_mono_ms() - c->submitted_ms;
         list_remove(l, c);
         if (c->err == SHEAF_OK) {
-            int64_t lat = sheaf_mono_ms() - c->submitted_ms;
             a->st.completed_ok++;
             a->st.latency_ms_sum += lat > 0 ? (uint64_t)lat : 0;
+            sheaf_metric_add(a->met.prompt_tokens, c->result.usage.prompt_tokens);
+            sheaf_metric_add(a->met.completion_tokens, c->result.usage.completion_tokens);
         } else {
             a->st.failed++;
         }
+        if (c->err != SHEAF_ERR_STOPPED)
+            sheaf_metric_observe(a->met.duration, lat > 0 ? (double)lat / 1000.0 : 0.0);
         a->firing++;
         c->done(c->ud, c->err, &c->result,
                 c->err == SHEAF_OK ? "" : c->errmsg ? c->errmsg : sheaf_strerror(c->err));
@@ -324,6 +346,7 @@ static void breaker_open(sheaf_llm_async *a, int64_t now, int cooldown_ms, const
     a->brk_cur_cooldown_ms = cooldown_ms;
     a->brk_open_until_ms = now + cooldown_ms;
     a->st.breaker_opens++;
+    snprintf(a->brk_reason, sizeof(a->brk_reason), "%s", why);
     sheaf_warn("llm", "circuit open for %d ms: %s", cooldown_ms, why);
 }
 
@@ -497,6 +520,7 @@ static void finish_attempt(sheaf_llm_async *a, llm_slot *s, CURLcode rc, int64_t
 
     if (status == 429) {
         a->st.http_429++;
+        sheaf_metric_inc(a->met.http_429);
         penalize(a, hdr.retry_after_ms >= 0
                         ? hdr.retry_after_ms
                         : sheaf_llm_backoff_ceiling(a->backoff_ms, c->result.attempts), now);
@@ -513,6 +537,7 @@ static void finish_attempt(sheaf_llm_async *a, llm_slot *s, CURLcode rc, int64_t
         call_set_error(c, errstr);
         c->not_before_ms = now + delay;
         a->st.retries++;
+        sheaf_metric_inc(a->met.retries);
         list_push_back(&a->waiting, c);
         return;
     }
@@ -781,6 +806,52 @@ void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st)
     st->queued = a->queued.n + a->done.n;
     st->waiting = a->waiting.n;
     st->in_flight = a->flight.n;
+    snprintf(st->breaker_reason, sizeof(st->breaker_reason), "%s", a->brk_reason);
+}
+
+sheaf_err sheaf_llm_metrics_register(sheaf_metrics *reg, sheaf_llm_metrics *out, char *errstr,
+                                     size_t errlen)
+{
+    /* Seconds from submit to callback: queueing, retries and backoff
+     * included, so the tail reaches minutes. */
+    static const double bounds[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+    static const char tokens_help[] = "Tokens reported by the LLM provider in its answers.";
+    memset(out, 0, sizeof(*out));
+    if (!(out->in_flight = sheaf_metrics_add(reg, SHEAF_METRIC_GAUGE, "sheaf_llm_calls_in_flight",
+                                             "LLM HTTP requests under way.", NULL, NULL, NULL, 0,
+                                             errstr, errlen)) ||
+        !(out->duration = sheaf_metrics_add(
+              reg, SHEAF_METRIC_HISTOGRAM, "sheaf_llm_call_duration_seconds",
+              "LLM calls finished, by seconds from submit to answer (queueing and retries "
+              "included).", NULL, NULL, bounds, sizeof(bounds) / sizeof(bounds[0]), errstr,
+              errlen)) ||
+        !(out->retries = sheaf_metrics_add(reg, SHEAF_METRIC_COUNTER, "sheaf_llm_retries_total",
+                                           "LLM attempts retried after a retryable failure.",
+                                           NULL, NULL, NULL, 0, errstr, errlen)) ||
+        !(out->http_429 = sheaf_metrics_add(reg, SHEAF_METRIC_COUNTER, "sheaf_llm_429_total",
+                                            "HTTP 429 (rate limited) answers from the LLM "
+                                            "provider.", NULL, NULL, NULL, 0, errstr, errlen)) ||
+        !(out->prompt_tokens = sheaf_metrics_add(reg, SHEAF_METRIC_COUNTER,
+                                                 "sheaf_llm_tokens_total", tokens_help, "kind",
+                                                 "prompt", NULL, 0, errstr, errlen)) ||
+        !(out->completion_tokens = sheaf_metrics_add(reg, SHEAF_METRIC_COUNTER,
+                                                     "sheaf_llm_tokens_total", tokens_help,
+                                                     "kind", "completion", NULL, 0, errstr,
+                                                     errlen)))
+        return SHEAF_ERR_INVALID;
+    return SHEAF_OK;
+}
+
+void sheaf_llm_async_set_metrics(sheaf_llm_async *a, const sheaf_llm_metrics *m)
+{
+    if (!a) return;
+    /* The old gauge gives back our share before the new one takes it. */
+    if (a->met.in_flight && a->met_in_flight)
+        sheaf_metric_gauge_add(a->met.in_flight, -(int64_t)a->met_in_flight);
+    a->met_in_flight = 0;
+    if (m) a->met = *m;
+    else memset(&a->met, 0, sizeof(a->met));
+    met_in_flight(a);
 }
 
 /* Fires every call of the waiting and queued lists (and, with flight, of

@@ -67,6 +67,14 @@ void sheaf_llm_xfer_init(sheaf_llm_xfer *x, size_t max_body);
 void sheaf_llm_xfer_reset(sheaf_llm_xfer *x);
 void sheaf_llm_xfer_free(sheaf_llm_xfer *x);
 
+/* Reads one response header line, as curl hands it to the header callback
+ * (data[0..n), not NUL-terminated, line ending included), into x->hdr: a
+ * status line resets it; Retry-After, x-ratelimit-remaining-requests and
+ * x-ratelimit-reset-requests are parsed, anything else ignored.  The header
+ * callback set by sheaf_llm_easy_setup is this function; it is here so the
+ * parsing can be fuzzed without a network. */
+void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n);
+
 /* Sets the options every LLM easy handle carries: URL and headers of ep
  * (borrowed: ep must outlive the handle), POST, the timeouts, keep-alive,
  * body and header callbacks writing into x (borrowed likewise), the error

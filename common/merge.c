@@ -164,6 +164,11 @@ static void field_err(merge_ctx *c, const field *f, const char *fmt, ...)
 {
     char msg[SHEAF_ERRSTR_SIZE];
     const batch *b = &c->batches[c->batch];
+    size_t plen = strlen(f->path);
+    /* Cut on a character boundary: the path is made of keys of the LLM's
+     * answers, and the message ends up in the document's JSON record
+     * (found by fuzz/fuzz_merge: a long non-ASCII field name). */
+    int shown = (int)sheaf_utf8_boundary(f->path, plen < NAME_SHOWN ? plen : NAME_SHOWN);
     va_list ap;
 
     va_start(ap, fmt);
@@ -172,12 +177,12 @@ static void field_err(merge_ctx *c, const field *f, const char *fmt, ...)
     if (b->first == b->last)
         sheaf_set_err(c->errstr, c->errlen,
                       "batch %zu (page %" JSON_INTEGER_FORMAT "): field \"%.*s\": %s", c->batch + 1,
-                      b->first, NAME_SHOWN, f->path, msg);
+                      b->first, shown, f->path, msg);
     else
         sheaf_set_err(c->errstr, c->errlen,
                       "batch %zu (pages %" JSON_INTEGER_FORMAT "-%" JSON_INTEGER_FORMAT
                       "): field \"%.*s\": %s",
-                      c->batch + 1, b->first, b->last, NAME_SHOWN, f->path, msg);
+                      c->batch + 1, b->first, b->last, shown, f->path, msg);
 }
 
 static sheaf_err nomem(merge_ctx *c)
@@ -431,9 +436,13 @@ static sheaf_err merge_object(merge_ctx *c, fields *fs, const char *parent_path,
     const json_t *v;
 
     if (depth > MAX_DEPTH) {
+        const char *p = parent_path ? parent_path : "";
+        size_t plen = strlen(p);
         sheaf_set_err(c->errstr, c->errlen,
                       "batch %zu: field \"%.*s\": objects nested deeper than %d levels",
-                      c->batch + 1, NAME_SHOWN, parent_path ? parent_path : "", MAX_DEPTH);
+                      c->batch + 1, /* cut on a character boundary, as in field_err */
+                      (int)sheaf_utf8_boundary(p, plen < NAME_SHOWN ? plen : NAME_SHOWN), p,
+                      MAX_DEPTH);
         return SHEAF_ERR_INVALID;
     }
     json_object_foreach((json_t *)obj, name, v) {

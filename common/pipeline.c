@@ -647,6 +647,10 @@ static sheaf_err stage_from_config(sheaf_stage *st, const sheaf_config *cfg, con
     st->user = strdup(user);
     st->model = strdup(cfg->llm_model);
     st->temperature = cfg->llm_temperature;
+    /* llm.temperature = -0 is accepted; -0.0 would hash apart from 0 and
+     * the stored JSON would parse back (normalized) under another version
+     * (found by fuzz/fuzz_pipeline's round trip). */
+    if (st->temperature == 0) st->temperature = 0;
     st->max_tokens = cfg->llm_max_tokens;
     st->group_size = SHEAF_GROUP_SIZE_DEFAULT;
     return st->system && st->user && st->model ? SHEAF_OK : SHEAF_ERR_NOMEM;
@@ -723,29 +727,34 @@ sheaf_pipeline *sheaf_pipeline_builtin(const sheaf_config *cfg, char *errstr, si
     return builtin("summarize", cfg, errstr, errlen);
 }
 
-/* Reads a whole (small) file; NULL with errstr naming it. */
+/* Reads a whole (small) file; NULL with errstr naming it.  The buffer grows
+ * with the file up to the cap (a capped sheaf_buf), rather than taking the
+ * whole 4 MiB cap up front for a 1 KiB pipeline. */
 static char *read_small_file(const char *path, size_t *len, char *errstr, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
+    sheaf_buf b;
+    char block[16384];
     char *buf = NULL;
+    size_t n;
+    sheaf_err err = SHEAF_OK;
+
     if (!f) {
         sheaf_set_err(errstr, errlen, "pipeline %s: %s", path, strerror(errno));
         return NULL;
     }
-    buf = malloc(PIPELINE_FILE_MAX + 1);
-    if (buf) {
-        *len = fread(buf, 1, PIPELINE_FILE_MAX + 1, f);
-        if (ferror(f) || *len > PIPELINE_FILE_MAX) {
-            sheaf_set_err(errstr, errlen, "pipeline %s: %s", path,
-                          ferror(f) ? "read error" : "larger than 4 MiB");
-            free(buf);
-            buf = NULL;
-        } else {
-            buf[*len] = '\0';
-        }
-    } else {
-        sheaf_set_err(errstr, errlen, "out of memory");
-    }
+    sheaf_buf_init(&b, PIPELINE_FILE_MAX);
+    while (err == SHEAF_OK && (n = fread(block, 1, sizeof(block), f)) > 0)
+        err = sheaf_buf_append(&b, block, n);
+    if (err == SHEAF_OK && ferror(f)) err = SHEAF_ERR_IO;
+    *len = b.len;
+    if (err == SHEAF_OK && !(buf = sheaf_buf_steal(&b))) err = SHEAF_ERR_NOMEM;
+    if (err != SHEAF_OK)
+        sheaf_set_err(errstr, errlen, "pipeline %s: %s", path,
+                      err == SHEAF_ERR_TOO_LARGE ? "larger than 4 MiB"
+                      : err == SHEAF_ERR_IO      ? "read error"
+                                                 : "out of memory");
+    sheaf_buf_free(&b);
     fclose(f);
     return buf;
 }

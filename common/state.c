@@ -501,14 +501,18 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
 {
     /* First write wins: a redelivered chunk (or one finished by two workers
      * around a rebalance) leaves the state as the first left it, so the
-     * done count reaches n exactly once and "ready" is enqueued once. */
+     * done count reaches n exactly once and "ready" is enqueued once.  A
+     * document whose result is already recorded is not enqueued again: its
+     * chunks were lost and recomputed (`sheaf repair`), and combining them
+     * again could not change the recorded result (first write wins). */
     static sheaf_lua_script store = {
         "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
         "local f = 's:' .. ARGV[2]\n"
         "if redis.call('HEXISTS', KEYS[2], f) == 1 then return 0 end\n"
         "redis.call('HSET', KEYS[2], f, ARGV[4], 'r:' .. ARGV[2], ARGV[5])\n"
         "if ARGV[4] == 'ok' then redis.call('HINCRBY', KEYS[1], 'chunks_ok', 1)\n"
-        "else redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1) end\n"
+        "else redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)\n"
+        "  redis.call('HINCRBY', KEYS[2], 'failed', 1) end\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[6])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[7])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_map_prompt', ARGV[6])\n"
@@ -517,15 +521,17 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
         "redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':c', ARGV[7])\n"
         "local done = redis.call('HINCRBY', KEYS[2], 'done', 1)\n"
         "if done == tonumber(ARGV[3]) then\n"
-        "  redis.call('XADD', KEYS[3], '*', 'type', 'doc', 'doc', ARGV[1])\n"
         "  redis.call('HINCRBY', KEYS[1], 'docs_ready', 1)\n"
+        "  if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return 1 end\n"
+        "  redis.call('XADD', KEYS[3], '*', 'type', 'doc', 'doc', ARGV[1])\n"
         "  return 2\n"
         "end\n"
         "return 1\n",
         ""};
-    char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], idx[16], n[16], pt[24];
-    char ct[24];
+    char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], kres[KEYLEN], idx[16];
+    char n[16], pt[24], ct[24];
     sheaf_key(kjob, sizeof(kjob), m->job, "job");
+    sheaf_key(kres, sizeof(kres), m->job, "results");
     doc_key(kpart, sizeof(kpart), m->job, "p", m->doc);
     sheaf_key(kready, sizeof(kready), m->job, "ready");
     sheaf_key(ktok, sizeof(ktok), m->job, "doc_tokens");
@@ -533,9 +539,9 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
     snprintf(n, sizeof(n), "%u", m->count);
     snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
     snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
-    const char *args[] = {kjob, kpart, kready, ktok, m->doc, idx, n, ok ? "ok" : "failed",
+    const char *args[] = {kjob, kpart, kready, ktok, kres, m->doc, idx, n, ok ? "ok" : "failed",
                           result_json, pt, ct};
-    redisReply *rep = sheaf_redis_script(r, &store, 4, 11, args, NULL, errstr, errlen);
+    redisReply *rep = sheaf_redis_script(r, &store, 5, 12, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     sheaf_err err = SHEAF_OK;
     if (rep->type != REDIS_REPLY_INTEGER) {

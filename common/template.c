@@ -13,6 +13,7 @@
 
 #include "sheaf/error.h"
 #include "sheaf/pipeline.h"
+#include "sheaf/util.h"
 
 #define VAR_NAME_SHOWN 64 /* bytes of a bad variable name quoted in errors */
 
@@ -26,6 +27,14 @@ typedef struct tmpl_ops {
 } tmpl_ops;
 
 static int is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+/* Bytes of a variable name quoted in an error: at most VAR_NAME_SHOWN, cut
+ * on a character boundary (the message becomes a failed chunk's reason in a
+ * JSON record; found by fuzz/fuzz_render). */
+static int shown_len(const char *name, size_t n)
+{
+    return (int)sheaf_utf8_boundary(name, n < VAR_NAME_SHOWN ? n : VAR_NAME_SHOWN);
+}
 
 /* Walks tmpl calling ops for each literal run and each variable. */
 static sheaf_err tmpl_walk(const char *tmpl, const tmpl_ops *ops, void *ctx, char *errstr,
@@ -70,7 +79,7 @@ static sheaf_err tmpl_walk(const char *tmpl, const tmpl_ops *ops, void *ctx, cha
         }
         for (const char *c = name; c < end; c++) {
             if (*c == '{' || *c == '}' || (unsigned char)*c < 0x20 || *c == 0x7f) {
-                int shown = (int)(end - name < VAR_NAME_SHOWN ? end - name : VAR_NAME_SHOWN);
+                int shown = shown_len(name, (size_t)(end - name));
                 err = SHEAF_ERR_INVALID;
                 sheaf_set_err(errstr, errlen, "invalid variable name \"%.*s\" at offset %zu", shown,
                         name, (size_t)(p - tmpl));
@@ -89,7 +98,7 @@ done:
 
 static sheaf_err unknown_var(const char *name, size_t n, char *errstr, size_t errlen)
 {
-    int shown = (int)(n < VAR_NAME_SHOWN ? n : VAR_NAME_SHOWN);
+    int shown = shown_len(name, n);
     sheaf_set_err(errstr, errlen, "unknown variable \"%.*s\"", shown, name);
     return SHEAF_ERR_INVALID;
 }

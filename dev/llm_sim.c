@@ -38,7 +38,10 @@
  * tokens, both known before the answer is sent: the answer is deterministic
  * and made first), an API key check (--api-key), a request size cap
  * (--max-request-bytes: 413), fault triggers in the text (SHEAF_SIM_FAIL_400
- * / SHEAF_SIM_FAIL_500; SHEAF_SIM_SLOW answers slow_ms late), strict request validation (400 with an
+ * / SHEAF_SIM_FAIL_500; SHEAF_SIM_SLOW answers slow_ms late;
+ * SHEAF_SIM_HUGE_ANSWER answers about 10 MB of text whatever max_tokens
+ * says, a provider gone wrong, so a test can check a client's cap on the
+ * response body), strict request validation (400 with an
  * OpenAI-style error object) and max_tokens (the answer is cut to fit,
  * finish_reason "length", as a real model stops).  Every 200 (and every
  * 429 of a limit) carries OpenAI's x-ratelimit-{limit,remaining,reset}-
@@ -136,6 +139,7 @@
 #define DEFAULT_CRITIQUE_DONE_AFTER 2
 #define WINDOW_MS 60000            /* the rate limits' sliding window */
 #define MAX_SUMMARY_WORDS 100000
+#define HUGE_ANSWER_BYTES ((size_t)10 << 20) /* SHEAF_SIM_HUGE_ANSWER's content */
 #define THREAD_STACK (2u << 20)    /* jansson's parser recurses up to depth 2048 */
 #define CONNECTION_TIMEOUT_S 300   /* idle keep-alive connections are closed after */
 
@@ -672,6 +676,19 @@ static int compose_answer(sim *s, const chat_request *cr, chat_answer *a)
     a->text = sim_answer(&p, &a->kind);
     if (!a->text) return -1;
     size_t len = strlen(a->text);
+    if (cr->user.data && strstr(cr->user.data, "SHEAF_SIM_HUGE_ANSWER")) {
+        /* A runaway answer: HUGE_ANSWER_BYTES of words, max_tokens ignored. */
+        static const char word[] = "runaway ";
+        char *huge = malloc(HUGE_ANSWER_BYTES + 1);
+        if (!huge) return -1;
+        for (size_t i = 0; i < HUGE_ANSWER_BYTES; i++) huge[i] = word[i % (sizeof(word) - 1)];
+        huge[HUGE_ANSWER_BYTES] = '\0';
+        free(a->text);
+        a->text = huge;
+        a->kind = SIM_KIND_SUMMARY;
+        a->completion_tokens = sheaf_estimate_tokens(huge, HUGE_ANSWER_BYTES);
+        return 0;
+    }
     if (cr->max_tokens > 0 && sim_cut_to_tokens(a->text, len, (unsigned)cr->max_tokens) != len) {
         len = strlen(a->text);
         a->finish = "length";

@@ -5,6 +5,7 @@
 #                     [--latency-ms N] [--error-rate F] [--rate-limit-rpm N]
 #                     [--tpm N] [--malformed-rate F] [--reset-rate F]
 #                     [--slow-rate F --slow-ms N] [--session-timeout-ms N]
+#                     [--redis-aof]
 #   dev/stack.sh down [--dir DIR] [--purge]
 #   dev/stack.sh env  [--dir DIR]
 #   dev/stack.sh status [--dir DIR]
@@ -20,8 +21,11 @@
 # `up` starts, in this order: sheaf-kafka-mock (librdkafka's mock cluster;
 # its bootstrap list appears in DIR/bootstrap, its control FIFO is
 # DIR/kafka.ctl), a private redis-server on a free loopback port (no
-# persistence), the LLM (a real endpoint when SHEAF_LLM_BASE_URL is already
-# set, else sheaf-llm-sim on a free port), then N sheaf-worker and M
+# persistence; --redis-aof: an append-only file with appendfsync everysec
+# in DIR/redis; with SHEAF_REDIS_PASSWORD set it requires that password),
+# the LLM (a real endpoint when SHEAF_LLM_BASE_URL is already
+# set, else sheaf-llm-sim on a free port, requiring SHEAF_LLM_API_KEY when
+# that is set), then N sheaf-worker and M
 # sheaf-reducer processes configured through the environment.  It prints
 # the exports to stdout, so `eval "$(dev/stack.sh up)"` configures the
 # calling shell; every message goes to stderr.  Each started process is
@@ -52,7 +56,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit "${1:-2}"
 }
 
@@ -232,7 +236,7 @@ start_redis() {
             conf=("$DIR/redis/auth.conf")
         fi
         start redis "$DIR/redis.log" "$bin" "${conf[@]}" --port "$port" --bind 127.0.0.1 \
-            --dir "$DIR/redis" --save '' --appendonly no --daemonize no \
+            --dir "$DIR/redis" --save '' "${REDIS_AOF[@]}" --daemonize no \
             --logfile "$DIR/redis.log"
         pid=$STARTED_PID
         deadline=$((SECONDS + START_TIMEOUT_S))
@@ -256,6 +260,8 @@ start_redis() {
 
 # ---- commands ------------------------------------------------------------------
 
+REDIS_AOF=(--appendonly no)
+
 cmd_up() {
     local workers=2 reducers=1 partitions=8 latency=0 error_rate=0 rpm=0 session=6000
     local tpm=0 malformed_rate=0 reset_rate=0 slow_rate=0 slow_ms=0
@@ -275,6 +281,7 @@ cmd_up() {
         --slow-rate) need_rate "$1" "${2:-}"; slow_rate=$2; sim_opts_given=1; shift 2 ;;
         --slow-ms) need_uint "$1" "${2:-}"; slow_ms=$2; sim_opts_given=1; shift 2 ;;
         --session-timeout-ms) need_uint "$1" "${2:-}"; session=$2; shift 2 ;;
+        --redis-aof) REDIS_AOF=(--appendonly yes --appendfsync everysec); shift ;;
         -h | --help) usage 0 ;;
         *) die "up: unknown option '$1'" ;;
         esac

@@ -28,6 +28,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include "sheaf/config.h"
 #include "sheaf/error.h"
 
@@ -91,5 +92,45 @@ typedef struct sheaf_replay_report {
  * recorded messages are no longer all on the topic. */
 sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
                        sheaf_replay_report *rep, char *errstr, size_t errlen);
+
+/* ---- repair (repair.c) ---- */
+
+typedef struct sheaf_repair_opts {
+    const char *job;
+    int dry_run;              /* find and report, change nothing */
+    FILE *details;            /* one JSON line per document repaired; NULL: none */
+} sheaf_repair_opts;
+
+typedef struct sheaf_repair_report {
+    char state[32];           /* the job's state when repair began */
+    uint64_t docs;            /* documents of the job */
+    uint64_t chunks_missing;  /* chunks with no recorded result */
+    uint64_t chunks_enqueued; /* of them, lost: produced again (dry run: would be) */
+    uint64_t chunks_queued;   /* of them, past the workers' committed offsets: not lost,
+                                 left to the fleet */
+    uint64_t chunks_not_found;/* of them, not in the job's recorded ranges */
+    uint64_t docs_lost_chunks;/* documents with chunks produced again */
+    uint64_t results_missing; /* repaired documents without a result */
+    uint64_t docs_requeued;   /* {type=doc} enqueued now (others follow their chunks) */
+    uint64_t docs_counted;    /* documents whose counters were recounted */
+    uint64_t docs_unregistered; /* listed but without their registration: not repairable */
+    uint64_t groups_counted, groups_requeued;
+    int docs_done_fixed;      /* the job's docs_done was recounted */
+    int overview_missing, overview_requeued;
+    int reopened;             /* done -> running: results are to be redone */
+    int activated;            /* added to sheaf:jobs:active */
+} sheaf_repair_report;
+
+/* Finds what Redis lost of a job (chunk results, document, group and
+ * overview results, counters, ready entries), fixes the counters, enqueues
+ * what reducers must redo and produces the lost chunks' messages again from
+ * the job's retained ranges, so the fleet redoes them.  With dry_run only
+ * reports.  Refuses, changing nothing, when chunks are lost and the job's
+ * messages are no longer all on the topic. */
+sheaf_err sheaf_repair(const sheaf_config *cfg, const sheaf_repair_opts *o,
+                       sheaf_repair_report *rep, char *errstr, size_t errlen);
+
+/* 1 when the report says there was nothing to repair. */
+int sheaf_repair_nothing(const sheaf_repair_report *rep);
 
 #endif

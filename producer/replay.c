@@ -9,7 +9,8 @@
  *      and order, the new pipeline) and maps the version to it in
  *      sheaf:{J}:versions, so every version of J stays readable;
  *   3. reads exactly those ranges with an assign()ed consumer in a fresh
- *      group, keeps the messages of J (other jobs' messages interleave),
+ *      group (ranges.c), keeps the messages of J (other jobs' messages
+ *      interleave),
  *      and produces each again with job R and the new version - so the
  *      normal worker fleet does the work, side by side with new jobs;
  *   4. records R's own offsets and marks it running.
@@ -26,6 +27,7 @@
 
 #include "producer.h"
 #include "publish.h"
+#include "ranges.h"
 #include "sheaf/codec.h"
 #include "sheaf/kafka.h"
 #include "sheaf/log.h"
@@ -35,13 +37,8 @@
 #include "sheaf/util.h"
 
 #define MAXP SHEAF_KAFKA_MAX_PARTITIONS
-#define WM_TIMEOUT_MS 10000
+#define WM_TIMEOUT_MS SHEAF_RANGES_WM_TIMEOUT_MS
 #define DOC_BATCH 500
-
-typedef struct ranges {
-    int64_t first[MAXP], last[MAXP];
-    int n;                      /* partitions 0..n-1 considered */
-} ranges;
 
 /* HGET helper: a malloc'd string or NULL (missing); *err on Redis failure. */
 static char *hget(sheaf_redis *r, const char *key, const char *field, sheaf_err *err,
@@ -56,60 +53,6 @@ static char *hget(sheaf_redis *r, const char *key, const char *field, sheaf_err 
     if (rep->type == REDIS_REPLY_STRING) s = strdup(rep->str);
     freeReplyObject(rep);
     return s;
-}
-
-static sheaf_err read_ranges(sheaf_redis *r, const char *job, ranges *rg, char *errstr,
-                             size_t errlen)
-{
-    char koff[512];
-    sheaf_key(koff, sizeof(koff), job, "offsets");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", koff);
-    if (!rep) return SHEAF_ERR_REDIS;
-    rg->n = 0;
-    for (int i = 0; i < MAXP; i++) rg->first[i] = rg->last[i] = -1;
-    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-        int p = atoi(rep->element[i]->str);
-        long long f, l;
-        if (p < 0 || p >= MAXP || sscanf(rep->element[i + 1]->str, "%lld-%lld", &f, &l) != 2)
-            continue;
-        rg->first[p] = f;
-        rg->last[p] = l;
-        if (p + 1 > rg->n) rg->n = p + 1;
-    }
-    freeReplyObject(rep);
-    if (rg->n == 0) {
-        snprintf(errstr, errlen, "job %s has no recorded offsets (submitted by an older sheaf, "
-                 "or it failed while producing): nothing to replay", job);
-        return SHEAF_ERR_NOT_FOUND;
-    }
-    return SHEAF_OK;
-}
-
-/* Every recorded range must still be on the topic. */
-static sheaf_err check_retained(rd_kafka_t *rk, const char *topic, const char *job,
-                                const ranges *rg, char *errstr, size_t errlen)
-{
-    for (int p = 0; p < rg->n; p++) {
-        int64_t low = 0, high = 0;
-        if (rg->first[p] < 0) continue;
-        rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high,
-                                                                 WM_TIMEOUT_MS);
-        if (e) {
-            snprintf(errstr, errlen, "topic %s partition %d: cannot read its offsets: %s", topic,
-                     p, rd_kafka_err2str(e));
-            return SHEAF_ERR_KAFKA;
-        }
-        if (rg->first[p] < low || rg->last[p] >= high) {
-            snprintf(errstr, errlen,
-                     "job %s: its messages on %s partition %d (offsets %lld-%lld) are no longer "
-                     "all on the topic, which now holds offsets %lld-%lld (retention expired?); "
-                     "nothing was replayed",
-                     job, topic, p, (long long)rg->first[p], (long long)rg->last[p],
-                     (long long)low, (long long)high - 1);
-            return SHEAF_ERR_NOT_FOUND;
-        }
-    }
-    return SHEAF_OK;
 }
 
 /* The pipeline of the run: the configured one, or the job's own. */
@@ -170,64 +113,13 @@ static sheaf_err copy_docs(sheaf_redis *r, const char *job, const char *run,
     return err;
 }
 
-/* Reads J's ranges and produces J's messages again as run R. */
-static sheaf_err copy_messages(rd_kafka_t *consumer, sheaf_chunk_producer *cp, const char *topic,
-                               const char *job, const ranges *rg, char *errstr, size_t errlen)
+/* Each message of J is produced again as run R. */
+static sheaf_err resend_cb(void *opaque, const sheaf_chunk_msg *m, int32_t partition,
+                           int64_t offset, char *errstr, size_t errlen)
 {
-    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(rg->n);
-    int remaining = 0, done[MAXP] = {0};
-    sheaf_err err = SHEAF_OK;
-    int64_t idle_since = sheaf_mono_ms();
-
-    for (int p = 0; p < rg->n; p++) {
-        if (rg->first[p] < 0) continue;
-        rd_kafka_topic_partition_list_add(parts, topic, p)->offset = rg->first[p];
-        remaining++;
-    }
-    rd_kafka_resp_err_t e = rd_kafka_assign(consumer, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    if (e) {
-        snprintf(errstr, errlen, "assigning %s: %s", topic, rd_kafka_err2str(e));
-        return SHEAF_ERR_KAFKA;
-    }
-    while (remaining > 0 && err == SHEAF_OK) {
-        if (sheaf_stop) return SHEAF_ERR_STOPPED;
-        rd_kafka_message_t *msg = rd_kafka_consumer_poll(consumer, 200);
-        if (!msg) {
-            if (sheaf_mono_ms() - idle_since > 60000) {
-                snprintf(errstr, errlen, "no message from %s for 60 s with %d partition(s) "
-                         "still to read", topic, remaining);
-                return SHEAF_ERR_KAFKA;
-            }
-            continue;
-        }
-        idle_since = sheaf_mono_ms();
-        int32_t p = msg->partition;
-        if (msg->err) {
-            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-                snprintf(errstr, errlen, "reading %s: %s", topic, rd_kafka_message_errstr(msg));
-                err = SHEAF_ERR_KAFKA;
-            }
-        } else if (p >= 0 && p < MAXP && !done[p] && msg->offset <= rg->last[p]) {
-            sheaf_chunk_msg m;
-            char derr[SHEAF_ERRSTR_SIZE];
-            memset(&m, 0, sizeof(m));
-            /* Another job's message, or one that is not ours at all: skip. */
-            if (sheaf_chunk_decode(msg->payload, msg->len, &m, derr, sizeof(derr)) == SHEAF_OK &&
-                strcmp(m.job, job) == 0) {
-                sheaf_doc_out d = {m.doc, m.count, m.page_first > 0, m.meta, m.meta_len};
-                sheaf_chunk ch = {m.text, m.text_len, m.idx, m.page_first, m.page_last, m.tokens};
-                err = sheaf_chunk_producer_send(cp, &d, &ch, errstr, errlen);
-            }
-            sheaf_chunk_msg_clear(&m);
-            if (msg->offset >= rg->last[p]) {
-                done[p] = 1;
-                remaining--;
-            }
-        }
-        rd_kafka_message_destroy(msg);
-    }
-    return err;
+    (void)partition;
+    (void)offset;
+    return sheaf_chunk_resend(opaque, m, errstr, errlen);
 }
 
 /* Replays one job; the run id goes to run (256 bytes). */
@@ -236,7 +128,7 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
 {
     char kjob[512], kvers[512], group[320], *topic = NULL, *state = NULL, *pv = NULL;
     char *pjson = NULL;
-    ranges rg;
+    sheaf_job_ranges rg;
     sheaf_pipeline *pl = NULL;
     rd_kafka_t *consumer = NULL, *producer = NULL;
     sheaf_chunk_producer cp;
@@ -261,7 +153,8 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
         err = SHEAF_ERR_INVALID;
         goto done;
     }
-    if ((err = read_ranges(r, job, &rg, errstr, errlen)) != SHEAF_OK) goto done;
+    if ((err = sheaf_job_ranges_read(r, job, "nothing to replay", &rg, errstr, errlen)) != SHEAF_OK)
+        goto done;
     if (!(pl = run_pipeline(cfg, r, pv, errstr, errlen))) {
         err = SHEAF_ERR_CONFIG;
         goto done;
@@ -276,7 +169,9 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
         goto done;
     }
     /* Nothing is written before this check passes. */
-    if ((err = check_retained(consumer, topic, job, &rg, errstr, errlen)) != SHEAF_OK) goto done;
+    if ((err = sheaf_job_ranges_check(consumer, topic, job, &rg, "nothing was replayed", errstr,
+                                      errlen)) != SHEAF_OK)
+        goto done;
     redisReply *n = sheaf_redis_cmd(r, errstr, errlen, "HINCRBY %s replays 1", kjob);
     if (!n) {
         err = SHEAF_ERR_REDIS;
@@ -300,7 +195,8 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
     cp_ready = 1;
     sheaf_info("producer", "replaying job %s as %s (pipeline %s, was %s)", job, run, pl->version,
                pv);
-    if ((err = copy_messages(consumer, &cp, topic, job, &rg, errstr, errlen)) ||
+    if ((err = sheaf_job_ranges_scan(consumer, topic, job, &rg, resend_cb, &cp, errstr,
+                                     errlen)) ||
         (err = sheaf_kafka_flush(producer, 60000, errstr, errlen)))
         goto fail_run;
     {

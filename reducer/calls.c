@@ -145,6 +145,7 @@ static int cache_lookup(reducer *r, const char *name, pending *pc, const sheaf_l
                         sizeof(errstr)) != SHEAF_OK)
         sheaf_warn("reducer", "%s call: %s; calling the LLM", name, errstr);
     sheaf_cache_count(r->redis, r->job, hit, &saved);
+    sheaf_metric_inc(hit ? r->sh->cache_hits : r->sh->cache_misses);
     if (!hit) return 0;
     pc->cache_key[0] = '\0';      /* nothing to store */
     pc->res->text = content;      /* handed over to the result */
@@ -188,6 +189,7 @@ static sheaf_err run_prompts(reducer *r, const char *name, const sheaf_stage *st
         if (!open) break;
         if (sheaf_stop) sheaf_llm_async_abort_all(r->llm);
         sheaf_llm_async_run(r->llm, 10);
+        reducer_llm_state(r); /* an outage is lived through in here */
     }
     for (size_t i = 0; i < n; i++) {
         char msg[SHEAF_ERRSTR_SIZE + 64], errstr[SHEAF_ERRSTR_SIZE] = "";

@@ -269,6 +269,7 @@ entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
     }
     reducer_emit(r, job, "doc", result);
     r->docs++;
+    sheaf_metric_inc(r->sh->docs);
     if (w.res.error)
         sheaf_warn("reducer", "job %s doc %s: done with error: %s", job, doc, w.res.error);
     else

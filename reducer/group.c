@@ -183,6 +183,7 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
     }
     reducer_emit(r, job, "group", json);
     r->groups++;
+    sheaf_metric_inc(r->sh->groups);
     sheaf_info("reducer", "job %s group %s: %zu member(s) summarized%s", job, label, members->n,
                queued ? "; its parent is complete" : "");
     if (text_out && res.text && !res.error) {
@@ -378,6 +379,7 @@ entry_outcome reducer_overview(reducer *r, const char *job)
     }
     reducer_emit(r, job, "overview", json);
     r->overviews++;
+    sheaf_metric_inc(r->sh->overviews);
     sheaf_info("reducer", "job %s: overview written, job done", job);
     out = ENTRY_DONE;
 done:

@@ -15,7 +15,15 @@
  *
  * Results are appended to reducer.output (JSONL) and produced to
  * <prefix>.results (key: the job id) as soon as each is recorded, so batch
- * items stream out while the job runs. */
+ * items stream out while the job runs.
+ *
+ * Metrics and health (metrics.port): the threads count into shared atomic
+ * counters (their engines feed the LLM series).  While they run, the main
+ * thread polls the results producer (delivery reports, and the statistics
+ * that tell sheaf_kafka_brokers_ok when a broker is up again) and
+ * publishes the health checks: kafka (the producer's broker news), redis
+ * (a PING every 5 s on its own connection) and llm (unhealthy while any
+ * thread's circuit breaker is open, with that thread's reason). */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,6 +246,99 @@ out:
     free(argv);
 }
 
+/* ---- metrics and health ---- */
+
+#define HEALTH_EVERY_MS 1000
+#define PING_EVERY_MS 5000
+
+void reducer_llm_state(reducer *r)
+{
+    int open = sheaf_llm_async_circuit_open(r->llm);
+    if (open == atomic_load(&r->llm_open)) return;
+    if (open) {
+        sheaf_llm_stats st;
+        sheaf_llm_async_stats(r->llm, &st);
+        pthread_mutex_lock(&r->sh->health_lock);
+        snprintf(r->llm_why, sizeof(r->llm_why), "%s", st.breaker_reason);
+        pthread_mutex_unlock(&r->sh->health_lock);
+    }
+    atomic_store(&r->llm_open, open);
+}
+
+static sheaf_metric *counter(reducer_shared *sh, const char *name, const char *help,
+                             char *errstr, size_t errlen)
+{
+    return sheaf_metrics_add(sh->metrics, SHEAF_METRIC_COUNTER, name, help, NULL, NULL, NULL, 0,
+                             errstr, errlen);
+}
+
+/* The registry, the health checks and, with metrics.port, the endpoint
+ * (a port that cannot be bound stops the reducer). */
+static int metrics_start(reducer_shared *sh, char *errstr, size_t errlen)
+{
+    if (!(sh->metrics = sheaf_metrics_create()) || !(sh->health = sheaf_health_create())) {
+        sheaf_set_err(errstr, errlen, "out of memory");
+        return -1;
+    }
+    if (!(sh->docs = counter(sh, "sheaf_docs_reduced_total",
+                             "Documents whose result was recorded.", errstr, errlen)) ||
+        !(sh->groups = counter(sh, "sheaf_groups_reduced_total",
+                               "Metadata groups whose result was recorded.", errstr, errlen)) ||
+        !(sh->overviews = counter(sh, "sheaf_overviews_total",
+                                  "Job overviews recorded.", errstr, errlen)) ||
+        !(sh->cache_hits = counter(sh, "sheaf_cache_hits_total",
+                                   "LLM calls answered from the call cache.", errstr, errlen)) ||
+        !(sh->cache_misses = counter(sh, "sheaf_cache_misses_total",
+                                     "LLM calls looked up in the call cache and not found.",
+                                     errstr, errlen)) ||
+        sheaf_llm_metrics_register(sh->metrics, &sh->llm_met, errstr, errlen) != SHEAF_OK)
+        return -1;
+    if (sheaf_health_add(sh->health, "kafka", 0) != SHEAF_OK ||
+        sheaf_health_add(sh->health, "redis", 0) != SHEAF_OK ||
+        sheaf_health_add(sh->health, "llm", 0) != SHEAF_OK) {
+        sheaf_set_err(errstr, errlen, "cannot add health checks");
+        return -1;
+    }
+    if (sh->cfg.metrics_port > 0 &&
+        !(sh->server = sheaf_metrics_server_create(&sh->cfg, sh->metrics, sh->health, errstr,
+                                                    errlen)))
+        return -1;
+    return 0;
+}
+
+/* One turn of the main thread while the reducer threads run. */
+static void watch(reducer_shared *sh, reducer *rs, int n, int64_t *health_ms, int64_t *ping_ms)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", why[SHEAF_HEALTH_REASON_SIZE + 32];
+    int64_t now = sheaf_mono_ms();
+    /* Under out_lock: the delivery callback is not meant for two threads. */
+    pthread_mutex_lock(&sh->out_lock);
+    rd_kafka_poll(sh->results, 0);
+    pthread_mutex_unlock(&sh->out_lock);
+    if (now - *health_ms >= HEALTH_EVERY_MS) {
+        int ok = sheaf_kafka_brokers_ok(why, sizeof(why));
+        *health_ms = now;
+        sheaf_health_set(sh->health, "kafka", ok, why);
+        ok = 1;
+        for (int i = 0; i < n && ok; i++) {
+            if (!atomic_load(&rs[i].llm_open)) continue;
+            pthread_mutex_lock(&sh->health_lock);
+            snprintf(why, sizeof(why), "circuit open: %s", rs[i].llm_why);
+            pthread_mutex_unlock(&sh->health_lock);
+            ok = 0;
+        }
+        sheaf_health_set(sh->health, "llm", ok, why);
+    }
+    if (now - *ping_ms >= PING_EVERY_MS) {
+        redisReply *rep = NULL;
+        if (!sh->redis) sh->redis = sheaf_redis_connect(&sh->cfg, errstr, sizeof(errstr));
+        if (sh->redis) rep = sheaf_redis_cmd(sh->redis, errstr, sizeof(errstr), "PING");
+        sheaf_health_set(sh->health, "redis", rep != NULL, errstr);
+        if (rep) freeReplyObject(rep);
+        *ping_ms = sheaf_mono_ms();
+    }
+}
+
 /* ---- threads ---- */
 
 static void *reducer_run(void *arg)
@@ -254,7 +355,9 @@ static void *reducer_run(void *arg)
         sheaf_stop = 1; /* one thread failing to start stops the process */
         return NULL;
     }
+    sheaf_llm_async_set_metrics(r->llm, &r->sh->llm_met);
     while (!sheaf_stop) {
+        reducer_llm_state(r);
         int64_t now = sheaf_mono_ms();
         if (now - r->jobs_refreshed_ms >= 1000) {
             refresh_jobs(r);
@@ -288,11 +391,16 @@ int main(int argc, char **argv)
 
     memset(&sh, 0, sizeof(sh));
     pthread_mutex_init(&sh.out_lock, NULL);
+    pthread_mutex_init(&sh.health_lock, NULL);
     rc = sheaf_program_start(&sh.cfg, "sheaf-reducer", usage_text, argc, argv);
     if (rc >= 0) return rc;
     rc = 1;
     json_object_seed(0); /* before any thread makes a JSON object */
     gethostname(host, sizeof(host) - 1);
+    if (metrics_start(&sh, errstr, sizeof(errstr)) != 0) {
+        sheaf_error("reducer", "%s", errstr);
+        goto stop;
+    }
     if (sh.cfg.reducer_output && *sh.cfg.reducer_output) {
         sh.out = strcmp(sh.cfg.reducer_output, "-") == 0 ? stdout
                                                           : fopen(sh.cfg.reducer_output, "a");
@@ -324,6 +432,14 @@ int main(int argc, char **argv)
     sheaf_info("reducer", "%d thread(s) in group %s; LLM %s; results to %s", started,
                sh.cfg.reducer_group, sh.cfg.llm_base_url, sh.results_topic);
     rc = 0;
+    {
+        int64_t health_ms = 0, ping_ms = 0;
+        /* The threads run until sheaf_stop (a failing one sets it too). */
+        while (!sheaf_stop) {
+            watch(&sh, rs, started, &health_ms, &ping_ms);
+            sheaf_sleep_ms(200);
+        }
+    }
     for (int i = 0; i < started; i++) {
         pthread_join(rs[i].thread, NULL);
         if (rs[i].rc) rc = 1;
@@ -334,6 +450,8 @@ int main(int argc, char **argv)
     sheaf_info("reducer", "stopping: %lu documents, %lu groups, %lu overviews", docs, groups,
                overviews);
 stop:
+    /* The endpoint first: it reads the registry and the checks. */
+    sheaf_metrics_server_destroy(sh.server);
     for (int i = 0; rs && i < n; i++) reducer_clear(&rs[i]);
     free(rs);
     if (sh.results) {
@@ -342,6 +460,11 @@ stop:
         sheaf_kafka_producer_destroy(sh.results);
     }
     if (sh.out && sh.out != stdout) fclose(sh.out);
+    /* After the engines, which give back their share of the in-flight gauge. */
+    sheaf_metrics_destroy(sh.metrics);
+    sheaf_health_destroy(sh.health);
+    sheaf_redis_destroy(sh.redis);
+    pthread_mutex_destroy(&sh.health_lock);
     pthread_mutex_destroy(&sh.out_lock);
     sheaf_config_clear(&sh.cfg);
     return rc;

@@ -4,16 +4,22 @@
  * (its own Redis connection, LLM engine and stream consumer name) reading
  * the same consumer groups, so documents are reduced in parallel exactly as
  * with several reducer processes.  What threads share is read-only (the
- * configuration) or guarded (the output file, the results producer). */
+ * configuration) or guarded (the output file, the results producer).
+ * Metrics are shared too (their counters are atomic); the main thread
+ * publishes the health checks, from the state each thread leaves in its
+ * llm_open / llm_why. */
 #ifndef SHEAF_REDUCER_H
 #define SHEAF_REDUCER_H
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
+#include "sheaf/health.h"
 #include "sheaf/llm_async.h"
+#include "sheaf/metrics.h"
 #include "sheaf/pipeline.h"
 #include "sheaf/ratelimit.h"
 #include "sheaf/state.h"
@@ -26,6 +32,13 @@ typedef struct reducer_shared {
     pthread_mutex_t out_lock;
     rd_kafka_t *results;         /* producer for <prefix>.results */
     char results_topic[256];
+    sheaf_metrics *metrics;
+    sheaf_metric *docs, *groups, *overviews, *cache_hits, *cache_misses; /* counters */
+    sheaf_llm_metrics llm_met;   /* shared by every thread's engine */
+    sheaf_health *health;        /* checks kafka, redis, llm: published by the main thread */
+    sheaf_metrics_server *server; /* NULL when metrics.port is 0 */
+    sheaf_redis *redis;          /* the main thread's, for PING; NULL while unreachable */
+    pthread_mutex_t health_lock; /* guards each thread's llm_why */
 } reducer_shared;
 
 typedef struct reducer {
@@ -41,6 +54,8 @@ typedef struct reducer {
     size_t n_jobs;
     int64_t jobs_refreshed_ms, claimed_ms;
     unsigned long docs, groups, overviews;
+    atomic_int llm_open;         /* this thread's LLM circuit is open */
+    char llm_why[256];           /* why, under sh->health_lock */
     pthread_t thread;
     int rc;
 } reducer;
@@ -88,6 +103,10 @@ sheaf_err reducer_call(reducer *r, const char *name, const sheaf_stage *st, cons
 sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, rvars *vars,
                          const char *input_var, char *const *texts, size_t n, json_t *levels,
                          stage_result *res);
+
+/* Publishes this thread's LLM circuit state for the main thread's health
+ * check (reducer.c); called from the thread's loops. */
+void reducer_llm_state(reducer *r);
 
 /* ---- results (main.c) ---- */
 

@@ -19,6 +19,7 @@ PACKAGES=(
   kcat jq curl                              # tests read topics and JSON like a user would
   valgrind                                  # tests run a worker and a reducer under it
   poppler-utils                             # pdftotext: the producer reads *.pdf through it
+  clang                                     # fuzz targets: clang 14 has libFuzzer built in
 )
 
 missing=()

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # test.sh - README command 2: install what is missing, build, and run the
 # whole test suite twice: a normal build, then an AddressSanitizer +
-# UndefinedBehaviorSanitizer build.  Prints ctest's summary of each.
+# UndefinedBehaviorSanitizer build.  Then a third tree, build-fuzz (clang,
+# SHEAF_FUZZ=ON), runs each fuzz target for a bounded time (fuzz/).
+# Prints ctest's summary of each.  SHEAF_SKIP_SANITIZE=1 and
+# SHEAF_SKIP_FUZZ=1 leave out the second and the third.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,5 +28,11 @@ if [ "${SHEAF_SKIP_SANITIZE:-0}" != 1 ]; then
   "$ROOT/scripts/build.sh" --sanitize "$ROOT/build-asan"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     run_suite "$ROOT/build-asan"
+fi
+
+if [ "${SHEAF_SKIP_FUZZ:-0}" != 1 ]; then
+  # 8 targets x 20 s (SHEAF_FUZZ_SECONDS), two at a time: about 1.5 minutes.
+  "$ROOT/scripts/build.sh" --fuzz "$ROOT/build-fuzz"
+  run_suite "$ROOT/build-fuzz"
 fi
 exit $status

@@ -127,7 +127,7 @@ void worker_pipelines_clear(worker *w)
 
 typedef struct map_vars {
     const sheaf_chunk_msg *m;
-    char chunk_index[16], chunk_count[16], pages[32];
+    char chunk_index[16], chunk_count[16], pages[32], page_first[16], page_last[16];
 } map_vars;
 
 static const char *map_var(const char *name, size_t len, void *ud, size_t *out_len)
@@ -144,13 +144,22 @@ static const char *map_var(const char *name, size_t len, void *ud, size_t *out_l
     else if (IS("chunk_index")) s = v->chunk_index;
     else if (IS("chunk_count")) s = v->chunk_count;
     else if (IS("pages")) s = v->pages;
+    /* page_first and page_last pass validation (map's variables in
+     * pipeline.c), so they must render too, else every chunk of such a
+     * pipeline was dead-lettered with "unknown variable". */
+    else if (IS("page_first")) s = v->page_first;
+    else if (IS("page_last")) s = v->page_last;
     else if (len > 5 && memcmp(name, "meta.", 5) == 0) {
-        char key[256];
-        if (len - 5 >= sizeof(key)) return NULL;
-        memcpy(key, name + 5, len - 5);
-        key[len - 5] = '\0';
-        s = sheaf_chunk_meta_get(v->m, key);
-        if (!s) s = ""; /* a missing metadata field renders empty */
+        /* Compared in place: any key length that validation accepts must
+         * render (a copy into a fixed buffer refused keys over 250 bytes). */
+        s = ""; /* a missing metadata field renders empty */
+        for (size_t i = 0; i < v->m->meta_len; i++) {
+            const char *k = v->m->meta[i].key;
+            if (strlen(k) == len - 5 && memcmp(k, name + 5, len - 5) == 0) {
+                s = v->m->meta[i].value;
+                break;
+            }
+        }
     }
 #undef IS
     if (s) *out_len = strlen(s);
@@ -174,6 +183,7 @@ static outcome dead_letter(worker *w, const rd_kafka_message_t *msg, const char 
                                  sizeof(errstr)) == SHEAF_OK &&
             sheaf_kafka_flush(w->producer, 10000, errstr, sizeof(errstr)) == SHEAF_OK) {
             w->dead_lettered++;
+            sheaf_metric_inc(w->met.dlq);
             if (job && sheaf_state_job_dlq_incr(w->redis, job, errstr, sizeof(errstr)) != SHEAF_OK)
                 sheaf_warn("worker", "job %s: could not count the dead letter: %s", job, errstr);
             return DONE;
@@ -229,6 +239,7 @@ static outcome record(worker *w, call *c, int ok, const char *json,
         if (err == SHEAF_ERR_NOT_FOUND) return dead_letter(w, c->msg, m->job, errstr);
         sheaf_error("worker", "job %s doc %s chunk %u: cannot record result (will retry): %s",
                     m->job, m->doc, m->idx, errstr);
+        worker_redis_failed(w, errstr);
         if (sheaf_stop) return STOPPED;
         sheaf_sleep_ms(delay);
         if (delay < 5000) delay *= 2;
@@ -249,7 +260,10 @@ static outcome fail_chunk(worker *w, call *c, const char *reason)
         out = json ? record(w, c, 0, json, &c->usage) : STOPPED;
         free(json);
     }
-    if (out == DONE) w->failed++;
+    if (out == DONE) {
+        w->failed++;
+        sheaf_metric_inc(w->met.failed);
+    }
     return out;
 }
 
@@ -320,6 +334,7 @@ static int cache_lookup(worker *w, call *c, const sheaf_llm_request *req)
         sheaf_warn("worker", "job %s doc %s chunk %u: %s; calling the LLM", c->m.job, c->m.doc,
                    c->m.idx, errstr);
     sheaf_cache_count(w->redis, c->m.job, hit, &saved);
+    sheaf_metric_inc(hit ? w->met.cache_hits : w->met.cache_misses);
     if (!hit) return 0;
     sheaf_debug("worker", "job %s doc %s chunk %u: cache hit (%llu+%llu tokens saved)",
                 c->m.job, c->m.doc, c->m.idx, (unsigned long long)saved.prompt_tokens,
@@ -450,7 +465,10 @@ static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *
     if (json && c->cache_key[0] && !c->from_cache) cache_store(w, c, res);
     out = json ? record(w, c, 1, json, &c->usage) : STOPPED;
     free(json);
-    if (out == DONE) w->processed++;
+    if (out == DONE) {
+        w->processed++;
+        sheaf_metric_inc(w->met.processed);
+    }
     sheaf_debug("worker", "job %s doc %s chunk %u/%u done (%llu+%llu tokens)", c->m.job,
                 c->m.doc, c->m.idx + 1, c->m.count, (unsigned long long)c->usage.prompt_tokens,
                 (unsigned long long)c->usage.completion_tokens);
@@ -493,6 +511,10 @@ static outcome submit(worker *w, call *c, const sheaf_pipeline *p)
         snprintf(vars.pages, sizeof(vars.pages), "%u-%u", m->page_first, m->page_last);
     else if (m->page_first)
         snprintf(vars.pages, sizeof(vars.pages), "%u", m->page_first);
+    if (m->page_first) { /* "" without pages, like pages */
+        snprintf(vars.page_first, sizeof(vars.page_first), "%u", m->page_first);
+        snprintf(vars.page_last, sizeof(vars.page_last), "%u", m->page_last);
+    }
     if (sheaf_prompt_render(p->map.system, map_var, &vars, &system, errstr, sizeof(errstr)) ||
         sheaf_prompt_render(p->map.user, map_var, &vars, &user, errstr, sizeof(errstr))) {
         snprintf(reason, sizeof(reason), "map prompt: %s", errstr);
@@ -537,9 +559,10 @@ done:
 
 /* Waits out a Redis outage (the loop cannot do anything useful without
  * Redis); 0 when Redis answered, -1 on shutdown. */
-static int redis_wait(const char *errstr)
+static int redis_wait(worker *w, const char *errstr)
 {
     sheaf_error("worker", "Redis unavailable (will retry): %s", errstr);
+    worker_redis_failed(w, errstr);
     if (sheaf_stop) return -1;
     sheaf_sleep_ms(1000);
     return 0;
@@ -578,7 +601,7 @@ void worker_take(worker *w, rd_kafka_message_t *msg)
      * LLM call. */
     while ((err = sheaf_state_chunk_exists(w->redis, &c->m, &exists, errstr,
                                            sizeof(errstr))) != SHEAF_OK) {
-        if (redis_wait(errstr) < 0) {
+        if (redis_wait(w, errstr) < 0) {
             call_end(c, STOPPED);
             return;
         }
@@ -594,7 +617,7 @@ void worker_take(worker *w, rd_kafka_message_t *msg)
             call_end(c, dead_letter(w, msg, c->m.job, reason));
             return;
         }
-        if (redis_wait(errstr) < 0) {
+        if (redis_wait(w, errstr) < 0) {
             call_end(c, STOPPED);
             return;
         }

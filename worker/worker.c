@@ -24,7 +24,17 @@
  * SIGTERM: pause everything, give back the calls not yet started, let
  * the calls in flight finish for up to worker.drain_ms, abandon the rest (not recorded, redelivered to another
  * worker), commit stored offsets by closing the consumer (which also leaves
- * the group at once), exit 0. */
+ * the group at once), exit 0.
+ *
+ * Metrics and health (metrics.port): counters are fed where things happen;
+ * the loop publishes, never the HTTP thread, what needs a handle: every
+ * second the kafka check (librdkafka's broker news, sheaf/kafka.h; it goes
+ * stale when the loop stops polling for a minute) and the llm check (the
+ * engine's circuit breaker); every 5 s a Redis PING (Redis failures seen
+ * by chunk.c also mark it down at once) and the consumer lag: over the
+ * assigned partitions, the cached high watermark minus the consumed
+ * position (rd_kafka_get_watermark_offsets and rd_kafka_position, neither
+ * of which blocks). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +54,132 @@ static const char usage_text[] =
     "  -c, --config FILE   configuration file (default: $SHEAF_CONFIG)\n"
     "  -X key=value        set a configuration key (see --help-config)\n"
     "      --help-config   list every configuration key\n";
+
+/* ---- metrics and health ---- */
+
+#define HEALTH_EVERY_MS 1000
+#define SLOW_EVERY_MS 5000          /* Redis PING, consumer lag */
+#define KAFKA_STALE_MS 60000        /* no poll for this long: the loop is stuck */
+
+static sheaf_metric *counter(worker *w, const char *name, const char *help, char *errstr,
+                             size_t errlen)
+{
+    return sheaf_metrics_add(w->metrics, SHEAF_METRIC_COUNTER, name, help, NULL, NULL, NULL, 0,
+                             errstr, errlen);
+}
+
+static sheaf_metric *gauge(worker *w, const char *name, const char *help, char *errstr,
+                           size_t errlen)
+{
+    return sheaf_metrics_add(w->metrics, SHEAF_METRIC_GAUGE, name, help, NULL, NULL, NULL, 0,
+                             errstr, errlen);
+}
+
+/* The registry, the health checks and, with metrics.port, the endpoint.
+ * First thing at start-up: a port that cannot be bound stops the worker
+ * before it joins the group. */
+static int metrics_start(worker *w, char *errstr, size_t errlen)
+{
+    worker_metrics *m = &w->met;
+    if (!(w->metrics = sheaf_metrics_create()) || !(w->health = sheaf_health_create())) {
+        sheaf_set_err(errstr, errlen, "out of memory");
+        return -1;
+    }
+    if (!(m->consumed = counter(w, "sheaf_messages_consumed_total",
+                                "Chunk messages taken from Kafka.", errstr, errlen)) ||
+        !(m->processed = counter(w, "sheaf_chunks_processed_total",
+                                 "Chunks whose map result was recorded.", errstr, errlen)) ||
+        !(m->failed = counter(w, "sheaf_chunks_failed_total",
+                              "Chunks recorded as failed (and dead-lettered).", errstr, errlen)) ||
+        !(m->dlq = counter(w, "sheaf_dlq_messages_total",
+                           "Messages sent to the dead-letter topic.", errstr, errlen)) ||
+        !(m->cache_hits = counter(w, "sheaf_cache_hits_total",
+                                  "LLM calls answered from the call cache.", errstr, errlen)) ||
+        !(m->cache_misses = counter(w, "sheaf_cache_misses_total",
+                                    "LLM calls looked up in the call cache and not found.",
+                                    errstr, errlen)) ||
+        !(m->lag = gauge(w, "sheaf_consumer_lag",
+                         "Messages behind: high watermark minus consumed position, summed over "
+                         "the assigned partitions.", errstr, errlen)) ||
+        !(m->partitions = gauge(w, "sheaf_partitions_assigned",
+                                "Partitions of the map topic assigned to this worker.", errstr,
+                                errlen)) ||
+        sheaf_llm_metrics_register(w->metrics, &w->llm_met, errstr, errlen) != SHEAF_OK)
+        return -1;
+    if (sheaf_health_add(w->health, "kafka", KAFKA_STALE_MS) != SHEAF_OK ||
+        sheaf_health_add(w->health, "redis", 0) != SHEAF_OK ||
+        sheaf_health_add(w->health, "llm", 0) != SHEAF_OK) {
+        sheaf_set_err(errstr, errlen, "cannot add health checks");
+        return -1;
+    }
+    if (w->cfg.metrics_port > 0 &&
+        !(w->server = sheaf_metrics_server_create(&w->cfg, w->metrics, w->health, errstr, errlen)))
+        return -1;
+    return 0;
+}
+
+void worker_redis_failed(worker *w, const char *errstr)
+{
+    sheaf_health_set(w->health, "redis", 0, errstr);
+    w->redis_ms = sheaf_mono_ms(); /* the next PING in SLOW_EVERY_MS */
+}
+
+/* Consumer lag over the assignment, from librdkafka's cached offsets.  A
+ * partition nothing was consumed from yet has no position: it is left
+ * out. */
+static void publish_lag(worker *w)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    int64_t lag = 0;
+    if (rd_kafka_assignment(w->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts) return;
+    sheaf_metric_set(w->met.partitions, parts->cnt);
+    if (parts->cnt > 0 && rd_kafka_position(w->consumer, parts) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < parts->cnt; i++) {
+            const rd_kafka_topic_partition_t *p = &parts->elems[i];
+            int64_t lo = -1, hi = -1;
+            if (p->offset < 0 ||
+                rd_kafka_get_watermark_offsets(w->consumer, p->topic, p->partition, &lo, &hi) !=
+                    RD_KAFKA_RESP_ERR_NO_ERROR ||
+                hi < 0)
+                continue;
+            if (hi > p->offset) lag += hi - p->offset;
+        }
+    }
+    sheaf_metric_set(w->met.lag, lag);
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+/* Publishes what the HTTP thread may not find out itself; called by the
+ * loop after every poll. */
+static void publish_health(worker *w)
+{
+    char errstr[SHEAF_ERRSTR_SIZE], why[SHEAF_HEALTH_REASON_SIZE + 32];
+    int64_t now = sheaf_mono_ms();
+    if (now - w->health_ms >= HEALTH_EVERY_MS) {
+        w->health_ms = now;
+        int ok = sheaf_kafka_brokers_ok(why, sizeof(why));
+        sheaf_health_set(w->health, "kafka", ok, why);
+        if (sheaf_llm_async_circuit_open(w->llm)) {
+            sheaf_llm_stats st;
+            sheaf_llm_async_stats(w->llm, &st);
+            snprintf(why, sizeof(why), "circuit open: %s", st.breaker_reason);
+            sheaf_health_set(w->health, "llm", 0, why);
+        } else {
+            sheaf_health_set(w->health, "llm", 1, NULL);
+        }
+    }
+    if (now - w->redis_ms >= SLOW_EVERY_MS) {
+        redisReply *rep = sheaf_redis_cmd(w->redis, errstr, sizeof(errstr), "PING");
+        if (rep) sheaf_health_set(w->health, "redis", 1, NULL);
+        else sheaf_health_set(w->health, "redis", 0, errstr);
+        if (rep) freeReplyObject(rep);
+        w->redis_ms = sheaf_mono_ms();
+    }
+    if (now - w->lag_ms >= SLOW_EVERY_MS) {
+        publish_lag(w);
+        w->lag_ms = now;
+    }
+}
 
 /* ---- partition generations ---- */
 
@@ -142,6 +278,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     rd_kafka_topic_partition_list_t *now = NULL;
     if (rd_kafka_assignment(rk, &now) == RD_KAFKA_RESP_ERR_NO_ERROR && now) {
         sheaf_info("worker", "now owning %d partition(s)", now->cnt);
+        sheaf_metric_set(w->met.partitions, now->cnt);
         rd_kafka_topic_partition_list_destroy(now);
     }
 }
@@ -159,6 +296,10 @@ static int worker_start(worker *w)
     sheaf_topic_name(&w->cfg, "map", w->map_topic, sizeof(w->map_topic));
     sheaf_topic_name(&w->cfg, "dlq", w->dlq_topic, sizeof(w->dlq_topic));
 
+    if (metrics_start(w, errstr, sizeof(errstr)) != 0) {
+        sheaf_error("worker", "%s", errstr);
+        return -1;
+    }
     if (!(w->window = sheaf_offwin_create())) {
         sheaf_error("worker", "out of memory");
         return -1;
@@ -174,6 +315,7 @@ static int worker_start(worker *w)
         sheaf_error("worker", "%s", errstr);
         return -1;
     }
+    sheaf_llm_async_set_metrics(w->llm, &w->llm_met);
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(topics, w->map_topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(w->consumer, topics);
@@ -204,11 +346,15 @@ static void loop_once(worker *w)
             rd_kafka_message_destroy(msg);
             continue;
         }
+        sheaf_metric_inc(w->met.consumed);
         worker_take(w, msg);
         if (sheaf_llm_async_pending(w->llm) >= max) break;
     }
     sheaf_llm_async_run(w->llm, sheaf_llm_async_pending(w->llm) ? 10 : 0);
     flow_control(w);
+    /* Serves the dead-letter producer's callbacks (statistics, reports). */
+    rd_kafka_poll(w->producer, 0);
+    publish_health(w);
 }
 
 /* After SIGTERM: stop fetching, let calls finish until the deadline. */
@@ -240,6 +386,8 @@ static void drain(worker *w)
 static void worker_stop(worker *w)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
+    /* The endpoint first: it reads the registry and the checks. */
+    sheaf_metrics_server_destroy(w->server);
     /* Calls hold Kafka messages: end them before the consumer goes. */
     sheaf_llm_async_destroy(w->llm);
     if (w->consumer) {
@@ -257,6 +405,9 @@ static void worker_stop(worker *w)
     sheaf_offwin_destroy(w->window);
     free(w->generation);
     worker_pipelines_clear(w);
+    /* After the engine, which gives back its share of the in-flight gauge. */
+    sheaf_metrics_destroy(w->metrics);
+    sheaf_health_destroy(w->health);
     sheaf_config_clear(&w->cfg);
 }
 

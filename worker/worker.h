@@ -2,7 +2,9 @@
  *
  * worker.c runs the loop: Kafka consumption, flow control (pausing
  * partitions while the LLM window is full), rebalances, shutdown.
- * chunk.c handles one chunk message from decode to recorded result. */
+ * chunk.c handles one chunk message from decode to recorded result.
+ * Metrics and health (sheaf/metrics.h) are fed by both: counters where
+ * things happen, the gauges and health checks by the loop. */
 #ifndef SHEAF_WORKER_H
 #define SHEAF_WORKER_H
 
@@ -10,13 +12,22 @@
 #include <stdint.h>
 
 #include "sheaf/config.h"
+#include "sheaf/health.h"
 #include "sheaf/llm_async.h"
+#include "sheaf/metrics.h"
 #include "sheaf/offwin.h"
 #include "sheaf/pipeline.h"
 #include "sheaf/ratelimit.h"
 #include "sheaf/state.h"
 
 #define PIPELINE_CACHE 16
+
+/* The worker's own series in the registry (the LLM engine has its own). */
+typedef struct worker_metrics {
+    sheaf_metric *consumed, *processed, *failed, *dlq;   /* counters */
+    sheaf_metric *cache_hits, *cache_misses;             /* counters */
+    sheaf_metric *lag, *partitions;                      /* gauges */
+} worker_metrics;
 
 typedef struct worker {
     sheaf_config cfg;
@@ -36,6 +47,12 @@ typedef struct worker {
         sheaf_pipeline *p;
     } pipelines[PIPELINE_CACHE];
     unsigned long processed, duplicates, failed, dead_lettered, abandoned;
+    sheaf_metrics *metrics;
+    worker_metrics met;
+    sheaf_llm_metrics llm_met;
+    sheaf_health *health;       /* checks kafka, redis, llm: published by the loop */
+    sheaf_metrics_server *server; /* NULL when metrics.port is 0 */
+    int64_t health_ms, redis_ms, lag_ms; /* when each was last published */
 } worker;
 
 /* Takes one chunk message: ownership of msg passes to the worker (it is
@@ -46,5 +63,9 @@ void worker_take(worker *w, rd_kafka_message_t *msg);
 uint32_t worker_generation(worker *w, int32_t partition);
 
 void worker_pipelines_clear(worker *w);
+
+/* A Redis command failed (errstr says why): /health says so until the next
+ * PING works. */
+void worker_redis_failed(worker *w, const char *errstr);
 
 #endif

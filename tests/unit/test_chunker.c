@@ -604,6 +604,52 @@ static void test_utf8_never_split(void **state)
     free(in);
 }
 
+/* Text without any break: the last-resort cut never leaves a combining
+ * mark at the start of a chunk, however the text is fed. */
+static void test_combining_never_split(void **state)
+{
+    (void)state;
+    static const char *const runs[] = {
+        "e\xcc\x81",                 /* e + U+0301 */
+        "a\xcc\x8a\xcc\xa3",         /* a + two marks */
+        "\xd7\xa9\xd7\x81\xd6\xb8", /* Hebrew shin, shin dot, qamats */
+        "\xd8\xa8\xd9\x8e",         /* Arabic beh + fatha */
+        "\xe0\xa4\x95\xe0\xa5\x8d\xe0\xa4\xb7\xe0\xa4\xbf", /* Devanagari kssi */
+    };
+    /* The marks above (U+0301, U+030A, U+0323 and the rest), which no
+     * chunk may begin with. */
+    static const char *const marks[] = {"\xcc", "\xd7\x81", "\xd6\xb8", "\xd9\x8e",
+                                        "\xe0\xa5\x8d", "\xe0\xa4\xbf"};
+    for (size_t r = 0; r < sizeof(runs) / sizeof(runs[0]); r++) {
+        size_t unit = strlen(runs[r]), n = 0, cap = 8192;
+        char *in = malloc(cap);
+        assert_non_null(in);
+        while (n + unit <= cap) {
+            memcpy(in + n, runs[r], unit);
+            n += unit;
+        }
+        sheaf_chunk_opts modes[] = {{.max_tokens = 16}, {.max_tokens = 37, .overlap_tokens = 9}};
+        for (size_t m = 0; m < 2; m++) {
+            collector whole, bytes;
+            coll_init(&whole);
+            coll_init(&bytes);
+            assert_int_equal(run(&modes[m], in, n, &whole), SHEAF_OK);
+            assert_int_equal(run_split(&modes[m], in, n, SPLIT_BYTES, 0, &bytes), SHEAF_OK);
+            check_invariants(&whole, &modes[m], 1);
+            assert_same(&whole, &bytes);
+            assert_true(whole.n > 1);
+            for (size_t i = 0; i < whole.n; i++)
+                for (size_t k = 0; k < sizeof(marks) / sizeof(marks[0]); k++)
+                    assert_true(whole.v[i].len < strlen(marks[k]) ||
+                                memcmp(whole.v[i].text, marks[k], strlen(marks[k])) != 0);
+            if (modes[m].overlap_tokens == 0) check_coverage(&whole, in, n);
+            coll_free(&whole);
+            coll_free(&bytes);
+        }
+        free(in);
+    }
+}
+
 static void test_cjk_full_stop(void **state)
 {
     (void)state;
@@ -1045,6 +1091,7 @@ int main(void)
         cmocka_unit_test(test_word_break),
         cmocka_unit_test(test_long_word),
         cmocka_unit_test(test_utf8_never_split),
+        cmocka_unit_test(test_combining_never_split),
         cmocka_unit_test(test_cjk_full_stop),
         cmocka_unit_test(test_overlap_sentences),
         cmocka_unit_test(test_overlap_words),

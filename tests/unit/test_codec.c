@@ -439,6 +439,9 @@ static void test_decode_not_a_map(void **state)
     expect_fail(num, sizeof(num), SHEAF_ERR_INVALID, "expected map");
     expect_fail(str, sizeof(str), SHEAF_ERR_INVALID, "expected map");
     expect_fail(nil, sizeof(nil), SHEAF_ERR_INVALID, "expected map");
+    /* JSON or text from another producer: named, not "trailing bytes". */
+    expect_fail("{\"v\":1,\"job\":\"j\"}", 17, SHEAF_ERR_INVALID, "JSON, not msgpack");
+    expect_fail("plain text", 10, SHEAF_ERR_INVALID, "expected map, got text");
     expect_fail("", 0, SHEAF_ERR_INVALID, "empty");
     expect_fail(NULL, 0, SHEAF_ERR_INVALID, "empty");
     expect_fail(NULL, 10, SHEAF_ERR_INVALID, "empty");

@@ -21,7 +21,10 @@
  *   3. the last word break with fill >= max_tokens / 2,
  *   4. the last paragraph break, 5. the last sentence end, 6. the last word
  *      break (at any fill),
- *   7. the last UTF-8 character boundary.
+ *   7. the last UTF-8 character boundary that does not separate a letter
+ *      from the combining marks after it (when the character that did not
+ *      fit may be one, judged by its first byte, the cut moves back before
+ *      the last letter).
  * So "Title\n\n<long paragraph>" puts the title in a chunk together with
  * text, and short headings do not become chunks of their own; a paragraph
  * break in the second half of the budget still wins over later sentence

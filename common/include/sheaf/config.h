@@ -114,6 +114,8 @@ typedef struct sheaf_config {
     char *cost_currency;         /* cost.currency */
     char *llm_structured_output; /* llm.structured_output: json_schema|prompt */
     int reducer_threads;         /* reducer.threads */
+    int metrics_port;            /* metrics.port: /metrics and /health, 0 = off */
+    char *metrics_bind;          /* metrics.bind: address the metrics endpoint listens on */
     unsigned char set_explicitly[32]; /* bit per key: set by file, env or flag */
 } sheaf_config;
 

@@ -37,7 +37,8 @@ const char *sheaf_strerror(sheaf_err err);
 /* 1 when the same operation may succeed if tried again later. */
 int sheaf_err_retryable(sheaf_err err);
 
-/* snprintf into errstr when the caller gave one (errstr may be NULL). */
+/* snprintf into errstr when the caller gave one (errstr may be NULL).  A
+ * message too long for errlen is cut on a UTF-8 character boundary. */
 void sheaf_set_err(char *errstr, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -60,9 +60,20 @@ int sheaf_kafka_delivered_range(rd_kafka_t *producer, int32_t partition, int64_t
 /* Number of messages whose delivery failed since the client was created. */
 unsigned long sheaf_kafka_delivery_failures(rd_kafka_t *producer);
 
+/* Broker reachability as this process's clients see it, for /health: 1
+ * when fine, else 0 with why in reason: a client hit a fatal error, or in
+ * the last 30 s no client saw a broker up and one reported all brokers
+ * down (error callback) or no broker connection (statistics).  With
+ * metrics.port set, clients emit librdkafka statistics every 5 s (unless
+ * kafka.statistics.interval.ms says otherwise), served by their poll: a
+ * client made then must be polled regularly.  Thread-safe. */
+int sheaf_kafka_brokers_ok(char *reason, size_t len);
+
 /* Sends a copy of orig (key, value, headers kept) to dlq_topic with headers
  * sheaf-dlq-reason, sheaf-dlq-topic, sheaf-dlq-partition, sheaf-dlq-offset
- * and, when known, sheaf-job.  Asynchronous; flush before committing the
+ * and, when known, sheaf-job.  A value too large for the producer's
+ * message.max.bytes is left out and its size put in the header
+ * sheaf-dlq-value-dropped.  Asynchronous; flush before committing the
  * offset of orig. */
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,

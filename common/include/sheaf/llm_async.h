@@ -49,6 +49,7 @@
 #include "sheaf/config.h"
 #include "sheaf/error.h"
 #include "sheaf/llm.h"
+#include "sheaf/metrics.h"
 
 #define SHEAF_LLM_BREAKER_THRESHOLD 10       /* consecutive transient failures that open it */
 #define SHEAF_LLM_BREAKER_COOLDOWN_MS 5000   /* first open period */
@@ -128,7 +129,21 @@ typedef struct sheaf_llm_stats {
     size_t queued;           /* waiting for a slot, the limiter or the breaker */
     size_t waiting;          /* waiting for a retry timer */
     size_t in_flight;        /* HTTP requests under way */
+    char breaker_reason[256]; /* why the circuit last opened ("" never) */
 } sheaf_llm_stats;
+
+/* Prometheus metrics the engine keeps up to date (sheaf/metrics.h); any
+ * may be NULL.  Several engines (one per thread) may share them: counters
+ * and the histogram only grow, and the gauge gets each engine's changes.
+ *   in_flight       gauge: HTTP requests under way
+ *   duration        histogram, seconds: each call called back (aborted
+ *                   ones excepted), from submit to callback
+ *   retries, http_429               counters, as in sheaf_llm_stats
+ *   prompt_tokens, completion_tokens counters: usage of every answer */
+typedef struct sheaf_llm_metrics {
+    sheaf_metric *in_flight, *duration, *retries, *http_429;
+    sheaf_metric *prompt_tokens, *completion_tokens;
+} sheaf_llm_metrics;
 
 typedef struct sheaf_llm_async sheaf_llm_async;
 
@@ -185,6 +200,18 @@ size_t sheaf_llm_async_in_flight(const sheaf_llm_async *a);
 int sheaf_llm_async_circuit_open(const sheaf_llm_async *a);
 /* Fills st with the counters since create and the current state. */
 void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st);
+
+/* Feeds m's metrics from now on (m is copied; the metrics it points to
+ * must outlive the engine).  NULL stops feeding them. */
+void sheaf_llm_async_set_metrics(sheaf_llm_async *a, const sheaf_llm_metrics *m);
+
+/* Registers (or finds) the engine's metrics in reg and points out at them:
+ * sheaf_llm_calls_in_flight, sheaf_llm_call_duration_seconds,
+ * sheaf_llm_retries_total, sheaf_llm_429_total and
+ * sheaf_llm_tokens_total{kind="prompt"|"completion"}.  Errors name the
+ * metric. */
+sheaf_err sheaf_llm_metrics_register(sheaf_metrics *reg, sheaf_llm_metrics *out, char *errstr,
+                                     size_t errlen);
 
 /* For shutdown after the drain deadline: stops every transfer and fires
  * every pending callback with SHEAF_ERR_STOPPED.  Calls submitted from

@@ -10,11 +10,13 @@
  *                                  cache_hits, cache_misses, tokens_saved,
  *                                  tokens_{map,reduce,group,overview}_
  *                                  {prompt,completion}, groups_done,
- *                                  replays
+ *                                  replays, repairs
  *   sheaf:{J}:docs         list    document ids in submit order
  *   sheaf:{J}:d:<doc>      hash    n (chunks), meta (JSON), ordinal
  *   sheaf:{J}:p:<doc>      hash    s:<idx> = ok|failed, r:<idx> = result
- *                                  JSON, done = chunks recorded
+ *                                  JSON, done = chunks recorded, failed =
+ *                                  of them failed (absent when none): the
+ *                                  document's share of the job's counters
  *   sheaf:{J}:results      hash    <doc> = the document's result (JSON line)
  *   sheaf:{J}:done_ms      hash    <doc> = wall-clock ms its result was stored
  *                                  (kept apart so results stay deterministic)
@@ -48,7 +50,11 @@
  * script increments the document's done count and, when it reaches n,
  * appends {type=doc} to the ready stream: redelivered chunks never double
  * count and no document is forgotten.  Likewise a document's result is
- * recorded once and the last one enqueues {type=overview}. */
+ * recorded once and the last one enqueues {type=overview}.
+ *
+ * Lost writes (Redis restarted from an AOF or RDB that misses the last
+ * writes, or keys damaged by hand) are found and redone by `sheaf repair`
+ * (producer/repair.c), which recounts these counters from the records. */
 #ifndef SHEAF_STATE_H
 #define SHEAF_STATE_H
 

@@ -446,8 +446,9 @@ static sheaf_err scan_stream(repair *x, char *errstr, size_t errlen)
         freeReplyObject(rep);
         if (n < PAGE_N) break;
     }
-    qsort(x->live_docs.v, x->live_docs.n, sizeof(char *), cmp_str);
-    qsort(x->live_groups.v, x->live_groups.n, sizeof(char *), cmp_str);
+    /* qsort's array must not be NULL, even for no elements (UBSan). */
+    if (x->live_docs.n) qsort(x->live_docs.v, x->live_docs.n, sizeof(char *), cmp_str);
+    if (x->live_groups.n) qsort(x->live_groups.v, x->live_groups.n, sizeof(char *), cmp_str);
     return SHEAF_OK;
 }
 

@@ -62,6 +62,13 @@ static const stage_def stage_defs[] = {
 };
 #define N_STAGES (sizeof(stage_defs) / sizeof(stage_defs[0]))
 
+const char *const *sheaf_stage_vars(const char *stage)
+{
+    for (size_t i = 0; stage && i < N_STAGES; i++)
+        if (strcmp(stage_defs[i].name, stage) == 0) return stage_defs[i].vars;
+    return NULL;
+}
+
 static sheaf_stage *stage_of(sheaf_pipeline *p, const stage_def *d)
 {
     return (sheaf_stage *)((char *)p + d->offset);

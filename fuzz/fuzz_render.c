@@ -24,20 +24,8 @@
 #include "sheaf/pipeline.h"
 #include "sheaf/util.h"
 
-static const char *const map_vars[] = {"job_id", "text", "doc_id", "chunk_index", "chunk_count",
-                                       "pages", "page_first", "page_last", "meta.", NULL};
-static const char *const combine_vars[] = {"job_id", "doc_id", "chunk_count", "partials",
-                                           "level", "meta.", NULL};
-static const char *const critique_vars[] = {"job_id", "doc_id", "draft", "round", "partials",
-                                            "meta.", NULL};
-static const char *const refine_vars[] = {"job_id", "doc_id", "draft", "critique", "round",
-                                          "partials", "meta.", NULL};
-static const char *const group_vars[] = {"job_id", "group", "group_key", "group_path", "count",
-                                         "results", "level", NULL};
-static const char *const overview_vars[] = {"job_id", "doc_count", "group_count", "count",
-                                            "results", "level", NULL};
-static const char *const *const stages[] = {map_vars, combine_vars, critique_vars,
-                                            refine_vars, group_vars, overview_vars};
+static const char *const stage_names[] = {"map", "combine", "critique", "refine", "group",
+                                          "overview"};
 
 typedef struct vars {
     const char *const *allowed; /* the stage's variables */
@@ -93,13 +81,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_split(data, size, &tmpl, &tlen, &value, &vlen);
     tmpl_utf8 = sheaf_utf8_valid(tmpl, tlen, NULL);
     utf8 = tmpl_utf8 && sheaf_utf8_valid(value, vlen, NULL);
-    for (size_t s = 0; s < sizeof(stages) / sizeof(stages[0]); s++) {
+    for (size_t s = 0; s < sizeof(stage_names) / sizeof(stage_names[0]); s++) {
         char errstr[SHEAF_ERRSTR_SIZE] = "";
-        vars v = {stages[s], value, vlen};
+        vars v = {sheaf_stage_vars(stage_names[s]), value, vlen};
         sheaf_buf out, small;
         sheaf_err checked, rendered, capped;
 
-        checked = sheaf_prompt_check(tmpl, stages[s], errstr, sizeof(errstr));
+        checked = sheaf_prompt_check(tmpl, v.allowed, errstr, sizeof(errstr));
         FUZZ_CHECK(checked == SHEAF_OK || (checked == SHEAF_ERR_INVALID && errstr[0]),
                    "check says OK or why not");
         FUZZ_CHECK(!tmpl_utf8 || sheaf_utf8_valid(errstr, strlen(errstr), NULL),

@@ -131,6 +131,10 @@ typedef const char *(*sheaf_var_fn)(const char *name, size_t name_len, void *ud,
 sheaf_err sheaf_prompt_render(const char *tmpl, sheaf_var_fn vars, void *ud, sheaf_buf *out,
                               char *errstr, size_t errlen);
 
+/* The variables a stage ("map", "combine", ...) may use, in the form
+ * sheaf_prompt_check takes; NULL for an unknown stage. */
+const char *const *sheaf_stage_vars(const char *stage);
+
 /* Checks that every variable in tmpl is in allowed (NULL-terminated list;
  * an entry ending in '.' allows any name with that prefix, e.g. "meta."). */
 sheaf_err sheaf_prompt_check(const char *tmpl, const char *const *allowed, char *errstr,

@@ -86,7 +86,10 @@ until job_is_done "$JOB"; do
     3) restart_redis; event "Redis restarted (append-only file)" ;;
     4) b=$((1 + RANDOM % 3)); echo "broker-down $b" > "$STACK/kafka.ctl"
        sleep "$((2 + RANDOM % 3))"; echo "broker-up $b" > "$STACK/kafka.ctl"; event "broker $b down and up" ;;
-    5) curl -sf -X POST -d '{"rate_limit_next": 30, "fail_next": 30}' "$CONTROL" > /dev/null
+    # A burst of 6: the simulator counts failures in requests, not time,
+    # so a long burst would be paid out one circuit-breaker probe per
+    # cooldown (up to a minute each) after the storm is over.
+    5) curl -sf -X POST -d '{"rate_limit_next": 30, "fail_next": 6}' "$CONTROL" > /dev/null
        event "429 storm + 5xx burst" ;;
     6) curl -sf -X POST -d '{"reset_rate": 0.05, "slow_rate": 0.02, "slow_ms": 2500}' "$CONTROL" > /dev/null
        sleep 2

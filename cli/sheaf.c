@@ -125,10 +125,13 @@ out:
 
 /* ---- results ---- */
 
-static int cmp_reply_str(const void *a, const void *b)
+typedef struct kv_ref {
+    const char *key, *value;
+} kv_ref;
+
+static int cmp_kv_key(const void *a, const void *b)
 {
-    const redisReply *x = *(redisReply *const *)a, *y = *(redisReply *const *)b;
-    return strcmp(x->str, y->str);
+    return strcmp(((const kv_ref *)a)->key, ((const kv_ref *)b)->key);
 }
 
 /* Group results (hierarchical pipelines), ordered by their path. */
@@ -139,19 +142,17 @@ static int print_groups(sheaf_redis *r, const char *job, char *errstr, size_t er
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kgroups);
     if (!rep) return -1;
     size_t n = rep->elements / 2;
-    redisReply **keys = calloc(n ? n : 1, sizeof(*keys));
-    if (!keys) {
+    kv_ref *pairs = calloc(n ? n : 1, sizeof(*pairs));
+    if (!pairs) {
         freeReplyObject(rep);
         return -1;
     }
-    for (size_t i = 0; i < n; i++) keys[i] = rep->element[2 * i];
-    qsort(keys, n, sizeof(*keys), cmp_reply_str);
-    for (size_t i = 0; i < n; i++) {
-        /* The value follows its key in the reply. */
-        for (size_t j = 0; j < n; j++)
-            if (rep->element[2 * j] == keys[i]) printf("%s\n", rep->element[2 * j + 1]->str);
-    }
-    free(keys);
+    /* HGETALL answers key, value, key, value, ... */
+    for (size_t i = 0; i < n; i++)
+        pairs[i] = (kv_ref){rep->element[2 * i]->str, rep->element[2 * i + 1]->str};
+    qsort(pairs, n, sizeof(*pairs), cmp_kv_key);
+    for (size_t i = 0; i < n; i++) printf("%s\n", pairs[i].value);
+    free(pairs);
     freeReplyObject(rep);
     return 0;
 }

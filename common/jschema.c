@@ -297,7 +297,7 @@ bad:
 }
 
 /* Compares two JSON numbers: <0, 0, >0.  Integers compare exactly. */
-static int num_cmp(const json_t *a, const json_t *b)
+int sheaf_json_num_cmp(const json_t *a, const json_t *b)
 {
     if (json_is_integer(a) && json_is_integer(b)) {
         json_int_t x = json_integer_value(a), y = json_integer_value(b);
@@ -313,7 +313,7 @@ static sheaf_err check_bounds(const json_t *s, const char *lo_key, const char *h
                               const seg *at, char *errstr, size_t errlen)
 {
     const json_t *lo = json_object_get(s, lo_key), *hi = json_object_get(s, hi_key);
-    if (json_is_number(lo) && json_is_number(hi) && num_cmp(lo, hi) > 0)
+    if (json_is_number(lo) && json_is_number(hi) && sheaf_json_num_cmp(lo, hi) > 0)
         return fail(errstr, errlen, 1, at, "\"%s\" is greater than \"%s\"", lo_key, hi_key);
     return SHEAF_OK;
 }
@@ -501,12 +501,12 @@ static sheaf_err validate_number(const json_t *s, const json_t *v, const seg *at
     const json_t *lo = json_object_get(s, "minimum"), *hi = json_object_get(s, "maximum");
     char vbuf[VALUE_SHOWN + 4], bbuf[VALUE_SHOWN + 4];
 
-    if (json_is_number(lo) && num_cmp(v, lo) < 0) {
+    if (json_is_number(lo) && sheaf_json_num_cmp(v, lo) < 0) {
         shown_value(v, vbuf);
         shown_value(lo, bbuf);
         return fail(errstr, errlen, 0, at, "%s is less than minimum %s", vbuf, bbuf);
     }
-    if (json_is_number(hi) && num_cmp(v, hi) > 0) {
+    if (json_is_number(hi) && sheaf_json_num_cmp(v, hi) > 0) {
         shown_value(v, vbuf);
         shown_value(hi, bbuf);
         return fail(errstr, errlen, 0, at, "%s is more than maximum %s", vbuf, bbuf);

@@ -147,17 +147,6 @@ static int cmp_size(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int num_cmp(const json_t *a, const json_t *b)
-{
-    if (json_is_integer(a) && json_is_integer(b)) {
-        json_int_t x = json_integer_value(a), y = json_integer_value(b);
-        return x < y ? -1 : x > y;
-    } else {
-        double x = json_number_value(a), y = json_number_value(b);
-        return x < y ? -1 : x > y;
-    }
-}
-
 /* "batch 3 (pages 5-6): field \"x\": <message>" */
 __attribute__((format(printf, 3, 4)))
 static void field_err(merge_ctx *c, const field *f, const char *fmt, ...)
@@ -372,7 +361,7 @@ static sheaf_err merge_extreme(merge_ctx *c, field *f, const json_t *v)
         field_err(c, f, "%s needs numbers, got %s", rule_names[f->rule], sheaf_json_type_name(v));
         return SHEAF_ERR_INVALID;
     }
-    cmp = f->value ? num_cmp(v, f->value) : 1;
+    cmp = f->value ? sheaf_json_num_cmp(v, f->value) : 1;
     if (f->rule == R_MIN && f->value) cmp = -cmp;
     if (cmp > 0) {
         json_decref(f->value);

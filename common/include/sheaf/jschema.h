@@ -61,4 +61,8 @@ sheaf_err sheaf_jschema_validate(const json_t *schema, const json_t *value, char
  * For error messages ("got ..."); never NULL. */
 const char *sheaf_json_type_name(const json_t *v);
 
+/* Compares two JSON numbers: -1, 0 or 1.  Two integers compare exactly;
+ * otherwise both are compared as doubles. */
+int sheaf_json_num_cmp(const json_t *a, const json_t *b);
+
 #endif

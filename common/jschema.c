@@ -216,6 +216,25 @@ const char *sheaf_json_type_name(const json_t *v)
     return "value";
 }
 
+char *sheaf_json_text(const json_t *v)
+{
+    if (json_is_string(v)) return sheaf_strndup(json_string_value(v), json_string_length(v));
+    return json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+}
+
+int sheaf_json_object_texts(json_t *obj)
+{
+    for (void *it = json_object_iter(obj); it; it = json_object_iter_next(obj, it)) {
+        json_t *v = json_object_iter_value(it);
+        if (json_is_string(v)) continue;
+        char *shown = sheaf_json_text(v);
+        json_t *s = shown ? json_string(shown) : NULL;
+        free(shown);
+        if (!s || json_object_iter_set_new(obj, it, s) != 0) return -1; /* takes s */
+    }
+    return 0;
+}
+
 /* ---- check ---------------------------------------------------------------- */
 
 static sheaf_err check_schema(const json_t *s, const seg *at, int depth, char *errstr,

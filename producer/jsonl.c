@@ -18,24 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "sheaf/jschema.h"
 #include "sheaf/util.h"
 
-#define META_DUMP_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY)
-
-static const char *type_name(const json_t *v)
-{
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "number";
-    case JSON_REAL: return "number";
-    case JSON_TRUE: return "boolean";
-    case JSON_FALSE: return "boolean";
-    case JSON_NULL: return "null";
-    }
-    return "value";
-}
 
 int sheaf_jsonl_blank(const char *line, size_t len)
 {
@@ -72,7 +57,7 @@ sheaf_err sheaf_jsonl_parse(const sheaf_input_opts *o, const char *path, uint64_
     }
     if (!json_is_object(it->root)) {
         snprintf(msg, msglen, "%s:%llu: expected a JSON object, got %s", path, ln,
-                 type_name(it->root));
+                 sheaf_json_type_name(it->root));
         goto done;
     }
 
@@ -91,7 +76,7 @@ sheaf_err sheaf_jsonl_parse(const sheaf_input_opts *o, const char *path, uint64_
     } else {
         snprintf(msg, msglen, "%s:%llu: field \"%s\": expected a string or integer, got %s",
                  path, ln, o->id_field,
-                 json_is_real(v) ? "a non-integer number" : type_name(v));
+                 json_is_real(v) ? "a non-integer number" : sheaf_json_type_name(v));
         goto done;
     }
     if (!sheaf_doc_id_valid(it->id, it->id_len)) {
@@ -108,7 +93,7 @@ sheaf_err sheaf_jsonl_parse(const sheaf_input_opts *o, const char *path, uint64_
         goto done;
     } else if (!json_is_string(v)) {
         snprintf(msg, msglen, "%s:%llu: field \"%s\": expected a string, got %s", path, ln,
-                 o->text_field, type_name(v));
+                 o->text_field, sheaf_json_type_name(v));
         goto done;
     }
     it->text = json_string_value(v);
@@ -189,10 +174,7 @@ sheaf_err sheaf_meta_flatten(const json_t *meta, sheaf_kv **kv, size_t *n)
     json_object_foreach((json_t *)meta, key, v) {
         if (used == size) break;
         out[used].key = strdup(key);
-        if (json_is_string(v))
-            out[used].value = sheaf_strndup(json_string_value(v), json_string_length(v));
-        else
-            out[used].value = json_dumps(v, META_DUMP_FLAGS);
+        out[used].value = sheaf_json_text(v);
         used++;
         if (!out[used - 1].key || !out[used - 1].value) goto done;
     }

@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "sheaf/jschema.h"
 #include "sheaf/kafka.h"
 #include "sheaf/log.h"
 #include "sheaf/program.h"
@@ -125,16 +126,19 @@ done:
 }
 
 /* A document's metadata group paths (see sheaf_doc_reg): for level k the
- * JSON array of the values of the first k+1 "meta." levels, "" for a
- * missing value.  paths[] entries are malloc'd; returns how many. */
+ * JSON array of the values of the first k+1 "meta." levels as text
+ * (sheaf_json_text: a year of 2021 groups as "2021"), "" for a missing
+ * value.  paths[] entries are malloc'd; returns how many. */
 size_t sheaf_group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths)
 {
     json_t *meta = json_loads(meta_json ? meta_json : "{}", 0, NULL), *vals = json_array();
     size_t n = 0;
     for (size_t k = 0; pl && vals && k < pl->n_meta_levels; k++) {
-        const char *v = json_string_value(json_object_get(meta, pl->group_by[k] + 5));
-        json_array_append_new(vals, json_string(v ? v : ""));
-        if (!(paths[n] = json_dumps(vals, JSON_COMPACT))) break;
+        json_t *v = json_object_get(meta, pl->group_by[k] + 5);
+        char *text = v ? sheaf_json_text(v) : NULL;
+        int ok = (!v || text) && json_array_append_new(vals, json_string(text ? text : "")) == 0;
+        free(text);
+        if (!ok || !(paths[n] = json_dumps(vals, JSON_COMPACT))) break;
         n++;
     }
     json_decref(vals);

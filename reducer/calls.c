@@ -53,12 +53,9 @@ const char *rvars_lookup(const char *name, size_t len, void *ud, size_t *out_len
     for (size_t i = 0; i < v->n && !s; i++)
         if (strlen(v->name[i]) == len && memcmp(v->name[i], name, len) == 0) s = v->value[i];
     if (!s && len > 5 && memcmp(name, "meta.", 5) == 0) {
-        char key[256];
-        if (len - 5 >= sizeof(key)) return NULL;
-        memcpy(key, name + 5, len - 5);
-        key[len - 5] = '\0';
-        s = json_string_value(json_object_get(v->meta, key));
-        if (!s) s = "";
+        /* Any key length validation accepts renders, as in the worker. */
+        s = json_string_value(json_object_getn(v->meta, name + 5, len - 5));
+        if (!s) s = ""; /* a missing metadata field renders empty */
     }
     if (s) *out_len = strlen(s);
     return s;

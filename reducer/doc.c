@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "reducer.h"
+#include "sheaf/jschema.h"
 #include "sheaf/log.h"
 #include "sheaf/merge.h"
 #include "sheaf/util.h"
@@ -27,7 +28,8 @@
 typedef struct doc_work {
     const char *job, *doc;
     sheaf_pipeline *p;
-    json_t *meta;
+    json_t *meta;            /* as registered: the result's "meta" */
+    json_t *meta_text;       /* the same, every value as text: meta.<key> */
     json_t **recs;           /* parsed partial records (NULL for failed ones) */
     uint32_t n, n_ok;
     char **texts;            /* the ok partials' texts, in chunk order */
@@ -92,7 +94,7 @@ static sheaf_err refine_chain(reducer *r, doc_work *w, const char *partials)
     json_t *versions = json_array(), *critiques = json_array();
     char round[16], *draft = strdup(w->res.text);
     sheaf_err err = SHEAF_OK;
-    rvars v = {.meta = w->meta};
+    rvars v = {.meta = w->meta_text};
 
     rvars_set(&v, "job_id", w->job);
     rvars_set(&v, "doc_id", w->doc);
@@ -175,7 +177,7 @@ static sheaf_err compute(reducer *r, doc_work *w)
         }
     } else {
         json_t *levels = json_array();
-        rvars v = {.meta = w->meta};
+        rvars v = {.meta = w->meta_text};
         snprintf(nbuf, sizeof(nbuf), "%u", w->n);
         rvars_set(&v, "job_id", w->job);
         rvars_set(&v, "doc_id", w->doc);
@@ -250,6 +252,10 @@ entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
         goto done;
     }
     w.meta = json_loads(meta_json, 0, NULL);
+    /* meta.<key> renders as the worker renders it (sheaf_json_text). */
+    if (w.meta && (!(w.meta_text = json_deep_copy(w.meta)) ||
+                   sheaf_json_object_texts(w.meta_text) != 0))
+        goto done;
     w.recs = calloc(w.n ? w.n : 1, sizeof(*w.recs));
     w.texts = calloc(w.n ? w.n : 1, sizeof(*w.texts));
     if (!w.recs || !w.texts) goto done;
@@ -284,6 +290,7 @@ done:
     stage_result_clear(&w.res);
     json_decref(w.rec);
     json_decref(w.meta);
+    json_decref(w.meta_text);
     json_decref(failed);
     sheaf_pipeline_destroy(w.p);
     sheaf_partials_free(parts, w.n);

@@ -69,7 +69,8 @@ typedef struct rvars {
     const char *name[RVARS_MAX];
     const char *value[RVARS_MAX];
     size_t n;
-    const json_t *meta;          /* for meta.<key>; NULL = none */
+    const json_t *meta;          /* for meta.<key>, values as text
+                                    (sheaf_json_object_texts); NULL = none */
 } rvars;
 
 /* Sets (or replaces) a variable; value must outlive its use. */

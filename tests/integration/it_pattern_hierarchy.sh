@@ -31,6 +31,34 @@ assert_eq "$(tail -n 1 "$T/hierarchy.one.jsonl" | jq -r '.groups')" "$sectors" "
 assert_eq "$(jq -s '[.[] | select(.doc and .data.role and .data.summary)] | length' "$T/classify.one.jsonl")" \
   "$(wc -l < "$ROOT/examples/postings.jsonl")" "postings with structured data"
 
+# Metadata that is not a string renders the same in every stage (the worker's
+# map, the reducer's combine: two chunks per posting so combine runs) and
+# groups by its text: a year of 2021 is "2021".
+cat > "$T/years.jsonl" << 'EOF'
+{"id": "y1", "year": 2021, "remote": true, "text": "The first posting asks for a welder who can read drawings and work shifts.\n\nIt pays by the hour, with overtime paid at one and a half times the rate."}
+{"id": "y2", "year": 2022, "remote": false, "text": "The second posting asks for a baker who starts work at four in the morning.\n\nIt offers a small team, free bread and a long summer holiday every year."}
+{"id": "y3", "year": 2021, "remote": null, "text": "The third posting asks for a nurse for the night ward of a city hospital.\n\nIt pays a night allowance and trains new staff for their first three months."}
+EOF
+cat > "$T/years.json" << 'EOF'
+{"name": "by-year", "stages": {
+  "map": {"user": "Map {{meta.year}} {{meta.remote}}.\n\n{{text}}"},
+  "combine": {"user": "Combine {{meta.year}} {{meta.remote}}.\n\n{{partials}}"},
+  "group": {"user": "Group of {{count}}.\n\n{{results}}"}},
+ "grouping": {"by": ["meta.year"]}}
+EOF
+run_job "$T/years.out.jsonl" --pipeline "$T/years.json" -X chunk.max_tokens=20 "$T/years.jsonl"
+assert_eq "$(job_field "$JOB" chunks)" 6 "chunks of the three postings"
+for want in "y1 2021 true" "y2 2022 false" "y3 2021 null"; do
+  read -r d year remote <<< "$want"
+  summary=$(jq -r --arg d "$d" 'select(.doc == $d) | .summary' "$T/years.out.jsonl")
+  for stage in Map Combine; do
+    grep -qF "$stage $year $remote." <<< "$summary" \
+      || fail "doc $d: $stage did not render meta.year and meta.remote as \"$year $remote\": $summary"
+  done
+done
+assert_eq "$(jq -c 'select(.group) | [.group, .members]' "$T/years.out.jsonl" | sort | tr '\n' ' ')" \
+  '[["2021"],2] [["2022"],1] ' "groups by a numeric metadata field"
+
 # Groups complete as soon as their items do, and items stream out: one
 # energy posting is held back by the simulator for 8 s; meanwhile the
 # other sectors' groups and the other items' results are already out.

@@ -376,6 +376,36 @@ static void test_validate_args(void **state)
     json_decref(v);
 }
 
+/* Metadata values as text: strings as they are (embedded NUL kept),
+ * everything else compact JSON with sorted keys; object values converted
+ * in place, strings untouched. */
+static void test_json_text(void **state)
+{
+    (void)state;
+    json_t *obj = json_loads("{\"s\": \"a\\u0000b\", \"i\": 2021, \"r\": 1.5, \"t\": true, "
+                             "\"n\": null, \"a\": [1, \"x\"], \"o\": {\"z\": 1, \"b\": 2}}",
+                             JSON_ALLOW_NUL, NULL);
+    assert_non_null(obj);
+    char *s = sheaf_json_text(json_object_get(obj, "s"));
+    assert_non_null(s);
+    assert_memory_equal(s, "a\0b", 4);
+    free(s);
+    static const struct { const char *key, *text; } want[] = {
+        {"i", "2021"}, {"r", "1.5"}, {"t", "true"}, {"n", "null"},
+        {"a", "[1,\"x\"]"}, {"o", "{\"b\":2,\"z\":1}"}};
+    for (size_t k = 0; k < sizeof(want) / sizeof(want[0]); k++) {
+        s = sheaf_json_text(json_object_get(obj, want[k].key));
+        assert_string_equal(s, want[k].text);
+        free(s);
+    }
+    assert_int_equal(sheaf_json_object_texts(obj), 0);
+    assert_int_equal(json_object_size(obj), 7);
+    for (size_t k = 0; k < sizeof(want) / sizeof(want[0]); k++)
+        assert_string_equal(json_string_value(json_object_get(obj, want[k].key)), want[k].text);
+    assert_int_equal(json_string_length(json_object_get(obj, "s")), 3);
+    json_decref(obj);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -392,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_validate_arrays),
         cmocka_unit_test(test_validate_objects),
         cmocka_unit_test(test_validate_args),
+        cmocka_unit_test(test_json_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

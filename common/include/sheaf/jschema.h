@@ -65,4 +65,15 @@ const char *sheaf_json_type_name(const json_t *v);
  * otherwise both are compared as doubles. */
 int sheaf_json_num_cmp(const json_t *a, const json_t *b);
 
+/* A metadata value as text, the one form every stage shows it in (prompt
+ * variables meta.<key> in the worker and the reducer, group keys): a string
+ * as it is, anything else as compact JSON with sorted keys (42, true,
+ * ["a","b"]).  malloc'd; NULL when out of memory. */
+char *sheaf_json_text(const json_t *v);
+
+/* Replaces every value of the object obj that is not a string with
+ * sheaf_json_text of it, so lookups can use json_string_value.  Returns 0,
+ * or -1 when out of memory (obj then holds a mix). */
+int sheaf_json_object_texts(json_t *obj);
+
 #endif

@@ -24,10 +24,23 @@
  * read() never sees EOF when a test's writer closes, and the main loop polls
  * it.
  *
+ * Listening off loopback: the mock brokers of librdkafka 2.0.2 always bind
+ * 127.0.0.1 port 0 and advertise whatever getsockname() then reports; there
+ * is no API to choose.  For clients on other hosts (the network-namespace
+ * test, a dev stack shared on a LAN) --listen-addr ADDR makes this program
+ * define bind(): the dynamic linker resolves librdkafka's call to the
+ * executable's own definition first, which moves an IPv4 loopback bind to
+ * ADDR and hands it to the C library's bind (dlsym RTLD_NEXT).  Brokers
+ * then listen on, and advertise, ADDR.  Without the option bind() passes
+ * every call through unchanged.
+ *
  * Shutdown: SIGTERM/SIGINT only set a flag (blocked in librdkafka's threads,
  * which inherit the mask from before rd_kafka_new); the main loop wakes at
  * least every POLL_MS, destroys the cluster, removes the bootstrap file and
  * the FIFO, exits 0.  Everything is in memory: a restart loses all data. */
+#define _GNU_SOURCE /* RTLD_NEXT */
+#include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -37,6 +50,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <syslog.h>
@@ -61,6 +75,7 @@ typedef struct mock_opts {
     const char *prefix;
     const char *bootstrap_file;
     const char *control_fifo;
+    const char *listen_addr; /* NULL: loopback, as librdkafka does */
 } mock_opts;
 
 typedef struct mock_host {
@@ -74,6 +89,32 @@ typedef struct mock_host {
 } mock_host;
 
 static volatile sig_atomic_t stop_requested;
+
+/* Set once by main before the cluster exists; read by bind() from the mock
+ * thread afterwards. */
+static int (*libc_bind)(int, const struct sockaddr *, socklen_t);
+static struct in_addr listen_addr;
+static int listen_addr_set;
+
+/* See "Listening off loopback" above.  Only IPv4 binds to 127.0.0.1 move:
+ * that is all the mock does; anything else passes through. */
+int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    if (!libc_bind) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (listen_addr_set && addr && addr->sa_family == AF_INET &&
+        len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        struct sockaddr_in sin;
+        memcpy(&sin, addr, sizeof(sin));
+        if (sin.sin_addr.s_addr == htonl(INADDR_LOOPBACK)) {
+            sin.sin_addr = listen_addr;
+            return libc_bind(fd, (const struct sockaddr *)&sin, sizeof(sin));
+        }
+    }
+    return libc_bind(fd, addr, len);
+}
 
 static void on_signal(int sig)
 {
@@ -90,6 +131,8 @@ static void usage(FILE *out)
             "  --brokers N            number of brokers (default 3)\n"
             "  --partitions P         partitions of <prefix>.map (default 8)\n"
             "  --prefix PREFIX        topic prefix (default \"sheaf\")\n"
+            "  --listen-addr ADDR     IPv4 address the brokers listen on and advertise\n"
+            "                         (default 127.0.0.1)\n"
             "  --control-fifo PATH    FIFO taking commands, one per line:\n"
             "                           broker-down ID | broker-up ID | rtt ID MS |\n"
             "                           topic-create NAME PARTITIONS\n"
@@ -116,6 +159,7 @@ static int parse_opts(int argc, char **argv, mock_opts *o)
         {"prefix", required_argument, NULL, 'P'},
         {"bootstrap-file", required_argument, NULL, 'f'},
         {"control-fifo", required_argument, NULL, 'c'},
+        {"listen-addr", required_argument, NULL, 'l'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -126,6 +170,7 @@ static int parse_opts(int argc, char **argv, mock_opts *o)
     o->prefix = "sheaf";
     o->bootstrap_file = NULL;
     o->control_fifo = NULL;
+    o->listen_addr = NULL;
 
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
@@ -152,6 +197,16 @@ static int parse_opts(int argc, char **argv, mock_opts *o)
             break;
         case 'f': o->bootstrap_file = optarg; break;
         case 'c': o->control_fifo = optarg; break;
+        case 'l':
+            if (inet_pton(AF_INET, optarg, &listen_addr) != 1) {
+                fprintf(stderr,
+                        "sheaf-kafka-mock: --listen-addr: expected an IPv4 address such as "
+                        "10.0.0.5, got \"%s\"\n",
+                        optarg);
+                return -1;
+            }
+            o->listen_addr = optarg;
+            break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -407,6 +462,12 @@ int main(int argc, char **argv)
     int rc = 1, published = 0, fifo_made = 0;
 
     if (parse_opts(argc, argv, &o) != 0) return 2;
+    libc_bind = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "bind");
+    if (!libc_bind) {
+        fprintf(stderr, "sheaf-kafka-mock: cannot find the C library's bind(): %s\n", dlerror());
+        return 1;
+    }
+    listen_addr_set = o.listen_addr != NULL;
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal; /* no SA_RESTART: poll() returns EINTR */

@@ -5,7 +5,7 @@
 #                     [--latency-ms N] [--error-rate F] [--rate-limit-rpm N]
 #                     [--tpm N] [--malformed-rate F] [--reset-rate F]
 #                     [--slow-rate F --slow-ms N] [--session-timeout-ms N]
-#                     [--redis-aof]
+#                     [--redis-aof] [--listen-addr ADDR]
 #   dev/stack.sh down [--dir DIR] [--purge]
 #   dev/stack.sh env  [--dir DIR]
 #   dev/stack.sh status [--dir DIR]
@@ -17,6 +17,10 @@
 # connection without a response; --slow-rate answers --slow-ms late.  They
 # can be changed while it runs: POST {"reset_rate":0.1,...} to
 # <llm>/control (see sheaf-llm-sim --help; the base URL without /v1).
+# --listen-addr ADDR (an IPv4 address of this host, default 127.0.0.1):
+# the mock brokers, Redis and the simulator listen on ADDR instead of
+# loopback, and the exports name ADDR, so workers on other hosts (or
+# network namespaces) can join; anyone who reaches ADDR reaches them.
 #
 # `up` starts, in this order: sheaf-kafka-mock (librdkafka's mock cluster;
 # its bootstrap list appears in DIR/bootstrap, its control FIFO is
@@ -56,7 +60,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,/^# `up` starts/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
     exit "${1:-2}"
 }
 
@@ -217,9 +221,9 @@ wait_file() {
     done
 }
 
-port_in_use() { (: <>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_in_use() { (: <>"/dev/tcp/$LISTEN_ADDR/$1") 2>/dev/null; }
 
-# Starts redis-server on a free random loopback port; sets REDIS_PORT.
+# Starts redis-server on a free random port of LISTEN_ADDR; sets REDIS_PORT.
 start_redis() {
     local bin cli port pid deadline attempt served
     bin=$(command -v redis-server) || die "redis-server not installed"
@@ -231,22 +235,25 @@ start_redis() {
         # A password (SHEAF_REDIS_PASSWORD) goes in a 0600 config file, not
         # on the command line where ps would show it.
         local conf=()
+        # Off loopback, Redis's protected mode would refuse every other
+        # host when there is no password: --listen-addr asks for them.
+        [[ $LISTEN_ADDR == 127.* ]] || conf+=(--protected-mode no)
         if [[ -n ${SHEAF_REDIS_PASSWORD:-} ]]; then
             (umask 077 && printf 'requirepass "%s"\n' "$SHEAF_REDIS_PASSWORD" >"$DIR/redis/auth.conf")
-            conf=("$DIR/redis/auth.conf")
+            conf=("$DIR/redis/auth.conf" "${conf[@]}")
         fi
-        start redis "$DIR/redis.log" "$bin" "${conf[@]}" --port "$port" --bind 127.0.0.1 \
+        start redis "$DIR/redis.log" "$bin" "${conf[@]}" --port "$port" --bind "$LISTEN_ADDR" \
             --dir "$DIR/redis" --save '' "${REDIS_AOF[@]}" --daemonize no \
             --logfile "$DIR/redis.log"
         pid=$STARTED_PID
         deadline=$((SECONDS + START_TIMEOUT_S))
         while alive "$pid" && ((SECONDS < deadline)); do
             # PONG from a server that is ours, not one that won the port race.
-            served=$(REDISCLI_AUTH=${SHEAF_REDIS_PASSWORD:-} "$cli" -p "$port" info server 2>/dev/null | tr -d '\r' |
+            served=$(REDISCLI_AUTH=${SHEAF_REDIS_PASSWORD:-} "$cli" -h "$LISTEN_ADDR" -p "$port" info server 2>/dev/null | tr -d '\r' |
                 sed -n 's/^process_id://p') || true
             if [[ $served == "$pid" ]]; then
                 REDIS_PORT=$port
-                log "redis: 127.0.0.1:$port (pid $pid, log $DIR/redis.log)"
+                log "redis: $LISTEN_ADDR:$port (pid $pid, log $DIR/redis.log)"
                 return 0
             fi
             sleep 0.1
@@ -261,6 +268,7 @@ start_redis() {
 # ---- commands ------------------------------------------------------------------
 
 REDIS_AOF=(--appendonly no)
+LISTEN_ADDR=127.0.0.1
 
 cmd_up() {
     local workers=2 reducers=1 partitions=8 latency=0 error_rate=0 rpm=0 session=6000
@@ -282,6 +290,9 @@ cmd_up() {
         --slow-ms) need_uint "$1" "${2:-}"; slow_ms=$2; sim_opts_given=1; shift 2 ;;
         --session-timeout-ms) need_uint "$1" "${2:-}"; session=$2; shift 2 ;;
         --redis-aof) REDIS_AOF=(--appendonly yes --appendfsync everysec); shift ;;
+        --listen-addr)
+            [[ ${2:-} =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--listen-addr: expected an IPv4 address such as 10.0.0.5, got '${2:-}'"
+            LISTEN_ADDR=$2; shift 2 ;;
         -h | --help) usage 0 ;;
         *) die "up: unknown option '$1'" ;;
         esac
@@ -319,7 +330,8 @@ cmd_up() {
     local prefix_args=()
     [[ -z ${SHEAF_TOPIC_PREFIX:-} ]] || prefix_args=(--prefix "$SHEAF_TOPIC_PREFIX")
     start kafka-mock "$DIR/kafka-mock.log" "$mock" --bootstrap-file "$DIR/bootstrap" \
-        --control-fifo "$DIR/kafka.ctl" --partitions "$partitions" "${prefix_args[@]}"
+        --control-fifo "$DIR/kafka.ctl" --partitions "$partitions" --listen-addr "$LISTEN_ADDR" \
+        "${prefix_args[@]}"
     wait_file "$DIR/bootstrap" "$STARTED_PID" kafka-mock
     bootstrap=$(cat "$DIR/bootstrap")
     log "kafka: mock cluster at $bootstrap (pid $STARTED_PID, control FIFO $DIR/kafka.ctl)"
@@ -336,12 +348,12 @@ cmd_up() {
         # With SHEAF_LLM_API_KEY set, the simulator requires that key
         # (passed in its environment, not its command line).
         SHEAF_SIM_API_KEY=${SHEAF_LLM_API_KEY:-} \
-        start llm-sim "$DIR/llm-sim.log" "$sim" --host 127.0.0.1 --port 0 \
+        start llm-sim "$DIR/llm-sim.log" "$sim" --host "$LISTEN_ADDR" --port 0 \
             --port-file "$DIR/llm.port" --latency-ms "$latency" --error-rate "$error_rate" \
             --rate-limit-rpm "$rpm" --tpm "$tpm" --malformed-rate "$malformed_rate" \
             --reset-rate "$reset_rate" --slow-rate "$slow_rate" --slow-ms "$slow_ms"
         wait_file "$DIR/llm.port" "$STARTED_PID" llm-sim
-        llm_url="http://127.0.0.1:$(cat "$DIR/llm.port")/v1"
+        llm_url="http://$LISTEN_ADDR:$(cat "$DIR/llm.port")/v1"
         log "LLM: no endpoint configured; using the deterministic local simulator at $llm_url"
     fi
 
@@ -349,7 +361,7 @@ cmd_up() {
         # shellcheck disable=SC2016 # the $(...) is text for the reader
         printf '# sheaf dev stack in %s; source this file or eval "$(dev/stack.sh env)"\n' "$DIR"
         printf 'export SHEAF_BROKERS=%s\n' "$(shq "$bootstrap")"
-        printf 'export SHEAF_REDIS_URL=%s\n' "$(shq "redis://127.0.0.1:$REDIS_PORT/0")"
+        printf 'export SHEAF_REDIS_URL=%s\n' "$(shq "redis://$LISTEN_ADDR:$REDIS_PORT/0")"
         printf 'export SHEAF_LLM_BASE_URL=%s\n' "$(shq "$llm_url")"
         printf 'export SHEAF_DEV_DIR=%s\n' "$(shq "$DIR")"
         printf 'export SHEAF_GROUP_SESSION_TIMEOUT_MS=%s\n' "$session"

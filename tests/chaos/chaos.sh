@@ -12,12 +12,19 @@
 #   CHAOS_DOCS=125 (x ~80 chunks = 10,000) is the release run;
 #   the CI run (integration.it_chaos_short) uses 8 documents and 14 events
 #   (CHAOS_MAX_EVENTS), each kind of fault at least once.
+#   CHAOS_PAUSE_MIN_S / CHAOS_PAUSE_MAX_S (default 1 / 3): seconds between
+#   events.  Each SIGKILLed worker costs a rebalance of about two session
+#   timeouts, so the release run spaces events out (e.g. 5 / 15) to keep the
+#   group working between them.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/../integration/lib.sh"
 
 DOCS=${CHAOS_DOCS:-125}
 SEED=${CHAOS_SEED:-$$}
 TIMEOUT_S=${CHAOS_TIMEOUT_S:-900}
+PAUSE_MIN_S=${CHAOS_PAUSE_MIN_S:-1}
+PAUSE_MAX_S=${CHAOS_PAUSE_MAX_S:-3}
+[ "$PAUSE_MAX_S" -gt "$PAUSE_MIN_S" ] || fail "CHAOS_PAUSE_MAX_S must be greater than CHAOS_PAUSE_MIN_S"
 RANDOM=$SEED
 export SHEAF_CACHE_ENABLED=false   # every call must really be made, twice
 COMMON=(-X llm.max_attempts=40 -X llm.backoff_ms=50 -X llm.timeout_ms=1500)
@@ -72,7 +79,7 @@ deadline=$((SECONDS + TIMEOUT_S))
 MAX_EVENTS=${CHAOS_MAX_EVENTS:-1000000}
 until job_is_done "$JOB"; do
   [ $SECONDS -lt $deadline ] || fail "the job did not finish under chaos in ${TIMEOUT_S}s"
-  sleep "$((1 + RANDOM % 2)).$((RANDOM % 10))"
+  sleep "$((PAUSE_MIN_S + RANDOM % (PAUSE_MAX_S - PAUSE_MIN_S))).$((RANDOM % 10))"
   # After MAX_EVENTS the fleet is left to finish (and must).
   [ "${#EVENTS[@]}" -lt "$MAX_EVENTS" ] || continue
   # Every kind of fault once, in turn, then at random.

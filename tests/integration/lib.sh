@@ -54,20 +54,19 @@ stack_up() {
   export SHEAF_LOG_LEVEL="${SHEAF_LOG_LEVEL:-info}"
 }
 
-# start_worker NAME [-X key=value ...]: sets LAST_PID.
-start_worker() {
+# start_proc NAME COMMAND...: runs COMMAND in the background, logging to
+# $T/NAME.log, records its PID for cleanup; sets LAST_PID.  A command that
+# execs its last arguments (`ip netns exec NS ...`) keeps the PID.
+start_proc() {
   local name="$1"; shift
-  "$WORKER" "$@" >"$T/$name.log" 2>&1 &
+  "$@" >"$T/$name.log" 2>&1 &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
 }
 
-start_reducer() {
-  local name="$1"; shift
-  "$REDUCER" "$@" >"$T/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
+# start_worker NAME [-X key=value ...]: sets LAST_PID.
+start_worker() { local name="$1"; shift; start_proc "$name" "$WORKER" "$@"; }
+start_reducer() { local name="$1"; shift; start_proc "$name" "$REDUCER" "$@"; }
 
 # stop_pid PID: SIGTERM, wait for exit, return its exit code in STOP_RC.
 stop_pid() {

@@ -837,7 +837,14 @@ sheaf_err sheaf_llm_metrics_register(sheaf_metrics *reg, sheaf_llm_metrics *out,
         !(out->completion_tokens = sheaf_metrics_add(reg, SHEAF_METRIC_COUNTER,
                                                      "sheaf_llm_tokens_total", tokens_help,
                                                      "kind", "completion", NULL, 0, errstr,
-                                                     errlen)))
+                                                     errlen)) ||
+        !(out->cache_hits = sheaf_metrics_add(reg, SHEAF_METRIC_COUNTER, "sheaf_cache_hits_total",
+                                              "LLM calls answered from the call cache.", NULL,
+                                              NULL, NULL, 0, errstr, errlen)) ||
+        !(out->cache_misses = sheaf_metrics_add(
+              reg, SHEAF_METRIC_COUNTER, "sheaf_cache_misses_total",
+              "LLM calls looked up in the call cache and not found.", NULL, NULL, NULL, 0, errstr,
+              errlen)))
         return SHEAF_ERR_INVALID;
     return SHEAF_OK;
 }

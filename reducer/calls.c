@@ -142,7 +142,7 @@ static int cache_lookup(reducer *r, const char *name, pending *pc, const sheaf_l
                         sizeof(errstr)) != SHEAF_OK)
         sheaf_warn("reducer", "%s call: %s; calling the LLM", name, errstr);
     sheaf_cache_count(r->redis, r->job, hit, &saved);
-    sheaf_metric_inc(hit ? r->sh->cache_hits : r->sh->cache_misses);
+    sheaf_metric_inc(hit ? r->sh->llm_met.cache_hits : r->sh->llm_met.cache_misses);
     if (!hit) return 0;
     pc->cache_key[0] = '\0';      /* nothing to store */
     pc->res->text = content;      /* handed over to the result */

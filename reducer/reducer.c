@@ -286,11 +286,6 @@ static int metrics_start(reducer_shared *sh, char *errstr, size_t errlen)
                                "Metadata groups whose result was recorded.", errstr, errlen)) ||
         !(sh->overviews = counter(sh, "sheaf_overviews_total",
                                   "Job overviews recorded.", errstr, errlen)) ||
-        !(sh->cache_hits = counter(sh, "sheaf_cache_hits_total",
-                                   "LLM calls answered from the call cache.", errstr, errlen)) ||
-        !(sh->cache_misses = counter(sh, "sheaf_cache_misses_total",
-                                     "LLM calls looked up in the call cache and not found.",
-                                     errstr, errlen)) ||
         sheaf_llm_metrics_register(sh->metrics, &sh->llm_met, errstr, errlen) != SHEAF_OK)
         return -1;
     if (sheaf_health_add(sh->health, "kafka", 0) != SHEAF_OK ||

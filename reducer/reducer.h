@@ -33,7 +33,7 @@ typedef struct reducer_shared {
     rd_kafka_t *results;         /* producer for <prefix>.results */
     char results_topic[256];
     sheaf_metrics *metrics;
-    sheaf_metric *docs, *groups, *overviews, *cache_hits, *cache_misses; /* counters */
+    sheaf_metric *docs, *groups, *overviews;             /* counters */
     sheaf_llm_metrics llm_met;   /* shared by every thread's engine */
     sheaf_health *health;        /* checks kafka, redis, llm: published by the main thread */
     sheaf_metrics_server *server; /* NULL when metrics.port is 0 */

@@ -334,7 +334,7 @@ static int cache_lookup(worker *w, call *c, const sheaf_llm_request *req)
         sheaf_warn("worker", "job %s doc %s chunk %u: %s; calling the LLM", c->m.job, c->m.doc,
                    c->m.idx, errstr);
     sheaf_cache_count(w->redis, c->m.job, hit, &saved);
-    sheaf_metric_inc(hit ? w->met.cache_hits : w->met.cache_misses);
+    sheaf_metric_inc(hit ? w->llm_met.cache_hits : w->llm_met.cache_misses);
     if (!hit) return 0;
     sheaf_debug("worker", "job %s doc %s chunk %u: cache hit (%llu+%llu tokens saved)",
                 c->m.job, c->m.doc, c->m.idx, (unsigned long long)saved.prompt_tokens,

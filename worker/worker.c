@@ -93,11 +93,6 @@ static int metrics_start(worker *w, char *errstr, size_t errlen)
                               "Chunks recorded as failed (and dead-lettered).", errstr, errlen)) ||
         !(m->dlq = counter(w, "sheaf_dlq_messages_total",
                            "Messages sent to the dead-letter topic.", errstr, errlen)) ||
-        !(m->cache_hits = counter(w, "sheaf_cache_hits_total",
-                                  "LLM calls answered from the call cache.", errstr, errlen)) ||
-        !(m->cache_misses = counter(w, "sheaf_cache_misses_total",
-                                    "LLM calls looked up in the call cache and not found.",
-                                    errstr, errlen)) ||
         !(m->lag = gauge(w, "sheaf_consumer_lag",
                          "Messages behind: high watermark minus consumed position, summed over "
                          "the assigned partitions.", errstr, errlen)) ||

@@ -25,7 +25,6 @@
 /* The worker's own series in the registry (the LLM engine has its own). */
 typedef struct worker_metrics {
     sheaf_metric *consumed, *processed, *failed, *dlq;   /* counters */
-    sheaf_metric *cache_hits, *cache_misses;             /* counters */
     sheaf_metric *lag, *partitions;                      /* gauges */
 } worker_metrics;
 

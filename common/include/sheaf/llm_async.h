@@ -139,10 +139,14 @@ typedef struct sheaf_llm_stats {
  *   duration        histogram, seconds: each call called back (aborted
  *                   ones excepted), from submit to callback
  *   retries, http_429               counters, as in sheaf_llm_stats
- *   prompt_tokens, completion_tokens counters: usage of every answer */
+ *   prompt_tokens, completion_tokens counters: usage of every answer
+ *   cache_hits, cache_misses         counters, fed by the caller: the call
+ *                                    cache (sheaf/cache.h) sits in front of
+ *                                    the engine */
 typedef struct sheaf_llm_metrics {
     sheaf_metric *in_flight, *duration, *retries, *http_429;
     sheaf_metric *prompt_tokens, *completion_tokens;
+    sheaf_metric *cache_hits, *cache_misses;
 } sheaf_llm_metrics;
 
 typedef struct sheaf_llm_async sheaf_llm_async;
@@ -207,8 +211,9 @@ void sheaf_llm_async_set_metrics(sheaf_llm_async *a, const sheaf_llm_metrics *m)
 
 /* Registers (or finds) the engine's metrics in reg and points out at them:
  * sheaf_llm_calls_in_flight, sheaf_llm_call_duration_seconds,
- * sheaf_llm_retries_total, sheaf_llm_429_total and
- * sheaf_llm_tokens_total{kind="prompt"|"completion"}.  Errors name the
+ * sheaf_llm_retries_total, sheaf_llm_429_total,
+ * sheaf_llm_tokens_total{kind="prompt"|"completion"},
+ * sheaf_cache_hits_total and sheaf_cache_misses_total.  Errors name the
  * metric. */
 sheaf_err sheaf_llm_metrics_register(sheaf_metrics *reg, sheaf_llm_metrics *out, char *errstr,
                                      size_t errlen);

@@ -134,6 +134,13 @@ static const conf_key conf_keys[] = {
            "answer is validated and retried either way."),
     K_INT("llm.max_response_bytes", llm_max_response_bytes, "8388608", KiB, GiB,
           "Cap on one HTTP response body."),
+    K_INT("llm.breaker_threshold", llm_breaker_threshold, "10", 1, 1000000,
+          "Transient failures in a row (connection errors, timeouts, 5xx) that open the "
+          "circuit breaker: no new request until a cooldown is over, then one probe."),
+    K_INT("llm.breaker_cooldown_ms", llm_breaker_cooldown_ms, "5000", 1, HOUR_MS,
+          "First open period of the circuit breaker; doubled after each failed probe."),
+    K_INT("llm.breaker_max_cooldown_ms", llm_breaker_max_cooldown_ms, "60000", 1, DAY_MS,
+          "Longest open period of the circuit breaker (at least llm.breaker_cooldown_ms)."),
 
     /* LLM call cache */
     K_BOOL("cache.enabled", cache_enabled, "true",
@@ -815,6 +822,13 @@ static sheaf_err validate(const sheaf_config *cfg, char *errstr, size_t errlen)
         sheaf_set_err(errstr, errlen,
                 "key \"chunk.overlap_tokens\": %d must be below half of chunk.max_tokens (%d)",
                 cfg->chunk_overlap_tokens, cfg->chunk_max_tokens);
+        return SHEAF_ERR_CONFIG;
+    }
+    if (cfg->llm_breaker_max_cooldown_ms < cfg->llm_breaker_cooldown_ms) {
+        sheaf_set_err(errstr, errlen,
+                "key \"llm.breaker_max_cooldown_ms\": %d must be at least "
+                "llm.breaker_cooldown_ms (%d)",
+                cfg->llm_breaker_max_cooldown_ms, cfg->llm_breaker_cooldown_ms);
         return SHEAF_ERR_CONFIG;
     }
     if (cfg->heartbeat_ms >= cfg->session_timeout_ms) {

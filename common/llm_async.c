@@ -641,9 +641,17 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
         a->has_limiter = 1;
     }
     a->breaker = SHEAF_LLM_BREAKER_CLOSED;
-    a->brk_threshold = SHEAF_LLM_BREAKER_THRESHOLD;
-    a->brk_cooldown_ms = a->brk_cur_cooldown_ms = SHEAF_LLM_BREAKER_COOLDOWN_MS;
-    a->brk_max_cooldown_ms = SHEAF_LLM_BREAKER_MAX_COOLDOWN_MS;
+    /* A config that never went through sheaf_config_load (tests) has
+     * zeros here: the defaults apply. */
+    a->brk_threshold = cfg->llm_breaker_threshold > 0 ? cfg->llm_breaker_threshold
+                                                      : SHEAF_LLM_BREAKER_THRESHOLD;
+    a->brk_cooldown_ms = cfg->llm_breaker_cooldown_ms > 0 ? cfg->llm_breaker_cooldown_ms
+                                                          : SHEAF_LLM_BREAKER_COOLDOWN_MS;
+    a->brk_max_cooldown_ms = cfg->llm_breaker_max_cooldown_ms > 0
+                                 ? cfg->llm_breaker_max_cooldown_ms
+                                 : SHEAF_LLM_BREAKER_MAX_COOLDOWN_MS;
+    if (a->brk_max_cooldown_ms < a->brk_cooldown_ms) a->brk_max_cooldown_ms = a->brk_cooldown_ms;
+    a->brk_cur_cooldown_ms = a->brk_cooldown_ms;
 
     a->slots = calloc((size_t)max_in_flight, sizeof(*a->slots));
     if (!a->slots) {

@@ -467,6 +467,11 @@ static void test_cross_key_rules(void **state)
     assert_int_equal(sheaf_config_load(&c, NULL, hb, 1, err, sizeof(err)), SHEAF_ERR_CONFIG);
     assert_non_null(strstr(err, "group.heartbeat_ms"));
     sheaf_config_clear(&c);
+    char *brk[] = {"llm.breaker_cooldown_ms=9000", "llm.breaker_max_cooldown_ms=1000"};
+    assert_int_equal(sheaf_config_load(&c, NULL, brk, 2, err, sizeof(err)), SHEAF_ERR_CONFIG);
+    assert_string_equal(err, "key \"llm.breaker_max_cooldown_ms\": 1000 must be at least "
+                             "llm.breaker_cooldown_ms (9000)");
+    sheaf_config_clear(&c);
 }
 
 static void test_secrets(void **state)

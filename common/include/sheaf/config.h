@@ -70,6 +70,9 @@ typedef struct sheaf_config {
     int llm_max_attempts;        /* llm.max_attempts: tries per call incl. the first */
     int llm_backoff_ms;          /* llm.backoff_ms: first retry delay, doubled per try */
     int llm_max_response_bytes;  /* llm.max_response_bytes: cap on an HTTP body */
+    int llm_breaker_threshold;   /* llm.breaker_threshold: failures in a row that open it */
+    int llm_breaker_cooldown_ms; /* llm.breaker_cooldown_ms: first open period */
+    int llm_breaker_max_cooldown_ms; /* llm.breaker_max_cooldown_ms: doubling stops here */
 
     /* LLM call cache (sheaf/cache.h) */
     int cache_enabled;           /* cache.enabled: look calls up in Redis before sending */

@@ -26,10 +26,11 @@
  *     x-ratelimit-reset-requests ("1s", "6m0s", "250ms").  Either also
  *     holds back this engine's own new starts for that long, with or
  *     without a limiter.
- *   - a circuit breaker: after SHEAF_LLM_BREAKER_THRESHOLD consecutive
+ *   - a circuit breaker: after llm.breaker_threshold (10) consecutive
  *     transient failures (connection errors, timeouts, 5xx, 408) no new
- *     attempt starts for a cooldown (5 s, doubled on each failed probe up
- *     to 60 s); then one probe call goes (half-open); its success closes
+ *     attempt starts for a cooldown (llm.breaker_cooldown_ms, 5 s, doubled
+ *     on each failed probe up to llm.breaker_max_cooldown_ms, 60 s); then
+ *     one probe call goes (half-open); its success closes
  *     the circuit, its failure opens it again.  Queued calls wait rather
  *     than burn attempts against a dead endpoint.  429 and other 4xx are an
  *     answer from a live server and reset the count.
@@ -51,9 +52,11 @@
 #include "sheaf/llm.h"
 #include "sheaf/metrics.h"
 
-#define SHEAF_LLM_BREAKER_THRESHOLD 10       /* consecutive transient failures that open it */
-#define SHEAF_LLM_BREAKER_COOLDOWN_MS 5000   /* first open period */
-#define SHEAF_LLM_BREAKER_MAX_COOLDOWN_MS 60000 /* doubling stops here */
+/* The breaker's settings where a config has none (zeros): the defaults of
+ * llm.breaker_threshold, llm.breaker_cooldown_ms, llm.breaker_max_cooldown_ms. */
+#define SHEAF_LLM_BREAKER_THRESHOLD 10
+#define SHEAF_LLM_BREAKER_COOLDOWN_MS 5000
+#define SHEAF_LLM_BREAKER_MAX_COOLDOWN_MS 60000
 
 /* A fleet-wide rate limiter as the engine sees it; the worker binds it to
  * sheaf_ratelimit (Redis GCRA), tests to a fake.  Both functions are called

@@ -104,6 +104,11 @@ void progress_print_full(FILE *out, const sheaf_config *cfg, const char *job,
     fprintf(out, "job %s: %s%s%s  (pipeline %s, %.1f s)\n", job, st->state,
             st->error[0] ? ": " : "", st->error, st->pv,
             st->created_ms ? (double)(end - st->created_ms) / 1000.0 : 0.0);
+    int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
+    if (stalled)
+        fprintf(out, "  %-10s no heartbeat from its submit for %.0f s: the submit was killed or "
+                "lost Redis. The chunks it produced are processed; submit the input again for "
+                "a complete job.\n", "STALLED", (double)stalled / 1000.0);
     if (eta >= 0 && finished(st) < st->chunks)
         snprintf(extra, sizeof(extra), "  %.1f/s  ETA %.0f s", pg->rate, eta);
     else
@@ -140,7 +145,7 @@ void progress_print_line(FILE *out, const char *job, const sheaf_job_status *st,
                          const progress *pg, int64_t now_ms)
 {
     double eta = eta_s(st, pg);
-    (void)now_ms;
+    int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
     fprintf(out, "job %s %s: chunks %llu/%llu (%llu failed), documents %llu/%llu, groups %llu, "
             "overview %s, dlq %llu, %.1f chunks/s",
             job, st->state, (unsigned long long)finished(st), (unsigned long long)st->chunks,
@@ -148,6 +153,8 @@ void progress_print_line(FILE *out, const char *job, const sheaf_job_status *st,
             (unsigned long long)st->docs, (unsigned long long)st->groups_done,
             st->overview_done ? "written" : "pending", (unsigned long long)st->dlq, pg->rate);
     if (eta > 0) fprintf(out, ", ETA %.0f s", eta);
+    if (stalled) fprintf(out, ", STALLED: no heartbeat from its submit for %.0f s",
+                         (double)stalled / 1000.0);
     fputc('\n', out);
 }
 
@@ -159,7 +166,7 @@ void progress_print_json(FILE *out, const sheaf_config *cfg, const char *job,
     int known;
     double cost = job_cost(cfg, st, pg, &known, per);
     json_t *tok = json_object(), *o;
-    (void)now_ms;
+    int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
     for (int k = 0; k < 4; k++)
         json_object_set_new(tok, stage_names[k],
                             json_pack("{s:I,s:I}", "prompt", (json_int_t)st->stage_tokens[k][0],
@@ -179,6 +186,9 @@ void progress_print_json(FILE *out, const sheaf_config *cfg, const char *job,
                   "eta_s", eta >= 0 ? json_real(eta) : json_null(),
                   "cost", known ? json_real(cost) : json_null(), "currency", cfg->cost_currency);
     if (st->error[0]) json_object_set_new(o, "error", json_string(st->error));
+    /* stalled_s: seconds without a heartbeat from a producing job's submit
+     * (it died); null while it beats or once it is done producing. */
+    json_object_set_new(o, "stalled_s", stalled ? json_real((double)stalled / 1000.0) : json_null());
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (s) fprintf(out, "%s\n", s);
     free(s);

@@ -162,6 +162,9 @@ static const conf_key conf_keys[] = {
           "Pages per chunk for page-delimited input; 0 = chunk by tokens."),
 
     /* Producer input */
+    K_INT("producer.heartbeat_ms", producer_heartbeat_ms, "5000", 100, 600000,
+          "While a submit produces, it marks its job alive in Redis this often; `sheaf "
+          "status` calls a producing job stalled after 6 missed beats (its submit died)."),
     K_ENUM("input.format", input_format, "auto", "auto|text|jsonl",
            "Input format; auto picks jsonl for *.jsonl files and text otherwise."),
     K_STR("input.id_field", input_id_field, "id", "JSONL: the field holding the document id."),

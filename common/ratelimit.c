@@ -156,7 +156,7 @@ void sheaf_ratelimit_destroy(sheaf_ratelimit *rl)
 static redisReply *run(sheaf_ratelimit *rl, const char *mode, const char *tokens,
                        const char *penalty_us, char *errstr, size_t errlen)
 {
-    static sheaf_lua_script script = {rl_script_body, ""};
+    static const sheaf_lua_script script = {rl_script_body};
     const char *args[] = {rl->key_req, rl->key_tok, mode,        rl->t_req, rl->tau_req,
                           rl->t_tok,   rl->tau_tok, tokens,      penalty_us};
     char local_err[SHEAF_ERRSTR_SIZE] = "";

@@ -205,28 +205,26 @@ redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const c
     return rep;
 }
 
-redisReply *sheaf_redis_script(sheaf_redis *r, sheaf_lua_script *s, int nkeys, int nargs,
+redisReply *sheaf_redis_script(sheaf_redis *r, const sheaf_lua_script *s, int nkeys, int nargs,
                                const char **args, const size_t *lens, char *errstr,
                                size_t errlen)
 {
     const char *argv[24];
     size_t argvlen[24];
-    char nk[8];
+    char nk[8], sha[2 * SHA_DIGEST_LENGTH + 1];
+    unsigned char md[SHA_DIGEST_LENGTH];
     redisReply *rep;
 
     if (nargs + 3 > 24) {
         snprintf(errstr, errlen, "internal: too many script arguments");
         return NULL;
     }
-    if (!s->sha[0]) {
-        unsigned char md[SHA_DIGEST_LENGTH];
-        SHA1((const unsigned char *)s->body, strlen(s->body), md);
-        for (int i = 0; i < SHA_DIGEST_LENGTH; i++) sprintf(s->sha + 2 * i, "%02x", md[i]);
-    }
+    SHA1((const unsigned char *)s->body, strlen(s->body), md);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) sprintf(sha + 2 * i, "%02x", md[i]);
     snprintf(nk, sizeof(nk), "%d", nkeys);
     argv[0] = "EVALSHA";
     argvlen[0] = 7;
-    argv[1] = s->sha;
+    argv[1] = sha;
     argvlen[1] = 40;
     argv[2] = nk;
     argvlen[2] = strlen(nk);
@@ -264,17 +262,18 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
                                  const char *pipeline_json, const char *pv, const char *topic,
                                  char *errstr, size_t errlen)
 {
-    static sheaf_lua_script create = {
+    static const sheaf_lua_script create = {
         "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
         "redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'producing', 'pv', ARGV[2],\n"
-        "  'topic', ARGV[3], 'created_ms', ARGV[4], 'docs', 0, 'chunks', 0,\n"
+        "  'topic', ARGV[3], 'created_ms', ARGV[4], 'producer_seen_ms', ARGV[4],\n"
+        "  'beat_ms', ARGV[6], 'docs', 0, 'chunks', 0,\n"
         "  'chunks_ok', 0, 'chunks_failed', 0, 'docs_ready', 0, 'docs_done', 0, 'dlq', 0,\n"
         "  'tokens_prompt', 0, 'tokens_completion', 0)\n"
         "local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[2], ARGV[5], '0', 'MKSTREAM')\n"
         "redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])\n"
         "return 1\n",
-        ""};
-    char kjob[KEYLEN], kready[KEYLEN], kvers[KEYLEN], created[32], kpipe[128];
+    };
+    char kjob[KEYLEN], kready[KEYLEN], kvers[KEYLEN], created[32], beat[16], kpipe[128];
     redisReply *rep;
     sheaf_err err = SHEAF_ERR_REDIS;
 
@@ -292,8 +291,9 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
     sheaf_key(kready, sizeof(kready), job, "ready");
     snprintf(created, sizeof(created), "%lld", (long long)sheaf_wall_ms());
     sheaf_key(kvers, sizeof(kvers), job, "versions");
-    const char *args[] = {kjob, kready, kvers, job, pv, topic, created, cfg->reducer_group};
-    rep = sheaf_redis_script(r, &create, 3, 8, args, NULL, errstr, errlen);
+    snprintf(beat, sizeof(beat), "%d", cfg->producer_heartbeat_ms);
+    const char *args[] = {kjob, kready, kvers, job, pv, topic, created, cfg->reducer_group, beat};
+    rep = sheaf_redis_script(r, &create, 3, 9, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 0) {
         snprintf(errstr, errlen, "job %s already exists; choose another --job-id", job);
@@ -321,7 +321,7 @@ out:
 static sheaf_err group_register(sheaf_redis *r, const char *job, const sheaf_doc_reg *d,
                                 char *errstr, size_t errlen)
 {
-    static sheaf_lua_script reg = {
+    static const sheaf_lua_script reg = {
         "local L = #ARGV - 2\n"
         "local pre, doc = ARGV[1], ARGV[2]\n"
         "local inner = ARGV[L + 2]\n"
@@ -337,7 +337,7 @@ static sheaf_err group_register(sheaf_redis *r, const char *job, const sheaf_doc
         "  redis.call('RPUSH', pre .. 'gm:' .. parent, ARGV[k + 2])\n"
         "end\n"
         "return 1\n",
-        ""};
+    };
     char kg[KEYLEN], pre[KEYLEN];
     const char *args[3 + SHEAF_MAX_GROUP_PATHS];
     redisReply *rep;
@@ -405,6 +405,23 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
     return SHEAF_ERR_REDIS;
 }
 
+sheaf_err sheaf_state_job_beat(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script beat = {
+        "if redis.call('HGET', KEYS[1], 'state') ~= 'producing' then return 0 end\n"
+        "redis.call('HSET', KEYS[1], 'producer_seen_ms', ARGV[1])\n"
+        "return 1\n",
+    };
+    char kjob[KEYLEN], now[32];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
+    const char *args[] = {kjob, now};
+    redisReply *rep = sheaf_redis_script(r, &beat, 1, 2, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
 sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs,
                                   uint64_t chunks, char *errstr, size_t errlen)
 {
@@ -412,7 +429,7 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
      * check closes the race with reducers that finished every document
      * before production ended: exactly one of this script and the last
      * doc_result enqueues the overview. */
-    static sheaf_lua_script running = {
+    static const sheaf_lua_script running = {
         "redis.call('HSET', KEYS[1], 'state', 'running', 'docs', ARGV[1], 'chunks', ARGV[2])\n"
         "local inner = redis.call('LRANGE', KEYS[3], 0, -1)\n"
         "if #inner > 0 then\n"
@@ -432,7 +449,7 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
         "  return 2\n"
         "end\n"
         "return 1\n",
-        ""};
+    };
     char kjob[KEYLEN], kready[KEYLEN], kinner[KEYLEN], kg[KEYLEN], d[24], c[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kready, sizeof(kready), job, "ready");
@@ -505,7 +522,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
      * document whose result is already recorded is not enqueued again: its
      * chunks were lost and recomputed (`sheaf repair`), and combining them
      * again could not change the recorded result (first write wins). */
-    static sheaf_lua_script store = {
+    static const sheaf_lua_script store = {
         "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
         "local f = 's:' .. ARGV[2]\n"
         "if redis.call('HEXISTS', KEYS[2], f) == 1 then return 0 end\n"
@@ -527,7 +544,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
         "  return 2\n"
         "end\n"
         "return 1\n",
-        ""};
+    };
     char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], kres[KEYLEN], idx[16];
     char n[16], pt[24], ct[24];
     sheaf_key(kjob, sizeof(kjob), m->job, "job");
@@ -559,10 +576,10 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
 
 sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
-    static sheaf_lua_script incr = {
+    static const sheaf_lua_script incr = {
         "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
         "return redis.call('HINCRBY', KEYS[1], 'dlq', 1)\n",
-        ""};
+    };
     char kjob[KEYLEN];
     if (!job || !sheaf_job_id_valid(job)) return SHEAF_OK;
     sheaf_key(kjob, sizeof(kjob), job, "job");
@@ -664,7 +681,7 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
                                        uint64_t completion_tokens, int *overview_queued,
                                        char *errstr, size_t errlen)
 {
-    static sheaf_lua_script store = {
+    static const sheaf_lua_script store = {
         "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
         "redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
@@ -690,7 +707,7 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
         "  return 2\n"
         "end\n"
         "return 1\n",
-        ""};
+    };
     char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], ktimes[KEYLEN], kdoc[KEYLEN], kg[KEYLEN];
     char pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
@@ -719,7 +736,7 @@ sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const 
                                          uint64_t prompt_tokens, uint64_t completion_tokens,
                                          int *queued, char *errstr, size_t errlen)
 {
-    static sheaf_lua_script store = {
+    static const sheaf_lua_script store = {
         "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
         "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
@@ -737,7 +754,7 @@ sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const 
         "end\n"
         "redis.call('XADD', KEYS[4], '*', 'type', 'group', 'g', parent)\n"
         "return 3\n",
-        ""};
+    };
     char kjob[KEYLEN], kgroups[KEYLEN], kg[KEYLEN], kready[KEYLEN], pt[24], ct[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kgroups, sizeof(kgroups), job, "groups");
@@ -758,7 +775,7 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
                                      uint64_t prompt_tokens, uint64_t completion_tokens,
                                      char *errstr, size_t errlen)
 {
-    static sheaf_lua_script store = {
+    static const sheaf_lua_script store = {
         "if redis.call('SETNX', KEYS[2], ARGV[1]) == 1 then\n"
         "  redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[2])\n"
         "  redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[3])\n"
@@ -769,7 +786,7 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
         "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 0 then\n"
         "  redis.call('HSET', KEYS[1], 'finished_ms', ARGV[4]) end\n"
         "return 1\n",
-        ""};
+    };
     char kjob[KEYLEN], kov[KEYLEN], pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kov, sizeof(kov), job, "overview");
@@ -816,10 +833,11 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
                           "tokens_completion id cache_hits cache_misses tokens_saved "
                           "tokens_map_prompt tokens_map_completion tokens_reduce_prompt "
                           "tokens_reduce_completion tokens_group_prompt tokens_group_completion "
-                          "tokens_overview_prompt tokens_overview_completion groups_done",
+                          "tokens_overview_prompt tokens_overview_completion groups_done "
+                          "producer_seen_ms beat_ms",
                           kjob);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 27 ||
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 29 ||
         rep->element[14]->type != REDIS_REPLY_STRING) {
         freeReplyObject(rep);
         snprintf(errstr, errlen, "no job %s in Redis", job);
@@ -848,12 +866,22 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
         st->stage_tokens[k][1] = field_u64(e[19 + 2 * k]);
     }
     st->groups_done = field_u64(e[26]);
+    st->producer_seen_ms = (int64_t)field_u64(e[27]);
+    st->beat_ms = (int64_t)field_u64(e[28]);
     freeReplyObject(rep);
     rep = sheaf_redis_cmd(r, errstr, errlen, "EXISTS %s", kov);
     if (!rep) return SHEAF_ERR_REDIS;
     st->overview_done = rep->integer == 1;
     freeReplyObject(rep);
     return SHEAF_OK;
+}
+
+int64_t sheaf_job_stalled_ms(const sheaf_job_status *st, int64_t now_ms)
+{
+    if (strcmp(st->state, "producing") != 0 || st->beat_ms <= 0) return 0;
+    int64_t seen = st->producer_seen_ms > st->created_ms ? st->producer_seen_ms : st->created_ms;
+    int64_t quiet = now_ms - seen;
+    return quiet > SHEAF_STALL_BEATS * st->beat_ms ? quiet : 0;
 }
 
 /* ---- replay ---- */

@@ -11,7 +11,9 @@
  *   4. every chunk message is produced; then everything is flushed, and
  *      only when all were delivered does the job turn "running" with its
  *      totals.  Any failure after step 2 marks the job failed with the
- *      reason, so it is never left "producing" forever.
+ *      reason, so it is never left "producing" forever; a submit that dies
+ *      outright stops its heartbeat (beat.c) and `sheaf status` says the
+ *      job is stalled.
  *
  * Pass 2 reads exactly the documents pass 1 accepted, from the places
  * pass 1 recorded (JSONL: line offsets), re-chunks them with the same
@@ -293,6 +295,7 @@ sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *err
 {
     sheaf_err err = SHEAF_ERR_KAFKA;
     pub p;
+    sheaf_beat *beat = NULL;
     int created = 0;
     size_t next = 0;
 
@@ -315,6 +318,10 @@ sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *err
                                  errlen);
     if (err != SHEAF_OK) goto done; /* e.g. the id exists: never touch that job */
     created = 1;
+    if (!(beat = sheaf_beat_start(a->cfg, a->job, errstr, errlen))) {
+        err = SHEAF_ERR_REDIS;
+        goto done;
+    }
 
     while (next < a->scan->docs.n) {
         size_t n = 0;
@@ -345,6 +352,7 @@ sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *err
     err = sheaf_state_job_running(p.r, a->job, (uint64_t)a->scan->docs.n, p.cp.produced, errstr,
                                   errlen);
 done:
+    sheaf_beat_stop(beat);
     *chunks = p.cp.produced;
     if (err != SHEAF_OK && created) {
         char ferr[SHEAF_ERRSTR_SIZE];

@@ -5,7 +5,8 @@
  *   publish.c  pass 2: registers the job and, batch by batch, the
  *              documents in Redis, then re-reads and re-chunks each
  *              document and produces its chunks; marks the job running or
- *              failed at the end. */
+ *              failed at the end.
+ *   beat.c     the job's heartbeat while pass 2 runs. */
 #ifndef SHEAF_PRODUCER_PUBLISH_H
 #define SHEAF_PRODUCER_PUBLISH_H
 
@@ -71,6 +72,21 @@ typedef struct sheaf_publish_args {
 /* A document's metadata group paths under pipeline pl (see sheaf_doc_reg):
  * one malloc'd JSON array per "meta." level into paths; returns how many. */
 size_t sheaf_group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths);
+
+/* ---- beat.c ---- */
+
+/* A thread that marks job alive in Redis (sheaf_state_job_beat) every
+ * producer.heartbeat_ms on a connection of its own, from start to stop.
+ * It beats whatever the submit's main thread is blocked in (a flush
+ * waiting for brokers, a full queue), so `sheaf status` tells a slow
+ * submit from a dead one.  A failed beat is logged, not fatal.  NULL with
+ * errstr when Redis or the thread cannot be had; cfg and job must outlive
+ * it. */
+typedef struct sheaf_beat sheaf_beat;
+sheaf_beat *sheaf_beat_start(const sheaf_config *cfg, const char *job, char *errstr,
+                             size_t errlen);
+/* Stops the thread and frees everything; NULL is a no-op. */
+void sheaf_beat_stop(sheaf_beat *b);
 
 /* Pass 2.  On success every chunk is delivered and the job is running;
  * *chunks says how many were produced.  Once the job exists in Redis, any

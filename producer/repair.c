@@ -105,7 +105,7 @@
  * document is not registered, else {n, ok, failed, done (before), has
  * result, entry (enqueued / needed), fix (counters differ), {missing
  * chunk indexes}}. */
-static sheaf_lua_script doc_script = {
+static const sheaf_lua_script doc_script = {
     LUA_AFTER
     "local n = tonumber(redis.call('HGET', KEYS[3], 'n') or '-1')\n"
     "if n < 0 then return {-1} end\n"
@@ -153,7 +153,7 @@ static sheaf_lua_script doc_script = {
     "  if entry == 1 then redis.call('XADD', KEYS[5], '*', 'type', 'doc', 'doc', ARGV[1]) end\n"
     "end\n"
     "return {n, ok, failed, done, has, entry, fix, missing}\n",
-    ""};
+    };
 
 /* The job.  KEYS: job, results, ready, g, overview, groups, ginner.
  * ARGV: key prefix "sheaf:{J}:", apply, since, overview live (1).
@@ -164,7 +164,7 @@ static sheaf_lua_script doc_script = {
  * {state, docs, docs_done before, docs_done now, overview exists,
  * overview enqueued / needed, reopened / to reopen, group counts fixed,
  * {complete groups without a result}}. */
-static sheaf_lua_script job_script = {
+static const sheaf_lua_script job_script = {
     LUA_AFTER
     "local apply = ARGV[2] == '1'\n"
     "local state = redis.call('HGET', KEYS[1], 'state') or ''\n"
@@ -215,11 +215,11 @@ static sheaf_lua_script job_script = {
     "  if needov == 1 then redis.call('XADD', KEYS[3], '*', 'type', 'overview') end\n"
     "end\n"
     "return {state, docs, dold, done, ov, needov, reopen, gfix, groups}\n",
-    ""};
+    };
 
 /* A complete metadata group without a result.  KEYS: ready, groups, g.
  * ARGV: path, since.  1 when {type=group} was enqueued. */
-static sheaf_lua_script group_script = {
+static const sheaf_lua_script group_script = {
     LUA_AFTER
     "if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end\n"
     "if redis.call('HGET', KEYS[3], 'd:' .. ARGV[1]) ~=\n"
@@ -227,7 +227,7 @@ static sheaf_lua_script group_script = {
     "if after(KEYS[1], ARGV[2], 'group', 'g', ARGV[1]) then return 0 end\n"
     "redis.call('XADD', KEYS[1], '*', 'type', 'group', 'g', ARGV[1])\n"
     "return 1\n",
-    ""};
+    };
 
 /* ---- small sets of strings ---- */
 

@@ -79,6 +79,9 @@ typedef struct sheaf_config {
     int cache_ttl_s;             /* cache.ttl_s: expiry of cache entries, 0 = none */
     int cache_nondeterministic;  /* cache.nondeterministic: cache temperature > 0 calls too */
 
+    /* Submit */
+    int producer_heartbeat_ms;   /* producer.heartbeat_ms: job alive marks while producing */
+
     /* Chunking */
     int chunk_max_tokens;        /* chunk.max_tokens */
     int chunk_overlap_tokens;    /* chunk.overlap_tokens */

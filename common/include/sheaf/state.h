@@ -82,17 +82,19 @@ redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const 
  * %s strings, %b binary with length). */
 redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);
 
-/* A Lua script run by sheaf_redis_script; sha is computed on first use. */
+/* A Lua script run by sheaf_redis_script.  Its SHA-1 is computed per call
+ * (a microsecond or two beside a Redis round trip), not cached in the
+ * struct: scripts are shared by the reducer's threads, and a lazily filled
+ * cache would be a data race. */
 typedef struct sheaf_lua_script {
     const char *body;
-    char sha[41];
 } sheaf_lua_script;
 
 /* Runs a Lua script with EVALSHA, loading it with EVAL when Redis answers
  * NOSCRIPT (after a restart or SCRIPT FLUSH).  args holds nkeys keys then
  * the script arguments (nargs in all, at most 20); lens may be NULL for C
  * strings.  Returns the reply or NULL with errstr, like sheaf_redis_argv. */
-redisReply *sheaf_redis_script(sheaf_redis *r, sheaf_lua_script *s, int nkeys, int nargs,
+redisReply *sheaf_redis_script(sheaf_redis *r, const sheaf_lua_script *s, int nkeys, int nargs,
                                const char **args, const size_t *lens, char *errstr,
                                size_t errlen);
 
@@ -104,6 +106,13 @@ redisReply *sheaf_redis_script(sheaf_redis *r, sheaf_lua_script *s, int nkeys, i
 sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const char *job,
                                  const char *pipeline_json, const char *pv, const char *topic,
                                  char *errstr, size_t errlen);
+
+/* Marks a producing job alive (producer_seen_ms = now); does nothing once
+ * the job left "producing".  See producer/beat.c. */
+sheaf_err sheaf_state_job_beat(sheaf_redis *r, const char *job, char *errstr, size_t errlen);
+
+/* Missed beats after which `sheaf status` calls a producing job stalled. */
+#define SHEAF_STALL_BEATS 6
 
 #define SHEAF_MAX_GROUP_PATHS 8
 
@@ -214,7 +223,14 @@ typedef struct sheaf_job_status {
     uint64_t groups_done;
     uint64_t cache_hits, cache_misses, tokens_saved;   /* LLM call cache (sheaf/cache.h) */
     int overview_done;
+    int64_t producer_seen_ms;    /* the submit's last beat (wall clock ms) */
+    int64_t beat_ms;             /* its interval; 0 for jobs older than beats */
 } sheaf_job_status;
+
+/* Milliseconds since the submit of a job still "producing" last marked it
+ * alive, when that is over SHEAF_STALL_BEATS intervals (its submit died or
+ * lost Redis); else 0. */
+int64_t sheaf_job_stalled_ms(const sheaf_job_status *st, int64_t now_ms);
 
 sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_status *st,
                                  char *errstr, size_t errlen);

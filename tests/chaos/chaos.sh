@@ -9,12 +9,13 @@
 # how many LLM calls were repeated.  Any lost or corrupted result fails it.
 #
 #   tests/chaos/chaos.sh [--docs N] [--copies-chunks N] [--seed N]
-#   CHAOS_DOCS=125 (x ~80 chunks = 10,000) is the release run;
+#   CHAOS_DOCS=125 (x ~80 chunks = 10,100) CHAOS_PAUSE_MIN_S=2
+#   CHAOS_PAUSE_MAX_S=6 CHAOS_TIMEOUT_S=3600 is the release run (README);
 #   the CI run (integration.it_chaos_short) uses 8 documents and 14 events
 #   (CHAOS_MAX_EVENTS), each kind of fault at least once.
 #   CHAOS_PAUSE_MIN_S / CHAOS_PAUSE_MAX_S (default 1 / 3): seconds between
 #   events.  Each SIGKILLed worker costs a rebalance of about two session
-#   timeouts, so the release run spaces events out (e.g. 5 / 15) to keep the
+#   timeouts, so the release run spaces events out (2 / 6) to keep the
 #   group working between them.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/../integration/lib.sh"

@@ -8,7 +8,7 @@
 # must equal those of a fault-free run of the same input; the run reports
 # how many LLM calls were repeated.  Any lost or corrupted result fails it.
 #
-#   tests/chaos/chaos.sh [--docs N] [--copies-chunks N] [--seed N]
+#   [CHAOS_DOCS=N] [CHAOS_SEED=N] [CHAOS_TIMEOUT_S=S] [CHAOS_MAX_EVENTS=N] tests/chaos/chaos.sh
 #   CHAOS_DOCS=125 (x ~80 chunks = 10,100) CHAOS_PAUSE_MIN_S=2
 #   CHAOS_PAUSE_MAX_S=6 CHAOS_TIMEOUT_S=3600 is the release run (README);
 #   the CI run (integration.it_chaos_short) uses 8 documents and 14 events

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A reducer killed with SIGKILL mid-job: its pending stream entries are
-# claimed by another reducer and the job completes with identical results.
+# A reducer killed with SIGKILL in the middle of a combine call: its
+# pending stream entry is claimed by another reducer and the job completes
+# with identical results.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 # The killed job repeats the clean one: with the LLM call cache every call
@@ -13,23 +14,31 @@ CLAIM=(-X reducer.claim_idle_ms=2000)
 start_reducer r1 "${CLAIM[@]}"; R1=$LAST_PID
 SMALL=(-X chunk.max_tokens=150)
 
-CLEAN="$("$SHEAF" submit "${SMALL[@]}" "$ROOT/examples/reports")"
+# One report is held back: the simulator answers text carrying
+# SHEAF_SIM_SLOW 3 s late.  The marker opens a paragraph, so the map answer
+# repeats it and the document's combine call is slow too: when the other
+# four documents are done and this one is ready, r1 is in the middle of its
+# combine, every time.
+curl -sf -X POST -d '{"slow_ms": 3000}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set slow_ms"
+mkdir -p "$T/in"
+cp "$ROOT"/examples/reports/*.txt "$T/in/"
+held=$(ls "$T/in" | head -n 1)
+{ printf 'SHEAF_SIM_SLOW holds this report back.\n\n'; cat "$ROOT/examples/reports/$held"; } > "$T/in/$held"
+
+CLEAN="$("$SHEAF" submit "${SMALL[@]}" "$T/in")"
 wait_job "$CLEAN" 180
 results "$CLEAN" > "$T/clean.jsonl"
 
-JOB="$("$SHEAF" submit "${SMALL[@]}" "$ROOT/examples/reports")"
-# Kill the reducer while it is combining the first ready document (each
-# combine call takes 150 ms at the simulator).
-doc_ready() { [ "$(job_field "$JOB" docs_ready)" -ge 1 ]; }
-wait_until 60 "a document ready" doc_ready
+JOB="$("$SHEAF" submit "${SMALL[@]}" "$T/in")"
+combining_held() { [ "$(job_field "$JOB" docs_ready)" -ge 5 ] && [ "$(job_field "$JOB" docs_done)" -ge 4 ]; }
+wait_until 60 "four documents done and the held one combining" combining_held
 kill -KILL "$R1"
 wait "$R1" 2>/dev/null || true
-done_at_kill=$(job_field "$JOB" docs_done)
-[ "$done_at_kill" -lt 5 ] || fail "every document was done before the kill; make the job longer"
-log "killed reducer r1 with $done_at_kill documents done"
+assert_eq "$(job_field "$JOB" docs_done)" 4 "documents done when r1 was killed (the held one mid-combine)"
 start_reducer r2 "${CLAIM[@]}"
 wait_job "$JOB" 180
 results "$JOB" > "$T/killed.jsonl"
 cmp "$T/clean.jsonl" "$T/killed.jsonl" || fail "results after killing the reducer differ"
 assert_eq "$(job_field "$JOB" docs_done)" 5 "documents done exactly once"
-log "ok: identical results after reducer SIGKILL"
+grep -q "claim" "$T/r2.log" || fail "r2 logged no claim of r1's pending entry: $(tail -n 5 "$T/r2.log")"
+log "ok: r1 killed mid-combine, r2 claimed its entry; identical results"

@@ -139,8 +139,7 @@ void sheaf_cache_count(sheaf_redis *r, const char *job, int hit, const sheaf_llm
         "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
         "redis.call('HINCRBY', KEYS[1], ARGV[1], 1)\n"
         "if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], 'tokens_saved', ARGV[2]) end\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kjob[1024], tokens[32], errstr[SHEAF_ERRSTR_SIZE] = "";
     unsigned long long n = 0;
 

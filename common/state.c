@@ -271,8 +271,7 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
         "  'tokens_prompt', 0, 'tokens_completion', 0)\n"
         "local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[2], ARGV[5], '0', 'MKSTREAM')\n"
         "redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kjob[KEYLEN], kready[KEYLEN], kvers[KEYLEN], created[32], beat[16], kpipe[128];
     redisReply *rep;
     sheaf_err err = SHEAF_ERR_REDIS;
@@ -336,8 +335,7 @@ static sheaf_err group_register(sheaf_redis *r, const char *job, const sheaf_doc
         "  redis.call('HINCRBY', KEYS[1], 'n:' .. parent, 1)\n"
         "  redis.call('RPUSH', pre .. 'gm:' .. parent, ARGV[k + 2])\n"
         "end\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kg[KEYLEN], pre[KEYLEN];
     const char *args[3 + SHEAF_MAX_GROUP_PATHS];
     redisReply *rep;
@@ -410,8 +408,7 @@ sheaf_err sheaf_state_job_beat(sheaf_redis *r, const char *job, char *errstr, si
     static const sheaf_lua_script beat = {
         "if redis.call('HGET', KEYS[1], 'state') ~= 'producing' then return 0 end\n"
         "redis.call('HSET', KEYS[1], 'producer_seen_ms', ARGV[1])\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kjob[KEYLEN], now[32];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
@@ -448,8 +445,7 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
         "  redis.call('XADD', KEYS[2], '*', 'type', 'overview')\n"
         "  return 2\n"
         "end\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kjob[KEYLEN], kready[KEYLEN], kinner[KEYLEN], kg[KEYLEN], d[24], c[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kready, sizeof(kready), job, "ready");
@@ -543,8 +539,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
         "  redis.call('XADD', KEYS[3], '*', 'type', 'doc', 'doc', ARGV[1])\n"
         "  return 2\n"
         "end\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], kres[KEYLEN], idx[16];
     char n[16], pt[24], ct[24];
     sheaf_key(kjob, sizeof(kjob), m->job, "job");
@@ -578,8 +573,7 @@ sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr
 {
     static const sheaf_lua_script incr = {
         "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-        "return redis.call('HINCRBY', KEYS[1], 'dlq', 1)\n",
-    };
+        "return redis.call('HINCRBY', KEYS[1], 'dlq', 1)\n"};
     char kjob[KEYLEN];
     if (!job || !sheaf_job_id_valid(job)) return SHEAF_OK;
     sheaf_key(kjob, sizeof(kjob), job, "job");
@@ -706,8 +700,7 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
         "  redis.call('XADD', KEYS[3], '*', 'type', 'overview')\n"
         "  return 2\n"
         "end\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], ktimes[KEYLEN], kdoc[KEYLEN], kg[KEYLEN];
     char pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
@@ -753,8 +746,7 @@ sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const 
         "  return 2\n"
         "end\n"
         "redis.call('XADD', KEYS[4], '*', 'type', 'group', 'g', parent)\n"
-        "return 3\n",
-    };
+        "return 3\n"};
     char kjob[KEYLEN], kgroups[KEYLEN], kg[KEYLEN], kready[KEYLEN], pt[24], ct[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kgroups, sizeof(kgroups), job, "groups");
@@ -785,8 +777,7 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
         "redis.call('HSET', KEYS[1], 'state', 'done')\n"
         "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 0 then\n"
         "  redis.call('HSET', KEYS[1], 'finished_ms', ARGV[4]) end\n"
-        "return 1\n",
-    };
+        "return 1\n"};
     char kjob[KEYLEN], kov[KEYLEN], pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kov, sizeof(kov), job, "overview");

@@ -152,8 +152,7 @@ static const sheaf_lua_script doc_script = {
     "  if counted == 1 and has == 0 then redis.call('HDEL', KEYS[6], ARGV[1]) end\n"
     "  if entry == 1 then redis.call('XADD', KEYS[5], '*', 'type', 'doc', 'doc', ARGV[1]) end\n"
     "end\n"
-    "return {n, ok, failed, done, has, entry, fix, missing}\n",
-    };
+    "return {n, ok, failed, done, has, entry, fix, missing}\n"};
 
 /* The job.  KEYS: job, results, ready, g, overview, groups, ginner.
  * ARGV: key prefix "sheaf:{J}:", apply, since, overview live (1).
@@ -214,8 +213,7 @@ static const sheaf_lua_script job_script = {
     "  if reopen == 1 then redis.call('HSET', KEYS[1], 'state', 'running') end\n"
     "  if needov == 1 then redis.call('XADD', KEYS[3], '*', 'type', 'overview') end\n"
     "end\n"
-    "return {state, docs, dold, done, ov, needov, reopen, gfix, groups}\n",
-    };
+    "return {state, docs, dold, done, ov, needov, reopen, gfix, groups}\n"};
 
 /* A complete metadata group without a result.  KEYS: ready, groups, g.
  * ARGV: path, since.  1 when {type=group} was enqueued. */
@@ -226,8 +224,7 @@ static const sheaf_lua_script group_script = {
     "   redis.call('HGET', KEYS[3], 'n:' .. ARGV[1]) then return 0 end\n"
     "if after(KEYS[1], ARGV[2], 'group', 'g', ARGV[1]) then return 0 end\n"
     "redis.call('XADD', KEYS[1], '*', 'type', 'group', 'g', ARGV[1])\n"
-    "return 1\n",
-    };
+    "return 1\n"};
 
 /* ---- small sets of strings ---- */
 

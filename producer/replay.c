@@ -133,6 +133,7 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
     rd_kafka_t *consumer = NULL, *producer = NULL;
     sheaf_chunk_producer cp;
     int cp_ready = 0;
+    sheaf_beat *beat = NULL;     /* the replay job's heartbeat while it produces */
     uint64_t ndocs = 0;
     sheaf_err err = SHEAF_OK;
 
@@ -188,8 +189,13 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
         err = SHEAF_ERR_NOMEM;
         goto done;
     }
-    if ((err = sheaf_state_job_create(r, cfg, run, pjson, pl->version, topic, errstr, errlen)) ||
-        (err = copy_docs(r, job, run, pl, &ndocs, errstr, errlen)) ||
+    if ((err = sheaf_state_job_create(r, cfg, run, pjson, pl->version, topic, errstr, errlen)))
+        goto fail_run;
+    if (!(beat = sheaf_beat_start(cfg, run, errstr, errlen))) {
+        err = SHEAF_ERR_REDIS;
+        goto fail_run;
+    }
+    if ((err = copy_docs(r, job, run, pl, &ndocs, errstr, errlen)) ||
         (err = sheaf_chunk_producer_init(&cp, producer, topic, run, pl->version, errstr, errlen)))
         goto fail_run;
     cp_ready = 1;
@@ -226,6 +232,7 @@ fail_run:
             sheaf_warn("producer", "replay %s: could not be marked failed: %s", run, ferr);
     }
 done:
+    sheaf_beat_stop(beat);
     if (cp_ready) sheaf_chunk_producer_clear(&cp);
     if (consumer) {
         rd_kafka_consumer_close(consumer);

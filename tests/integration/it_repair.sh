@@ -105,10 +105,7 @@ grep -q "no job nosuchjob in Redis" "$T/nojob.err" || fail "unknown job: $(cat "
 
 # 5. Retention: on a one-partition stack, a 12 MB job pushes the small
 # job's messages past the mock broker's ~5 MiB per partition.
-for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
-for pid in "${PIDS[@]}"; do wait "$pid" 2> /dev/null || true; done
-PIDS=()
-"$ROOT/dev/stack.sh" down --dir "$STACK" > /dev/null 2>&1 || true
+stack_down
 STACK="$T/stack2"
 stack_up --partitions 1
 "$SHEAF" submit --job-id small "$ROOT/examples/reports/hiring-plan-2027.txt" > /dev/null || fail "submit small"

@@ -89,10 +89,7 @@ results tr@r1 | diff -u "$T/tr.jsonl" - || fail "time-range replay results diffe
 
 # 6. Retention: on a one-partition stack, a 12 MB job pushes the first
 # job's messages past the mock broker's ~5 MiB per partition.
-for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
-for pid in "${PIDS[@]}"; do wait "$pid" 2> /dev/null || true; done
-PIDS=()
-"$ROOT/dev/stack.sh" down --dir "$STACK" > /dev/null 2>&1 || true
+stack_down
 STACK="$T/stack2"
 stack_up --partitions 1
 run_small() { "$SHEAF" submit --job-id small "$ROOT/examples/reports/hiring-plan-2027.txt"; }

@@ -54,6 +54,17 @@ stack_up() {
   export SHEAF_LOG_LEVEL="${SHEAF_LOG_LEVEL:-info}"
 }
 
+# stack_down: stops every process the test started, then the stack, for a
+# test that goes on with a fresh stack_up (in another STACK directory).
+stack_down() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+  "$ROOT/dev/stack.sh" down --dir "$STACK" >/dev/null 2>&1 || true
+  STACK_UP=0
+}
+
 # start_proc NAME COMMAND...: runs COMMAND in the background, logging to
 # $T/NAME.log, records its PID for cleanup; sets LAST_PID.  A command that
 # execs its last arguments (`ip netns exec NS ...`) keeps the PID.

@@ -137,6 +137,17 @@ int sheaf_doc_id_valid(const char *s, size_t len)
 static pthread_mutex_t rng_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t rng_state;
 
+uint64_t sheaf_fnv1a64(const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
 uint64_t sheaf_random_u64(void)
 {
     pthread_mutex_lock(&rng_lock);

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "sheaf/buf.h"
+#include "sheaf/util.h"
 #include "sim_summary.h"
 
 /* The largest integer a double holds exactly: bigger parsed numbers are
@@ -573,16 +574,6 @@ void sim_seen_clear(sim_seen *seen)
     pthread_mutex_unlock(&seen->lock);
 }
 
-static uint64_t fnv1a64(const char *s, size_t len)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
-
 int sim_seen_first(sim_seen *seen, const json_t *messages)
 {
     /* Sorted keys: the same messages are the same request whatever order
@@ -591,7 +582,7 @@ int sim_seen_first(sim_seen *seen, const json_t *messages)
     int first = 1;
 
     if (!dump) return -1;
-    uint64_t h = fnv1a64(dump, strlen(dump));
+    uint64_t h = sheaf_fnv1a64(dump, strlen(dump));
     free(dump);
     pthread_mutex_lock(&seen->lock);
     for (size_t i = 0; i < seen->used && first; i++) first = seen->hash[i] != h;

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sheaf/util.h"
+
 #define ID_BLOCK (64 * 1024)
 
 struct sheaf_id_block {
@@ -21,22 +23,12 @@ struct sheaf_id_block {
     char data[];
 };
 
-static uint64_t hash_id(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 const sheaf_in_doc *sheaf_doclist_find(const sheaf_doclist *dl, const char *id, size_t len)
 {
     size_t mask, i;
     if (dl->n_slots == 0) return NULL;
     mask = dl->n_slots - 1;
-    for (i = (size_t)hash_id(id, len) & mask; dl->slots[i] != 0; i = (i + 1) & mask) {
+    for (i = (size_t)sheaf_fnv1a64(id, len) & mask; dl->slots[i] != 0; i = (i + 1) & mask) {
         const sheaf_in_doc *d = &dl->v[dl->slots[i] - 1];
         if (strncmp(d->id, id, len) == 0 && d->id[len] == '\0') return d;
     }
@@ -45,7 +37,7 @@ const sheaf_in_doc *sheaf_doclist_find(const sheaf_doclist *dl, const char *id, 
 
 static void index_insert(size_t *slots, size_t n_slots, const char *id, size_t doc)
 {
-    size_t mask = n_slots - 1, i = (size_t)hash_id(id, strlen(id)) & mask;
+    size_t mask = n_slots - 1, i = (size_t)sheaf_fnv1a64(id, strlen(id)) & mask;
     while (slots[i] != 0) i = (i + 1) & mask;
     slots[i] = doc + 1;
 }

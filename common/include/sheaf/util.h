@@ -47,4 +47,8 @@ char *sheaf_strndup(const char *s, size_t n);
 /* A well-mixed random 64-bit value (seeded from /dev/urandom once). */
 uint64_t sheaf_random_u64(void);
 
+/* FNV-1a, 64 bits, of len bytes: for hash tables and fingerprints, never
+ * for anything an attacker could aim at. */
+uint64_t sheaf_fnv1a64(const void *data, size_t len);
+
 #endif

@@ -135,12 +135,12 @@ size_t sheaf_group_paths(const sheaf_pipeline *pl, const char *meta_json, char *
 {
     json_t *meta = json_loads(meta_json ? meta_json : "{}", 0, NULL), *vals = json_array();
     size_t n = 0;
-    for (size_t k = 0; pl && vals && k < pl->n_meta_levels; k++) {
-        json_t *v = json_object_get(meta, pl->group_by[k] + 5);
-        char *text = v ? sheaf_json_text(v) : NULL;
-        int ok = (!v || text) && json_array_append_new(vals, json_string(text ? text : "")) == 0;
-        free(text);
-        if (!ok || !(paths[n] = json_dumps(vals, JSON_COMPACT))) break;
+    /* Out of memory: no paths, as when json_dumps fails below. */
+    int ok = vals && (!meta || sheaf_json_object_texts(meta) == 0);
+    for (size_t k = 0; ok && pl && k < pl->n_meta_levels; k++) {
+        const char *v = json_string_value(json_object_get(meta, pl->group_by[k] + 5));
+        json_array_append_new(vals, json_string(v ? v : ""));
+        if (!(paths[n] = json_dumps(vals, JSON_COMPACT))) break;
         n++;
     }
     json_decref(vals);

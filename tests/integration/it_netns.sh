@@ -86,8 +86,6 @@ done_n() { job_field "$JOB" chunks_done; }
 at_least_done() { [ "$(done_n)" -ge "$1" ]; }
 wait_until 60 "a tenth of the job" at_least_done $((CHUNKS / 10))
 
-# owns W N: the last assignment W logged is N partitions.
-owns() { [ "$(grep -o 'now owning [0-9]*' "$T/$1.log" | tail -n 1 | awk '{print $3}')" = "$2" ]; }
 ip -n "$P-core" link set link1 down
 log "link1 down: w1 cut off at $(done_n) of $CHUNKS chunks"
 wait_until 90 "w1's partitions to move to w2" owns w2 8

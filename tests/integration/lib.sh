@@ -114,11 +114,16 @@ assert_eq() {
   [ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"
 }
 
+# owned NAME: the partition count of worker NAME's last logged assignment;
+# owns NAME N: that count is N.
+owned() { grep -o 'now owning [0-9]*' "$T/$1.log" | tail -n 1 | awk '{print $3}'; }
+owns() { [ "$(owned "$1")" = "$2" ]; }
+
 # all_own_partitions NAME...: every named worker owns at least one partition.
 all_own_partitions() {
   local w
   for w in "$@"; do
-    [ "$(grep -o 'now owning [0-9]*' "$T/$w.log" | tail -n 1 | awk '{print $3}')" -gt 0 ] 2>/dev/null || return 1
+    [ "$(owned "$w")" -gt 0 ] 2>/dev/null || return 1
   done
 }
 

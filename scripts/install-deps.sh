@@ -19,7 +19,9 @@ PACKAGES=(
   kcat jq curl                              # tests read topics and JSON like a user would
   valgrind                                  # tests run a worker and a reducer under it
   poppler-utils                             # pdftotext: the producer reads *.pdf through it
-  clang                                     # fuzz targets: clang 14 has libFuzzer built in
+  clang                                     # fuzz targets (clang 14) ...
+  libclang-rt-14-dev                        # ... and its libFuzzer runtime (libclang_rt.fuzzer-x86_64.a),
+                                            # only a Recommends of clang-14, which --no-install-recommends skips
 )
 
 missing=()

@@ -195,6 +195,9 @@ static const conf_key conf_keys[] = {
           "Claim another reducer's pending documents after they were idle this long."),
     K_INT("reducer.threads", reducer_threads, "4", 1, 256,
           "Reducer threads per process: documents and groups reduced at once."),
+    K_INT("job.retention_s", job_retention_s, "604800", 0, 315360000,
+          "Seconds an ended job's state (results, counters, streams) stays in Redis after "
+          "it is done, failed or cancelled; then it expires.  0 = kept for ever."),
     K_STR("reducer.output", reducer_output, "",
           "JSONL file the reducer appends results to; \"-\" = stdout, \"\" = none."),
 

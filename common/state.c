@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lua_scripts.h"
 #include "sheaf/buf.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"
@@ -262,16 +263,7 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
                                  const char *pipeline_json, const char *pv, const char *topic,
                                  char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script create = {
-        "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
-        "redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'producing', 'pv', ARGV[2],\n"
-        "  'topic', ARGV[3], 'created_ms', ARGV[4], 'producer_seen_ms', ARGV[4],\n"
-        "  'beat_ms', ARGV[6], 'docs', 0, 'chunks', 0,\n"
-        "  'chunks_ok', 0, 'chunks_failed', 0, 'docs_ready', 0, 'docs_done', 0, 'dlq', 0,\n"
-        "  'tokens_prompt', 0, 'tokens_completion', 0)\n"
-        "local ok, err = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[2], ARGV[5], '0', 'MKSTREAM')\n"
-        "redis.call('HSET', KEYS[3], ARGV[2], ARGV[1])\n"
-        "return 1\n"};
+    static const sheaf_lua_script create = {sheaf_lua_job_create};
     char kjob[KEYLEN], kready[KEYLEN], kvers[KEYLEN], created[32], beat[16], kpipe[128];
     redisReply *rep;
     sheaf_err err = SHEAF_ERR_REDIS;
@@ -320,22 +312,7 @@ out:
 static sheaf_err group_register(sheaf_redis *r, const char *job, const sheaf_doc_reg *d,
                                 char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script reg = {
-        "local L = #ARGV - 2\n"
-        "local pre, doc = ARGV[1], ARGV[2]\n"
-        "local inner = ARGV[L + 2]\n"
-        "if redis.call('HINCRBY', KEYS[1], 'n:' .. inner, 1) == 1 then\n"
-        "  redis.call('RPUSH', pre .. 'ginner', inner)\n"
-        "end\n"
-        "redis.call('RPUSH', pre .. 'gm:' .. inner, doc)\n"
-        "for k = L, 1, -1 do\n"
-        "  local parent = '[]'\n"
-        "  if k > 1 then parent = ARGV[k + 1] end\n"
-        "  if redis.call('HSETNX', KEYS[1], 'p:' .. ARGV[k + 2], parent) == 0 then break end\n"
-        "  redis.call('HINCRBY', KEYS[1], 'n:' .. parent, 1)\n"
-        "  redis.call('RPUSH', pre .. 'gm:' .. parent, ARGV[k + 2])\n"
-        "end\n"
-        "return 1\n"};
+    static const sheaf_lua_script reg = {sheaf_lua_group_register};
     char kg[KEYLEN], pre[KEYLEN];
     const char *args[3 + SHEAF_MAX_GROUP_PATHS];
     redisReply *rep;
@@ -405,10 +382,7 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
 
 sheaf_err sheaf_state_job_beat(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script beat = {
-        "if redis.call('HGET', KEYS[1], 'state') ~= 'producing' then return 0 end\n"
-        "redis.call('HSET', KEYS[1], 'producer_seen_ms', ARGV[1])\n"
-        "return 1\n"};
+    static const sheaf_lua_script beat = {sheaf_lua_job_beat};
     char kjob[KEYLEN], now[32];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
@@ -426,26 +400,7 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
      * check closes the race with reducers that finished every document
      * before production ended: exactly one of this script and the last
      * doc_result enqueues the overview. */
-    static const sheaf_lua_script running = {
-        "redis.call('HSET', KEYS[1], 'state', 'running', 'docs', ARGV[1], 'chunks', ARGV[2])\n"
-        "local inner = redis.call('LRANGE', KEYS[3], 0, -1)\n"
-        "if #inner > 0 then\n"
-        "  local n = 0\n"
-        "  for _, g in ipairs(inner) do\n"
-        "    local want = redis.call('HGET', KEYS[4], 'n:' .. g)\n"
-        "    if redis.call('HGET', KEYS[4], 'd:' .. g) == want then\n"
-        "      redis.call('XADD', KEYS[2], '*', 'type', 'group', 'g', g)\n"
-        "      n = n + 1\n"
-        "    end\n"
-        "  end\n"
-        "  return 3\n"
-        "end\n"
-        "local done = tonumber(redis.call('HGET', KEYS[1], 'docs_done') or '0')\n"
-        "if done == tonumber(ARGV[1]) then\n"
-        "  redis.call('XADD', KEYS[2], '*', 'type', 'overview')\n"
-        "  return 2\n"
-        "end\n"
-        "return 1\n"};
+    static const sheaf_lua_script running = {sheaf_lua_job_running};
     char kjob[KEYLEN], kready[KEYLEN], kinner[KEYLEN], kg[KEYLEN], d[24], c[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kready, sizeof(kready), job, "ready");
@@ -460,21 +415,11 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
     return SHEAF_OK;
 }
 
-sheaf_err sheaf_state_job_fail(sheaf_redis *r, const char *job, const char *reason,
-                               char *errstr, size_t errlen)
+sheaf_err sheaf_state_job_fail(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                               const char *reason, char *errstr, size_t errlen)
 {
-    char kjob[KEYLEN], now[24];
-    redisReply *rep;
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    rep = sheaf_redis_cmd(r, errstr, errlen, "HSET %s state failed error %s finished_ms %s", kjob,
-                          reason, now);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    rep = sheaf_redis_cmd(r, errstr, errlen, "SREM sheaf:jobs:active %s", job);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    int ended;
+    return sheaf_state_job_end(r, cfg, job, SHEAF_JOB_FAILED, reason, &ended, errstr, errlen);
 }
 
 /* ---- worker side ---- */
@@ -498,11 +443,16 @@ sheaf_err sheaf_state_pipeline_get(sheaf_redis *r, const char *pv, char **json, 
 sheaf_err sheaf_state_chunk_exists(sheaf_redis *r, const sheaf_chunk_msg *m, int *exists,
                                    char *errstr, size_t errlen)
 {
-    char kpart[KEYLEN];
+    static const sheaf_lua_script check = {sheaf_lua_chunk_check};
+    char kpart[KEYLEN], kjob[KEYLEN], field[24];
     doc_key(kpart, sizeof(kpart), m->job, "p", m->doc);
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HEXISTS %s s:%u", kpart, m->idx);
+    sheaf_key(kjob, sizeof(kjob), m->job, "job");
+    snprintf(field, sizeof(field), "s:%u", m->idx);
+    const char *args[] = {kpart, kjob, field};
+    redisReply *rep = sheaf_redis_script(r, &check, 2, 3, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    *exists = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+    /* A cancelled job's chunks need no call either: they count as done. */
+    *exists = rep->type == REDIS_REPLY_INTEGER && rep->integer >= 1;
     freeReplyObject(rep);
     return SHEAF_OK;
 }
@@ -518,28 +468,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
      * document whose result is already recorded is not enqueued again: its
      * chunks were lost and recomputed (`sheaf repair`), and combining them
      * again could not change the recorded result (first write wins). */
-    static const sheaf_lua_script store = {
-        "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
-        "local f = 's:' .. ARGV[2]\n"
-        "if redis.call('HEXISTS', KEYS[2], f) == 1 then return 0 end\n"
-        "redis.call('HSET', KEYS[2], f, ARGV[4], 'r:' .. ARGV[2], ARGV[5])\n"
-        "if ARGV[4] == 'ok' then redis.call('HINCRBY', KEYS[1], 'chunks_ok', 1)\n"
-        "else redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)\n"
-        "  redis.call('HINCRBY', KEYS[2], 'failed', 1) end\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[6])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[7])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_map_prompt', ARGV[6])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_map_completion', ARGV[7])\n"
-        "redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':p', ARGV[6])\n"
-        "redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':c', ARGV[7])\n"
-        "local done = redis.call('HINCRBY', KEYS[2], 'done', 1)\n"
-        "if done == tonumber(ARGV[3]) then\n"
-        "  redis.call('HINCRBY', KEYS[1], 'docs_ready', 1)\n"
-        "  if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then return 1 end\n"
-        "  redis.call('XADD', KEYS[3], '*', 'type', 'doc', 'doc', ARGV[1])\n"
-        "  return 2\n"
-        "end\n"
-        "return 1\n"};
+    static const sheaf_lua_script store = {sheaf_lua_chunk_store};
     char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], kres[KEYLEN], idx[16];
     char n[16], pt[24], ct[24];
     sheaf_key(kjob, sizeof(kjob), m->job, "job");
@@ -559,6 +488,9 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
     if (rep->type != REDIS_REPLY_INTEGER) {
         snprintf(errstr, errlen, "chunk store script: unexpected reply type %d", rep->type);
         err = SHEAF_ERR_INTERNAL;
+    } else if (rep->integer == -2) {
+        /* Cancelled: nothing more is recorded for the job. */
+        if (outcome) *outcome = SHEAF_CHUNK_DUPLICATE;
     } else if (rep->integer < 0) {
         snprintf(errstr, errlen, "job %s is not registered in Redis", m->job);
         err = SHEAF_ERR_NOT_FOUND;
@@ -571,9 +503,7 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
 
 sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script incr = {
-        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-        "return redis.call('HINCRBY', KEYS[1], 'dlq', 1)\n"};
+    static const sheaf_lua_script incr = {sheaf_lua_job_dlq_incr};
     char kjob[KEYLEN];
     if (!job || !sheaf_job_id_valid(job)) return SHEAF_OK;
     sheaf_key(kjob, sizeof(kjob), job, "job");
@@ -672,35 +602,10 @@ void sheaf_partials_free(sheaf_partial *parts, uint32_t n)
 
 sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const char *doc,
                                        const char *result_json, uint64_t prompt_tokens,
-                                       uint64_t completion_tokens, int *overview_queued,
+                                       uint64_t completion_tokens, sheaf_store_outcome *out,
                                        char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script store = {
-        "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
-        "redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_reduce_prompt', ARGV[3])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_reduce_completion', ARGV[4])\n"
-        "redis.call('HINCRBY', KEYS[7], ARGV[1] .. ':rp', ARGV[3])\n"
-        "redis.call('HINCRBY', KEYS[7], ARGV[1] .. ':rc', ARGV[4])\n"
-        "local d = redis.call('HINCRBY', KEYS[1], 'docs_done', 1)\n"
-        "local total = tonumber(redis.call('HGET', KEYS[1], 'docs') or '-1')\n"
-        "local running = redis.call('HGET', KEYS[1], 'state') == 'running'\n"
-        "local g = redis.call('HGET', KEYS[5], 'g')\n"
-        "if g then\n"
-        "  local gd = redis.call('HINCRBY', KEYS[6], 'd:' .. g, 1)\n"
-        "  if running and gd == tonumber(redis.call('HGET', KEYS[6], 'n:' .. g)) then\n"
-        "    redis.call('XADD', KEYS[3], '*', 'type', 'group', 'g', g)\n"
-        "    return 3\n"
-        "  end\n"
-        "  return 1\n"
-        "end\n"
-        "if running and d == total then\n"
-        "  redis.call('XADD', KEYS[3], '*', 'type', 'overview')\n"
-        "  return 2\n"
-        "end\n"
-        "return 1\n"};
+    static const sheaf_lua_script store = {sheaf_lua_doc_result_store};
     char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], ktimes[KEYLEN], kdoc[KEYLEN], kg[KEYLEN];
     char pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
@@ -718,8 +623,7 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
                           now};
     redisReply *rep = sheaf_redis_script(r, &store, 7, 12, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (overview_queued)
-        *overview_queued = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer - 1 : 0;
+    *out = rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
     freeReplyObject(rep);
     return SHEAF_OK;
 }
@@ -727,26 +631,9 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
 sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const char *path,
                                          int counted, const char *result_json,
                                          uint64_t prompt_tokens, uint64_t completion_tokens,
-                                         int *queued, char *errstr, size_t errlen)
+                                         sheaf_store_outcome *out, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script store = {
-        "if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_group_prompt', ARGV[3])\n"
-        "redis.call('HINCRBY', KEYS[1], 'tokens_group_completion', ARGV[4])\n"
-        "redis.call('HINCRBY', KEYS[1], 'groups_done', 1)\n"
-        "if ARGV[5] ~= '1' then return 1 end\n"
-        "local parent = redis.call('HGET', KEYS[3], 'p:' .. ARGV[1])\n"
-        "if not parent then return 1 end\n"
-        "local d = redis.call('HINCRBY', KEYS[3], 'd:' .. parent, 1)\n"
-        "if d ~= tonumber(redis.call('HGET', KEYS[3], 'n:' .. parent)) then return 1 end\n"
-        "if parent == '[]' then\n"
-        "  redis.call('XADD', KEYS[4], '*', 'type', 'overview')\n"
-        "  return 2\n"
-        "end\n"
-        "redis.call('XADD', KEYS[4], '*', 'type', 'group', 'g', parent)\n"
-        "return 3\n"};
+    static const sheaf_lua_script store = {sheaf_lua_group_result_store};
     char kjob[KEYLEN], kgroups[KEYLEN], kg[KEYLEN], kready[KEYLEN], pt[24], ct[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kgroups, sizeof(kgroups), job, "groups");
@@ -758,26 +645,16 @@ sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const 
                           counted ? "1" : "0"};
     redisReply *rep = sheaf_redis_script(r, &store, 4, 9, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (queued) *queued = rep->type == REDIS_REPLY_INTEGER && rep->integer >= 2 ? 1 : 0;
+    *out = rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
     freeReplyObject(rep);
     return SHEAF_OK;
 }
 
 sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char *overview_json,
                                      uint64_t prompt_tokens, uint64_t completion_tokens,
-                                     char *errstr, size_t errlen)
+                                     sheaf_store_outcome *out, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script store = {
-        "if redis.call('SETNX', KEYS[2], ARGV[1]) == 1 then\n"
-        "  redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[2])\n"
-        "  redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[3])\n"
-        "  redis.call('HINCRBY', KEYS[1], 'tokens_overview_prompt', ARGV[2])\n"
-        "  redis.call('HINCRBY', KEYS[1], 'tokens_overview_completion', ARGV[3])\n"
-        "end\n"
-        "redis.call('HSET', KEYS[1], 'state', 'done')\n"
-        "if redis.call('HEXISTS', KEYS[1], 'finished_ms') == 0 then\n"
-        "  redis.call('HSET', KEYS[1], 'finished_ms', ARGV[4]) end\n"
-        "return 1\n"};
+    static const sheaf_lua_script store = {sheaf_lua_overview_store};
     char kjob[KEYLEN], kov[KEYLEN], pt[24], ct[24], now[24];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kov, sizeof(kov), job, "overview");
@@ -787,7 +664,9 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
     const char *args[] = {kjob, kov, overview_json, pt, ct, now};
     redisReply *rep = sheaf_redis_script(r, &store, 2, 6, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
+    *out = rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
     freeReplyObject(rep);
+    if (*out == SHEAF_STORE_NO_JOB) return SHEAF_OK;
     rep = sheaf_redis_cmd(r, errstr, errlen, "SREM sheaf:jobs:active %s", job);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
@@ -891,4 +770,308 @@ sheaf_err sheaf_state_job_offsets_store(sheaf_redis *r, const char *job, const i
         freeReplyObject(rep);
     }
     return SHEAF_OK;
+}
+
+/* ---- job states ---- */
+
+static const char *const state_names[] = {"producing", "running", "done", "failed", "cancelled"};
+
+const char *sheaf_job_state_name(sheaf_job_state s)
+{
+    return s >= 0 && (size_t)s < sizeof(state_names) / sizeof(*state_names) ? state_names[s]
+                                                                             : "unknown";
+}
+
+int sheaf_job_state_parse(const char *name, sheaf_job_state *s)
+{
+    for (size_t i = 0; i < sizeof(state_names) / sizeof(*state_names); i++) {
+        if (strcmp(name, state_names[i]) == 0) {
+            *s = (sheaf_job_state)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int sheaf_job_state_final(sheaf_job_state s)
+{
+    return s == SHEAF_JOB_DONE || s == SHEAF_JOB_FAILED || s == SHEAF_JOB_CANCELLED;
+}
+
+/* ---- a job's keys: expiry and deletion ---- */
+
+/* The keys of a job other than those per document and per group. */
+static const char *const job_suffixes[] = {"docs",       "results", "done_ms",  "overview",
+                                           "g",          "ginner",  "groups",   "doc_tokens",
+                                           "offsets",    "versions", "ready",   "emit"};
+
+/* Appends cmd (EXPIRE with secs, or UNLINK) for key to the pipeline. */
+static void append_key_cmd(sheaf_redis *r, const char *key, const char *secs)
+{
+    if (secs) redisAppendCommand(r->c, "EXPIRE %s %s", key, secs);
+    else redisAppendCommand(r->c, "UNLINK %s", key);
+}
+
+/* Reads n pipelined replies; SHEAF_ERR_REDIS on a lost connection. */
+static sheaf_err read_replies(sheaf_redis *r, size_t n, char *errstr, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        redisReply *rep = NULL;
+        if (redisGetReply(r->c, (void **)&rep) != REDIS_OK) {
+            snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+            redisFree(r->c);
+            r->c = NULL;
+            return SHEAF_ERR_REDIS;
+        }
+        freeReplyObject(rep);
+    }
+    return SHEAF_OK;
+}
+
+/* Applies EXPIRE secs (or UNLINK when secs is NULL) to every key of the
+ * job: the fixed ones, d:/p: of each document (from the docs list, in
+ * pages), gm: of each metadata group (from the groups hash).  Pipelined a
+ * page at a time.  The job hash goes first when deleting (scripts then
+ * refuse to write for the job, so nothing is created again behind the
+ * walk) and last when expiring (it carries the TTL that emit_done copies). */
+static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, const char *secs, char *errstr,
+                                size_t errlen)
+{
+    char key[KEYLEN], kjob[KEYLEN], kdocs[KEYLEN], kg[KEYLEN];
+    redisReply *rep = NULL;
+    sheaf_err err;
+    size_t n;
+
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
+    sheaf_key(kg, sizeof(kg), job, "g");
+    if (!secs && !(rep = sheaf_redis_cmd(r, errstr, errlen, "UNLINK %s", kjob)))
+        return SHEAF_ERR_REDIS;
+    if (rep) freeReplyObject(rep);
+    /* Per-document keys first: the docs list that names them is a fixed key. */
+    for (long start = 0;; start += 1000) {
+        rep = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s %ld %ld", kdocs, start, start + 999);
+        if (!rep) return SHEAF_ERR_REDIS;
+        n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
+        for (size_t i = 0; i < n; i++) {
+            doc_key(key, sizeof(key), job, "d", rep->element[i]->str);
+            append_key_cmd(r, key, secs);
+            doc_key(key, sizeof(key), job, "p", rep->element[i]->str);
+            append_key_cmd(r, key, secs);
+        }
+        freeReplyObject(rep);
+        if ((err = read_replies(r, 2 * n, errstr, errlen)) != SHEAF_OK) return err;
+        if (n < 1000) break;
+    }
+    if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "HKEYS %s", kg))) return SHEAF_ERR_REDIS;
+    n = 0;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        if (strncmp(rep->element[i]->str, "n:", 2) != 0) continue;
+        doc_key(key, sizeof(key), job, "gm", rep->element[i]->str + 2);
+        append_key_cmd(r, key, secs);
+        n++;
+    }
+    freeReplyObject(rep);
+    if ((err = read_replies(r, n, errstr, errlen)) != SHEAF_OK) return err;
+    n = sizeof(job_suffixes) / sizeof(*job_suffixes);
+    for (size_t i = 0; i < n; i++) {
+        sheaf_key(key, sizeof(key), job, job_suffixes[i]);
+        append_key_cmd(r, key, secs);
+    }
+    if (secs) {
+        append_key_cmd(r, kjob, secs);
+        n++;
+    }
+    return read_replies(r, n, errstr, errlen);
+}
+
+sheaf_err sheaf_state_job_retire(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                                 char *errstr, size_t errlen)
+{
+    char secs[24], until[24], kjob[KEYLEN];
+    redisReply *rep;
+    sheaf_err err;
+
+    if (cfg->job_retention_s <= 0) return SHEAF_OK; /* kept for ever */
+    snprintf(secs, sizeof(secs), "%d", cfg->job_retention_s);
+    if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
+    if ((err = job_keys_apply(r, job, secs, errstr, errlen)) != SHEAF_OK) return err;
+    /* The pipeline snapshot expires with the last job that used it (a job
+     * created later with the same version makes it persistent again). */
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s pv", kjob);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type == REDIS_REPLY_STRING) {
+        redisReply *e = sheaf_redis_cmd(r, errstr, errlen, "EXPIRE sheaf:pipeline:%s %s",
+                                        rep->str, secs);
+        if (e) freeReplyObject(e);
+    }
+    freeReplyObject(rep);
+    /* The index entry goes when the keys do (sheaf_state_jobs_sweep). */
+    snprintf(until, sizeof(until), "%lld",
+             (long long)(sheaf_wall_ms() + (int64_t)cfg->job_retention_s * 1000));
+    rep = sheaf_redis_cmd(r, errstr, errlen, "ZADD sheaf:jobs:expiring %s %s", until, job);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_job_delete(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
+{
+    redisReply *rep;
+    sheaf_err err;
+    if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
+    if ((err = job_keys_apply(r, job, NULL, errstr, errlen)) != SHEAF_OK) return err;
+    const char *cmds[][2] = {{"ZREM", "sheaf:jobs"}, {"ZREM", "sheaf:jobs:expiring"},
+                             {"SREM", "sheaf:jobs:active"}};
+    for (size_t i = 0; i < 3; i++) {
+        if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "%s %s %s", cmds[i][0], cmds[i][1], job)))
+            return SHEAF_ERR_REDIS;
+        freeReplyObject(rep);
+    }
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_job_end(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                              sheaf_job_state state, const char *reason, int *ended,
+                              char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script end = {sheaf_lua_job_end};
+    char kjob[KEYLEN], now[24];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
+    const char *args[] = {kjob, sheaf_job_state_name(state), reason, now};
+    redisReply *rep = sheaf_redis_script(r, &end, 1, 4, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    freeReplyObject(rep);
+    *ended = v == 1;
+    if (v < 0) {
+        snprintf(errstr, errlen, "no job %s in Redis", job);
+        return SHEAF_ERR_NOT_FOUND;
+    }
+    if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "SREM sheaf:jobs:active %s", job)))
+        return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return *ended ? sheaf_state_job_retire(r, cfg, job, errstr, errlen) : SHEAF_OK;
+}
+
+sheaf_err sheaf_state_jobs_sweep(sheaf_redis *r, size_t *removed, char *errstr, size_t errlen)
+{
+    char now[24];
+    size_t n = 0;
+    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen,
+                                      "ZRANGEBYSCORE sheaf:jobs:expiring -inf %s LIMIT 0 1000", now);
+    if (!rep) return SHEAF_ERR_REDIS;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        const char *job = rep->element[i]->str;
+        redisReply *z = sheaf_redis_cmd(r, errstr, errlen, "ZREM sheaf:jobs %s", job);
+        if (z) freeReplyObject(z);
+        if (z && (z = sheaf_redis_cmd(r, errstr, errlen, "ZREM sheaf:jobs:expiring %s", job)))
+            freeReplyObject(z);
+        if (!z) {
+            freeReplyObject(rep);
+            return SHEAF_ERR_REDIS;
+        }
+        n++;
+    }
+    freeReplyObject(rep);
+    if (removed) *removed = n;
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_job_ids(sheaf_redis *r, char ***ids, size_t *n, char *errstr,
+                              size_t errlen)
+{
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "ZREVRANGE sheaf:jobs 0 -1");
+    *ids = NULL;
+    *n = 0;
+    if (!rep) return SHEAF_ERR_REDIS;
+    size_t count = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
+    char **v = calloc(count ? count : 1, sizeof(*v));
+    for (size_t i = 0; v && i < count; i++) {
+        if (!(v[i] = strdup(rep->element[i]->str))) {
+            sheaf_job_ids_free(v, i);
+            v = NULL;
+        }
+    }
+    freeReplyObject(rep);
+    if (!v) return SHEAF_ERR_NOMEM;
+    *ids = v;
+    *n = count;
+    return SHEAF_OK;
+}
+
+/* ---- exactly-once outputs ---- */
+
+sheaf_err sheaf_state_lease_renew(sheaf_redis *r, const sheaf_entry_ref *e, int *held,
+                                  char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script renew = {sheaf_lua_lease_renew};
+    const char *args[] = {e->stream, e->group, e->consumer, e->id};
+    redisReply *rep = sheaf_redis_script(r, &renew, 1, 4, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    *held = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_emit_claim(sheaf_redis *r, const char *job, const sheaf_entry_ref *e,
+                                 const char *item, sheaf_emit_right *right, char *errstr,
+                                 size_t errlen)
+{
+    static const sheaf_lua_script claim = {sheaf_lua_emit_claim};
+    char kemit[KEYLEN], kjob[KEYLEN];
+    sheaf_key(kemit, sizeof(kemit), job, "emit");
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    const char *args[] = {kemit, e->stream, kjob, e->group, e->consumer, e->id, item};
+    redisReply *rep = sheaf_redis_script(r, &claim, 3, 7, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    freeReplyObject(rep);
+    *right = v < 0 ? SHEAF_EMIT_NO_JOB : (sheaf_emit_right)v;
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_emit_done(sheaf_redis *r, const char *job, const char *item, char *errstr,
+                                size_t errlen)
+{
+    static const sheaf_lua_script done = {sheaf_lua_emit_done};
+    char kemit[KEYLEN], kjob[KEYLEN];
+    sheaf_key(kemit, sizeof(kemit), job, "emit");
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    const char *args[] = {kemit, kjob, item};
+    redisReply *rep = sheaf_redis_script(r, &done, 2, 3, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kind kind,
+                                 const char *id, char **json, char *errstr, size_t errlen)
+{
+    char key[KEYLEN];
+    redisReply *rep;
+    *json = NULL;
+    if (kind == SHEAF_ITEM_OVERVIEW) {
+        sheaf_key(key, sizeof(key), job, "overview");
+        rep = sheaf_redis_cmd(r, errstr, errlen, "GET %s", key);
+    } else {
+        sheaf_key(key, sizeof(key), job, kind == SHEAF_ITEM_DOC ? "results" : "groups");
+        rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", key, id);
+    }
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type == REDIS_REPLY_STRING && !(*json = sheaf_strndup(rep->str, rep->len))) {
+        freeReplyObject(rep);
+        return SHEAF_ERR_NOMEM;
+    }
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+void sheaf_job_ids_free(char **ids, size_t n)
+{
+    for (size_t i = 0; ids && i < n; i++) free(ids[i]);
+    free(ids);
 }

@@ -358,7 +358,7 @@ done:
         char ferr[SHEAF_ERRSTR_SIZE];
         /* Messages still queued belong to a failed job: do not send them. */
         rd_kafka_purge(p.rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-        if (sheaf_state_job_fail(p.r, a->job, errstr, ferr, sizeof(ferr)) != SHEAF_OK)
+        if (sheaf_state_job_fail(p.r, a->cfg, a->job, errstr, ferr, sizeof(ferr)) != SHEAF_OK)
             sheaf_error("producer", "job %s: could not be marked failed: %s", a->job, ferr);
     }
     sheaf_lines_close(&p.reg.lr);

@@ -189,8 +189,12 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
         err = SHEAF_ERR_NOMEM;
         goto done;
     }
-    if ((err = sheaf_state_job_create(r, cfg, run, pjson, pl->version, topic, errstr, errlen)))
-        goto fail_run;
+    if ((err = sheaf_state_job_create(r, cfg, run, pjson, pl->version, topic, errstr, errlen))) {
+        /* Not ours (the id was taken, e.g. by `submit --job-id J@r1`): a
+         * refused replay never touches an existing job. */
+        run[0] = '\0';
+        goto done;
+    }
     if (!(beat = sheaf_beat_start(cfg, run, errstr, errlen))) {
         err = SHEAF_ERR_REDIS;
         goto fail_run;
@@ -228,7 +232,7 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
 fail_run:
     {
         char ferr[SHEAF_ERRSTR_SIZE];
-        if (run[0] && sheaf_state_job_fail(r, run, errstr, ferr, sizeof(ferr)) != SHEAF_OK)
+        if (run[0] && sheaf_state_job_fail(r, cfg, run, errstr, ferr, sizeof(ferr)) != SHEAF_OK)
             sheaf_warn("producer", "replay %s: could not be marked failed: %s", run, ferr);
     }
 done:

@@ -184,7 +184,9 @@ static sheaf_err run_prompts(reducer *r, const char *name, const sheaf_stage *st
         size_t open = 0;
         for (size_t i = 0; i < submitted; i++) open += !pcs[i].done;
         if (!open) break;
-        if (sheaf_stop) sheaf_llm_async_abort_all(r->llm);
+        /* Shutdown, or the entry taken over by another reducer: the calls
+         * end as STOPPED and the entry is left unacknowledged. */
+        if (sheaf_stop || reducer_lease_tick(r) < 0) sheaf_llm_async_abort_all(r->llm);
         sheaf_llm_async_run(r->llm, 10);
         reducer_llm_state(r); /* an outage is lived through in here */
     }

@@ -14,7 +14,8 @@
  * then, with refinement, critique -> refine rounds on the summary, every
  * version and critique kept.  A document whose chunks all failed gets a
  * result carrying the errors and no LLM call.  The result is recorded once
- * (Lua, first write wins), so redoing an entry is harmless. */
+ * (Lua, first write wins) and written to the outputs once (reducer_output);
+ * an entry redone after its result was stored makes no call. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,30 +226,39 @@ static char *result_json(doc_work *w, json_t *failed)
 
 entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
 {
-    char errstr[SHEAF_ERRSTR_SIZE] = "", *meta_json = NULL, *result = NULL;
+    char errstr[SHEAF_ERRSTR_SIZE] = "", *meta_json = NULL, *result = NULL, *prev = NULL;
     sheaf_partial *parts = NULL;
     json_t *failed = json_array();
     entry_outcome out = ENTRY_RETRY;
     doc_work w;
     sheaf_err err;
-    int queued = 0;
+    sheaf_store_outcome stored = SHEAF_STORE_KEPT;
 
     r->job = job;
     memset(&w, 0, sizeof(w));
     w.job = job;
     w.doc = doc;
     w.rec = json_object();
+    if (!(w.p = reducer_job_pipeline(r, job, errstr, sizeof(errstr), &err))) {
+        sheaf_error("reducer", "job %s: %s", job, errstr);
+        out = err == SHEAF_ERR_REDIS ? ENTRY_RETRY : ENTRY_DONE;
+        goto done;
+    }
+    /* Stored already (the entry is redone after a crash, or came twice):
+     * no call, only the outputs if nobody wrote them yet. */
+    if (sheaf_state_result_get(r->redis, job, SHEAF_ITEM_DOC, doc, &prev, errstr,
+                               sizeof(errstr)) != SHEAF_OK)
+        goto done;
+    if (prev) {
+        out = reducer_output(r, job, SHEAF_ITEM_DOC, doc, NULL);
+        goto done;
+    }
     if ((err = sheaf_state_doc_info(r->redis, job, doc, &meta_json, &w.n, errstr,
                                     sizeof(errstr))) != SHEAF_OK ||
         (err = sheaf_state_doc_partials(r->redis, job, doc, &w.n, &parts, errstr,
                                         sizeof(errstr))) != SHEAF_OK) {
         sheaf_error("reducer", "job %s doc %s: %s", job, doc, errstr);
         out = err == SHEAF_ERR_NOT_FOUND ? ENTRY_DONE : ENTRY_RETRY;
-        goto done;
-    }
-    if (!(w.p = reducer_job_pipeline(r, job, errstr, sizeof(errstr), &err))) {
-        sheaf_error("reducer", "job %s: %s", job, errstr);
-        out = err == SHEAF_ERR_REDIS ? ENTRY_RETRY : ENTRY_DONE;
         goto done;
     }
     w.meta = json_loads(meta_json, 0, NULL);
@@ -267,21 +277,29 @@ entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
     }
     if (!(result = result_json(&w, failed))) goto done;
     if (sheaf_state_doc_result_store(r->redis, job, doc, result, w.res.usage.prompt_tokens,
-                                     w.res.usage.completion_tokens, &queued, errstr,
+                                     w.res.usage.completion_tokens, &stored, errstr,
                                      sizeof(errstr)) != SHEAF_OK) {
         sheaf_error("reducer", "job %s doc %s: cannot store result (will retry): %s", job, doc,
                     errstr);
         goto done;
     }
-    reducer_emit(r, job, "doc", result);
+    if (stored == SHEAF_STORE_NO_JOB) {
+        sheaf_info("reducer", "job %s doc %s: the job is gone (cancelled or deleted)", job, doc);
+        out = ENTRY_DONE;
+        goto done;
+    }
+    /* Only a result this thread stored is its to count; the outputs take
+     * whichever was stored first. */
+    out = reducer_output(r, job, SHEAF_ITEM_DOC, doc, stored >= SHEAF_STORE_NEW ? result : NULL);
+    if (stored < SHEAF_STORE_NEW) goto done;
     r->docs++;
     sheaf_metric_inc(r->sh->docs);
     if (w.res.error)
         sheaf_warn("reducer", "job %s doc %s: done with error: %s", job, doc, w.res.error);
     else
         sheaf_info("reducer", "job %s doc %s: reduced %u chunk(s)", job, doc, w.n);
-    if (queued == 1) sheaf_info("reducer", "job %s: every document done, overview queued", job);
-    out = ENTRY_DONE;
+    if (stored == SHEAF_STORE_NEW_OVERVIEW)
+        sheaf_info("reducer", "job %s: every document done, overview queued", job);
 done:
     for (uint32_t i = 0; w.recs && i < w.n; i++) json_decref(w.recs[i]);
     for (uint32_t i = 0; w.texts && i < w.n_ok; i++) free(w.texts[i]);
@@ -296,5 +314,6 @@ done:
     sheaf_partials_free(parts, w.n);
     free(meta_json);
     free(result);
+    free(prev);
     return out;
 }

@@ -146,7 +146,7 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
     stage_result res = {0};
     rvars v = {0};
     sheaf_err err = SHEAF_ERR_NOMEM;
-    int queued = 0;
+    sheaf_store_outcome stored = SHEAF_STORE_KEPT;
 
     if (!path_json || !texts) goto done;
     snprintf(count, sizeof(count), "%zu", members->n);
@@ -175,17 +175,28 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
     if (!json) goto done;
     err = sheaf_state_group_result_store(r->redis, job, path_json, counted, json,
                                          res.usage.prompt_tokens, res.usage.completion_tokens,
-                                         &queued, errstr, sizeof(errstr));
+                                         &stored, errstr, sizeof(errstr));
     if (err != SHEAF_OK) {
         sheaf_error("reducer", "job %s group %s: cannot store result (will retry): %s", job,
                     path_json, errstr);
         goto done;
     }
-    reducer_emit(r, job, "group", json);
-    r->groups++;
-    sheaf_metric_inc(r->sh->groups);
-    sheaf_info("reducer", "job %s group %s: %zu member(s) summarized%s", job, label, members->n,
-               queued ? "; its parent is complete" : "");
+    if (stored == SHEAF_STORE_NO_JOB) {
+        err = SHEAF_ERR_NOT_FOUND; /* cancelled or deleted: nothing more to do */
+        goto done;
+    }
+    switch (reducer_output(r, job, SHEAF_ITEM_GROUP, path_json,
+                           stored >= SHEAF_STORE_NEW ? json : NULL)) {
+    case ENTRY_DONE: break;
+    case ENTRY_STOPPED: err = SHEAF_ERR_STOPPED; goto done;
+    case ENTRY_RETRY: err = SHEAF_ERR_REDIS; goto done;
+    }
+    if (stored >= SHEAF_STORE_NEW) {
+        r->groups++;
+        sheaf_metric_inc(r->sh->groups);
+        sheaf_info("reducer", "job %s group %s: %zu member(s) summarized%s", job, label,
+                   members->n, stored >= SHEAF_STORE_NEW_OVERVIEW ? "; its parent is complete" : "");
+    }
     if (text_out && res.text && !res.error) {
         *text_out = res.text;
         res.text = NULL;
@@ -302,16 +313,45 @@ entry_outcome reducer_group(reducer *r, const char *job, const char *path_json)
         sheaf_warn("reducer", "job %s: ignoring group entry with a bad path %.200s", job,
                    path_json);
     } else {
-        err = group_members(r, job, p, path_json, path, &members, NULL, errstr, sizeof(errstr));
-        if (err == SHEAF_OK) err = summarize_group(r, job, p, path, &members, 1, NULL);
-        if (err != SHEAF_OK && errstr[0])
-            sheaf_error("reducer", "job %s group %s: %s", job, path_json, errstr);
-        out = entry_from(err);
+        /* Stored already: no call, only the outputs if nobody wrote them. */
+        char *prev = NULL, *canon = json_dumps(path, JSON_COMPACT);
+        err = canon ? sheaf_state_result_get(r->redis, job, SHEAF_ITEM_GROUP, canon, &prev,
+                                             errstr, sizeof(errstr))
+                    : SHEAF_ERR_NOMEM;
+        if (err == SHEAF_OK && prev) {
+            out = reducer_output(r, job, SHEAF_ITEM_GROUP, canon, NULL);
+        } else {
+            if (err == SHEAF_OK)
+                err = group_members(r, job, p, path_json, path, &members, NULL, errstr,
+                                    sizeof(errstr));
+            if (err == SHEAF_OK) err = summarize_group(r, job, p, path, &members, 1, NULL);
+            if (err != SHEAF_OK && errstr[0])
+                sheaf_error("reducer", "job %s group %s: %s", job, path_json, errstr);
+            out = err == SHEAF_ERR_NOT_FOUND ? ENTRY_DONE : entry_from(err);
+        }
+        free(prev);
+        free(canon);
     }
     items_free(&members);
     json_decref(path);
     sheaf_pipeline_destroy(p);
     return out;
+}
+
+/* The overview to the outputs, then the job's retention starts (its keys
+ * expire job.retention_s later).  In that order: a crash in between leaves
+ * the entry pending, and its redo finds the overview written and retires
+ * the job. */
+static entry_outcome overview_out(reducer *r, const char *job, const char *mine)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    entry_outcome out = reducer_output(r, job, SHEAF_ITEM_OVERVIEW, NULL, mine);
+    if (out != ENTRY_DONE) return out;
+    if (sheaf_state_job_retire(r->redis, r->cfg, job, errstr, sizeof(errstr)) != SHEAF_OK) {
+        sheaf_error("reducer", "job %s: cannot start its retention (will retry): %s", job, errstr);
+        return ENTRY_RETRY;
+    }
+    return ENTRY_DONE;
 }
 
 entry_outcome reducer_overview(reducer *r, const char *job)
@@ -325,6 +365,7 @@ entry_outcome reducer_overview(reducer *r, const char *job)
     char **texts = NULL;
     rvars v = {0};
     entry_outcome out = ENTRY_RETRY;
+    sheaf_store_outcome stored = SHEAF_STORE_KEPT;
     sheaf_pipeline *p = reducer_job_pipeline(r, job, errstr, sizeof(errstr), &err);
 
     r->job = job;
@@ -333,9 +374,19 @@ entry_outcome reducer_overview(reducer *r, const char *job)
         out = err == SHEAF_ERR_REDIS ? ENTRY_RETRY : ENTRY_DONE;
         goto done;
     }
+    /* Stored already: no call, only the outputs and the retention. */
+    if (sheaf_state_result_get(r->redis, job, SHEAF_ITEM_OVERVIEW, NULL, &json, errstr,
+                               sizeof(errstr)) != SHEAF_OK)
+        goto done;
+    if (json) {
+        free(json);
+        json = NULL;
+        out = overview_out(r, job, NULL);
+        goto done;
+    }
     err = group_members(r, job, p, "[]", root, &members, &n_docs, errstr, sizeof(errstr));
     if (err != SHEAF_OK) {
-        out = entry_from(err);
+        out = err == SHEAF_ERR_NOT_FOUND ? ENTRY_DONE : entry_from(err);
         goto done;
     }
     if (p->overview.present) {
@@ -372,16 +423,22 @@ entry_outcome reducer_overview(reducer *r, const char *job)
     if (res.error) json_object_set_new(rec, "error", json_string(res.error));
     if (!(json = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER))) goto done;
     if (sheaf_state_overview_store(r->redis, job, json, res.usage.prompt_tokens,
-                                   res.usage.completion_tokens, errstr, sizeof(errstr)) !=
-        SHEAF_OK) {
+                                   res.usage.completion_tokens, &stored, errstr,
+                                   sizeof(errstr)) != SHEAF_OK) {
         sheaf_error("reducer", "job %s: cannot store overview (will retry): %s", job, errstr);
         goto done;
     }
-    reducer_emit(r, job, "overview", json);
-    r->overviews++;
-    sheaf_metric_inc(r->sh->overviews);
-    sheaf_info("reducer", "job %s: overview written, job done", job);
-    out = ENTRY_DONE;
+    if (stored == SHEAF_STORE_NO_JOB) {
+        sheaf_info("reducer", "job %s: the job is gone (cancelled or deleted)", job);
+        out = ENTRY_DONE;
+        goto done;
+    }
+    out = overview_out(r, job, stored >= SHEAF_STORE_NEW ? json : NULL);
+    if (stored >= SHEAF_STORE_NEW) {
+        r->overviews++;
+        sheaf_metric_inc(r->sh->overviews);
+        sheaf_info("reducer", "job %s: overview written, job done", job);
+    }
 done:
     if (out == ENTRY_RETRY && errstr[0]) sheaf_error("reducer", "job %s overview: %s", job, errstr);
     texts_free(texts, members.n);

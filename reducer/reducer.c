@@ -46,13 +46,20 @@ static const char usage_text[] =
 
 /* ---- results ---- */
 
-void reducer_emit(reducer *r, const char *job, const char *kind, const char *json)
+/* Writes one result line to reducer.output and <prefix>.results:
+ * {"job":J,"kind":kind,"result":json}, keyed on the topic by job, pipeline
+ * version and item (["J","pv","doc","<id>"]) so a compacted topic keeps
+ * one message per item even if a crash made it written twice. */
+static void emit(reducer *r, const char *job, const char *kind, const char *id,
+                 const char *json)
 {
     reducer_shared *sh = r->sh;
+    json_t *k = json_pack("[s,s,s,s]", job, r->pv, kind, id ? id : "");
+    char *key = k ? json_dumps(k, JSON_COMPACT) : NULL;
     char *line = NULL;
     size_t len = strlen(job) + strlen(kind) + strlen(json) + 40;
-    if (!(line = malloc(len))) return;
-    /* One line per result: {"job":J,"kind":"doc"|"group"|"overview","result":{...}} */
+    json_decref(k);
+    if (!key || !(line = malloc(len))) goto out;
     snprintf(line, len, "{\"job\":\"%s\",\"kind\":\"%s\",\"result\":%s}", job, kind, json);
     pthread_mutex_lock(&sh->out_lock);
     if (sh->out) {
@@ -63,7 +70,7 @@ void reducer_emit(reducer *r, const char *job, const char *kind, const char *jso
         /* RD_KAFKA_MSG_F_COPY: librdkafka copies line; a full queue or a
          * dead cluster must not stop the reduce (Redis holds every result). */
         rd_kafka_resp_err_t e = rd_kafka_producev(
-            sh->results, RD_KAFKA_V_TOPIC(sh->results_topic), RD_KAFKA_V_KEY(job, strlen(job)),
+            sh->results, RD_KAFKA_V_TOPIC(sh->results_topic), RD_KAFKA_V_KEY(key, strlen(key)),
             RD_KAFKA_V_VALUE(line, strlen(line)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_END);
         if (e) sheaf_warn("reducer", "job %s: result not sent to %s: %s", job, sh->results_topic,
@@ -71,7 +78,83 @@ void reducer_emit(reducer *r, const char *job, const char *kind, const char *jso
         rd_kafka_poll(sh->results, 0);
     }
     pthread_mutex_unlock(&sh->out_lock);
+out:
+    free(key);
     free(line);
+}
+
+entry_outcome reducer_output(reducer *r, const char *job, sheaf_item_kind kind, const char *id,
+                             const char *mine)
+{
+    static const char *const kinds[] = {"doc", "group", "overview"};
+    char errstr[SHEAF_ERRSTR_SIZE] = "", item[1200], *stored = NULL;
+    sheaf_entry_ref e = {r->lease.stream, r->cfg->reducer_group, r->consumer, r->lease.id};
+    sheaf_emit_right right;
+    entry_outcome out = ENTRY_RETRY;
+
+    if (kind == SHEAF_ITEM_OVERVIEW) snprintf(item, sizeof(item), "overview");
+    else snprintf(item, sizeof(item), "%s:%s", kinds[kind], id);
+    if (!r->lease.active) {
+        /* Not from a stream entry (cannot happen today): never emit twice. */
+        sheaf_error("reducer", "job %s %s: result stored but not emitted (no entry)", job, item);
+        return ENTRY_DONE;
+    }
+    if (sheaf_state_emit_claim(r->redis, job, &e, item, &right, errstr, sizeof(errstr)) != SHEAF_OK)
+        goto done;
+    if (right == SHEAF_EMIT_LOST) {
+        sheaf_warn("reducer", "job %s %s: the entry was taken over by another reducer; its "
+                   "result is theirs to write", job, item);
+        out = ENTRY_STOPPED;
+        goto done;
+    }
+    if (right != SHEAF_EMIT_YES) {
+        out = ENTRY_DONE;
+        goto done;
+    }
+    if (!mine) {
+        if (sheaf_state_result_get(r->redis, job, kind, id, &stored, errstr, sizeof(errstr)) !=
+            SHEAF_OK)
+            goto done;
+        if (!stored) {
+            sheaf_error("reducer", "job %s %s: no stored result to write", job, item);
+            out = ENTRY_DONE;
+            goto done;
+        }
+    }
+    emit(r, job, kinds[kind], kind == SHEAF_ITEM_OVERVIEW ? NULL : id, mine ? mine : stored);
+    /* A crash before this line makes the next owner of the entry write the
+     * result again: the at-least-once window, covered by the topic's key. */
+    if (sheaf_state_emit_done(r->redis, job, item, errstr, sizeof(errstr)) != SHEAF_OK)
+        goto done;
+    out = ENTRY_DONE;
+done:
+    if (out == ENTRY_RETRY) sheaf_error("reducer", "job %s %s: %s (will retry)", job, item, errstr);
+    free(stored);
+    return out;
+}
+
+int reducer_lease_tick(reducer *r)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    int held = 1;
+    int64_t now = sheaf_mono_ms();
+    if (!r->lease.active || r->lease.lost) return r->lease.lost ? -1 : 0;
+    if (now - r->lease.renewed_ms < r->cfg->reducer_claim_idle_ms / 3) return 0;
+    sheaf_entry_ref e = {r->lease.stream, r->cfg->reducer_group, r->consumer, r->lease.id};
+    if (sheaf_state_lease_renew(r->redis, &e, &held, errstr, sizeof(errstr)) != SHEAF_OK) {
+        /* Redis trouble: try again next tick; the lease may lapse meanwhile,
+         * which the emission right covers. */
+        sheaf_warn("reducer", "lease on %s %s: %s", r->lease.stream, r->lease.id, errstr);
+        return 0;
+    }
+    r->lease.renewed_ms = now;
+    if (!held) {
+        sheaf_warn("reducer", "lease on %s %s lost: another reducer took the entry over",
+                   r->lease.stream, r->lease.id);
+        r->lease.lost = 1;
+        return -1;
+    }
+    return 0;
 }
 
 sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, size_t errlen,
@@ -91,6 +174,7 @@ sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, 
         *err = SHEAF_ERR_NOT_FOUND;
         return NULL;
     }
+    snprintf(r->pv, sizeof(r->pv), "%s", rep->str);
     *err = sheaf_state_pipeline_get(r->redis, rep->str, &json, errstr, errlen);
     freeReplyObject(rep);
     if (*err != SHEAF_OK) return NULL;
@@ -127,7 +211,10 @@ static void ack(reducer *r, const char *stream, const char *id)
     else sheaf_warn("reducer", "XACK %s %s: %s (the entry will be redone)", stream, id, errstr);
 }
 
-/* Processes entries of one stream from an XREADGROUP/XAUTOCLAIM array. */
+/* Processes entries of one stream from an XREADGROUP/XAUTOCLAIM array.
+ * Each is worked on under a lease, taken (checked and renewed) first: an
+ * entry that waited in the batch past reducer.claim_idle_ms may belong to
+ * another reducer by now, and is then left to it. */
 static void process_entries(reducer *r, const char *job, const char *stream, redisReply *entries)
 {
     for (size_t i = 0; entries && i < entries->elements && !sheaf_stop; i++) {
@@ -139,10 +226,31 @@ static void process_entries(reducer *r, const char *job, const char *stream, red
             ack(r, stream, id);
             continue;
         }
-        if (handle_entry(r, job, e->element[1]) == ENTRY_DONE) ack(r, stream, id);
+        snprintf(r->lease.stream, sizeof(r->lease.stream), "%s", stream);
+        snprintf(r->lease.id, sizeof(r->lease.id), "%s", id);
+        r->lease.active = 1;
+        r->lease.lost = 0;
+        r->lease.renewed_ms = 0; /* due now */
+        if (reducer_lease_tick(r) == 0 && handle_entry(r, job, e->element[1]) == ENTRY_DONE)
+            ack(r, stream, id);
+        r->lease.active = 0;
     }
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void jobs_free(char **jobs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(jobs[i]);
+    free(jobs);
+}
+
+/* Reads the active jobs, however many (no cap: work follows ready work,
+ * and XREADGROUP takes every job's stream at once).  The reducers' group
+ * is created (idempotently) only on a stream not seen in the last round. */
 static void refresh_jobs(reducer *r)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
@@ -151,22 +259,34 @@ static void refresh_jobs(reducer *r)
         sheaf_error("reducer", "cannot list active jobs: %s", errstr);
         return;
     }
-    for (size_t i = 0; i < r->n_jobs; i++) free(r->jobs[i]);
-    r->n_jobs = 0;
-    for (size_t i = 0; i < rep->elements && r->n_jobs < MAX_JOBS; i++) {
-        const char *job = rep->element[i]->str;
+    size_t n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
+    char **jobs = calloc(n ? n : 1, sizeof(*jobs));
+    if (!jobs) {
+        freeReplyObject(rep);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!(jobs[i] = strdup(rep->element[i]->str))) {
+            jobs_free(jobs, i);
+            freeReplyObject(rep);
+            return;
+        }
+    }
+    freeReplyObject(rep);
+    qsort(jobs, n, sizeof(*jobs), cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        if (r->n_jobs && bsearch(&jobs[i], r->jobs, r->n_jobs, sizeof(*jobs), cmp_str)) continue;
         char kready[512];
-        sheaf_key(kready, sizeof(kready), job, "ready");
-        /* Creating the group is idempotent: BUSYGROUP means it exists. */
+        sheaf_key(kready, sizeof(kready), jobs[i], "ready");
+        /* BUSYGROUP (it exists) is the usual answer. */
         redisReply *g = sheaf_redis_cmd(r->redis, errstr, sizeof(errstr),
                                         "XGROUP CREATE %s %s 0 MKSTREAM", kready,
                                         r->cfg->reducer_group);
         if (g) freeReplyObject(g);
-        r->jobs[r->n_jobs++] = strdup(job);
     }
-    if (rep->elements > MAX_JOBS)
-        sheaf_warn("reducer", "%zu active jobs; serving %d per round", rep->elements, MAX_JOBS);
-    freeReplyObject(rep);
+    jobs_free(r->jobs, r->n_jobs);
+    r->jobs = jobs;
+    r->n_jobs = n;
 }
 
 /* Takes over entries pending longer than reducer.claim_idle_ms (their
@@ -175,7 +295,9 @@ static void claim_stale(reducer *r)
 {
     char errstr[SHEAF_ERRSTR_SIZE], kready[512], idle[24];
     snprintf(idle, sizeof(idle), "%d", r->cfg->reducer_claim_idle_ms);
-    for (size_t j = 0; j < r->n_jobs && !sheaf_stop; j++) {
+    /* Each thread claims for its share of the jobs: every job is looked at
+     * by one thread of each reducer process per round. */
+    for (size_t j = (size_t)r->index; j < r->n_jobs && !sheaf_stop; j += (size_t)r->n_threads) {
         sheaf_key(kready, sizeof(kready), r->jobs[j], "ready");
         redisReply *rep = sheaf_redis_cmd(r->redis, errstr, sizeof(errstr),
                                           "XAUTOCLAIM %s %s %s %s 0-0 COUNT 32", kready,
@@ -209,15 +331,18 @@ static void read_new(reducer *r)
     argv[2] = r->cfg->reducer_group;
     argv[3] = r->consumer;
     argv[4] = "COUNT";
-    argv[5] = "16";
+    argv[5] = "4"; /* few: entries wait in a batch while earlier ones are reduced */
     argv[6] = "BLOCK";
     argv[7] = "1000";
     argv[8] = "STREAMS";
     argc = 9;
+    /* Starting at a different job each round: the reply lists streams in
+     * the order asked, and no job is always last. */
+    r->rotate = (r->rotate + 1) % n;
     for (size_t i = 0; i < n; i++) {
         keys[i] = malloc(512);
         if (!keys[i]) goto out;
-        sheaf_key(keys[i], 512, r->jobs[i], "ready");
+        sheaf_key(keys[i], 512, r->jobs[(r->rotate + i) % n], "ready");
         argv[argc++] = keys[i];
     }
     for (size_t i = 0; i < n; i++) argv[argc++] = ">";
@@ -250,6 +375,7 @@ out:
 
 #define HEALTH_EVERY_MS 1000
 #define PING_EVERY_MS 5000
+#define SWEEP_EVERY_MS 60000
 
 void reducer_llm_state(reducer *r)
 {
@@ -362,6 +488,16 @@ static void *reducer_run(void *arg)
             claim_stale(r);
             r->claimed_ms = now;
         }
+        if (r->index == 0 && now - r->swept_ms >= SWEEP_EVERY_MS) {
+            /* Index entries of jobs whose keys expired (job.retention_s). */
+            char errstr2[SHEAF_ERRSTR_SIZE];
+            size_t gone = 0;
+            if (sheaf_state_jobs_sweep(r->redis, &gone, errstr2, sizeof(errstr2)) != SHEAF_OK)
+                sheaf_warn("reducer", "sweeping expired jobs: %s", errstr2);
+            else if (gone)
+                sheaf_info("reducer", "%zu expired job(s) removed from the index", gone);
+            r->swept_ms = now;
+        }
         read_new(r);
     }
     r->rc = 0;
@@ -370,7 +506,7 @@ static void *reducer_run(void *arg)
 
 static void reducer_clear(reducer *r)
 {
-    for (size_t i = 0; i < r->n_jobs; i++) free(r->jobs[i]);
+    jobs_free(r->jobs, r->n_jobs);
     sheaf_llm_async_destroy(r->llm);
     sheaf_ratelimit_destroy(r->limit);
     sheaf_redis_destroy(r->redis);
@@ -416,6 +552,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         rs[i].sh = &sh;
         rs[i].cfg = &sh.cfg;
+        rs[i].index = i;
+        rs[i].n_threads = n;
         snprintf(rs[i].consumer, sizeof(rs[i].consumer), "%s-%d-%d", host, (int)getpid(), i);
         if (pthread_create(&rs[i].thread, NULL, reducer_run, &rs[i]) != 0) {
             sheaf_error("reducer", "cannot start thread %d", i);

@@ -24,8 +24,6 @@
 #include "sheaf/ratelimit.h"
 #include "sheaf/state.h"
 
-#define MAX_JOBS 256
-
 typedef struct reducer_shared {
     sheaf_config cfg;
     FILE *out;                   /* reducer.output, or NULL */
@@ -49,10 +47,20 @@ typedef struct reducer {
     sheaf_llm_limiter limiter;
     sheaf_llm_async *llm;        /* same engine as the workers: retries, breaker, limiter */
     const char *job;             /* the job being reduced (cache counters); set by the stages */
+    char pv[80];                 /* its pipeline version (results-topic keys); reducer_job_pipeline */
     char consumer[160];
-    char *jobs[MAX_JOBS];        /* active jobs, refreshed every second */
-    size_t n_jobs;
-    int64_t jobs_refreshed_ms, claimed_ms;
+    int index, n_threads;        /* this thread's place among reducer.threads */
+    char **jobs;                 /* active jobs, sorted, refreshed every second; no cap */
+    size_t n_jobs, rotate;       /* rotate: where the next read starts, for fairness */
+    int64_t jobs_refreshed_ms, claimed_ms, swept_ms;
+    /* The lease on the entry being worked on (sheaf/state.h): renewed from
+     * the LLM wait loop every claim_idle_ms / 3; lost when another reducer
+     * claimed the entry, which stops the work (the entry is the other's). */
+    struct {
+        char stream[512], id[64];
+        int active, lost;
+        int64_t renewed_ms;
+    } lease;
     unsigned long docs, groups, overviews;
     atomic_int llm_open;         /* this thread's LLM circuit is open */
     char llm_why[256];           /* why, under sh->health_lock */
@@ -111,9 +119,19 @@ void reducer_llm_state(reducer *r);
 
 /* ---- results (main.c) ---- */
 
-/* Writes one result line to reducer.output and <prefix>.results:
- * {"job":J,"kind":kind,"result":json}. */
-void reducer_emit(reducer *r, const char *job, const char *kind, const char *json);
+/* Renews the lease on the current entry when it is due (a Redis call at
+ * most every reducer.claim_idle_ms / 3); returns 0 while it is held, -1
+ * once lost. */
+int reducer_lease_tick(reducer *r);
+
+/* Writes an item's stored result to the outputs, exactly once across every
+ * reducer (sheaf/state.h, "exactly-once outputs"): only when this thread is
+ * granted the emission right for the entry it works on; mine is the result
+ * this thread just stored (NULL: read the stored one).  ENTRY_DONE when the
+ * entry may be acknowledged, ENTRY_STOPPED when it is no longer ours,
+ * ENTRY_RETRY on a Redis failure. */
+entry_outcome reducer_output(reducer *r, const char *job, sheaf_item_kind kind, const char *id,
+                             const char *mine);
 /* The job's pipeline (NULL with *err: SHEAF_ERR_REDIS to retry, others
  * permanent). */
 sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, size_t errlen,

@@ -75,7 +75,7 @@ items_out() { [ "$(grep -c "\"job\":\"$BATCHJOB\",\"kind\":\"doc\"" "$T/out.json
 wait_until 60 "23 of 24 batch items in reducer.output" items_out
 assert_eq "$(job_field "$BATCHJOB" state)" running "batch job state while one item is held"
 topic_items() {
-  [ "$(kcat -b "$SHEAF_BROKERS" -C -t sheaf.results -o beginning -e -q -f '%k\n' 2>/dev/null | grep -c "^$BATCHJOB\$")" -ge 23 ]
+  [ "$(kcat -b "$SHEAF_BROKERS" -C -t sheaf.results -o beginning -e -q -f '%k\n' 2>/dev/null | grep -c "^\[\"$BATCHJOB\",\"[0-9a-f]*\",\"doc\",")" -ge 23 ]
 }
 wait_until 30 "23 batch items on sheaf.results" topic_items
 wait_job "$SLOWJOB" 60

@@ -103,6 +103,7 @@ typedef struct sheaf_config {
     double llm_rpm;              /* llm.rpm: fleet-wide requests/min, 0 = unlimited */
     double llm_tpm;              /* llm.tpm: fleet-wide tokens/min, 0 = unlimited */
     char *reducer_group;         /* reducer.group: Redis stream consumer group */
+    int job_retention_s;         /* job.retention_s: ended jobs' keys expire after, 0 = never */
     int reducer_claim_idle_ms;   /* reducer.claim_idle_ms: claim a dead reducer's entries after */
     char *reducer_output;        /* reducer.output: JSONL file path, "-" = stdout, "" = none */
 

@@ -39,11 +39,21 @@
  *                                  {type=group, g=<path>} and one
  *                                  {type=overview}; consumer group =
  *                                  reducer.group
+ *   sheaf:{J}:emit         hash    <kind>:<item> = "<consumer> <entry id>"
+ *                                  while a reducer holds the right to write
+ *                                  that result to the outputs, "done" once
+ *                                  written (doc:<id>, group:<path>, overview)
  *   sheaf:pipeline:<pv>    string  pipeline snapshot (canonical JSON)
  *   sheaf:jobs             zset    every job id, score = created_ms
  *   sheaf:jobs:active      set     jobs whose overview is not written yet
+ *   sheaf:jobs:expiring    zset    ended jobs, score = when their keys expire
  *
- * Job states: producing -> running -> done, or failed (with error).
+ * Job states: producing -> running -> done, or failed / cancelled (with
+ * the reason in error).  An ended job's keys expire job.retention_s later
+ * (sheaf_state_job_retire); 0 keeps them.
+ *
+ * The Lua scripts are the .lua files of common/lua/, built in; this
+ * file and state.c are the only code that knows key names.
  *
  * Idempotence: a chunk's result is written by a Lua script that does
  * nothing when the chunk already has one (first write wins), and the same
@@ -136,8 +146,49 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
  * "running".  On failure use sheaf_state_job_fail. */
 sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs,
                                   uint64_t chunks, char *errstr, size_t errlen);
-sheaf_err sheaf_state_job_fail(sheaf_redis *r, const char *job, const char *reason,
-                               char *errstr, size_t errlen);
+sheaf_err sheaf_state_job_fail(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                               const char *reason, char *errstr, size_t errlen);
+
+/* ---- job states and lifecycle ---- */
+
+typedef enum sheaf_job_state {
+    SHEAF_JOB_PRODUCING,
+    SHEAF_JOB_RUNNING,
+    SHEAF_JOB_DONE,
+    SHEAF_JOB_FAILED,
+    SHEAF_JOB_CANCELLED
+} sheaf_job_state;
+
+const char *sheaf_job_state_name(sheaf_job_state s);
+/* 0 and *s set when name is a state's name, else -1. */
+int sheaf_job_state_parse(const char *name, sheaf_job_state *s);
+/* 1 for done, failed and cancelled. */
+int sheaf_job_state_final(sheaf_job_state s);
+
+/* Ends a job that has not ended (state failed or cancelled, the reason in
+ * error, finished_ms), takes it out of the active set and starts its
+ * retention.  *ended is 0 when it had ended before (nothing changed);
+ * SHEAF_ERR_NOT_FOUND for an unknown job. */
+sheaf_err sheaf_state_job_end(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                              sheaf_job_state state, const char *reason, int *ended,
+                              char *errstr, size_t errlen);
+
+/* Starts an ended job's retention: every key of the job expires in
+ * job.retention_s (nothing with 0), the pipeline snapshot too, and the job
+ * is listed in sheaf:jobs:expiring for sheaf_state_jobs_sweep. */
+sheaf_err sheaf_state_job_retire(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                                 char *errstr, size_t errlen);
+
+/* Deletes every key of the job and its index entries at once. */
+sheaf_err sheaf_state_job_delete(sheaf_redis *r, const char *job, char *errstr, size_t errlen);
+
+/* Removes the index entries (sheaf:jobs) of jobs whose keys expired. */
+sheaf_err sheaf_state_jobs_sweep(sheaf_redis *r, size_t *removed, char *errstr, size_t errlen);
+
+/* Every job id in sheaf:jobs, newest first (free with sheaf_job_ids_free). */
+sheaf_err sheaf_state_job_ids(sheaf_redis *r, char ***ids, size_t *n, char *errstr,
+                              size_t errlen);
+void sheaf_job_ids_free(char **ids, size_t n);
 
 /* ---- worker side ---- */
 
@@ -181,12 +232,21 @@ void sheaf_partials_free(sheaf_partial *parts, uint32_t n);
 sheaf_err sheaf_state_doc_info(sheaf_redis *r, const char *job, const char *doc,
                                char **meta_json, uint32_t *chunks, char *errstr, size_t errlen);
 
-/* Records the document result once; *overview_queued is 1 when this was the
- * last document and {type=overview} was enqueued, 2 when it completed its
- * metadata group and {type=group, g=<path>} was enqueued. */
+/* What storing a result did.  Only the caller that got a NEW outcome
+ * stored the result; whoever writes it to the outputs is decided apart
+ * (sheaf_state_emit_claim). */
+typedef enum sheaf_store_outcome {
+    SHEAF_STORE_NO_JOB = -1,         /* the job is gone (deleted, expired, cancelled) */
+    SHEAF_STORE_KEPT = 0,            /* a result was stored before: first write wins */
+    SHEAF_STORE_NEW = 1,
+    SHEAF_STORE_NEW_OVERVIEW = 2,    /* ... and {type=overview} was enqueued */
+    SHEAF_STORE_NEW_GROUP = 3        /* ... and its group's {type=group} was enqueued */
+} sheaf_store_outcome;
+
+/* Records the document result once (see sheaf_store_outcome). */
 sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const char *doc,
                                        const char *result_json, uint64_t prompt_tokens,
-                                       uint64_t completion_tokens, int *overview_queued,
+                                       uint64_t completion_tokens, sheaf_store_outcome *out,
                                        char *errstr, size_t errlen);
 
 /* Records a group's result once, in sheaf:{J}:groups under its path.
@@ -197,13 +257,59 @@ sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const ch
 sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const char *path,
                                          int counted, const char *result_json,
                                          uint64_t prompt_tokens, uint64_t completion_tokens,
-                                         int *queued, char *errstr, size_t errlen);
+                                         sheaf_store_outcome *out, char *errstr, size_t errlen);
 
-/* Stores the overview, sets state done and finished_ms, removes the job from
- * sheaf:jobs:active.  Idempotent. */
+/* Stores the overview (once), sets state done and finished_ms, removes the
+ * job from sheaf:jobs:active.  NO_JOB for a cancelled or deleted job. */
 sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char *overview_json,
                                      uint64_t prompt_tokens, uint64_t completion_tokens,
-                                     char *errstr, size_t errlen);
+                                     sheaf_store_outcome *out, char *errstr, size_t errlen);
+
+/* ---- exactly-once outputs ----
+ *
+ * A reducer works on a ready-stream entry under a lease: the entry is
+ * pending under its consumer, and sheaf_state_lease_renew (called while its
+ * LLM calls run) keeps its idle time below reducer.claim_idle_ms so no
+ * other reducer claims it.  A result is stored first-write-wins, then
+ * written to the outputs by exactly one process: the one granted the
+ * item's emission right by sheaf_state_emit_claim, which records
+ * sheaf_state_emit_done once it wrote.  Only a SIGKILL between the write
+ * and emit_done makes the item written again (by whoever claims the entry
+ * next): the results topic is keyed by job, version and item for that. */
+
+typedef struct sheaf_entry_ref {
+    const char *stream;      /* sheaf:{J}:ready */
+    const char *group;       /* reducer.group */
+    const char *consumer;    /* this reducer thread's consumer name */
+    const char *id;          /* the entry */
+} sheaf_entry_ref;
+
+typedef enum sheaf_item_kind { SHEAF_ITEM_DOC, SHEAF_ITEM_GROUP, SHEAF_ITEM_OVERVIEW } sheaf_item_kind;
+
+/* *held = 1 when the entry is still pending under e->consumer (its idle
+ * time is then reset), 0 when another reducer took it over. */
+sheaf_err sheaf_state_lease_renew(sheaf_redis *r, const sheaf_entry_ref *e, int *held,
+                                  char *errstr, size_t errlen);
+
+typedef enum sheaf_emit_right {
+    SHEAF_EMIT_NO_JOB = -1,  /* the job is gone: nothing to write */
+    SHEAF_EMIT_YES = 0,      /* write it, then sheaf_state_emit_done */
+    SHEAF_EMIT_DONE = 1,     /* written before */
+    SHEAF_EMIT_HELD = 2,     /* a live reducer holds it through another entry */
+    SHEAF_EMIT_LOST = 3      /* e is no longer this consumer's: leave it */
+} sheaf_emit_right;
+
+/* item: "doc:<id>", "group:<path>" or "overview". */
+sheaf_err sheaf_state_emit_claim(sheaf_redis *r, const char *job, const sheaf_entry_ref *e,
+                                 const char *item, sheaf_emit_right *right, char *errstr,
+                                 size_t errlen);
+sheaf_err sheaf_state_emit_done(sheaf_redis *r, const char *job, const char *item, char *errstr,
+                                size_t errlen);
+
+/* The stored result of a document (id), group (path) or the overview;
+ * *json NULL when none is stored. */
+sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kind kind,
+                                 const char *id, char **json, char *errstr, size_t errlen);
 
 /* ---- status ---- */
 

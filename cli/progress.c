@@ -101,7 +101,7 @@ void progress_print_full(FILE *out, const sheaf_config *cfg, const char *job,
     int64_t end = st->finished_ms ? st->finished_ms : now_ms;
     int known;
 
-    fprintf(out, "job %s: %s%s%s  (pipeline %s, %.1f s)\n", job, st->state,
+    fprintf(out, "job %s: %s%s%s  (pipeline %s, %.1f s)\n", job, sheaf_job_state_name(st->state),
             st->error[0] ? ": " : "", st->error, st->pv,
             st->created_ms ? (double)(end - st->created_ms) / 1000.0 : 0.0);
     int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
@@ -148,7 +148,7 @@ void progress_print_line(FILE *out, const char *job, const sheaf_job_status *st,
     int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
     fprintf(out, "job %s %s: chunks %llu/%llu (%llu failed), documents %llu/%llu, groups %llu, "
             "overview %s, dlq %llu, %.1f chunks/s",
-            job, st->state, (unsigned long long)finished(st), (unsigned long long)st->chunks,
+            job, sheaf_job_state_name(st->state), (unsigned long long)finished(st), (unsigned long long)st->chunks,
             (unsigned long long)st->chunks_failed, (unsigned long long)st->docs_done,
             (unsigned long long)st->docs, (unsigned long long)st->groups_done,
             st->overview_done ? "written" : "pending", (unsigned long long)st->dlq, pg->rate);
@@ -173,7 +173,7 @@ void progress_print_json(FILE *out, const sheaf_config *cfg, const char *job,
                                       "completion", (json_int_t)st->stage_tokens[k][1]));
     o = json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:I,s:I,s:I,s:I,"
                   "s:o,s:f,s:o,s:o,s:s}",
-                  "job", job, "state", st->state, "pipeline", st->pv, "docs", (json_int_t)st->docs,
+                  "job", job, "state", sheaf_job_state_name(st->state), "pipeline", st->pv, "docs", (json_int_t)st->docs,
                   "docs_done", (json_int_t)st->docs_done, "docs_ready", (json_int_t)st->docs_ready,
                   "chunks", (json_int_t)st->chunks, "chunks_done", (json_int_t)st->chunks_ok,
                   "chunks_failed", (json_int_t)st->chunks_failed, "chunks_in_flight",

@@ -8,6 +8,9 @@
  *   sheaf repair JOB [--dry-run]
  *   sheaf diff JOB PV1 PV2
  *   sheaf cost JOB
+ *   sheaf jobs [--state S] [--json]
+ *   sheaf cancel JOB
+ *   sheaf job delete JOB [--force]
  *   sheaf config            (print the effective configuration, secrets hidden)
  *
  * Every subcommand takes -c FILE and -X key=value like the other programs.
@@ -64,7 +67,15 @@ static void usage(FILE *out)
             "  diff JOB PV1 PV2      which documents' results differ between two versions\n"
             "  cost JOB              tokens and cost per document (JSONL), then the job's\n"
             "                        totals (the status --json line)\n"
-            "                        totals (the status --json line)\n"
+            "  jobs [--state S] [--json]\n"
+            "        every job known to Redis, newest first, with its state and progress;\n"
+            "        --state: only producing, running, done, failed or cancelled ones\n"
+            "  cancel JOB            end a job that has not ended: its remaining chunks\n"
+            "                        are skipped, nothing more is reduced; its keys expire\n"
+            "                        after job.retention_s\n"
+            "  job delete JOB [--force]\n"
+            "        delete every key of the job now; a job that has not ended is refused\n"
+            "        without --force (cancel it first, or force)\n"
             "  config                the effective configuration (secrets hidden)\n"
             "\n"
             "options for every command:\n"
@@ -80,7 +91,8 @@ typedef struct cli {
     const char *job_id;
     int wait, dry_run, json, watch;
     int timeout_s;
-    const char *version, *from, *to;
+    const char *version, *from, *to, *state;
+    int force;
     char *owned[8];      /* overrides made from options */
     size_t n_owned;
 } cli;
@@ -112,11 +124,13 @@ static int cmd_status(cli *c, const char *job)
             progress_print_full(stdout, &c->cfg, job, &st, &pg, now);
         }
         fflush(stdout);
-        if (strcmp(st.state, "done") == 0 || strcmp(st.state, "failed") == 0) break;
+        if (sheaf_job_state_final(st.state)) break;
         if (c->watch) sheaf_sleep_ms(1000);
     } while (c->watch && !sheaf_stop);
-    rc = strcmp(st.state, "failed") == 0 ? 1 : 0;
-    if (rc) snprintf(errstr, sizeof(errstr), "job %s failed: %s", job, st.error);
+    rc = st.state == SHEAF_JOB_FAILED || st.state == SHEAF_JOB_CANCELLED ? 1 : 0;
+    if (rc)
+        snprintf(errstr, sizeof(errstr), "job %s %s: %s", job, sheaf_job_state_name(st.state),
+                 st.error);
 out:
     if (rc) fprintf(stderr, "sheaf status: %s\n", errstr);
     sheaf_redis_destroy(r);
@@ -424,7 +438,7 @@ static int cmd_results_run(cli *c, const char *job)
     fflush(stdout);
     if (missing || ov->type != REDIS_REPLY_STRING) {
         fprintf(stderr, "sheaf results: job %s is %s: %zu of %zu document results missing%s\n",
-                job, st.state, missing, ids->elements,
+                job, sheaf_job_state_name(st.state), missing, ids->elements,
                 ov->type == REDIS_REPLY_STRING ? "" : ", overview not written yet");
         rc = 3;
         goto out;
@@ -436,6 +450,122 @@ out:
     if (ov) freeReplyObject(ov);
     sheaf_redis_destroy(r);
     return rc;
+}
+
+/* ---- jobs: list, cancel, delete ---- */
+
+static int cmd_jobs(cli *c, size_t n_rest)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", **ids = NULL;
+    size_t n = 0;
+    sheaf_job_state want = SHEAF_JOB_RUNNING;
+    sheaf_redis *r = NULL;
+    int rc = 2;
+
+    if (n_rest) {
+        fprintf(stderr, "sheaf jobs: takes no job id (sheaf status JOB shows one)\n");
+        return 2;
+    }
+    if (c->state && sheaf_job_state_parse(c->state, &want) != 0) {
+        fprintf(stderr, "sheaf jobs: --state %s: not a state (producing, running, done, "
+                "failed, cancelled)\n", c->state);
+        return 2;
+    }
+    rc = 1;
+    if (!(r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr))) ||
+        sheaf_state_jobs_sweep(r, NULL, errstr, sizeof(errstr)) != SHEAF_OK ||
+        sheaf_state_job_ids(r, &ids, &n, errstr, sizeof(errstr)) != SHEAF_OK)
+        goto out;
+    if (!c->json)
+        printf("%-40s %-10s %9s %9s %13s %s\n", "JOB", "STATE", "DOCS", "DONE", "CHUNKS",
+               "CREATED (UTC)");
+    for (size_t i = 0; i < n; i++) {
+        sheaf_job_status st;
+        sheaf_err err = sheaf_state_job_status(r, ids[i], &st, errstr, sizeof(errstr));
+        if (err == SHEAF_ERR_NOT_FOUND) continue; /* expired since the sweep */
+        if (err != SHEAF_OK) goto out;
+        if (c->state && st.state != want) continue;
+        if (c->json) {
+            json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "job", ids[i],
+                                  "state", sheaf_job_state_name(st.state), "docs",
+                                  (json_int_t)st.docs, "docs_done", (json_int_t)st.docs_done,
+                                  "chunks", (json_int_t)st.chunks, "chunks_done",
+                                  (json_int_t)(st.chunks_ok + st.chunks_failed), "chunks_failed",
+                                  (json_int_t)st.chunks_failed, "created_ms",
+                                  (json_int_t)st.created_ms, "finished_ms",
+                                  (json_int_t)st.finished_ms, "error", st.error);
+            char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            if (line) printf("%s\n", line);
+            free(line);
+            json_decref(o);
+        } else {
+            char when[32] = "";
+            time_t t = (time_t)(st.created_ms / 1000);
+            struct tm tm;
+            if (gmtime_r(&t, &tm)) strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+            char chunks[40];
+            snprintf(chunks, sizeof(chunks), "%llu/%llu",
+                     (unsigned long long)(st.chunks_ok + st.chunks_failed),
+                     (unsigned long long)st.chunks);
+            printf("%-40s %-10s %9llu %9llu %13s %s\n", ids[i], sheaf_job_state_name(st.state),
+                   (unsigned long long)st.docs, (unsigned long long)st.docs_done, chunks, when);
+        }
+    }
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "sheaf jobs: %s\n", errstr);
+    sheaf_job_ids_free(ids, n);
+    sheaf_redis_destroy(r);
+    return rc;
+}
+
+static int cmd_cancel(cli *c, const char *job)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    sheaf_job_status st;
+    int ended = 0, rc = 1;
+    sheaf_err err = SHEAF_ERR_REDIS;
+    if (r && (err = sheaf_state_job_end(r, &c->cfg, job, SHEAF_JOB_CANCELLED,
+                                        "cancelled by sheaf cancel", &ended, errstr,
+                                        sizeof(errstr))) == SHEAF_OK) {
+        if (ended) {
+            fprintf(stderr, "sheaf cancel: job %s cancelled; its keys expire in %d s\n", job,
+                    c->cfg.job_retention_s);
+            rc = 0;
+        } else if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) == SHEAF_OK) {
+            fprintf(stderr, "sheaf cancel: job %s has already ended (%s); nothing to do\n", job,
+                    sheaf_job_state_name(st.state));
+            rc = 0;
+        }
+    }
+    if (rc) fprintf(stderr, "sheaf cancel: %s\n", errstr);
+    sheaf_redis_destroy(r);
+    return rc == 0 ? 0 : err == SHEAF_ERR_NOT_FOUND ? 3 : 1;
+}
+
+static int cmd_job_delete(cli *c, const char *job)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
+    sheaf_job_status st;
+    int rc = 1;
+    sheaf_err err = SHEAF_ERR_REDIS;
+    if (!r || (err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr))) != SHEAF_OK)
+        goto out;
+    if (!sheaf_job_state_final(st.state) && !c->force) {
+        snprintf(errstr, sizeof(errstr), "job %s is %s: cancel it first (sheaf cancel %s), or "
+                 "delete it anyway with --force", job, sheaf_job_state_name(st.state), job);
+        rc = 2;
+        goto out;
+    }
+    if (sheaf_state_job_delete(r, job, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+    fprintf(stderr, "sheaf job delete: job %s deleted\n", job);
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "sheaf job delete: %s\n", errstr);
+    sheaf_redis_destroy(r);
+    return rc == 1 && err == SHEAF_ERR_NOT_FOUND ? 3 : rc;
 }
 
 /* ---- submit ---- */
@@ -454,7 +584,7 @@ static int wait_job(cli *c, const char *job)
     while (!sheaf_stop) {
         if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
         int64_t now = sheaf_mono_ms();
-        if (strcmp(st.state, "done") == 0) {
+        if (st.state == SHEAF_JOB_DONE) {
             if (tty && last_print) fputs("\n", stderr);
             fprintf(stderr, "job %s done in %.1f s: %llu documents, %llu chunks (%llu failed), "
                     "%llu dead letters\n", job, (double)(now - start) / 1000.0,
@@ -463,8 +593,9 @@ static int wait_job(cli *c, const char *job)
             rc = st.chunks_failed || st.dlq ? 4 : 0;
             goto out;
         }
-        if (strcmp(st.state, "failed") == 0) {
-            snprintf(errstr, sizeof(errstr), "job %s failed: %s", job, st.error);
+        if (st.state == SHEAF_JOB_FAILED || st.state == SHEAF_JOB_CANCELLED) {
+            snprintf(errstr, sizeof(errstr), "job %s %s: %s", job,
+                     sheaf_job_state_name(st.state), st.error);
             goto out;
         }
         /* The status line: redrawn in place on a terminal, a plain line
@@ -627,6 +758,8 @@ int main(int argc, char **argv)
                                          {"watch", no_argument, NULL, 'W'},
                                          {"from", required_argument, NULL, 'F'},
                                          {"to", required_argument, NULL, 'T'},
+                                         {"state", required_argument, NULL, 'S'},
+                                         {"force", no_argument, NULL, 'f'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"help-config", no_argument, NULL, 'H'},
                                          {NULL, 0, NULL, 0}};
@@ -661,6 +794,8 @@ int main(int argc, char **argv)
         case 'W': c.watch = 1; break;
         case 'F': c.from = optarg; break;
         case 'T': c.to = optarg; break;
+        case 'S': c.state = optarg; break;
+        case 'f': c.force = 1; break;
         case 'p': {
             /* The same as -X pipeline=..., and as strong. */
             size_t len = strlen(optarg) + sizeof("pipeline=");
@@ -705,6 +840,20 @@ int main(int argc, char **argv)
             goto cleanup;
         }
         rc = strcmp(cmd, "status") == 0 ? cmd_status(&c, rest[0]) : cmd_results(&c, rest[0]);
+    } else if (strcmp(cmd, "jobs") == 0) {
+        rc = cmd_jobs(&c, n_rest);
+    } else if (strcmp(cmd, "cancel") == 0) {
+        if (n_rest != 1) {
+            fprintf(stderr, "sheaf cancel: expected exactly one job id\n");
+            goto cleanup;
+        }
+        rc = cmd_cancel(&c, rest[0]);
+    } else if (strcmp(cmd, "job") == 0) {
+        if (n_rest != 2 || strcmp(rest[0], "delete") != 0) {
+            fprintf(stderr, "sheaf job: expected \"delete JOB\"\n");
+            goto cleanup;
+        }
+        rc = cmd_job_delete(&c, rest[1]);
     } else if (strcmp(cmd, "config") == 0) {
         sheaf_config_dump(&c.cfg, stdout);
         rc = 0;

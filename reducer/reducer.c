@@ -348,8 +348,15 @@ static void read_new(reducer *r)
     for (size_t i = 0; i < n; i++) argv[argc++] = ">";
     redisReply *rep = sheaf_redis_argv(r->redis, (int)argc, argv, NULL, errstr, sizeof(errstr));
     if (!rep) {
-        /* NOGROUP: a job's stream vanished; the next refresh recreates it. */
+        /* NOGROUP: a job's stream vanished (deleted by hand); the next
+         * refresh recreates the group of every job. */
         sheaf_warn("reducer", "%s", errstr);
+        if (strstr(errstr, "NOGROUP")) {
+            jobs_free(r->jobs, r->n_jobs);
+            r->jobs = NULL;
+            r->n_jobs = 0;
+            r->jobs_refreshed_ms = 0;
+        }
         sheaf_sleep_ms(500);
         goto out;
     }

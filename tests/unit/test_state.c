@@ -1,0 +1,398 @@
+/* test_state.c - unit tests of the job state model (common/state.c and the
+ * Lua scripts of common/lua/) against a real redis-server (redis_server.h).
+ *
+ * What the rest of sheaf relies on, each checked by a test that fails when
+ * the script is wrong:
+ *   - a chunk's result is first-write-wins and completes its document once;
+ *   - a result store says whether it took effect (only then is it counted);
+ *   - a job ends once (job_end refuses an ended job) and a cancelled job
+ *     takes no more chunk results, document results or overview;
+ *   - a lease is renewed only by the consumer that holds the entry, and a
+ *     lease lost to another reducer's claim stays lost;
+ *   - the emission right goes to exactly one holder at a time, passes on
+ *     only when its holder's entry is no longer its own, and is refused for
+ *     good once the item is marked emitted;
+ *   - retention puts a TTL on every key of the job (found by SCAN), delete
+ *     leaves none, and the sweep drops the index entry of an expired job. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sheaf/config.h"
+#include "sheaf/state.h"
+#include "sheaf/util.h"
+
+#define REDIS_SERVER_TESTS "the job state tests"
+#include "redis_server.h"
+
+static char err[SHEAF_ERRSTR_SIZE];
+
+static redisReply *cmd(sheaf_redis *r, const char *fmt, const char *a, const char *b)
+{
+    redisReply *rep = sheaf_redis_cmd(r, err, sizeof(err), fmt, a, b);
+    if (!rep) fail_msg("%s: %s", fmt, err);
+    return rep;
+}
+
+static long long cmd_int(sheaf_redis *r, const char *fmt, const char *a, const char *b)
+{
+    redisReply *rep = cmd(r, fmt, a, b);
+    long long v = rep->integer;
+    freeReplyObject(rep);
+    return v;
+}
+
+static void test_config(sheaf_config *cfg, int retention_s)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->reducer_group = "g";
+    cfg->producer_heartbeat_ms = 5000;
+    cfg->job_retention_s = retention_s;
+}
+
+/* A running job of two documents: a (2 chunks) and b (1 chunk). */
+static void make_job(sheaf_redis *r, const sheaf_config *cfg, const char *job)
+{
+    sheaf_doc_reg docs[] = {{"a", 2, "{}", NULL, 0}, {"b", 1, "{}", NULL, 0}};
+    cmd_int(r, "FLUSHALL", NULL, NULL);
+    assert_int_equal(sheaf_state_job_create(r, cfg, job, "{}", "pv1", "t", err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(sheaf_state_docs_add(r, job, docs, 2, 0, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_state_job_running(r, job, 2, 3, err, sizeof(err)), SHEAF_OK);
+}
+
+static sheaf_chunk_outcome store_chunk(sheaf_redis *r, const char *job, const char *doc,
+                                       uint32_t idx, uint32_t n, const char *json)
+{
+    sheaf_chunk_msg m;
+    sheaf_chunk_outcome out = SHEAF_CHUNK_DUPLICATE;
+    memset(&m, 0, sizeof(m));
+    m.job = (char *)job;
+    m.doc = (char *)doc;
+    m.idx = idx;
+    m.count = n;
+    assert_int_equal(sheaf_state_chunk_store(r, &m, 1, json, 10, 5, &out, err, sizeof(err)),
+                     SHEAF_OK);
+    return out;
+}
+
+static int chunk_needed(sheaf_redis *r, const char *job, const char *doc, uint32_t idx)
+{
+    sheaf_chunk_msg m;
+    int exists = -1;
+    memset(&m, 0, sizeof(m));
+    m.job = (char *)job;
+    m.doc = (char *)doc;
+    m.idx = idx;
+    assert_int_equal(sheaf_state_chunk_exists(r, &m, &exists, err, sizeof(err)), SHEAF_OK);
+    return !exists;
+}
+
+static void test_chunks_and_results_first_write_wins(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_store_outcome out;
+    sheaf_job_status st;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    make_job(r, &cfg, "j1");
+
+    assert_true(chunk_needed(r, "j1", "a", 0));
+    assert_int_equal(store_chunk(r, "j1", "a", 0, 2, "{\"t\":1}"), SHEAF_CHUNK_NEW);
+    assert_int_equal(store_chunk(r, "j1", "a", 0, 2, "{\"t\":2}"), SHEAF_CHUNK_DUPLICATE);
+    assert_false(chunk_needed(r, "j1", "a", 0));
+    assert_int_equal(store_chunk(r, "j1", "a", 1, 2, "{}"), SHEAF_CHUNK_DOC_READY);
+    assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{j1}:ready", NULL), 1);
+
+    assert_int_equal(sheaf_state_doc_result_store(r, "j1", "a", "{\"doc\":\"a\"}", 1, 1, &out,
+                                                  err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW);
+    assert_int_equal(sheaf_state_doc_result_store(r, "j1", "a", "{\"doc\":\"x\"}", 1, 1, &out,
+                                                  err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_KEPT);
+    char *json = NULL;
+    assert_int_equal(sheaf_state_result_get(r, "j1", SHEAF_ITEM_DOC, "a", &json, err,
+                                            sizeof(err)),
+                     SHEAF_OK);
+    assert_string_equal(json, "{\"doc\":\"a\"}");
+    free(json);
+    /* The last document enqueues the overview; the overview ends the job. */
+    assert_int_equal(sheaf_state_doc_result_store(r, "j1", "b", "{}", 0, 0, &out, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW_OVERVIEW);
+    assert_int_equal(sheaf_state_overview_store(r, "j1", "{\"o\":1}", 0, 0, &out, err,
+                                                sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW);
+    assert_int_equal(sheaf_state_overview_store(r, "j1", "{\"o\":2}", 0, 0, &out, err,
+                                                sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_KEPT);
+    assert_int_equal(sheaf_state_job_status(r, "j1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.state, SHEAF_JOB_DONE);
+    assert_int_equal(st.docs_done, 2);
+    assert_int_equal(st.chunks_ok, 2);
+    assert_int_equal(cmd_int(r, "SISMEMBER sheaf:jobs:active %s", "j1", NULL), 0);
+    sheaf_redis_destroy(r);
+}
+
+static void test_end_and_cancel(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_store_outcome out;
+    sheaf_job_status st;
+    int ended = -1;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    make_job(r, &cfg, "j2");
+
+    assert_int_equal(sheaf_state_job_end(r, &cfg, "j2", SHEAF_JOB_CANCELLED, "by test", &ended,
+                                         err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(ended, 1);
+    assert_int_equal(sheaf_state_job_status(r, "j2", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.state, SHEAF_JOB_CANCELLED);
+    assert_string_equal(st.error, "by test");
+    assert_true(st.finished_ms > 0);
+    assert_int_equal(cmd_int(r, "SISMEMBER sheaf:jobs:active %s", "j2", NULL), 0);
+    /* Ended once: a second end (cancel, or a failing producer) changes nothing. */
+    assert_int_equal(sheaf_state_job_end(r, &cfg, "j2", SHEAF_JOB_FAILED, "late", &ended, err,
+                                         sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(ended, 0);
+    assert_int_equal(sheaf_state_job_status(r, "j2", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.state, SHEAF_JOB_CANCELLED);
+    /* A cancelled job takes nothing more: its chunks need no call and are
+     * not recorded, its overview is refused. */
+    assert_false(chunk_needed(r, "j2", "a", 0));
+    assert_int_equal(store_chunk(r, "j2", "a", 0, 2, "{}"), SHEAF_CHUNK_DUPLICATE);
+    assert_int_equal(cmd_int(r, "EXISTS %s", "sheaf:{j2}:p:a", NULL), 0);
+    assert_int_equal(sheaf_state_overview_store(r, "j2", "{}", 0, 0, &out, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NO_JOB);
+    assert_int_equal(sheaf_state_job_status(r, "j2", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.state, SHEAF_JOB_CANCELLED);
+    /* Unknown jobs. */
+    assert_int_equal(sheaf_state_job_end(r, &cfg, "nope", SHEAF_JOB_CANCELLED, "x", &ended, err,
+                                         sizeof(err)),
+                     SHEAF_ERR_NOT_FOUND);
+    sheaf_redis_destroy(r);
+}
+
+/* Reads one new entry of the job's ready stream as consumer c; its id. */
+static void read_entry(sheaf_redis *r, const char *job, const char *c, char *id, size_t idlen)
+{
+    char key[256];
+    sheaf_key(key, sizeof(key), job, "ready");
+    redisReply *rep = sheaf_redis_cmd(r, err, sizeof(err),
+                                      "XREADGROUP GROUP g %s COUNT 1 STREAMS %s >", c, key);
+    if (!rep) fail_msg("XREADGROUP: %s", err);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    snprintf(id, idlen, "%s", rep->element[0]->element[1]->element[0]->element[0]->str);
+    freeReplyObject(rep);
+}
+
+static void claim(sheaf_redis *r, const char *c, const char *id)
+{
+    redisReply *rep = sheaf_redis_cmd(r, err, sizeof(err),
+                                      "XCLAIM sheaf:{j3}:ready g %s 0 %s JUSTID", c, id);
+    if (!rep) fail_msg("XCLAIM: %s", err);
+    freeReplyObject(rep);
+}
+
+static sheaf_emit_right right_of(sheaf_redis *r, const char *c, const char *id)
+{
+    sheaf_entry_ref e = {"sheaf:{j3}:ready", "g", c, id};
+    sheaf_emit_right right = SHEAF_EMIT_NO_JOB;
+    assert_int_equal(sheaf_state_emit_claim(r, "j3", &e, "doc:a", &right, err, sizeof(err)),
+                     SHEAF_OK);
+    return right;
+}
+
+static void test_lease_and_emission_right(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    char e1[64], e2[64];
+    int held = -1;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    make_job(r, &cfg, "j3");
+    /* Two entries for the same document (a redelivery made it ready twice). */
+    cmd_int(r, "XADD %s * type doc doc a", "sheaf:{j3}:ready", NULL);
+    cmd_int(r, "XADD %s * type doc doc a", "sheaf:{j3}:ready", NULL);
+    read_entry(r, "j3", "A", e1, sizeof(e1));
+    read_entry(r, "j3", "B", e2, sizeof(e2));
+
+    sheaf_entry_ref la = {"sheaf:{j3}:ready", "g", "A", e1};
+    assert_int_equal(sheaf_state_lease_renew(r, &la, &held, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(held, 1);
+
+    /* A holds the right; B's entry is covered by A's while A is alive. */
+    assert_int_equal(right_of(r, "A", e1), SHEAF_EMIT_YES);
+    assert_int_equal(right_of(r, "B", e2), SHEAF_EMIT_HELD);
+    assert_int_equal(right_of(r, "A", e1), SHEAF_EMIT_YES); /* A again: still A's */
+
+    /* A stalls; C claims A's entry: A's lease and A's right are gone for good. */
+    claim(r, "C", e1);
+    assert_int_equal(sheaf_state_lease_renew(r, &la, &held, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(held, 0);
+    assert_int_equal(right_of(r, "A", e1), SHEAF_EMIT_LOST);
+    /* The holder is presumed dead: the first to ask takes the right over. */
+    assert_int_equal(right_of(r, "B", e2), SHEAF_EMIT_YES);
+    assert_int_equal(right_of(r, "C", e1), SHEAF_EMIT_HELD);
+
+    /* Written: nobody writes it again. */
+    assert_int_equal(sheaf_state_emit_done(r, "j3", "doc:a", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(right_of(r, "C", e1), SHEAF_EMIT_DONE);
+    assert_int_equal(right_of(r, "B", e2), SHEAF_EMIT_DONE);
+
+    /* A deleted job grants nothing and gets no emit hash back. */
+    assert_int_equal(sheaf_state_job_delete(r, "j3", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(right_of(r, "B", e2), SHEAF_EMIT_NO_JOB);
+    assert_int_equal(sheaf_state_emit_done(r, "j3", "doc:a", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(cmd_int(r, "EXISTS %s", "sheaf:{j3}:emit", NULL), 0);
+    sheaf_redis_destroy(r);
+}
+
+/* Counts the job's keys (SCAN), and those without a TTL. */
+static void count_keys(sheaf_redis *r, const char *job, int *n, int *persistent)
+{
+    char pattern[256], cursor[32] = "0";
+    snprintf(pattern, sizeof(pattern), "sheaf:{%s}:*", job);
+    *n = *persistent = 0;
+    do {
+        redisReply *rep = cmd(r, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        snprintf(cursor, sizeof(cursor), "%s", rep->element[0]->str);
+        for (size_t i = 0; i < rep->element[1]->elements; i++) {
+            (*n)++;
+            if (cmd_int(r, "TTL %s", rep->element[1]->element[i]->str, NULL) < 0) (*persistent)++;
+        }
+        freeReplyObject(rep);
+    } while (strcmp(cursor, "0") != 0);
+}
+
+static void test_retention_and_delete(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_store_outcome out;
+    const char *paths[] = {"[\"x\"]"};
+    sheaf_doc_reg grouped = {"c", 1, "{\"k\":\"x\"}", paths, 1};
+    sheaf_entry_ref e;
+    sheaf_emit_right right;
+    char id[64];
+    int n, persistent, ended;
+    size_t gone = 0;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 100);
+    make_job(r, &cfg, "j4");
+    /* Something in every kind of key: documents, partials, groups, tokens,
+     * results, the ready stream, the emit hash, offsets. */
+    assert_int_equal(sheaf_state_docs_add(r, "j4", &grouped, 1, 2, err, sizeof(err)), SHEAF_OK);
+    store_chunk(r, "j4", "a", 0, 2, "{}");
+    store_chunk(r, "j4", "b", 0, 1, "{}");
+    assert_int_equal(sheaf_state_doc_result_store(r, "j4", "b", "{}", 1, 1, &out, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    int64_t first = 0, last = 5;
+    assert_int_equal(sheaf_state_job_offsets_store(r, "j4", &first, &last, 1, err, sizeof(err)),
+                     SHEAF_OK);
+    read_entry(r, "j4", "A", id, sizeof(id));
+    e = (sheaf_entry_ref){"sheaf:{j4}:ready", "g", "A", id};
+    assert_int_equal(sheaf_state_emit_claim(r, "j4", &e, "doc:b", &right, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(right, SHEAF_EMIT_YES);
+    count_keys(r, "j4", &n, &persistent);
+    assert_true(n >= 14);
+    assert_int_equal(persistent, n);
+
+    assert_int_equal(sheaf_state_job_end(r, &cfg, "j4", SHEAF_JOB_FAILED, "test", &ended, err,
+                                         sizeof(err)),
+                     SHEAF_OK);
+    count_keys(r, "j4", &n, &persistent);
+    assert_true(n >= 14);
+    assert_int_equal(persistent, 0); /* every key of the job expires */
+    assert_true(cmd_int(r, "TTL %s", "sheaf:pipeline:pv1", NULL) > 0);
+    assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs:expiring", NULL), 1);
+
+    /* The sweep drops index entries whose time has come (and only those). */
+    cmd_int(r, "ZADD sheaf:jobs:expiring 1 %s", "old", NULL);
+    cmd_int(r, "ZADD sheaf:jobs 1 %s", "old", NULL);
+    assert_int_equal(sheaf_state_jobs_sweep(r, &gone, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(gone, 1);
+    assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs", NULL), 1); /* j4 stays */
+
+    char **ids = NULL;
+    size_t nids = 0;
+    assert_int_equal(sheaf_state_job_ids(r, &ids, &nids, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(nids, 1);
+    assert_string_equal(ids[0], "j4");
+    sheaf_job_ids_free(ids, nids);
+
+    assert_int_equal(sheaf_state_job_delete(r, "j4", err, sizeof(err)), SHEAF_OK);
+    count_keys(r, "j4", &n, &persistent);
+    assert_int_equal(n, 0);
+    assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs", NULL), 0);
+    assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs:expiring", NULL), 0);
+    sheaf_redis_destroy(r);
+}
+
+static void test_retention_zero_keeps(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    int n, persistent, ended;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    make_job(r, &cfg, "j5");
+    assert_int_equal(sheaf_state_job_end(r, &cfg, "j5", SHEAF_JOB_FAILED, "test", &ended, err,
+                                         sizeof(err)),
+                     SHEAF_OK);
+    count_keys(r, "j5", &n, &persistent);
+    assert_true(n > 0);
+    assert_int_equal(persistent, n);
+    sheaf_redis_destroy(r);
+}
+
+static void test_state_names(void **state)
+{
+    (void)state;
+    sheaf_job_state s;
+    for (int i = SHEAF_JOB_PRODUCING; i <= SHEAF_JOB_CANCELLED; i++) {
+        assert_int_equal(sheaf_job_state_parse(sheaf_job_state_name((sheaf_job_state)i), &s), 0);
+        assert_int_equal(s, i);
+    }
+    assert_int_equal(sheaf_job_state_parse("finished", &s), -1);
+    assert_false(sheaf_job_state_final(SHEAF_JOB_RUNNING));
+    assert_true(sheaf_job_state_final(SHEAF_JOB_CANCELLED));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_state_names),
+        cmocka_unit_test(test_chunks_and_results_first_write_wins),
+        cmocka_unit_test(test_end_and_cancel),
+        cmocka_unit_test(test_lease_and_emission_right),
+        cmocka_unit_test(test_retention_and_delete),
+        cmocka_unit_test(test_retention_zero_keeps),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

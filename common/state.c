@@ -714,7 +714,12 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
         return SHEAF_ERR_NOT_FOUND;
     }
     redisReply **e = rep->element;
-    field_str(e[0], st->state, sizeof(st->state));
+    if (e[0]->type != REDIS_REPLY_STRING || sheaf_job_state_parse(e[0]->str, &st->state) != 0) {
+        snprintf(errstr, errlen, "job %s has an unknown state \"%s\"", job,
+                 e[0]->type == REDIS_REPLY_STRING ? e[0]->str : "");
+        freeReplyObject(rep);
+        return SHEAF_ERR_INVALID;
+    }
     field_str(e[1], st->pv, sizeof(st->pv));
     field_str(e[2], st->error, sizeof(st->error));
     st->created_ms = (int64_t)field_u64(e[3]);
@@ -748,7 +753,7 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
 
 int64_t sheaf_job_stalled_ms(const sheaf_job_status *st, int64_t now_ms)
 {
-    if (strcmp(st->state, "producing") != 0 || st->beat_ms <= 0) return 0;
+    if (st->state != SHEAF_JOB_PRODUCING || st->beat_ms <= 0) return 0;
     int64_t seen = st->producer_seen_ms > st->created_ms ? st->producer_seen_ms : st->created_ms;
     int64_t quiet = now_ms - seen;
     return quiet > SHEAF_STALL_BEATS * st->beat_ms ? quiet : 0;

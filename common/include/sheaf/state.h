@@ -317,7 +317,7 @@ enum { SHEAF_STAGE_KIND_MAP, SHEAF_STAGE_KIND_REDUCE, SHEAF_STAGE_KIND_GROUP,
        SHEAF_STAGE_KIND_OVERVIEW, SHEAF_N_STAGE_KINDS };
 
 typedef struct sheaf_job_status {
-    char state[32];
+    sheaf_job_state state;
     char pv[32];
     char error[256];
     int64_t created_ms, finished_ms;

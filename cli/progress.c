@@ -109,6 +109,10 @@ void progress_print_full(FILE *out, const sheaf_config *cfg, const char *job,
         fprintf(out, "  %-10s no heartbeat from its submit for %.0f s: the submit was killed or "
                 "lost Redis. The chunks it produced are processed; submit the input again for "
                 "a complete job.\n", "STALLED", (double)stalled / 1000.0);
+    if (st->waiting[0])
+        fprintf(out, "  %-10s the provider keeps failing; chunks are retried (llm.retry_horizon_ms), "
+                "last %.0f s ago: %s\n", "WAITING", (double)st->waiting_age_ms / 1000.0,
+                st->waiting);
     if (eta >= 0 && finished(st) < st->chunks)
         snprintf(extra, sizeof(extra), "  %.1f/s  ETA %.0f s", pg->rate, eta);
     else
@@ -189,6 +193,8 @@ void progress_print_json(FILE *out, const sheaf_config *cfg, const char *job,
     /* stalled_s: seconds without a heartbeat from a producing job's submit
      * (it died); null while it beats or once it is done producing. */
     json_object_set_new(o, "stalled_s", stalled ? json_real((double)stalled / 1000.0) : json_null());
+    /* waiting: why chunks are being retried (the provider keeps failing). */
+    json_object_set_new(o, "waiting", st->waiting[0] ? json_string(st->waiting) : json_null());
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (s) fprintf(out, "%s\n", s);
     free(s);

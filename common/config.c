@@ -128,6 +128,10 @@ static const conf_key conf_keys[] = {
           "Tries per call, the first included, for retryable failures (429, 5xx, timeouts)."),
     K_INT("llm.backoff_ms", llm_backoff_ms, "500", 0, HOUR_MS,
           "First retry delay, doubled per try (with jitter)."),
+    K_INT("llm.retry_horizon_ms", llm_retry_horizon_ms, "86400000", 0, 2147483647,
+          "How long a chunk whose call keeps failing for a transient cause (timeouts, resets, "
+          "5xx, 429, open circuit) is retried after llm.max_attempts: parked and sent again "
+          "after 1 s, doubling to 5 min, before it fails for good.  0 = fail at once."),
     K_ENUM("llm.structured_output", llm_structured_output, "json_schema", "json_schema|prompt",
            "How a map stage's json_schema reaches the model: as response_format (json_schema), "
            "or in the system prompt for endpoints without structured output (prompt); the "

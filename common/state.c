@@ -704,10 +704,10 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
                           "tokens_map_prompt tokens_map_completion tokens_reduce_prompt "
                           "tokens_reduce_completion tokens_group_prompt tokens_group_completion "
                           "tokens_overview_prompt tokens_overview_completion groups_done "
-                          "producer_seen_ms beat_ms",
+                          "producer_seen_ms beat_ms retry_reason retry_ms",
                           kjob);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 29 ||
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 31 ||
         rep->element[14]->type != REDIS_REPLY_STRING) {
         freeReplyObject(rep);
         snprintf(errstr, errlen, "no job %s in Redis", job);
@@ -743,6 +743,20 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     st->groups_done = field_u64(e[26]);
     st->producer_seen_ms = (int64_t)field_u64(e[27]);
     st->beat_ms = (int64_t)field_u64(e[28]);
+    int64_t retry_ms = (int64_t)field_u64(e[30]);
+    if (retry_ms && !sheaf_job_state_final(st->state)) {
+        /* Aged by the server's clock, as it was stamped. */
+        redisReply *t = sheaf_redis_cmd(r, errstr, errlen, "TIME");
+        if (t && t->type == REDIS_REPLY_ARRAY && t->elements == 2) {
+            int64_t now = strtoll(t->element[0]->str, NULL, 10) * 1000 +
+                          strtoll(t->element[1]->str, NULL, 10) / 1000;
+            if (now - retry_ms < SHEAF_WAITING_FRESH_MS) {
+                field_str(e[29], st->waiting, sizeof(st->waiting));
+                st->waiting_age_ms = now - retry_ms;
+            }
+        }
+        if (t) freeReplyObject(t);
+    }
     freeReplyObject(rep);
     rep = sheaf_redis_cmd(r, errstr, errlen, "EXISTS %s", kov);
     if (!rep) return SHEAF_ERR_REDIS;
@@ -1079,4 +1093,17 @@ void sheaf_job_ids_free(char **ids, size_t n)
 {
     for (size_t i = 0; ids && i < n; i++) free(ids[i]);
     free(ids);
+}
+
+sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *reason,
+                                  char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script waiting = {sheaf_lua_job_waiting};
+    char kjob[KEYLEN];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    const char *args[] = {kjob, reason};
+    redisReply *rep = sheaf_redis_script(r, &waiting, 1, 2, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
 }

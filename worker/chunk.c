@@ -19,6 +19,16 @@
  * A call aborted at shutdown is abandoned: nothing recorded, offset not
  * finished, so the message is redelivered to another worker.
  *
+ * Transient failures are never final.  A call that still fails after
+ * llm.max_attempts for a cause a retry can change (timeouts, resets, 5xx,
+ * 429, an open circuit) is parked: it keeps its offset unfinished and is
+ * sent again from the worker's loop after a growing delay (1 s doubling to
+ * 5 min), for up to llm.retry_horizon_ms since it was first parked; the
+ * job shows the cause (retry_reason, retry_ms) in `sheaf status`.  Only
+ * when the horizon is over, or for a permanent cause (4xx refusals, an
+ * answer invalid after the schema retries, a prompt that cannot be
+ * rendered), does the chunk fail and go to the DLQ.
+ *
  * Structured output: when the pipeline's map stage has a JSON schema, it is
  * sent with the call (response_format) and the answer must parse as JSON
  * and pass sheaf_jschema_validate.  An answer that does not is asked for
@@ -79,6 +89,11 @@ typedef struct call {
     char cache_key[SHEAF_CACHE_KEY_SIZE]; /* "" when the call is not cached */
     int cache_looked;          /* the first send looked the cache up */
     int from_cache;            /* the answer in on_done came from the cache */
+    /* Parked (transient failure after every attempt): sent again at
+     * parked_until, until llm.retry_horizon_ms after parked_since. */
+    int64_t parked_since, parked_until;
+    int parks;
+    struct call *next_parked;
 } call;
 
 typedef enum { DONE, STOPPED } outcome;
@@ -433,6 +448,87 @@ static void answer_rejected(worker *w, call *c, const char *why)
     call_end(c, fail_chunk(w, c, reason));
 }
 
+/* ---- parking transient failures ---- */
+
+#define PARK_FIRST_MS 1000
+#define PARK_MAX_MS 300000
+
+/* Parks the call, or fails it when llm.retry_horizon_ms is over. */
+static void park(worker *w, call *c, const char *why)
+{
+    char reason[SHEAF_ERRSTR_SIZE + 128], errstr[SHEAF_ERRSTR_SIZE];
+    int64_t now = sheaf_mono_ms();
+    if (!c->parked_since) c->parked_since = now;
+    if (now - c->parked_since >= w->cfg.llm_retry_horizon_ms) {
+        snprintf(reason, sizeof(reason), "provider failing for %lld s (llm.retry_horizon_ms): %s",
+                 (long long)((now - c->parked_since) / 1000), why);
+        sheaf_warn("worker", "job %s doc %s chunk %u: %s", c->m.job, c->m.doc, c->m.idx, reason);
+        call_end(c, fail_chunk(w, c, reason));
+        return;
+    }
+    if (sheaf_stop) {
+        call_end(c, STOPPED);
+        return;
+    }
+    int64_t delay = (int64_t)PARK_FIRST_MS << (c->parks < 9 ? c->parks : 9);
+    if (delay > PARK_MAX_MS) delay = PARK_MAX_MS;
+    c->parks++;
+    c->parked_until = now + delay;
+    c->next_parked = w->parked;
+    w->parked = c;
+    w->n_parked++;
+    sheaf_metric_set(w->met.parked, (int64_t)w->n_parked);
+    if (c->parks == 1 || c->parks % 8 == 0)
+        sheaf_warn("worker", "job %s doc %s chunk %u: provider failing, retrying in %lld ms "
+                   "(parked %d time(s)): %s", c->m.job, c->m.doc, c->m.idx, (long long)delay,
+                   c->parks, why);
+    /* What the job waits on, for `sheaf status` (not a failure). */
+    if (sheaf_state_job_waiting(w->redis, c->m.job, why, errstr, sizeof(errstr)) != SHEAF_OK)
+        sheaf_debug("worker", "job %s: cannot record the retry reason: %s", c->m.job, errstr);
+}
+
+static outcome submit(worker *w, call *c, const sheaf_pipeline *p);
+
+/* Sends parked calls whose time has come; each renders its prompt again
+ * (the first send dropped it) from the pipeline by version. */
+void worker_parked_run(worker *w)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    int64_t now = sheaf_mono_ms();
+    call **pp = &w->parked;
+    while (*pp) {
+        call *c = *pp;
+        if (c->parked_until > now) {
+            pp = &c->next_parked;
+            continue;
+        }
+        *pp = c->next_parked;
+        w->n_parked--;
+        sheaf_err err;
+        const sheaf_pipeline *p = pipeline_for(w, c->m.pv, &err, errstr, sizeof(errstr));
+        free(c->req.model);
+        free(c->req.system);
+        free(c->req.user);
+        json_decref(c->schema);
+        memset(&c->req, 0, sizeof(c->req));
+        c->schema = NULL;
+        c->json_answers = 0;
+        if (p) submit(w, c, p);
+        else park(w, c, errstr); /* Redis trouble, or the pipeline is gone */
+    }
+    sheaf_metric_set(w->met.parked, (int64_t)w->n_parked);
+}
+
+void worker_parked_abandon(worker *w)
+{
+    while (w->parked) {
+        call *c = w->parked;
+        w->parked = c->next_parked;
+        call_end(c, STOPPED);
+    }
+    w->n_parked = 0;
+}
+
 static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr)
 {
     call *c = ud;
@@ -448,6 +544,10 @@ static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *
     }
     c->usage.prompt_tokens += res->usage.prompt_tokens;
     c->usage.completion_tokens += res->usage.completion_tokens;
+    if (err == SHEAF_ERR_LLM_RETRY) {
+        park(w, c, errstr);
+        return;
+    }
     if (err != SHEAF_OK) {
         snprintf(reason, sizeof(reason), "LLM call failed after %d attempt(s): %s", res->attempts,
                  errstr);

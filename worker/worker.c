@@ -99,6 +99,10 @@ static int metrics_start(worker *w, char *errstr, size_t errlen)
         !(m->partitions = gauge(w, "sheaf_partitions_assigned",
                                 "Partitions of the map topic assigned to this worker.", errstr,
                                 errlen)) ||
+        !(m->parked = gauge(w, "sheaf_chunks_parked",
+                            "Chunks whose LLM call failed transiently after every attempt, "
+                            "waiting to be sent again (llm.retry_horizon_ms).", errstr,
+                            errlen)) ||
         sheaf_llm_metrics_register(w->metrics, &w->llm_met, errstr, errlen) != SHEAF_OK)
         return -1;
     if (sheaf_health_add(w->health, "kafka", KAFKA_STALE_MS) != SHEAF_OK ||
@@ -222,7 +226,8 @@ static size_t backlog_limit(const worker *w)
 
 static void flow_control(worker *w)
 {
-    size_t pending = sheaf_llm_async_pending(w->llm);
+    /* Parked calls count: an outage must not pull the topic into memory. */
+    size_t pending = sheaf_llm_async_pending(w->llm) + w->n_parked;
     int circuit = sheaf_llm_async_circuit_open(w->llm);
     if (!w->paused && (pending >= backlog_limit(w) || circuit)) {
         if (circuit) sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
@@ -345,7 +350,8 @@ static void loop_once(worker *w)
         worker_take(w, msg);
         if (sheaf_llm_async_pending(w->llm) >= max) break;
     }
-    sheaf_llm_async_run(w->llm, sheaf_llm_async_pending(w->llm) ? 10 : 0);
+    sheaf_llm_async_run(w->llm, sheaf_llm_async_pending(w->llm) || w->n_parked ? 10 : 0);
+    if (w->parked) worker_parked_run(w);
     flow_control(w);
     /* Serves the dead-letter producer's callbacks (statistics, reports). */
     rd_kafka_poll(w->producer, 0);
@@ -361,6 +367,7 @@ static void drain(worker *w)
     /* Calls not yet started are given back (redelivered to whoever takes
      * the partition); only requests under way are worth waiting for. */
     sheaf_llm_async_abort_queued(w->llm);
+    worker_parked_abandon(w);
     pending = sheaf_llm_async_pending(w->llm);
     if (pending)
         sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", pending,

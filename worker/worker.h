@@ -25,7 +25,7 @@
 /* The worker's own series in the registry (the LLM engine has its own). */
 typedef struct worker_metrics {
     sheaf_metric *consumed, *processed, *failed, *dlq;   /* counters */
-    sheaf_metric *lag, *partitions;                      /* gauges */
+    sheaf_metric *lag, *partitions, *parked;             /* gauges */
 } worker_metrics;
 
 typedef struct worker {
@@ -49,6 +49,8 @@ typedef struct worker {
     sheaf_metrics *metrics;
     worker_metrics met;
     sheaf_llm_metrics llm_met;
+    struct call *parked;        /* transient failures waiting to be sent again (chunk.c) */
+    size_t n_parked;
     sheaf_health *health;       /* checks kafka, redis, llm: published by the loop */
     sheaf_metrics_server *server; /* NULL when metrics.port is 0 */
     int64_t health_ms, redis_ms, lag_ms; /* when each was last published */
@@ -62,6 +64,11 @@ void worker_take(worker *w, rd_kafka_message_t *msg);
 uint32_t worker_generation(worker *w, int32_t partition);
 
 void worker_pipelines_clear(worker *w);
+
+/* Sends again the parked calls that are due (from the loop). */
+void worker_parked_run(worker *w);
+/* At shutdown: every parked call is abandoned (redelivered later). */
+void worker_parked_abandon(worker *w);
 
 /* A Redis command failed (errstr says why): /health says so until the next
  * PING works. */

@@ -68,7 +68,8 @@ typedef struct sheaf_config {
     int llm_timeout_ms;          /* llm.timeout_ms: whole request */
     int llm_connect_timeout_ms;  /* llm.connect_timeout_ms */
     int llm_max_attempts;        /* llm.max_attempts: tries per call incl. the first */
-    int llm_backoff_ms;          /* llm.backoff_ms: first retry delay, doubled per try */
+    int llm_backoff_ms;
+    int llm_retry_horizon_ms;    /* llm.retry_horizon_ms: transient failures retried this long */          /* llm.backoff_ms: first retry delay, doubled per try */
     int llm_max_response_bytes;  /* llm.max_response_bytes: cap on an HTTP body */
     int llm_breaker_threshold;   /* llm.breaker_threshold: failures in a row that open it */
     int llm_breaker_cooldown_ms; /* llm.breaker_cooldown_ms: first open period */

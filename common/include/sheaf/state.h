@@ -210,6 +210,12 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
                                   uint64_t completion_tokens, sheaf_chunk_outcome *outcome,
                                   char *errstr, size_t errlen);
 
+/* Records what a job waits on (a worker parked a chunk: the provider keeps
+ * failing): retry_reason and retry_ms (Redis TIME) in the job hash, shown
+ * by `sheaf status` while recent.  Not a failure. */
+sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *reason,
+                                  char *errstr, size_t errlen);
+
 /* Counts a dead-lettered message against the job (if the job exists). */
 sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr,
                                    size_t errlen);
@@ -331,7 +337,14 @@ typedef struct sheaf_job_status {
     int overview_done;
     int64_t producer_seen_ms;    /* the submit's last beat (wall clock ms) */
     int64_t beat_ms;             /* its interval; 0 for jobs older than beats */
+    /* What the job waits on (sheaf_state_job_waiting) when a worker said so
+     * in the last SHEAF_WAITING_FRESH_MS, and since when (by Redis TIME);
+     * "" otherwise. */
+    char waiting[256];
+    int64_t waiting_age_ms;
 } sheaf_job_status;
+
+#define SHEAF_WAITING_FRESH_MS 60000
 
 /* Milliseconds since the submit of a job still "producing" last marked it
  * alive, when that is over SHEAF_STALL_BEATS intervals (its submit died or

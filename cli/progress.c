@@ -104,7 +104,7 @@ void progress_print_full(FILE *out, const sheaf_config *cfg, const char *job,
     fprintf(out, "job %s: %s%s%s  (pipeline %s, %.1f s)\n", job, sheaf_job_state_name(st->state),
             st->error[0] ? ": " : "", st->error, st->pv,
             st->created_ms ? (double)(end - st->created_ms) / 1000.0 : 0.0);
-    int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
+    int64_t stalled = sheaf_job_stalled_ms(st);
     if (stalled)
         fprintf(out, "  %-10s no heartbeat from its submit for %.0f s: the submit was killed or "
                 "lost Redis. The chunks it produced are processed; submit the input again for "
@@ -146,10 +146,10 @@ void progress_print_full(FILE *out, const sheaf_config *cfg, const char *job,
 }
 
 void progress_print_line(FILE *out, const char *job, const sheaf_job_status *st,
-                         const progress *pg, int64_t now_ms)
+                         const progress *pg)
 {
     double eta = eta_s(st, pg);
-    int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
+    int64_t stalled = sheaf_job_stalled_ms(st);
     fprintf(out, "job %s %s: chunks %llu/%llu (%llu failed), documents %llu/%llu, groups %llu, "
             "overview %s, dlq %llu, %.1f chunks/s",
             job, sheaf_job_state_name(st->state), (unsigned long long)finished(st), (unsigned long long)st->chunks,
@@ -163,14 +163,14 @@ void progress_print_line(FILE *out, const char *job, const sheaf_job_status *st,
 }
 
 void progress_print_json(FILE *out, const sheaf_config *cfg, const char *job,
-                         const sheaf_job_status *st, const progress *pg, int64_t now_ms)
+                         const sheaf_job_status *st, const progress *pg)
 {
     uint64_t f = finished(st), in_flight = st->chunks > f ? st->chunks - f : 0;
     double per[4], eta = eta_s(st, pg);
     int known;
     double cost = job_cost(cfg, st, pg, &known, per);
     json_t *tok = json_object(), *o;
-    int64_t stalled = sheaf_job_stalled_ms(st, now_ms);
+    int64_t stalled = sheaf_job_stalled_ms(st);
     for (int k = 0; k < 4; k++)
         json_object_set_new(tok, stage_names[k],
                             json_pack("{s:I,s:I}", "prompt", (json_int_t)st->stage_tokens[k][0],

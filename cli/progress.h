@@ -28,9 +28,9 @@ void progress_print_full(FILE *out, const sheaf_config *cfg, const char *job,
                          const sheaf_job_status *st, const progress *pg, int64_t now_ms);
 /* One plain line (logs, pipes). */
 void progress_print_line(FILE *out, const char *job, const sheaf_job_status *st,
-                         const progress *pg, int64_t now_ms);
+                         const progress *pg);
 /* One JSON object. */
 void progress_print_json(FILE *out, const sheaf_config *cfg, const char *job,
-                         const sheaf_job_status *st, const progress *pg, int64_t now_ms);
+                         const sheaf_job_status *st, const progress *pg);
 
 #endif

@@ -1,6 +1,7 @@
 /* sheaf.c - the `sheaf` command line.
  *
  *   sheaf submit [--pipeline NAME|FILE] [--job-id ID] [--wait] [--dry-run] INPUT...
+ *   sheaf submit --resume JOB [--pipeline NAME|FILE] INPUT...
  *   sheaf status JOB [--json]
  *   sheaf results JOB [--version PV]
  *   sheaf replay JOB [--pipeline NAME|FILE] [--wait]
@@ -43,6 +44,10 @@ static void usage(FILE *out)
             "        --pipeline: a built-in (summarize, summarize-refine, batch) or a\n"
             "        pipeline JSON file (same as -X pipeline=...).\n"
             "        --wait: wait until the job is done, then print its overview.\n"
+            "  submit --resume JOB INPUT...\n"
+            "        continue a job whose submit died while producing (status: STALLED)\n"
+            "        with the same inputs and pipeline: what was registered and produced\n"
+            "        is not counted twice\n"
             "  status JOB [--json] [--watch]\n"
             "        progress per stage (chunks, documents, groups, overview), rate, ETA,\n"
             "        failures, dead letters, tokens by stage, cost (cost.prices), cache;\n"
@@ -91,7 +96,7 @@ typedef struct cli {
     const char *job_id;
     int wait, dry_run, json, watch;
     int timeout_s;
-    const char *version, *from, *to, *state;
+    const char *version, *from, *to, *state, *resume;
     int force;
     char *owned[8];      /* overrides made from options */
     size_t n_owned;
@@ -116,9 +121,9 @@ static int cmd_status(cli *c, const char *job)
         progress_load_models(&pg, r, &st);
         progress_update(&pg, &st, now);
         if (c->json) {
-            progress_print_json(stdout, &c->cfg, job, &st, &pg, now);
+            progress_print_json(stdout, &c->cfg, job, &st, &pg);
         } else if (c->watch && !tty) {
-            progress_print_line(stdout, job, &st, &pg, now);
+            progress_print_line(stdout, job, &st, &pg);
         } else {
             if (c->watch) fputs("\033[H\033[2J", stdout); /* redraw in place */
             progress_print_full(stdout, &c->cfg, job, &st, &pg, now);
@@ -603,7 +608,7 @@ static int wait_job(cli *c, const char *job)
         if (now - last_print >= (tty ? 1000 : 10000) || !last_print) {
             progress_update(&pg, &st, sheaf_wall_ms());
             if (tty) fputs("\r\033[K", stderr);
-            progress_print_line(stderr, job, &st, &pg, sheaf_wall_ms());
+            progress_print_line(stderr, job, &st, &pg);
             if (tty) fputs("\033[A", stderr); /* back onto the line for the next redraw */
             last_print = now;
         }
@@ -711,7 +716,7 @@ static int cmd_cost(cli *c, const char *job)
         json_decref(o);
     }
     progress_update(&pg, &st, sheaf_wall_ms());
-    progress_print_json(stdout, &c->cfg, job, &st, &pg, sheaf_wall_ms());
+    progress_print_json(stdout, &c->cfg, job, &st, &pg);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "sheaf cost: %s\n", errstr);
@@ -729,8 +734,15 @@ static int cmd_submit(cli *c, char **inputs, size_t n)
         fprintf(stderr, "sheaf submit: no input given (files, directories or .jsonl)\n");
         return 2;
     }
+    if (c->resume) {
+        if (c->job_id) {
+            fprintf(stderr, "sheaf submit: --resume takes the job id itself (no --job-id)\n");
+            return 2;
+        }
+        c->job_id = c->resume;
+    }
     sheaf_submit_opts o = {.inputs = inputs, .n_inputs = n, .job_id = c->job_id,
-                           .dry_run = c->dry_run};
+                           .dry_run = c->dry_run, .resume = c->resume != NULL};
     sheaf_err err = sheaf_submit(&c->cfg, &o, &rep, errstr, sizeof(errstr));
     if (err != SHEAF_OK) {
         fprintf(stderr, "sheaf submit: %s\n", errstr);
@@ -760,6 +772,7 @@ int main(int argc, char **argv)
                                          {"to", required_argument, NULL, 'T'},
                                          {"state", required_argument, NULL, 'S'},
                                          {"force", no_argument, NULL, 'f'},
+                                         {"resume", required_argument, NULL, 'R'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"help-config", no_argument, NULL, 'H'},
                                          {NULL, 0, NULL, 0}};
@@ -796,6 +809,7 @@ int main(int argc, char **argv)
         case 'T': c.to = optarg; break;
         case 'S': c.state = optarg; break;
         case 'f': c.force = 1; break;
+        case 'R': c.resume = optarg; break;
         case 'p': {
             /* The same as -X pipeline=..., and as strong. */
             size_t len = strlen(optarg) + sizeof("pipeline=");

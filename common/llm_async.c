@@ -789,6 +789,21 @@ size_t sheaf_llm_async_in_flight(const sheaf_llm_async *a)
     return a ? a->flight.n : 0;
 }
 
+int sheaf_llm_fleet_cause(long http_status, const char *errstr, char *cause, size_t len)
+{
+    if (http_status == 401 || http_status == 403) {
+        snprintf(cause, len, "the LLM endpoint refuses the API key (HTTP %ld): fix llm.api_key "
+                 "(or llm.headers) and restart the workers and reducers", http_status);
+        return 1;
+    }
+    if (http_status == 404 && errstr && strstr(errstr, "model")) {
+        snprintf(cause, len, "the LLM endpoint does not serve the model (HTTP 404): fix "
+                 "llm.model or the pipeline's model; %.200s", errstr);
+        return 1;
+    }
+    return 0;
+}
+
 int sheaf_llm_async_circuit_open(const sheaf_llm_async *a)
 {
     if (!a) return 0;

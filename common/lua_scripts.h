@@ -4,7 +4,7 @@
 #ifndef SHEAF_LUA_SCRIPTS_H
 #define SHEAF_LUA_SCRIPTS_H
 
-extern const char sheaf_lua_job_create[], sheaf_lua_group_register[], sheaf_lua_job_beat[],
+extern const char sheaf_lua_job_create[], sheaf_lua_doc_register[], sheaf_lua_job_resume[], sheaf_lua_job_beat[],
     sheaf_lua_job_running[], sheaf_lua_chunk_store[], sheaf_lua_job_dlq_incr[],
     sheaf_lua_doc_result_store[], sheaf_lua_group_result_store[], sheaf_lua_overview_store[],
     sheaf_lua_lease_renew[], sheaf_lua_emit_claim[], sheaf_lua_emit_done[], sheaf_lua_job_end[],

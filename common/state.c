@@ -303,91 +303,127 @@ out:
     return err;
 }
 
-/* Counts a document into its metadata groups: the innermost group gets
- * the document as a member, and each group that appears for the first time
- * becomes a member of its parent (the root "[]" being the job).  Members
- * keep their first-appearance order, so results do not depend on timing.
- * Keys are built from the job's prefix inside the script: they all share
- * the {J} hash tag, so the script stays on one slot. */
-static sheaf_err group_register(sheaf_redis *r, const char *job, const sheaf_doc_reg *d,
-                                char *errstr, size_t errlen)
+/* Loads s into Redis's script cache (SCRIPT LOAD), for a pipeline of
+ * EVALSHA calls that cannot fall back to EVAL one by one. */
+static sheaf_err script_load(sheaf_redis *r, const sheaf_lua_script *s, char *errstr,
+                             size_t errlen)
 {
-    static const sheaf_lua_script reg = {sheaf_lua_group_register};
-    char kg[KEYLEN], pre[KEYLEN];
-    const char *args[3 + SHEAF_MAX_GROUP_PATHS];
-    redisReply *rep;
-
-    if (d->n_group_paths == 0) return SHEAF_OK;
-    if (d->n_group_paths > SHEAF_MAX_GROUP_PATHS) {
-        snprintf(errstr, errlen, "document %s: more than %d group levels", d->id,
-                 SHEAF_MAX_GROUP_PATHS);
-        return SHEAF_ERR_INVALID;
-    }
-    sheaf_key(kg, sizeof(kg), job, "g");
-    sheaf_key(pre, sizeof(pre), job, "");
-    args[0] = kg;
-    args[1] = pre;
-    args[2] = d->id;
-    for (size_t k = 0; k < d->n_group_paths; k++) args[3 + k] = d->group_paths[k];
-    rep = sheaf_redis_script(r, &reg, 1, 3 + (int)d->n_group_paths, args, NULL, errstr, errlen);
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "SCRIPT LOAD %s", s->body);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
     return SHEAF_OK;
 }
 
+static void script_sha(const sheaf_lua_script *s, char sha[2 * SHA_DIGEST_LENGTH + 1])
+{
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)s->body, strlen(s->body), md);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) sprintf(sha + 2 * i, "%02x", md[i]);
+}
+
 sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_reg *docs,
                                size_t n, uint64_t first_ordinal, char *errstr, size_t errlen)
 {
-    char kdocs[KEYLEN], kdoc[KEYLEN], nbuf[16], obuf[24];
+    static const sheaf_lua_script reg = {sheaf_lua_doc_register};
+    char kdocs[KEYLEN], kg[KEYLEN], pre[KEYLEN], kdoc[KEYLEN], nbuf[16], obuf[24];
+    char sha[2 * SHA_DIGEST_LENGTH + 1];
+    const char *argv[11 + SHEAF_MAX_GROUP_PATHS];
+    sheaf_err err;
+
     sheaf_key(kdocs, sizeof(kdocs), job, "docs");
-    /* Pipelined: every command is appended, then the replies are read. */
-    for (int attempt = 0; attempt < 2; attempt++) {
-        sheaf_err err = SHEAF_OK;
-        if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
-        for (size_t i = 0; i < n; i++) {
-            doc_key(kdoc, sizeof(kdoc), job, "d", docs[i].id);
-            snprintf(nbuf, sizeof(nbuf), "%u", docs[i].chunks);
-            snprintf(obuf, sizeof(obuf), "%llu", (unsigned long long)(first_ordinal + i));
-            if (docs[i].n_group_paths)
-                redisAppendCommand(r->c, "HSET %s n %s meta %s ordinal %s g %s", kdoc, nbuf,
-                                   docs[i].meta_json ? docs[i].meta_json : "{}", obuf,
-                                   docs[i].group_paths[docs[i].n_group_paths - 1]);
-            else
-                redisAppendCommand(r->c, "HSET %s n %s meta %s ordinal %s", kdoc, nbuf,
-                                   docs[i].meta_json ? docs[i].meta_json : "{}", obuf);
-            redisAppendCommand(r->c, "RPUSH %s %s", kdocs, docs[i].id);
+    sheaf_key(kg, sizeof(kg), job, "g");
+    sheaf_key(pre, sizeof(pre), job, "");
+    for (size_t i = 0; i < n; i++) {
+        if (docs[i].n_group_paths > SHEAF_MAX_GROUP_PATHS) {
+            snprintf(errstr, errlen, "document %s: more than %d group levels", docs[i].id,
+                     SHEAF_MAX_GROUP_PATHS);
+            return SHEAF_ERR_INVALID;
         }
-        for (size_t i = 0; i < 2 * n; i++) {
-            redisReply *rep = NULL;
-            if (redisGetReply(r->c, (void **)&rep) != REDIS_OK) {
-                snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
-                redisFree(r->c);
-                r->c = NULL;
-                err = SHEAF_ERR_REDIS;
-                break;
-            }
-            if (rep->type == REDIS_REPLY_ERROR) {
-                snprintf(errstr, errlen, "Redis: %s", rep->str);
-                err = SHEAF_ERR_REDIS;
-            }
-            freeReplyObject(rep);
-        }
-        for (size_t i = 0; err == SHEAF_OK && i < n; i++)
-            err = group_register(r, job, &docs[i], errstr, errlen);
-        /* A retry after a lost connection could push ids twice: refuse. */
-        return err;
     }
-    return SHEAF_ERR_REDIS;
+    if ((err = script_load(r, &reg, errstr, errlen)) != SHEAF_OK) return err;
+    script_sha(&reg, sha);
+    /* One script per document (a document is registered whole or not at
+     * all, and a second registration changes nothing), pipelined. */
+    for (size_t i = 0; i < n; i++) {
+        int argc = 0;
+        doc_key(kdoc, sizeof(kdoc), job, "d", docs[i].id);
+        snprintf(nbuf, sizeof(nbuf), "%u", docs[i].chunks);
+        snprintf(obuf, sizeof(obuf), "%llu", (unsigned long long)(first_ordinal + i));
+        argv[argc++] = "EVALSHA";
+        argv[argc++] = sha;
+        argv[argc++] = "3";
+        argv[argc++] = kdoc;
+        argv[argc++] = kdocs;
+        argv[argc++] = kg;
+        argv[argc++] = pre;
+        argv[argc++] = docs[i].id;
+        argv[argc++] = nbuf;
+        argv[argc++] = docs[i].meta_json ? docs[i].meta_json : "{}";
+        argv[argc++] = obuf;
+        for (size_t k = 0; k < docs[i].n_group_paths; k++) argv[argc++] = docs[i].group_paths[k];
+        redisAppendCommandArgv(r->c, argc, argv, NULL);
+    }
+    err = SHEAF_OK;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *rep = NULL;
+        if (redisGetReply(r->c, (void **)&rep) != REDIS_OK) {
+            snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+            redisFree(r->c);
+            r->c = NULL;
+            return SHEAF_ERR_REDIS;
+        }
+        if (rep->type == REDIS_REPLY_ERROR && err == SHEAF_OK) {
+            snprintf(errstr, errlen, "Redis: registering document %s: %s", docs[i].id, rep->str);
+            err = SHEAF_ERR_REDIS;
+        }
+        freeReplyObject(rep);
+    }
+    return err;
+}
+
+sheaf_err sheaf_state_job_resume(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                                 const char *pv, char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script resume = {sheaf_lua_job_resume};
+    char kjob[KEYLEN], dead[24];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    /* The same rule as `sheaf status` calls a submit stalled. */
+    snprintf(dead, sizeof(dead), "%lld", (long long)SHEAF_STALL_BEATS * cfg->producer_heartbeat_ms);
+    const char *args[] = {kjob, pv, dead};
+    redisReply *rep = sheaf_redis_script(r, &resume, 1, 3, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+    freeReplyObject(rep);
+    switch (v) {
+    case 1: return SHEAF_OK;
+    case -1:
+        snprintf(errstr, errlen, "no job %s to resume", job);
+        return SHEAF_ERR_NOT_FOUND;
+    case -2:
+        snprintf(errstr, errlen, "job %s is not producing: only a job whose submit died while "
+                 "producing can be resumed (sheaf status %s)", job, job);
+        return SHEAF_ERR_INVALID;
+    case -3:
+        snprintf(errstr, errlen, "job %s was submitted with another pipeline: resume it with "
+                 "the same --pipeline and chunk settings", job);
+        return SHEAF_ERR_INVALID;
+    case -4:
+        snprintf(errstr, errlen, "job %s is still being produced by a live submit; resume it "
+                 "once `sheaf status %s` says STALLED", job, job);
+        return SHEAF_ERR_INVALID;
+    default:
+        snprintf(errstr, errlen, "job %s: unexpected answer from the resume script", job);
+        return SHEAF_ERR_INTERNAL;
+    }
 }
 
 sheaf_err sheaf_state_job_beat(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
     static const sheaf_lua_script beat = {sheaf_lua_job_beat};
-    char kjob[KEYLEN], now[32];
+    char kjob[KEYLEN];
     sheaf_key(kjob, sizeof(kjob), job, "job");
-    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    const char *args[] = {kjob, now};
-    redisReply *rep = sheaf_redis_script(r, &beat, 1, 2, args, NULL, errstr, errlen);
+    const char *args[] = {kjob};
+    redisReply *rep = sheaf_redis_script(r, &beat, 1, 1, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
     return SHEAF_OK;
@@ -744,18 +780,17 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     st->producer_seen_ms = (int64_t)field_u64(e[27]);
     st->beat_ms = (int64_t)field_u64(e[28]);
     int64_t retry_ms = (int64_t)field_u64(e[30]);
-    if (retry_ms && !sheaf_job_state_final(st->state)) {
-        /* Aged by the server's clock, as it was stamped. */
+    if (!sheaf_job_state_final(st->state)) {
+        /* Beats and waits are stamped and aged by the server's clock. */
         redisReply *t = sheaf_redis_cmd(r, errstr, errlen, "TIME");
-        if (t && t->type == REDIS_REPLY_ARRAY && t->elements == 2) {
-            int64_t now = strtoll(t->element[0]->str, NULL, 10) * 1000 +
-                          strtoll(t->element[1]->str, NULL, 10) / 1000;
-            if (now - retry_ms < SHEAF_WAITING_FRESH_MS) {
-                field_str(e[29], st->waiting, sizeof(st->waiting));
-                st->waiting_age_ms = now - retry_ms;
-            }
-        }
+        if (t && t->type == REDIS_REPLY_ARRAY && t->elements == 2)
+            st->server_now_ms = strtoll(t->element[0]->str, NULL, 10) * 1000 +
+                                strtoll(t->element[1]->str, NULL, 10) / 1000;
         if (t) freeReplyObject(t);
+        if (retry_ms && st->server_now_ms && st->server_now_ms - retry_ms < SHEAF_WAITING_FRESH_MS) {
+            field_str(e[29], st->waiting, sizeof(st->waiting));
+            st->waiting_age_ms = st->server_now_ms - retry_ms;
+        }
     }
     freeReplyObject(rep);
     rep = sheaf_redis_cmd(r, errstr, errlen, "EXISTS %s", kov);
@@ -765,11 +800,12 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     return SHEAF_OK;
 }
 
-int64_t sheaf_job_stalled_ms(const sheaf_job_status *st, int64_t now_ms)
+int64_t sheaf_job_stalled_ms(const sheaf_job_status *st)
 {
-    if (st->state != SHEAF_JOB_PRODUCING || st->beat_ms <= 0) return 0;
-    int64_t seen = st->producer_seen_ms > st->created_ms ? st->producer_seen_ms : st->created_ms;
-    int64_t quiet = now_ms - seen;
+    if (st->state != SHEAF_JOB_PRODUCING || st->beat_ms <= 0 || !st->server_now_ms ||
+        !st->producer_seen_ms)
+        return 0;
+    int64_t quiet = st->server_now_ms - st->producer_seen_ms;
     return quiet > SHEAF_STALL_BEATS * st->beat_ms ? quiet : 0;
 }
 

@@ -36,7 +36,8 @@
  * requests, so no 60 s span ever admits more than the limit), a
  * tokens-per-minute limit the same way (--tpm, over prompt plus completion
  * tokens, both known before the answer is sent: the answer is deterministic
- * and made first), an API key check (--api-key), a request size cap
+ * and made first), an API key check (--api-key), a model list
+ * (SHEAF_SIM_MODELS: any other model gets 404 model_not_found), a request size cap
  * (--max-request-bytes: 413), fault triggers in the text (SHEAF_SIM_FAIL_400
  * / SHEAF_SIM_FAIL_500; SHEAF_SIM_SLOW answers slow_ms late;
  * SHEAF_SIM_HUGE_ANSWER answers about 10 MB of text whatever max_tokens
@@ -162,6 +163,7 @@ typedef struct sim_opts {
     sim_settings initial;
     uint64_t seed;
     const char *api_key;       /* NULL: no key needed */
+    const char *models;        /* comma list of served models; NULL: any (SHEAF_SIM_MODELS) */
     int quiet;
     size_t max_request_bytes;
     int summary_words;
@@ -603,6 +605,21 @@ static const char *take_messages(json_t *messages, size_t last_user, chat_reques
     return NULL;
 }
 
+/* 1 when model is served: any without SHEAF_SIM_MODELS, else one of its
+ * comma-separated names. */
+static int model_served(const sim *s, const char *model)
+{
+    const char *p = s->opts.models;
+    size_t len = strlen(model);
+    if (!p) return 1;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n == len && strncmp(p, model, n) == 0) return 1;
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
 /* Validates the request body; returns an error message (for a 400, in err
  * or static) or NULL. */
 static const char *parse_chat(json_t *root, chat_request *cr, char *err, size_t errlen)
@@ -816,6 +833,15 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
                              jerr.text, jerr.line, jerr.column);
         else
             ret = send_error(conn, *status, "invalid_request_error", NULL, 0, "%s", bad);
+        goto out;
+    }
+    if (!model_served(s, cr.model)) {
+        /* As providers answer an unknown model. */
+        *status = MHD_HTTP_NOT_FOUND;
+        STATS_UPDATE(s, s->stats.bad_requests++);
+        ret = send_error(conn, *status, "invalid_request_error", "model_not_found", 0,
+                         "The model `%s` does not exist or you do not have access to it.",
+                         cr.model);
         goto out;
     }
     if (compose_answer(s, &cr, &ans) != 0) {
@@ -1296,6 +1322,7 @@ static void usage(FILE *out)
             "                           429 (0 = none)\n"
             "  --api-key KEY            require Authorization: Bearer KEY (or set\n"
             "                           SHEAF_SIM_API_KEY, which ps does not show)\n"
+            "  (SHEAF_SIM_MODELS=a,b    serve only these models: others get 404)\n"
             "  --max-request-bytes N    larger bodies get 413 (default 8388608)\n"
             "  --summary-words N        words in an answer at most (default 120)\n"
             "  --critique-done-after K  a critique request of \"Round: K\" or later\n"
@@ -1458,6 +1485,8 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
     }
     /* From the environment, the key stays out of the process list. */
     if (!o->api_key) o->api_key = getenv("SHEAF_SIM_API_KEY");
+    if (!o->models) o->models = getenv("SHEAF_SIM_MODELS");
+    if (o->models && !o->models[0]) o->models = NULL;
     if (o->api_key && !o->api_key[0]) o->api_key = NULL;
     return 0;
 }

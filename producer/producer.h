@@ -37,6 +37,8 @@ typedef struct sheaf_submit_opts {
     size_t n_inputs;
     const char *job_id;      /* NULL: a new id is generated */
     int dry_run;             /* pass 1 only: validate, count, print nothing to Kafka/Redis */
+    int resume;              /* job_id's submit died while producing: take it over
+                                (sheaf_state_job_resume) and produce everything again */
 } sheaf_submit_opts;
 
 typedef struct sheaf_submit_report {

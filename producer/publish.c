@@ -314,8 +314,15 @@ sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *err
         err = SHEAF_ERR_REDIS;
         goto done;
     }
-    err = sheaf_state_job_create(p.r, a->cfg, a->job, a->pipeline_json, a->pv, a->topic, errstr,
-                                 errlen);
+    /* A resumed job was created by a submit that died: every document is
+     * registered again (a no-op for those it registered) and every chunk
+     * produced again (chunk ids are deterministic, results first-write-wins,
+     * and workers skip what is recorded). */
+    if (a->resume)
+        err = sheaf_state_job_resume(p.r, a->cfg, a->job, a->pv, errstr, errlen);
+    else
+        err = sheaf_state_job_create(p.r, a->cfg, a->job, a->pipeline_json, a->pv, a->topic,
+                                     errstr, errlen);
     if (err != SHEAF_OK) goto done; /* e.g. the id exists: never touch that job */
     created = 1;
     if (!(beat = sheaf_beat_start(a->cfg, a->job, errstr, errlen))) {

@@ -67,6 +67,7 @@ typedef struct sheaf_publish_args {
     const char *pipeline_json;
     const char *topic;          /* <prefix>.map */
     const sheaf_pipeline *pipeline; /* for its metadata grouping levels */
+    int resume;                 /* take the existing job over instead of creating it */
 } sheaf_publish_args;
 
 /* A document's metadata group paths under pipeline pl (see sheaf_doc_reg):

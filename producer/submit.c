@@ -107,6 +107,11 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
     if (err != SHEAF_OK) goto done;
     io_ready = 1;
 
+    if (opts->resume && !opts->job_id) {
+        err = SHEAF_ERR_INVALID;
+        snprintf(errstr, errlen, "--resume needs the job id of the submit to resume");
+        goto done;
+    }
     if (opts->job_id) {
         if (!sheaf_job_id_valid(opts->job_id)) {
             err = SHEAF_ERR_INVALID;
@@ -172,7 +177,7 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
     /* Pass 2. */
     {
         sheaf_publish_args pa = {cfg, &io, &scan, report->job_id, report->pv, pipe_json, topic,
-                                 pipe};
+                                 pipe, opts->resume};
         uint64_t produced = 0;
         err = sheaf_publish(&pa, &produced, errstr, errlen);
         report->chunks = produced;

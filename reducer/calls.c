@@ -106,6 +106,7 @@ typedef struct pending {
     stage_result *res;
     char cache_key[SHEAF_CACHE_KEY_SIZE]; /* "" when not cached or a hit */
     sheaf_llm_usage usage;     /* of this call's answer (what the cache stores) */
+    long http_status;          /* the last one seen */
 } pending;
 
 static void call_done(void *ud, sheaf_err err, sheaf_llm_result *llm, const char *errstr)
@@ -113,6 +114,7 @@ static void call_done(void *ud, sheaf_err err, sheaf_llm_result *llm, const char
     pending *pc = ud;
     pc->done = 1;
     pc->err = err;
+    pc->http_status = llm ? llm->http_status : 0;
     snprintf(pc->errstr, sizeof(pc->errstr), "%s", errstr);
     if (err == SHEAF_OK) {
         pc->res->text = llm->content; /* taken from the engine */
@@ -191,7 +193,8 @@ static sheaf_err run_prompts(reducer *r, const char *name, const sheaf_stage *st
         reducer_llm_state(r); /* an outage is lived through in here */
     }
     for (size_t i = 0; i < n; i++) {
-        char msg[SHEAF_ERRSTR_SIZE + 64], errstr[SHEAF_ERRSTR_SIZE] = "";
+        char msg[SHEAF_ERRSTR_SIZE + 64], errstr[SHEAF_ERRSTR_SIZE] = "", cause[384];
+        if (pcs[i].err == SHEAF_OK && atomic_load(&r->fleet)) atomic_store(&r->fleet, 0);
         if (pcs[i].err == SHEAF_OK) {
             /* An answer from the provider: kept for the next identical call. */
             if (pcs[i].cache_key[0] && res[i].text &&
@@ -207,6 +210,17 @@ static sheaf_err run_prompts(reducer *r, const char *name, const sheaf_stage *st
              * attempt: not the document's fault, so nothing is recorded;
              * the entry stays pending and is claimed again later. */
             sheaf_warn("reducer", "%s call failed, will retry later: %s", name, pcs[i].errstr);
+            if (ret == SHEAF_OK) ret = SHEAF_ERR_LLM_RETRY;
+        } else if (pcs[i].err == SHEAF_ERR_LLM_FATAL &&
+                   sheaf_llm_fleet_cause(pcs[i].http_status, pcs[i].errstr, cause,
+                                         sizeof(cause))) {
+            /* Not the document's fault: the entry stays pending, /health
+             * says what to fix, nothing is recorded. */
+            if (!atomic_load(&r->fleet)) sheaf_error("reducer", "%s call: %s", name, cause);
+            pthread_mutex_lock(&r->sh->health_lock);
+            snprintf(r->fleet_why, sizeof(r->fleet_why), "%s", cause);
+            pthread_mutex_unlock(&r->sh->health_lock);
+            atomic_store(&r->fleet, 1);
             if (ret == SHEAF_OK) ret = SHEAF_ERR_LLM_RETRY;
         } else {
             snprintf(msg, sizeof(msg), "%s call failed: %s", name, pcs[i].errstr);

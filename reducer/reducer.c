@@ -177,10 +177,21 @@ sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, 
     snprintf(r->pv, sizeof(r->pv), "%s", rep->str);
     *err = sheaf_state_pipeline_get(r->redis, rep->str, &json, errstr, errlen);
     freeReplyObject(rep);
-    if (*err != SHEAF_OK) return NULL;
+    if (*err != SHEAF_OK) goto fail;
     p = sheaf_pipeline_from_json(json, strlen(json), errstr, errlen);
     free(json);
     *err = p ? SHEAF_OK : SHEAF_ERR_INVALID;
+fail:
+    if (*err != SHEAF_OK && *err != SHEAF_ERR_REDIS) {
+        /* Nothing of the job can be reduced: it ends failed with the reason
+         * instead of staying "running" for ever. */
+        char reason[SHEAF_ERRSTR_SIZE + 64], e2[SHEAF_ERRSTR_SIZE];
+        int ended = 0;
+        snprintf(reason, sizeof(reason), "the reducer cannot load the job's pipeline: %s", errstr);
+        if (sheaf_state_job_end(r->redis, r->cfg, job, SHEAF_JOB_FAILED, reason, &ended, e2,
+                                sizeof(e2)) == SHEAF_OK && ended)
+            sheaf_error("reducer", "job %s failed: %s", job, reason);
+    }
     return p;
 }
 
@@ -449,9 +460,10 @@ static void watch(reducer_shared *sh, reducer *rs, int n, int64_t *health_ms, in
         sheaf_health_set(sh->health, "kafka", ok, why);
         ok = 1;
         for (int i = 0; i < n && ok; i++) {
-            if (!atomic_load(&rs[i].llm_open)) continue;
+            if (!atomic_load(&rs[i].llm_open) && !atomic_load(&rs[i].fleet)) continue;
             pthread_mutex_lock(&sh->health_lock);
-            snprintf(why, sizeof(why), "circuit open: %s", rs[i].llm_why);
+            if (atomic_load(&rs[i].fleet)) snprintf(why, sizeof(why), "%.250s", rs[i].fleet_why);
+            else snprintf(why, sizeof(why), "circuit open: %s", rs[i].llm_why);
             pthread_mutex_unlock(&sh->health_lock);
             ok = 0;
         }

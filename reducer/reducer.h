@@ -64,6 +64,8 @@ typedef struct reducer {
     unsigned long docs, groups, overviews;
     atomic_int llm_open;         /* this thread's LLM circuit is open */
     char llm_why[256];           /* why, under sh->health_lock */
+    atomic_int fleet;            /* a fleet condition (sheaf_llm_fleet_cause) holds */
+    char fleet_why[384];         /* which, under sh->health_lock */
     pthread_t thread;
     int rc;
 } reducer;

@@ -453,13 +453,17 @@ static void answer_rejected(worker *w, call *c, const char *why)
 #define PARK_FIRST_MS 1000
 #define PARK_MAX_MS 300000
 
-/* Parks the call, or fails it when llm.retry_horizon_ms is over. */
-static void park(worker *w, call *c, const char *why)
+#define PARK_FLEET_MS 30000
+
+/* Parks the call, or fails it when llm.retry_horizon_ms is over.  A fleet
+ * condition (fleet = 1: the key or the model is refused) has no horizon and
+ * a fixed probe period: it is fixed by an operator, not by time. */
+static void park(worker *w, call *c, const char *why, int fleet)
 {
     char reason[SHEAF_ERRSTR_SIZE + 128], errstr[SHEAF_ERRSTR_SIZE];
     int64_t now = sheaf_mono_ms();
     if (!c->parked_since) c->parked_since = now;
-    if (now - c->parked_since >= w->cfg.llm_retry_horizon_ms) {
+    if (!fleet && now - c->parked_since >= w->cfg.llm_retry_horizon_ms) {
         snprintf(reason, sizeof(reason), "provider failing for %lld s (llm.retry_horizon_ms): %s",
                  (long long)((now - c->parked_since) / 1000), why);
         sheaf_warn("worker", "job %s doc %s chunk %u: %s", c->m.job, c->m.doc, c->m.idx, reason);
@@ -472,6 +476,7 @@ static void park(worker *w, call *c, const char *why)
     }
     int64_t delay = (int64_t)PARK_FIRST_MS << (c->parks < 9 ? c->parks : 9);
     if (delay > PARK_MAX_MS) delay = PARK_MAX_MS;
+    if (fleet) delay = PARK_FLEET_MS;
     c->parks++;
     c->parked_until = now + delay;
     c->next_parked = w->parked;
@@ -514,7 +519,7 @@ void worker_parked_run(worker *w)
         c->schema = NULL;
         c->json_answers = 0;
         if (p) submit(w, c, p);
-        else park(w, c, errstr); /* Redis trouble, or the pipeline is gone */
+        else park(w, c, errstr, 0); /* Redis trouble, or the pipeline is gone */
     }
     sheaf_metric_set(w->met.parked, (int64_t)w->n_parked);
 }
@@ -545,8 +550,20 @@ static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *
     c->usage.prompt_tokens += res->usage.prompt_tokens;
     c->usage.completion_tokens += res->usage.completion_tokens;
     if (err == SHEAF_ERR_LLM_RETRY) {
-        park(w, c, errstr);
+        park(w, c, errstr, 0);
         return;
+    }
+    if (err == SHEAF_ERR_LLM_FATAL &&
+        sheaf_llm_fleet_cause(res->http_status, errstr, why, sizeof(why))) {
+        if (strcmp(w->fleet_cause, why) != 0)
+            sheaf_error("worker", "%s; consumption paused, no chunk fails for it", why);
+        snprintf(w->fleet_cause, sizeof(w->fleet_cause), "%s", why);
+        park(w, c, why, 1);
+        return;
+    }
+    if (err == SHEAF_OK && w->fleet_cause[0]) {
+        sheaf_info("worker", "the LLM endpoint answers again; resuming (%s)", w->fleet_cause);
+        w->fleet_cause[0] = '\0';
     }
     if (err != SHEAF_OK) {
         snprintf(reason, sizeof(reason), "LLM call failed after %d attempt(s): %s", res->attempts,
@@ -713,8 +730,10 @@ void worker_take(worker *w, rd_kafka_message_t *msg)
     }
     while (!(p = pipeline_for(w, c->m.pv, &err, errstr, sizeof(errstr)))) {
         if (err != SHEAF_ERR_REDIS) {
+            /* Recorded failed too, so its document completes and the job
+             * ends (failed, with the reason) instead of running for ever. */
             snprintf(reason, sizeof(reason), "pipeline %s: %s", c->m.pv, errstr);
-            call_end(c, dead_letter(w, msg, c->m.job, reason));
+            call_end(c, fail_chunk(w, c, reason));
             return;
         }
         if (redis_wait(w, errstr) < 0) {

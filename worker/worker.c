@@ -158,7 +158,9 @@ static void publish_health(worker *w)
         w->health_ms = now;
         int ok = sheaf_kafka_brokers_ok(why, sizeof(why));
         sheaf_health_set(w->health, "kafka", ok, why);
-        if (sheaf_llm_async_circuit_open(w->llm)) {
+        if (w->fleet_cause[0]) {
+            sheaf_health_set(w->health, "llm", 0, w->fleet_cause);
+        } else if (sheaf_llm_async_circuit_open(w->llm)) {
             sheaf_llm_stats st;
             sheaf_llm_async_stats(w->llm, &st);
             snprintf(why, sizeof(why), "circuit open: %s", st.breaker_reason);
@@ -228,9 +230,10 @@ static void flow_control(worker *w)
 {
     /* Parked calls count: an outage must not pull the topic into memory. */
     size_t pending = sheaf_llm_async_pending(w->llm) + w->n_parked;
-    int circuit = sheaf_llm_async_circuit_open(w->llm);
+    int circuit = sheaf_llm_async_circuit_open(w->llm) || w->fleet_cause[0];
     if (!w->paused && (pending >= backlog_limit(w) || circuit)) {
-        if (circuit) sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
+        if (circuit && !w->fleet_cause[0])
+            sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
         set_paused(w, 1);
     } else if (w->paused && !circuit && pending <= (size_t)w->cfg.worker_max_in_flight) {
         set_paused(w, 0);

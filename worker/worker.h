@@ -51,6 +51,10 @@ typedef struct worker {
     sheaf_llm_metrics llm_met;
     struct call *parked;        /* transient failures waiting to be sent again (chunk.c) */
     size_t n_parked;
+    /* A fleet condition (sheaf_llm_fleet_cause: a refused key, an unknown
+     * model): "" when none.  While set, fetching is paused and /health is
+     * unhealthy; the first call that goes through clears it. */
+    char fleet_cause[SHEAF_ERRSTR_SIZE];
     sheaf_health *health;       /* checks kafka, redis, llm: published by the loop */
     sheaf_metrics_server *server; /* NULL when metrics.port is 0 */
     int64_t health_ms, redis_ms, lag_ms; /* when each was last published */

@@ -9,12 +9,15 @@ source "$(dirname "$0")/lib.sh"
 stack_up --latency-ms 20 --malformed-rate 0.05 --reset-rate 0.05 --slow-rate 0.05 --slow-ms 3000
 STATS="${SHEAF_LLM_BASE_URL%/v1}/stats"
 CONTROL="${SHEAF_LLM_BASE_URL%/v1}/control"
-FAST=(-X llm.timeout_ms=1000 -X llm.max_attempts=4 -X llm.backoff_ms=50)
+# A short retry horizon: the poisoned chunk (a 500 for ever) is transient
+# to the fleet, so it is parked and retried until the horizon, then fails.
+FAST=(-X llm.timeout_ms=1000 -X llm.max_attempts=4 -X llm.backoff_ms=50 -X llm.retry_horizon_ms=8000)
 start_worker w1 "${FAST[@]}"
 start_worker w2 "${FAST[@]}"
 start_reducer r1 "${FAST[@]}" -X reducer.claim_idle_ms=2000
 
-# One chunk the provider errors on for ever: it must end in the DLQ.
+# One chunk the provider errors on for ever: it must end in the DLQ once
+# llm.retry_horizon_ms is over.
 mkdir -p "$T/in"
 cp "$ROOT"/examples/reports/*.txt "$T/in/"
 printf 'A healthy first paragraph opens this document. It has several plain sentences that summarize well. Nothing in it upsets the simulator at all, so its chunk succeeds.\n\nThis paragraph carries SHEAF_SIM_FAIL_500 and always gets a server error.\n' > "$T/in/poison.txt"
@@ -32,14 +35,15 @@ ok=$(job_field "$JOB" chunks_done)
 failed=$(job_field "$JOB" chunks_failed)
 dlq=$(job_field "$JOB" dlq)
 assert_eq "$((ok + failed))" "$chunks" "done + failed chunks"
-[ "$failed" -ge 1 ] || fail "the poisoned chunk did not fail"
+# Only the poisoned chunk: the storms' chunks were parked and retried.
+assert_eq "$failed" 1 "failed chunks (the poisoned one only)"
 assert_eq "$dlq" "$failed" "dead letters for the failed chunks"
 
 # Every dead letter of this job is on the topic with a reason.
 kcat -b "$SHEAF_BROKERS" -C -t sheaf.dlq -o beginning -e -f '%h\n' 2>/dev/null \
   | grep "sheaf-job=$JOB" > "$T/dlq.txt" || true
 assert_eq "$(wc -l < "$T/dlq.txt")" "$dlq" "DLQ messages of the job on sheaf.dlq"
-grep -q 'sheaf-dlq-reason=LLM call failed after 4 attempt' "$T/dlq.txt" || fail "no reason on the DLQ messages: $(head -2 "$T/dlq.txt")"
+grep -q 'sheaf-dlq-reason=provider failing for [0-9]* s (llm.retry_horizon_ms)' "$T/dlq.txt" || fail "no reason on the DLQ messages: $(head -2 "$T/dlq.txt")"
 
 # The faults really happened.
 s="$(curl -s "$STATS")"
@@ -47,6 +51,8 @@ for k in malformed resets slow rate_limited_429 errors_500; do
   [ "$(echo "$s" | jq ".$k")" -gt 0 ] || fail "the simulator injected no $k: $s"
 done
 res="$(results "$JOB" | jq -c 'select(.doc == "in/poison.txt")')"
+echo "$res" | jq -e '.failed_chunks[0].error | test("retry_horizon")' > /dev/null \
+  || fail "the poisoned chunk's reason does not name the retry horizon: $res"
 echo "$res" | jq -e '.chunks_failed >= 1 and .summary != null' > /dev/null \
   || fail "poisoned document result wrong: $res"
 log "ok: $chunks chunks: $ok done, $failed failed and dead-lettered; faults: $(echo "$s" | jq -c '{malformed,resets,slow,rate_limited_429,errors_500}')"

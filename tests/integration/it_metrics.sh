@@ -17,35 +17,6 @@ source "$(dirname "$0")/lib.sh"
 
 # ---- helpers ----
 
-# port_free PORT: nothing listens on 127.0.0.1:PORT.
-port_free() { ! (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# start_with_metrics KIND NAME [args...]: starts a worker or reducer with
-# metrics.port on a free port from a range (retrying when the port was
-# taken meanwhile: the process then exits naming metrics.port); sets
-# LAST_PID and PORT.
-start_with_metrics() {
-  local kind="$1" name="$2"; shift 2
-  local try p
-  for try in $(seq 1 20); do
-    p=$((20000 + (RANDOM * 7 + try * 131) % 30000))
-    port_free "$p" || continue
-    "start_$kind" "$name" -X metrics.port="$p" "$@"
-    local deadline=$((SECONDS + 20))
-    while [ $SECONDS -lt $deadline ]; do
-      if grep -q "serving /metrics and /health" "$T/$name.log" 2>/dev/null; then
-        PORT=$p
-        return 0
-      fi
-      kill -0 "$LAST_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    grep -q 'metrics.port' "$T/$name.log" || fail "$name did not start its metrics endpoint"
-    log "port $p was taken; trying another"
-  done
-  fail "no free port for $name"
-}
-
 scrape() { curl -sf --max-time 5 "http://127.0.0.1:$1/metrics"; }
 status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
 
@@ -155,15 +126,6 @@ check_exposition() {
     }
     log "promtool check metrics: $1 ok"
   fi
-}
-
-# health_is PORT CODE [WORD]: /health answers CODE and, when given, names WORD unhealthy.
-health_is() {
-  local body code
-  body=$(curl -s --max-time 5 -w '\n%{http_code}' "http://127.0.0.1:$1/health") || return 1
-  code=${body##*$'\n'}
-  [ "$code" = "$2" ] || return 1
-  [ -z "${3:-}" ] || printf '%s' "${body%$'\n'*}" | jq -e --arg k "$3" '.checks[$k] != "ok"' > /dev/null
 }
 
 # ---- the run ----

@@ -323,8 +323,9 @@ static void test_counters(void **state)
     sheaf_llm_usage saved = {100, 20};
     assert_non_null(r);
 
-    /* A job as sheaf_state_job_status knows it (the id field). */
+    /* A job as sheaf_state_job_status knows it (its id and state). */
     cmd_ok(r, "HSET %s id %s", "sheaf:{cache-job}:job", "cache-job");
+    cmd_ok(r, "HSET %s state %s", "sheaf:{cache-job}:job", "running");
     sheaf_cache_count(r, "cache-job", 1, &saved);
     sheaf_cache_count(r, "cache-job", 1, &saved);
     sheaf_cache_count(r, "cache-job", 0, &saved);  /* a miss saves nothing */

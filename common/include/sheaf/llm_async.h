@@ -205,6 +205,15 @@ size_t sheaf_llm_async_in_flight(const sheaf_llm_async *a);
  * come to probe with: then new work must be submitted, or the circuit
  * could never close. */
 int sheaf_llm_async_circuit_open(const sheaf_llm_async *a);
+
+/* Whether a refused call (SHEAF_ERR_LLM_FATAL with its last HTTP status and
+ * error text) is a condition of the whole fleet rather than of the request:
+ * 401/403 (the API key) or 404 naming the model.  No chunk is at fault, so
+ * none may fail for it: callers park the work, stop calling, report cause
+ * (what to fix) on /health and in the job's status, and resume once a call
+ * goes through (after a restart with the fixed key or model).  1 with
+ * cause filled, else 0. */
+int sheaf_llm_fleet_cause(long http_status, const char *errstr, char *cause, size_t len);
 /* Fills st with the counters since create and the current state. */
 void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st);
 

@@ -117,6 +117,15 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
                                  const char *pipeline_json, const char *pv, const char *topic,
                                  char *errstr, size_t errlen);
 
+/* Takes over a job whose submit died while producing (sheaf submit
+ * --resume): the job must be producing, with pipeline version pv, and its
+ * last beat older than SHEAF_STALL_BEATS * producer.heartbeat_ms (by Redis
+ * TIME).  Chunk ids are deterministic and results first-write-wins, so the
+ * resumed submit produces everything again without counting anything
+ * twice.  SHEAF_ERR_INVALID with the reason when it may not be resumed. */
+sheaf_err sheaf_state_job_resume(sheaf_redis *r, const sheaf_config *cfg, const char *job,
+                                 const char *pv, char *errstr, size_t errlen);
+
 /* Marks a producing job alive (producer_seen_ms = now); does nothing once
  * the job left "producing".  See producer/beat.c. */
 sheaf_err sheaf_state_job_beat(sheaf_redis *r, const char *job, char *errstr, size_t errlen);
@@ -138,7 +147,9 @@ typedef struct sheaf_doc_reg {
 } sheaf_doc_reg;
 
 /* Registers documents (appends to sheaf:{J}:docs in the order given, from
- * ordinal first_ordinal).  Call in batches before producing their chunks. */
+ * ordinal first_ordinal), each once: a document registered before is left
+ * as it was (a resumed submit registers again what it finds).  Call in
+ * batches before producing their chunks. */
 sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_reg *docs,
                                size_t n, uint64_t first_ordinal, char *errstr, size_t errlen);
 
@@ -342,14 +353,16 @@ typedef struct sheaf_job_status {
      * "" otherwise. */
     char waiting[256];
     int64_t waiting_age_ms;
+    int64_t server_now_ms;       /* Redis TIME when read (jobs not ended); 0 otherwise */
 } sheaf_job_status;
 
 #define SHEAF_WAITING_FRESH_MS 60000
 
 /* Milliseconds since the submit of a job still "producing" last marked it
- * alive, when that is over SHEAF_STALL_BEATS intervals (its submit died or
+ * alive (both by Redis TIME: clocks of other machines do not matter), when
+ * that is over SHEAF_STALL_BEATS intervals (its submit died or
  * lost Redis); else 0. */
-int64_t sheaf_job_stalled_ms(const sheaf_job_status *st, int64_t now_ms);
+int64_t sheaf_job_stalled_ms(const sheaf_job_status *st);
 
 sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_status *st,
                                  char *errstr, size_t errlen);

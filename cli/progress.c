@@ -156,7 +156,9 @@ void progress_print_line(FILE *out, const char *job, const sheaf_job_status *st,
             (unsigned long long)st->chunks_failed, (unsigned long long)st->docs_done,
             (unsigned long long)st->docs, (unsigned long long)st->groups_done,
             st->overview_done ? "written" : "pending", (unsigned long long)st->dlq, pg->rate);
-    if (eta > 0) fprintf(out, ", ETA %.0f s", eta);
+    /* No ETA while the provider keeps failing: the rate says nothing then. */
+    if (st->waiting[0]) fprintf(out, ", WAITING: %.200s", st->waiting);
+    else if (eta > 0) fprintf(out, ", ETA %.0f s", eta);
     if (stalled) fprintf(out, ", STALLED: no heartbeat from its submit for %.0f s",
                          (double)stalled / 1000.0);
     fputc('\n', out);

@@ -9,6 +9,7 @@
  *   sheaf repair JOB [--dry-run]
  *   sheaf diff JOB PV1 PV2
  *   sheaf cost JOB
+ *   sheaf dlq list|redrive JOB [--reason TEXT] [--dry-run]
  *   sheaf jobs [--state S] [--json]
  *   sheaf cancel JOB
  *   sheaf job delete JOB [--force]
@@ -72,6 +73,13 @@ static void usage(FILE *out)
             "  diff JOB PV1 PV2      which documents' results differ between two versions\n"
             "  cost JOB              tokens and cost per document (JSONL), then the job's\n"
             "                        totals (the status --json line)\n"
+            "  dlq list JOB [--reason TEXT]\n"
+            "        the job's failed chunks (dead letters), one JSON line each: document,\n"
+            "        chunk, error; --reason: only errors containing TEXT\n"
+            "  dlq redrive JOB [--reason TEXT] [--dry-run]\n"
+            "        after a fix (prompt, pipeline, model, provider): the failed chunks are\n"
+            "        produced again from the topic and their documents, the groups and the\n"
+            "        overview reduced again (written out once more: a correction)\n"
             "  jobs [--state S] [--json]\n"
             "        every job known to Redis, newest first, with its state and progress;\n"
             "        --state: only producing, running, done, failed or cancelled ones\n"
@@ -96,7 +104,7 @@ typedef struct cli {
     const char *job_id;
     int wait, dry_run, json, watch;
     int timeout_s;
-    const char *version, *from, *to, *state, *resume;
+    const char *version, *from, *to, *state, *resume, *reason;
     int force;
     char *owned[8];      /* overrides made from options */
     size_t n_owned;
@@ -330,12 +338,12 @@ static int cmd_replay(cli *c, char **rest, size_t n)
 
 /* ---- repair ---- */
 
+static int report_repair(cli *c, const char *cmd, const char *job, const sheaf_repair_report *r);
+
 static int cmd_repair(cli *c, char **rest, size_t n)
 {
-    char errstr[SHEAF_ERRSTR_SIZE] = "", msg[1024];
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
     sheaf_repair_report rep;
-    const char *would = c->dry_run ? "would be " : "";
-    size_t len = 0;
 
     if (n != 1) {
         fprintf(stderr, "sheaf repair: expected exactly one job id\n");
@@ -348,6 +356,18 @@ static int cmd_repair(cli *c, char **rest, size_t n)
         fprintf(stderr, "sheaf repair: %s\n", errstr);
         return err == SHEAF_ERR_NOT_FOUND || err == SHEAF_ERR_INVALID ? 3 : 1;
     }
+    return report_repair(c, "repair", rest[0], &rep);
+}
+
+/* Prints a repair's summary line (stdout) and what it did (stderr);
+ * returns the exit code. */
+static int report_repair(cli *c, const char *cmd, const char *job, const sheaf_repair_report *r)
+{
+    char msg[1024];
+    sheaf_repair_report rep = *r;
+    const char *would = c->dry_run ? "would be " : "";
+    size_t len = 0;
+    const char *rest[] = {job};
     int nothing = sheaf_repair_nothing(&rep);
     json_t *sum = json_pack(
         "{s:s,s:b,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:b}", "job", rest[0],
@@ -402,11 +422,12 @@ static int cmd_repair(cli *c, char **rest, size_t n)
         ADD(" (%llu chunk(s) without a result are still queued for the workers)",
             (unsigned long long)rep.chunks_queued);
 #undef ADD
-    fprintf(stderr, "sheaf repair: job %s%s: %s\n", rest[0], c->dry_run ? " (dry run)" : "", msg);
+    fprintf(stderr, "sheaf %s: job %s%s: %s\n", cmd, rest[0], c->dry_run ? " (dry run)" : "",
+            msg);
     if (rep.chunks_not_found || rep.docs_unregistered) {
-        fprintf(stderr, "sheaf repair: %llu lost chunk(s) were not found in the job's recorded "
+        fprintf(stderr, "sheaf %s: %llu lost chunk(s) were not found in the job's recorded "
                 "ranges and %llu document(s) have lost their registration: those cannot be "
-                "repaired\n", (unsigned long long)rep.chunks_not_found,
+                "repaired\n", cmd, (unsigned long long)rep.chunks_not_found,
                 (unsigned long long)rep.docs_unregistered);
         return 4;
     }
@@ -453,6 +474,95 @@ out:
     if (rc == 1) fprintf(stderr, "sheaf results: %s\n", errstr);
     if (ids) freeReplyObject(ids);
     if (ov) freeReplyObject(ov);
+    sheaf_redis_destroy(r);
+    return rc;
+}
+
+/* ---- dead letters: list, redrive ---- */
+
+typedef struct dlq_list {
+    const char *reason;
+    uint64_t n;
+} dlq_list;
+
+static void print_failed(const char *doc, uint32_t idx, const char *record, void *ud)
+{
+    dlq_list *l = ud;
+    json_t *rec = json_loads(record, 0, NULL);
+    const char *error = json_string_value(json_object_get(rec, "error"));
+    if (!error) error = record;
+    if (!l->reason || strstr(error, l->reason)) {
+        json_t *o = json_pack("{s:s,s:I,s:s}", "doc", doc, "chunk", (json_int_t)idx, "error",
+                              error);
+        char *line = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        if (line) printf("%s\n", line);
+        free(line);
+        json_decref(o);
+        l->n++;
+    }
+    json_decref(rec);
+}
+
+/* sheaf dlq list JOB [--reason R] | sheaf dlq redrive JOB [--reason R] [--dry-run] */
+static int cmd_dlq(cli *c, char **rest, size_t n)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_redis *r = NULL;
+    sheaf_job_status st;
+    sheaf_err err;
+    int rc = 1, redrive;
+    dlq_list l = {c->reason, 0};
+
+    if (n != 2 || (strcmp(rest[0], "list") != 0 && strcmp(rest[0], "redrive") != 0)) {
+        fprintf(stderr, "sheaf dlq: expected \"list JOB\" or \"redrive JOB\"\n");
+        return 2;
+    }
+    redrive = strcmp(rest[0], "redrive") == 0;
+    const char *job = rest[1];
+    if (!(r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr)))) goto out;
+    if ((err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr))) != SHEAF_OK) {
+        rc = err == SHEAF_ERR_NOT_FOUND ? 3 : 1;
+        goto out;
+    }
+    if (!redrive || c->dry_run) {
+        if (sheaf_state_failed_chunks(r, job, print_failed, &l, errstr, sizeof(errstr)) != SHEAF_OK)
+            goto out;
+        fflush(stdout);
+        fprintf(stderr, "sheaf dlq: job %s: %llu failed chunk(s)%s%s%s\n", job,
+                (unsigned long long)l.n, c->reason ? " whose error contains \"" : "",
+                c->reason ? c->reason : "", c->reason ? "\"" : "");
+        if (redrive)
+            fprintf(stderr, "sheaf dlq: dry run: %llu chunk(s) would be redriven\n",
+                    (unsigned long long)l.n);
+        rc = 0;
+        goto out;
+    }
+    if (st.state != SHEAF_JOB_RUNNING && st.state != SHEAF_JOB_DONE) {
+        snprintf(errstr, sizeof(errstr), "job %s is %s: only a running or done job's dead "
+                 "letters can be redriven (a failed job: fix the cause and submit or replay it)",
+                 job, sheaf_job_state_name(st.state));
+        rc = 2;
+        goto out;
+    }
+    uint64_t chunks = 0, docs = 0;
+    if (sheaf_state_redrive(r, job, c->reason, &chunks, &docs, errstr, sizeof(errstr)) != SHEAF_OK)
+        goto out;
+    if (!chunks) {
+        fprintf(stderr, "sheaf dlq: job %s: no failed chunk%s to redrive\n", job,
+                c->reason ? " with that reason" : "");
+        rc = 0;
+        goto out;
+    }
+    fprintf(stderr, "sheaf dlq: job %s: %llu failed chunk(s) of %llu document(s) forgotten; "
+            "repairing to produce them again\n", job, (unsigned long long)chunks,
+            (unsigned long long)docs);
+    /* The repair recounts, produces the chunks again and reopens the job. */
+    sheaf_repair_report rr;
+    sheaf_repair_opts o = {.job = job, .dry_run = 0, .details = NULL};
+    if (sheaf_repair(&c->cfg, &o, &rr, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+    rc = report_repair(c, "dlq redrive", job, &rr);
+out:
+    if (rc == 1 || rc == 2 || rc == 3) fprintf(stderr, "sheaf dlq: %s\n", errstr);
     sheaf_redis_destroy(r);
     return rc;
 }
@@ -773,6 +883,7 @@ int main(int argc, char **argv)
                                          {"state", required_argument, NULL, 'S'},
                                          {"force", no_argument, NULL, 'f'},
                                          {"resume", required_argument, NULL, 'R'},
+                                         {"reason", required_argument, NULL, 'r'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"help-config", no_argument, NULL, 'H'},
                                          {NULL, 0, NULL, 0}};
@@ -810,6 +921,7 @@ int main(int argc, char **argv)
         case 'S': c.state = optarg; break;
         case 'f': c.force = 1; break;
         case 'R': c.resume = optarg; break;
+        case 'r': c.reason = optarg; break;
         case 'p': {
             /* The same as -X pipeline=..., and as strong. */
             size_t len = strlen(optarg) + sizeof("pipeline=");
@@ -854,6 +966,8 @@ int main(int argc, char **argv)
             goto cleanup;
         }
         rc = strcmp(cmd, "status") == 0 ? cmd_status(&c, rest[0]) : cmd_results(&c, rest[0]);
+    } else if (strcmp(cmd, "dlq") == 0) {
+        rc = cmd_dlq(&c, rest, n_rest);
     } else if (strcmp(cmd, "jobs") == 0) {
         rc = cmd_jobs(&c, n_rest);
     } else if (strcmp(cmd, "cancel") == 0) {

@@ -415,3 +415,35 @@ sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
     }
     return SHEAF_OK;
 }
+
+sheaf_err sheaf_kafka_check_topic(rd_kafka_t *rk, const char *topic, int timeout_ms, char *errstr,
+                                  size_t errlen)
+{
+    char servers[512] = "?";
+    size_t size = sizeof(servers);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    sheaf_err ret = SHEAF_ERR_KAFKA;
+
+    rd_kafka_conf_get(rd_kafka_conf(rk), "bootstrap.servers", servers, &size);
+    if (!rkt) {
+        snprintf(errstr, errlen, "topic %s: %s", topic, rd_kafka_err2str(rd_kafka_last_error()));
+        return SHEAF_ERR_KAFKA;
+    }
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+    if (err) {
+        snprintf(errstr, errlen, "Kafka at %s did not answer within %d s (%s): check "
+                 "kafka.bootstrap.servers (SHEAF_BROKERS) and that the brokers run",
+                 servers, timeout_ms / 1000, rd_kafka_err2str(err));
+    } else if (md->topic_cnt != 1 || md->topics[0].err) {
+        snprintf(errstr, errlen, "topic %s on %s: %s: create it (deploy/README.md has the "
+                 "command) or allow auto-creation", topic, servers,
+                 rd_kafka_err2str(md->topic_cnt ? md->topics[0].err
+                                                : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC));
+    } else {
+        ret = SHEAF_OK;
+    }
+    if (md) rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    return ret;
+}

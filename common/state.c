@@ -860,10 +860,13 @@ static const char *const job_suffixes[] = {"docs",       "results", "done_ms",  
                                            "g",          "ginner",  "groups",   "doc_tokens",
                                            "offsets",    "versions", "ready",   "emit"};
 
-/* Appends cmd (EXPIRE with secs, or UNLINK) for key to the pipeline. */
-static void append_key_cmd(sheaf_redis *r, const char *key, const char *secs)
+/* What job_keys_apply does to each key: EXPIRE secs, PERSIST, UNLINK. */
+typedef enum { KEYS_EXPIRE, KEYS_PERSIST, KEYS_UNLINK } keys_op;
+
+static void append_key_cmd(sheaf_redis *r, const char *key, keys_op op, const char *secs)
 {
-    if (secs) redisAppendCommand(r->c, "EXPIRE %s %s", key, secs);
+    if (op == KEYS_EXPIRE) redisAppendCommand(r->c, "EXPIRE %s %s", key, secs);
+    else if (op == KEYS_PERSIST) redisAppendCommand(r->c, "PERSIST %s", key);
     else redisAppendCommand(r->c, "UNLINK %s", key);
 }
 
@@ -883,14 +886,14 @@ static sheaf_err read_replies(sheaf_redis *r, size_t n, char *errstr, size_t err
     return SHEAF_OK;
 }
 
-/* Applies EXPIRE secs (or UNLINK when secs is NULL) to every key of the
- * job: the fixed ones, d:/p: of each document (from the docs list, in
- * pages), gm: of each metadata group (from the groups hash).  Pipelined a
- * page at a time.  The job hash goes first when deleting (scripts then
- * refuse to write for the job, so nothing is created again behind the
- * walk) and last when expiring (it carries the TTL that emit_done copies). */
-static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, const char *secs, char *errstr,
-                                size_t errlen)
+/* Applies op to every key of the job: the fixed ones, d:/p: of each
+ * document (from the docs list, in pages), gm: of each metadata group
+ * (from the groups hash).  Pipelined a page at a time.  The job hash goes
+ * first when deleting (scripts then refuse to write for the job, so
+ * nothing is created again behind the walk) and last otherwise (it carries
+ * the TTL that emit_done copies). */
+static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, keys_op op, const char *secs,
+                                char *errstr, size_t errlen)
 {
     char key[KEYLEN], kjob[KEYLEN], kdocs[KEYLEN], kg[KEYLEN];
     redisReply *rep = NULL;
@@ -900,7 +903,7 @@ static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, const char *sec
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kdocs, sizeof(kdocs), job, "docs");
     sheaf_key(kg, sizeof(kg), job, "g");
-    if (!secs && !(rep = sheaf_redis_cmd(r, errstr, errlen, "UNLINK %s", kjob)))
+    if (op == KEYS_UNLINK && !(rep = sheaf_redis_cmd(r, errstr, errlen, "UNLINK %s", kjob)))
         return SHEAF_ERR_REDIS;
     if (rep) freeReplyObject(rep);
     /* Per-document keys first: the docs list that names them is a fixed key. */
@@ -910,9 +913,9 @@ static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, const char *sec
         n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
         for (size_t i = 0; i < n; i++) {
             doc_key(key, sizeof(key), job, "d", rep->element[i]->str);
-            append_key_cmd(r, key, secs);
+            append_key_cmd(r, key, op, secs);
             doc_key(key, sizeof(key), job, "p", rep->element[i]->str);
-            append_key_cmd(r, key, secs);
+            append_key_cmd(r, key, op, secs);
         }
         freeReplyObject(rep);
         if ((err = read_replies(r, 2 * n, errstr, errlen)) != SHEAF_OK) return err;
@@ -923,7 +926,7 @@ static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, const char *sec
     for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
         if (strncmp(rep->element[i]->str, "n:", 2) != 0) continue;
         doc_key(key, sizeof(key), job, "gm", rep->element[i]->str + 2);
-        append_key_cmd(r, key, secs);
+        append_key_cmd(r, key, op, secs);
         n++;
     }
     freeReplyObject(rep);
@@ -931,10 +934,10 @@ static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, const char *sec
     n = sizeof(job_suffixes) / sizeof(*job_suffixes);
     for (size_t i = 0; i < n; i++) {
         sheaf_key(key, sizeof(key), job, job_suffixes[i]);
-        append_key_cmd(r, key, secs);
+        append_key_cmd(r, key, op, secs);
     }
-    if (secs) {
-        append_key_cmd(r, kjob, secs);
+    if (op != KEYS_UNLINK) {
+        append_key_cmd(r, kjob, op, secs);
         n++;
     }
     return read_replies(r, n, errstr, errlen);
@@ -950,7 +953,8 @@ sheaf_err sheaf_state_job_retire(sheaf_redis *r, const sheaf_config *cfg, const 
     if (cfg->job_retention_s <= 0) return SHEAF_OK; /* kept for ever */
     snprintf(secs, sizeof(secs), "%d", cfg->job_retention_s);
     if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
-    if ((err = job_keys_apply(r, job, secs, errstr, errlen)) != SHEAF_OK) return err;
+    if ((err = job_keys_apply(r, job, KEYS_EXPIRE, secs, errstr, errlen)) != SHEAF_OK)
+        return err;
     /* The pipeline snapshot expires with the last job that used it (a job
      * created later with the same version makes it persistent again). */
     sheaf_key(kjob, sizeof(kjob), job, "job");
@@ -976,7 +980,8 @@ sheaf_err sheaf_state_job_delete(sheaf_redis *r, const char *job, char *errstr, 
     redisReply *rep;
     sheaf_err err;
     if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
-    if ((err = job_keys_apply(r, job, NULL, errstr, errlen)) != SHEAF_OK) return err;
+    if ((err = job_keys_apply(r, job, KEYS_UNLINK, NULL, errstr, errlen)) != SHEAF_OK)
+        return err;
     const char *cmds[][2] = {{"ZREM", "sheaf:jobs"}, {"ZREM", "sheaf:jobs:expiring"},
                              {"SREM", "sheaf:jobs:active"}};
     for (size_t i = 0; i < 3; i++) {
@@ -1141,5 +1146,148 @@ sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *r
     redisReply *rep = sheaf_redis_script(r, &waiting, 1, 2, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+/* ---- dead letters: list and redrive ---- */
+
+/* Calls fn for each document of the job that has failed chunks, with its
+ * partials hash as a flat reply (field, value, ...). */
+static sheaf_err each_failed_doc(sheaf_redis *r, const char *job,
+                                 sheaf_err (*fn)(sheaf_redis *r, const char *job, const char *doc,
+                                                 redisReply *parts, void *ud),
+                                 void *ud, char *errstr, size_t errlen)
+{
+    char kdocs[KEYLEN], kpart[KEYLEN];
+    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
+    for (long start = 0;; start += 1000) {
+        redisReply *ids = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s %ld %ld", kdocs, start,
+                                          start + 999);
+        if (!ids) return SHEAF_ERR_REDIS;
+        size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
+        for (size_t i = 0; i < n; i++) {
+            doc_key(kpart, sizeof(kpart), job, "p", ids->element[i]->str);
+            redisAppendCommand(r->c, "HGET %s failed", kpart);
+        }
+        char *has = calloc(n ? n : 1, 1);
+        sheaf_err err = has ? SHEAF_OK : SHEAF_ERR_NOMEM;
+        for (size_t i = 0; i < n; i++) {
+            redisReply *rep = NULL;
+            if (redisGetReply(r->c, (void **)&rep) != REDIS_OK) {
+                snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+                redisFree(r->c);
+                r->c = NULL;
+                free(has);
+                freeReplyObject(ids);
+                return SHEAF_ERR_REDIS;
+            }
+            if (has) has[i] = rep->type == REDIS_REPLY_STRING && atoi(rep->str) > 0;
+            freeReplyObject(rep);
+        }
+        for (size_t i = 0; err == SHEAF_OK && i < n; i++) {
+            if (!has[i]) continue;
+            doc_key(kpart, sizeof(kpart), job, "p", ids->element[i]->str);
+            redisReply *parts = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kpart);
+            if (!parts) err = SHEAF_ERR_REDIS;
+            else err = fn(r, job, ids->element[i]->str, parts, ud);
+            if (parts) freeReplyObject(parts);
+        }
+        free(has);
+        freeReplyObject(ids);
+        if (err != SHEAF_OK) return err;
+        if (n < 1000) return SHEAF_OK;
+    }
+}
+
+typedef struct list_ctx {
+    sheaf_failed_chunk_fn fn;
+    void *ud;
+} list_ctx;
+
+static sheaf_err list_doc(sheaf_redis *r, const char *job, const char *doc, redisReply *parts,
+                          void *ud)
+{
+    list_ctx *x = ud;
+    (void)r;
+    (void)job;
+    for (size_t i = 0; parts->type == REDIS_REPLY_ARRAY && i + 1 < parts->elements; i += 2) {
+        const char *f = parts->element[i]->str;
+        if (strncmp(f, "s:", 2) != 0 || strcmp(parts->element[i + 1]->str, "failed") != 0)
+            continue;
+        uint32_t idx = (uint32_t)strtoul(f + 2, NULL, 10);
+        const char *error = "";
+        char want[24];
+        snprintf(want, sizeof(want), "r:%u", idx);
+        for (size_t k = 0; k + 1 < parts->elements; k += 2)
+            if (strcmp(parts->element[k]->str, want) == 0) error = parts->element[k + 1]->str;
+        x->fn(doc, idx, error, x->ud);
+    }
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_failed_chunks(sheaf_redis *r, const char *job, sheaf_failed_chunk_fn fn,
+                                    void *ud, char *errstr, size_t errlen)
+{
+    list_ctx x = {fn, ud};
+    if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
+    return each_failed_doc(r, job, list_doc, &x, errstr, errlen);
+}
+
+typedef struct unfail_ctx {
+    const char *reason;
+    uint64_t chunks, docs;
+} unfail_ctx;
+
+static sheaf_err unfail_doc(sheaf_redis *r, const char *job, const char *doc, redisReply *parts,
+                            void *ud)
+{
+    static const sheaf_lua_script unfail = {sheaf_lua_doc_unfail};
+    unfail_ctx *x = ud;
+    char kpart[KEYLEN], kres[KEYLEN], ktimes[KEYLEN], kemit[KEYLEN];
+    (void)parts;
+    doc_key(kpart, sizeof(kpart), job, "p", doc);
+    sheaf_key(kres, sizeof(kres), job, "results");
+    sheaf_key(ktimes, sizeof(ktimes), job, "done_ms");
+    sheaf_key(kemit, sizeof(kemit), job, "emit");
+    const char *args[] = {kpart, kres, ktimes, kemit, doc, x->reason ? x->reason : ""};
+    char errstr[SHEAF_ERRSTR_SIZE];
+    redisReply *rep = sheaf_redis_script(r, &unfail, 4, 6, args, NULL, errstr, sizeof(errstr));
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer > 0) {
+        x->chunks += (uint64_t)rep->integer;
+        x->docs++;
+    }
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_redrive(sheaf_redis *r, const char *job, const char *reason,
+                              uint64_t *chunks, uint64_t *docs, char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script unreduce = {sheaf_lua_job_unreduce};
+    unfail_ctx x = {reason, 0, 0};
+    char kgroups[KEYLEN], kov[KEYLEN], kemit[KEYLEN];
+    sheaf_err err;
+    *chunks = *docs = 0;
+    if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
+    /* An ended job's keys may be expiring: they are kept again (the job is
+     * running again after the repair that follows; it retires when it
+     * ends). */
+    if ((err = job_keys_apply(r, job, KEYS_PERSIST, NULL, errstr, errlen)) != SHEAF_OK) return err;
+    redisReply *z = sheaf_redis_cmd(r, errstr, errlen, "ZREM sheaf:jobs:expiring %s", job);
+    if (!z) return SHEAF_ERR_REDIS;
+    freeReplyObject(z);
+    if ((err = each_failed_doc(r, job, unfail_doc, &x, errstr, errlen)) != SHEAF_OK) return err;
+    if (x.chunks) {
+        sheaf_key(kgroups, sizeof(kgroups), job, "groups");
+        sheaf_key(kov, sizeof(kov), job, "overview");
+        sheaf_key(kemit, sizeof(kemit), job, "emit");
+        const char *args[] = {kgroups, kov, kemit};
+        redisReply *rep = sheaf_redis_script(r, &unreduce, 3, 3, args, NULL, errstr, errlen);
+        if (!rep) return SHEAF_ERR_REDIS;
+        freeReplyObject(rep);
+    }
+    *chunks = x.chunks;
+    *docs = x.docs;
     return SHEAF_OK;
 }

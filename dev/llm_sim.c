@@ -79,8 +79,9 @@
  * the fault settings of a running simulator (any subset of latency_ms,
  * jitter_ms, error_rate, malformed_rate, reset_rate, slow_rate, slow_ms,
  * rate_limit_rpm, tpm, critique_done_after, plus fail_next: N, the next N
- * requests answer 500, and rate_limit_next: N, the next N answer 429 with
- * Retry-After 1); the
+ * requests answer 500, refuse_next: N, the next N answer 400 (refused for
+ * good, as a model would refuse a prompt), and rate_limit_next: N, the next
+ * N answer 429 with Retry-After 1); the
  * whole change is validated first and applied at once, or refused with 400
  * naming the key.  GET /control shows the settings.  Only the completions
  * endpoints need the key.
@@ -152,6 +153,7 @@ typedef struct sim_settings {
     long long rate_limit_rpm;  /* 0: no limit */
     long long tpm;             /* 0: no limit */
     long long fail_next;       /* this many more requests answer 500 */
+    long long refuse_next;     /* this many more requests answer 400 (a permanent refusal) */
     long long rate_limit_next; /* this many more requests answer 429 */
     long long critique_done_after; /* a critique of this round or later is "DONE" */
 } sim_settings;
@@ -932,6 +934,14 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
                          "fail_next).");
         goto out;
     }
+    if (take_next(s, &s->settings.refuse_next)) {
+        *status = MHD_HTTP_BAD_REQUEST;
+        *note = "refuse_next";
+        STATS_UPDATE(s, s->stats.bad_requests++);
+        ret = send_error(conn, *status, "invalid_request_error", NULL, 0,
+                         "The request was refused (simulated: refuse_next).");
+        goto out;
+    }
     /* Fault triggers in the text itself, so a test can make one chunk fail
      * for ever without touching the others: SHEAF_SIM_FAIL_400 is refused
      * (non-retryable), SHEAF_SIM_FAIL_500 always errors (retryable). */
@@ -1059,6 +1069,7 @@ static const struct ctl_key {
     {"rate_limit_rpm", CTL_INT, offsetof(sim_settings, rate_limit_rpm), MAX_RPM},
     {"tpm", CTL_INT, offsetof(sim_settings, tpm), MAX_TPM},
     {"fail_next", CTL_INT, offsetof(sim_settings, fail_next), MAX_NEXT},
+    {"refuse_next", CTL_INT, offsetof(sim_settings, refuse_next), MAX_NEXT},
     {"rate_limit_next", CTL_INT, offsetof(sim_settings, rate_limit_next), MAX_NEXT},
     {"critique_done_after", CTL_INT, offsetof(sim_settings, critique_done_after), MAX_ROUNDS},
 };
@@ -1335,7 +1346,8 @@ static void usage(FILE *out)
             "             GET /control, POST /control with any of {\"latency_ms\",\n"
             "             \"jitter_ms\", \"error_rate\", \"malformed_rate\", \"reset_rate\",\n"
             "             \"slow_rate\", \"slow_ms\", \"rate_limit_rpm\", \"tpm\",\n"
-            "             \"fail_next\": N (next N answer 500), \"rate_limit_next\": N (next N\n"
+            "             \"fail_next\": N (next N answer 500), \"refuse_next\": N (next N\n"
+            "             answer 400), \"rate_limit_next\": N (next N\n"
             "             answer 429), \"critique_done_after\"}\n"
             "  Answers: structured output for response_format json_schema/json_object;\n"
             "  a critique or a refinement when the system message says \"critic\" or\n"

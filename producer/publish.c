@@ -38,6 +38,7 @@
 #define BATCH_DOCS 500
 #define BATCH_META_BYTES (8u * 1024 * 1024)
 #define FLUSH_TIMEOUT_MS 60000
+#define CHECK_TIMEOUT_MS 10000
 #define PROGRESS_EVERY_MS 10000
 
 /* A line reader that follows the documents, reopening on a file change. */
@@ -307,6 +308,13 @@ sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *err
 
     p.rk = sheaf_kafka_producer_new(a->cfg, "sheaf-producer", errstr, errlen);
     if (!p.rk) goto done;
+    /* Fail in seconds, with nothing created, when Kafka cannot be reached. */
+    err = sheaf_kafka_check_topic(p.rk, a->topic, CHECK_TIMEOUT_MS, errstr, errlen);
+    if (err != SHEAF_OK) {
+        size_t len = strlen(errstr);
+        if (len < errlen) snprintf(errstr + len, errlen - len, "; nothing was submitted");
+        goto done;
+    }
     err = sheaf_chunk_producer_init(&p.cp, p.rk, a->topic, a->job, a->pv, errstr, errlen);
     if (err != SHEAF_OK) goto done;
     p.r = sheaf_redis_connect(a->cfg, errstr, errlen);

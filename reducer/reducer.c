@@ -195,6 +195,37 @@ fail:
     return p;
 }
 
+/* ---- Redis outages ---- */
+
+#define REDIS_LOG_EVERY_MS 10000
+
+/* A Redis call of the thread's loop failed: logs one line per interval for
+ * the whole process, and waits a little longer each time (200 ms doubling
+ * to 5 s) so that an outage costs no CPU. */
+static void redis_down(reducer *r, const char *what, const char *errstr)
+{
+    reducer_shared *sh = r->sh;
+    long long now = sheaf_mono_ms(), zero = 0, last = atomic_load(&sh->redis_logged_ms);
+    if (atomic_compare_exchange_strong(&sh->redis_down_ms, &zero, now)) {
+        atomic_store(&sh->redis_logged_ms, now);
+        sheaf_error("reducer", "Redis unavailable (%s): %s; waiting for it", what, errstr);
+    } else if (now - last >= REDIS_LOG_EVERY_MS &&
+               atomic_compare_exchange_strong(&sh->redis_logged_ms, &last, now)) {
+        sheaf_error("reducer", "Redis unavailable for %lld s: %s",
+                    (now - atomic_load(&sh->redis_down_ms)) / 1000, errstr);
+    }
+    r->redis_delay_ms = r->redis_delay_ms ? r->redis_delay_ms * 2 : 200;
+    if (r->redis_delay_ms > 5000) r->redis_delay_ms = 5000;
+    sheaf_sleep_ms(r->redis_delay_ms);
+}
+
+static void redis_back(reducer *r)
+{
+    long long since = atomic_exchange(&r->sh->redis_down_ms, 0);
+    r->redis_delay_ms = 0;
+    if (since) sheaf_info("reducer", "Redis answers again after %lld s", (sheaf_mono_ms() - since) / 1000);
+}
+
 /* ---- stream plumbing ---- */
 
 /* Handles one stream entry (fields as a flat array of name/value). */
@@ -267,7 +298,7 @@ static void refresh_jobs(reducer *r)
     char errstr[SHEAF_ERRSTR_SIZE];
     redisReply *rep = sheaf_redis_cmd(r->redis, errstr, sizeof(errstr), "SMEMBERS sheaf:jobs:active");
     if (!rep) {
-        sheaf_error("reducer", "cannot list active jobs: %s", errstr);
+        redis_down(r, "listing the active jobs", errstr);
         return;
     }
     size_t n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
@@ -361,16 +392,19 @@ static void read_new(reducer *r)
     if (!rep) {
         /* NOGROUP: a job's stream vanished (deleted by hand); the next
          * refresh recreates the group of every job. */
-        sheaf_warn("reducer", "%s", errstr);
         if (strstr(errstr, "NOGROUP")) {
+            sheaf_warn("reducer", "%s", errstr);
             jobs_free(r->jobs, r->n_jobs);
             r->jobs = NULL;
             r->n_jobs = 0;
             r->jobs_refreshed_ms = 0;
+            sheaf_sleep_ms(500);
+        } else {
+            redis_down(r, "reading ready entries", errstr);
         }
-        sheaf_sleep_ms(500);
         goto out;
     }
+    redis_back(r);
     for (size_t s = 0; rep->type == REDIS_REPLY_ARRAY && s < rep->elements; s++) {
         redisReply *st = rep->element[s];
         const char *key = st->element[0]->str;

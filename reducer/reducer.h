@@ -37,6 +37,9 @@ typedef struct reducer_shared {
     sheaf_metrics_server *server; /* NULL when metrics.port is 0 */
     sheaf_redis *redis;          /* the main thread's, for PING; NULL while unreachable */
     pthread_mutex_t health_lock; /* guards each thread's llm_why */
+    /* Redis unreachable: since when (0: it answers), and the last log line,
+     * shared by the threads so an outage logs one line per interval. */
+    atomic_llong redis_down_ms, redis_logged_ms;
 } reducer_shared;
 
 typedef struct reducer {
@@ -53,6 +56,7 @@ typedef struct reducer {
     char **jobs;                 /* active jobs, sorted, refreshed every second; no cap */
     size_t n_jobs, rotate;       /* rotate: where the next read starts, for fairness */
     int64_t jobs_refreshed_ms, claimed_ms, swept_ms;
+    int redis_delay_ms;          /* this thread's wait between tries while Redis is down */
     /* The lease on the entry being worked on (sheaf/state.h): renewed from
      * the LLM wait loop every claim_idle_ms / 3; lost when another reducer
      * claimed the entry, which stops the work (the entry is the other's). */

@@ -94,9 +94,20 @@ typedef struct call {
     int64_t parked_since, parked_until;
     int parks;
     struct call *next_parked;
+    /* Held while Redis is unreachable (worker_held_run): the message waits
+     * to be checked (HOLD_TAKE) or its result to be recorded (HOLD_RECORD,
+     * held_json, held_ok). */
+    int hold;
+    char *held_json;
+    int held_ok;
+    int64_t held_until;
+    struct call *next_held;
 } call;
 
-typedef enum { DONE, STOPPED } outcome;
+/* DONE: finish the offset; STOPPED: abandon (redelivered); HELD: the call
+ * waits for Redis in the worker's held list and is not ended. */
+typedef enum { DONE, STOPPED, HELD } outcome;
+enum { HOLD_TAKE = 1, HOLD_RECORD = 2 };
 
 /* ---- pipelines, looked up by version and cached ---- */
 
@@ -232,33 +243,68 @@ static char *schema_record(const char *text, json_t *data, const sheaf_chunk_msg
     return s;
 }
 
-/* Records the chunk, retrying Redis failures until shutdown. */
+/* ---- waiting for Redis ---- */
+
+#define HOLD_FIRST_MS 200
+#define HOLD_MAX_MS 5000
+#define HOLD_LOG_EVERY_MS 10000
+
+/* Redis failed for the call: it joins the held list (HELD), retried from
+ * the loop after a delay that doubles to 5 s while Redis stays away.  The
+ * loop pauses fetching while anything is held, keeps serving the consumer
+ * group, and logs one line per interval, not one per chunk. */
+static outcome hold(worker *w, call *c, int kind, const char *errstr)
+{
+    int64_t now = sheaf_mono_ms();
+    if (sheaf_stop) return STOPPED;
+    worker_redis_failed(w, errstr);
+    if (!w->redis_down_ms) {
+        w->redis_down_ms = now;
+        w->redis_logged_ms = now;
+        w->redis_delay_ms = HOLD_FIRST_MS;
+        sheaf_error("worker", "Redis unavailable: %s; consumption paused, chunks held until it "
+                    "answers", errstr);
+    } else if (now - w->redis_logged_ms >= HOLD_LOG_EVERY_MS) {
+        w->redis_logged_ms = now;
+        sheaf_error("worker", "Redis unavailable for %lld s: %zu chunk(s) held: %s",
+                    (long long)((now - w->redis_down_ms) / 1000), w->n_held + 1, errstr);
+    }
+    c->hold = kind;
+    c->held_until = now + w->redis_delay_ms;
+    c->next_held = w->held;
+    w->held = c;
+    w->n_held++;
+    return HELD;
+}
+
+/* Records the chunk (a Redis failure holds it). */
 static outcome record(worker *w, call *c, int ok, const char *json,
                       const sheaf_llm_usage *usage)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
-    int64_t delay = 200;
     const sheaf_chunk_msg *m = &c->m;
-    for (;;) {
-        sheaf_chunk_outcome out = SHEAF_CHUNK_NEW;
-        sheaf_err err = sheaf_state_chunk_store(w->redis, m, ok, json, usage->prompt_tokens,
-                                                usage->completion_tokens, &out, errstr,
-                                                sizeof(errstr));
-        if (err == SHEAF_OK) {
-            if (out == SHEAF_CHUNK_DUPLICATE) w->duplicates++;
-            if (out == SHEAF_CHUNK_DOC_READY)
-                sheaf_info("worker", "job %s doc %s: all %u chunks recorded, ready to combine",
-                           m->job, m->doc, m->count);
-            return DONE;
+    sheaf_chunk_outcome out = SHEAF_CHUNK_NEW;
+    sheaf_err err = sheaf_state_chunk_store(w->redis, m, ok, json, usage->prompt_tokens,
+                                            usage->completion_tokens, &out, errstr,
+                                            sizeof(errstr));
+    if (err == SHEAF_OK) {
+        if (out == SHEAF_CHUNK_DUPLICATE) w->duplicates++;
+        if (out == SHEAF_CHUNK_DOC_READY)
+            sheaf_info("worker", "job %s doc %s: all %u chunks recorded, ready to combine",
+                       m->job, m->doc, m->count);
+        if (ok) {
+            w->processed++;
+            sheaf_metric_inc(w->met.processed);
         }
-        if (err == SHEAF_ERR_NOT_FOUND) return dead_letter(w, c->msg, m->job, errstr);
-        sheaf_error("worker", "job %s doc %s chunk %u: cannot record result (will retry): %s",
-                    m->job, m->doc, m->idx, errstr);
-        worker_redis_failed(w, errstr);
-        if (sheaf_stop) return STOPPED;
-        sheaf_sleep_ms(delay);
-        if (delay < 5000) delay *= 2;
+        return DONE;
     }
+    if (err == SHEAF_ERR_NOT_FOUND) return dead_letter(w, c->msg, m->job, errstr);
+    if (json != c->held_json) {
+        free(c->held_json);
+        if (!(c->held_json = strdup(json))) return STOPPED;
+    }
+    c->held_ok = ok;
+    return hold(w, c, HOLD_RECORD, errstr);
 }
 
 /* Dead-letters a failed chunk's message, then records the failure.  In
@@ -291,6 +337,7 @@ static void call_end(call *c, outcome out)
 {
     worker *w = c->w;
     int32_t part = c->msg->partition;
+    if (out == HELD) return; /* lives on in the held list */
     if (out == STOPPED) {
         w->abandoned++;
     } else if (c->generation == worker_generation(w, part) &&
@@ -314,6 +361,7 @@ static void call_end(call *c, outcome out)
     free(c->req.model);
     free(c->req.system);
     free(c->req.user);
+    free(c->held_json);
     json_decref(c->schema);
     sheaf_chunk_msg_clear(&c->m);
     rd_kafka_message_destroy(c->msg);
@@ -582,10 +630,6 @@ static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *
     if (json && c->cache_key[0] && !c->from_cache) cache_store(w, c, res);
     out = json ? record(w, c, 1, json, &c->usage) : STOPPED;
     free(json);
-    if (out == DONE) {
-        w->processed++;
-        sheaf_metric_inc(w->met.processed);
-    }
     sheaf_debug("worker", "job %s doc %s chunk %u/%u done (%llu+%llu tokens)", c->m.job,
                 c->m.doc, c->m.idx + 1, c->m.count, (unsigned long long)c->usage.prompt_tokens,
                 (unsigned long long)c->usage.completion_tokens);
@@ -674,23 +718,89 @@ done:
     return out;
 }
 
-/* Waits out a Redis outage (the loop cannot do anything useful without
- * Redis); 0 when Redis answered, -1 on shutdown. */
-static int redis_wait(worker *w, const char *errstr)
-{
-    sheaf_error("worker", "Redis unavailable (will retry): %s", errstr);
-    worker_redis_failed(w, errstr);
-    if (sheaf_stop) return -1;
-    sheaf_sleep_ms(1000);
-    return 0;
-}
-
-void worker_take(worker *w, rd_kafka_message_t *msg)
+/* The checks before a call: a chunk already recorded (or of a cancelled
+ * job) costs no call; then the pipeline by version.  Redis trouble holds
+ * the call (it comes back here). */
+static void take_checks(worker *w, call *c)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", reason[SHEAF_ERRSTR_SIZE + 64];
     const sheaf_pipeline *p;
     sheaf_err err;
     int exists = 0;
+
+    if (sheaf_state_chunk_exists(w->redis, &c->m, &exists, errstr, sizeof(errstr)) != SHEAF_OK) {
+        call_end(c, hold(w, c, HOLD_TAKE, errstr));
+        return;
+    }
+    if (exists) {
+        w->duplicates++;
+        call_end(c, DONE);
+        return;
+    }
+    if (!(p = pipeline_for(w, c->m.pv, &err, errstr, sizeof(errstr)))) {
+        if (err == SHEAF_ERR_REDIS) {
+            call_end(c, hold(w, c, HOLD_TAKE, errstr));
+            return;
+        }
+        /* Recorded failed too, so its document completes and the job ends
+         * (failed, with the reason) instead of running for ever. */
+        snprintf(reason, sizeof(reason), "pipeline %s: %s", c->m.pv, errstr);
+        call_end(c, fail_chunk(w, c, reason));
+        return;
+    }
+    submit(w, c, p);
+}
+
+void worker_held_run(worker *w)
+{
+    int64_t now = sheaf_mono_ms();
+    call *due = NULL, **pp = &w->held;
+    /* Take the due ones out first: a call that fails again is held anew. */
+    while (*pp) {
+        call *c = *pp;
+        if (c->held_until > now) {
+            pp = &c->next_held;
+            continue;
+        }
+        *pp = c->next_held;
+        w->n_held--;
+        c->next_held = due;
+        due = c;
+    }
+    if (!due) return;
+    size_t before = w->n_held;
+    while (due) {
+        call *c = due;
+        due = c->next_held;
+        int kind = c->hold;
+        c->hold = 0;
+        if (kind == HOLD_RECORD) call_end(c, record(w, c, c->held_ok, c->held_json, &c->usage));
+        else take_checks(w, c);
+    }
+    if (w->n_held > before) {
+        /* Still failing: wait longer before the next round. */
+        w->redis_delay_ms = w->redis_delay_ms * 2 > HOLD_MAX_MS ? HOLD_MAX_MS : w->redis_delay_ms * 2;
+    } else if (!w->n_held && w->redis_down_ms) {
+        sheaf_info("worker", "Redis answers again after %lld s; consumption resumed",
+                   (long long)((sheaf_mono_ms() - w->redis_down_ms) / 1000));
+        w->redis_down_ms = 0;
+    }
+}
+
+void worker_held_abandon(worker *w)
+{
+    while (w->held) {
+        call *c = w->held;
+        w->held = c->next_held;
+        call_end(c, STOPPED);
+    }
+    w->n_held = 0;
+}
+
+void worker_take(worker *w, rd_kafka_message_t *msg)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "", reason[SHEAF_ERRSTR_SIZE + 64];
+    sheaf_err err;
     call *c = calloc(1, sizeof(*c));
 
     if (!c) {
@@ -714,32 +824,5 @@ void worker_take(worker *w, rd_kafka_message_t *msg)
         call_end(c, dead_letter(w, msg, NULL, reason));
         return;
     }
-    /* Cheap check first: a redelivered chunk already recorded costs no
-     * LLM call. */
-    while ((err = sheaf_state_chunk_exists(w->redis, &c->m, &exists, errstr,
-                                           sizeof(errstr))) != SHEAF_OK) {
-        if (redis_wait(w, errstr) < 0) {
-            call_end(c, STOPPED);
-            return;
-        }
-    }
-    if (exists) {
-        w->duplicates++;
-        call_end(c, DONE);
-        return;
-    }
-    while (!(p = pipeline_for(w, c->m.pv, &err, errstr, sizeof(errstr)))) {
-        if (err != SHEAF_ERR_REDIS) {
-            /* Recorded failed too, so its document completes and the job
-             * ends (failed, with the reason) instead of running for ever. */
-            snprintf(reason, sizeof(reason), "pipeline %s: %s", c->m.pv, errstr);
-            call_end(c, fail_chunk(w, c, reason));
-            return;
-        }
-        if (redis_wait(w, errstr) < 0) {
-            call_end(c, STOPPED);
-            return;
-        }
-    }
-    submit(w, c, p);
+    take_checks(w, c);
 }

@@ -230,9 +230,10 @@ static void flow_control(worker *w)
 {
     /* Parked calls count: an outage must not pull the topic into memory. */
     size_t pending = sheaf_llm_async_pending(w->llm) + w->n_parked;
-    int circuit = sheaf_llm_async_circuit_open(w->llm) || w->fleet_cause[0];
+    /* Redis away (calls held): no new work until it answers. */
+    int circuit = sheaf_llm_async_circuit_open(w->llm) || w->fleet_cause[0] || w->n_held;
     if (!w->paused && (pending >= backlog_limit(w) || circuit)) {
-        if (circuit && !w->fleet_cause[0])
+        if (circuit && !w->fleet_cause[0] && !w->n_held)
             sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
         set_paused(w, 1);
     } else if (w->paused && !circuit && pending <= (size_t)w->cfg.worker_max_in_flight) {
@@ -353,8 +354,10 @@ static void loop_once(worker *w)
         worker_take(w, msg);
         if (sheaf_llm_async_pending(w->llm) >= max) break;
     }
-    sheaf_llm_async_run(w->llm, sheaf_llm_async_pending(w->llm) || w->n_parked ? 10 : 0);
+    sheaf_llm_async_run(w->llm,
+                        sheaf_llm_async_pending(w->llm) || w->n_parked || w->n_held ? 10 : 0);
     if (w->parked) worker_parked_run(w);
+    if (w->held) worker_held_run(w);
     flow_control(w);
     /* Serves the dead-letter producer's callbacks (statistics, reports). */
     rd_kafka_poll(w->producer, 0);
@@ -371,6 +374,7 @@ static void drain(worker *w)
      * the partition); only requests under way are worth waiting for. */
     sheaf_llm_async_abort_queued(w->llm);
     worker_parked_abandon(w);
+    worker_held_abandon(w);
     pending = sheaf_llm_async_pending(w->llm);
     if (pending)
         sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", pending,

@@ -51,6 +51,10 @@ typedef struct worker {
     sheaf_llm_metrics llm_met;
     struct call *parked;        /* transient failures waiting to be sent again (chunk.c) */
     size_t n_parked;
+    struct call *held;          /* calls waiting for Redis (chunk.c) */
+    size_t n_held;
+    int64_t redis_down_ms;      /* since when Redis fails (0: it answers) */
+    int64_t redis_logged_ms, redis_delay_ms;
     /* A fleet condition (sheaf_llm_fleet_cause: a refused key, an unknown
      * model): "" when none.  While set, fetching is paused and /health is
      * unhealthy; the first call that goes through clears it. */
@@ -73,6 +77,11 @@ void worker_pipelines_clear(worker *w);
 void worker_parked_run(worker *w);
 /* At shutdown: every parked call is abandoned (redelivered later). */
 void worker_parked_abandon(worker *w);
+
+/* Retries the calls held for Redis whose time has come (from the loop);
+ * at shutdown, abandons them. */
+void worker_held_run(worker *w);
+void worker_held_abandon(worker *w);
 
 /* A Redis command failed (errstr says why): /health says so until the next
  * PING works. */

@@ -34,7 +34,6 @@ REDUCER_X=("${COMMON[@]}" -X reducer.claim_idle_ms=3000)
 CHUNK_X=(-X chunk.max_tokens=40)
 
 stack_up --redis-aof --latency-ms 250
-REDIS_PORT=${SHEAF_REDIS_URL##*:}; REDIS_PORT=${REDIS_PORT%%/*}
 CONTROL="${SHEAF_LLM_BASE_URL%/v1}/control"
 
 # The corpus: DOCS documents, each one of the example reports under its own
@@ -64,18 +63,7 @@ sim_reset
 JOB="$("$SHEAF" submit "${CHUNK_X[@]}" "$T/in")" || fail "submit failed"
 EVENTS=()
 event() { EVENTS+=("$1"); log "chaos: $1"; }
-restart_redis() {
-  local pid
-  pid=$(redis-cli -p "$REDIS_PORT" info server 2> /dev/null | tr -d '\r' | sed -n 's/^process_id://p')
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid"
-  while kill -0 "$pid" 2> /dev/null; do sleep 0.1; done
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STACK/redis" --save '' \
-    --appendonly yes --appendfsync everysec --daemonize no --logfile "$T/redis-restarted.log" &
-  PIDS+=("$!")
-  wait_until 20 "redis to come back" redis_up
-}
-redis_up() { [ "$(redis-cli -p "$REDIS_PORT" ping 2> /dev/null)" = PONG ]; }
+restart_redis() { redis_stop && redis_start; }
 deadline=$((SECONDS + TIMEOUT_S))
 MAX_EVENTS=${CHAOS_MAX_EVENTS:-1000000}
 until job_is_done "$JOB"; do

@@ -185,3 +185,23 @@ health_is() {
   [ "$code" = "$2" ] || return 1
   [ -z "${3:-}" ] || printf '%s' "${body%$'\n'*}" | jq -e --arg k "$3" '.checks[$k] != "ok"' > /dev/null
 }
+
+# redis_stop: stops the stack's redis-server (SIGTERM: it writes its
+# append-only file when the stack runs with --redis-aof) and waits for it
+# to exit; redis_start: starts it again on the same port and directory,
+# recorded for cleanup, and waits for PONG.
+redis_port() { local p=${SHEAF_REDIS_URL##*:}; echo "${p%%/*}"; }
+redis_up() { [ "$(redis-cli -p "$(redis_port)" ping 2> /dev/null)" = PONG ]; }
+redis_stop() {
+  local pid
+  pid=$(redis-cli -p "$(redis_port)" info server 2> /dev/null | tr -d '\r' | sed -n 's/^process_id://p')
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid"
+  while kill -0 "$pid" 2> /dev/null; do sleep 0.1; done
+}
+redis_start() {
+  redis-server --port "$(redis_port)" --bind 127.0.0.1 --dir "$STACK/redis" --save '' \
+    --appendonly yes --appendfsync everysec --daemonize no --logfile "$T/redis-restarted.log" &
+  PIDS+=("$!")
+  wait_until 20 "redis to come back" redis_up
+}

@@ -50,6 +50,12 @@ void sheaf_kafka_producer_destroy(rd_kafka_t *producer);
  * last successful flush) was an error.  errstr says how many and why. */
 sheaf_err sheaf_kafka_flush(rd_kafka_t *producer, int timeout_ms, char *errstr, size_t errlen);
 
+/* Asks the cluster for topic's metadata within timeout_ms: fails fast, with
+ * what to check, when no broker answers or the topic does not exist (a
+ * submit checks this before it creates anything). */
+sheaf_err sheaf_kafka_check_topic(rd_kafka_t *rk, const char *topic, int timeout_ms, char *errstr,
+                                  size_t errlen);
+
 #define SHEAF_KAFKA_MAX_PARTITIONS 1024
 
 /* The first and last offsets delivered to partition (any topic) since the

@@ -282,6 +282,26 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
                                      uint64_t prompt_tokens, uint64_t completion_tokens,
                                      sheaf_store_outcome *out, char *errstr, size_t errlen);
 
+/* ---- dead letters: list and redrive ---- */
+
+/* Called for each failed chunk: its document, index and recorded error
+ * (the JSON record {"error": ...}). */
+typedef void (*sheaf_failed_chunk_fn)(const char *doc, uint32_t idx, const char *record,
+                                      void *ud);
+
+/* Every failed chunk of the job, in submit order of their documents. */
+sheaf_err sheaf_state_failed_chunks(sheaf_redis *r, const char *job, sheaf_failed_chunk_fn fn,
+                                    void *ud, char *errstr, size_t errlen);
+
+/* `sheaf dlq redrive`: forgets the job's failed chunks (those whose error
+ * contains reason, or all when it is NULL or ""), the results of their
+ * documents, every group result and the overview (with their emission
+ * marks), and keeps the job's keys from expiring.  `sheaf repair` run
+ * right after recounts the counters, produces the forgotten chunks again
+ * from the topic and reopens the job.  *chunks and *docs: how many. */
+sheaf_err sheaf_state_redrive(sheaf_redis *r, const char *job, const char *reason,
+                              uint64_t *chunks, uint64_t *docs, char *errstr, size_t errlen);
+
 /* ---- exactly-once outputs ----
  *
  * A reducer works on a ready-stream entry under a lease: the entry is

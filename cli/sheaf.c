@@ -152,61 +152,14 @@ out:
 
 /* ---- results ---- */
 
-typedef struct kv_ref {
-    const char *key, *value;
-} kv_ref;
-
-static int cmp_kv_key(const void *a, const void *b)
-{
-    return strcmp(((const kv_ref *)a)->key, ((const kv_ref *)b)->key);
-}
-
 /* Group results (hierarchical pipelines), ordered by their path. */
 static int print_groups(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
-    char kgroups[512];
-    sheaf_key(kgroups, sizeof(kgroups), job, "groups");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kgroups);
-    if (!rep) return -1;
-    size_t n = rep->elements / 2;
-    kv_ref *pairs = calloc(n ? n : 1, sizeof(*pairs));
-    if (!pairs) {
-        freeReplyObject(rep);
-        return -1;
-    }
-    /* HGETALL answers key, value, key, value, ... */
-    for (size_t i = 0; i < n; i++)
-        pairs[i] = (kv_ref){rep->element[2 * i]->str, rep->element[2 * i + 1]->str};
-    qsort(pairs, n, sizeof(*pairs), cmp_kv_key);
-    for (size_t i = 0; i < n; i++) printf("%s\n", pairs[i].value);
-    free(pairs);
-    freeReplyObject(rep);
+    sheaf_strlist res;
+    if (sheaf_state_group_results(r, job, &res, errstr, errlen) != SHEAF_OK) return -1;
+    for (size_t i = 0; i < res.n; i++) printf("%s\n", res.v[i]);
+    sheaf_strlist_free(&res);
     return 0;
-}
-
-/* The run holding version pv of job (malloc'd), or NULL with errstr. */
-static char *version_run(sheaf_redis *r, const char *job, const char *pv, char *errstr,
-                         size_t errlen)
-{
-    char kvers[512];
-    char *run = NULL;
-    sheaf_key(kvers, sizeof(kvers), job, "versions");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", kvers, pv);
-    if (!rep) return NULL;
-    if (rep->type == REDIS_REPLY_STRING) {
-        run = strdup(rep->str);
-    } else {
-        redisReply *all = sheaf_redis_cmd(r, errstr, errlen, "HKEYS %s", kvers);
-        size_t n = 0;
-        snprintf(errstr, errlen, "job %s has no results for version %s; its versions:", job, pv);
-        for (size_t i = 0; all && i < all->elements; i++) {
-            n = strlen(errstr);
-            snprintf(errstr + n, errlen - n, " %s", all->element[i]->str);
-        }
-        if (all) freeReplyObject(all);
-    }
-    freeReplyObject(rep);
-    return run;
 }
 
 static int cmd_results_run(cli *c, const char *job);
@@ -217,7 +170,8 @@ static int cmd_results(cli *c, const char *job)
     char errstr[SHEAF_ERRSTR_SIZE] = "";
     if (!c->version) return cmd_results_run(c, job);
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
-    char *run = r ? version_run(r, job, c->version, errstr, sizeof(errstr)) : NULL;
+    char *run = NULL;
+    if (r) sheaf_state_version_run(r, job, c->version, &run, errstr, sizeof(errstr));
     sheaf_redis_destroy(r);
     if (!run) {
         fprintf(stderr, "sheaf results: %s\n", errstr);
@@ -232,30 +186,27 @@ static int cmd_results(cli *c, const char *job)
  * line per document ({"doc", "changed"}), then a summary line. */
 static int cmd_diff(cli *c, const char *job, const char *v1, const char *v2)
 {
-    char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], k1[512], k2[512];
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
     char *r1 = NULL, *r2 = NULL;
-    redisReply *ids = NULL;
+    sheaf_strlist ids = {NULL, 0};
     size_t changed = 0, missing = 0;
     int rc = 1;
 
-    if (!r || !(r1 = version_run(r, job, v1, errstr, sizeof(errstr))) ||
-        !(r2 = version_run(r, job, v2, errstr, sizeof(errstr))))
+    if (!r || sheaf_state_version_run(r, job, v1, &r1, errstr, sizeof(errstr)) != SHEAF_OK ||
+        sheaf_state_version_run(r, job, v2, &r2, errstr, sizeof(errstr)) != SHEAF_OK ||
+        sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)) != SHEAF_OK)
         goto out;
-    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
-    sheaf_key(k1, sizeof(k1), r1, "results");
-    sheaf_key(k2, sizeof(k2), r2, "results");
-    if (!(ids = sheaf_redis_cmd(r, errstr, sizeof(errstr), "LRANGE %s 0 -1", kdocs))) goto out;
-    for (size_t i = 0; i < ids->elements; i++) {
-        const char *doc = ids->element[i]->str;
-        redisReply *a = sheaf_redis_cmd(r, errstr, sizeof(errstr), "HGET %s %s", k1, doc);
-        redisReply *b = a ? sheaf_redis_cmd(r, errstr, sizeof(errstr), "HGET %s %s", k2, doc) : NULL;
-        if (!a || !b) {
-            if (a) freeReplyObject(a);
+    for (size_t i = 0; i < ids.n; i++) {
+        const char *doc = ids.v[i];
+        char *a = NULL, *b = NULL;
+        if (sheaf_state_result_get(r, r1, SHEAF_ITEM_DOC, doc, &a, errstr, sizeof(errstr)) ||
+            sheaf_state_result_get(r, r2, SHEAF_ITEM_DOC, doc, &b, errstr, sizeof(errstr))) {
+            free(a);
             goto out;
         }
-        int have = a->type == REDIS_REPLY_STRING && b->type == REDIS_REPLY_STRING;
-        int diff = !have || strcmp(a->str, b->str) != 0;
+        int have = a && b;
+        int diff = !have || strcmp(a, b) != 0;
         json_t *line = json_pack("{s:s,s:b}", "doc", doc, "changed", diff);
         if (!have) json_object_set_new(line, "missing", json_true());
         char *txt = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -264,15 +215,15 @@ static int cmd_diff(cli *c, const char *job, const char *v1, const char *v2)
         json_decref(line);
         changed += (size_t)diff;
         missing += (size_t)!have;
-        freeReplyObject(a);
-        freeReplyObject(b);
+        free(a);
+        free(b);
     }
     printf("{\"versions\":[\"%s\",\"%s\"],\"runs\":[\"%s\",\"%s\"],\"docs\":%zu,\"changed\":%zu,"
-           "\"missing\":%zu}\n", v1, v2, r1, r2, ids->elements, changed, missing);
+           "\"missing\":%zu}\n", v1, v2, r1, r2, ids.n, changed, missing);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "sheaf diff: %s\n", errstr);
-    if (ids) freeReplyObject(ids);
+    sheaf_strlist_free(&ids);
     free(r1);
     free(r2);
     sheaf_redis_destroy(r);
@@ -436,44 +387,43 @@ static int report_repair(cli *c, const char *cmd, const char *job, const sheaf_r
 
 static int cmd_results_run(cli *c, const char *job)
 {
-    char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], kres[512], kov[512];
+    char errstr[SHEAF_ERRSTR_SIZE] = "", *ov = NULL;
     sheaf_job_status st;
-    redisReply *ids = NULL, *ov = NULL;
+    sheaf_strlist ids = {NULL, 0};
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
     int rc = 1;
 
-    if (!r || sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
-    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
-    sheaf_key(kres, sizeof(kres), job, "results");
-    sheaf_key(kov, sizeof(kov), job, "overview");
-    ids = sheaf_redis_cmd(r, errstr, sizeof(errstr), "LRANGE %s 0 -1", kdocs);
-    if (!ids) goto out;
+    if (!r || sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK ||
+        sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)) != SHEAF_OK)
+        goto out;
     size_t missing = 0;
-    for (size_t i = 0; i < ids->elements; i++) {
-        redisReply *rep = sheaf_redis_cmd(r, errstr, sizeof(errstr), "HGET %s %s", kres,
-                                          ids->element[i]->str);
-        if (!rep) goto out;
-        if (rep->type == REDIS_REPLY_STRING) printf("%s\n", rep->str);
+    for (size_t i = 0; i < ids.n; i++) {
+        char *res = NULL;
+        if (sheaf_state_result_get(r, job, SHEAF_ITEM_DOC, ids.v[i], &res, errstr,
+                                   sizeof(errstr)) != SHEAF_OK)
+            goto out;
+        if (res) printf("%s\n", res);
         else missing++;
-        freeReplyObject(rep);
+        free(res);
     }
-    if (print_groups(r, job, errstr, sizeof(errstr)) != 0) goto out;
-    ov = sheaf_redis_cmd(r, errstr, sizeof(errstr), "GET %s", kov);
-    if (!ov) goto out;
-    if (ov->type == REDIS_REPLY_STRING) printf("%s\n", ov->str);
+    if (print_groups(r, job, errstr, sizeof(errstr)) != 0 ||
+        sheaf_state_result_get(r, job, SHEAF_ITEM_OVERVIEW, NULL, &ov, errstr, sizeof(errstr)) !=
+            SHEAF_OK)
+        goto out;
+    if (ov) printf("%s\n", ov);
     fflush(stdout);
-    if (missing || ov->type != REDIS_REPLY_STRING) {
+    if (missing || !ov) {
         fprintf(stderr, "sheaf results: job %s is %s: %zu of %zu document results missing%s\n",
-                job, sheaf_job_state_name(st.state), missing, ids->elements,
-                ov->type == REDIS_REPLY_STRING ? "" : ", overview not written yet");
+                job, sheaf_job_state_name(st.state), missing, ids.n,
+                ov ? "" : ", overview not written yet");
         rc = 3;
         goto out;
     }
     rc = 0;
 out:
     if (rc == 1) fprintf(stderr, "sheaf results: %s\n", errstr);
-    if (ids) freeReplyObject(ids);
-    if (ov) freeReplyObject(ov);
+    sheaf_strlist_free(&ids);
+    free(ov);
     sheaf_redis_destroy(r);
     return rc;
 }
@@ -571,8 +521,8 @@ out:
 
 static int cmd_jobs(cli *c, size_t n_rest)
 {
-    char errstr[SHEAF_ERRSTR_SIZE] = "", **ids = NULL;
-    size_t n = 0;
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_strlist ids = {NULL, 0};
     sheaf_job_state want = SHEAF_JOB_RUNNING;
     sheaf_redis *r = NULL;
     int rc = 2;
@@ -589,19 +539,19 @@ static int cmd_jobs(cli *c, size_t n_rest)
     rc = 1;
     if (!(r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr))) ||
         sheaf_state_jobs_sweep(r, NULL, errstr, sizeof(errstr)) != SHEAF_OK ||
-        sheaf_state_job_ids(r, &ids, &n, errstr, sizeof(errstr)) != SHEAF_OK)
+        sheaf_state_job_ids(r, &ids, errstr, sizeof(errstr)) != SHEAF_OK)
         goto out;
     if (!c->json)
         printf("%-40s %-10s %9s %9s %13s %s\n", "JOB", "STATE", "DOCS", "DONE", "CHUNKS",
                "CREATED (UTC)");
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < ids.n; i++) {
         sheaf_job_status st;
-        sheaf_err err = sheaf_state_job_status(r, ids[i], &st, errstr, sizeof(errstr));
+        sheaf_err err = sheaf_state_job_status(r, ids.v[i], &st, errstr, sizeof(errstr));
         if (err == SHEAF_ERR_NOT_FOUND) continue; /* expired since the sweep */
         if (err != SHEAF_OK) goto out;
         if (c->state && st.state != want) continue;
         if (c->json) {
-            json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "job", ids[i],
+            json_t *o = json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:s}", "job", ids.v[i],
                                   "state", sheaf_job_state_name(st.state), "docs",
                                   (json_int_t)st.docs, "docs_done", (json_int_t)st.docs_done,
                                   "chunks", (json_int_t)st.chunks, "chunks_done",
@@ -622,14 +572,14 @@ static int cmd_jobs(cli *c, size_t n_rest)
             snprintf(chunks, sizeof(chunks), "%llu/%llu",
                      (unsigned long long)(st.chunks_ok + st.chunks_failed),
                      (unsigned long long)st.chunks);
-            printf("%-40s %-10s %9llu %9llu %13s %s\n", ids[i], sheaf_job_state_name(st.state),
+            printf("%-40s %-10s %9llu %9llu %13s %s\n", ids.v[i], sheaf_job_state_name(st.state),
                    (unsigned long long)st.docs, (unsigned long long)st.docs_done, chunks, when);
         }
     }
     rc = 0;
 out:
     if (rc) fprintf(stderr, "sheaf jobs: %s\n", errstr);
-    sheaf_job_ids_free(ids, n);
+    sheaf_strlist_free(&ids);
     sheaf_redis_destroy(r);
     return rc;
 }
@@ -783,12 +733,12 @@ static void print_estimate(const sheaf_config *cfg, const sheaf_submit_report *r
  * submit order (map calls of its chunks, then its reduce calls). */
 static int cmd_cost(cli *c, const char *job)
 {
-    char errstr[SHEAF_ERRSTR_SIZE] = "", kdocs[512], ktok[512];
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
     sheaf_job_status st;
     progress pg;
     sheaf_price_table t;
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
-    redisReply *ids = NULL;
+    sheaf_strlist ids = {NULL, 0};
     int rc = 1;
 
     memset(&pg, 0, sizeof(pg));
@@ -796,23 +746,11 @@ static int cmd_cost(cli *c, const char *job)
         sheaf_price_table_parse(c->cfg.cost_prices, &t, errstr, sizeof(errstr)) != SHEAF_OK)
         goto out;
     progress_load_models(&pg, r, &st);
-    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
-    sheaf_key(ktok, sizeof(ktok), job, "doc_tokens");
-    if (!(ids = sheaf_redis_cmd(r, errstr, sizeof(errstr), "LRANGE %s 0 -1", kdocs))) goto out;
-    for (size_t i = 0; i < ids->elements; i++) {
-        const char *doc = ids->element[i]->str;
-        char f[4][1100];
-        uint64_t v[4] = {0, 0, 0, 0};
-        snprintf(f[0], sizeof(f[0]), "%s:p", doc);
-        snprintf(f[1], sizeof(f[1]), "%s:c", doc);
-        snprintf(f[2], sizeof(f[2]), "%s:rp", doc);
-        snprintf(f[3], sizeof(f[3]), "%s:rc", doc);
-        redisReply *h = sheaf_redis_cmd(r, errstr, sizeof(errstr), "HMGET %s %s %s %s %s", ktok,
-                                        f[0], f[1], f[2], f[3]);
-        if (!h) goto out;
-        for (size_t k = 0; k < 4 && k < h->elements; k++)
-            if (h->element[k]->type == REDIS_REPLY_STRING) v[k] = strtoull(h->element[k]->str, NULL, 10);
-        freeReplyObject(h);
+    if (sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+    for (size_t i = 0; i < ids.n; i++) {
+        const char *doc = ids.v[i];
+        uint64_t v[4];
+        if (sheaf_state_doc_tokens(r, job, doc, v, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
         int k1 = 0, k2 = 0;
         double cost = sheaf_cost_of(&t, pg.models[0], v[0], v[1], &k1) +
                       sheaf_cost_of(&t, pg.models[1], v[2], v[3], &k2);
@@ -830,7 +768,7 @@ static int cmd_cost(cli *c, const char *job)
     rc = 0;
 out:
     if (rc) fprintf(stderr, "sheaf cost: %s\n", errstr);
-    if (ids) freeReplyObject(ids);
+    sheaf_strlist_free(&ids);
     sheaf_redis_destroy(r);
     return rc;
 }

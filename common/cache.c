@@ -133,26 +133,10 @@ sheaf_err sheaf_cache_put(sheaf_redis *r, const sheaf_config *cfg, const char *k
 
 void sheaf_cache_count(sheaf_redis *r, const char *job, int hit, const sheaf_llm_usage *saved)
 {
-    /* Only an existing job is counted: a job deleted meanwhile is not
-     * brought back as a hash of counters. */
-    static const sheaf_lua_script count = {
-        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-        "redis.call('HINCRBY', KEYS[1], ARGV[1], 1)\n"
-        "if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[1], 'tokens_saved', ARGV[2]) end\n"
-        "return 1\n"};
-    char kjob[1024], tokens[32], errstr[SHEAF_ERRSTR_SIZE] = "";
-    unsigned long long n = 0;
-
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    uint64_t n = hit && saved ? saved->prompt_tokens + saved->completion_tokens : 0;
     if (!job || !sheaf_job_id_valid(job)) return;
-    if (hit && saved) n = (unsigned long long)(saved->prompt_tokens + saved->completion_tokens);
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    snprintf(tokens, sizeof(tokens), "%llu", n);
-    const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
-    redisReply *rep = sheaf_redis_script(r, &count, 1, 3, args, NULL, errstr, sizeof(errstr));
-    if (!rep) {
-        sheaf_warn("cache", "job %s: could not count a cache %s in %s: %s", job,
-                   hit ? "hit" : "miss", kjob, errstr);
-        return;
-    }
-    freeReplyObject(rep);
+    if (sheaf_state_job_cache_count(r, job, hit, n, errstr, sizeof(errstr)) != SHEAF_OK)
+        sheaf_warn("cache", "job %s: could not count a cache %s: %s", job, hit ? "hit" : "miss",
+                   errstr);
 }

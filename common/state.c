@@ -257,6 +257,8 @@ static void doc_key(char *out, size_t outlen, const char *job, const char *kind,
 
 #define KEYLEN 1024
 
+static sheaf_err strlist_from(redisReply *rep, sheaf_strlist *l);
+
 /* ---- producer side ---- */
 
 sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const char *job,
@@ -740,10 +742,10 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
                           "tokens_map_prompt tokens_map_completion tokens_reduce_prompt "
                           "tokens_reduce_completion tokens_group_prompt tokens_group_completion "
                           "tokens_overview_prompt tokens_overview_completion groups_done "
-                          "producer_seen_ms beat_ms retry_reason retry_ms",
+                          "producer_seen_ms beat_ms retry_reason retry_ms topic",
                           kjob);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 31 ||
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 32 ||
         rep->element[14]->type != REDIS_REPLY_STRING) {
         freeReplyObject(rep);
         snprintf(errstr, errlen, "no job %s in Redis", job);
@@ -780,6 +782,7 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     st->producer_seen_ms = (int64_t)field_u64(e[27]);
     st->beat_ms = (int64_t)field_u64(e[28]);
     int64_t retry_ms = (int64_t)field_u64(e[30]);
+    field_str(e[31], st->topic, sizeof(st->topic));
     if (!sheaf_job_state_final(st->state)) {
         /* Beats and waits are stamped and aged by the server's clock. */
         redisReply *t = sheaf_redis_cmd(r, errstr, errlen, "TIME");
@@ -1041,26 +1044,14 @@ sheaf_err sheaf_state_jobs_sweep(sheaf_redis *r, size_t *removed, char *errstr, 
     return SHEAF_OK;
 }
 
-sheaf_err sheaf_state_job_ids(sheaf_redis *r, char ***ids, size_t *n, char *errstr,
-                              size_t errlen)
+sheaf_err sheaf_state_job_ids(sheaf_redis *r, sheaf_strlist *ids, char *errstr, size_t errlen)
 {
+    memset(ids, 0, sizeof(*ids));
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "ZREVRANGE sheaf:jobs 0 -1");
-    *ids = NULL;
-    *n = 0;
     if (!rep) return SHEAF_ERR_REDIS;
-    size_t count = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
-    char **v = calloc(count ? count : 1, sizeof(*v));
-    for (size_t i = 0; v && i < count; i++) {
-        if (!(v[i] = strdup(rep->element[i]->str))) {
-            sheaf_job_ids_free(v, i);
-            v = NULL;
-        }
-    }
+    sheaf_err err = strlist_from(rep, ids);
     freeReplyObject(rep);
-    if (!v) return SHEAF_ERR_NOMEM;
-    *ids = v;
-    *n = count;
-    return SHEAF_OK;
+    return err;
 }
 
 /* ---- exactly-once outputs ---- */
@@ -1069,7 +1060,9 @@ sheaf_err sheaf_state_lease_renew(sheaf_redis *r, const sheaf_entry_ref *e, int 
                                   char *errstr, size_t errlen)
 {
     static const sheaf_lua_script renew = {sheaf_lua_lease_renew};
-    const char *args[] = {e->stream, e->group, e->consumer, e->id};
+    char kready[KEYLEN];
+    sheaf_key(kready, sizeof(kready), e->job, "ready");
+    const char *args[] = {kready, e->group, e->consumer, e->id};
     redisReply *rep = sheaf_redis_script(r, &renew, 1, 4, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     *held = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
@@ -1082,10 +1075,11 @@ sheaf_err sheaf_state_emit_claim(sheaf_redis *r, const char *job, const sheaf_en
                                  size_t errlen)
 {
     static const sheaf_lua_script claim = {sheaf_lua_emit_claim};
-    char kemit[KEYLEN], kjob[KEYLEN];
+    char kemit[KEYLEN], kjob[KEYLEN], kready[KEYLEN];
     sheaf_key(kemit, sizeof(kemit), job, "emit");
     sheaf_key(kjob, sizeof(kjob), job, "job");
-    const char *args[] = {kemit, e->stream, kjob, e->group, e->consumer, e->id, item};
+    sheaf_key(kready, sizeof(kready), job, "ready");
+    const char *args[] = {kemit, kready, kjob, e->group, e->consumer, e->id, item};
     redisReply *rep = sheaf_redis_script(r, &claim, 3, 7, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
@@ -1128,12 +1122,6 @@ sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kin
     }
     freeReplyObject(rep);
     return SHEAF_OK;
-}
-
-void sheaf_job_ids_free(char **ids, size_t n)
-{
-    for (size_t i = 0; ids && i < n; i++) free(ids[i]);
-    free(ids);
 }
 
 sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *reason,
@@ -1273,10 +1261,7 @@ sheaf_err sheaf_state_redrive(sheaf_redis *r, const char *job, const char *reaso
     /* An ended job's keys may be expiring: they are kept again (the job is
      * running again after the repair that follows; it retires when it
      * ends). */
-    if ((err = job_keys_apply(r, job, KEYS_PERSIST, NULL, errstr, errlen)) != SHEAF_OK) return err;
-    redisReply *z = sheaf_redis_cmd(r, errstr, errlen, "ZREM sheaf:jobs:expiring %s", job);
-    if (!z) return SHEAF_ERR_REDIS;
-    freeReplyObject(z);
+    if ((err = sheaf_state_job_keep(r, job, errstr, errlen)) != SHEAF_OK) return err;
     if ((err = each_failed_doc(r, job, unfail_doc, &x, errstr, errlen)) != SHEAF_OK) return err;
     if (x.chunks) {
         sheaf_key(kgroups, sizeof(kgroups), job, "groups");
@@ -1289,5 +1274,381 @@ sheaf_err sheaf_state_redrive(sheaf_redis *r, const char *job, const char *reaso
     }
     *chunks = x.chunks;
     *docs = x.docs;
+    return SHEAF_OK;
+}
+
+/* ---- lists ---- */
+
+void sheaf_strlist_free(sheaf_strlist *l)
+{
+    if (!l) return;
+    for (size_t i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = 0;
+}
+
+/* The strings of an array reply into l (owned copies). */
+static sheaf_err strlist_from(redisReply *rep, sheaf_strlist *l)
+{
+    size_t n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
+    l->v = calloc(n ? n : 1, sizeof(*l->v));
+    l->n = 0;
+    if (!l->v) return SHEAF_ERR_NOMEM;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_STRING) continue;
+        if (!(l->v[l->n] = sheaf_strndup(e->str, e->len))) {
+            sheaf_strlist_free(l);
+            return SHEAF_ERR_NOMEM;
+        }
+        l->n++;
+    }
+    return SHEAF_OK;
+}
+
+/* LRANGE key 0 -1 into l. */
+static sheaf_err list_read(sheaf_redis *r, const char *key, sheaf_strlist *l, char *errstr,
+                           size_t errlen)
+{
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s 0 -1", key);
+    memset(l, 0, sizeof(*l));
+    if (!rep) return SHEAF_ERR_REDIS;
+    sheaf_err err = strlist_from(rep, l);
+    freeReplyObject(rep);
+    return err;
+}
+
+sheaf_err sheaf_state_doc_ids(sheaf_redis *r, const char *job, sheaf_strlist *ids, char *errstr,
+                              size_t errlen)
+{
+    char kdocs[KEYLEN];
+    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
+    return list_read(r, kdocs, ids, errstr, errlen);
+}
+
+sheaf_err sheaf_state_group_member_ids(sheaf_redis *r, const char *job, const char *path,
+                                       sheaf_strlist *ids, char *errstr, size_t errlen)
+{
+    char key[KEYLEN];
+    if (!path) return sheaf_state_doc_ids(r, job, ids, errstr, errlen);
+    doc_key(key, sizeof(key), job, "gm", path);
+    return list_read(r, key, ids, errstr, errlen);
+}
+
+static int cmp_pair_path(const void *a, const void *b)
+{
+    return strcmp(((char *const *)a)[0], ((char *const *)b)[0]);
+}
+
+sheaf_err sheaf_state_group_results(sheaf_redis *r, const char *job, sheaf_strlist *results,
+                                    char *errstr, size_t errlen)
+{
+    char kgroups[KEYLEN];
+    sheaf_strlist flat;
+    sheaf_err err;
+    memset(results, 0, sizeof(*results));
+    sheaf_key(kgroups, sizeof(kgroups), job, "groups");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kgroups);
+    if (!rep) return SHEAF_ERR_REDIS;
+    err = strlist_from(rep, &flat);
+    freeReplyObject(rep);
+    if (err != SHEAF_OK) return err;
+    /* HGETALL answers path, result, path, result...: sort the pairs by path. */
+    qsort(flat.v, flat.n / 2, 2 * sizeof(*flat.v), cmp_pair_path);
+    for (size_t i = 0; i + 1 < flat.n; i += 2) {
+        free(flat.v[i]);
+        flat.v[i / 2] = flat.v[i + 1];
+    }
+    results->v = flat.v;
+    results->n = flat.n / 2;
+    return SHEAF_OK;
+}
+
+/* ---- versions, replays, tokens, offsets ---- */
+
+sheaf_err sheaf_state_version_run(sheaf_redis *r, const char *job, const char *pv, char **run,
+                                  char *errstr, size_t errlen)
+{
+    char kvers[KEYLEN];
+    *run = NULL;
+    sheaf_key(kvers, sizeof(kvers), job, "versions");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", kvers, pv);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type == REDIS_REPLY_STRING) {
+        *run = strdup(rep->str);
+        freeReplyObject(rep);
+        return *run ? SHEAF_OK : SHEAF_ERR_NOMEM;
+    }
+    freeReplyObject(rep);
+    redisReply *all = sheaf_redis_cmd(r, errstr, errlen, "HKEYS %s", kvers);
+    size_t n = 0;
+    snprintf(errstr, errlen, "job %s has no results for version %s; its versions:", job, pv);
+    for (size_t i = 0; all && i < all->elements; i++) {
+        n = strlen(errstr);
+        snprintf(errstr + n, errlen - n, " %s", all->element[i]->str);
+    }
+    if (all) freeReplyObject(all);
+    return SHEAF_ERR_NOT_FOUND;
+}
+
+sheaf_err sheaf_state_version_set(sheaf_redis *r, const char *job, const char *pv,
+                                  const char *run, char *errstr, size_t errlen)
+{
+    char kvers[KEYLEN];
+    sheaf_key(kvers, sizeof(kvers), job, "versions");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HSET %s %s %s", kvers, pv, run);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_job_next_replay(sheaf_redis *r, const char *job, long long *n,
+                                      char *errstr, size_t errlen)
+{
+    char kjob[KEYLEN];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HINCRBY %s replays 1", kjob);
+    if (!rep) return SHEAF_ERR_REDIS;
+    *n = rep->integer;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_doc_tokens(sheaf_redis *r, const char *job, const char *doc,
+                                 uint64_t tokens[4], char *errstr, size_t errlen)
+{
+    char ktok[KEYLEN], f[4][1100];
+    static const char *const suffix[4] = {"p", "c", "rp", "rc"};
+    sheaf_key(ktok, sizeof(ktok), job, "doc_tokens");
+    for (int i = 0; i < 4; i++) snprintf(f[i], sizeof(f[i]), "%s:%s", doc, suffix[i]);
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HMGET %s %s %s %s %s", ktok, f[0], f[1],
+                                      f[2], f[3]);
+    if (!rep) return SHEAF_ERR_REDIS;
+    for (int i = 0; i < 4; i++)
+        tokens[i] = rep->type == REDIS_REPLY_ARRAY && (size_t)i < rep->elements
+                        ? field_u64(rep->element[i])
+                        : 0;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_job_pipeline(sheaf_redis *r, const char *job, char *pv, size_t pvlen,
+                                   char **json, char *errstr, size_t errlen)
+{
+    char kjob[KEYLEN];
+    *json = NULL;
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s pv", kjob);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type != REDIS_REPLY_STRING) {
+        freeReplyObject(rep);
+        snprintf(errstr, errlen, "job %s has no pipeline version (no such job?)", job);
+        return SHEAF_ERR_NOT_FOUND;
+    }
+    snprintf(pv, pvlen, "%s", rep->str);
+    freeReplyObject(rep);
+    return sheaf_state_pipeline_get(r, pv, json, errstr, errlen);
+}
+
+sheaf_err sheaf_state_job_offsets_get(sheaf_redis *r, const char *job, int64_t *first,
+                                      int64_t *last, int max, int *n, char *errstr, size_t errlen)
+{
+    char koff[KEYLEN];
+    *n = 0;
+    for (int i = 0; i < max; i++) first[i] = last[i] = -1;
+    sheaf_key(koff, sizeof(koff), job, "offsets");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", koff);
+    if (!rep) return SHEAF_ERR_REDIS;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
+        char *end;
+        long p = strtol(rep->element[i]->str, &end, 10);
+        long long a, b;
+        if (*end || p < 0 || p >= max ||
+            sscanf(rep->element[i + 1]->str, "%lld-%lld", &a, &b) != 2)
+            continue;
+        first[p] = a;
+        last[p] = b;
+        if (p + 1 > *n) *n = (int)p + 1;
+    }
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+/* ---- the ready streams (reducers) ---- */
+
+sheaf_err sheaf_state_active_jobs(sheaf_redis *r, sheaf_strlist *jobs, char *errstr,
+                                  size_t errlen)
+{
+    memset(jobs, 0, sizeof(*jobs));
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "SMEMBERS sheaf:jobs:active");
+    if (!rep) return SHEAF_ERR_REDIS;
+    sheaf_err err = strlist_from(rep, jobs);
+    freeReplyObject(rep);
+    return err;
+}
+
+sheaf_err sheaf_state_ready_group(sheaf_redis *r, const char *job, const char *group,
+                                  const char *from, char *errstr, size_t errlen)
+{
+    char kready[KEYLEN];
+    sheaf_key(kready, sizeof(kready), job, "ready");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "XGROUP CREATE %s %s %s MKSTREAM",
+                                      kready, group, from ? from : "0");
+    if (!rep) return strstr(errstr, "BUSYGROUP") ? SHEAF_OK : SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+void sheaf_ready_batch_free(sheaf_ready_batch *b)
+{
+    if (!b) return;
+    for (size_t i = 0; i < b->n; i++) {
+        free(b->v[i].job);
+        free(b->v[i].item);
+    }
+    free(b->v);
+    b->v = NULL;
+    b->n = 0;
+}
+
+/* Appends the entries of one stream ([id, [field, value...]] each, or nil
+ * fields for a deleted entry) of job to b. */
+static sheaf_err batch_add(sheaf_ready_batch *b, const char *job, redisReply *entries)
+{
+    size_t n = entries && entries->type == REDIS_REPLY_ARRAY ? entries->elements : 0;
+    sheaf_ready_entry *v = realloc(b->v, (b->n + n + 1) * sizeof(*v));
+    if (!v) return SHEAF_ERR_NOMEM;
+    b->v = v;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) continue;
+        sheaf_ready_entry *x = &b->v[b->n];
+        memset(x, 0, sizeof(*x));
+        if (!(x->job = strdup(job))) return SHEAF_ERR_NOMEM;
+        snprintf(x->id, sizeof(x->id), "%s", e->element[0]->str);
+        redisReply *f = e->element[1];
+        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+            const char *name = f->element[k]->str, *val = f->element[k + 1]->str;
+            if (strcmp(name, "type") == 0) snprintf(x->type, sizeof(x->type), "%s", val);
+            else if ((strcmp(name, "doc") == 0 || strcmp(name, "g") == 0) && !x->item)
+                x->item = strdup(val);
+        }
+        x->deleted = f->type != REDIS_REPLY_ARRAY;
+        b->n++;
+    }
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_ready_read(sheaf_redis *r, const char *group, const char *consumer,
+                                 char *const *jobs, size_t n, size_t first, int count,
+                                 int block_ms, sheaf_ready_batch *out, char *errstr,
+                                 size_t errlen)
+{
+    char cnt[16], blk[16];
+    sheaf_err err = SHEAF_ERR_NOMEM;
+    size_t argc = 9 + 2 * n;
+    const char **argv = calloc(argc, sizeof(*argv));
+    char *keys = calloc(n ? n : 1, KEYLEN);
+    redisReply *rep = NULL;
+
+    memset(out, 0, sizeof(*out));
+    if (!argv || !keys) goto out;
+    snprintf(cnt, sizeof(cnt), "%d", count);
+    snprintf(blk, sizeof(blk), "%d", block_ms);
+    argc = 0;
+    argv[argc++] = "XREADGROUP";
+    argv[argc++] = "GROUP";
+    argv[argc++] = group;
+    argv[argc++] = consumer;
+    argv[argc++] = "COUNT";
+    argv[argc++] = cnt;
+    argv[argc++] = "BLOCK";
+    argv[argc++] = blk;
+    argv[argc++] = "STREAMS";
+    /* The reply lists streams in the order asked: starting at a different
+     * job each time (first), no job is always served last. */
+    for (size_t i = 0; i < n; i++) {
+        char *k = keys + i * KEYLEN;
+        sheaf_key(k, KEYLEN, jobs[(first + i) % n], "ready");
+        argv[argc++] = k;
+    }
+    for (size_t i = 0; i < n; i++) argv[argc++] = ">";
+    if (!(rep = sheaf_redis_argv(r, (int)argc, argv, NULL, errstr, errlen))) {
+        /* NOGROUP: a job's stream vanished (deleted by hand). */
+        err = strstr(errstr, "NOGROUP") ? SHEAF_ERR_NOT_FOUND : SHEAF_ERR_REDIS;
+        goto out;
+    }
+    err = SHEAF_OK;
+    for (size_t s = 0; err == SHEAF_OK && rep->type == REDIS_REPLY_ARRAY && s < rep->elements;
+         s++) {
+        redisReply *st = rep->element[s];
+        const char *key = st->element[0]->str;
+        /* key is sheaf:{JOB}:ready */
+        const char *lb = strchr(key, '{'), *rb = strrchr(key, '}');
+        if (!lb || !rb || rb <= lb) continue;
+        char *job = sheaf_strndup(lb + 1, (size_t)(rb - lb - 1));
+        err = job ? batch_add(out, job, st->element[1]) : SHEAF_ERR_NOMEM;
+        free(job);
+    }
+out:
+    if (rep) freeReplyObject(rep);
+    if (err != SHEAF_OK) sheaf_ready_batch_free(out);
+    free(keys);
+    free(argv);
+    return err;
+}
+
+sheaf_err sheaf_state_ready_claim(sheaf_redis *r, const char *job, const char *group,
+                                  const char *consumer, int idle_ms, int count,
+                                  sheaf_ready_batch *out, char *errstr, size_t errlen)
+{
+    char kready[KEYLEN];
+    sheaf_err err = SHEAF_OK;
+    memset(out, 0, sizeof(*out));
+    sheaf_key(kready, sizeof(kready), job, "ready");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "XAUTOCLAIM %s %s %s %d 0-0 COUNT %d",
+                                      kready, group, consumer, idle_ms, count);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2)
+        err = batch_add(out, job, rep->element[1]);
+    freeReplyObject(rep);
+    if (err != SHEAF_OK) sheaf_ready_batch_free(out);
+    return err;
+}
+
+sheaf_err sheaf_state_ready_ack(sheaf_redis *r, const char *job, const char *group,
+                                const char *id, char *errstr, size_t errlen)
+{
+    char kready[KEYLEN];
+    sheaf_key(kready, sizeof(kready), job, "ready");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "XACK %s %s %s", kready, group, id);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_job_cache_count(sheaf_redis *r, const char *job, int hit,
+                                      uint64_t tokens_saved, char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script count = {sheaf_lua_job_cache_count};
+    char kjob[KEYLEN], tokens[32];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    snprintf(tokens, sizeof(tokens), "%llu", (unsigned long long)tokens_saved);
+    const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
+    redisReply *rep = sheaf_redis_script(r, &count, 1, 3, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
+{
+    sheaf_err err;
+    if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
+    if ((err = job_keys_apply(r, job, KEYS_PERSIST, NULL, errstr, errlen)) != SHEAF_OK) return err;
+    redisReply *z = sheaf_redis_cmd(r, errstr, errlen, "ZREM sheaf:jobs:expiring %s", job);
+    if (!z) return SHEAF_ERR_REDIS;
+    freeReplyObject(z);
     return SHEAF_OK;
 }

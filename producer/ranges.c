@@ -14,22 +14,9 @@
 sheaf_err sheaf_job_ranges_read(sheaf_redis *r, const char *job, const char *consequence,
                                 sheaf_job_ranges *rg, char *errstr, size_t errlen)
 {
-    char koff[512];
-    sheaf_key(koff, sizeof(koff), job, "offsets");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", koff);
-    if (!rep) return SHEAF_ERR_REDIS;
-    rg->n = 0;
-    for (int i = 0; i < MAXP; i++) rg->first[i] = rg->last[i] = -1;
-    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-        int p = atoi(rep->element[i]->str);
-        long long f, l;
-        if (p < 0 || p >= MAXP || sscanf(rep->element[i + 1]->str, "%lld-%lld", &f, &l) != 2)
-            continue;
-        rg->first[p] = f;
-        rg->last[p] = l;
-        if (p + 1 > rg->n) rg->n = p + 1;
-    }
-    freeReplyObject(rep);
+    sheaf_err err = sheaf_state_job_offsets_get(r, job, rg->first, rg->last, MAXP, &rg->n, errstr,
+                                                errlen);
+    if (err != SHEAF_OK) return err;
     if (rg->n == 0) {
         snprintf(errstr, errlen, "job %s has no recorded offsets (submitted by an older sheaf, "
                  "or it failed while producing): %s", job, consequence);
@@ -53,11 +40,16 @@ sheaf_err sheaf_job_ranges_check(rd_kafka_t *rk, const char *topic, const char *
             return SHEAF_ERR_KAFKA;
         }
         if (rg->first[p] < low || rg->last[p] >= high) {
+            /* Retention deletes from the start; a topic recreated since
+             * (or truncated) can also end before the range does. */
+            int64_t missing = rg->first[p] < low ? rg->first[p] : high;
+            int64_t missing_to = rg->first[p] < low ? (low - 1 < rg->last[p] ? low - 1 : rg->last[p])
+                                                    : rg->last[p];
             snprintf(errstr, errlen,
-                     "job %s: its messages on %s partition %d (offsets %lld-%lld) are no longer "
-                     "all on the topic, which now holds offsets %lld-%lld (retention expired?); "
-                     "%s",
-                     job, topic, p, (long long)rg->first[p], (long long)rg->last[p],
+                     "job %s: %s partition %d no longer holds offsets %lld-%lld of its messages "
+                     "(first missing offset: %lld; the partition now holds %lld-%lld: deleted by "
+                     "retention?); %s",
+                     job, topic, p, (long long)missing, (long long)missing_to, (long long)missing,
                      (long long)low, (long long)high - 1, consequence);
             return SHEAF_ERR_NOT_FOUND;
         }

@@ -40,21 +40,6 @@
 #define WM_TIMEOUT_MS SHEAF_RANGES_WM_TIMEOUT_MS
 #define DOC_BATCH 500
 
-/* HGET helper: a malloc'd string or NULL (missing); *err on Redis failure. */
-static char *hget(sheaf_redis *r, const char *key, const char *field, sheaf_err *err,
-                  char *errstr, size_t errlen)
-{
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", key, field);
-    char *s = NULL;
-    if (!rep) {
-        *err = SHEAF_ERR_REDIS;
-        return NULL;
-    }
-    if (rep->type == REDIS_REPLY_STRING) s = strdup(rep->str);
-    freeReplyObject(rep);
-    return s;
-}
-
 /* The pipeline of the run: the configured one, or the job's own. */
 static sheaf_pipeline *run_pipeline(const sheaf_config *cfg, sheaf_redis *r, const char *pv,
                                     char *errstr, size_t errlen)
@@ -72,35 +57,25 @@ static sheaf_pipeline *run_pipeline(const sheaf_config *cfg, sheaf_redis *r, con
 static sheaf_err copy_docs(sheaf_redis *r, const char *job, const char *run,
                            const sheaf_pipeline *pl, uint64_t *ndocs, char *errstr, size_t errlen)
 {
-    char kdocs[512];
-    sheaf_err err = SHEAF_OK;
-    sheaf_key(kdocs, sizeof(kdocs), job, "docs");
-    redisReply *ids = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s 0 -1", kdocs);
-    if (!ids) return SHEAF_ERR_REDIS;
-    *ndocs = ids->elements;
-    for (size_t start = 0; start < ids->elements && err == SHEAF_OK; start += DOC_BATCH) {
-        size_t n = ids->elements - start < DOC_BATCH ? ids->elements - start : DOC_BATCH;
+    sheaf_strlist ids;
+    sheaf_err err = sheaf_state_doc_ids(r, job, &ids, errstr, errlen);
+    if (err != SHEAF_OK) return err;
+    *ndocs = ids.n;
+    for (size_t start = 0; start < ids.n && err == SHEAF_OK; start += DOC_BATCH) {
+        size_t n = ids.n - start < DOC_BATCH ? ids.n - start : DOC_BATCH;
         sheaf_doc_reg regs[DOC_BATCH];
         char *metas[DOC_BATCH], *paths[DOC_BATCH][SHEAF_MAX_GROUP_PATHS];
         memset(regs, 0, sizeof(regs));
         memset(metas, 0, sizeof(metas));
         memset(paths, 0, sizeof(paths));
         for (size_t i = 0; i < n && err == SHEAF_OK; i++) {
-            const char *doc = ids->element[start + i]->str;
-            char kdoc[1024];
-            snprintf(kdoc, sizeof(kdoc), "sheaf:{%s}:d:%s", job, doc);
-            redisReply *h = sheaf_redis_cmd(r, errstr, errlen, "HMGET %s n meta", kdoc);
-            if (!h) {
-                err = SHEAF_ERR_REDIS;
-                break;
-            }
+            const char *doc = ids.v[start + i];
             regs[i].id = doc;
-            regs[i].chunks = h->elements > 0 && h->element[0]->str ? (uint32_t)atol(h->element[0]->str) : 0;
-            metas[i] = strdup(h->elements > 1 && h->element[1]->str ? h->element[1]->str : "{}");
+            err = sheaf_state_doc_info(r, job, doc, &metas[i], &regs[i].chunks, errstr, errlen);
+            if (err != SHEAF_OK) break;
             regs[i].meta_json = metas[i];
             regs[i].n_group_paths = sheaf_group_paths(pl, metas[i], paths[i]);
             regs[i].group_paths = (const char *const *)paths[i];
-            freeReplyObject(h);
         }
         if (err == SHEAF_OK)
             err = sheaf_state_docs_add(r, run, regs, n, start, errstr, errlen);
@@ -109,7 +84,7 @@ static sheaf_err copy_docs(sheaf_redis *r, const char *job, const char *run,
             for (size_t k = 0; k < SHEAF_MAX_GROUP_PATHS; k++) free(paths[i][k]);
         }
     }
-    freeReplyObject(ids);
+    sheaf_strlist_free(&ids);
     return err;
 }
 
@@ -126,8 +101,8 @@ static sheaf_err resend_cb(void *opaque, const sheaf_chunk_msg *m, int32_t parti
 static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char *job, char *run,
                             char *pv_out, uint64_t *chunks, char *errstr, size_t errlen)
 {
-    char kjob[512], kvers[512], group[320], *topic = NULL, *state = NULL, *pv = NULL;
-    char *pjson = NULL;
+    char group[320], *pjson = NULL;
+    sheaf_job_status st;
     sheaf_job_ranges rg;
     sheaf_pipeline *pl = NULL;
     rd_kafka_t *consumer = NULL, *producer = NULL;
@@ -138,19 +113,14 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
     sheaf_err err = SHEAF_OK;
 
     memset(&cp, 0, sizeof(cp));
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    topic = hget(r, kjob, "topic", &err, errstr, errlen);
-    state = hget(r, kjob, "state", &err, errstr, errlen);
-    pv = hget(r, kjob, "pv", &err, errstr, errlen);
-    if (err != SHEAF_OK) goto done;
-    if (!state || !topic || !pv) {
-        snprintf(errstr, errlen, "job %s does not exist", job);
-        err = SHEAF_ERR_NOT_FOUND;
+    if ((err = sheaf_state_job_status(r, job, &st, errstr, errlen)) != SHEAF_OK) {
+        if (err == SHEAF_ERR_NOT_FOUND) snprintf(errstr, errlen, "job %s does not exist", job);
         goto done;
     }
-    if (strcmp(state, "running") != 0 && strcmp(state, "done") != 0) {
+    const char *topic = st.topic, *pv = st.pv;
+    if (st.state != SHEAF_JOB_RUNNING && st.state != SHEAF_JOB_DONE) {
         snprintf(errstr, errlen, "job %s is %s: only a job whose chunks were all produced can be "
-                 "replayed", job, state);
+                 "replayed", job, sheaf_job_state_name(st.state));
         err = SHEAF_ERR_INVALID;
         goto done;
     }
@@ -173,13 +143,9 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
     if ((err = sheaf_job_ranges_check(consumer, topic, job, &rg, "nothing was replayed", errstr,
                                       errlen)) != SHEAF_OK)
         goto done;
-    redisReply *n = sheaf_redis_cmd(r, errstr, errlen, "HINCRBY %s replays 1", kjob);
-    if (!n) {
-        err = SHEAF_ERR_REDIS;
-        goto done;
-    }
-    snprintf(run, 256, "%s@r%lld", job, (long long)n->integer);
-    freeReplyObject(n);
+    long long nth = 0;
+    if ((err = sheaf_state_job_next_replay(r, job, &nth, errstr, errlen)) != SHEAF_OK) goto done;
+    snprintf(run, 256, "%s@r%lld", job, nth);
     if (!sheaf_job_id_valid(run)) {
         snprintf(errstr, errlen, "job id %s is too long to name its replay", job);
         err = SHEAF_ERR_INVALID;
@@ -220,13 +186,8 @@ static sheaf_err replay_job(const sheaf_config *cfg, sheaf_redis *r, const char 
             (err = sheaf_state_job_running(r, run, ndocs, cp.produced, errstr, errlen)))
             goto fail_run;
     }
-    sheaf_key(kvers, sizeof(kvers), job, "versions");
-    redisReply *v = sheaf_redis_cmd(r, errstr, errlen, "HSET %s %s %s", kvers, pl->version, run);
-    if (!v) {
-        err = SHEAF_ERR_REDIS;
+    if ((err = sheaf_state_version_set(r, job, pl->version, run, errstr, errlen)) != SHEAF_OK)
         goto done;
-    }
-    freeReplyObject(v);
     *chunks = cp.produced;
     goto done;
 fail_run:
@@ -245,9 +206,6 @@ done:
     sheaf_kafka_producer_destroy(producer);
     sheaf_pipeline_destroy(pl);
     free(pjson);
-    free(topic);
-    free(state);
-    free(pv);
     return err;
 }
 

@@ -61,28 +61,26 @@ static void items_free(items *it)
     memset(it, 0, sizeof(*it));
 }
 
-/* Reads one result from hash kind ("results" or "groups") field id. */
-static sheaf_err read_result(reducer *r, const char *job, const char *kind, const char *id,
+/* Reads a document's or a group's stored result, parsed (NULL: none). */
+static sheaf_err read_result(reducer *r, const char *job, sheaf_item_kind kind, const char *id,
                              json_t **rec, char *errstr, size_t errlen)
 {
-    char key[512];
-    sheaf_key(key, sizeof(key), job, kind);
-    redisReply *rep = sheaf_redis_cmd(r->redis, errstr, errlen, "HGET %s %s", key, id);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *rec = rep->type == REDIS_REPLY_STRING ? json_loads(rep->str, 0, NULL) : NULL;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    char *json = NULL;
+    sheaf_err err = sheaf_state_result_get(r->redis, job, kind, id, &json, errstr, errlen);
+    *rec = json ? json_loads(json, 0, NULL) : NULL;
+    free(json);
+    return err;
 }
 
 /* Appends the results of ids (documents, or group paths) to it. */
-static sheaf_err read_members(reducer *r, const char *job, redisReply *ids, int groups,
+static sheaf_err read_members(reducer *r, const char *job, const sheaf_strlist *ids, int groups,
                               items *it, char *errstr, size_t errlen)
 {
-    for (size_t i = 0; i < ids->elements; i++) {
+    for (size_t i = 0; i < ids->n; i++) {
         json_t *rec = NULL;
-        const char *id = ids->element[i]->str;
-        sheaf_err err = read_result(r, job, groups ? "groups" : "results", id, &rec, errstr,
-                                    errlen);
+        const char *id = ids->v[i];
+        sheaf_err err = read_result(r, job, groups ? SHEAF_ITEM_GROUP : SHEAF_ITEM_DOC, id, &rec,
+                                    errstr, errlen);
         if (err != SHEAF_OK) return err;
         char *text = rec && !json_object_get(rec, "error") ? sheaf_pipeline_result_text(rec)
                                                            : NULL;
@@ -264,34 +262,27 @@ static sheaf_err group_members(reducer *r, const char *job, const sheaf_pipeline
                                const char *path_json, json_t *path, items *out, size_t *docs,
                                char *errstr, size_t errlen)
 {
-    char key[1024];
     size_t depth = json_array_size(path);
     int innermost = depth == p->n_meta_levels;
-    redisReply *ids;
-    sheaf_err err;
-
-    if (p->n_group_by == 0 || (p->n_meta_levels == 0 && depth == 0)) {
-        sheaf_key(key, sizeof(key), job, "docs"); /* the job's documents */
-    } else {
-        char suffix[900];
-        snprintf(suffix, sizeof(suffix), "gm:%s", path_json);
-        sheaf_key(key, sizeof(key), job, suffix);
-    }
-    ids = sheaf_redis_cmd(r->redis, errstr, errlen, "LRANGE %s 0 -1", key);
-    if (!ids) return SHEAF_ERR_REDIS;
-    if (docs) *docs = ids->elements;
+    sheaf_strlist ids;
+    /* The job's documents, or the group's members. */
+    int all_docs = p->n_group_by == 0 || (p->n_meta_levels == 0 && depth == 0);
+    sheaf_err err = sheaf_state_group_member_ids(r->redis, job, all_docs ? NULL : path_json,
+                                                 &ids, errstr, errlen);
+    if (err != SHEAF_OK) return err;
+    if (docs) *docs = ids.n;
     if (!innermost) {
-        err = read_members(r, job, ids, 1, out, errstr, errlen);
+        err = read_members(r, job, &ids, 1, out, errstr, errlen);
     } else if (p->n_group_by > p->n_meta_levels) {
         items dl = {0};
-        err = read_members(r, job, ids, 0, &dl, errstr, errlen);
+        err = read_members(r, job, &ids, 0, &dl, errstr, errlen);
         out->failed += dl.failed;
         if (err == SHEAF_OK) err = label_groups(r, job, p, path, &dl, depth, out);
         items_free(&dl);
     } else {
-        err = read_members(r, job, ids, 0, out, errstr, errlen);
+        err = read_members(r, job, &ids, 0, out, errstr, errlen);
     }
-    freeReplyObject(ids);
+    sheaf_strlist_free(&ids);
     return err;
 }
 

@@ -88,7 +88,7 @@ entry_outcome reducer_output(reducer *r, const char *job, sheaf_item_kind kind, 
 {
     static const char *const kinds[] = {"doc", "group", "overview"};
     char errstr[SHEAF_ERRSTR_SIZE] = "", item[1200], *stored = NULL;
-    sheaf_entry_ref e = {r->lease.stream, r->cfg->reducer_group, r->consumer, r->lease.id};
+    sheaf_entry_ref e = {r->lease.job, r->cfg->reducer_group, r->consumer, r->lease.id};
     sheaf_emit_right right;
     entry_outcome out = ENTRY_RETRY;
 
@@ -140,17 +140,17 @@ int reducer_lease_tick(reducer *r)
     int64_t now = sheaf_mono_ms();
     if (!r->lease.active || r->lease.lost) return r->lease.lost ? -1 : 0;
     if (now - r->lease.renewed_ms < r->cfg->reducer_claim_idle_ms / 3) return 0;
-    sheaf_entry_ref e = {r->lease.stream, r->cfg->reducer_group, r->consumer, r->lease.id};
+    sheaf_entry_ref e = {r->lease.job, r->cfg->reducer_group, r->consumer, r->lease.id};
     if (sheaf_state_lease_renew(r->redis, &e, &held, errstr, sizeof(errstr)) != SHEAF_OK) {
         /* Redis trouble: try again next tick; the lease may lapse meanwhile,
          * which the emission right covers. */
-        sheaf_warn("reducer", "lease on %s %s: %s", r->lease.stream, r->lease.id, errstr);
+        sheaf_warn("reducer", "lease on job %s entry %s: %s", r->lease.job, r->lease.id, errstr);
         return 0;
     }
     r->lease.renewed_ms = now;
     if (!held) {
-        sheaf_warn("reducer", "lease on %s %s lost: another reducer took the entry over",
-                   r->lease.stream, r->lease.id);
+        sheaf_warn("reducer", "lease on job %s entry %s lost: another reducer took it over",
+                   r->lease.job, r->lease.id);
         r->lease.lost = 1;
         return -1;
     }
@@ -160,23 +160,9 @@ int reducer_lease_tick(reducer *r)
 sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, size_t errlen,
                                      sheaf_err *err)
 {
-    char kjob[512], *json = NULL;
+    char *json = NULL;
     sheaf_pipeline *p = NULL;
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    redisReply *rep = sheaf_redis_cmd(r->redis, errstr, errlen, "HGET %s pv", kjob);
-    if (!rep) {
-        *err = SHEAF_ERR_REDIS;
-        return NULL;
-    }
-    if (rep->type != REDIS_REPLY_STRING) {
-        snprintf(errstr, errlen, "job %s has no pipeline version", job);
-        freeReplyObject(rep);
-        *err = SHEAF_ERR_NOT_FOUND;
-        return NULL;
-    }
-    snprintf(r->pv, sizeof(r->pv), "%s", rep->str);
-    *err = sheaf_state_pipeline_get(r->redis, rep->str, &json, errstr, errlen);
-    freeReplyObject(rep);
+    *err = sheaf_state_job_pipeline(r->redis, job, r->pv, sizeof(r->pv), &json, errstr, errlen);
     if (*err != SHEAF_OK) goto fail;
     p = sheaf_pipeline_from_json(json, strlen(json), errstr, errlen);
     free(json);
@@ -184,7 +170,8 @@ sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, 
 fail:
     if (*err != SHEAF_OK && *err != SHEAF_ERR_REDIS) {
         /* Nothing of the job can be reduced: it ends failed with the reason
-         * instead of staying "running" for ever. */
+         * instead of staying "running" for ever (a job that is gone has
+         * nothing to end). */
         char reason[SHEAF_ERRSTR_SIZE + 64], e2[SHEAF_ERRSTR_SIZE];
         int ended = 0;
         snprintf(reason, sizeof(reason), "the reducer cannot load the job's pipeline: %s", errstr);
@@ -228,53 +215,43 @@ static void redis_back(reducer *r)
 
 /* ---- stream plumbing ---- */
 
-/* Handles one stream entry (fields as a flat array of name/value). */
-static entry_outcome handle_entry(reducer *r, const char *job, redisReply *fields)
+/* Handles one ready entry. */
+static entry_outcome handle_entry(reducer *r, const sheaf_ready_entry *e)
 {
-    const char *type = NULL, *doc = NULL, *g = NULL;
-    for (size_t i = 0; fields && i + 1 < fields->elements; i += 2) {
-        if (strcmp(fields->element[i]->str, "type") == 0) type = fields->element[i + 1]->str;
-        else if (strcmp(fields->element[i]->str, "doc") == 0) doc = fields->element[i + 1]->str;
-        else if (strcmp(fields->element[i]->str, "g") == 0) g = fields->element[i + 1]->str;
-    }
-    if (type && strcmp(type, "doc") == 0 && doc) return reducer_doc(r, job, doc);
-    if (type && strcmp(type, "group") == 0 && g) return reducer_group(r, job, g);
-    if (type && strcmp(type, "overview") == 0) return reducer_overview(r, job);
-    sheaf_warn("reducer", "job %s: ignoring unknown ready entry", job);
+    if (strcmp(e->type, "doc") == 0 && e->item) return reducer_doc(r, e->job, e->item);
+    if (strcmp(e->type, "group") == 0 && e->item) return reducer_group(r, e->job, e->item);
+    if (strcmp(e->type, "overview") == 0) return reducer_overview(r, e->job);
+    sheaf_warn("reducer", "job %s: ignoring unknown ready entry %s", e->job, e->id);
     return ENTRY_DONE;
 }
 
-static void ack(reducer *r, const char *stream, const char *id)
+static void ack(reducer *r, const sheaf_ready_entry *e)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
-    redisReply *rep = sheaf_redis_cmd(r->redis, errstr, sizeof(errstr), "XACK %s %s %s", stream,
-                                      r->cfg->reducer_group, id);
-    if (rep) freeReplyObject(rep);
-    else sheaf_warn("reducer", "XACK %s %s: %s (the entry will be redone)", stream, id, errstr);
+    if (sheaf_state_ready_ack(r->redis, e->job, r->cfg->reducer_group, e->id, errstr,
+                              sizeof(errstr)) != SHEAF_OK)
+        sheaf_warn("reducer", "job %s: acknowledging %s: %s (the entry will be redone)", e->job,
+                   e->id, errstr);
 }
 
-/* Processes entries of one stream from an XREADGROUP/XAUTOCLAIM array.
- * Each is worked on under a lease, taken (checked and renewed) first: an
- * entry that waited in the batch past reducer.claim_idle_ms may belong to
- * another reducer by now, and is then left to it. */
-static void process_entries(reducer *r, const char *job, const char *stream, redisReply *entries)
+/* Processes a batch of entries.  Each is worked on under a lease, taken
+ * (checked and renewed) first: an entry that waited in the batch past
+ * reducer.claim_idle_ms may belong to another reducer by now, and is then
+ * left to it. */
+static void process_entries(reducer *r, const sheaf_ready_batch *b)
 {
-    for (size_t i = 0; entries && i < entries->elements && !sheaf_stop; i++) {
-        redisReply *e = entries->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) continue;
-        const char *id = e->element[0]->str;
-        /* A claimed entry may have been deleted: fields are nil. */
-        if (e->element[1]->type != REDIS_REPLY_ARRAY) {
-            ack(r, stream, id);
+    for (size_t i = 0; i < b->n && !sheaf_stop; i++) {
+        const sheaf_ready_entry *e = &b->v[i];
+        if (e->deleted) { /* claimed after it was deleted */
+            ack(r, e);
             continue;
         }
-        snprintf(r->lease.stream, sizeof(r->lease.stream), "%s", stream);
-        snprintf(r->lease.id, sizeof(r->lease.id), "%s", id);
+        snprintf(r->lease.job, sizeof(r->lease.job), "%s", e->job);
+        snprintf(r->lease.id, sizeof(r->lease.id), "%s", e->id);
         r->lease.active = 1;
         r->lease.lost = 0;
         r->lease.renewed_ms = 0; /* due now */
-        if (reducer_lease_tick(r) == 0 && handle_entry(r, job, e->element[1]) == ENTRY_DONE)
-            ack(r, stream, id);
+        if (reducer_lease_tick(r) == 0 && handle_entry(r, e) == ENTRY_DONE) ack(r, e);
         r->lease.active = 0;
     }
 }
@@ -284,143 +261,81 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static void jobs_free(char **jobs, size_t n)
-{
-    for (size_t i = 0; i < n; i++) free(jobs[i]);
-    free(jobs);
-}
-
 /* Reads the active jobs, however many (no cap: work follows ready work,
  * and XREADGROUP takes every job's stream at once).  The reducers' group
  * is created (idempotently) only on a stream not seen in the last round. */
 static void refresh_jobs(reducer *r)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
-    redisReply *rep = sheaf_redis_cmd(r->redis, errstr, sizeof(errstr), "SMEMBERS sheaf:jobs:active");
-    if (!rep) {
+    sheaf_strlist jobs;
+    if (sheaf_state_active_jobs(r->redis, &jobs, errstr, sizeof(errstr)) != SHEAF_OK) {
         redis_down(r, "listing the active jobs", errstr);
         return;
     }
-    size_t n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
-    char **jobs = calloc(n ? n : 1, sizeof(*jobs));
-    if (!jobs) {
-        freeReplyObject(rep);
-        return;
+    qsort(jobs.v, jobs.n, sizeof(*jobs.v), cmp_str);
+    for (size_t i = 0; i < jobs.n; i++) {
+        if (r->jobs.n && bsearch(&jobs.v[i], r->jobs.v, r->jobs.n, sizeof(*jobs.v), cmp_str))
+            continue;
+        if (sheaf_state_ready_group(r->redis, jobs.v[i], r->cfg->reducer_group, NULL, errstr,
+                                    sizeof(errstr)) != SHEAF_OK)
+            sheaf_warn("reducer", "job %s: %s", jobs.v[i], errstr);
     }
-    for (size_t i = 0; i < n; i++) {
-        if (!(jobs[i] = strdup(rep->element[i]->str))) {
-            jobs_free(jobs, i);
-            freeReplyObject(rep);
-            return;
-        }
-    }
-    freeReplyObject(rep);
-    qsort(jobs, n, sizeof(*jobs), cmp_str);
-    for (size_t i = 0; i < n; i++) {
-        if (r->n_jobs && bsearch(&jobs[i], r->jobs, r->n_jobs, sizeof(*jobs), cmp_str)) continue;
-        char kready[512];
-        sheaf_key(kready, sizeof(kready), jobs[i], "ready");
-        /* BUSYGROUP (it exists) is the usual answer. */
-        redisReply *g = sheaf_redis_cmd(r->redis, errstr, sizeof(errstr),
-                                        "XGROUP CREATE %s %s 0 MKSTREAM", kready,
-                                        r->cfg->reducer_group);
-        if (g) freeReplyObject(g);
-    }
-    jobs_free(r->jobs, r->n_jobs);
+    sheaf_strlist_free(&r->jobs);
     r->jobs = jobs;
-    r->n_jobs = n;
 }
 
 /* Takes over entries pending longer than reducer.claim_idle_ms (their
  * reducer died or hangs) and processes them. */
 static void claim_stale(reducer *r)
 {
-    char errstr[SHEAF_ERRSTR_SIZE], kready[512], idle[24];
-    snprintf(idle, sizeof(idle), "%d", r->cfg->reducer_claim_idle_ms);
+    char errstr[SHEAF_ERRSTR_SIZE];
     /* Each thread claims for its share of the jobs: every job is looked at
      * by one thread of each reducer process per round. */
-    for (size_t j = (size_t)r->index; j < r->n_jobs && !sheaf_stop; j += (size_t)r->n_threads) {
-        sheaf_key(kready, sizeof(kready), r->jobs[j], "ready");
-        redisReply *rep = sheaf_redis_cmd(r->redis, errstr, sizeof(errstr),
-                                          "XAUTOCLAIM %s %s %s %s 0-0 COUNT 32", kready,
-                                          r->cfg->reducer_group, r->consumer, idle);
-        if (!rep) continue;
-        if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2 &&
-            rep->element[1]->elements > 0) {
-            sheaf_info("reducer", "job %s: claimed %zu stale entr%s", r->jobs[j],
-                       rep->element[1]->elements, rep->element[1]->elements == 1 ? "y" : "ies");
-            process_entries(r, r->jobs[j], kready, rep->element[1]);
+    for (size_t j = (size_t)r->index; j < r->jobs.n && !sheaf_stop; j += (size_t)r->n_threads) {
+        sheaf_ready_batch b;
+        if (sheaf_state_ready_claim(r->redis, r->jobs.v[j], r->cfg->reducer_group, r->consumer,
+                                    r->cfg->reducer_claim_idle_ms, 32, &b, errstr,
+                                    sizeof(errstr)) != SHEAF_OK)
+            continue;
+        if (b.n) {
+            sheaf_info("reducer", "job %s: claimed %zu stale entr%s", r->jobs.v[j], b.n,
+                       b.n == 1 ? "y" : "ies");
+            process_entries(r, &b);
         }
-        freeReplyObject(rep);
+        sheaf_ready_batch_free(&b);
     }
 }
 
 static void read_new(reducer *r)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
-    size_t n = r->n_jobs;
+    sheaf_ready_batch b;
+    size_t n = r->jobs.n;
     if (n == 0) {
         sheaf_sleep_ms(500);
         return;
     }
-    /* XREADGROUP GROUP g c COUNT 16 BLOCK 1000 STREAMS k1..kn > .. > */
-    size_t argc = 9 + 2 * n;
-    const char **argv = calloc(argc, sizeof(char *));
-    char **keys = calloc(n, sizeof(char *));
-    if (!argv || !keys) goto out;
-    argv[0] = "XREADGROUP";
-    argv[1] = "GROUP";
-    argv[2] = r->cfg->reducer_group;
-    argv[3] = r->consumer;
-    argv[4] = "COUNT";
-    argv[5] = "4"; /* few: entries wait in a batch while earlier ones are reduced */
-    argv[6] = "BLOCK";
-    argv[7] = "1000";
-    argv[8] = "STREAMS";
-    argc = 9;
-    /* Starting at a different job each round: the reply lists streams in
-     * the order asked, and no job is always last. */
+    /* A few per stream: entries wait in a batch while earlier ones are
+     * reduced.  Starting at another job each round: none is always last. */
     r->rotate = (r->rotate + 1) % n;
-    for (size_t i = 0; i < n; i++) {
-        keys[i] = malloc(512);
-        if (!keys[i]) goto out;
-        sheaf_key(keys[i], 512, r->jobs[(r->rotate + i) % n], "ready");
-        argv[argc++] = keys[i];
+    sheaf_err err = sheaf_state_ready_read(r->redis, r->cfg->reducer_group, r->consumer, r->jobs.v,
+                                           n, r->rotate, 4, 1000, &b, errstr, sizeof(errstr));
+    if (err == SHEAF_ERR_NOT_FOUND) {
+        /* A job's stream vanished (deleted by hand): the next refresh
+         * recreates the group of every job. */
+        sheaf_warn("reducer", "%s", errstr);
+        sheaf_strlist_free(&r->jobs);
+        r->jobs_refreshed_ms = 0;
+        sheaf_sleep_ms(500);
+        return;
     }
-    for (size_t i = 0; i < n; i++) argv[argc++] = ">";
-    redisReply *rep = sheaf_redis_argv(r->redis, (int)argc, argv, NULL, errstr, sizeof(errstr));
-    if (!rep) {
-        /* NOGROUP: a job's stream vanished (deleted by hand); the next
-         * refresh recreates the group of every job. */
-        if (strstr(errstr, "NOGROUP")) {
-            sheaf_warn("reducer", "%s", errstr);
-            jobs_free(r->jobs, r->n_jobs);
-            r->jobs = NULL;
-            r->n_jobs = 0;
-            r->jobs_refreshed_ms = 0;
-            sheaf_sleep_ms(500);
-        } else {
-            redis_down(r, "reading ready entries", errstr);
-        }
-        goto out;
+    if (err != SHEAF_OK) {
+        redis_down(r, "reading ready entries", errstr);
+        return;
     }
     redis_back(r);
-    for (size_t s = 0; rep->type == REDIS_REPLY_ARRAY && s < rep->elements; s++) {
-        redisReply *st = rep->element[s];
-        const char *key = st->element[0]->str;
-        /* key is sheaf:{JOB}:ready */
-        const char *lb = strchr(key, '{'), *rb = strrchr(key, '}');
-        if (!lb || !rb || rb <= lb) continue;
-        char *job = sheaf_strndup(lb + 1, (size_t)(rb - lb - 1));
-        process_entries(r, job, key, st->element[1]);
-        free(job);
-    }
-    freeReplyObject(rep);
-out:
-    if (keys)
-        for (size_t i = 0; i < n; i++) free(keys[i]);
-    free(keys);
-    free(argv);
+    process_entries(r, &b);
+    sheaf_ready_batch_free(&b);
 }
 
 /* ---- metrics and health ---- */
@@ -559,7 +474,7 @@ static void *reducer_run(void *arg)
 
 static void reducer_clear(reducer *r)
 {
-    jobs_free(r->jobs, r->n_jobs);
+    sheaf_strlist_free(&r->jobs);
     sheaf_llm_async_destroy(r->llm);
     sheaf_ratelimit_destroy(r->limit);
     sheaf_redis_destroy(r->redis);

@@ -53,15 +53,15 @@ typedef struct reducer {
     char pv[80];                 /* its pipeline version (results-topic keys); reducer_job_pipeline */
     char consumer[160];
     int index, n_threads;        /* this thread's place among reducer.threads */
-    char **jobs;                 /* active jobs, sorted, refreshed every second; no cap */
-    size_t n_jobs, rotate;       /* rotate: where the next read starts, for fairness */
+    sheaf_strlist jobs;          /* active jobs, sorted, refreshed every second; no cap */
+    size_t rotate;               /* where the next read starts, for fairness */
     int64_t jobs_refreshed_ms, claimed_ms, swept_ms;
     int redis_delay_ms;          /* this thread's wait between tries while Redis is down */
     /* The lease on the entry being worked on (sheaf/state.h): renewed from
      * the LLM wait loop every claim_idle_ms / 3; lost when another reducer
      * claimed the entry, which stops the work (the entry is the other's). */
     struct {
-        char stream[512], id[64];
+        char job[256], id[48];
         int active, lost;
         int64_t renewed_ms;
     } lease;

@@ -52,8 +52,11 @@ printf 'This paragraph carries SHEAF_SIM_FAIL_400 and is refused.\n' > "$T/bad/p
 rc=0; "$SHEAF" submit --wait "$T/bad" > /dev/null 2>&1 || rc=$?
 assert_eq "$rc" 4 "submit --wait exit code with a failed chunk"
 # A submit that dies part-way: its heartbeat stops and status says the job
-# is stalled.  With every broker down the submit waits in its final flush
-# (up to a minute), beating all the while: not stalled.  Stopped
+# is stalled.  With every broker down once the job exists, the submit waits
+# in its final flush (up to a minute), beating all the while: not stalled.
+# (Brokers down before: the submit fails at once, it_fail_fast.)  Slow
+# brokers (1.5 s round trips) keep it producing long enough to take them
+# down.  Stopped
 # (SIGSTOP), it no longer beats: stalled after 6 missed beats; continued,
 # it beats again; SIGKILLed, the job stays stalled for good.
 BEAT=(-X producer.heartbeat_ms=200)
@@ -61,9 +64,11 @@ stalled_s() { "$SHEAF" status --json "$1" | jq -r '.stalled_s'; }
 is_stalled() { [ "$(stalled_s "$1")" != null ]; }
 not_stalled() { [ "$(stalled_s "$1")" = null ]; }
 is_producing() { [ "$(job_field "$1" state 2> /dev/null)" = producing ]; }
-for b in 1 2 3; do echo "broker-down $b" > "$STACK/kafka.ctl"; done
+brokers() { for b in 1 2 3; do echo "$1 $b${2:+ $2}" > "$STACK/kafka.ctl"; done; }
+brokers rtt 1500
 start_proc submit1 "$SHEAF" submit "${BEAT[@]}" --job-id beat-1 "$ROOT/examples/reports"; S1=$LAST_PID
 wait_until 20 "job beat-1 to be producing" is_producing beat-1
+brokers broker-down
 sleep 2 # 10 beats' time: a waiting submit must not look stalled (nothing to await: it is a non-event)
 not_stalled beat-1 || fail "a submit waiting for brokers was called stalled: $(stalled_s beat-1)"
 kill -STOP "$S1"
@@ -71,11 +76,14 @@ wait_until 20 "beat-1 to be called stalled" is_stalled beat-1
 "$SHEAF" status beat-1 | grep -q "STALLED .*submit was killed or lost Redis" || fail "status text: $("$SHEAF" status beat-1)"
 kill -CONT "$S1"
 wait_until 20 "beat-1 to beat again" not_stalled beat-1
+brokers broker-up
 start_proc submit2 "$SHEAF" submit "${BEAT[@]}" --job-id beat-2 "$ROOT/examples/reports"; S2=$LAST_PID
 wait_until 20 "job beat-2 to be producing" is_producing beat-2
+brokers broker-down
 kill -KILL "$S2"
 wait_until 20 "beat-2 to be called stalled" is_stalled beat-2
-for b in 1 2 3; do echo "broker-up $b" > "$STACK/kafka.ctl"; done
+brokers broker-up
+brokers rtt 0
 wait "$S1" || fail "submit of beat-1 exited $? after the brokers came back"
 wait_job beat-1 120
 is_producing beat-2 && is_stalled beat-2 || fail "beat-2 after its submit was killed: $("$SHEAF" status beat-2)"

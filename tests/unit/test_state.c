@@ -215,7 +215,7 @@ static void claim(sheaf_redis *r, const char *c, const char *id)
 
 static sheaf_emit_right right_of(sheaf_redis *r, const char *c, const char *id)
 {
-    sheaf_entry_ref e = {"sheaf:{j3}:ready", "g", c, id};
+    sheaf_entry_ref e = {"j3", "g", c, id};
     sheaf_emit_right right = SHEAF_EMIT_NO_JOB;
     assert_int_equal(sheaf_state_emit_claim(r, "j3", &e, "doc:a", &right, err, sizeof(err)),
                      SHEAF_OK);
@@ -238,7 +238,7 @@ static void test_lease_and_emission_right(void **state)
     read_entry(r, "j3", "A", e1, sizeof(e1));
     read_entry(r, "j3", "B", e2, sizeof(e2));
 
-    sheaf_entry_ref la = {"sheaf:{j3}:ready", "g", "A", e1};
+    sheaf_entry_ref la = {"j3", "g", "A", e1};
     assert_int_equal(sheaf_state_lease_renew(r, &la, &held, err, sizeof(err)), SHEAF_OK);
     assert_int_equal(held, 1);
 
@@ -314,7 +314,7 @@ static void test_retention_and_delete(void **state)
     assert_int_equal(sheaf_state_job_offsets_store(r, "j4", &first, &last, 1, err, sizeof(err)),
                      SHEAF_OK);
     read_entry(r, "j4", "A", id, sizeof(id));
-    e = (sheaf_entry_ref){"sheaf:{j4}:ready", "g", "A", id};
+    e = (sheaf_entry_ref){"j4", "g", "A", id};
     assert_int_equal(sheaf_state_emit_claim(r, "j4", &e, "doc:b", &right, err, sizeof(err)),
                      SHEAF_OK);
     assert_int_equal(right, SHEAF_EMIT_YES);
@@ -338,12 +338,11 @@ static void test_retention_and_delete(void **state)
     assert_int_equal(gone, 1);
     assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs", NULL), 1); /* j4 stays */
 
-    char **ids = NULL;
-    size_t nids = 0;
-    assert_int_equal(sheaf_state_job_ids(r, &ids, &nids, err, sizeof(err)), SHEAF_OK);
-    assert_int_equal(nids, 1);
-    assert_string_equal(ids[0], "j4");
-    sheaf_job_ids_free(ids, nids);
+    sheaf_strlist ids;
+    assert_int_equal(sheaf_state_job_ids(r, &ids, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.v[0], "j4");
+    sheaf_strlist_free(&ids);
 
     assert_int_equal(sheaf_state_job_delete(r, "j4", err, sizeof(err)), SHEAF_OK);
     count_keys(r, "j4", &n, &persistent);

@@ -77,6 +77,13 @@
 
 typedef struct sheaf_redis sheaf_redis;
 
+/* A list of owned strings (ids, paths, results). */
+typedef struct sheaf_strlist {
+    char **v;
+    size_t n;
+} sheaf_strlist;
+void sheaf_strlist_free(sheaf_strlist *l);
+
 /* Connects to redis.url (with redis.password when set; the password is
  * never logged).  Returns NULL with errstr on failure. */
 sheaf_redis *sheaf_redis_connect(const sheaf_config *cfg, char *errstr, size_t errlen);
@@ -196,10 +203,80 @@ sheaf_err sheaf_state_job_delete(sheaf_redis *r, const char *job, char *errstr, 
 /* Removes the index entries (sheaf:jobs) of jobs whose keys expired. */
 sheaf_err sheaf_state_jobs_sweep(sheaf_redis *r, size_t *removed, char *errstr, size_t errlen);
 
-/* Every job id in sheaf:jobs, newest first (free with sheaf_job_ids_free). */
-sheaf_err sheaf_state_job_ids(sheaf_redis *r, char ***ids, size_t *n, char *errstr,
+/* Every job id in sheaf:jobs, newest first. */
+sheaf_err sheaf_state_job_ids(sheaf_redis *r, sheaf_strlist *ids, char *errstr, size_t errlen);
+
+/* ---- reading a job ---- */
+
+/* The job's document ids in submit order. */
+sheaf_err sheaf_state_doc_ids(sheaf_redis *r, const char *job, sheaf_strlist *ids, char *errstr,
                               size_t errlen);
-void sheaf_job_ids_free(char **ids, size_t n);
+/* A metadata group's members in first-appearance order (documents of an
+ * innermost group, paths of child groups); path NULL: the documents. */
+sheaf_err sheaf_state_group_member_ids(sheaf_redis *r, const char *job, const char *path,
+                                       sheaf_strlist *ids, char *errstr, size_t errlen);
+/* Every group result of the job, ordered by group path. */
+sheaf_err sheaf_state_group_results(sheaf_redis *r, const char *job, sheaf_strlist *results,
+                                    char *errstr, size_t errlen);
+/* The run holding version pv of job (malloc'd); SHEAF_ERR_NOT_FOUND with
+ * the job's versions in errstr. */
+sheaf_err sheaf_state_version_run(sheaf_redis *r, const char *job, const char *pv, char **run,
+                                  char *errstr, size_t errlen);
+sheaf_err sheaf_state_version_set(sheaf_redis *r, const char *job, const char *pv,
+                                  const char *run, char *errstr, size_t errlen);
+/* Counts a replay of job: *n is its number (J@rN). */
+sheaf_err sheaf_state_job_next_replay(sheaf_redis *r, const char *job, long long *n,
+                                      char *errstr, size_t errlen);
+/* A document's tokens: map prompt, map completion, reduce prompt, reduce
+ * completion. */
+sheaf_err sheaf_state_doc_tokens(sheaf_redis *r, const char *job, const char *doc,
+                                 uint64_t tokens[4], char *errstr, size_t errlen);
+/* The job's pipeline version (into pv) and snapshot JSON (malloc'd);
+ * SHEAF_ERR_NOT_FOUND for an unknown job or a snapshot that is gone. */
+sheaf_err sheaf_state_job_pipeline(sheaf_redis *r, const char *job, char *pv, size_t pvlen,
+                                   char **json, char *errstr, size_t errlen);
+/* The recorded offset ranges (sheaf_state_job_offsets_store): first[i] < 0
+ * where none; *n is one past the highest partition recorded. */
+sheaf_err sheaf_state_job_offsets_get(sheaf_redis *r, const char *job, int64_t *first,
+                                      int64_t *last, int max, int *n, char *errstr,
+                                      size_t errlen);
+
+/* ---- the ready streams (reducers) ---- */
+
+typedef struct sheaf_ready_entry {
+    char *job;               /* owned */
+    char id[48];
+    char type[16];           /* "doc", "group", "overview" */
+    char *item;              /* the document id or group path (owned); NULL otherwise */
+    int deleted;             /* claimed after it was deleted: nothing to do but ack */
+} sheaf_ready_entry;
+
+typedef struct sheaf_ready_batch {
+    sheaf_ready_entry *v;
+    size_t n;
+} sheaf_ready_batch;
+void sheaf_ready_batch_free(sheaf_ready_batch *b);
+
+/* The jobs whose overview is not written yet. */
+sheaf_err sheaf_state_active_jobs(sheaf_redis *r, sheaf_strlist *jobs, char *errstr,
+                                  size_t errlen);
+/* Creates the reducers' consumer group on the job's stream, delivering
+ * after entry from (NULL: from the start); it exists: OK. */
+sheaf_err sheaf_state_ready_group(sheaf_redis *r, const char *job, const char *group,
+                                  const char *from, char *errstr, size_t errlen);
+/* New entries of the jobs' streams for consumer (XREADGROUP, up to count
+ * per stream, blocking up to block_ms), asking from jobs[first] on.
+ * SHEAF_ERR_NOT_FOUND when a stream has no group (recreate them). */
+sheaf_err sheaf_state_ready_read(sheaf_redis *r, const char *group, const char *consumer,
+                                 char *const *jobs, size_t n, size_t first, int count,
+                                 int block_ms, sheaf_ready_batch *out, char *errstr,
+                                 size_t errlen);
+/* Entries of the job's stream pending longer than idle_ms, now consumer's. */
+sheaf_err sheaf_state_ready_claim(sheaf_redis *r, const char *job, const char *group,
+                                  const char *consumer, int idle_ms, int count,
+                                  sheaf_ready_batch *out, char *errstr, size_t errlen);
+sheaf_err sheaf_state_ready_ack(sheaf_redis *r, const char *job, const char *group,
+                                const char *id, char *errstr, size_t errlen);
 
 /* ---- worker side ---- */
 
@@ -226,6 +303,10 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
  * by `sheaf status` while recent.  Not a failure. */
 sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *reason,
                                   char *errstr, size_t errlen);
+
+/* Counts a call-cache lookup against the job, if it exists (sheaf/cache.h). */
+sheaf_err sheaf_state_job_cache_count(sheaf_redis *r, const char *job, int hit,
+                                      uint64_t tokens_saved, char *errstr, size_t errlen);
 
 /* Counts a dead-lettered message against the job (if the job exists). */
 sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr,
@@ -302,6 +383,63 @@ sheaf_err sheaf_state_failed_chunks(sheaf_redis *r, const char *job, sheaf_faile
 sheaf_err sheaf_state_redrive(sheaf_redis *r, const char *job, const char *reason,
                               uint64_t *chunks, uint64_t *docs, char *errstr, size_t errlen);
 
+/* ---- repair (producer/repair.c; common/state_repair.c) ---- */
+
+/* Which ready entries are live (not yet delivered to the reducers' group,
+ * or pending in it), and the stream's last id when scanned. */
+typedef struct sheaf_ready_scan {
+    char since[64];                      /* "0-0" when there is no stream */
+    int group_exists;
+    sheaf_strlist live_docs, live_groups;  /* sorted */
+    int live_overview;
+} sheaf_ready_scan;
+sheaf_err sheaf_state_ready_scan(sheaf_redis *r, const char *job, const char *group,
+                                 sheaf_ready_scan *s, char *errstr, size_t errlen);
+void sheaf_ready_scan_free(sheaf_ready_scan *s);
+/* 1 when item is in a sorted list of the scan. */
+int sheaf_ready_scan_live(const sheaf_strlist *sorted, const char *item);
+
+/* A document as the repair script sees it (common/lua/repair_doc.lua). */
+typedef struct sheaf_repair_doc {
+    int registered;          /* 0: listed, but its registration is gone */
+    uint32_t n, ok, failed, done_old;
+    int has_result, entry, fix;
+    uint32_t *missing;       /* chunk indexes without a record, ascending (owned) */
+    uint32_t n_missing;
+} sheaf_repair_doc;
+/* Inspects (apply 0) or repairs (apply 1) one document; d->missing is
+ * replaced (free it when done). */
+sheaf_err sheaf_state_repair_doc(sheaf_redis *r, const char *job, const char *doc, int apply,
+                                 int live, const char *since, sheaf_repair_doc *d, char *errstr,
+                                 size_t errlen);
+
+typedef struct sheaf_repair_job {
+    int docs_done_fixed, overview_missing, need_overview, reopened;
+    uint64_t groups_counted;
+    sheaf_strlist groups;    /* complete metadata groups without a result */
+} sheaf_repair_job;
+/* Inspects or repairs the job's counters (common/lua/repair_job.lua);
+ * o->groups is replaced. */
+sheaf_err sheaf_state_repair_job(sheaf_redis *r, const char *job, int apply, const char *since,
+                                 int overview_live, sheaf_repair_job *o, char *errstr,
+                                 size_t errlen);
+/* Enqueues a complete group without a result unless a live entry exists. */
+sheaf_err sheaf_state_repair_group(sheaf_redis *r, const char *job, const char *path,
+                                   const char *since, int *enqueued, char *errstr, size_t errlen);
+sheaf_err sheaf_state_pipeline_exists(sheaf_redis *r, const char *pv, int *exists, char *errstr,
+                                      size_t errlen);
+/* In sheaf:jobs:active (watched by the reducers), and setting it. */
+sheaf_err sheaf_state_job_active(sheaf_redis *r, const char *job, int *active, char *errstr,
+                                 size_t errlen);
+sheaf_err sheaf_state_job_set_active(sheaf_redis *r, const char *job, int active, char *errstr,
+                                     size_t errlen);
+sheaf_err sheaf_state_job_count_repair(sheaf_redis *r, const char *job, char *errstr,
+                                       size_t errlen);
+/* An ended job runs again (repair, redrive): its keys stop expiring
+ * (PERSIST) and it leaves sheaf:jobs:expiring; it retires again when it
+ * ends. */
+sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, size_t errlen);
+
 /* ---- exactly-once outputs ----
  *
  * A reducer works on a ready-stream entry under a lease: the entry is
@@ -315,7 +453,7 @@ sheaf_err sheaf_state_redrive(sheaf_redis *r, const char *job, const char *reaso
  * next): the results topic is keyed by job, version and item for that. */
 
 typedef struct sheaf_entry_ref {
-    const char *stream;      /* sheaf:{J}:ready */
+    const char *job;         /* whose ready stream */
     const char *group;       /* reducer.group */
     const char *consumer;    /* this reducer thread's consumer name */
     const char *id;          /* the entry */
@@ -356,6 +494,7 @@ enum { SHEAF_STAGE_KIND_MAP, SHEAF_STAGE_KIND_REDUCE, SHEAF_STAGE_KIND_GROUP,
 typedef struct sheaf_job_status {
     sheaf_job_state state;
     char pv[32];
+    char topic[256];             /* where its chunk messages are */
     char error[256];
     int64_t created_ms, finished_ms;
     uint64_t docs, chunks, chunks_ok, chunks_failed, docs_ready, docs_done, dlq;

@@ -13,7 +13,14 @@
  *     only when its holder's entry is no longer its own, and is refused for
  *     good once the item is marked emitted;
  *   - retention puts a TTL on every key of the job (found by SCAN), delete
- *     leaves none, and the sweep drops the index entry of an expired job. */
+ *     leaves none, and the sweep drops the index entry of an expired job;
+ *   - documents register once (a resumed submit changes nothing), metadata
+ *     groups complete with their last member and count into their parent
+ *     once;
+ *   - beats, stalls, resume and what a job waits on go by the server's
+ *     clock; dead letters count against existing jobs only;
+ *   - a redrive forgets exactly the chosen failed chunks and what depends
+ *     on them, and repair's scripts see what was forgotten and recount. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -370,6 +377,202 @@ static void test_retention_zero_keeps(void **state)
     sheaf_redis_destroy(r);
 }
 
+
+static void test_docs_register_once_and_groups(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    const char *pa[] = {"[\"eu\"]", "[\"eu\",\"de\"]"}, *pb[] = {"[\"eu\"]", "[\"eu\",\"fr\"]"};
+    sheaf_doc_reg docs[] = {{"a", 1, "{}", pa, 2}, {"b", 1, "{}", pb, 2}, {"c", 1, "{}", pa, 2}};
+    sheaf_store_outcome out;
+    sheaf_strlist ids;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    cmd_int(r, "FLUSHALL", NULL, NULL);
+    assert_int_equal(sheaf_state_job_create(r, &cfg, "g1", "{}", "pv1", "t", err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(sheaf_state_docs_add(r, "g1", docs, 3, 0, err, sizeof(err)), SHEAF_OK);
+    /* A resumed submit registers everything again: nothing changes. */
+    assert_int_equal(sheaf_state_docs_add(r, "g1", docs, 3, 0, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_state_doc_ids(r, "g1", &ids, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(ids.n, 3);
+    sheaf_strlist_free(&ids);
+    assert_int_equal(sheaf_state_group_member_ids(r, "g1", "[\"eu\",\"de\"]", &ids, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(ids.n, 2); /* a, c */
+    assert_string_equal(ids.v[1], "c");
+    sheaf_strlist_free(&ids);
+    assert_int_equal(sheaf_state_group_member_ids(r, "g1", "[\"eu\"]", &ids, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(ids.n, 2); /* de, fr: first-appearance order */
+    assert_string_equal(ids.v[0], "[\"eu\",\"de\"]");
+    sheaf_strlist_free(&ids);
+    assert_int_equal(sheaf_state_job_running(r, "g1", 3, 3, err, sizeof(err)), SHEAF_OK);
+    /* The innermost group completes with its last document... */
+    assert_int_equal(sheaf_state_doc_result_store(r, "g1", "a", "{}", 0, 0, &out, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW);
+    assert_int_equal(sheaf_state_doc_result_store(r, "g1", "c", "{}", 0, 0, &out, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW_GROUP);
+    /* ...and a group counts into its parent once. */
+    assert_int_equal(sheaf_state_group_result_store(r, "g1", "[\"eu\",\"de\"]", 1, "{}", 0, 0,
+                                                    &out, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW);
+    assert_int_equal(sheaf_state_group_result_store(r, "g1", "[\"eu\",\"de\"]", 1, "{}", 0, 0,
+                                                    &out, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_KEPT);
+    assert_int_equal(sheaf_state_doc_result_store(r, "g1", "b", "{}", 0, 0, &out, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW_GROUP);
+    assert_int_equal(sheaf_state_group_result_store(r, "g1", "[\"eu\",\"fr\"]", 1, "{}", 0, 0,
+                                                    &out, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NEW_GROUP); /* the parent [eu] is complete */
+    sheaf_redis_destroy(r);
+}
+
+static void test_beat_resume_waiting(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_job_status st;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    cfg.producer_heartbeat_ms = 100;
+    cmd_int(r, "FLUSHALL", NULL, NULL);
+    assert_int_equal(sheaf_state_job_create(r, &cfg, "b1", "{}", "pv1", "t", err, sizeof(err)),
+                     SHEAF_OK);
+    /* Alive (just created): no resume, not stalled. */
+    assert_int_equal(sheaf_state_job_resume(r, &cfg, "b1", "pv1", err, sizeof(err)),
+                     SHEAF_ERR_INVALID);
+    assert_non_null(strstr(err, "live submit"));
+    assert_int_equal(sheaf_state_job_status(r, "b1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_job_stalled_ms(&st), 0);
+    /* Its last beat long ago (by the server's clock). */
+    cmd_int(r, "HSET %s producer_seen_ms %s", "sheaf:{b1}:job", "1000");
+    assert_int_equal(sheaf_state_job_status(r, "b1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_true(sheaf_job_stalled_ms(&st) > 0);
+    assert_int_equal(sheaf_state_job_resume(r, &cfg, "b1", "pv2", err, sizeof(err)),
+                     SHEAF_ERR_INVALID); /* another pipeline */
+    assert_int_equal(sheaf_state_job_resume(r, &cfg, "b1", "pv1", err, sizeof(err)), SHEAF_OK);
+    /* Taken over: it beats now, so a second resume is refused. */
+    assert_int_equal(sheaf_state_job_resume(r, &cfg, "b1", "pv1", err, sizeof(err)),
+                     SHEAF_ERR_INVALID);
+    assert_int_equal(sheaf_state_job_beat(r, "b1", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_state_job_status(r, "b1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_job_stalled_ms(&st), 0);
+    /* What the job waits on shows while fresh. */
+    assert_int_equal(sheaf_state_job_waiting(r, "b1", "HTTP 503", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_state_job_status(r, "b1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_string_equal(st.waiting, "HTTP 503");
+    cmd_int(r, "HSET %s retry_ms %s", "sheaf:{b1}:job", "1000");
+    assert_int_equal(sheaf_state_job_status(r, "b1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_string_equal(st.waiting, "");
+    /* Dead letters count against an existing job only. */
+    assert_int_equal(sheaf_state_job_dlq_incr(r, "b1", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_state_job_dlq_incr(r, "nope", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(cmd_int(r, "EXISTS %s", "sheaf:{nope}:job", NULL), 0);
+    assert_int_equal(sheaf_state_job_status(r, "b1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.dlq, 1);
+    sheaf_redis_destroy(r);
+}
+
+static sheaf_chunk_outcome store_failed(sheaf_redis *r, const char *job, const char *doc,
+                                        uint32_t idx, uint32_t n, const char *json)
+{
+    sheaf_chunk_msg m;
+    sheaf_chunk_outcome out = SHEAF_CHUNK_DUPLICATE;
+    memset(&m, 0, sizeof(m));
+    m.job = (char *)job;
+    m.doc = (char *)doc;
+    m.idx = idx;
+    m.count = n;
+    assert_int_equal(sheaf_state_chunk_store(r, &m, 0, json, 1, 1, &out, err, sizeof(err)),
+                     SHEAF_OK);
+    return out;
+}
+
+static void count_failed(const char *doc, uint32_t idx, const char *record, void *ud)
+{
+    (void)doc;
+    (void)idx;
+    (void)record;
+    (*(int *)ud)++;
+}
+
+static void test_redrive_and_repair_invariants(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_store_outcome out;
+    sheaf_repair_doc d;
+    sheaf_repair_job j;
+    uint64_t chunks = 0, docs = 0;
+    int failed = 0;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    make_job(r, &cfg, "r1");
+    store_chunk(r, "r1", "a", 0, 2, "{}");
+    store_failed(r, "r1", "a", 1, 2, "{\"error\":\"HTTP 400 refused\"}");
+    store_failed(r, "r1", "b", 0, 1, "{\"error\":\"HTTP 500 gone\"}");
+    assert_int_equal(sheaf_state_doc_result_store(r, "r1", "a", "{}", 0, 0, &out, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(sheaf_state_failed_chunks(r, "r1", count_failed, &failed, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(failed, 2);
+    /* Redrive those refused (400): one chunk of one document forgotten, with
+     * its result and every group and overview result. */
+    cmd_int(r, "SET %s %s", "sheaf:{r1}:overview", "{}");
+    assert_int_equal(sheaf_state_redrive(r, "r1", "400", &chunks, &docs, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(chunks, 1);
+    assert_int_equal(docs, 1);
+    assert_int_equal(cmd_int(r, "HEXISTS sheaf:{r1}:results %s", "a", NULL), 0);
+    assert_int_equal(cmd_int(r, "EXISTS %s", "sheaf:{r1}:overview", NULL), 0);
+    assert_int_equal(cmd_int(r, "HEXISTS sheaf:{r1}:p:a %s", "s:1", NULL), 0);
+    assert_int_equal(cmd_int(r, "HEXISTS sheaf:{r1}:p:b %s", "s:0", NULL), 1);
+    /* Repair's document script sees the forgotten chunk as missing and the
+     * counters off; applied, the counters are what the records say. */
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(sheaf_state_repair_doc(r, "r1", "a", 0, 0, "0-0", &d, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_true(d.registered);
+    assert_int_equal(d.n_missing, 1);
+    assert_int_equal(d.missing[0], 1);
+    assert_int_equal(d.fix, 1);
+    assert_int_equal(sheaf_state_repair_doc(r, "r1", "a", 1, 0, "0-0", &d, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(sheaf_state_repair_doc(r, "r1", "a", 0, 0, "0-0", &d, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(d.fix, 0); /* consistent now */
+    free(d.missing);
+    sheaf_job_status st;
+    assert_int_equal(sheaf_state_job_status(r, "r1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.chunks_ok, 1);
+    assert_int_equal(st.chunks_failed, 1); /* b's */
+    /* The job script recounts docs_done from the results present. */
+    memset(&j, 0, sizeof(j));
+    assert_int_equal(sheaf_state_repair_job(r, "r1", 1, "0-0", 0, &j, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_true(j.docs_done_fixed);
+    assert_true(j.overview_missing);
+    assert_int_equal(sheaf_state_job_status(r, "r1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.docs_done, 0);
+    sheaf_strlist_free(&j.groups);
+    sheaf_redis_destroy(r);
+}
+
 static void test_state_names(void **state)
 {
     (void)state;
@@ -392,6 +595,9 @@ int main(void)
         cmocka_unit_test(test_lease_and_emission_right),
         cmocka_unit_test(test_retention_and_delete),
         cmocka_unit_test(test_retention_zero_keeps),
+        cmocka_unit_test(test_docs_register_once_and_groups),
+        cmocka_unit_test(test_beat_resume_waiting),
+        cmocka_unit_test(test_redrive_and_repair_invariants),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -10,6 +10,6 @@ extern const char sheaf_lua_job_create[], sheaf_lua_doc_register[], sheaf_lua_jo
     sheaf_lua_lease_renew[], sheaf_lua_emit_claim[], sheaf_lua_emit_done[], sheaf_lua_job_end[],
     sheaf_lua_chunk_check[], sheaf_lua_job_waiting[], sheaf_lua_doc_unfail[],
     sheaf_lua_job_unreduce[], sheaf_lua_job_cache_count[], sheaf_lua_repair_doc[],
-    sheaf_lua_repair_job[], sheaf_lua_repair_group[];
+    sheaf_lua_repair_job[], sheaf_lua_repair_group[], sheaf_lua_ready_trim[];
 
 #endif

@@ -1652,3 +1652,17 @@ sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, si
     freeReplyObject(z);
     return SHEAF_OK;
 }
+
+sheaf_err sheaf_state_ready_trim(sheaf_redis *r, const char *job, long long *dropped,
+                                 char *errstr, size_t errlen)
+{
+    static const sheaf_lua_script trim = {sheaf_lua_ready_trim};
+    char kready[KEYLEN];
+    sheaf_key(kready, sizeof(kready), job, "ready");
+    const char *args[] = {kready};
+    redisReply *rep = sheaf_redis_script(r, &trim, 1, 1, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (dropped) *dropped = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}

@@ -306,6 +306,18 @@ static void claim_stale(reducer *r)
     }
 }
 
+/* Drops what every reducer acknowledged from this thread's share of the
+ * active jobs' streams: a long job's stream holds its work in progress,
+ * not its history. */
+static void trim_streams(reducer *r)
+{
+    char errstr[SHEAF_ERRSTR_SIZE];
+    for (size_t j = (size_t)r->index; j < r->jobs.n && !sheaf_stop; j += (size_t)r->n_threads)
+        if (sheaf_state_ready_trim(r->redis, r->jobs.v[j], NULL, errstr, sizeof(errstr)) !=
+            SHEAF_OK)
+            sheaf_debug("reducer", "job %s: trimming its stream: %s", r->jobs.v[j], errstr);
+}
+
 static void read_new(reducer *r)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
@@ -343,6 +355,7 @@ static void read_new(reducer *r)
 #define HEALTH_EVERY_MS 1000
 #define PING_EVERY_MS 5000
 #define SWEEP_EVERY_MS 60000
+#define TRIM_EVERY_MS 10000
 
 void reducer_llm_state(reducer *r)
 {
@@ -455,6 +468,10 @@ static void *reducer_run(void *arg)
         if (now - r->claimed_ms >= r->cfg->reducer_claim_idle_ms / 2) {
             claim_stale(r);
             r->claimed_ms = now;
+        }
+        if (now - r->trimmed_ms >= TRIM_EVERY_MS) {
+            trim_streams(r);
+            r->trimmed_ms = now;
         }
         if (r->index == 0 && now - r->swept_ms >= SWEEP_EVERY_MS) {
             /* Index entries of jobs whose keys expired (job.retention_s). */

@@ -573,6 +573,34 @@ static void test_redrive_and_repair_invariants(void **state)
     sheaf_redis_destroy(r);
 }
 
+static void test_ready_trim(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    char ids[3][64];
+    long long dropped = -1;
+    sheaf_redis *r = conn();
+    test_config(&cfg, 0);
+    make_job(r, &cfg, "t1");
+    for (int i = 0; i < 3; i++) cmd_int(r, "XADD %s * type doc doc %s", "sheaf:{t1}:ready", "a");
+    for (int i = 0; i < 3; i++) read_entry(r, "t1", "A", ids[i], sizeof(ids[i]));
+    assert_int_equal(sheaf_state_ready_ack(r, "t1", "g", ids[0], err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_state_ready_ack(r, "t1", "g", ids[2], err, sizeof(err)), SHEAF_OK);
+    /* The oldest pending entry (the second) and what follows stay. */
+    assert_int_equal(sheaf_state_ready_trim(r, "t1", &dropped, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(dropped, 1);
+    assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{t1}:ready", NULL), 2);
+    assert_int_equal(sheaf_state_ready_ack(r, "t1", "g", ids[1], err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(sheaf_state_ready_trim(r, "t1", &dropped, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{t1}:ready", NULL), 1); /* the last delivered */
+    /* An entry not yet delivered is never dropped. */
+    cmd_int(r, "XADD %s * type overview x %s", "sheaf:{t1}:ready", "y");
+    assert_int_equal(sheaf_state_ready_trim(r, "t1", &dropped, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{t1}:ready", NULL), 2);
+    sheaf_redis_destroy(r);
+}
+
 static void test_state_names(void **state)
 {
     (void)state;
@@ -598,6 +626,7 @@ int main(void)
         cmocka_unit_test(test_docs_register_once_and_groups),
         cmocka_unit_test(test_beat_resume_waiting),
         cmocka_unit_test(test_redrive_and_repair_invariants),
+        cmocka_unit_test(test_ready_trim),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -277,6 +277,10 @@ sheaf_err sheaf_state_ready_claim(sheaf_redis *r, const char *job, const char *g
                                   sheaf_ready_batch *out, char *errstr, size_t errlen);
 sheaf_err sheaf_state_ready_ack(sheaf_redis *r, const char *job, const char *group,
                                 const char *id, char *errstr, size_t errlen);
+/* Drops the entries of a running job's stream that every group has
+ * acknowledged (the job's stream expires whole when it ends). */
+sheaf_err sheaf_state_ready_trim(sheaf_redis *r, const char *job, long long *dropped,
+                                 char *errstr, size_t errlen);
 
 /* ---- worker side ---- */
 

@@ -107,8 +107,9 @@ void progress_print_full(FILE *out, const sheaf_config *cfg, const char *job,
     int64_t stalled = sheaf_job_stalled_ms(st);
     if (stalled)
         fprintf(out, "  %-10s no heartbeat from its submit for %.0f s: the submit was killed or "
-                "lost Redis. The chunks it produced are processed; submit the input again for "
-                "a complete job.\n", "STALLED", (double)stalled / 1000.0);
+                "lost Redis. The chunks it produced are processed; finish the job with `sheaf "
+                "submit --resume %s INPUT...` (the same inputs), or end it with `sheaf cancel "
+                "%s`.\n", "STALLED", (double)stalled / 1000.0, job, job);
     if (st->waiting[0])
         fprintf(out, "  %-10s the provider keeps failing; chunks are retried (llm.retry_horizon_ms), "
                 "last %.0f s ago: %s\n", "WAITING", (double)st->waiting_age_ms / 1000.0,

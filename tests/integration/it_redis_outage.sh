@@ -11,9 +11,9 @@ export SHEAF_CACHE_ENABLED=false   # the second run must call, not hit the cache
 
 stack_up --redis-aof --latency-ms 300
 # A small window: the map stage is still running when Redis goes away.
-start_worker w1 -X worker.max_in_flight=2; W1=$LAST_PID
+start_worker w1 -X worker.max_in_flight=4; W1=$LAST_PID
 start_reducer r1; R1=$LAST_PID
-SMALL=(-X chunk.max_tokens=100)
+SMALL=(-X chunk.max_tokens=200)
 run_job "$T/clean.jsonl" "${SMALL[@]}" "$ROOT/examples/reports"
 
 JOB="$("$SHEAF" submit "${SMALL[@]}" "$ROOT/examples/reports")" || fail "submit failed"

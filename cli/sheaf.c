@@ -33,6 +33,28 @@
 #include "sheaf/state.h"
 #include "sheaf/util.h"
 
+/* Exit codes, the same for every command (README "Exit codes"). */
+enum {
+    EXIT_OK = 0,
+    EXIT_FAIL = 1,        /* the operation failed; the job failed or was cancelled */
+    EXIT_USAGE = 2,       /* bad command line, configuration or input */
+    EXIT_NOT_FOUND = 3,   /* no such job, version or document */
+    EXIT_PROBLEMS = 4,    /* finished with failed chunks or dead letters; repair left some */
+    EXIT_NOT_READY = 5,   /* the job has not finished: what exists was printed */
+    EXIT_TIMEOUT = 124    /* --timeout ran out (as timeout(1)) */
+};
+
+static int exit_for(sheaf_err err)
+{
+    switch (err) {
+    case SHEAF_OK: return EXIT_OK;
+    case SHEAF_ERR_NOT_FOUND: return EXIT_NOT_FOUND;
+    case SHEAF_ERR_INVALID:
+    case SHEAF_ERR_CONFIG: return EXIT_USAGE;
+    default: return EXIT_FAIL;
+    }
+}
+
 static void usage(FILE *out)
 {
     fprintf(out,
@@ -44,7 +66,8 @@ static void usage(FILE *out)
             "        the job in Redis, produce its chunks to Kafka; prints the job id.\n"
             "        --pipeline: a built-in (summarize, summarize-refine, batch) or a\n"
             "        pipeline JSON file (same as -X pipeline=...).\n"
-            "        --wait: wait until the job is done, then print its overview.\n"
+            "        --wait: wait until the job ends, showing progress on stderr (exit code:\n"
+            "        how it ended); --timeout S: give up waiting after S seconds (124).\n"
             "  submit --resume JOB INPUT...\n"
             "        continue a job whose submit died while producing (status: STALLED)\n"
             "        with the same inputs and pipeline: what was registered and produced\n"
@@ -72,7 +95,6 @@ static void usage(FILE *out)
             "        report, change nothing.\n"
             "  diff JOB PV1 PV2      which documents' results differ between two versions\n"
             "  cost JOB              tokens and cost per document (JSONL), then the job's\n"
-            "                        totals (the status --json line)\n"
             "  dlq list JOB [--reason TEXT]\n"
             "        the job's failed chunks (dead letters), one JSON line each: document,\n"
             "        chunk, error; --reason: only errors containing TEXT\n"
@@ -90,10 +112,71 @@ static void usage(FILE *out)
             "        delete every key of the job now; a job that has not ended is refused\n"
             "        without --force (cancel it first, or force)\n"
             "  config                the effective configuration (secrets hidden)\n"
+            "  --version             sheaf's version\n"
             "\n"
             "options for every command:\n"
             "  -c, --config FILE     configuration file (default: $SHEAF_CONFIG)\n"
-            "  -X key=value          set a configuration key (sheaf --help-config)\n");
+            "  -X key=value          set a configuration key (sheaf --help-config)\n"
+            "other options are refused by the commands that do not take them.\n"
+            "\n"
+            "exit codes (every command):\n"
+            "  0  success                       3  no such job or version\n"
+            "  1  failed (or the job failed or   4  finished with failed chunks or\n"
+            "     was cancelled)                   dead letters; repair left some\n"
+            "  2  bad command line, config or   5  the job has not finished yet\n"
+            "     input                         124 --timeout ran out\n"
+            "  diff: 0 no document changed, 1 some changed (as diff(1)), 2 or 3 trouble\n");
+}
+
+/* The options beyond -c and -X, as bits: each command says which it takes. */
+enum {
+    O_JOB_ID = 1 << 0, O_WAIT = 1 << 1, O_TIMEOUT = 1 << 2, O_DRY_RUN = 1 << 3, O_JSON = 1 << 4,
+    O_PIPELINE = 1 << 5, O_VERSION = 1 << 6, O_WATCH = 1 << 7, O_FROM = 1 << 8, O_TO = 1 << 9,
+    O_STATE = 1 << 10, O_FORCE = 1 << 11, O_RESUME = 1 << 12, O_REASON = 1 << 13
+};
+
+static const struct {
+    unsigned bit;
+    const char *name;
+} option_names[] = {{O_JOB_ID, "--job-id"}, {O_WAIT, "--wait"},        {O_TIMEOUT, "--timeout"},
+                    {O_DRY_RUN, "--dry-run"}, {O_JSON, "--json"},       {O_PIPELINE, "--pipeline"},
+                    {O_VERSION, "--version"}, {O_WATCH, "--watch"},     {O_FROM, "--from"},
+                    {O_TO, "--to"},           {O_STATE, "--state"},     {O_FORCE, "--force"},
+                    {O_RESUME, "--resume"},   {O_REASON, "--reason"}};
+
+static const struct {
+    const char *cmd;
+    unsigned takes;
+} command_options[] = {
+    {"submit", O_JOB_ID | O_WAIT | O_TIMEOUT | O_DRY_RUN | O_PIPELINE | O_RESUME},
+    {"status", O_JSON | O_WATCH},
+    {"results", O_VERSION},
+    {"replay", O_PIPELINE | O_WAIT | O_TIMEOUT | O_FROM | O_TO},
+    {"repair", O_DRY_RUN},
+    {"diff", 0},
+    {"cost", 0},
+    {"dlq", O_REASON | O_DRY_RUN},
+    {"jobs", O_STATE | O_JSON},
+    {"cancel", 0},
+    {"job", O_FORCE},
+    {"config", 0},
+};
+
+/* 0 when cmd takes every option given; else -1 after saying which not. */
+static int check_options(const char *cmd, unsigned given)
+{
+    for (size_t i = 0; i < sizeof(command_options) / sizeof(*command_options); i++) {
+        if (strcmp(command_options[i].cmd, cmd) != 0) continue;
+        unsigned extra = given & ~command_options[i].takes;
+        for (size_t k = 0; extra && k < sizeof(option_names) / sizeof(*option_names); k++) {
+            if (!(extra & option_names[k].bit)) continue;
+            fprintf(stderr, "sheaf %s: %s does not apply to this command (sheaf --help)\n", cmd,
+                    option_names[k].name);
+            return -1;
+        }
+        return 0;
+    }
+    return 0; /* unknown commands are refused later, naming the command */
 }
 
 typedef struct cli {
@@ -106,6 +189,7 @@ typedef struct cli {
     int timeout_s;
     const char *version, *from, *to, *state, *resume, *reason;
     int force;
+    unsigned given;      /* O_* of the options on the command line */
     char *owned[8];      /* overrides made from options */
     size_t n_owned;
 } cli;
@@ -124,7 +208,11 @@ static int cmd_status(cli *c, const char *job)
     memset(&pg, 0, sizeof(pg));
     if (!r) goto out;
     do {
-        if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+        sheaf_err err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr));
+        if (err != SHEAF_OK) {
+            rc = exit_for(err);
+            goto out;
+        }
         int64_t now = sheaf_wall_ms();
         progress_load_models(&pg, r, &st);
         progress_update(&pg, &st, now);
@@ -171,11 +259,12 @@ static int cmd_results(cli *c, const char *job)
     if (!c->version) return cmd_results_run(c, job);
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
     char *run = NULL;
-    if (r) sheaf_state_version_run(r, job, c->version, &run, errstr, sizeof(errstr));
+    sheaf_err err = r ? sheaf_state_version_run(r, job, c->version, &run, errstr, sizeof(errstr))
+                      : SHEAF_ERR_REDIS;
     sheaf_redis_destroy(r);
     if (!run) {
         fprintf(stderr, "sheaf results: %s\n", errstr);
-        return 1;
+        return exit_for(err);
     }
     int rc = cmd_results_run(c, run);
     free(run);
@@ -191,12 +280,15 @@ static int cmd_diff(cli *c, const char *job, const char *v1, const char *v2)
     char *r1 = NULL, *r2 = NULL;
     sheaf_strlist ids = {NULL, 0};
     size_t changed = 0, missing = 0;
-    int rc = 1;
+    int rc = 2; /* trouble, as diff(1) */
+    sheaf_err err = SHEAF_ERR_REDIS;
 
-    if (!r || sheaf_state_version_run(r, job, v1, &r1, errstr, sizeof(errstr)) != SHEAF_OK ||
-        sheaf_state_version_run(r, job, v2, &r2, errstr, sizeof(errstr)) != SHEAF_OK ||
-        sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)) != SHEAF_OK)
+    if (!r || (err = sheaf_state_version_run(r, job, v1, &r1, errstr, sizeof(errstr))) ||
+        (err = sheaf_state_version_run(r, job, v2, &r2, errstr, sizeof(errstr))) ||
+        (err = sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)))) {
+        if (err == SHEAF_ERR_NOT_FOUND) rc = EXIT_NOT_FOUND;
         goto out;
+    }
     for (size_t i = 0; i < ids.n; i++) {
         const char *doc = ids.v[i];
         char *a = NULL, *b = NULL;
@@ -220,9 +312,9 @@ static int cmd_diff(cli *c, const char *job, const char *v1, const char *v2)
     }
     printf("{\"versions\":[\"%s\",\"%s\"],\"runs\":[\"%s\",\"%s\"],\"docs\":%zu,\"changed\":%zu,"
            "\"missing\":%zu}\n", v1, v2, r1, r2, ids.n, changed, missing);
-    rc = 0;
+    rc = changed ? 1 : 0; /* as diff(1): 1 when something differs */
 out:
-    if (rc) fprintf(stderr, "sheaf diff: %s\n", errstr);
+    if (rc > 1) fprintf(stderr, "sheaf diff: %s\n", errstr);
     sheaf_strlist_free(&ids);
     free(r1);
     free(r2);
@@ -278,7 +370,7 @@ static int cmd_replay(cli *c, char **rest, size_t n)
     fflush(stdout);
     if (err != SHEAF_OK) {
         fprintf(stderr, "sheaf replay: %s\n", errstr);
-        return err == SHEAF_ERR_NOT_FOUND || err == SHEAF_ERR_INVALID ? 3 : 1;
+        return exit_for(err);
     }
     for (size_t i = 0; c->wait && i < rep.n_runs; i++) {
         int w = wait_job(c, rep.runs[i]);
@@ -305,7 +397,7 @@ static int cmd_repair(cli *c, char **rest, size_t n)
     fflush(stdout);
     if (err != SHEAF_OK) {
         fprintf(stderr, "sheaf repair: %s\n", errstr);
-        return err == SHEAF_ERR_NOT_FOUND || err == SHEAF_ERR_INVALID ? 3 : 1;
+        return exit_for(err);
     }
     return report_repair(c, "repair", rest[0], &rep);
 }
@@ -393,9 +485,12 @@ static int cmd_results_run(cli *c, const char *job)
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
     int rc = 1;
 
-    if (!r || sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK ||
-        sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)) != SHEAF_OK)
+    sheaf_err err = SHEAF_ERR_REDIS;
+    if (!r || (err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr))) != SHEAF_OK ||
+        (err = sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr))) != SHEAF_OK) {
+        rc = exit_for(err);
         goto out;
+    }
     size_t missing = 0;
     for (size_t i = 0; i < ids.n; i++) {
         char *res = NULL;
@@ -416,12 +511,12 @@ static int cmd_results_run(cli *c, const char *job)
         fprintf(stderr, "sheaf results: job %s is %s: %zu of %zu document results missing%s\n",
                 job, sheaf_job_state_name(st.state), missing, ids.n,
                 ov ? "" : ", overview not written yet");
-        rc = 3;
+        rc = EXIT_NOT_READY;
         goto out;
     }
     rc = 0;
 out:
-    if (rc == 1) fprintf(stderr, "sheaf results: %s\n", errstr);
+    if (rc != EXIT_OK && rc != EXIT_NOT_READY) fprintf(stderr, "sheaf results: %s\n", errstr);
     sheaf_strlist_free(&ids);
     free(ov);
     sheaf_redis_destroy(r);
@@ -673,14 +768,16 @@ static int wait_job(cli *c, const char *job)
             last_print = now;
         }
         if (c->timeout_s > 0 && now - start > (int64_t)c->timeout_s * 1000) {
-            snprintf(errstr, sizeof(errstr), "job %s not done after %d s", job, c->timeout_s);
+            snprintf(errstr, sizeof(errstr), "job %s not done after %d s (it goes on; sheaf status "
+                     "%s)", job, c->timeout_s, job);
+            rc = EXIT_TIMEOUT;
             goto out;
         }
         sheaf_sleep_ms(200);
     }
     snprintf(errstr, sizeof(errstr), "interrupted; job %s continues on the fleet", job);
 out:
-    if (rc == 1) fprintf(stderr, "sheaf submit: %s\n", errstr);
+    if (rc == EXIT_FAIL || rc == EXIT_TIMEOUT) fprintf(stderr, "sheaf: %s\n", errstr);
     sheaf_redis_destroy(r);
     return rc;
 }
@@ -742,9 +839,15 @@ static int cmd_cost(cli *c, const char *job)
     int rc = 1;
 
     memset(&pg, 0, sizeof(pg));
-    if (!r || sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK ||
-        sheaf_price_table_parse(c->cfg.cost_prices, &t, errstr, sizeof(errstr)) != SHEAF_OK)
+    sheaf_err err = SHEAF_ERR_REDIS;
+    if (!r || (err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr))) != SHEAF_OK) {
+        rc = exit_for(err);
         goto out;
+    }
+    if (sheaf_price_table_parse(c->cfg.cost_prices, &t, errstr, sizeof(errstr)) != SHEAF_OK) {
+        rc = EXIT_USAGE;
+        goto out;
+    }
     progress_load_models(&pg, r, &st);
     if (sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
     for (size_t i = 0; i < ids.n; i++) {
@@ -836,6 +939,11 @@ int main(int argc, char **argv)
         rc = argc < 2 ? 2 : 0;
         goto out;
     }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf("sheaf %s\n", SHEAF_VERSION);
+        rc = 0;
+        goto out;
+    }
     if (strcmp(argv[1], "--help-config") == 0) {
         sheaf_config_print_help(stdout);
         rc = 0;
@@ -844,12 +952,25 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     optind = 2;
     while ((opt = getopt_long(argc, argv, "c:X:h", opts, NULL)) != -1) {
+        static const char letters[] = "jwtnJpVWFTSfRr";
+        const char *at = strchr(letters, opt);
+        if (at && opt) c.given |= 1u << (at - letters);
         switch (opt) {
         case 'c': c.config_path = optarg; break;
         case 'X': c.overrides[c.n_overrides++] = optarg; break;
         case 'j': c.job_id = optarg; break;
         case 'w': c.wait = 1; break;
-        case 't': c.timeout_s = atoi(optarg); break;
+        case 't': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end || v <= 0 || v > 365L * 86400) {
+                fprintf(stderr, "sheaf %s: --timeout %s: give a number of seconds (1 or more)\n",
+                        cmd, optarg);
+                goto out;
+            }
+            c.timeout_s = (int)v;
+            break;
+        }
         case 'n': c.dry_run = 1; break;
         case 'J': c.json = 1; break;
         case 'V': c.version = optarg; break;
@@ -875,6 +996,7 @@ int main(int argc, char **argv)
         default: usage(stderr); goto out;
         }
     }
+    if (check_options(cmd, c.given) != 0) goto out;
     if (sheaf_program_config(&c.cfg, "sheaf", c.config_path, c.overrides, c.n_overrides))
         goto out;
     sheaf_program_signals();

@@ -20,6 +20,7 @@
  * string is owned by the config and freed by sheaf_config_clear(). */
 #include "sheaf/error.h"
 #include "sheaf/config.h"
+#include "sheaf/kafka.h"
 #include "sheaf/cost.h"
 
 #include <errno.h>
@@ -449,6 +450,12 @@ static sheaf_err set_kafka(sheaf_config *cfg, const char *key, const char *value
     if (!sheaf_utf8_valid(value, strlen(value), &bad)) {
         sheaf_set_err(errstr, errlen, "%s: key \"%s\": value is not valid UTF-8 (byte %zu)", source,
                 key, bad);
+        return SHEAF_ERR_CONFIG;
+    }
+    /* Refused at load like any other key, not when a client is made. */
+    char why[256];
+    if (sheaf_kafka_property_check(prop, value, why, sizeof(why)) != SHEAF_OK) {
+        sheaf_set_err(errstr, errlen, "%s: key \"%s\": %s", source, key, why);
         return SHEAF_ERR_CONFIG;
     }
     for (size_t i = 0; i < cfg->kafka_props_len; i++) {

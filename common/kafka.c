@@ -447,3 +447,17 @@ sheaf_err sheaf_kafka_check_topic(rd_kafka_t *rk, const char *topic, int timeout
     rd_kafka_topic_destroy(rkt);
     return ret;
 }
+
+sheaf_err sheaf_kafka_property_check(const char *property, const char *value, char *why,
+                                     size_t whylen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_res_t res;
+    if (!conf) {
+        snprintf(why, whylen, "out of memory");
+        return SHEAF_ERR_NOMEM;
+    }
+    res = rd_kafka_conf_set(conf, property, value, why, whylen);
+    rd_kafka_conf_destroy(conf);
+    return res == RD_KAFKA_CONF_OK ? SHEAF_OK : SHEAF_ERR_CONFIG;
+}

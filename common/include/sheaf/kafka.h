@@ -50,6 +50,11 @@ void sheaf_kafka_producer_destroy(rd_kafka_t *producer);
  * last successful flush) was an error.  errstr says how many and why. */
 sheaf_err sheaf_kafka_flush(rd_kafka_t *producer, int timeout_ms, char *errstr, size_t errlen);
 
+/* Whether librdkafka takes property = value (a kafka.* key), with its
+ * reason in why when it does not. */
+sheaf_err sheaf_kafka_property_check(const char *property, const char *value, char *why,
+                                     size_t whylen);
+
 /* Asks the cluster for topic's metadata within timeout_ms: fails fast, with
  * what to check, when no broker answers or the topic does not exist (a
  * submit checks this before it creates anything). */

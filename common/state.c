@@ -183,15 +183,16 @@ redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const 
     return rep;
 }
 
-redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...)
+static redisReply *redis_vcmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt,
+                              va_list ap)
 {
     redisReply *rep = NULL;
     for (int attempt = 0; attempt < 2; attempt++) {
-        va_list ap;
+        va_list aq;
         if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return NULL;
-        va_start(ap, fmt);
-        rep = redisvCommand(r->c, fmt, ap);
-        va_end(ap);
+        va_copy(aq, ap);
+        rep = redisvCommand(r->c, fmt, aq);
+        va_end(aq);
         if (rep) break;
         snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
         redisFree(r->c);
@@ -204,6 +205,48 @@ redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const c
         return NULL;
     }
     return rep;
+}
+
+redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redis_vcmd(r, errstr, errlen, fmt, ap);
+    va_end(ap);
+    return rep;
+}
+
+sheaf_err sheaf_redis_do(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redis_vcmd(r, errstr, errlen, fmt, ap);
+    va_end(ap);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_redis_integer(sheaf_redis *r, long long *v, char *errstr, size_t errlen,
+                              const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *rep = redis_vcmd(r, errstr, errlen, fmt, ap);
+    va_end(ap);
+    if (!rep) return SHEAF_ERR_REDIS;
+    *v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_redis_script_do(sheaf_redis *r, const sheaf_lua_script *s, int nkeys, int nargs,
+                                const char **args, char *errstr, size_t errlen)
+{
+    redisReply *rep = sheaf_redis_script(r, s, nkeys, nargs, args, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
 }
 
 redisReply *sheaf_redis_script(sheaf_redis *r, const sheaf_lua_script *s, int nkeys, int nargs,
@@ -276,9 +319,7 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
         return SHEAF_ERR_INVALID;
     }
     snprintf(kpipe, sizeof(kpipe), "sheaf:pipeline:%s", pv);
-    rep = sheaf_redis_cmd(r, errstr, errlen, "SET %s %s", kpipe, pipeline_json);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
+    if (sheaf_redis_do(r, errstr, errlen, "SET %s %s", kpipe, pipeline_json) != SHEAF_OK) return SHEAF_ERR_REDIS;
 
     sheaf_key(kjob, sizeof(kjob), job, "job");
     sheaf_key(kready, sizeof(kready), job, "ready");
@@ -294,9 +335,7 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
         goto out;
     }
     freeReplyObject(rep);
-    rep = sheaf_redis_cmd(r, errstr, errlen, "ZADD sheaf:jobs %s %s", created, job);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
+    if (sheaf_redis_do(r, errstr, errlen, "ZADD sheaf:jobs %s %s", created, job) != SHEAF_OK) return SHEAF_ERR_REDIS;
     rep = sheaf_redis_cmd(r, errstr, errlen, "SADD sheaf:jobs:active %s", job);
     if (!rep) return SHEAF_ERR_REDIS;
     err = SHEAF_OK;
@@ -310,10 +349,7 @@ out:
 static sheaf_err script_load(sheaf_redis *r, const sheaf_lua_script *s, char *errstr,
                              size_t errlen)
 {
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "SCRIPT LOAD %s", s->body);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_do(r, errstr, errlen, "SCRIPT LOAD %s", s->body);
 }
 
 static void script_sha(const sheaf_lua_script *s, char sha[2 * SHA_DIGEST_LENGTH + 1])
@@ -425,10 +461,7 @@ sheaf_err sheaf_state_job_beat(sheaf_redis *r, const char *job, char *errstr, si
     char kjob[KEYLEN];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     const char *args[] = {kjob};
-    redisReply *rep = sheaf_redis_script(r, &beat, 1, 1, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_script_do(r, &beat, 1, 1, args, errstr, errlen);
 }
 
 sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs,
@@ -447,10 +480,7 @@ sheaf_err sheaf_state_job_running(sheaf_redis *r, const char *job, uint64_t docs
     snprintf(d, sizeof(d), "%llu", (unsigned long long)docs);
     snprintf(c, sizeof(c), "%llu", (unsigned long long)chunks);
     const char *args[] = {kjob, kready, kinner, kg, d, c};
-    redisReply *rep = sheaf_redis_script(r, &running, 4, 6, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_script_do(r, &running, 4, 6, args, errstr, errlen);
 }
 
 sheaf_err sheaf_state_job_fail(sheaf_redis *r, const sheaf_config *cfg, const char *job,
@@ -546,10 +576,7 @@ sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr
     if (!job || !sheaf_job_id_valid(job)) return SHEAF_OK;
     sheaf_key(kjob, sizeof(kjob), job, "job");
     const char *args[] = {kjob};
-    redisReply *rep = sheaf_redis_script(r, &incr, 1, 1, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_script_do(r, &incr, 1, 1, args, errstr, errlen);
 }
 
 /* ---- reducer side ---- */
@@ -705,9 +732,7 @@ sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char
     *out = rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
     freeReplyObject(rep);
     if (*out == SHEAF_STORE_NO_JOB) return SHEAF_OK;
-    rep = sheaf_redis_cmd(r, errstr, errlen, "SREM sheaf:jobs:active %s", job);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
+    if (sheaf_redis_do(r, errstr, errlen, "SREM sheaf:jobs:active %s", job) != SHEAF_OK) return SHEAF_ERR_REDIS;
     return SHEAF_OK;
 }
 
@@ -972,9 +997,7 @@ sheaf_err sheaf_state_job_retire(sheaf_redis *r, const sheaf_config *cfg, const 
     /* The index entry goes when the keys do (sheaf_state_jobs_sweep). */
     snprintf(until, sizeof(until), "%lld",
              (long long)(sheaf_wall_ms() + (int64_t)cfg->job_retention_s * 1000));
-    rep = sheaf_redis_cmd(r, errstr, errlen, "ZADD sheaf:jobs:expiring %s %s", until, job);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
+    if (sheaf_redis_do(r, errstr, errlen, "ZADD sheaf:jobs:expiring %s %s", until, job) != SHEAF_OK) return SHEAF_ERR_REDIS;
     return SHEAF_OK;
 }
 
@@ -1096,10 +1119,7 @@ sheaf_err sheaf_state_emit_done(sheaf_redis *r, const char *job, const char *ite
     sheaf_key(kemit, sizeof(kemit), job, "emit");
     sheaf_key(kjob, sizeof(kjob), job, "job");
     const char *args[] = {kemit, kjob, item};
-    redisReply *rep = sheaf_redis_script(r, &done, 2, 3, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_script_do(r, &done, 2, 3, args, errstr, errlen);
 }
 
 sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kind kind,
@@ -1131,10 +1151,7 @@ sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *r
     char kjob[KEYLEN];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     const char *args[] = {kjob, reason};
-    redisReply *rep = sheaf_redis_script(r, &waiting, 1, 2, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_script_do(r, &waiting, 1, 2, args, errstr, errlen);
 }
 
 /* ---- dead letters: list and redrive ---- */
@@ -1397,10 +1414,7 @@ sheaf_err sheaf_state_version_set(sheaf_redis *r, const char *job, const char *p
 {
     char kvers[KEYLEN];
     sheaf_key(kvers, sizeof(kvers), job, "versions");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HSET %s %s %s", kvers, pv, run);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_do(r, errstr, errlen, "HSET %s %s %s", kvers, pv, run);
 }
 
 sheaf_err sheaf_state_job_next_replay(sheaf_redis *r, const char *job, long long *n,
@@ -1408,11 +1422,7 @@ sheaf_err sheaf_state_job_next_replay(sheaf_redis *r, const char *job, long long
 {
     char kjob[KEYLEN];
     sheaf_key(kjob, sizeof(kjob), job, "job");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HINCRBY %s replays 1", kjob);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *n = rep->integer;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_integer(r, n, errstr, errlen, "HINCRBY %s replays 1", kjob);
 }
 
 sheaf_err sheaf_state_doc_tokens(sheaf_redis *r, const char *job, const char *doc,
@@ -1622,10 +1632,7 @@ sheaf_err sheaf_state_ready_ack(sheaf_redis *r, const char *job, const char *gro
 {
     char kready[KEYLEN];
     sheaf_key(kready, sizeof(kready), job, "ready");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "XACK %s %s %s", kready, group, id);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_do(r, errstr, errlen, "XACK %s %s %s", kready, group, id);
 }
 
 sheaf_err sheaf_state_job_cache_count(sheaf_redis *r, const char *job, int hit,
@@ -1636,10 +1643,7 @@ sheaf_err sheaf_state_job_cache_count(sheaf_redis *r, const char *job, int hit,
     sheaf_key(kjob, sizeof(kjob), job, "job");
     snprintf(tokens, sizeof(tokens), "%llu", (unsigned long long)tokens_saved);
     const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
-    redisReply *rep = sheaf_redis_script(r, &count, 1, 3, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_script_do(r, &count, 1, 3, args, errstr, errlen);
 }
 
 sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
@@ -1647,10 +1651,7 @@ sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, si
     sheaf_err err;
     if (!r->c && redis_open(r, errstr, errlen) != SHEAF_OK) return SHEAF_ERR_REDIS;
     if ((err = job_keys_apply(r, job, KEYS_PERSIST, NULL, errstr, errlen)) != SHEAF_OK) return err;
-    redisReply *z = sheaf_redis_cmd(r, errstr, errlen, "ZREM sheaf:jobs:expiring %s", job);
-    if (!z) return SHEAF_ERR_REDIS;
-    freeReplyObject(z);
-    return SHEAF_OK;
+    return sheaf_redis_do(r, errstr, errlen, "ZREM sheaf:jobs:expiring %s", job);
 }
 
 sheaf_err sheaf_state_ready_trim(sheaf_redis *r, const char *job, long long *dropped,

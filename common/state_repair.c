@@ -268,31 +268,26 @@ sheaf_err sheaf_state_repair_group(sheaf_redis *r, const char *job, const char *
 sheaf_err sheaf_state_pipeline_exists(sheaf_redis *r, const char *pv, int *exists, char *errstr,
                                       size_t errlen)
 {
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "EXISTS sheaf:pipeline:%s", pv);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *exists = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    long long v = 0;
+    sheaf_err err = sheaf_redis_integer(r, &v, errstr, errlen, "EXISTS sheaf:pipeline:%s", pv);
+    *exists = v == 1;
+    return err;
 }
 
 sheaf_err sheaf_state_job_active(sheaf_redis *r, const char *job, int *active, char *errstr,
                                  size_t errlen)
 {
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "SISMEMBER sheaf:jobs:active %s", job);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *active = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    long long v = 0;
+    sheaf_err err = sheaf_redis_integer(r, &v, errstr, errlen, "SISMEMBER sheaf:jobs:active %s", job);
+    *active = v == 1;
+    return err;
 }
 
 sheaf_err sheaf_state_job_set_active(sheaf_redis *r, const char *job, int active, char *errstr,
                                      size_t errlen)
 {
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "%s sheaf:jobs:active %s",
+    return sheaf_redis_do(r, errstr, errlen, "%s sheaf:jobs:active %s",
                                       active ? "SADD" : "SREM", job);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
 }
 
 sheaf_err sheaf_state_job_count_repair(sheaf_redis *r, const char *job, char *errstr,
@@ -300,8 +295,5 @@ sheaf_err sheaf_state_job_count_repair(sheaf_redis *r, const char *job, char *er
 {
     char kjob[KEYLEN];
     sheaf_key(kjob, sizeof(kjob), job, "job");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HINCRBY %s repairs 1", kjob);
-    if (!rep) return SHEAF_ERR_REDIS;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    return sheaf_redis_do(r, errstr, errlen, "HINCRBY %s repairs 1", kjob);
 }

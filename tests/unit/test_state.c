@@ -74,8 +74,8 @@ static void make_job(sheaf_redis *r, const sheaf_config *cfg, const char *job)
     assert_int_equal(sheaf_state_job_running(r, job, 2, 3, err, sizeof(err)), SHEAF_OK);
 }
 
-static sheaf_chunk_outcome store_chunk(sheaf_redis *r, const char *job, const char *doc,
-                                       uint32_t idx, uint32_t n, const char *json)
+static sheaf_chunk_outcome store_chunk_as(sheaf_redis *r, const char *job, const char *doc,
+                                          uint32_t idx, uint32_t n, int ok, const char *json)
 {
     sheaf_chunk_msg m;
     sheaf_chunk_outcome out = SHEAF_CHUNK_DUPLICATE;
@@ -84,9 +84,15 @@ static sheaf_chunk_outcome store_chunk(sheaf_redis *r, const char *job, const ch
     m.doc = (char *)doc;
     m.idx = idx;
     m.count = n;
-    assert_int_equal(sheaf_state_chunk_store(r, &m, 1, json, 10, 5, &out, err, sizeof(err)),
+    assert_int_equal(sheaf_state_chunk_store(r, &m, ok, json, 10, 5, &out, err, sizeof(err)),
                      SHEAF_OK);
     return out;
+}
+
+static sheaf_chunk_outcome store_chunk(sheaf_redis *r, const char *job, const char *doc,
+                                       uint32_t idx, uint32_t n, const char *json)
+{
+    return store_chunk_as(r, job, doc, idx, n, 1, json);
 }
 
 static int chunk_needed(sheaf_redis *r, const char *job, const char *doc, uint32_t idx)
@@ -489,16 +495,7 @@ static void test_beat_resume_waiting(void **state)
 static sheaf_chunk_outcome store_failed(sheaf_redis *r, const char *job, const char *doc,
                                         uint32_t idx, uint32_t n, const char *json)
 {
-    sheaf_chunk_msg m;
-    sheaf_chunk_outcome out = SHEAF_CHUNK_DUPLICATE;
-    memset(&m, 0, sizeof(m));
-    m.job = (char *)job;
-    m.doc = (char *)doc;
-    m.idx = idx;
-    m.count = n;
-    assert_int_equal(sheaf_state_chunk_store(r, &m, 0, json, 1, 1, &out, err, sizeof(err)),
-                     SHEAF_OK);
-    return out;
+    return store_chunk_as(r, job, doc, idx, n, 0, json);
 }
 
 static void count_failed(const char *doc, uint32_t idx, const char *record, void *ud)

@@ -99,6 +99,14 @@ redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const 
  * %s strings, %b binary with length). */
 redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);
 
+/* Runs a command and drops its reply: SHEAF_OK, or SHEAF_ERR_REDIS with
+ * errstr (a Redis error reply included). */
+sheaf_err sheaf_redis_do(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);
+
+/* Runs a command whose reply is an integer, into *v (0 for another reply). */
+sheaf_err sheaf_redis_integer(sheaf_redis *r, long long *v, char *errstr, size_t errlen,
+                              const char *fmt, ...);
+
 /* A Lua script run by sheaf_redis_script.  Its SHA-1 is computed per call
  * (a microsecond or two beside a Redis round trip), not cached in the
  * struct: scripts are shared by the reducer's threads, and a lazily filled
@@ -114,6 +122,10 @@ typedef struct sheaf_lua_script {
 redisReply *sheaf_redis_script(sheaf_redis *r, const sheaf_lua_script *s, int nkeys, int nargs,
                                const char **args, const size_t *lens, char *errstr,
                                size_t errlen);
+
+/* sheaf_redis_script, the reply dropped. */
+sheaf_err sheaf_redis_script_do(sheaf_redis *r, const sheaf_lua_script *s, int nkeys, int nargs,
+                                const char **args, char *errstr, size_t errlen);
 
 /* ---- producer side ---- */
 

@@ -11,6 +11,8 @@
  * An unlimited limit is passed as T = tau = 0: its cost is 0 and the test
  * reduces to TAT <= now, which only a penalty can make false. */
 #include "sheaf/ratelimit.h"
+
+#include "lua_scripts.h"
 #include "sheaf/util.h"
 #include "sheaf/log.h"
 #include "sheaf/buf.h"
@@ -25,45 +27,7 @@
 /* A day: a silly Retry-After must not stop the fleet for longer. */
 #define RL_PENALTY_MAX_MS (24 * 3600 * 1000LL)
 
-/* KEYS[1] request TAT, KEYS[2] token TAT, both in microseconds of Redis
- * time.  ARGV: mode ('a' acquire, 'p' penalize), T_req, tau_req, T_tok,
- * tau_tok, tokens, penalty_us.  Acquire returns {1, 0} when admitted and
- * {0, wait_us} (wait_us >= 1) when not; penalize returns 1. */
-static const char rl_script_body[] =
-    "if redis.replicate_commands then pcall(redis.replicate_commands) end\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local function get_tat(k)\n"
-    "  local v = tonumber(redis.call('GET', k) or '')\n"
-    "  if v == nil or v < now then return now end\n"
-    "  return v\n"
-    "end\n"
-    "local function store(k, tat)\n"
-    "  if tat > now then\n"
-    "    redis.call('SET', k, string.format('%.0f', tat), 'PX',\n"
-    "               math.ceil((tat - now) / 1000) + 1)\n"
-    "  end\n"
-    "end\n"
-    "local T = {tonumber(ARGV[2]), tonumber(ARGV[4])}\n"
-    "local tau = {tonumber(ARGV[3]), tonumber(ARGV[5])}\n"
-    "if ARGV[1] == 'p' then\n"
-    "  local pen = tonumber(ARGV[7])\n"
-    "  for i = 1, 2 do\n"
-    "    store(KEYS[i], math.max(get_tat(KEYS[i]), now + pen + tau[i] - T[i]))\n"
-    "  end\n"
-    "  return 1\n"
-    "end\n"
-    "local n = {1, tonumber(ARGV[6])}\n"
-    "local base, inc, wait = {}, {}, 0\n"
-    "for i = 1, 2 do\n"
-    "  base[i] = get_tat(KEYS[i])\n"
-    "  inc[i] = n[i] * T[i]\n"
-    "  local w = base[i] - now + math.min(inc[i], tau[i]) - tau[i]\n"
-    "  if w > wait then wait = w end\n"
-    "end\n"
-    "if wait > 0 then return {0, math.max(1, math.ceil(wait))} end\n"
-    "for i = 1, 2 do store(KEYS[i], base[i] + inc[i]) end\n"
-    "return {1, 0}\n";
+/* The limiter's script is common/lua/ratelimit.lua. */
 
 struct sheaf_ratelimit {
     sheaf_redis *r;                 /* borrowed */
@@ -156,7 +120,7 @@ void sheaf_ratelimit_destroy(sheaf_ratelimit *rl)
 static redisReply *run(sheaf_ratelimit *rl, const char *mode, const char *tokens,
                        const char *penalty_us, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script script = {rl_script_body};
+    static const sheaf_lua_script script = {sheaf_lua_ratelimit};
     const char *args[] = {rl->key_req, rl->key_tok, mode,        rl->t_req, rl->tau_req,
                           rl->t_tok,   rl->tau_tok, tokens,      penalty_us};
     char local_err[SHEAF_ERRSTR_SIZE] = "";

@@ -34,6 +34,7 @@ int sheaf_program_config(sheaf_config *cfg, const char *prog, const char *config
     if (sheaf_config_load(cfg, config_path, overrides, n_overrides, errstr, sizeof(errstr)) !=
         SHEAF_OK) {
         fprintf(stderr, "%s: %s\n", prog, errstr);
+        sheaf_config_clear(cfg); /* what was loaded before the bad key */
         return -1;
     }
     int level = sheaf_log_parse_level(cfg->log_level);

@@ -245,9 +245,9 @@ static char *schema_record(const char *text, json_t *data, const sheaf_chunk_msg
 
 /* ---- waiting for Redis ---- */
 
-#define HOLD_FIRST_MS 200
-#define HOLD_MAX_MS 5000
-#define HOLD_LOG_EVERY_MS 10000
+#define REDIS_WAIT_FIRST_MS 200
+#define REDIS_WAIT_MAX_MS 5000
+#define REDIS_LOG_EVERY_MS 10000
 
 /* Redis failed for the call: it joins the held list (HELD), retried from
  * the loop after a delay that doubles to 5 s while Redis stays away.  The
@@ -261,10 +261,10 @@ static outcome hold(worker *w, call *c, int kind, const char *errstr)
     if (!w->redis_down_ms) {
         w->redis_down_ms = now;
         w->redis_logged_ms = now;
-        w->redis_delay_ms = HOLD_FIRST_MS;
+        w->redis_delay_ms = REDIS_WAIT_FIRST_MS;
         sheaf_error("worker", "Redis unavailable: %s; consumption paused, chunks held until it "
                     "answers", errstr);
-    } else if (now - w->redis_logged_ms >= HOLD_LOG_EVERY_MS) {
+    } else if (now - w->redis_logged_ms >= REDIS_LOG_EVERY_MS) {
         w->redis_logged_ms = now;
         sheaf_error("worker", "Redis unavailable for %lld s: %zu chunk(s) held: %s",
                     (long long)((now - w->redis_down_ms) / 1000), w->n_held + 1, errstr);
@@ -779,7 +779,7 @@ void worker_held_run(worker *w)
     }
     if (w->n_held > before) {
         /* Still failing: wait longer before the next round. */
-        w->redis_delay_ms = w->redis_delay_ms * 2 > HOLD_MAX_MS ? HOLD_MAX_MS : w->redis_delay_ms * 2;
+        w->redis_delay_ms = w->redis_delay_ms * 2 > REDIS_WAIT_MAX_MS ? REDIS_WAIT_MAX_MS : w->redis_delay_ms * 2;
     } else if (!w->n_held && w->redis_down_ms) {
         sheaf_info("worker", "Redis answers again after %lld s; consumption resumed",
                    (long long)((sheaf_mono_ms() - w->redis_down_ms) / 1000));

@@ -198,7 +198,7 @@ static const conf_key conf_keys[] = {
           "Redis stream consumer group of the reducers."),
     K_INT("reducer.claim_idle_ms", reducer_claim_idle_ms, "30000", 1, DAY_MS,
           "Claim another reducer's pending documents after they were idle this long."),
-    K_INT("reducer.threads", reducer_threads, "4", 1, 256,
+    K_INT("reducer.threads", reducer_threads, "16", 1, 256,
           "Reducer threads per process: documents and groups reduced at once."),
     K_INT("job.retention_s", job_retention_s, "604800", 0, 315360000,
           "Seconds an ended job's state (results, counters, streams) stays in Redis after "

@@ -182,6 +182,11 @@ fail:
     return p;
 }
 
+/* A new job is read from within REFRESH_EVERY_MS of its creation; a read
+ * waits at most READ_BLOCK_MS for an entry before the loop turns again. */
+#define REFRESH_EVERY_MS 200
+#define READ_BLOCK_MS 200
+
 /* ---- Redis outages ---- */
 
 #define REDIS_LOG_EVERY_MS 10000
@@ -327,11 +332,12 @@ static void read_new(reducer *r)
         sheaf_sleep_ms(500);
         return;
     }
-    /* A few per stream: entries wait in a batch while earlier ones are
-     * reduced.  Starting at another job each round: none is always last. */
+    /* One entry at a time: entries never wait in a thread's batch while
+     * the other threads idle, so reductions run reducer.threads at once.
+     * Starting at another job each round: none is always last. */
     r->rotate = (r->rotate + 1) % n;
     sheaf_err err = sheaf_state_ready_read(r->redis, r->cfg->reducer_group, r->consumer, r->jobs.v,
-                                           n, r->rotate, 4, 1000, &b, errstr, sizeof(errstr));
+                                           n, r->rotate, 1, READ_BLOCK_MS, &b, errstr, sizeof(errstr));
     if (err == SHEAF_ERR_NOT_FOUND) {
         /* A job's stream vanished (deleted by hand): the next refresh
          * recreates the group of every job. */
@@ -461,7 +467,7 @@ static void *reducer_run(void *arg)
     while (!sheaf_stop) {
         reducer_llm_state(r);
         int64_t now = sheaf_mono_ms();
-        if (now - r->jobs_refreshed_ms >= 1000) {
+        if (now - r->jobs_refreshed_ms >= REFRESH_EVERY_MS) {
             refresh_jobs(r);
             r->jobs_refreshed_ms = now;
         }

@@ -6,16 +6,19 @@
  *   {type=doc, doc=D}      every chunk of D has a recorded result (doc.c)
  *   {type=group, g=PATH}   every member of a metadata group is done (group.c)
  *   {type=overview}        every document (or top-level group) is done
- * An entry is acknowledged (XACK) only after its result is stored.  Entries
- * left pending by a reducer that died, or whose LLM calls failed
- * transiently, are taken over with XAUTOCLAIM once idle for
- * reducer.claim_idle_ms; running them twice is harmless because results are
- * recorded first-write-wins and the LLM is deterministic for the same input
- * at temperature 0.
+ * An entry is acknowledged (XACK) only after its result is stored and
+ * written out.  A thread works on an entry under a lease (renewed from the
+ * LLM wait loop, reducer_lease_tick), so no other reducer takes work in
+ * progress over however long its calls take; entries left pending by a
+ * reducer that died, or whose LLM calls failed transiently, are taken over
+ * with XAUTOCLAIM once idle for reducer.claim_idle_ms.  An entry redone
+ * finds its result stored (first write wins) and makes no call.
  *
- * Results are appended to reducer.output (JSONL) and produced to
- * <prefix>.results (key: the job id) as soon as each is recorded, so batch
- * items stream out while the job runs.
+ * Results are written to reducer.output (JSONL) and produced to
+ * <prefix>.results (key: [job, pipeline version, kind, item]) as soon as
+ * each is recorded, so batch items stream out while the job runs, and
+ * each exactly once (reducer_output and sheaf/state.h's emission right;
+ * README "Guarantees" says what a SIGKILL can repeat).
  *
  * Metrics and health (metrics.port): the threads count into shared atomic
  * counters (their engines feed the LLM series).  While they run, the main

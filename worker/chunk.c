@@ -93,7 +93,7 @@ typedef struct call {
      * parked_until, until llm.retry_horizon_ms after parked_since. */
     int64_t parked_since, parked_until;
     int parks;
-    struct call *next_parked;
+    struct call *next_wait;    /* in w->parked or w->held (never both at once) */
     /* Held while Redis is unreachable (worker_held_run): the message waits
      * to be checked (HOLD_TAKE) or its result to be recorded (HOLD_RECORD,
      * held_json, held_ok). */
@@ -101,7 +101,6 @@ typedef struct call {
     char *held_json;
     int held_ok;
     int64_t held_until;
-    struct call *next_held;
 } call;
 
 /* DONE: finish the offset; STOPPED: abandon (redelivered); HELD: the call
@@ -271,7 +270,7 @@ static outcome hold(worker *w, call *c, int kind, const char *errstr)
     }
     c->hold = kind;
     c->held_until = now + w->redis_delay_ms;
-    c->next_held = w->held;
+    c->next_wait = w->held;
     w->held = c;
     w->n_held++;
     return HELD;
@@ -527,7 +526,7 @@ static void park(worker *w, call *c, const char *why, int fleet)
     if (fleet) delay = PARK_FLEET_MS;
     c->parks++;
     c->parked_until = now + delay;
-    c->next_parked = w->parked;
+    c->next_wait = w->parked;
     w->parked = c;
     w->n_parked++;
     sheaf_metric_set(w->met.parked, (int64_t)w->n_parked);
@@ -552,10 +551,10 @@ void worker_parked_run(worker *w)
     while (*pp) {
         call *c = *pp;
         if (c->parked_until > now) {
-            pp = &c->next_parked;
+            pp = &c->next_wait;
             continue;
         }
-        *pp = c->next_parked;
+        *pp = c->next_wait;
         w->n_parked--;
         sheaf_err err;
         const sheaf_pipeline *p = pipeline_for(w, c->m.pv, &err, errstr, sizeof(errstr));
@@ -576,7 +575,7 @@ void worker_parked_abandon(worker *w)
 {
     while (w->parked) {
         call *c = w->parked;
-        w->parked = c->next_parked;
+        w->parked = c->next_wait;
         call_end(c, STOPPED);
     }
     w->n_parked = 0;
@@ -759,19 +758,19 @@ void worker_held_run(worker *w)
     while (*pp) {
         call *c = *pp;
         if (c->held_until > now) {
-            pp = &c->next_held;
+            pp = &c->next_wait;
             continue;
         }
-        *pp = c->next_held;
+        *pp = c->next_wait;
         w->n_held--;
-        c->next_held = due;
+        c->next_wait = due;
         due = c;
     }
     if (!due) return;
     size_t before = w->n_held;
     while (due) {
         call *c = due;
-        due = c->next_held;
+        due = c->next_wait;
         int kind = c->hold;
         c->hold = 0;
         if (kind == HOLD_RECORD) call_end(c, record(w, c, c->held_ok, c->held_json, &c->usage));
@@ -791,7 +790,7 @@ void worker_held_abandon(worker *w)
 {
     while (w->held) {
         call *c = w->held;
-        w->held = c->next_held;
+        w->held = c->next_wait;
         call_end(c, STOPPED);
     }
     w->n_held = 0;
@@ -825,4 +824,29 @@ void worker_take(worker *w, rd_kafka_message_t *msg)
         return;
     }
     take_checks(w, c);
+}
+
+/* Ends (abandons) the calls of a waiting list whose partition was revoked
+ * since they were taken; returns how many. */
+static size_t drop_revoked(worker *w, call **pp)
+{
+    size_t n = 0;
+    while (*pp) {
+        call *c = *pp;
+        if (c->generation == worker_generation(w, c->msg->partition)) {
+            pp = &c->next_wait;
+            continue;
+        }
+        *pp = c->next_wait;
+        call_end(c, STOPPED);
+        n++;
+    }
+    return n;
+}
+
+void worker_waiting_revoked(worker *w)
+{
+    w->n_parked -= drop_revoked(w, &w->parked);
+    w->n_held -= drop_revoked(w, &w->held);
+    sheaf_metric_set(w->met.parked, (int64_t)w->n_parked);
 }

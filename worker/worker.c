@@ -268,6 +268,9 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             dropped += sheaf_offwin_forget(w->window, parts->elems[i].partition);
             generation_bump(w, parts->elems[i].partition);
         }
+        /* Parked and held calls of those partitions are the new owner's
+         * now: waiting on for them would only repeat its calls. */
+        worker_waiting_revoked(w);
         sheaf_info("worker", "partitions revoked: %d [%s]; %zu call(s) in flight for them will "
                    "record results but leave offsets to the new owner", parts->cnt, list, dropped);
         if (cooperative) error = rd_kafka_incremental_unassign(rk, parts);

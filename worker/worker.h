@@ -83,6 +83,10 @@ void worker_parked_abandon(worker *w);
 void worker_held_run(worker *w);
 void worker_held_abandon(worker *w);
 
+/* After a revoke: parked and held calls of partitions no longer ours are
+ * abandoned (their messages are the new owner's). */
+void worker_waiting_revoked(worker *w);
+
 /* A Redis command failed (errstr says why): /health says so until the next
  * PING works. */
 void worker_redis_failed(worker *w, const char *errstr);

@@ -297,6 +297,11 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         }
         sheaf_info("worker", "partitions revoked: %d [%s]; %zu call(s) in flight for them will "
                    "record results but leave offsets to the new owner", parts->cnt, list, dropped);
+        /* They leave unpaused: librdkafka keeps the application's pause on
+         * the partition itself, and a resume once they are gone reaches
+         * only what is assigned then, so a partition paused here and
+         * assigned again later would never be fetched. */
+        if (w->paused && parts->cnt > 0) rd_kafka_resume_partitions(rk, parts);
         if (cooperative) error = rd_kafka_incremental_unassign(rk, parts);
         else aerr = rd_kafka_assign(rk, NULL);
     }

@@ -8,13 +8,28 @@
  * offset window), so a crash leads to redelivery, never to loss.  See
  * chunk.c for what happens to one message.
  *
- * Flow control: when the engine holds two windows of calls (max_in_flight
- * in flight, as many queued behind them), or its circuit breaker is open
- * (the endpoint is down), every assigned partition is paused; the loop
- * keeps polling, so the consumer stays in its group however slow the LLM
- * is, and resumes the partitions when no more than one window is left (or
- * the circuit closes).  Rate limits are fleet-wide: the engine
- * asks a GCRA limiter in Redis (llm.rpm, llm.tpm) before every attempt.
+ * Flow control: while the engine holds two windows of calls (max_in_flight
+ * in flight, as many queued behind them) the loop stops taking messages
+ * and leaves them in librdkafka's prefetch queue (bounded by
+ * queued.max.messages.kbytes), so the next message is at hand the moment a
+ * call ends.  Pausing is kept for when that is not enough: when the circuit
+ * breaker is open (the endpoint is down), or when the backlog has been full
+ * for HOLD_MAX_MS (calls that long, or stuck in retries), every assigned
+ * partition is paused and the loop polls again, so the consumer serves its
+ * rebalances and stays in its group however slow the LLM is; it resumes
+ * when no more than one window is left (and the circuit is closed).
+ *
+ * Why not pause at once, as this loop did before: librdkafka 2.0.2 drops a
+ * paused partition's prefetched messages, and a resume does not wake the
+ * broker thread, which sleeps up to 1 s (rd_kafka_max_block_ms) when all
+ * of its partitions are paused.  Every pause therefore cost up to a second
+ * without new messages; with calls shorter than that the window emptied
+ * and the map stage was capped near two windows per second (issue 15).
+ * A pause after HOLD_MAX_MS costs nothing: the window queued behind the
+ * calls in flight lasts longer than the refetch.
+ *
+ * Rate limits are fleet-wide: the engine asks a GCRA limiter in Redis
+ * (llm.rpm, llm.tpm) before every attempt.
  *
  * Rebalances: a revoked partition's window is forgotten and its
  * generation bumped, so calls still running for it record their results
@@ -58,6 +73,12 @@ static const char usage_text[] =
 /* ---- metrics and health ---- */
 
 #define HEALTH_EVERY_MS 1000
+/* A full backlog for this long pauses the partitions (see Flow control):
+ * above librdkafka's 1 s broker wake-up plus a fetch, so the window queued
+ * behind calls that long outlasts the refetch; and the longest a rebalance
+ * waits for this loop. */
+#define HOLD_MAX_MS 2000
+#define TAKE_BATCH 256              /* messages taken per loop turn at most */
 #define SLOW_EVERY_MS 5000          /* Redis PING, consumer lag */
 #define KAFKA_STALE_MS 60000        /* no poll for this long: the loop is stuck */
 
@@ -218,23 +239,38 @@ static void set_paused(worker *w, int pause)
 }
 
 /* The engine holds up to one window of calls queued behind the window in
- * flight, so when a batch of calls ends the next starts at once: resuming
- * paused partitions costs a fetch round trip (librdkafka drops what it had
- * prefetched for them on pause), which must not stall the LLM pipe. */
+ * flight, so when a batch of calls ends the next starts at once, before
+ * the loop takes a single message; and after a pause the queued window
+ * covers the refetch. */
 static size_t backlog_limit(const worker *w)
 {
     return 2 * (size_t)w->cfg.worker_max_in_flight;
 }
 
+/* Called after every turn of the engine: notes how long the backlog has
+ * been full, pauses for an open circuit or a full backlog held too long,
+ * resumes once a window is left. */
 static void flow_control(worker *w)
 {
-    /* Parked calls count: an outage must not pull the topic into memory. */
+    /* Parked calls count: an outage must not pull the topic into memory.
+     * Redis away (calls held) or a fleet condition: no new work. */
     size_t pending = sheaf_llm_async_pending(w->llm) + w->n_parked;
-    /* Redis away (calls held): no new work until it answers. */
     int circuit = sheaf_llm_async_circuit_open(w->llm) || w->fleet_cause[0] || w->n_held;
-    if (!w->paused && (pending >= backlog_limit(w) || circuit)) {
-        if (circuit && !w->fleet_cause[0] && !w->n_held)
+    int64_t now = sheaf_mono_ms();
+
+    if (pending < backlog_limit(w)) {
+        w->full = 0;
+    } else if (!w->full) {
+        w->full = 1;
+        w->full_since_ms = now;
+    }
+    if (!w->paused && circuit) {
+        if (!w->fleet_cause[0] && !w->n_held)
             sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
+        set_paused(w, 1);
+    } else if (!w->paused && w->full && now - w->full_since_ms >= HOLD_MAX_MS) {
+        sheaf_debug("worker", "%zu calls pending for %lld ms: consumption paused", pending,
+                    (long long)(now - w->full_since_ms));
         set_paused(w, 1);
     } else if (w->paused && !circuit && pending <= (size_t)w->cfg.worker_max_in_flight) {
         set_paused(w, 0);
@@ -273,6 +309,11 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         worker_waiting_revoked(w);
         sheaf_info("worker", "partitions revoked: %d [%s]; %zu call(s) in flight for them will "
                    "record results but leave offsets to the new owner", parts->cnt, list, dropped);
+        /* They leave unpaused: librdkafka keeps the application's pause on
+         * the partition itself, and a resume once they are gone reaches
+         * only what is assigned then, so a partition paused here and
+         * assigned again later would never be fetched. */
+        if (w->paused && parts->cnt > 0) rd_kafka_resume_partitions(rk, parts);
         if (cooperative) error = rd_kafka_incremental_unassign(rk, parts);
         else aerr = rd_kafka_assign(rk, NULL);
     }
@@ -337,12 +378,21 @@ static int worker_start(worker *w)
     return 0;
 }
 
-/* Takes messages while the engine has room, then turns the engine once. */
+/* Takes messages while the engine has room, then turns the engine once.
+ * With a full backlog the consumer is not polled (its messages wait in
+ * the prefetch queue), unless the partitions are paused: then a poll
+ * brings no messages, only the group's news. */
 static void loop_once(worker *w)
 {
     size_t max = backlog_limit(w);
-    for (int i = 0; i < 256; i++) {
-        size_t pending = sheaf_llm_async_pending(w->llm);
+    int more = 0; /* stopped at TAKE_BATCH with room left: do not wait below */
+    for (int i = 0;; i++) {
+        size_t pending = sheaf_llm_async_pending(w->llm) + w->n_parked;
+        if (pending >= max && !w->paused) break;
+        if (i == TAKE_BATCH) {
+            more = pending < max;
+            break;
+        }
         /* Block in Kafka only when there is nothing else to wait for. */
         int timeout = (i == 0 && pending == 0) ? 100 : 0;
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(w->consumer, timeout);
@@ -355,10 +405,9 @@ static void loop_once(worker *w)
         }
         sheaf_metric_inc(w->met.consumed);
         worker_take(w, msg);
-        if (sheaf_llm_async_pending(w->llm) >= max) break;
     }
-    sheaf_llm_async_run(w->llm,
-                        sheaf_llm_async_pending(w->llm) || w->n_parked || w->n_held ? 10 : 0);
+    sheaf_llm_async_run(w->llm, (sheaf_llm_async_pending(w->llm) || w->n_parked || w->n_held) &&
+                                    !more ? 10 : 0);
     if (w->parked) worker_parked_run(w);
     if (w->held) worker_held_run(w);
     flow_control(w);

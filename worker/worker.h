@@ -41,6 +41,8 @@ typedef struct worker {
     char map_topic[256];
     char dlq_topic[256];
     int paused;
+    int full;                   /* the engine held a full backlog at the last look */
+    int64_t full_since_ms;      /* ... since then: taking nothing from Kafka */
     struct {
         char pv[17];
         sheaf_pipeline *p;

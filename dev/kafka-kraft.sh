@@ -18,8 +18,9 @@
 # nodes, default.replication.factor=3, min.insync.replicas=2 (internal
 # topics too), so one node can die without losing an acknowledged message.
 # Ports are picked at random among the free ones of ADDR (127.0.0.1 unless
-# --listen-addr), two per node (clients, controller); a port taken between
-# the check and the JVM's bind makes `up` try again with other ports.
+# --listen-addr), two per node (clients, controller), outside the kernel's
+# ephemeral port range; a port taken between the check and the JVM's bind
+# makes `up` try again with other ports.
 #
 # Jars: dev/kafka/pom.xml names org.apache.kafka:kafka_2.13 at V (default
 # $SHEAF_DEV_KAFKA_VERSION or 3.9.1; 4.1.x works too, 4.0.0 is refused) and
@@ -170,16 +171,34 @@ make_cds() {
 
 # ---- one cluster in DIR -------------------------------------------------------
 
-port_in_use() { (: <>"/dev/tcp/$LISTEN_ADDR/$1") 2>/dev/null; }
+# 0 when a TCP socket of this host (any state: listening, connected,
+# TIME_WAIT) has local port $1: the JVM binds without SO_REUSEADDR, so any
+# of them makes its bind fail.
+port_in_use() {
+    local hex
+    hex=$(printf ':%04X ' "$1")
+    grep -q -- "$hex" /proc/net/tcp /proc/net/tcp6 2>/dev/null && return 0
+    (: <>"/dev/tcp/$LISTEN_ADDR/$1") 2>/dev/null
+}
 
-# PORTS[i] (clients) and CPORTS[i] (controller) for nodes 1..NODES.
+# PORTS[i] (clients) and CPORTS[i] (controller) for nodes 1..NODES, below
+# the kernel's ephemeral range (where outgoing connections take their
+# ports) when there is room, else above it.
 pick_ports() {
-    local i p taken=" "
+    local i p lo=32768 hi=60999 base span taken=" " kind
+    [[ -r /proc/sys/net/ipv4/ip_local_port_range ]] && read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+    if ((lo - 10000 >= 2000)); then
+        base=10000 span=$((lo - 10000))
+    elif ((65535 - hi >= 2000)); then
+        base=$((hi + 1)) span=$((65535 - hi))
+    else
+        base=20000 span=41000
+    fi
     PORTS=() CPORTS=()
     for ((i = 1; i <= NODES; i++)); do
         for kind in PORTS CPORTS; do
             while :; do
-                p=$((20000 + (RANDOM * 32768 + RANDOM) % 41000))
+                p=$((base + (RANDOM * 32768 + RANDOM) % span))
                 [[ $taken != *" $p "* ]] && ! port_in_use "$p" && break
             done
             taken+="$p "
@@ -233,9 +252,10 @@ transaction.state.log.min.isr=$isr
 transaction.state.log.num.partitions=1
 # The mock waits 3 s before a group's first rebalance; Kafka's default too.
 group.initial.rebalance.delay.ms=0
-# Retention is checked every second (default 5 min), so a test can watch a
-# small retention.bytes take effect.
+# Retention is checked every second (default 5 min), from a second after
+# start (default 30 s), so a test can watch a small retention.bytes act.
 log.retention.check.interval.ms=1000
+log.initial.task.delay.ms=1000
 # A node SIGKILLed is fenced, and may register again, when its session
 # ends: 4 s here (default 9 s; it restarts after DUPLICATE_BROKER_REGISTRATION
 # retries until then).

@@ -131,10 +131,13 @@ ensure_jars() {
         # The classpath names the jars where they will be after the rename.
         (cd "$tmp/lib" && ls -1 -- *.jar) | LC_ALL=C sort | sed "s|^|$CACHE/lib/|" |
             paste -sd: >"$tmp/classpath"
-        if [[ -e $CACHE ]]; then
-            rm -rf "$CACHE.old.$$" && mv "$CACHE" "$CACHE.old.$$" && rm -rf "$CACHE.old.$$"
+        if cache_complete; then
+            rm -rf "$tmp" # another run filled it meanwhile: keep that one, it may be in use
+        else
+            rm -rf "$CACHE" # an incomplete leftover
+            # -T: never into a folder another run has just put there.
+            mv -T "$tmp" "$CACHE" 2>/dev/null || { rm -rf "$tmp"; cache_complete || die "cannot install $CACHE"; }
         fi
-        mv "$tmp" "$CACHE" 2>/dev/null || { rm -rf "$tmp"; cache_complete || die "cannot install $CACHE"; }
         log "Kafka $VERSION: $(ls "$CACHE/lib" | wc -l) jars, $(du -sh "$CACHE/lib" | cut -f1) in $CACHE/lib ($(($(now_ms) - t0)) ms)"
     fi
     if [[ ${SHEAF_DEV_KAFKA_CDS:-1} != 0 && ! -s $CACHE/kafka.jsa ]]; then make_cds; fi
@@ -143,13 +146,14 @@ ensure_jars() {
 # The class-data-sharing archive: a broker started with
 # -XX:ArchiveClassesAtExit writes the classes it loaded when it exits.
 make_cds() {
-    local tmp pid t0
+    local tmp t0
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/sheaf-kafka-cds.XXXXXX")
     t0=$(now_ms)
     log "recording a class-data-sharing archive for Kafka $VERSION (once)"
     (
         DIR=$tmp PIDS=$tmp/pids NODES=1 LISTEN_ADDR=127.0.0.1
         mkdir -p "$PIDS"
+        trap 'stop_group "kafka-*"' EXIT # whatever happens, by PID
         CDS_DUMP="$CACHE/kafka.jsa.$$"
         pick_ports
         CLUSTER_ID=$(new_cluster_id)

@@ -249,9 +249,10 @@ _Static_assert(N_KEYS <= 8 * sizeof(((sheaf_config *)0)->set_explicitly), "set_e
 
 /* SHEAF_ variables that are not keys: set by tools and test scripts. */
 static const char *const env_ignored[] = {
-    "SHEAF_CONFIG", "SHEAF_DEV_DIR", "SHEAF_BUILD_DIR", "SHEAF_SOURCE_DIR", "SHEAF_BIN_DIR",
+    "SHEAF_CONFIG", "SHEAF_BUILD_DIR", "SHEAF_SOURCE_DIR", "SHEAF_BIN_DIR",
 };
-static const char *const env_ignored_prefixes[] = {"SHEAF_TEST_", "SHEAF_SIM_"};
+/* SHEAF_DEV_: the dev stack's (SHEAF_DEV_DIR, SHEAF_DEV_KAFKA_VERSION, ...). */
+static const char *const env_ignored_prefixes[] = {"SHEAF_TEST_", "SHEAF_SIM_", "SHEAF_DEV_"};
 
 /* A value shortened for an error message (values can be whole prompts). */
 static const char *shorten(const char *s, char out[80])
@@ -988,8 +989,8 @@ void sheaf_config_print_help(FILE *out)
           "      Passed to librdkafka as <property> (e.g. kafka.security.protocol=SASL_SSL);\n"
           "      librdkafka refusing one is an error.  From the environment:\n"
           "      SHEAF_KAFKA_SECURITY_PROTOCOL ('_' becomes '.', lower case).\n"
-          "\nThese SHEAF_ variables are not keys and are ignored: SHEAF_CONFIG, SHEAF_DEV_DIR,\n"
-          "SHEAF_BUILD_DIR, SHEAF_SOURCE_DIR, SHEAF_BIN_DIR, SHEAF_TEST_*, SHEAF_SIM_*.  Any\n"
+          "\nThese SHEAF_ variables are not keys and are ignored: SHEAF_CONFIG, SHEAF_BUILD_DIR,\n"
+          "SHEAF_SOURCE_DIR, SHEAF_BIN_DIR, SHEAF_DEV_*, SHEAF_TEST_*, SHEAF_SIM_*.  Any\n"
           "other SHEAF_ variable that names no key is an error.\n",
           out);
 }

@@ -6,6 +6,7 @@
 #                     [--tpm N] [--malformed-rate F] [--reset-rate F]
 #                     [--slow-rate F --slow-ms N] [--session-timeout-ms N]
 #                     [--redis-aof] [--listen-addr ADDR]
+#                     [--kafka mock|kraft|kraft3] [--map-config KEY=VALUE]
 #   dev/stack.sh down [--dir DIR] [--purge]
 #   dev/stack.sh env  [--dir DIR]
 #   dev/stack.sh status [--dir DIR]
@@ -21,10 +22,19 @@
 # the mock brokers, Redis and the simulator listen on ADDR instead of
 # loopback, and the exports name ADDR, so workers on other hosts (or
 # network namespaces) can join; anyone who reaches ADDR reaches them.
+# --kafka (default $SHEAF_DEV_KAFKA, else mock): mock is librdkafka's mock
+# cluster (in memory, 3 brokers, starts in milliseconds); kraft is a real
+# Apache Kafka broker (one KRaft node, dev/kafka-kraft.sh: a JVM, jars
+# from Maven Central cached once), kraft3 three of them (replication 3,
+# min.insync.replicas=2).  Either way SHEAF_BROKERS carries the bootstrap
+# list and the same topics exist (<prefix>.map with --partitions, .dlq and
+# .results with 4).  --map-config KEY=VALUE (repeatable, real brokers
+# only) sets a topic config of <prefix>.map, e.g. retention.bytes.
 #
 # `up` starts, in this order: sheaf-kafka-mock (librdkafka's mock cluster;
 # its bootstrap list appears in DIR/bootstrap, its control FIFO is
-# DIR/kafka.ctl), a private redis-server on a free loopback port (no
+# DIR/kafka.ctl) or the real broker(s) in DIR/kafka (bootstrap list also
+# in DIR/bootstrap; sheaf-kafka-topics creates the topics), a private redis-server on a free loopback port (no
 # persistence; --redis-aof: an append-only file with appendfsync everysec
 # in DIR/redis; with SHEAF_REDIS_PASSWORD set it requires that password),
 # the LLM (a real endpoint when SHEAF_LLM_BASE_URL is already
@@ -64,116 +74,15 @@ usage() {
     exit "${1:-2}"
 }
 
-# ---- processes ---------------------------------------------------------------
-
-# Start time of a process (clock ticks since boot, /proc/PID/stat field 22), or
-# nothing where /proc is missing.
-proc_start() {
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
-    stat=${stat##*) } # the command name may hold spaces: cut after ") "
-    # shellcheck disable=SC2086 # split the fields on purpose
-    set -- $stat
-    printf '%s\n' "${20}"
-}
-
-# Milliseconds on a clock that only moves forward while we wait.
-now_ms() {
-    if [[ -n ${EPOCHREALTIME:-} ]]; then
-        local t=${EPOCHREALTIME//[.,]/}
-        printf '%s\n' $((10#$t / 1000))
-    else
-        printf '%s\n' $((SECONDS * 1000))
-    fi
-}
-
-# 1 if the process runs (a zombie, dead but not yet reaped, does not).
-alive() {
-    local pid=$1 state
-    kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/stat ]]; then
-        state=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-        state=${state##*) }
-        [[ ${state:0:1} != Z ]] || return 1
-    fi
-    return 0
-}
-
-# alive, and the very process recorded under NAME (its start time matches).
-recorded_alive() {
-    local name=$1 pid=$2 want
-    alive "$pid" || return 1
-    if [[ -f $PIDS/$name.start ]]; then
-        want=$(cat "$PIDS/$name.start")
-        [[ -z $want || $(proc_start "$pid") == "$want" ]] || return 1
-    fi
-    return 0
-}
-
-# start NAME LOGFILE COMMAND...: runs the command in the background in its
-# own session (it outlives this script and the terminal), records its PID.
-start() {
-    local name=$1 logfile=$2 pid
-    shift 2
-    if command -v setsid >/dev/null; then
-        setsid "$@" </dev/null >>"$logfile" 2>&1 &
-    else
-        "$@" </dev/null >>"$logfile" 2>&1 &
-    fi
-    pid=$!
-    printf '%s\n' "$pid" >"$PIDS/$name.pid"
-    proc_start "$pid" >"$PIDS/$name.start"
-    STARTED_PID=$pid
-}
-
-# Stops the recorded processes whose pid-file names match the glob patterns
-# given, all at once: SIGTERM, wait up to STOP_TIMEOUT_S, SIGKILL.
-stop_group() {
-    local f name pid deadline pattern i any
-    local -a names=() pids=()
-    shopt -s nullglob
-    for pattern in "$@"; do
-        for f in "$PIDS"/$pattern.pid; do
-            [[ -e $f ]] || continue # a plain name is not a glob: nullglob keeps it
-            name=$(basename "$f" .pid)
-            pid=$(cat "$f" 2>/dev/null || true)
-            if [[ ! $pid =~ ^[0-9]+$ ]]; then
-                log "ignoring $f: no PID in it"
-            elif recorded_alive "$name" "$pid"; then
-                kill -TERM "$pid" 2>/dev/null || true
-                names+=("$name")
-                pids+=("$pid")
-            else
-                log "$name (pid $pid) was not running"
-            fi
-            rm -f "$f" "$PIDS/$name.start"
-        done
-    done
-    shopt -u nullglob
-    ((${#pids[@]})) || return 0
-
-    deadline=$(($(now_ms) + STOP_TIMEOUT_S * 1000))
-    while (($(now_ms) < deadline)); do
-        any=0
-        for pid in "${pids[@]}"; do
-            if alive "$pid"; then any=1; fi
-        done
-        ((any)) || break
-        sleep 0.1
-    done
-    for i in "${!pids[@]}"; do
-        if alive "${pids[$i]}"; then
-            kill -KILL "${pids[$i]}" 2>/dev/null || true
-            log "killed ${names[$i]} (pid ${pids[$i]}): still running ${STOP_TIMEOUT_S} s after SIGTERM"
-        else
-            log "stopped ${names[$i]} (pid ${pids[$i]})"
-        fi
-    done
-}
+# ---- processes: proc_start, now_ms, alive, recorded_alive, start, stop_group
+# shellcheck source=dev/proc.sh
+source "$SCRIPT_DIR/proc.sh"
 
 stop_all() {
     stop_group 'worker-*' 'reducer-*'
     stop_group 'llm-sim'
+    # A real broker's nodes are recorded by kafka-kraft.sh in DIR/kafka.
+    if [[ -d $DIR/kafka/pids ]]; then "$SCRIPT_DIR/kafka-kraft.sh" down --dir "$DIR/kafka" || true; fi
     stop_group 'kafka-mock' 'redis'
     stop_group '*' # anything else recorded
 }
@@ -273,7 +182,9 @@ LISTEN_ADDR=127.0.0.1
 cmd_up() {
     local workers=2 reducers=1 partitions=8 latency=0 error_rate=0 rpm=0 session=6000
     local tpm=0 malformed_rate=0 reset_rate=0 slow_rate=0 slow_ms=0
-    local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name
+    local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name topics
+    local kafka=${SHEAF_DEV_KAFKA:-mock} nodes=1
+    local -a map_config=()
     while (($#)); do
         case $1 in
         --dir) DIR=${2:?--dir needs a value}; shift 2 ;;
@@ -290,6 +201,10 @@ cmd_up() {
         --slow-ms) need_uint "$1" "${2:-}"; slow_ms=$2; sim_opts_given=1; shift 2 ;;
         --session-timeout-ms) need_uint "$1" "${2:-}"; session=$2; shift 2 ;;
         --redis-aof) REDIS_AOF=(--appendonly yes --appendfsync everysec); shift ;;
+        --kafka) kafka=${2:-}; shift 2 ;;
+        --map-config)
+            [[ ${2:-} == ?*=* ]] || die "--map-config: expected KEY=VALUE, got '${2:-}'"
+            map_config+=(--map-config "$2"); shift 2 ;;
         --listen-addr)
             [[ ${2:-} =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--listen-addr: expected an IPv4 address such as 10.0.0.5, got '${2:-}'"
             LISTEN_ADDR=$2; shift 2 ;;
@@ -300,24 +215,37 @@ cmd_up() {
     ((partitions >= 1)) || die "--partitions must be at least 1"
     ((session > 500)) || die "--session-timeout-ms must be above the 500 ms heartbeat"
     [[ ! $slow_rate =~ [1-9] ]] || ((slow_ms > 0)) || die "--slow-rate needs --slow-ms N (N > 0)"
-    ((session > 3000)) || log "warning: session timeouts of 3000 ms or less break joins on the mock cluster (see KAFKA-DEV-NOTES.md)"
+    case $kafka in
+    mock)
+        ((session > 3000)) || log "warning: session timeouts of 3000 ms or less break joins on the mock cluster (see KAFKA-DEV-NOTES.md)"
+        ((${#map_config[@]} == 0)) || die "--map-config needs a real broker (--kafka kraft|kraft3)"
+        ;;
+    kraft) nodes=1 ;;
+    kraft3) nodes=3 ;;
+    *) die "--kafka: mock, kraft or kraft3, got '$kafka'" ;;
+    esac
     set_paths
 
     # Resolve everything before starting anything.
-    mock=$(find_bin sheaf-kafka-mock)
+    if [[ $kafka == mock ]]; then
+        mock=$(find_bin sheaf-kafka-mock)
+    else
+        topics=$(find_bin sheaf-kafka-topics)
+        command -v java >/dev/null || die "--kafka $kafka needs Java: run scripts/install-deps.sh --kafka kraft"
+    fi
     worker=$(find_bin sheaf-worker)
     reducer=$(find_bin sheaf-reducer)
     if [[ -z ${SHEAF_LLM_BASE_URL:-} ]]; then sim=$(find_bin sheaf-llm-sim); fi
 
     mkdir -p "$DIR" "$PIDS"
     shopt -s nullglob
-    for f in "$PIDS"/*.pid; do
+    for f in "$PIDS"/*.pid "$DIR"/kafka/pids/*.pid; do
         name=$(basename "$f" .pid)
         pid=$(cat "$f" 2>/dev/null || true)
         if [[ $pid =~ ^[0-9]+$ ]] && recorded_alive "$name" "$pid"; then
             die "stack already up in $DIR; run dev/stack.sh down"
         fi
-        rm -f "$f" "$PIDS/$name.start" # stale: that process is gone
+        rm -f "$f" "${f%.pid}.start" # stale: that process is gone
     done
     shopt -u nullglob
     rm -f "$DIR/bootstrap" "$DIR/llm.port" "$DIR/env"
@@ -326,15 +254,26 @@ cmd_up() {
     trap 'if ((UP_OK == 0)); then log "start-up failed; stopping what was started"; stop_all; fi' EXIT
     trap 'exit 130' INT TERM
 
-    # Kafka: the mock cluster host.
+    # Kafka: the mock cluster host, or real brokers and then sheaf's topics.
     local prefix_args=()
     [[ -z ${SHEAF_TOPIC_PREFIX:-} ]] || prefix_args=(--prefix "$SHEAF_TOPIC_PREFIX")
-    start kafka-mock "$DIR/kafka-mock.log" "$mock" --bootstrap-file "$DIR/bootstrap" \
-        --control-fifo "$DIR/kafka.ctl" --partitions "$partitions" --listen-addr "$LISTEN_ADDR" \
-        "${prefix_args[@]}"
-    wait_file "$DIR/bootstrap" "$STARTED_PID" kafka-mock
-    bootstrap=$(cat "$DIR/bootstrap")
-    log "kafka: mock cluster at $bootstrap (pid $STARTED_PID, control FIFO $DIR/kafka.ctl)"
+    if [[ $kafka == mock ]]; then
+        start kafka-mock "$DIR/kafka-mock.log" "$mock" --bootstrap-file "$DIR/bootstrap" \
+            --control-fifo "$DIR/kafka.ctl" --partitions "$partitions" --listen-addr "$LISTEN_ADDR" \
+            "${prefix_args[@]}"
+        wait_file "$DIR/bootstrap" "$STARTED_PID" kafka-mock
+        bootstrap=$(cat "$DIR/bootstrap")
+        log "kafka: mock cluster at $bootstrap (pid $STARTED_PID, control FIFO $DIR/kafka.ctl)"
+    else
+        rm -rf "$DIR/kafka" # a fresh cluster, like a fresh mock
+        bootstrap=$("$SCRIPT_DIR/kafka-kraft.sh" up --dir "$DIR/kafka" --nodes "$nodes" \
+            --listen-addr "$LISTEN_ADDR") || die "Kafka did not start (logs in $DIR/kafka)"
+        "$topics" --bootstrap "$bootstrap" "${prefix_args[@]}" --partitions "$partitions" \
+            --replication "$nodes" --brokers "$nodes" "${map_config[@]}" \
+            >>"$DIR/kafka-topics.log" 2>&1 || { show_log "$DIR/kafka-topics.log"; die "could not create the topics"; }
+        printf '%s\n' "$bootstrap" >"$DIR/bootstrap"
+        log "kafka: Apache Kafka $(cat "$DIR/kafka/version") (KRaft, $nodes node(s)) at $bootstrap; nodes: dev/kafka-kraft.sh status --dir $DIR/kafka"
+    fi
 
     start_redis
 
@@ -401,7 +340,7 @@ cmd_down() {
     rm -f "$DIR/env" "$DIR/env.tmp" "$DIR/bootstrap" "$DIR/llm.port"
     if ((purge)); then
         rm -f "$DIR"/*.log "$DIR/kafka.ctl"
-        rm -rf "$DIR/redis"
+        rm -rf "$DIR/redis" "$DIR/kafka"
         rmdir "$DIR" 2>/dev/null || true
         log "purged the logs in $DIR"
     else
@@ -441,6 +380,8 @@ cmd_status() {
             printf '%-12s pid %-8s not running\n' "$name" "$pid"
         fi
     done
+    shopt -u nullglob
+    if [[ -f $DIR/kafka/nodes ]]; then "$SCRIPT_DIR/kafka-kraft.sh" status --dir "$DIR/kafka"; fi
 }
 
 set_paths() {

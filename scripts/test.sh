@@ -5,11 +5,19 @@
 # SHEAF_FUZZ=ON), runs each fuzz target for a bounded time (fuzz/).
 # Prints ctest's summary of each.  SHEAF_SKIP_SANITIZE=1 and
 # SHEAF_SKIP_FUZZ=1 leave out the second and the third.
+#
+# The suites include the tests labelled kraft, which run on a real Apache
+# Kafka broker (a JVM): install-deps.sh is called with --kafka kraft, so a
+# clean machine gets Java, Maven and the broker's jars (once, cached in
+# ~/.cache/sheaf).  SHEAF_SKIP_KRAFT=1 leaves those tests and that
+# installation out.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-"$ROOT/scripts/install-deps.sh"
+KRAFT_ARGS=(--kafka kraft) CTEST_ARGS=()
+if [ "${SHEAF_SKIP_KRAFT:-0}" = 1 ]; then KRAFT_ARGS=(--kafka mock) CTEST_ARGS=(-LE kraft); fi
+"$ROOT/scripts/install-deps.sh" "${KRAFT_ARGS[@]}"
 
 status=0
 run_suite() {
@@ -18,7 +26,8 @@ run_suite() {
   # Integration tests start several processes each but spend most of their
   # time waiting on the simulator's latency: three at a time keeps 2 cores
   # busy (SHEAF_TEST_JOBS to change it; the chaos test always runs alone).
-  if ! ctest --test-dir "$dir" --output-on-failure -j"${SHEAF_TEST_JOBS:-3}" --timeout 400; then
+  if ! ctest --test-dir "$dir" --output-on-failure -j"${SHEAF_TEST_JOBS:-3}" --timeout 400 \
+    "${CTEST_ARGS[@]}"; then
     status=1
   fi
 }

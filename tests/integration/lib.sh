@@ -3,7 +3,9 @@
 #
 # Each test gets its own temp dir and its own dev stack (mock Kafka cluster,
 # redis-server, LLM simulator) started with dev/stack.sh, the same script
-# users run.  Workers and reducers are started by the test itself with
+# users run.  SHEAF_TEST_KAFKA=kraft (or kraft3) puts a real Kafka broker
+# (dev/kafka-kraft.sh) in place of the mock cluster: ctest's *_kraft
+# entries run tests that way (real_kafka tells a test which it has).  Workers and reducers are started by the test itself with
 # start_worker / start_reducer so it can kill and restart them; every PID
 # started is recorded and killed on exit, whatever happened.  Waiting is
 # always on a condition with a deadline, never a bare sleep.
@@ -16,6 +18,7 @@ WORKER="$BUILD/worker/sheaf-worker"
 REDUCER="$BUILD/reducer/sheaf-reducer"
 T="$(mktemp -d "${TMPDIR:-/tmp}/sheaf-it.XXXXXX")"
 STACK="$T/stack"
+KAFKA="${SHEAF_TEST_KAFKA:-mock}" # mock, kraft or kraft3: see stack_up
 PIDS=()
 STACK_UP=0
 
@@ -47,12 +50,37 @@ trap cleanup EXIT
 # reducers and exports its settings into this shell.
 stack_up() {
   local env
-  env="$(SHEAF_BUILD_DIR="$BUILD" "$ROOT/dev/stack.sh" up --dir "$STACK" --workers 0 --reducers 0 "$@")" \
-    || fail "dev/stack.sh up failed"
+  env="$(SHEAF_BUILD_DIR="$BUILD" "$ROOT/dev/stack.sh" up --dir "$STACK" --workers 0 --reducers 0 \
+    --kafka "$KAFKA" "$@")" || fail "dev/stack.sh up failed"
   STACK_UP=1
   eval "$env"
   export SHEAF_LOG_LEVEL="${SHEAF_LOG_LEVEL:-info}"
 }
+
+# real_kafka: 0 when the stack runs real brokers (SHEAF_TEST_KAFKA=kraft*).
+real_kafka() { [ "$KAFKA" != mock ]; }
+
+# low_watermark TOPIC PARTITION: the first offset still on the topic.
+low_watermark() {
+  kcat -b "$SHEAF_BROKERS" -Q -t "$1:$2:-2" 2>/dev/null | awk '{print $NF}'
+}
+
+# stack_up_small_retention: a fresh one-partition stack whose <prefix>.map
+# keeps little, for the "messages gone from the topic" cases: the mock
+# keeps ~5 MiB per partition (hard-coded); a real broker gets
+# retention.bytes=1 MiB in 1 MiB segments (checked every second).
+stack_up_small_retention() {
+  if real_kafka; then
+    stack_up --partitions 1 --map-config retention.bytes=1048576 --map-config segment.bytes=1048576
+  else
+    stack_up --partitions 1
+  fi
+}
+
+# wait_expired TOPIC PARTITION: until offset 0 has left the topic (the mock
+# drops it at once, a real broker at its next retention check).
+expired() { [ "$(low_watermark "$1" "$2")" -gt 0 ] 2>/dev/null; }
+wait_expired() { wait_until 60 "offset 0 of $1 [$2] to expire" expired "$1" "$2"; }
 
 # stack_down: stops every process the test started, then the stack, for a
 # test that goes on with a fresh stack_up (in another STACK directory).

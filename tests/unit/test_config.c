@@ -356,6 +356,8 @@ static void test_env(void **state)
     /* Not keys, and ignored. */
     setenv("SHEAF_CONFIG", "", 1);
     setenv("SHEAF_DEV_DIR", "/x", 1);
+    setenv("SHEAF_DEV_KAFKA", "kraft", 1);
+    setenv("SHEAF_DEV_KAFKA_VERSION", "3.9.1", 1);
     setenv("SHEAF_BUILD_DIR", "/x", 1);
     setenv("SHEAF_SOURCE_DIR", "/x", 1);
     setenv("SHEAF_BIN_DIR", "/x", 1);

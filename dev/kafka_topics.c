@@ -1,0 +1,391 @@
+/* kafka_topics.c - sheaf-kafka-topics: makes a real Kafka cluster ready for
+ * sheaf in the dev stack and the real-broker tests.
+ *
+ * The mock cluster host (kafka_mock.c) creates sheaf's topics itself; a real
+ * broker (dev/kafka-kraft.sh) starts empty.  This program, in order:
+ *   1. waits until the cluster's metadata lists --brokers brokers (a real
+ *      metadata request, so "the JVM logged it started" is confirmed by a
+ *      client);
+ *   2. creates <prefix>.map (--partitions), <prefix>.dlq and
+ *      <prefix>.results (4 partitions each, like the mock) with the admin
+ *      API (rd_kafka_CreateTopics: the mock does not support it, real
+ *      brokers do), replication factor --replication, and the settings
+ *      sheaf needs: the map topic is kept (retention.ms=-1,
+ *      retention.bytes=-1: replay and repair read it again), every topic
+ *      takes messages of 4 MiB like the mock (sheaf's producer allows 4 MB;
+ *      a broker's default is 1 MB), and --map-config KEY=VALUE adds to or
+ *      overrides the map topic's settings (a test of retention gives it a
+ *      small retention.bytes).  A topic that already exists is left as it
+ *      is;
+ *   3. waits until the metadata shows every topic with all its partitions
+ *      led;
+ *   4. waits until a consumer group coordinator answers (an OffsetFetch of
+ *      a throw-away group): the broker creates __consumer_offsets on the
+ *      first such request, so the fleet's first join does not wait for it.
+ * Each wait has the one deadline --timeout-ms.  Exit 0 when all is done,
+ * 1 with the reason on stderr otherwise.  Logs go to stderr. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "sheaf/log.h"
+#include "sheaf/util.h"
+
+#define COMP "kafka-topics"
+#define MAX_MAP_CONFIGS 16
+#define MAX_PARTITIONS 10000
+#define AUX_PARTITIONS 4            /* <prefix>.dlq and <prefix>.results, as the mock */
+#define MAX_MESSAGE_BYTES "4194304" /* what the mock takes */
+#define NTOPICS 3
+
+typedef struct topics_opts {
+    const char *bootstrap;
+    const char *prefix;
+    int partitions;
+    int replication;
+    int brokers;
+    int timeout_ms;
+    const char *map_config[MAX_MAP_CONFIGS]; /* "KEY=VALUE" */
+    int n_map_config;
+} topics_opts;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: sheaf-kafka-topics --bootstrap LIST [options]\n"
+            "  Waits for a real Kafka cluster, creates sheaf's topics on it, waits for\n"
+            "  their leaders and a group coordinator.\n"
+            "  --bootstrap LIST       bootstrap servers (required)\n"
+            "  --prefix PREFIX        topic prefix (default \"sheaf\")\n"
+            "  --partitions P         partitions of <prefix>.map (default 8)\n"
+            "  --replication R        replication factor of every topic (default 1)\n"
+            "  --brokers N            wait until the metadata lists N brokers (default 1)\n"
+            "  --map-config KEY=VALUE a setting of <prefix>.map (repeatable, up to %d)\n"
+            "  --timeout-ms MS        deadline for everything (default 60000)\n"
+            "  -h, --help             this text\n",
+            MAX_MAP_CONFIGS);
+}
+
+static int parse_int(const char *s, int min, int max, int *out)
+{
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < min || v > max) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, topics_opts *o)
+{
+    static const struct option longopts[] = {
+        {"bootstrap", required_argument, NULL, 'b'},
+        {"prefix", required_argument, NULL, 'P'},
+        {"partitions", required_argument, NULL, 'p'},
+        {"replication", required_argument, NULL, 'r'},
+        {"brokers", required_argument, NULL, 'n'},
+        {"map-config", required_argument, NULL, 'c'},
+        {"timeout-ms", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+
+    memset(o, 0, sizeof(*o));
+    o->prefix = "sheaf";
+    o->partitions = 8;
+    o->replication = 1;
+    o->brokers = 1;
+    o->timeout_ms = 60000;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        int bad = 0;
+        switch (c) {
+        case 'b': o->bootstrap = optarg; break;
+        case 'P':
+            bad = optarg[0] == '\0';
+            o->prefix = optarg;
+            break;
+        case 'p': bad = parse_int(optarg, 1, MAX_PARTITIONS, &o->partitions) != 0; break;
+        case 'r': bad = parse_int(optarg, 1, 64, &o->replication) != 0; break;
+        case 'n': bad = parse_int(optarg, 1, 64, &o->brokers) != 0; break;
+        case 't': bad = parse_int(optarg, 1, INT_MAX, &o->timeout_ms) != 0; break;
+        case 'c':
+            bad = o->n_map_config == MAX_MAP_CONFIGS || !strchr(optarg, '=') || optarg[0] == '=';
+            if (!bad) o->map_config[o->n_map_config++] = optarg;
+            break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+        if (bad) {
+            const char *name = "?";
+            for (const struct option *lo = longopts; lo->name; lo++)
+                if (lo->val == c) name = lo->name;
+            fprintf(stderr, "sheaf-kafka-topics: --%s: bad value \"%s\"\n", name, optarg);
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sheaf-kafka-topics: unexpected argument \"%s\"\n", argv[optind]);
+        return -1;
+    }
+    if (!o->bootstrap) {
+        fprintf(stderr, "sheaf-kafka-topics: --bootstrap is required\n");
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    (void)rk;
+    if (level <= LOG_ERR)
+        sheaf_error(COMP, "librdkafka %s: %s", fac, buf);
+    else
+        sheaf_warn(COMP, "librdkafka %s: %s", fac, buf);
+}
+
+/* A client of the given type; group may be NULL.  rd_kafka_new takes the
+ * conf on success only. */
+static rd_kafka_t *client_new(rd_kafka_type_t type, const char *bootstrap, const char *group)
+{
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *rk;
+
+    rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, errstr, sizeof(errstr)) ||
+        rd_kafka_conf_set(conf, "client.id", "sheaf-kafka-topics", errstr, sizeof(errstr)) ||
+        rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) ||
+        (group && rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr)))) {
+        sheaf_error(COMP, "librdkafka conf: %s", errstr);
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
+    if (!rk) {
+        sheaf_error(COMP, "rd_kafka_new: %s", errstr);
+        rd_kafka_conf_destroy(conf);
+    }
+    return rk;
+}
+
+static int remaining_ms(int64_t deadline)
+{
+    int64_t left = deadline - sheaf_mono_ms();
+    return left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
+}
+
+/* Step 1: the metadata lists at least want brokers. */
+static int wait_brokers(rd_kafka_t *rk, int want, int64_t deadline)
+{
+    int seen = -1;
+    for (;;) {
+        const struct rd_kafka_metadata *md = NULL;
+        int left = remaining_ms(deadline);
+        int wait = left < 2000 ? left : 2000;
+        if (wait > 0 && rd_kafka_metadata(rk, 0, NULL, &md, wait) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            seen = md->broker_cnt;
+            rd_kafka_metadata_destroy(md);
+            if (seen >= want) {
+                sheaf_info(COMP, "metadata lists %d broker(s)", seen);
+                return 0;
+            }
+        }
+        if (remaining_ms(deadline) == 0) {
+            sheaf_error(COMP, "the cluster's metadata lists %d of %d broker(s) at the deadline",
+                        seen < 0 ? 0 : seen, want);
+            return -1;
+        }
+        sheaf_sleep_ms(100);
+    }
+}
+
+/* Step 2: CreateTopics; an existing topic is fine. */
+static int create_topics(rd_kafka_t *rk, const topics_opts *o, char names[NTOPICS][512],
+                         const int *parts, int64_t deadline)
+{
+    rd_kafka_NewTopic_t *nt[NTOPICS] = {0};
+    rd_kafka_AdminOptions_t *aopts = NULL;
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_event_t *ev = NULL;
+    char errstr[512];
+    int rc = -1;
+
+    for (int i = 0; i < NTOPICS; i++) {
+        nt[i] = rd_kafka_NewTopic_new(names[i], parts[i], o->replication, errstr, sizeof(errstr));
+        if (!nt[i]) {
+            sheaf_error(COMP, "topic %s: %s", names[i], errstr);
+            goto out;
+        }
+        if (rd_kafka_NewTopic_set_config(nt[i], "max.message.bytes", MAX_MESSAGE_BYTES))
+            goto out;
+    }
+    if (rd_kafka_NewTopic_set_config(nt[0], "retention.ms", "-1") ||
+        rd_kafka_NewTopic_set_config(nt[0], "retention.bytes", "-1") ||
+        rd_kafka_NewTopic_set_config(nt[0], "cleanup.policy", "delete"))
+        goto out;
+    for (int i = 0; i < o->n_map_config; i++) {
+        char kv[512];
+        char *eq;
+        snprintf(kv, sizeof(kv), "%s", o->map_config[i]);
+        eq = strchr(kv, '=');
+        *eq = '\0';
+        if (rd_kafka_NewTopic_set_config(nt[0], kv, eq + 1)) {
+            sheaf_error(COMP, "--map-config %s: refused", o->map_config[i]);
+            goto out;
+        }
+    }
+
+    aopts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    if (rd_kafka_AdminOptions_set_operation_timeout(aopts, remaining_ms(deadline), errstr,
+                                                    sizeof(errstr)) ||
+        rd_kafka_AdminOptions_set_request_timeout(aopts, remaining_ms(deadline), errstr,
+                                                  sizeof(errstr))) {
+        sheaf_error(COMP, "admin options: %s", errstr);
+        goto out;
+    }
+    rd_kafka_CreateTopics(rk, nt, NTOPICS, aopts, q);
+    ev = rd_kafka_queue_poll(q, remaining_ms(deadline) + 1000);
+    if (!ev) {
+        sheaf_error(COMP, "CreateTopics: no answer before the deadline");
+        goto out;
+    }
+    if (rd_kafka_event_error(ev)) {
+        sheaf_error(COMP, "CreateTopics: %s", rd_kafka_event_error_string(ev));
+        goto out;
+    }
+    size_t n = 0;
+    const rd_kafka_topic_result_t **res =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+    rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = rd_kafka_topic_result_name(res[i]);
+        rd_kafka_resp_err_t err = rd_kafka_topic_result_error(res[i]);
+        if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+            sheaf_info(COMP, "topic %s exists already: left as it is", name);
+        } else if (err) {
+            const char *why = rd_kafka_topic_result_error_string(res[i]);
+            sheaf_error(COMP, "cannot create topic %s: %s", name, why ? why : rd_kafka_err2str(err));
+            rc = -1;
+        } else {
+            for (int k = 0; k < NTOPICS; k++)
+                if (strcmp(names[k], name) == 0)
+                    sheaf_info(COMP, "topic %s: %d partitions, replication factor %d", name,
+                               parts[k], o->replication);
+        }
+    }
+
+out:
+    if (ev) rd_kafka_event_destroy(ev);
+    if (aopts) rd_kafka_AdminOptions_destroy(aopts);
+    for (int i = 0; i < NTOPICS; i++)
+        if (nt[i]) rd_kafka_NewTopic_destroy(nt[i]);
+    rd_kafka_queue_destroy(q);
+    return rc;
+}
+
+/* 1 when md shows topic with at least one partition, each led. */
+static int topic_led(const struct rd_kafka_metadata *md, const char *topic)
+{
+    for (int i = 0; i < md->topic_cnt; i++) {
+        const rd_kafka_metadata_topic_t *t = &md->topics[i];
+        if (strcmp(t->topic, topic) != 0) continue;
+        if (t->err || t->partition_cnt == 0) return 0;
+        for (int p = 0; p < t->partition_cnt; p++)
+            if (t->partitions[p].err || t->partitions[p].leader < 0) return 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* Step 3: every topic's partitions have a leader. */
+static int wait_leaders(rd_kafka_t *rk, char names[NTOPICS][512], int64_t deadline)
+{
+    for (;;) {
+        const struct rd_kafka_metadata *md = NULL;
+        int left = remaining_ms(deadline), led = 0;
+        if (left > 0 &&
+            rd_kafka_metadata(rk, 1, NULL, &md, left < 2000 ? left : 2000) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR) {
+            for (int i = 0; i < NTOPICS; i++) led += topic_led(md, names[i]);
+            rd_kafka_metadata_destroy(md);
+            if (led == NTOPICS) return 0;
+        }
+        if (remaining_ms(deadline) == 0) {
+            sheaf_error(COMP, "%d of %d topics have leaders for every partition at the deadline",
+                        led, NTOPICS);
+            return -1;
+        }
+        sheaf_sleep_ms(100);
+    }
+}
+
+/* Step 4: an OffsetFetch answered by the group coordinator. */
+static int wait_coordinator(const topics_opts *o, const char *topic, int64_t deadline)
+{
+    char group[64];
+    rd_kafka_t *c;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+
+    snprintf(group, sizeof(group), "sheaf-kafka-topics-%lld", (long long)sheaf_wall_ms());
+    c = client_new(RD_KAFKA_CONSUMER, o->bootstrap, group);
+    if (!c) return -1;
+    while (remaining_ms(deadline) > 0) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        int left = remaining_ms(deadline);
+        rd_kafka_topic_partition_list_add(l, topic, 0);
+        err = rd_kafka_committed(c, l, left < 5000 ? left : 5000);
+        if (!err) err = l->elems[0].err;
+        rd_kafka_topic_partition_list_destroy(l);
+        if (!err) break;
+        sheaf_sleep_ms(100);
+    }
+    rd_kafka_destroy(c); /* never subscribed: nothing to close */
+    if (err) {
+        sheaf_error(COMP, "no group coordinator answered before the deadline: %s",
+                    rd_kafka_err2str(err));
+        return -1;
+    }
+    sheaf_info(COMP, "group coordinator ready");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    topics_opts o;
+    char names[NTOPICS][512];
+    static const char *suffix[NTOPICS] = {"map", "dlq", "results"};
+    int parts[NTOPICS];
+    rd_kafka_t *rk = NULL;
+    int64_t deadline;
+    int rc = 1;
+
+    if (parse_opts(argc, argv, &o) != 0) return 2;
+    deadline = sheaf_mono_ms() + o.timeout_ms;
+    for (int i = 0; i < NTOPICS; i++) {
+        if ((size_t)snprintf(names[i], sizeof(names[i]), "%s.%s", o.prefix, suffix[i]) >=
+            sizeof(names[i])) {
+            fprintf(stderr, "sheaf-kafka-topics: --prefix too long\n");
+            return 2;
+        }
+        parts[i] = i == 0 ? o.partitions : AUX_PARTITIONS;
+    }
+
+    rk = client_new(RD_KAFKA_PRODUCER, o.bootstrap, NULL);
+    if (!rk) return 1;
+    if (wait_brokers(rk, o.brokers, deadline) == 0 &&
+        create_topics(rk, &o, names, parts, deadline) == 0 &&
+        wait_leaders(rk, names, deadline) == 0 && wait_coordinator(&o, names[0], deadline) == 0)
+        rc = 0;
+    rd_kafka_destroy(rk);
+    if (rc == 0) sheaf_info(COMP, "cluster ready for sheaf at %s", o.bootstrap);
+    return rc;
+}

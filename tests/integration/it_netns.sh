@@ -24,6 +24,15 @@ if [ -z "${IT_NETNS_HOSTS:-}" ]; then
     echo "SKIP: network namespaces need root and iproute2" >&2
     exit 77
   fi
+  # Root and iproute2 are not always enough (a chroot: `ip netns exec`
+  # cannot remount /sys there): try one namespace first.
+  probe=sheafit-probe-$$
+  if ! { ip netns add "$probe" && ip netns exec "$probe" true; } > /dev/null 2>&1; then
+    ip netns del "$probe" > /dev/null 2>&1 || true
+    echo "SKIP: network namespaces cannot be used here (ip netns exec failed)" >&2
+    exit 77
+  fi
+  ip netns del "$probe"
   # Hosts left by earlier runs that died before their teardown.
   for ns in $(ip netns list 2> /dev/null | awk '$1 ~ /^sheafit-[0-9]+-/ {print $1}'); do
     pid=${ns#sheafit-}; pid=${pid%%-*}

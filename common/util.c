@@ -186,3 +186,14 @@ char *sheaf_strndup(const char *s, size_t n)
     p[n] = '\0';
     return p;
 }
+
+int sheaf_parse_int(const char *s, int min, int max, int *out)
+{
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < min || v > max) return -1;
+    *out = (int)v;
+    return 0;
+}

@@ -61,6 +61,7 @@
 
 #include "sheaf/buf.h"
 #include "sheaf/log.h"
+#include "sheaf/util.h"
 
 #define COMP "kafka-mock"
 #define POLL_MS 250
@@ -139,17 +140,6 @@ static void usage(FILE *out)
             "  -h, --help             this text\n");
 }
 
-/* Parses a decimal int in [min, max]; returns 0 on success. */
-static int parse_int(const char *s, int min, int max, int *out)
-{
-    char *end;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < min || v > max) return -1;
-    *out = (int)v;
-    return 0;
-}
 
 static int parse_opts(int argc, char **argv, mock_opts *o)
 {
@@ -175,14 +165,14 @@ static int parse_opts(int argc, char **argv, mock_opts *o)
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
         case 'b':
-            if (parse_int(optarg, 1, MAX_BROKERS, &o->brokers) != 0) {
+            if (sheaf_parse_int(optarg, 1, MAX_BROKERS, &o->brokers) != 0) {
                 fprintf(stderr, "sheaf-kafka-mock: --brokers: expected 1..%d, got \"%s\"\n",
                         MAX_BROKERS, optarg);
                 return -1;
             }
             break;
         case 'p':
-            if (parse_int(optarg, 1, MAX_PARTITIONS, &o->partitions) != 0) {
+            if (sheaf_parse_int(optarg, 1, MAX_PARTITIONS, &o->partitions) != 0) {
                 fprintf(stderr, "sheaf-kafka-mock: --partitions: expected 1..%d, got \"%s\"\n",
                         MAX_PARTITIONS, optarg);
                 return -1;
@@ -329,16 +319,16 @@ static void control_command(mock_host *h, char *line)
 
     if (strcmp(w[0], "broker-down") == 0 || strcmp(w[0], "broker-up") == 0) {
         int down = strcmp(w[0], "broker-down") == 0;
-        if (n != 2 || parse_int(w[1], 0, INT_MAX, &id) != 0) goto usage;
+        if (n != 2 || sheaf_parse_int(w[1], 0, INT_MAX, &id) != 0) goto usage;
         err = down ? rd_kafka_mock_broker_set_down(h->cluster, id)
                    : rd_kafka_mock_broker_set_up(h->cluster, id);
     } else if (strcmp(w[0], "rtt") == 0) {
-        if (n != 3 || parse_int(w[1], 0, INT_MAX, &id) != 0 ||
-            parse_int(w[2], 0, INT_MAX, &val) != 0)
+        if (n != 3 || sheaf_parse_int(w[1], 0, INT_MAX, &id) != 0 ||
+            sheaf_parse_int(w[2], 0, INT_MAX, &val) != 0)
             goto usage;
         err = rd_kafka_mock_broker_set_rtt(h->cluster, id, val);
     } else if (strcmp(w[0], "topic-create") == 0) {
-        if (n != 3 || parse_int(w[2], 1, MAX_PARTITIONS, &val) != 0) goto usage;
+        if (n != 3 || sheaf_parse_int(w[2], 1, MAX_PARTITIONS, &val) != 0) goto usage;
         err = rd_kafka_mock_topic_create(h->cluster, w[1], val, h->replication);
     } else {
         goto usage;

@@ -72,16 +72,6 @@ static void usage(FILE *out)
             MAX_MAP_CONFIGS);
 }
 
-static int parse_int(const char *s, int min, int max, int *out)
-{
-    char *end;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, 10);
-    if (errno || end == s || *end != '\0' || v < min || v > max) return -1;
-    *out = (int)v;
-    return 0;
-}
 
 static int parse_opts(int argc, char **argv, topics_opts *o)
 {
@@ -112,10 +102,10 @@ static int parse_opts(int argc, char **argv, topics_opts *o)
             bad = optarg[0] == '\0';
             o->prefix = optarg;
             break;
-        case 'p': bad = parse_int(optarg, 1, MAX_PARTITIONS, &o->partitions) != 0; break;
-        case 'r': bad = parse_int(optarg, 1, 64, &o->replication) != 0; break;
-        case 'n': bad = parse_int(optarg, 1, 64, &o->brokers) != 0; break;
-        case 't': bad = parse_int(optarg, 1, INT_MAX, &o->timeout_ms) != 0; break;
+        case 'p': bad = sheaf_parse_int(optarg, 1, MAX_PARTITIONS, &o->partitions) != 0; break;
+        case 'r': bad = sheaf_parse_int(optarg, 1, 64, &o->replication) != 0; break;
+        case 'n': bad = sheaf_parse_int(optarg, 1, 64, &o->brokers) != 0; break;
+        case 't': bad = sheaf_parse_int(optarg, 1, INT_MAX, &o->timeout_ms) != 0; break;
         case 'c':
             bad = o->n_map_config == MAX_MAP_CONFIGS || !strchr(optarg, '=') || optarg[0] == '=';
             if (!bad) o->map_config[o->n_map_config++] = optarg;

@@ -51,4 +51,8 @@ uint64_t sheaf_random_u64(void);
  * for anything an attacker could aim at. */
 uint64_t sheaf_fnv1a64(const void *data, size_t len);
 
+/* Parses a whole decimal int in [min, max] into *out; 0 on success, -1 for
+ * anything else (empty, trailing text, out of range). */
+int sheaf_parse_int(const char *s, int min, int max, int *out);
+
 #endif

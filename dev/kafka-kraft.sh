@@ -34,6 +34,9 @@
 # by a throw-away broker at exit) that makes every later start about a
 # second faster; SHEAF_DEV_KAFKA_CDS=0 leaves it out.
 #
+# SHEAF_DEV_KAFKA_PROPERTIES="key=value ..." adds broker settings (after
+# ours, so they win), e.g. broker.session.timeout.ms=9000.
+#
 # JVM: heap -Xms256m -Xmx512m per node (SHEAF_DEV_KAFKA_HEAP_OPTS), G1, the
 # client compiler only (-XX:TieredStopAtLevel=1: starts faster and uses
 # less CPU on a small machine; a dev broker never needs the peak speed of
@@ -275,6 +278,12 @@ EOF
 share.coordinator.state.topic.replication.factor=$rf
 share.coordinator.state.topic.min.isr=$isr
 EOF
+    fi
+    # SHEAF_DEV_KAFKA_PROPERTIES: "key=value ..." added last (they win).
+    if [[ -n ${SHEAF_DEV_KAFKA_PROPERTIES:-} ]]; then
+        printf '# SHEAF_DEV_KAFKA_PROPERTIES\n' >>"$nd/server.properties"
+        # shellcheck disable=SC2086 # one word per setting
+        printf '%s\n' ${SHEAF_DEV_KAFKA_PROPERTIES} >>"$nd/server.properties"
     fi
     # Logging: INFO, minus the configuration dumps and per-partition chatter.
     if ((MAJOR >= 4)); then

@@ -296,8 +296,13 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         sheaf_info("worker", "partitions assigned: %d [%s]", parts->cnt, list);
         if (cooperative) error = rd_kafka_incremental_assign(rk, parts);
         else aerr = rd_kafka_assign(rk, parts);
-        /* New partitions join the current flow-control state. */
-        if (w->paused && parts->cnt > 0) rd_kafka_pause_partitions(rk, parts);
+        /* New partitions join the current flow-control state.  Resumed
+         * explicitly too: one paused before a lost session took it away
+         * is still paused in librdkafka when it comes back. */
+        if (parts->cnt > 0) {
+            if (w->paused) rd_kafka_pause_partitions(rk, parts);
+            else rd_kafka_resume_partitions(rk, parts);
+        }
     } else {
         size_t dropped = 0;
         for (int i = 0; i < parts->cnt; i++) {

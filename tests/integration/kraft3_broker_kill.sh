@@ -3,6 +3,11 @@
 # replication 3, min.insync.replicas=2).  Mid-job the broker that is the
 # group coordinator (leader of __consumer_offsets) and leads a third of
 # sheaf.map is SIGKILLed:
+#   - the brokers keep Kafka's default session (9 s: the dead broker is
+#     fenced, and the coordinator moves, after it), longer than the
+#     workers' 6 s, so the workers lose their group session and get their
+#     partitions back, usually while paused by flow control (a stall found
+#     here: librdkafka keeps such a partition paused across the loss);
 #   - the fleet goes on with two brokers (chunks get done while it is down)
 #     and a job submitted while it is down is produced whole;
 #   - the broker is restarted and rejoins every partition's ISR;
@@ -12,6 +17,7 @@
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 KAFKA=kraft3 # whatever SHEAF_TEST_KAFKA says
+export SHEAF_DEV_KAFKA_PROPERTIES="broker.session.timeout.ms=9000 broker.heartbeat.interval.ms=2000"
 # The faulty run repeats the clean one: with the call cache every call
 # would be a hit and the job over before the kill.
 export SHEAF_CACHE_ENABLED=false
@@ -46,6 +52,7 @@ J2="$("$SHEAF" submit "${SMALL[@]}" "$ROOT/examples/reports/hiring-plan-2027.txt
   || fail "submit with broker $victim down failed"
 progress() { [ "$(job_field "$JOB" chunks_done)" -ge $((done_at_kill + 30)) ]; }
 wait_until 90 "progress with broker $victim down" progress
+grep -q 'SESSTMOUT' "$T/w1.log" "$T/w2.log" || fail "no worker lost its group session: the case this test is for did not happen"
 "$KRAFT" status --dir "$STACK/kafka" > "$T/status.txt" || fail "kafka-kraft.sh status failed"
 grep -q "^kafka-$victim .* stopped" "$T/status.txt" || fail "broker $victim came back by itself: $(cat "$T/status.txt")"
 
@@ -60,7 +67,7 @@ isr_full() {
 }
 wait_until 90 "broker $victim back in every ISR" isr_full
 
-wait_job "$JOB" 180
+wait_job "$JOB" 120
 wait_job "$J2" 120
 results "$JOB" > "$T/killed.jsonl"
 cmp "$T/clean.jsonl" "$T/killed.jsonl" || fail "results with a broker SIGKILLed differ from a fault-free run"

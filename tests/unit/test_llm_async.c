@@ -330,7 +330,9 @@ static void test_out_of_order(void **state)
     assert_non_null(s);
     cfg_fill(&cfg, s->port, 1, 10);
     a = engine(&cfg, 32, NULL);
-    for (int i = 0; i < 20; i++) submit(a, i, "ok", (20 - i) * 15);
+    /* 40 ms apart: completion order must not depend on scheduling noise on
+     * a loaded machine (15 ms was not enough under a full CI run). */
+    for (int i = 0; i < 20; i++) submit(a, i, "ok", (20 - i) * 40);
     assert_int_equal(drive(a, 5000), 20);
     for (int i = 0; i < 20; i++) {
         char want[32];

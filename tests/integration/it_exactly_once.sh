@@ -16,11 +16,7 @@ SMALL=(-X chunk.max_tokens=150)
 
 # One report held back: its map and combine answers come 5 s late, more than
 # three times claim_idle_ms.
-curl -sf -X POST -d '{"slow_ms": 5000}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set slow_ms"
-mkdir -p "$T/in"
-cp "$ROOT"/examples/reports/*.txt "$T/in/"
-held=$(ls "$T/in" | head -n 1)
-{ printf 'SHEAF_SIM_SLOW holds this report back.\n\n'; cat "$ROOT/examples/reports/$held"; } > "$T/in/$held"
+held_reports "$T/in" 5000
 
 # Reference: one reducer.  Its calls are what the job needs.
 start_reducer r0 "${CLAIM[@]}" -X reducer.output="$T/r0.jsonl"; R0=$LAST_PID

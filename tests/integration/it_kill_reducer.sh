@@ -14,16 +14,10 @@ CLAIM=(-X reducer.claim_idle_ms=2000)
 start_reducer r1 "${CLAIM[@]}"; R1=$LAST_PID
 SMALL=(-X chunk.max_tokens=150)
 
-# One report is held back: the simulator answers text carrying
-# SHEAF_SIM_SLOW 3 s late.  The marker opens a paragraph, so the map answer
-# repeats it and the document's combine call is slow too: when the other
-# four documents are done and this one is ready, r1 is in the middle of its
-# combine, every time.
-curl -sf -X POST -d '{"slow_ms": 3000}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set slow_ms"
-mkdir -p "$T/in"
-cp "$ROOT"/examples/reports/*.txt "$T/in/"
-held=$(ls "$T/in" | head -n 1)
-{ printf 'SHEAF_SIM_SLOW holds this report back.\n\n'; cat "$ROOT/examples/reports/$held"; } > "$T/in/$held"
+# One report is held back (answers 3 s late, its combine too): when the
+# other four documents are done and this one is ready, r1 is in the middle
+# of its combine, every time.
+held_reports "$T/in" 3000
 
 CLEAN="$("$SHEAF" submit "${SMALL[@]}" "$T/in")"
 wait_job "$CLEAN" 180

@@ -233,3 +233,16 @@ redis_start() {
   PIDS+=("$!")
   wait_until 20 "redis to come back" redis_up
 }
+
+# held_reports DIR SLOW_MS: the example reports in DIR, the first one held
+# back: the simulator answers text carrying SHEAF_SIM_SLOW SLOW_MS late.
+# The marker opens a paragraph, so that document's map answer repeats it and
+# its combine call is slow too.  Sets HELD to the held file's name.
+held_reports() {
+  curl -sf -X POST -d "{\"slow_ms\": $2}" "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null \
+    || fail "cannot set slow_ms"
+  mkdir -p "$1"
+  cp "$ROOT"/examples/reports/*.txt "$1/"
+  HELD=$(ls "$1" | head -n 1)
+  { printf 'SHEAF_SIM_SLOW holds this report back.\n\n'; cat "$ROOT/examples/reports/$HELD"; } > "$1/$HELD"
+}

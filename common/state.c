@@ -207,6 +207,16 @@ static redisReply *redis_vcmd(sheaf_redis *r, char *errstr, size_t errlen, const
     return rep;
 }
 
+const char *sheaf_redis_trouble(const char *errstr)
+{
+    /* "OOM command not allowed when used memory > 'maxmemory'": reads go
+     * on, writes are refused until memory is freed. */
+    if (errstr && strstr(errstr, "OOM "))
+        return "Redis is full (maxmemory reached; ended jobs free theirs after "
+               "job.retention_s, `sheaf job delete JOB` at once, or raise maxmemory)";
+    return "Redis unavailable";
+}
+
 redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...)
 {
     va_list ap;

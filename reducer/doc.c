@@ -276,9 +276,13 @@ entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
         goto done;
     }
     if (!(result = result_json(&w, failed))) goto done;
-    if (sheaf_state_doc_result_store(r->redis, job, doc, result, w.res.usage.prompt_tokens,
-                                     w.res.usage.completion_tokens, &stored, errstr,
-                                     sizeof(errstr)) != SHEAF_OK) {
+    while ((err = sheaf_state_doc_result_store(r->redis, job, doc, result,
+                                               w.res.usage.prompt_tokens,
+                                               w.res.usage.completion_tokens, &stored, errstr,
+                                               sizeof(errstr))) != SHEAF_OK &&
+           reducer_store_wait(r, err, "storing a document's result", errstr))
+        ;
+    if (err != SHEAF_OK) {
         sheaf_error("reducer", "job %s doc %s: cannot store result (will retry): %s", job, doc,
                     errstr);
         goto done;

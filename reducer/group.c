@@ -171,9 +171,12 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
     json_decref(rec);
     err = SHEAF_ERR_NOMEM;
     if (!json) goto done;
-    err = sheaf_state_group_result_store(r->redis, job, path_json, counted, json,
-                                         res.usage.prompt_tokens, res.usage.completion_tokens,
-                                         &stored, errstr, sizeof(errstr));
+    while ((err = sheaf_state_group_result_store(r->redis, job, path_json, counted, json,
+                                                 res.usage.prompt_tokens,
+                                                 res.usage.completion_tokens, &stored, errstr,
+                                                 sizeof(errstr))) != SHEAF_OK &&
+           reducer_store_wait(r, err, "storing a group's result", errstr))
+        ;
     if (err != SHEAF_OK) {
         sheaf_error("reducer", "job %s group %s: cannot store result (will retry): %s", job,
                     path_json, errstr);
@@ -413,9 +416,12 @@ entry_outcome reducer_overview(reducer *r, const char *job)
     }
     if (res.error) json_object_set_new(rec, "error", json_string(res.error));
     if (!(json = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER))) goto done;
-    if (sheaf_state_overview_store(r->redis, job, json, res.usage.prompt_tokens,
-                                   res.usage.completion_tokens, &stored, errstr,
-                                   sizeof(errstr)) != SHEAF_OK) {
+    while ((err = sheaf_state_overview_store(r->redis, job, json, res.usage.prompt_tokens,
+                                             res.usage.completion_tokens, &stored, errstr,
+                                             sizeof(errstr))) != SHEAF_OK &&
+           reducer_store_wait(r, err, "storing an overview", errstr))
+        ;
+    if (err != SHEAF_OK) {
         sheaf_error("reducer", "job %s: cannot store overview (will retry): %s", job, errstr);
         goto done;
     }

@@ -40,6 +40,8 @@ typedef struct reducer_shared {
     /* Redis unreachable: since when (0: it answers), and the last log line,
      * shared by the threads so an outage logs one line per interval. */
     atomic_llong redis_down_ms, redis_logged_ms;
+    atomic_int redis_waiting;    /* threads waiting for Redis now */
+    char redis_why[SHEAF_ERRSTR_SIZE + 160]; /* why, under health_lock */
 } reducer_shared;
 
 typedef struct reducer {
@@ -129,6 +131,14 @@ void reducer_llm_state(reducer *r);
  * most every reducer.claim_idle_ms / 3); returns 0 while it is held, -1
  * once lost. */
 int reducer_lease_tick(reducer *r);
+
+/* A store of a result this thread computed failed with err: Redis trouble
+ * (down, or full and refusing writes) keeps the result in the thread and
+ * waits (logged once per interval, 200 ms doubling to 5 s), because a redo
+ * of the entry would pay for its LLM calls again.  Returns 1 to store
+ * again; 0 for another error, on SIGTERM, or once the lease is lost (the
+ * entry is another reducer's then). */
+int reducer_store_wait(reducer *r, sheaf_err err, const char *what, const char *errstr);
 
 /* Writes an item's stored result to the outputs, exactly once across every
  * reducer (sheaf/state.h, "exactly-once outputs"): only when this thread is

@@ -140,7 +140,9 @@ static int metrics_start(worker *w, char *errstr, size_t errlen)
 
 void worker_redis_failed(worker *w, const char *errstr)
 {
-    sheaf_health_set(w->health, "redis", 0, errstr);
+    char why[SHEAF_ERRSTR_SIZE + 160];
+    snprintf(why, sizeof(why), "%s: %s", sheaf_redis_trouble(errstr), errstr);
+    sheaf_health_set(w->health, "redis", 0, why);
     w->redis_ms = sheaf_mono_ms(); /* the next PING in SLOW_EVERY_MS */
 }
 
@@ -192,8 +194,10 @@ static void publish_health(worker *w)
     }
     if (now - w->redis_ms >= SLOW_EVERY_MS) {
         redisReply *rep = sheaf_redis_cmd(w->redis, errstr, sizeof(errstr), "PING");
-        if (rep) sheaf_health_set(w->health, "redis", 1, NULL);
-        else sheaf_health_set(w->health, "redis", 0, errstr);
+        /* A full Redis answers PING but refuses writes: while chunks are
+         * held the check stays down, with the reason their retries set. */
+        if (!rep) worker_redis_failed(w, errstr);
+        else if (!w->n_held) sheaf_health_set(w->health, "redis", 1, NULL);
         if (rep) freeReplyObject(rep);
         w->redis_ms = sheaf_mono_ms();
     }

@@ -99,6 +99,12 @@ redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const 
  * %s strings, %b binary with length). */
 redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);
 
+/* What a failed Redis call means for an operator, to open a log line or a
+ * health reason: "Redis is full (maxmemory; ...what frees it...)" when
+ * errstr carries Redis's OOM refusal, otherwise "Redis unavailable".  Both
+ * are waits, never failures: the caller holds its work and tries again. */
+const char *sheaf_redis_trouble(const char *errstr);
+
 /* Runs a command and drops its reply: SHEAF_OK, or SHEAF_ERR_REDIS with
  * errstr (a Redis error reply included). */
 sheaf_err sheaf_redis_do(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);

@@ -163,9 +163,10 @@ static sheaf_err validate_stage(const sheaf_stage *st, const stage_def *d,
     }
     if (st->context_tokens < 0 ||
         (st->context_tokens > 0 && st->context_tokens - st->max_tokens < MIN_PROMPT_ROOM)) {
-        sheaf_set_err(errstr, errlen, "stage %s: context_tokens (%d) must leave at least %d "
-                      "tokens for the prompt after max_tokens (%d)", d->name, st->context_tokens,
-                      MIN_PROMPT_ROOM, st->max_tokens);
+        sheaf_set_err(errstr, errlen, "stage %s: the window context_tokens (%d; by default "
+                      "llm.context_tokens) must leave at least %d tokens for the prompt after "
+                      "max_tokens (%d)", d->name, st->context_tokens, MIN_PROMPT_ROOM,
+                      st->max_tokens);
         goto done;
     }
     if (d->reduces && (st->budget_tokens < 0 || st->group_size < 2)) {

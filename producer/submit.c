@@ -294,8 +294,10 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
         sheaf_warn("producer", "%llu bad document%s left out (input.on_error=skip)",
                    (unsigned long long)scan.n_problems, scan.n_problems == 1 ? "" : "s");
 
+    /* The plan, also before a real submit: its warnings (a stage that
+     * would not fit the window) are logged before anything is paid for. */
+    estimate(pipe, &scan, report);
     if (opts->dry_run) {
-        estimate(pipe, &scan, report);
         sheaf_info("producer", "dry run: %llu documents, %llu chunks (~%llu tokens) would be "
                    "produced to %s",
                    (unsigned long long)report->docs, (unsigned long long)report->chunks,

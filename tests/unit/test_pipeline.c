@@ -1563,7 +1563,8 @@ static void test_windows(void **state)
     assert_int_equal(sheaf_stage_prompt_budget(&p->overview), 4096 - 96);
     sheaf_pipeline_destroy(p);
     assert_load_fails(DOC("\"map\":{\"user\":\"u\",\"context_tokens\":500}", ""),
-                      "stage map: context_tokens (500) must leave at least", NULL);
+                      "stage map: the window context_tokens (500; by default llm.context_tokens) must "
+                      "leave at least", NULL);
     assert_load_fails(DOC("\"map\":{\"user\":\"u\",\"context_tokens\":0}", ""),
                       "stage map: key \"context_tokens\" must be an integer", NULL);
 

@@ -29,9 +29,10 @@
  * picks the pattern:
  *   map only                 batch items: each document's result is its
  *                            map result, streamed out as it is recorded
- *   + combine                map-reduce; with budget_tokens, progressive:
- *                            partials that do not fit are reduced in groups
- *                            of at most group_size, level by level
+ *   + combine                map-reduce, progressive: partials that do not
+ *                            fit one call (the window less max_tokens, or
+ *                            budget_tokens) are reduced in groups of at
+ *                            most group_size, level by level
  *   + critique, refine,      refinement chain on each document result:
  *     refinement             critique -> refine, up to max_rounds or until
  *                            the critique contains stop_when

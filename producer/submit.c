@@ -75,9 +75,6 @@ static void plan_stage(sheaf_submit_report *rep, const char *name, const sheaf_s
         plan_warn(rep, "stage %s: an input does not fit one call of %d prompt tokens (window %d "
                   "of %s): the stage would fail; raise context_tokens or lower max_tokens",
                   name, budget, st->context_tokens, st->model);
-    else if (planned && budget && pl->largest > (uint64_t)budget)
-        plan_warn(rep, "stage %s: a call of ~%llu prompt tokens is over its budget %d", name,
-                  (unsigned long long)pl->largest, budget);
 }
 
 /* The plan of each reduce stage (see sheaf_submit_report.plan). */
@@ -116,8 +113,9 @@ static void plan(const sheaf_pipeline *p, const sheaf_scan *scan, sheaf_submit_r
                                 ? combine->largest - overhead(&p->combine)
                                 : (uint64_t)answer_tokens(&p->map);
         crit.largest = overhead(&p->critique) + partials + answer_tokens(&p->combine);
-        plan_stage(rep, "critique", &p->critique, sheaf_stage_prompt_budget(&p->critique), &crit,
-                   1);
+        budget = sheaf_stage_prompt_budget(&p->critique);
+        crit.stuck = budget && crit.largest > (uint64_t)budget;
+        plan_stage(rep, "critique", &p->critique, budget, &crit, 1);
     }
     if (p->group.present) {
         sheaf_reduce_plan none = {0, 0, 0, 0, 0, 0};

@@ -14,8 +14,9 @@
  * then, with refinement, critique -> refine rounds on the summary, every
  * version and critique kept.  The critique's "partials" are the inputs of
  * the final combine call (the map results when one call took them all, else
- * the last progressive level), so they fit the window as that call did.  A document whose chunks all failed gets a
- * result carrying the errors and no LLM call.  The result is recorded once
+ * the last progressive level), so they fit the window as that call did.  A
+ * document whose chunks all failed gets a result carrying the errors and no
+ * LLM call.  The result is recorded once
  * (Lua, first write wins) and written to the outputs once (reducer_output);
  * an entry redone after its result was stored makes no call. */
 #include <stdio.h>

@@ -9,8 +9,9 @@
  *
  * The checks, in order, for a text file: a usable id (its path), not a
  * duplicate, readable, within input.max_doc_bytes, valid UTF-8 without NUL,
- * not blank, no chunk over the map call's window (o->chunk_limit).  A PDF gets the same checks on the text pdftotext makes of it,
- * after pdftotext itself succeeded.  For a JSONL line: within input.max_line_bytes, not blank
+ * not blank, no chunk over the map call's window (o->chunk_limit).  A PDF
+ * gets the same checks on the text pdftotext makes of it, after pdftotext
+ * itself succeeded.  For a JSONL line: within input.max_line_bytes, not blank
  * (blank lines are skipped silently), then sheaf_jsonl_parse's checks, then
  * not a duplicate.  A duplicate names both places; the first one seen is
  * kept. */

@@ -782,6 +782,29 @@ out:
     return rc;
 }
 
+/* The dry run's plan: per stage its window, prompt budget, levels, calls
+ * and largest prompt (null where the answers decide), then the warnings. */
+static json_t *plan_json(const sheaf_submit_report *rep)
+{
+    json_t *stages = json_object(), *warnings = json_array();
+    for (size_t k = 0; k < rep->n_plan; k++) {
+        int p = rep->plan[k].planned;
+        json_object_set_new(stages, rep->plan[k].stage,
+                            json_pack("{s:i,s:i,s:o,s:o,s:o,s:b}", "context_tokens",
+                                      rep->plan[k].window, "prompt_budget", rep->plan[k].budget,
+                                      "levels", p ? json_integer(rep->plan[k].levels) : json_null(),
+                                      "calls", p ? json_integer((json_int_t)rep->plan[k].calls)
+                                                 : json_null(),
+                                      "largest_prompt",
+                                      p ? json_integer((json_int_t)rep->plan[k].largest)
+                                        : json_null(),
+                                      "fits", !rep->plan[k].stuck));
+    }
+    for (size_t k = 0; k < rep->n_warnings; k++)
+        json_array_append_new(warnings, json_string(rep->warnings[k]));
+    return json_pack("{s:o,s:o}", "stages", stages, "warnings", warnings);
+}
+
 /* submit --dry-run: what would be produced, the calls and tokens it would
  * take and what they would cost, as one JSON object. */
 static void print_estimate(const sheaf_config *cfg, const sheaf_submit_report *rep)
@@ -820,6 +843,7 @@ static void print_estimate(const sheaf_config *cfg, const sheaf_submit_report *r
                           "completion_tokens_max", (json_int_t)completion, "stages", stages,
                           "cost_max", priced ? json_real(cost) : json_null(), "currency",
                           cfg->cost_currency);
+    json_object_set_new(o, "plan", plan_json(rep));
     char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (txt) printf("%s\n", txt);
     free(txt);

@@ -120,8 +120,15 @@ static const conf_key conf_keys[] = {
     K_STR("llm.api_key_file", llm_api_key_file, "",
           "File whose first line is the API key, read when llm.api_key is unset."),
     K_DOUBLE("llm.temperature", llm_temperature, "0", 0.0, 2.0, "Sampling temperature."),
+    K_INT("llm.max_output_tokens", llm_max_tokens, "512", 1, 1000000,
+          "Completion token budget per call: sent as max_tokens and kept free in the model's "
+          "window (llm.context_tokens) by every prompt."),
     K_INT("llm.max_tokens", llm_max_tokens, "512", 1, 1000000,
-          "Completion token budget per call."),
+          "Older name of llm.max_output_tokens (the same setting)."),
+    K_INT("llm.context_tokens", llm_context_tokens, "0", 0, 100000000,
+          "The model's context window in tokens (prompt plus answer): every call is planned to "
+          "fit it, reductions in as many levels as needed.  0 = the known window of the stage's "
+          "model (gpt-4o 128000, claude-* 200000, ...; docs/window.md), else 8192."),
     K_INT("llm.timeout_ms", llm_timeout_ms, "60000", 1, DAY_MS, "Timeout of a whole request."),
     K_INT("llm.connect_timeout_ms", llm_connect_timeout_ms, "5000", 1, HOUR_MS,
           "Timeout of connection setup."),

@@ -54,6 +54,12 @@ typedef struct sheaf_input_opts {
     uint64_t max_doc_bytes;    /* input.max_doc_bytes */
     int skip;                  /* input.on_error = skip */
     sheaf_chunk_opts chunk;    /* chunk.*; checked by creating a chunker */
+    /* The largest chunk the map stage's window can take with its prompt
+     * and answer (0 = no bound), and what makes that limit, for the
+     * message refusing a document with a larger chunk; set by the submit
+     * from its pipeline (sheaf_input_opts_init leaves them 0). */
+    uint32_t chunk_limit;
+    char chunk_limit_why[200];
 } sheaf_input_opts;
 
 /* Fills o from cfg.  A bad value fails with SHEAF_ERR_CONFIG naming the key.

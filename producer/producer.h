@@ -61,6 +61,22 @@ typedef struct sheaf_submit_report {
         uint64_t completion_tokens_max[4];
         char models[4][128];
     } est;
+    /* Dry run: the plan of each stage present, in pipeline order (map,
+     * combine, critique, group, overview), from the same packing rule as
+     * the reducer (sheaf/plan.h) with every answer at its max_tokens. */
+    struct {
+        char stage[16];
+        int window;              /* the stage's context_tokens (0 = unbounded) */
+        int budget;              /* its prompt budget (0 = none) */
+        int planned;             /* 0: its inputs depend on the answers (groups) */
+        uint32_t levels;         /* the deepest chain of calls */
+        uint64_t calls;          /* all its calls, every level */
+        uint64_t largest;        /* the largest prompt, estimated tokens */
+        int stuck;               /* some reduction cannot fit the window */
+    } plan[5];
+    size_t n_plan;
+    char warnings[6][320];       /* also logged at warn level */
+    size_t n_warnings;
 } sheaf_submit_report;
 
 /* Runs a submit.  Problems with inputs are logged (file:line: message) as

@@ -112,14 +112,15 @@ sheaf_err reducer_call(reducer *r, const char *name, const sheaf_stage *st, cons
 
 /* Runs a reduce stage over texts: one call with every text joined under
  * the variable input_var ("partials" or "results") when the rendered
- * prompt fits st->budget_tokens (or there is no budget), else progressive:
+ * prompt fits budget (sheaf_stage_prompt_budget: the window less the
+ * answer; 0 = no bound), else progressive (sheaf/plan.h):
  * consecutive texts are reduced in groups of at most st->group_size that
  * fit the budget, all calls of a level at once, level by level, until one
  * call takes everything.  Each level's results are appended to levels (an
  * array of arrays) when levels is not NULL.  Same outcomes as reducer_call. */
-sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, rvars *vars,
-                         const char *input_var, char *const *texts, size_t n, json_t *levels,
-                         stage_result *res);
+sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, int budget,
+                         rvars *vars, const char *input_var, char *const *texts, size_t n,
+                         json_t *levels, stage_result *res);
 
 /* Publishes this thread's LLM circuit state for the main thread's health
  * check (reducer.c); called from the thread's loops. */

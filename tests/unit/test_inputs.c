@@ -320,6 +320,37 @@ static void test_text_empty_and_too_large(void **state)
     assert_int_equal(f->scan.bytes, strlen("  \n\t\f\r\n  ") + strlen("Small."));
 }
 
+/* A chunk over the map call's window (opts.chunk_limit) refuses its
+ * document, naming it, the chunk, its pages and size; the others go on. */
+static void test_chunk_over_window(void **state)
+{
+    fixture *f = *state;
+    char expected[1024], big[2000], err[SHEAF_ERRSTR_SIZE] = "";
+    char *paths[2];
+
+    memset(big, 'w', sizeof(big));
+    for (size_t i = 5; i < sizeof(big); i += 6) big[i] = ' ';
+    memcpy(big, "Page.\f", 6);
+    big[sizeof(big) - 1] = '\0';
+    write_str(f, "paged.txt", big);
+    write_str(f, "fine.txt", "Small.\fAnd small.");
+    f->cfg.chunk_pages_per_batch = 1;
+    init_opts(f);
+    f->opts.chunk_limit = 100;
+    snprintf(f->opts.chunk_limit_why, sizeof(f->opts.chunk_limit_why), "the window");
+    paths[0] = (char *)path_of(f, "paged.txt");
+    paths[1] = (char *)path_of(f, "fine.txt");
+    assert_int_equal(sheaf_scan_run(&f->opts, paths, 2, &f->scan, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(f->scan.n_problems, 1);
+    snprintf(expected, sizeof(expected),
+             "%s: chunk 2 (pages 2-2) is ~%u tokens (%zu bytes), over the 100 a map call can "
+             "hold (the window)", path_of(f, "paged.txt"),
+             sheaf_estimate_tokens(big + 6, strlen(big + 6)), strlen(big + 6));
+    expect_problem(f, 0, expected);
+    assert_int_equal(f->scan.docs.n, 1);
+    assert_int_equal(doc(f, 0)->chunks, 2);
+}
+
 /* The sink sees the whole file, in order, in well-formed pieces. */
 typedef struct collect {
     char *data;
@@ -1053,7 +1084,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_walk_order_and_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_and_format_override, setup, teardown),
         cmocka_unit_test_setup_teardown(test_text_invalid_utf8, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_text_empty_and_too_large, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunk_over_window, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_text_empty_and_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_text_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paged_text_chunk_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jsonl_field_errors, setup, teardown),

@@ -64,7 +64,8 @@ typedef struct sheaf_config {
     char *llm_api_key;           /* secret: SHEAF_LLM_API_KEY or llm.api_key_file */
     char *llm_api_key_file;
     double llm_temperature;      /* llm.temperature */
-    int llm_max_tokens;          /* llm.max_tokens: completion budget per call */
+    int llm_max_tokens;          /* llm.max_output_tokens (or llm.max_tokens): completion budget per call */
+    int llm_context_tokens;      /* llm.context_tokens: the model's window; 0 = by model name */
     int llm_timeout_ms;          /* llm.timeout_ms: whole request */
     int llm_connect_timeout_ms;  /* llm.connect_timeout_ms */
     int llm_max_attempts;        /* llm.max_attempts: tries per call incl. the first */

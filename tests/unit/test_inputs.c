@@ -838,7 +838,7 @@ static void write_pdf(fixture *f, const char *rel, int n, const char *const *tex
 static void test_pdf_walk(void **state)
 {
     fixture *f = *state;
-    sheaf_in_files files = {NULL, 0, 0};
+    sheaf_in_files files = {NULL, 0, 0, NULL, 0, 0};
     char *paths[1];
 
     write_str(f, "docs/a.txt", "A.");

@@ -121,6 +121,9 @@ static void usage(FILE *out)
             "        delete every key of the job now; a job that has not ended is refused\n"
             "        without --force (cancel it first, or force)\n"
             "  config                the effective configuration (secrets hidden)\n"
+            "  --help-config [--markdown]\n"
+            "        every configuration key: type, bounds, default, meaning (--markdown:\n"
+            "        docs/configuration.md)\n"
             "  --version             sheaf's version\n"
             "\n"
             "options for every command:\n"
@@ -1106,7 +1109,14 @@ int main(int argc, char **argv)
         goto out;
     }
     if (strcmp(argv[1], "--help-config") == 0) {
-        sheaf_config_print_help(stdout);
+        /* --markdown: docs/configuration.md (cmake target docs-config). */
+        int md = argc == 3 && strcmp(argv[2], "--markdown") == 0;
+        if (argc > 2 && !md) {
+            fprintf(stderr, "sheaf --help-config: the only option is --markdown\n");
+            goto out;
+        }
+        if (md) sheaf_config_print_markdown(stdout);
+        else sheaf_config_print_help(stdout);
         rc = 0;
         goto out;
     }

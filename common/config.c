@@ -901,7 +901,9 @@ done:
 /* ---- printing ---- */
 
 /* Writes s as a double-quoted config file value. */
-static void print_quoted(FILE *out, const char *s)
+/* s double-quoted with \n \t \\ \" escapes, as a config file reads it;
+ * with md also '|' escaped (inside a Markdown table). */
+static void quote_value(FILE *out, const char *s, int md)
 {
     fputc('"', out);
     for (; *s; s++) {
@@ -910,11 +912,14 @@ static void print_quoted(FILE *out, const char *s)
         case '\t': fputs("\\t", out); break;
         case '\\': fputs("\\\\", out); break;
         case '"': fputs("\\\"", out); break;
+        case '|': fputs(md ? "\\|" : "|", out); break;
         default: fputc(*s, out);
         }
     }
     fputc('"', out);
 }
+
+static void print_quoted(FILE *out, const char *s) { quote_value(out, s, 0); }
 
 /* The shortest text that reads back as the same double. */
 static void print_double(FILE *out, double d)
@@ -961,6 +966,37 @@ void sheaf_config_dump(const sheaf_config *cfg, FILE *out)
     }
 }
 
+/* Markdown table cell text: '|' escaped, '<' and '>' as entities (a
+ * renderer would take "<prefix>" for an HTML tag), the rest as is. */
+static void md_cell(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '<') fputs("&lt;", out);
+        else if (*s == '>') fputs("&gt;", out);
+        else if (*s == '|') fputs("\\|", out);
+        else fputc(*s, out);
+    }
+}
+
+/* A key's type and bounds ("integer 1..64", "one of a|b"); with md the
+ * choices go in a code span, '|' escaped for a Markdown table. */
+static void print_type(FILE *out, const conf_key *k, int md)
+{
+    switch (k->type) {
+    case T_STRING: fputs(k->flags & CONF_SECRET ? "secret string" : "string", out); break;
+    case T_ENUM:
+        fputs(md ? "one of `" : "one of ", out);
+        if (md) md_cell(out, k->choices);
+        else fputs(k->choices, out);
+        if (md) fputs("`", out);
+        break;
+    case T_INT:
+    case T_LLONG: fprintf(out, "integer %lld..%lld", k->min, k->max); break;
+    case T_DOUBLE: fprintf(out, "number %g..%g", k->dmin, k->dmax); break;
+    case T_BOOL: fputs("boolean", out); break;
+    }
+}
+
 void sheaf_config_print_help(FILE *out)
 {
     fputs("Configuration keys.  Set them in the config file (--config FILE or SHEAF_CONFIG;\n"
@@ -971,14 +1007,7 @@ void sheaf_config_print_help(FILE *out)
     for (size_t i = 0; i < N_KEYS; i++) {
         const conf_key *k = &conf_keys[i];
         fprintf(out, "  %s  (", k->name);
-        switch (k->type) {
-        case T_STRING: fputs(k->flags & CONF_SECRET ? "secret string" : "string", out); break;
-        case T_ENUM: fprintf(out, "one of %s", k->choices); break;
-        case T_INT:
-        case T_LLONG: fprintf(out, "integer %lld..%lld", k->min, k->max); break;
-        case T_DOUBLE: fprintf(out, "number %g..%g", k->dmin, k->dmax); break;
-        case T_BOOL: fputs("boolean", out); break;
-        }
+        print_type(out, k, 0);
         fputs(", default ", out);
         if (!k->def) fputs("unset", out);
         else if (k->type == T_STRING || k->type == T_ENUM) print_quoted(out, k->def);
@@ -995,18 +1024,6 @@ void sheaf_config_print_help(FILE *out)
           out);
 }
 
-/* Markdown table cell text: '|' escaped, '<' and '>' as entities (a
- * renderer would take "<prefix>" for an HTML tag), the rest as is. */
-static void md_cell(FILE *out, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == '<') fputs("&lt;", out);
-        else if (*s == '>') fputs("&gt;", out);
-        else if (*s == '|') fputs("\\|", out);
-        else fputc(*s, out);
-    }
-}
-
 /* A default in a code span: quoted like print_quoted for strings ('|'
  * escaped for the table; a backtick cannot occur in a default). */
 static void md_default(FILE *out, const conf_key *k)
@@ -1017,18 +1034,7 @@ static void md_default(FILE *out, const conf_key *k)
     }
     fputs("`", out);
     if (k->type == T_STRING || k->type == T_ENUM) {
-        fputc('"', out);
-        for (const char *c = k->def; *c; c++) {
-            switch (*c) {
-            case '\n': fputs("\\n", out); break;
-            case '\t': fputs("\\t", out); break;
-            case '\\': fputs("\\\\", out); break;
-            case '"': fputs("\\\"", out); break;
-            case '|': fputs("\\|", out); break;
-            default: fputc(*c, out);
-            }
-        }
-        fputc('"', out);
+        quote_value(out, k->def, 1);
     } else {
         fputs(k->def, out);
     }
@@ -1067,14 +1073,7 @@ void sheaf_config_print_markdown(FILE *out)
                     section);
         }
         fprintf(out, "| `%s` | ", k->name);
-        switch (k->type) {
-        case T_STRING: fputs(k->flags & CONF_SECRET ? "secret string" : "string", out); break;
-        case T_ENUM: fputs("one of `", out); md_cell(out, k->choices); fputs("`", out); break;
-        case T_INT:
-        case T_LLONG: fprintf(out, "integer %lld..%lld", k->min, k->max); break;
-        case T_DOUBLE: fprintf(out, "number %g..%g", k->dmin, k->dmax); break;
-        case T_BOOL: fputs("boolean", out); break;
-        }
+        print_type(out, k, 1);
         fputs(" | ", out);
         md_default(out, k);
         fputs(" | ", out);

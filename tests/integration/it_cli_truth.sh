@@ -4,7 +4,9 @@
 # groups line without groups, "done" only when every result is there,
 # --watch redrawn in place on a terminal), cost lines of one shape with
 # fixed decimals and the prices stored with the job at submit, and submit
-# naming the files it skipped and why (--dry-run --list lists documents).
+# naming the files it skipped and why (--dry-run --list lists documents);
+# the simulator's answer follows its instructions, so a prompt change
+# shows in `sheaf diff`.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -97,4 +99,16 @@ grep -q 'e-0' "$T/cost.jsonl" && fail "a cost in exponent notation"
 jq -se '.[] | select(.kind == "job") | ((.cost - (.prompt_tokens * 0.15 + .completion_tokens * 0.60) / 1e6) | fabs) < 1e-6' \
   "$T/cost.jsonl" > /dev/null || fail "job cost not at the stored prices: $(tail -n 1 "$T/cost.jsonl")"
 grep -q "stored with it at submit" "$T/cost.err" || fail "cost does not say which prices: $(cat "$T/cost.err")"
+# ---- the simulator answers its instructions: a combine prompt changed only
+# outside its <text> section changes the result, and `sheaf diff` says so.
+"$SHEAF" submit --job-id instr "$ROOT/examples/reports/hiring-plan-2027.txt" > /dev/null 2>&1 || fail "submit instr"
+wait_job instr 120
+PV1=$(job_field instr pipeline)
+RUN="$("$SHEAF" replay instr --pipeline summarize \
+  -X $'prompt.combine=Combine these partial summaries of "{{doc_id}}" into one summary for a finance director.\n\n<text>\n{{partials}}\n</text>' 2> /dev/null)" \
+  || fail "replay with another combine prompt"
+wait_job "$RUN" 120
+code=0; "$SHEAF" diff instr "$PV1" "$(job_field "$RUN" pipeline)" > "$T/instr.diff" 2>&1 || code=$?
+assert_eq "$code" 1 "sheaf diff after an instruction-only prompt change"
+assert_eq "$(tail -n 1 "$T/instr.diff" | jq .changed)" 1 "documents changed by the instructions"
 log "ok: skipped files named, results --partial/--follow, status shape and --watch, cost lines"

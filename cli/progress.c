@@ -85,10 +85,11 @@ const char *progress_prices(const sheaf_config *cfg, const sheaf_job_status *st,
 
 const char *progress_state(const sheaf_job_status *st, char *buf, size_t len)
 {
-    if (st->state == SHEAF_JOB_DONE && (st->results < st->docs || !st->overview_done)) {
+    uint64_t missing = st->results < st->docs ? st->docs - st->results : 0;
+    if (st->state == SHEAF_JOB_DONE && (missing || !st->overview_done)) {
         snprintf(buf, len, "incomplete (done, but %llu of %llu document results%s missing: "
-                 "sheaf repair)", (unsigned long long)(st->docs - (st->results < st->docs ? st->results : st->docs)),
-                 (unsigned long long)st->docs, st->overview_done ? "" : " and the overview");
+                 "sheaf repair)", (unsigned long long)missing, (unsigned long long)st->docs,
+                 st->overview_done ? "" : " and the overview");
         return buf;
     }
     return sheaf_job_state_name(st->state);
@@ -118,8 +119,8 @@ static double job_cost(const sheaf_config *cfg, const sheaf_job_status *st, cons
 }
 
 /* "sheaf-sim (map, reduce, overview); gpt-4o (group)": each model once,
- * with the stages that use it.  Only models without a price when
- * unpriced_only (t then holds the prices). */
+ * with the stages that use it; with t, only the models t has no price
+ * for. */
 static void models_text(char *out, size_t len, const progress *pg, const sheaf_price_table *t)
 {
     size_t n = 0;

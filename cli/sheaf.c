@@ -942,12 +942,14 @@ static void cost_line(const char *kind, const char *id, uint64_t tok[4][2], cons
     }
     json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)prompt));
     json_object_set_new(o, "completion_tokens", json_integer((json_int_t)completion));
+    json_object_set_new(o, "currency", json_string(currency));
     char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    /* jansson prints reals with %.17g (1.2e-05); money wants fixed decimals. */
+    /* jansson prints reals with %.17g (1.2e-05); money wants fixed decimals:
+     * the cost is written last, by hand. */
     if (txt && strlen(txt) > 1) {
         txt[strlen(txt) - 1] = '\0';
-        if (known && t->n) printf("%s,\"cost\":%.6f,\"currency\":\"%s\"}\n", txt, cost, currency);
-        else printf("%s,\"cost\":null,\"currency\":\"%s\"}\n", txt, currency);
+        if (known && t->n) printf("%s,\"cost\":%.6f}\n", txt, cost);
+        else printf("%s,\"cost\":null}\n", txt);
     }
     free(txt);
     json_decref(o);

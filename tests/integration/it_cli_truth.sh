@@ -93,7 +93,7 @@ assert_eq "$(job_field "$JOB" complete)" false "complete in --json"
 assert_eq "$(jq -c '[.kind]' "$T/cost.jsonl" | sort | uniq -c | awk '{print $2 $1}' | tr '\n' ' ')" \
   '["doc"]5 ["job"]1 ["overview"]1 ' "kinds of cost lines"
 assert_eq "$(jq -c 'keys_unsorted' "$T/cost.jsonl" | sort -u | wc -l)" 1 "shapes of cost lines"
-grep -Eq '"cost":[0-9]+\.[0-9]{6},' "$T/cost.jsonl" || fail "fixed decimals: $(head -n 1 "$T/cost.jsonl")"
+grep -Eq '"cost":[0-9]+\.[0-9]{6}}$' "$T/cost.jsonl" || fail "fixed decimals: $(head -n 1 "$T/cost.jsonl")"
 grep -q 'e-0' "$T/cost.jsonl" && fail "a cost in exponent notation"
 # Priced at submit (0.15/0.60), not with the -X prices given now.
 jq -se '.[] | select(.kind == "job") | ((.cost - (.prompt_tokens * 0.15 + .completion_tokens * 0.60) / 1e6) | fabs) < 1e-6' \

@@ -3,7 +3,8 @@
 # test, SHEAF_DEV_DEMO_BUILD=0) prints the overview and where the results are
 # on stdout and nothing else (no build or stack noise: that goes to stderr
 # or a log), stops what it started, and leaves the git tree as it found
-# it: nothing new in `git status --porcelain`.
+# it: nothing new in `git status --porcelain`.  The stack it starts names
+# the /metrics URL of each worker and reducer.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -15,6 +16,10 @@ SHEAF_DEV_DEMO_BUILD=0 SHEAF_BUILD_DIR="$BUILD" SHEAF_DEV_DIR="$T/demo-stack" \
 grep -v '^$' "$T/demo.out" | head -n 1 | grep -q '^== overview of job ' || fail "demo's stdout starts with: $(head -n 3 "$T/demo.out")"
 [ "$(grep -c . "$T/demo.out")" -le 5 ] || fail "demo's stdout has more than the overview: $(cat "$T/demo.out")"
 grep -Eq 'Built target|\[ *[0-9]+%\]|cmake|^stack:|export ' "$T/demo.out" && fail "noise on demo's stdout: $(cat "$T/demo.out")"
+# The dev stack serves metrics from every worker and reducer and says where.
+for p in worker-1 worker-2 worker-3 reducer-1; do
+  grep -Eq "^stack: metrics: $p http://127\.0\.0\.1:[0-9]+/metrics" "$T/demo.err" || fail "no metrics URL for $p: $(grep metrics "$T/demo.err")"
+done
 JOB=$(sed -n 's/^== overview of job \(.*\) ==$/\1/p' "$T/demo.out")
 results_file=$(sed -n 's/^per-document results: \([^ ]*\) .*/\1/p' "$T/demo.out")
 [ -s "$results_file" ] || fail "no results file $results_file"

@@ -76,10 +76,19 @@ typedef struct sheaf_in_file {
     sheaf_format format;   /* TEXT, JSONL or PDF, never AUTO */
 } sheaf_in_file;
 
+/* A file a directory walk left out on purpose, and why. */
+typedef struct sheaf_in_skip {
+    char *path;            /* owned */
+    const char *reason;    /* static text */
+} sheaf_in_skip;
+
 typedef struct sheaf_in_files {
     sheaf_in_file *v;
     size_t n;
     size_t cap;
+    sheaf_in_skip *skips;  /* owned, in walk order */
+    size_t n_skips;
+    size_t cap_skips;
 } sheaf_in_files;
 
 typedef void (*sheaf_problem_fn)(void *ud, const char *msg);
@@ -93,6 +102,11 @@ typedef void (*sheaf_problem_fn)(void *ud, const char *msg);
  * ".." the name of the resolved directory; for "/" no prefix).  Inside a
  * walk, names starting with '.' are ignored and symbolic links to
  * directories are not followed (no cycles); links to files are.
+ * Files a walk leaves out on purpose are listed in out->skips with the
+ * reason: a name of another type (data.json, prog), a README file (it
+ * describes the folder), and a *.pdf whose text version (same name with
+ * .txt, .md or .text) is in the same directory (the same document twice;
+ * the text is taken).  A file named on the command line is never skipped.
  * Unreadable paths and special files are reported through problem and left
  * out.  The format of a file is input.format, or with "auto" JSONL for
  * *.jsonl and TEXT otherwise; a *.pdf file is PDF unless input.format is

@@ -39,6 +39,12 @@ typedef struct sheaf_submit_opts {
     int dry_run;             /* pass 1 only: validate, count, print nothing to Kafka/Redis */
     int resume;              /* job_id's submit died while producing: take it over
                                 (sheaf_state_job_resume) and produce everything again */
+    /* Optional: told of each file a directory walk left out, and why (after
+     * pass 1, before anything is submitted); and, on a dry run, of each
+     * document (its id, where it is: "PATH" or "PATH:LINE", its chunks). */
+    void (*on_skip)(void *ud, const char *path, const char *reason);
+    void (*on_doc)(void *ud, const char *id, const char *where, uint32_t chunks);
+    void *ud;
 } sheaf_submit_opts;
 
 typedef struct sheaf_submit_report {
@@ -49,6 +55,7 @@ typedef struct sheaf_submit_report {
     uint64_t tokens;         /* estimated tokens in all chunks */
     uint64_t bytes;          /* input bytes read */
     uint64_t skipped;        /* bad documents left out (on_error=skip) */
+    uint64_t files_skipped;  /* files a directory walk left out (opts.on_skip) */
     uint64_t problems;       /* input problems found */
     /* Dry run: what the job would cost.  Calls are a floor (progressive
      * levels, refinement rounds and result-label groups depend on the

@@ -269,6 +269,9 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
     if (err != SHEAF_OK) goto done;
     report->bytes = scan.bytes;
     report->problems = scan.n_problems;
+    report->files_skipped = scan.files.n_skips;
+    for (size_t i = 0; opts->on_skip && i < scan.files.n_skips; i++)
+        opts->on_skip(opts->ud, scan.files.skips[i].path, scan.files.skips[i].reason);
     if (scan.n_problems > 0 && !io.skip) {
         err = SHEAF_ERR_INVALID;
         snprintf(errstr, errlen,
@@ -296,6 +299,11 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
      * would not fit the window) are logged before anything is paid for. */
     estimate(pipe, &scan, report);
     if (opts->dry_run) {
+        for (size_t i = 0; opts->on_doc && i < scan.docs.n; i++) {
+            char where[SHEAF_PROBLEM_SIZE];
+            sheaf_scan_where(&scan, &scan.docs.v[i], where, sizeof(where));
+            opts->on_doc(opts->ud, scan.docs.v[i].id, where, scan.docs.v[i].chunks);
+        }
         sheaf_info("producer", "dry run: %llu documents, %llu chunks (~%llu tokens) would be "
                    "produced to %s",
                    (unsigned long long)report->docs, (unsigned long long)report->chunks,

@@ -869,7 +869,7 @@ static void write_pdf(fixture *f, const char *rel, int n, const char *const *tex
 static void test_pdf_walk(void **state)
 {
     fixture *f = *state;
-    sheaf_in_files files = {NULL, 0, 0};
+    sheaf_in_files files = {NULL, 0, 0, NULL, 0, 0};
     char *paths[1];
 
     write_str(f, "docs/a.txt", "A.");
@@ -900,6 +900,51 @@ static void test_pdf_walk(void **state)
     init_opts(f);
     assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
     assert_int_equal(files.v[0].format, SHEAF_FORMAT_JSONL);
+    sheaf_in_files_clear(&files);
+}
+
+/* What a walk leaves out, each with its reason: other types, README files,
+ * the PDF of a document whose text version is next to it; a file named
+ * on the command line is taken whatever its name. */
+static void test_walk_skips(void **state)
+{
+    fixture *f = *state;
+    sheaf_in_files files = {NULL, 0, 0, NULL, 0, 0};
+    char *paths[1];
+
+    write_str(f, "w/notes.txt", "N.");
+    write_str(f, "w/prog", "#!/bin/sh");
+    write_str(f, "w/data.json", "{}");
+    write_str(f, "w/README.md", "About.");
+    write_str(f, "w/sub/readme", "About.");
+    write_str(f, "w/st.TXT", "S.");
+    write_str(f, "w/st.pdf", "not read");
+    write_str(f, "w/alone.pdf", "not read");
+    init_opts(f);
+    paths[0] = (char *)path_of(f, "w");
+    assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
+    assert_int_equal(files.n, 3);
+    assert_string_equal(files.v[0].id, "w/alone.pdf");
+    assert_string_equal(files.v[1].id, "w/notes.txt");
+    assert_string_equal(files.v[2].id, "w/st.TXT");
+    assert_int_equal(files.n_skips, 5);
+    int type = 0, readme = 0, twin = 0;
+    for (size_t i = 0; i < files.n_skips; i++) {
+        const char *r = files.skips[i].reason, *p = files.skips[i].path;
+        if (strstr(r, "unknown file type")) type += strstr(p, "/prog") || strstr(p, "/data.json");
+        if (strstr(r, "README")) readme += strstr(p, "README.md") || strstr(p, "/readme");
+        if (strstr(r, "text version")) twin += strstr(p, "/st.pdf") != NULL;
+    }
+    assert_int_equal(type, 2);
+    assert_int_equal(readme, 2);
+    assert_int_equal(twin, 1);
+    sheaf_in_files_clear(&files);
+    assert_null(files.skips);
+
+    paths[0] = (char *)path_of(f, "w/README.md");
+    assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
+    assert_int_equal(files.n, 1);
+    assert_int_equal(files.n_skips, 0);
     sheaf_in_files_clear(&files);
 }
 
@@ -1096,6 +1141,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_custom_fields_and_bom, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reread_by_offset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pdf_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_skips, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pdf_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pdf_errors, setup, teardown),
     };

@@ -172,6 +172,9 @@ sheaf_err sheaf_config_load(sheaf_config *cfg, const char *config_path,
 void sheaf_config_dump(const sheaf_config *cfg, FILE *out);
 /* Prints the key table with types, defaults and docs (for --help-config). */
 void sheaf_config_print_help(FILE *out);
+/* The same table as docs/configuration.md: Markdown, one section per key
+ * prefix (`sheaf --help-config --markdown`). */
+void sheaf_config_print_markdown(FILE *out);
 
 /* Topic names: <topic.prefix>.<suffix> into out (truncated to outlen). */
 void sheaf_topic_name(const sheaf_config *cfg, const char *suffix, char *out, size_t outlen);

@@ -13,6 +13,7 @@
  *   sheaf jobs [--state S] [--json]
  *   sheaf cancel JOB
  *   sheaf job delete JOB [--force]
+ *   sheaf stream --from-topic TOPIC --name NAME   (stream_cmd.c)
  *   sheaf config            (print the effective configuration, secrets hidden)
  *
  * Every subcommand takes -c FILE and -X key=value like the other programs.
@@ -27,6 +28,7 @@
 
 #include "producer.h"
 #include "progress.h"
+#include "stream_cmd.h"
 #include "sheaf/cost.h"
 #include "sheaf/log.h"
 #include "sheaf/program.h"
@@ -72,6 +74,9 @@ static void usage(FILE *out)
             "        continue a job whose submit died while producing (status: STALLED)\n"
             "        with the same inputs and pipeline: what was registered and produced\n"
             "        is not counted twice\n"
+            "  stream --from-topic TOPIC --name NAME [--pipeline NAME|FILE]\n"
+            "        continuous mode: every record of TOPIC is a document of stream NAME,\n"
+            "        its result written as it finishes (sheaf stream --help)\n"
             "  status JOB [--json] [--watch]\n"
             "        progress per stage (chunks, documents, groups, overview), rate, ETA,\n"
             "        failures, dead letters, tokens by stage, cost (cost.prices), cache;\n"
@@ -207,6 +212,10 @@ static int cmd_status(cli *c, const char *job)
 
     memset(&pg, 0, sizeof(pg));
     if (!r) goto out;
+    if (!c->watch && sheaf_cli_stream_status(&c->cfg, job, c->json) == 0) {
+        rc = 0; /* a stream: its own view (stream_cmd.c) */
+        goto out;
+    }
     do {
         sheaf_err err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr));
         if (err != SHEAF_OK) {
@@ -942,6 +951,10 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
         printf("sheaf %s\n", SHEAF_VERSION);
         rc = 0;
+        goto out;
+    }
+    if (strcmp(argv[1], "stream") == 0) { /* its own options (stream_cmd.c) */
+        rc = sheaf_cli_stream(argc, argv);
         goto out;
     }
     if (strcmp(argv[1], "--help-config") == 0) {

@@ -31,6 +31,8 @@ typedef struct sheaf_chunk_producer {
     sheaf_buf value;         /* the encoded message */
     sheaf_buf text;          /* the chunk text, NUL-terminated for the codec */
     uint64_t produced;       /* messages handed to librdkafka */
+    void *delivery;          /* each message's opaque: a sheaf_kafka_delivery hook or NULL
+                                (set per document by `sheaf stream`) */
 } sheaf_chunk_producer;
 
 /* The document a chunk belongs to, as the message needs it. */

@@ -1,0 +1,55 @@
+/* producer/stream.h - `sheaf stream`: documents from the user's own topic.
+ *
+ * A long-running process, a member of the consumer group stream.group
+ * (default sheaf-stream-<name>) on the input topic: any number of them
+ * share its partitions.  Each record is one document of the stream job
+ * <name> (sheaf/state_stream.h), chunked, registered and produced to
+ * <prefix>.map as `sheaf submit` does; the fleet maps it and the reducer
+ * writes its result as soon as it is done.  docs/stream.md tells the
+ * design; stream.c the mechanics. */
+#ifndef SHEAF_PRODUCER_STREAM_H
+#define SHEAF_PRODUCER_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "sheaf/config.h"
+#include "sheaf/error.h"
+
+typedef struct sheaf_stream_opts {
+    const char *name;         /* the stream's job id */
+    const char *from_topic;   /* the input topic */
+} sheaf_stream_opts;
+
+/* What a record becomes (stream_record.c): the document id from the
+ * record (before versions), its text (pages joined by form feeds) and its
+ * metadata as stored (JSON) and as carried in chunk messages. */
+typedef struct sheaf_stream_record {
+    char *id;                 /* owned */
+    char *text;               /* owned, NUL-terminated */
+    size_t text_len;
+    int has_pages;
+    char *meta_json;          /* owned, "{}" when none */
+    sheaf_kv *meta;           /* owned (sheaf_meta_kv_free) */
+    size_t meta_len;
+} sheaf_stream_record;
+
+struct sheaf_input_opts;
+
+/* Reads one record (stream.format): SHEAF_OK with rec filled, or
+ * SHEAF_ERR_INVALID with the reason in msg (what goes to the DLQ), e.g.
+ * `field "text": expected a string, got number`.  key may be NULL.
+ * Clear rec in every case. */
+sheaf_err sheaf_stream_record_parse(const sheaf_config *cfg, const struct sheaf_input_opts *io,
+                                    const void *key, size_t key_len, const void *value,
+                                    size_t len, sheaf_stream_record *rec, char *msg,
+                                    size_t msglen);
+void sheaf_stream_record_clear(sheaf_stream_record *rec);
+
+/* Runs the stream until SIGTERM/SIGINT (then: every produced chunk
+ * delivered, offsets committed, exit 0) or a failure it cannot get past
+ * (a chunk that cannot be delivered, the stream job cancelled):
+ * SHEAF_ERR_* with errstr. */
+sheaf_err sheaf_stream_run(const sheaf_config *cfg, const sheaf_stream_opts *o, char *errstr,
+                           size_t errlen);
+
+#endif

@@ -100,6 +100,10 @@ struct stream {
     char fail_why[SHEAF_ERRSTR_SIZE];
     size_t in_flight;           /* records taken and not finished */
     int64_t tick_ms, beat_ms, expire_ms;
+    /* The backlog as last read from Redis plus the chunks this process
+     * produced since: checked after every record, so one process never
+     * overshoots the bound by more than a record. */
+    int64_t waiting;
     uint64_t docs, dup, dlq;
     /* metrics (metrics.port) */
     sheaf_metrics *metrics;
@@ -259,6 +263,7 @@ static sheaf_err produce_doc(stream *s, rec *r, const rd_kafka_message_t *m,
                 fresh ? "" : ", registered before", cv.n);
     sheaf_doc_out out = {doc, (uint32_t)cv.n, d->has_pages, d->meta, d->meta_len};
     s->cp.delivery = &r->hook;
+    s->waiting += (int64_t)cv.n;
     for (size_t i = 0; i < cv.n; i++) {
         r->pending++;
         err = sheaf_chunk_producer_send(&s->cp, &out, &cv.v[i], errstr, sizeof(errstr));
@@ -412,6 +417,7 @@ static void tick(stream *s)
     if (sheaf_state_stream_backlog(s->redis, s->o->name, &waiting, &docs, errstr,
                                    sizeof(errstr)) == SHEAF_OK) {
         int64_t max = s->cfg->stream_max_pending_chunks;
+        s->waiting = waiting;
         if (max > 0 && !s->paused && waiting > max) set_paused(s, 1, waiting);
         else if (s->paused && (max == 0 || waiting <= max / 2)) set_paused(s, 0, waiting);
         sheaf_metric_set(s->m_waiting, waiting);
@@ -618,6 +624,9 @@ sheaf_err sheaf_stream_run(const sheaf_config *cfg, const sheaf_stream_opts *o, 
                 sheaf_warn("stream", "consumer: %s", rd_kafka_message_errstr(m));
         } else if (m) {
             err = take(&s, m);
+            if (s.cfg->stream_max_pending_chunks > 0 && !s.paused &&
+                s.waiting > s.cfg->stream_max_pending_chunks)
+                set_paused(&s, 1, s.waiting);
             if (err != SHEAF_OK && err != SHEAF_ERR_STOPPED)
                 snprintf(errstr, errlen, "%s", s.fail_why[0] ? s.fail_why : sheaf_strerror(err));
         }

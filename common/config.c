@@ -195,6 +195,12 @@ static const conf_key conf_keys[] = {
     K_INT("stream.max_pending_chunks", stream_max_pending_chunks, "2000", 0, 1000000000,
           "sheaf stream: pause the input while more of the stream's chunks than this wait "
           "for the map stage (resume below half); 0 = never pause."),
+    K_INT("stream.window_docs", stream_window_docs, "0", 0, 10000000,
+          "sheaf stream: the pipeline's group and overview stages run per tumbling window of "
+          "this many documents (each window a job NAME@w<k>); 0 = no windows."),
+    K_LLONG("stream.window_ms", stream_window_ms, "0", 0, 365 * DAY_MS,
+            "sheaf stream: the same per tumbling window of this many milliseconds (by "
+            "Redis's clock at registration); 0 = no windows.  Set one of the two."),
 
     /* Worker and reducer */
     K_STR("worker.group", worker_group, "sheaf-workers", "Kafka consumer group of the workers."),

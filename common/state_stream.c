@@ -87,8 +87,19 @@ sheaf_err sheaf_state_stream_doc(sheaf_redis *r, const char *name, const char *p
                                  int64_t t0_ms, char *doc, size_t doclen, int *version,
                                  int *fresh, char *errstr, size_t errlen)
 {
+    return sheaf_state_stream_doc_w(r, name, place, id, chunks, meta_json, t0_ms, 0, 0, doc,
+                                    doclen, version, fresh, errstr, errlen);
+}
+
+sheaf_err sheaf_state_stream_doc_w(sheaf_redis *r, const char *name, const char *place,
+                                   const char *id, uint32_t chunks, const char *meta_json,
+                                   int64_t t0_ms, int window_docs, int64_t window_ms, char *doc,
+                                   size_t doclen, int *version, int *fresh, char *errstr,
+                                   size_t errlen)
+{
     static const sheaf_lua_script reg = {sheaf_lua_stream_doc};
     char kjob[KEYLEN], ksrc[KEYLEN], kdocs[KEYLEN], kidv[KEYLEN], pre[KEYLEN], n[16], t0[24];
+    char wd[16], wms[24];
     sheaf_err err = SHEAF_ERR_REDIS;
     sheaf_key(kjob, sizeof(kjob), name, "job");
     sheaf_key(ksrc, sizeof(ksrc), name, "src");
@@ -97,8 +108,10 @@ sheaf_err sheaf_state_stream_doc(sheaf_redis *r, const char *name, const char *p
     sheaf_key(pre, sizeof(pre), name, "");
     snprintf(n, sizeof(n), "%u", chunks);
     snprintf(t0, sizeof(t0), "%lld", (long long)t0_ms);
-    const char *args[] = {kjob, ksrc, kdocs, kidv, pre, place, id, n, meta_json, t0};
-    redisReply *rep = sheaf_redis_script(r, &reg, 4, 10, args, NULL, errstr, errlen);
+    snprintf(wd, sizeof(wd), "%d", window_docs);
+    snprintf(wms, sizeof(wms), "%lld", (long long)window_ms);
+    const char *args[] = {kjob, ksrc, kdocs, kidv, pre, place, id, n, meta_json, t0, wd, wms};
+    redisReply *rep = sheaf_redis_script(r, &reg, 4, 12, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
         rep->element[0]->type != REDIS_REPLY_STRING) {
@@ -202,6 +215,128 @@ sheaf_err sheaf_state_stream_expire(sheaf_redis *r, const sheaf_config *cfg, con
     redisReply *rep = sheaf_redis_script(r, &expire, 9, 13, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     *dropped = reply_int(rep);
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+/* ---- windows ---- */
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+sheaf_err sheaf_state_stream_windows(sheaf_redis *r, const char *name, long long **ks,
+                                     size_t *n, char *errstr, size_t errlen)
+{
+    char key[KEYLEN];
+    *ks = NULL;
+    *n = 0;
+    sheaf_key(key, sizeof(key), name, "wopen");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "SMEMBERS %s", key);
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements) {
+        if (!(*ks = calloc(rep->elements, sizeof(**ks)))) {
+            freeReplyObject(rep);
+            snprintf(errstr, errlen, "out of memory");
+            return SHEAF_ERR_NOMEM;
+        }
+        for (size_t i = 0; i < rep->elements; i++) (*ks)[(*n)++] = reply_int(rep->element[i]);
+        qsort(*ks, *n, sizeof(**ks), cmp_ll);
+    }
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+/* A list reply (strings, nil as NULL) into l. */
+static sheaf_err strings_of(redisReply *rep, sheaf_strlist *l)
+{
+    memset(l, 0, sizeof(*l));
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements == 0) return SHEAF_OK;
+    if (!(l->v = calloc(rep->elements, sizeof(*l->v)))) return SHEAF_ERR_NOMEM;
+    l->n = rep->elements;
+    for (size_t i = 0; i < rep->elements; i++)
+        if (rep->element[i]->type == REDIS_REPLY_STRING &&
+            !(l->v[i] = sheaf_strndup(rep->element[i]->str, rep->element[i]->len)))
+            return SHEAF_ERR_NOMEM;
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_stream_window_docs(sheaf_redis *r, const char *name, long long k,
+                                         sheaf_strlist *docs, sheaf_strlist *results,
+                                         char *errstr, size_t errlen)
+{
+    char key[KEYLEN], sfx[48], kres[KEYLEN];
+    sheaf_err err = SHEAF_ERR_NOMEM;
+    const char **argv = NULL;
+    redisReply *rep;
+    memset(results, 0, sizeof(*results));
+    snprintf(sfx, sizeof(sfx), "wd:%lld", k);
+    sheaf_key(key, sizeof(key), name, sfx);
+    if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s 0 -1", key))) return SHEAF_ERR_REDIS;
+    err = strings_of(rep, docs);
+    freeReplyObject(rep);
+    if (err != SHEAF_OK || docs->n == 0) goto out;
+    err = SHEAF_ERR_NOMEM;
+    if (!(argv = calloc(docs->n + 2, sizeof(*argv)))) goto out;
+    sheaf_key(kres, sizeof(kres), name, "results");
+    argv[0] = "HMGET";
+    argv[1] = kres;
+    for (size_t i = 0; i < docs->n; i++) argv[i + 2] = docs->v[i] ? docs->v[i] : "";
+    if (!(rep = sheaf_redis_argv(r, (int)docs->n + 2, argv, NULL, errstr, errlen))) {
+        err = SHEAF_ERR_REDIS;
+        goto out;
+    }
+    err = strings_of(rep, results);
+    freeReplyObject(rep);
+out:
+    if (err == SHEAF_ERR_NOMEM) snprintf(errstr, errlen, "out of memory");
+    free(argv);
+    return err;
+}
+
+sheaf_err sheaf_state_stream_window_claim(sheaf_redis *r, const char *name, long long k,
+                                          const char *owner, int ttl_ms, int *got,
+                                          char *errstr, size_t errlen)
+{
+    char key[KEYLEN], sfx[48], ttl[16];
+    snprintf(sfx, sizeof(sfx), "wclose:%lld", k);
+    sheaf_key(key, sizeof(key), name, sfx);
+    snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "SET %s %s NX PX %s", key, owner, ttl);
+    if (!rep) return SHEAF_ERR_REDIS;
+    *got = rep->type == REDIS_REPLY_STATUS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_stream_window_closed(sheaf_redis *r, const char *name, long long k,
+                                           char *errstr, size_t errlen)
+{
+    char kopen[KEYLEN], kwd[KEYLEN], kclose[KEYLEN], sfx[48], kstr[24];
+    sheaf_key(kopen, sizeof(kopen), name, "wopen");
+    snprintf(sfx, sizeof(sfx), "wd:%lld", k);
+    sheaf_key(kwd, sizeof(kwd), name, sfx);
+    snprintf(sfx, sizeof(sfx), "wclose:%lld", k);
+    sheaf_key(kclose, sizeof(kclose), name, sfx);
+    snprintf(kstr, sizeof(kstr), "%lld", k);
+    if (sheaf_redis_do(r, errstr, errlen, "SREM %s %s", kopen, kstr) != SHEAF_OK ||
+        sheaf_redis_do(r, errstr, errlen, "DEL %s %s", kwd, kclose) != SHEAF_OK)
+        return SHEAF_ERR_REDIS;
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_time_ms(sheaf_redis *r, int64_t *ms, char *errstr, size_t errlen)
+{
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "TIME");
+    if (!rep) return SHEAF_ERR_REDIS;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
+        freeReplyObject(rep);
+        snprintf(errstr, errlen, "Redis TIME: unexpected reply");
+        return SHEAF_ERR_REDIS;
+    }
+    *ms = reply_int(rep->element[0]) * 1000 + reply_int(rep->element[1]) / 1000;
     freeReplyObject(rep);
     return SHEAF_OK;
 }

@@ -101,6 +101,8 @@ typedef struct sheaf_config {
     char *stream_pages_field;    /* stream.pages_field: JSON array of page texts */
     char *stream_group;          /* stream.group: "" = sheaf-stream-<name> */
     int stream_max_pending_chunks; /* stream.max_pending_chunks: pause above, 0 = never */
+    int stream_window_docs;      /* stream.window_docs: tumbling windows of N documents */
+    long long stream_window_ms;  /* stream.window_ms: tumbling windows of T ms */
 
     /* Worker and reducer */
     char *worker_group;          /* worker.group: Kafka consumer group id */

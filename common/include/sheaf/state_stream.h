@@ -16,6 +16,9 @@
  *   sheaf:{N}:lat          hash    end-to-end latency histogram:
  *                                  all:<b> and m<minute>:<b> = documents,
  *                                  bucket b = floor(4 log2(ms))
+ *   sheaf:{N}:wd:<k>       list    window k's documents (registration order)
+ *   sheaf:{N}:wopen        set     windows not yet closed
+ *   sheaf:{N}:wclose:<k>   string  who is closing window k (a lease)
  *   sheaf:{N}:stream       hash    lag:<partition> = "<lag> <ms>" and
  *                                  paused:<consumer> = "<0|1> <ms>", as the
  *                                  stream processes last saw them
@@ -59,6 +62,34 @@ sheaf_err sheaf_state_stream_doc(sheaf_redis *r, const char *name, const char *p
                                  const char *id, uint32_t chunks, const char *meta_json,
                                  int64_t t0_ms, char *doc, size_t doclen, int *version,
                                  int *fresh, char *errstr, size_t errlen);
+
+/* ---- windows (stream.window_docs, stream.window_ms) ---- */
+
+/* Registers like sheaf_state_stream_doc, the document joining its window
+ * (stream_doc.lua says which). */
+sheaf_err sheaf_state_stream_doc_w(sheaf_redis *r, const char *name, const char *place,
+                                   const char *id, uint32_t chunks, const char *meta_json,
+                                   int64_t t0_ms, int window_docs, int64_t window_ms, char *doc,
+                                   size_t doclen, int *version, int *fresh, char *errstr,
+                                   size_t errlen);
+
+/* The windows not yet closed, ascending (*ks malloc'd). */
+sheaf_err sheaf_state_stream_windows(sheaf_redis *r, const char *name, long long **ks,
+                                     size_t *n, char *errstr, size_t errlen);
+/* Window k's documents in registration order, and each one's stored
+ * result (results->v[i] NULL while it has none). */
+sheaf_err sheaf_state_stream_window_docs(sheaf_redis *r, const char *name, long long k,
+                                         sheaf_strlist *docs, sheaf_strlist *results,
+                                         char *errstr, size_t errlen);
+/* The right to close window k for ttl_ms (*got 1), unless another holds it. */
+sheaf_err sheaf_state_stream_window_claim(sheaf_redis *r, const char *name, long long k,
+                                          const char *owner, int ttl_ms, int *got,
+                                          char *errstr, size_t errlen);
+/* Window k is closed: out of wopen, its list and lease gone. */
+sheaf_err sheaf_state_stream_window_closed(sheaf_redis *r, const char *name, long long k,
+                                           char *errstr, size_t errlen);
+/* Redis TIME in ms (windows by time are cut by Redis's clock). */
+sheaf_err sheaf_state_time_ms(sheaf_redis *r, int64_t *ms, char *errstr, size_t errlen);
 
 /* The map stage's backlog of the stream: chunks registered and not yet
  * recorded, documents registered and without a result. */

@@ -89,6 +89,8 @@ static void usage(FILE *out)
             "        run the job again from its chunk messages on Kafka under the pipeline\n"
             "        (default: its own); unchanged LLM calls come from the call cache.\n"
             "        Prints the run id (JOB@rN).\n"
+            "  replay STREAM --from TIME --to TIME [--pipeline NAME|FILE] [--wait]\n"
+            "        the stream's input records of that window as a run STREAM@rN\n"
             "  replay --from TIME --to TIME [--pipeline NAME|FILE]\n"
             "        replay every job with chunk messages produced in that window\n"
             "        (TIME: epoch milliseconds or YYYY-MM-DDTHH:MM:SS, UTC)\n"
@@ -358,7 +360,7 @@ static int cmd_replay(cli *c, char **rest, size_t n)
 
     if (n == 1 && !c->from && !c->to) {
         o.job = rest[0];
-    } else if (n == 0 && c->from && c->to) {
+    } else if (c->from && c->to && n <= 1) {
         o.from_ms = parse_time(c->from);
         o.to_ms = parse_time(c->to);
         if (o.from_ms < 0 || o.to_ms < 0 || o.to_ms < o.from_ms) {
@@ -369,6 +371,11 @@ static int cmd_replay(cli *c, char **rest, size_t n)
     } else {
         fprintf(stderr, "sheaf replay: give a job id, or --from and --to\n");
         return 2;
+    }
+    if (n == 1 && c->from) { /* a stream's input, by time (stream_cmd.c) */
+        char run[256];
+        rc = sheaf_cli_stream_replay(&c->cfg, rest[0], o.from_ms, o.to_ms, run, sizeof(run));
+        return rc == 0 && c->wait ? wait_job(c, run) : rc;
     }
     sheaf_err err = sheaf_replay(&c->cfg, &o, &rep, errstr, sizeof(errstr));
     for (size_t i = 0; i < rep.n_runs; i++) {

@@ -2,6 +2,7 @@
  *
  *   sheaf stream --from-topic TOPIC --name NAME [--pipeline P] [-c FILE] [-X k=v]
  *   sheaf status NAME [--json]        (NAME a stream: its input and latency)
+ *   sheaf replay NAME --from T --to T [--pipeline P]   (a window of its input)
  *
  * Kept apart from sheaf.c, which only hands these over. */
 #include <getopt.h>
@@ -146,4 +147,22 @@ int sheaf_cli_stream_status(const sheaf_config *cfg, const char *name, int json)
     }
     sheaf_redis_destroy(r);
     return rc;
+}
+
+int sheaf_cli_stream_replay(const sheaf_config *cfg, const char *name, int64_t from_ms,
+                            int64_t to_ms, char *run, size_t runlen)
+{
+    char errstr[SHEAF_ERRSTR_SIZE] = "";
+    uint64_t docs = 0;
+    sheaf_err err = sheaf_stream_replay(cfg, name, from_ms, to_ms, run, runlen, &docs, errstr,
+                                        sizeof(errstr));
+    if (err != SHEAF_OK) {
+        fprintf(stderr, "sheaf replay: %s\n", errstr);
+        return err == SHEAF_ERR_NOT_FOUND ? 3 : err == SHEAF_ERR_INVALID || err == SHEAF_ERR_CONFIG ? 2 : 1;
+    }
+    printf("%s\n", run);
+    fflush(stdout);
+    fprintf(stderr, "sheaf replay: stream %s: %llu document(s) of that window replayed as %s\n",
+            name, (unsigned long long)docs, run);
+    return 0;
 }

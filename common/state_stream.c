@@ -132,6 +132,18 @@ out:
     return err;
 }
 
+sheaf_err sheaf_state_stream_place_doc(sheaf_redis *r, const char *name, const char *place,
+                                       char *doc, size_t doclen, char *errstr, size_t errlen)
+{
+    char key[KEYLEN];
+    sheaf_key(key, sizeof(key), name, "src");
+    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", key, place);
+    if (!rep) return SHEAF_ERR_REDIS;
+    snprintf(doc, doclen, "%s", rep->type == REDIS_REPLY_STRING ? rep->str : "");
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
 sheaf_err sheaf_state_stream_backlog(sheaf_redis *r, const char *name, int64_t *chunks_waiting,
                                      int64_t *docs_in_flight, char *errstr, size_t errlen)
 {

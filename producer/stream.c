@@ -72,13 +72,6 @@ typedef struct rec {
     int pending;
 } rec;
 
-/* A document's chunks, kept between chunking and producing (a record is
- * bounded by the broker's message size). */
-typedef struct chunk_vec {
-    sheaf_chunk *v;
-    size_t n, cap;
-} chunk_vec;
-
 struct stream {
     const sheaf_config *cfg;
     const sheaf_stream_opts *o;
@@ -157,30 +150,6 @@ static void on_delivery(sheaf_kafka_delivery *d, rd_kafka_resp_err_t err)
     if (!err) rec_release(r);
 }
 
-static sheaf_err collect_chunk(const sheaf_chunk *ch, void *ud)
-{
-    chunk_vec *cv = ud;
-    if (cv->n == cv->cap) {
-        size_t cap = cv->cap ? 2 * cv->cap : 8;
-        sheaf_chunk *v = realloc(cv->v, cap * sizeof(*v));
-        if (!v) return SHEAF_ERR_NOMEM;
-        cv->v = v;
-        cv->cap = cap;
-    }
-    char *text = sheaf_strndup(ch->text, ch->len);
-    if (!text) return SHEAF_ERR_NOMEM;
-    cv->v[cv->n] = *ch;
-    cv->v[cv->n++].text = text;
-    return SHEAF_OK;
-}
-
-static void chunks_free(chunk_vec *cv)
-{
-    for (size_t i = 0; i < cv->n; i++) free((char *)cv->v[i].text);
-    free(cv->v);
-    memset(cv, 0, sizeof(*cv));
-}
-
 /* Sends a bad record to the DLQ; its offset moves on once the DLQ has it. */
 static sheaf_err dead_letter(stream *s, rec *r, const rd_kafka_message_t *m, const char *why)
 {
@@ -228,20 +197,16 @@ static sheaf_err produce_doc(stream *s, rec *r, const rd_kafka_message_t *m,
                              const sheaf_stream_record *d)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", place[600], doc[600];
-    chunk_vec cv = {0};
-    sheaf_chunker *ch = sheaf_chunker_create(&s->io.chunk, collect_chunk, &cv, errstr,
-                                             sizeof(errstr));
-    sheaf_err err = SHEAF_ERR_NOMEM;
+    sheaf_chunk_vec cv = {0};
+    sheaf_err err;
     int version = 0, fresh = 0;
     rd_kafka_timestamp_type_t tstype;
     int64_t t0 = rd_kafka_message_timestamp(m, &tstype);
 
-    if (!ch) goto done;
-    err = sheaf_chunker_feed(ch, d->text, d->text_len);
-    if (err == SHEAF_OK) err = sheaf_chunker_finish(ch);
+    err = sheaf_stream_record_chunk(&s->io.chunk, d, &cv, errstr, sizeof(errstr));
+    if (err == SHEAF_ERR_NOMEM) goto done;
     if (err != SHEAF_OK) {
         /* Too large a page: the record is bad, not the stream. */
-        snprintf(errstr, sizeof(errstr), "chunking: %s", sheaf_strerror(err));
         err = dead_letter(s, r, m, errstr);
         goto done;
     }
@@ -276,8 +241,7 @@ static sheaf_err produce_doc(stream *s, rec *r, const rd_kafka_message_t *m,
     }
 done:
     s->cp.delivery = NULL;
-    if (ch) sheaf_chunker_destroy(ch);
-    chunks_free(&cv);
+    sheaf_chunk_vec_free(&cv);
     return err;
 }
 

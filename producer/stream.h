@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "sheaf/chunker.h"
 #include "sheaf/config.h"
 #include "sheaf/error.h"
 
@@ -44,6 +45,30 @@ sheaf_err sheaf_stream_record_parse(const sheaf_config *cfg, const struct sheaf_
                                     size_t len, sheaf_stream_record *rec, char *msg,
                                     size_t msglen);
 void sheaf_stream_record_clear(sheaf_stream_record *rec);
+
+/* A document's chunks, kept between chunking and producing (a record is
+ * bounded by the broker's message size); texts owned. */
+typedef struct sheaf_chunk_vec {
+    sheaf_chunk *v;
+    size_t n, cap;
+} sheaf_chunk_vec;
+
+/* Chunks rec's text with o into cv (cleared first; free it in every case).
+ * A text the chunker refuses (a page too large) is SHEAF_ERR_TOO_LARGE
+ * or another error, with "chunking: <why>" in errstr. */
+sheaf_err sheaf_stream_record_chunk(const sheaf_chunk_opts *o, const sheaf_stream_record *rec,
+                                    sheaf_chunk_vec *cv, char *errstr, size_t errlen);
+void sheaf_chunk_vec_free(sheaf_chunk_vec *cv);
+
+/* `sheaf replay NAME --from T --to T` (stream_replay.c): the stream's
+ * input records timestamped in [from_ms, to_ms] become the documents of a
+ * run NAME@rN under the "pipeline" setting (else the stream's own); run
+ * receives its id.  Unchanged LLM calls are answered from the call cache.
+ * SHEAF_ERR_NOT_FOUND when name is no stream or no record is in the
+ * window. */
+sheaf_err sheaf_stream_replay(const sheaf_config *cfg, const char *name, int64_t from_ms,
+                              int64_t to_ms, char *run, size_t runlen, uint64_t *docs,
+                              char *errstr, size_t errlen);
 
 /* Runs the stream until SIGTERM/SIGINT (then: every produced chunk
  * delivered, offsets committed, exit 0) or a failure it cannot get past

@@ -202,3 +202,41 @@ void sheaf_stream_record_clear(sheaf_stream_record *rec)
     sheaf_meta_kv_free(rec->meta, rec->meta_len);
     memset(rec, 0, sizeof(*rec));
 }
+
+static sheaf_err collect_chunk(const sheaf_chunk *ch, void *ud)
+{
+    sheaf_chunk_vec *cv = ud;
+    if (cv->n == cv->cap) {
+        size_t cap = cv->cap ? 2 * cv->cap : 8;
+        sheaf_chunk *v = realloc(cv->v, cap * sizeof(*v));
+        if (!v) return SHEAF_ERR_NOMEM;
+        cv->v = v;
+        cv->cap = cap;
+    }
+    char *text = sheaf_strndup(ch->text, ch->len);
+    if (!text) return SHEAF_ERR_NOMEM;
+    cv->v[cv->n] = *ch;
+    cv->v[cv->n++].text = text;
+    return SHEAF_OK;
+}
+
+sheaf_err sheaf_stream_record_chunk(const sheaf_chunk_opts *o, const sheaf_stream_record *rec,
+                                    sheaf_chunk_vec *cv, char *errstr, size_t errlen)
+{
+    sheaf_chunker *ch = sheaf_chunker_create(o, collect_chunk, cv, errstr, errlen);
+    sheaf_err err = SHEAF_ERR_NOMEM;
+    memset(cv, 0, sizeof(*cv));
+    if (!ch) return SHEAF_ERR_INVALID;
+    err = sheaf_chunker_feed(ch, rec->text, rec->text_len);
+    if (err == SHEAF_OK) err = sheaf_chunker_finish(ch);
+    sheaf_chunker_destroy(ch);
+    if (err != SHEAF_OK) snprintf(errstr, errlen, "chunking: %s", sheaf_strerror(err));
+    return err;
+}
+
+void sheaf_chunk_vec_free(sheaf_chunk_vec *cv)
+{
+    for (size_t i = 0; cv && i < cv->n; i++) free((char *)cv->v[i].text);
+    if (cv) free(cv->v);
+    if (cv) memset(cv, 0, sizeof(*cv));
+}

@@ -91,6 +91,11 @@ sheaf_err sheaf_state_stream_window_closed(sheaf_redis *r, const char *name, lon
 /* Redis TIME in ms (windows by time are cut by Redis's clock). */
 sheaf_err sheaf_state_time_ms(sheaf_redis *r, int64_t *ms, char *errstr, size_t errlen);
 
+/* The document the record at place became, into doc ("" when it is not
+ * known, or no longer: past retention). */
+sheaf_err sheaf_state_stream_place_doc(sheaf_redis *r, const char *name, const char *place,
+                                       char *doc, size_t doclen, char *errstr, size_t errlen);
+
 /* The map stage's backlog of the stream: chunks registered and not yet
  * recorded, documents registered and without a result. */
 sheaf_err sheaf_state_stream_backlog(sheaf_redis *r, const char *name, int64_t *chunks_waiting,

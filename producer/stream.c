@@ -90,6 +90,7 @@ struct stream {
     int paused;
     int assigned;               /* an assignment came (even an empty one) */
     int failed;                 /* a delivery failed: stop */
+    int hold;                   /* a record was left unfinished: store no more offsets */
     char fail_why[SHEAF_ERRSTR_SIZE];
     size_t in_flight;           /* records taken and not finished */
     int64_t tick_ms, beat_ms, expire_ms;
@@ -113,6 +114,7 @@ static void store_offsets(stream *s)
     int32_t p;
     int64_t off;
     rd_kafka_topic_partition_list_t *l = NULL;
+    if (s->hold || s->failed) return;
     while (sheaf_offwin_take_next(s->window, &p, &off)) {
         if (!l) l = rd_kafka_topic_partition_list_new(8);
         rd_kafka_topic_partition_list_add(l, s->o->from_topic, p)->offset = off;
@@ -171,7 +173,9 @@ static sheaf_err dead_letter(stream *s, rec *r, const rd_kafka_message_t *m, con
 }
 
 /* Registers the document, retrying while Redis is unreachable (the
- * consumer is polled meanwhile, so the process stays in its group). */
+ * producer is served meanwhile; should the wait outlast the consumer's
+ * max.poll.interval.ms, the group moves the partitions and their new owner
+ * reads this record again).  SHEAF_ERR_STOPPED on shutdown. */
 static sheaf_err register_doc(stream *s, const char *place, const sheaf_stream_record *d,
                               uint32_t chunks, int64_t t0, char *doc, size_t doclen,
                               int *version, int *fresh, char *errstr, size_t errlen)
@@ -182,7 +186,8 @@ static sheaf_err register_doc(stream *s, const char *place, const sheaf_stream_r
                                                  d->meta_json, t0, s->cfg->stream_window_docs,
                                                  s->cfg->stream_window_ms, doc, doclen, version,
                                                  fresh, errstr, errlen);
-        if (err != SHEAF_ERR_REDIS || sheaf_stop) return err;
+        if (err != SHEAF_ERR_REDIS) return err;
+        if (sheaf_stop) return SHEAF_ERR_STOPPED;
         if (sheaf_mono_ms() - logged > 10000) {
             sheaf_warn("stream", "Redis: %s (retrying)", errstr);
             logged = sheaf_mono_ms();
@@ -274,6 +279,10 @@ static sheaf_err take(stream *s, const rd_kafka_message_t *m)
     if (err == SHEAF_ERR_INVALID) err = dead_letter(s, r, m, msg);
     else if (err == SHEAF_OK) err = produce_doc(s, r, m, &d);
     sheaf_stream_record_clear(&d);
+    /* Unfinished (shutdown while Redis was away, a refusal): no offset may
+     * pass it, so none is stored any more; the stream stops and the
+     * record is read again by whoever takes the partition. */
+    if (err != SHEAF_OK) s->hold = 1;
     rec_release(r);
     return err;
 }
@@ -695,7 +704,7 @@ static void stream_stop(stream *s)
         if (!s->failed && sheaf_kafka_flush(s->producer, DRAIN_MS, errstr, sizeof(errstr)) !=
                               SHEAF_OK)
             sheaf_warn("stream", "producer: %s; those records will be read again", errstr);
-        if (!s->failed && s->consumer) store_offsets(s);
+        if (s->consumer) store_offsets(s);
     }
     /* librdkafka 2.0.2 aborts destroying a cooperative-sticky consumer
      * that never had an assignment (its issue 4312, fixed in 2.3): wait
@@ -714,8 +723,9 @@ static void stream_stop(stream *s)
         rd_kafka_destroy(s->consumer);
     }
     sheaf_chunk_producer_clear(&s->cp);
-    /* Records still pending hold hooks into messages the destroy purges:
-     * their reports come during destroy and free them. */
+    /* After a failed flush, records still pending hold hooks into messages
+     * the destroy purges; a report served there still finds s alive (its
+     * window goes after the producer). */
     sheaf_kafka_producer_destroy(s->producer);
     sheaf_redis_destroy(s->redis);
     sheaf_offwin_destroy(s->window);
@@ -751,7 +761,7 @@ sheaf_err sheaf_stream_run(const sheaf_config *cfg, const sheaf_stream_opts *o, 
         }
         if (m) rd_kafka_message_destroy(m);
         rd_kafka_poll(s.producer, 0);
-        if (!s.failed) store_offsets(&s);
+        store_offsets(&s);
         tick(&s);
     }
     if (err == SHEAF_ERR_STOPPED) err = SHEAF_OK;

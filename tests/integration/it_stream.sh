@@ -4,7 +4,7 @@
 # records to the DLQ with topic/partition/offset/reason while the stream
 # goes on; each result once on <prefix>.results keyed by document; status
 # with lag 0; a stream restarted attaches, one with another pipeline is
-# refused; SIGTERM exits 0.
+# refused; finished documents expire with job.retention_s; SIGTERM exits 0.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -93,7 +93,20 @@ printf 't1\tA plain text record about the harbour.\nt2\tAnother one about the ri
 text_docs() { [ "$(jq -r 'select(.job=="st2") | .result.doc' "$T/out.jsonl" | sort | tr '\n' ' ')" = "t1 t2 " ]; }
 wait_until 60 "text documents" text_docs
 
-for pid in $S1 $S1B $S2; do
+# Retention: finished documents' state goes job.retention_s after their
+# result (a stream process sweeps at start, then every minute).
+rcli() { redis-cli -u "$SHEAF_REDIS_URL" --raw "$@"; }
+[ "$(rcli HLEN 'sheaf:{st1}:results')" = 4 ] || fail "results before retention"
+start_proc s1c "$SHEAF" stream --from-topic in.docs --name st1 -X job.retention_s=1; S1C=$LAST_PID
+swept() { [ "$(rcli HLEN 'sheaf:{st1}:results')" = 0 ]; }
+wait_until 30 "finished documents to expire" swept
+for k in 'sheaf:{st1}:d:a' 'sheaf:{st1}:p:a' 'sheaf:{st1}:d:a#v2' 'sheaf:{st1}:docs' 'sheaf:{st1}:src' \
+         'sheaf:{st1}:finished' 'sheaf:{st1}:done_ms'; do
+  assert_eq "$(rcli EXISTS "$k")" 0 "key $k after retention"
+done
+assert_eq "$(rcli HGET 'sheaf:{st1}:job' state)" producing "the stream job itself stays"
+
+for pid in $S1 $S1B $S1C $S2; do
   stop_pid "$pid"
   assert_eq "$STOP_RC" 0 "exit code of a stream process after SIGTERM"
 done

@@ -76,6 +76,13 @@ typedef struct sheaf_publish_args {
  * one malloc'd JSON array per "meta." level into paths; returns how many. */
 size_t sheaf_group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths);
 
+/* Records where rk's messages since its creation landed (first and last
+ * offset per partition) as job's ranges, so `sheaf replay` and `sheaf
+ * repair` can read exactly them again. */
+struct sheaf_redis;
+sheaf_err sheaf_record_offsets(rd_kafka_t *rk, struct sheaf_redis *r, const char *job,
+                               char *errstr, size_t errlen);
+
 /* ---- beat.c ---- */
 
 /* A thread that marks job alive in Redis (sheaf_state_job_beat) every

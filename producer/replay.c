@@ -33,6 +33,7 @@
 #include "sheaf/pipeline.h"
 #include "sheaf/program.h"
 #include "sheaf/state.h"
+#include "sheaf/state_stream.h"
 #include "sheaf/util.h"
 
 #define MAXP SHEAF_KAFKA_MAX_PARTITIONS
@@ -272,6 +273,13 @@ sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
         }
     }
     for (size_t i = 0; i < n_jobs && err == SHEAF_OK; i++) {
+        sheaf_stream_status ss;
+        if (!o->job && sheaf_state_stream_status(r, jobs[i], &ss, errstr, errlen) == SHEAF_OK) {
+            /* A stream has no ranges of its own: its input is replayed by name. */
+            sheaf_info("producer", "stream %s has chunk messages in the range: replay its input "
+                       "with `sheaf replay %s --from T --to T`", jobs[i], jobs[i]);
+            continue;
+        }
         if (rep->n_runs == SHEAF_REPLAY_MAX_RUNS) {
             sheaf_warn("producer", "more than %d jobs in the range: replay the rest by job id",
                        SHEAF_REPLAY_MAX_RUNS);
@@ -285,6 +293,11 @@ sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
             rep->n_runs++;
             rep->chunks += chunks;
         }
+    }
+    if (err == SHEAF_OK && n_jobs > 0 && rep->n_runs == 0) {
+        snprintf(errstr, errlen, "only streams have chunk messages in that range: replay a "
+                 "stream's input by its name");
+        err = SHEAF_ERR_NOT_FOUND;
     }
     for (size_t i = 0; i < n_jobs; i++) free(jobs[i]);
     free(jobs);

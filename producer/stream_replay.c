@@ -14,7 +14,8 @@
  * dead-lettered by the stream and are left out.  Chunks go to the map
  * topic like a submit's; the LLM call cache answers every call whose
  * request did not change.  The run is an ordinary job: groups and the
- * overview run over its documents. */
+ * overview run over its documents, its chunk ranges are recorded (it can
+ * be replayed or repaired by its id). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,8 @@ sheaf_err sheaf_stream_replay(const sheaf_config *cfg, const char *name, int64_t
         err = SHEAF_ERR_NOT_FOUND;
     }
     if (err == SHEAF_OK) err = sheaf_kafka_flush(p.producer, FLUSH_MS, errstr, errlen);
+    /* Its own ranges: the run can be replayed and repaired like a job. */
+    if (err == SHEAF_OK) err = sheaf_record_offsets(p.producer, p.r, p.run, errstr, errlen);
     if (err == SHEAF_OK)
         err = sheaf_state_job_running(p.r, p.run, p.docs, p.chunks, errstr, errlen);
     if (err == SHEAF_OK)

@@ -51,6 +51,14 @@ RUN2=$("$SHEAF" replay rep --from "$FROM" --to "$TO" -X stream.format=text --pip
 assert_eq "$RUN2" "rep@r2" "second run id"
 assert_eq "$("$SHEAF" results "$RUN2" | jq -r 'select(.doc) | .doc' | sort | tr '\n' ' ')" "b1 b2 b3 " "documents of the second run"
 
+# A replay of jobs by time (no name) leaves the stream out, saying how.
+rc=0; "$SHEAF" replay --from "$FROM" --to "$TO" > /dev/null 2> "$T/range.log" || rc=$?
+assert_eq "$rc" 3 "a time-range replay of jobs that finds only the stream"
+grep -q 'replay its input with `sheaf replay rep --from T --to T`' "$T/range.log" || fail "range replay said: $(cat "$T/range.log")"
+# The run recorded its ranges: it replays by id like any job.
+RUN3=$("$SHEAF" replay "$RUN" --wait) || fail "replay of the run $RUN"
+assert_eq "$("$SHEAF" results "$RUN3" | jq -r 'select(.doc) | .doc' | sort | tr '\n' ' ')" "b1 b2 b3 " "documents of the run's replay"
+
 rc=0; "$SHEAF" replay rep --from 1000 --to 2000 -X stream.format=text > /dev/null 2>&1 || rc=$?
 assert_eq "$rc" 3 "a window without records"
 stop_pid "$S1"

@@ -35,6 +35,7 @@
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -578,44 +579,45 @@ static void tick(stream *s)
 
 /* ---- start and stop ---- */
 
-static sheaf_metric *metric(stream *s, sheaf_metric_type t, const char *name, const char *help,
-                            char *errstr, size_t errlen)
-{
-    return sheaf_metrics_add(s->metrics, t, name, help, NULL, NULL, NULL, 0, errstr, errlen);
-}
+/* The process's series (metrics.port). */
+static const struct {
+    size_t at;                  /* offset of the sheaf_metric pointer in stream */
+    sheaf_metric_type type;
+    const char *name, *help;
+} stream_metrics[] = {
+    {offsetof(stream, m_docs), SHEAF_METRIC_COUNTER, "sheaf_stream_docs_total",
+     "Documents this process registered from input records."},
+    {offsetof(stream, m_dlq), SHEAF_METRIC_COUNTER, "sheaf_stream_dlq_total",
+     "Input records sent to the dead-letter topic."},
+    {offsetof(stream, m_paused), SHEAF_METRIC_GAUGE, "sheaf_stream_paused",
+     "1 while back-pressure holds the input paused."},
+    {offsetof(stream, m_in_flight), SHEAF_METRIC_GAUGE, "sheaf_stream_docs_in_flight",
+     "Documents of the stream registered and without a result (fleet-wide)."},
+    {offsetof(stream, m_records_in_flight), SHEAF_METRIC_GAUGE, "sheaf_stream_records_in_flight",
+     "Records this process took whose chunks are not all acknowledged."},
+    {offsetof(stream, m_waiting), SHEAF_METRIC_GAUGE, "sheaf_stream_chunks_waiting",
+     "The stream's chunks waiting for the map stage (fleet-wide)."},
+    {offsetof(stream, m_lag_total), SHEAF_METRIC_GAUGE, "sheaf_stream_input_lag_total",
+     "Input records not yet committed, over the partitions this process reads."},
+    {offsetof(stream, m_p50), SHEAF_METRIC_GAUGE, "sheaf_stream_latency_p50_ms",
+     "End-to-end document latency (input record timestamp to result), median over the last "
+     "5 minutes; -1 with none."},
+    {offsetof(stream, m_p99), SHEAF_METRIC_GAUGE, "sheaf_stream_latency_p99_ms",
+     "End-to-end document latency, 99th percentile over the last 5 minutes; -1 with none."},
+};
 
 static sheaf_err metrics_start(stream *s, char *errstr, size_t errlen)
 {
     if (s->cfg->metrics_port <= 0) return SHEAF_OK;
     if (!(s->metrics = sheaf_metrics_create()) || !(s->health = sheaf_health_create()))
         goto nomem;
-    if (!(s->m_docs = metric(s, SHEAF_METRIC_COUNTER, "sheaf_stream_docs_total",
-                             "Documents this process registered from input records.", errstr,
-                             errlen)) ||
-        !(s->m_dlq = metric(s, SHEAF_METRIC_COUNTER, "sheaf_stream_dlq_total",
-                            "Input records sent to the dead-letter topic.", errstr, errlen)) ||
-        !(s->m_paused = metric(s, SHEAF_METRIC_GAUGE, "sheaf_stream_paused",
-                               "1 while back-pressure holds the input paused.", errstr,
-                               errlen)) ||
-        !(s->m_in_flight = metric(s, SHEAF_METRIC_GAUGE, "sheaf_stream_docs_in_flight",
-                                  "Documents of the stream registered and without a result "
-                                  "(fleet-wide).", errstr, errlen)) ||
-        !(s->m_records_in_flight = metric(s, SHEAF_METRIC_GAUGE, "sheaf_stream_records_in_flight",
-                                          "Records this process took whose chunks are not all "
-                                          "acknowledged.", errstr, errlen)) ||
-        !(s->m_waiting = metric(s, SHEAF_METRIC_GAUGE, "sheaf_stream_chunks_waiting",
-                                "The stream's chunks waiting for the map stage (fleet-wide).",
-                                errstr, errlen)) ||
-        !(s->m_lag_total = metric(s, SHEAF_METRIC_GAUGE, "sheaf_stream_input_lag_total",
-                                  "Input records not yet committed, over the partitions this "
-                                  "process reads.", errstr, errlen)) ||
-        !(s->m_p50 = metric(s, SHEAF_METRIC_GAUGE, "sheaf_stream_latency_p50_ms",
-                            "End-to-end document latency (input record timestamp to result), "
-                            "median over the last 5 minutes; -1 with none.", errstr, errlen)) ||
-        !(s->m_p99 = metric(s, SHEAF_METRIC_GAUGE, "sheaf_stream_latency_p99_ms",
-                            "End-to-end document latency, 99th percentile over the last 5 "
-                            "minutes; -1 with none.", errstr, errlen)))
-        return SHEAF_ERR_INTERNAL;
+    for (size_t i = 0; i < sizeof(stream_metrics) / sizeof(stream_metrics[0]); i++) {
+        sheaf_metric **m = (sheaf_metric **)((char *)s + stream_metrics[i].at);
+        if (!(*m = sheaf_metrics_add(s->metrics, stream_metrics[i].type, stream_metrics[i].name,
+                                     stream_metrics[i].help, NULL, NULL, NULL, 0, errstr,
+                                     errlen)))
+            return SHEAF_ERR_INTERNAL;
+    }
     if (sheaf_health_add(s->health, "kafka", 0) != SHEAF_OK ||
         sheaf_health_add(s->health, "redis", 0) != SHEAF_OK)
         goto nomem;

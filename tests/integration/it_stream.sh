@@ -9,17 +9,8 @@
 source "$(dirname "$0")/lib.sh"
 
 stack_up --partitions 4
-make_topic() { # NAME PARTITIONS: a topic of the user's
-  if real_kafka; then
-    "$BUILD/dev/sheaf-kafka-topics" --help >/dev/null 2>&1 || true
-    kcat -b "$SHEAF_BROKERS" -P -t "$1" < /dev/null 2>/dev/null || true
-  else
-    echo "topic-create $1 $2" > "$STACK/kafka.ctl"
-  fi
-  wait_until 20 "topic $1" sh -c "kcat -b '$SHEAF_BROKERS' -L -t '$1' 2>/dev/null | grep -q 'partition 0'"
-}
-make_topic in.docs 3
-make_topic in.text 2
+create_topic in.docs 3
+create_topic in.text 2
 
 start_worker w1
 start_reducer r1 -X reducer.output="$T/out.jsonl"

@@ -9,10 +9,8 @@ IN="$ROOT/examples/postings.jsonl"
 N=$(grep -c . "$IN")
 
 stack_up --partitions 2
-echo "topic-create ex.kcat 2" > "$STACK/kafka.ctl"
-echo "topic-create ex.py 2" > "$STACK/kafka.ctl"
-topics_up() { kcat -b "$SHEAF_BROKERS" -L 2>/dev/null | grep -q 'topic "ex.py"'; }
-wait_until 20 "topics" topics_up
+create_topic ex.kcat 2
+create_topic ex.py 2
 start_reducer r1 -X reducer.output="$T/out.jsonl"
 start_worker w1
 start_proc s1 "$SHEAF" stream --from-topic ex.kcat --name ex-kcat; S1=$LAST_PID

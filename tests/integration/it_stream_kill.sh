@@ -12,9 +12,7 @@ N=${SHEAF_TEST_STREAM_DOCS:-2000}
 RATE=${SHEAF_TEST_STREAM_RATE:-100}   # documents per second
 
 stack_up --partitions 4 --latency-ms 20
-echo "topic-create in.docs 4" > "$STACK/kafka.ctl"
-topic_up() { kcat -b "$SHEAF_BROKERS" -L -t in.docs 2>/dev/null | grep -q 'partition 3'; }
-wait_until 20 "topic in.docs" topic_up
+create_topic in.docs 4
 
 # Documents: mostly one chunk, every tenth three or more.
 awk -v n="$N" 'BEGIN {

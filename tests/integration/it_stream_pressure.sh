@@ -11,9 +11,7 @@ N=400
 BOUND=40
 
 stack_up --partitions 2 --latency-ms 150
-echo "topic-create in.burst 2" > "$STACK/kafka.ctl"
-topic_up() { kcat -b "$SHEAF_BROKERS" -L -t in.burst 2>/dev/null | grep -q 'partition 1'; }
-wait_until 20 "topic in.burst" topic_up
+create_topic in.burst 2
 start_reducer r1
 start_worker w1 -X worker.max_in_flight=4
 start_stream() { local name="$1"; shift; start_proc "$name" "$SHEAF" stream "$@"; }
@@ -53,7 +51,9 @@ assert_eq "$(jq -r .docs_in_flight "$T/st.json")" 0 "documents in flight at the 
 assert_eq "$(jq -r '.partitions | length' "$T/st.json")" 2 "partitions reported"
 [ "$(jq -r .latency_ms.p99 "$T/st.json")" -ge "$(jq -r .latency_ms.p50 "$T/st.json")" ] || fail "p99 below p50"
 
-curl -sf "http://127.0.0.1:$PORT/metrics" > "$T/metrics.txt" || fail "no /metrics"
+# The gauges are refreshed once a second.
+settled() { curl -sf "http://127.0.0.1:$PORT/metrics" > "$T/metrics.txt" && grep -qF 'sheaf_stream_docs_in_flight 0' "$T/metrics.txt"; }
+wait_until 10 "the gauges to settle" settled
 for m in 'sheaf_stream_input_lag{partition="0"} 0' 'sheaf_stream_input_lag{partition="1"} 0' \
          'sheaf_stream_docs_in_flight 0' 'sheaf_stream_paused 0' 'sheaf_stream_latency_p99_ms' \
          'sheaf_stream_latency_p50_ms' "sheaf_stream_docs_total $N"; do

@@ -10,13 +10,7 @@
 source "$(dirname "$0")/lib.sh"
 
 stack_up --partitions 2
-if real_kafka; then
-  kcat -b "$SHEAF_BROKERS" -P -t in.rep < /dev/null 2>/dev/null || true
-else
-  echo "topic-create in.rep 2" > "$STACK/kafka.ctl"
-fi
-topic_up() { kcat -b "$SHEAF_BROKERS" -L -t in.rep 2>/dev/null | grep -q 'partition 0'; }
-wait_until 30 "topic in.rep" topic_up
+create_topic in.rep 2
 start_reducer r1 -X reducer.output="$T/out.jsonl"
 start_worker w1
 start_proc s1 "$SHEAF" stream --from-topic in.rep --name rep -X stream.format=text; S1=$LAST_PID

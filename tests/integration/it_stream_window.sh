@@ -7,10 +7,8 @@
 source "$(dirname "$0")/lib.sh"
 
 stack_up --partitions 2
-echo "topic-create in.win 2" > "$STACK/kafka.ctl"
-echo "topic-create in.wint 1" > "$STACK/kafka.ctl"
-topics_up() { kcat -b "$SHEAF_BROKERS" -L 2>/dev/null | grep -q 'topic "in.wint"'; }
-wait_until 20 "topics" topics_up
+create_topic in.win 2
+create_topic in.wint 1
 start_reducer r1 -X reducer.output="$T/out.jsonl"
 start_worker w1
 start_proc s1 "$SHEAF" stream --from-topic in.win --name win -X stream.window_docs=5 \

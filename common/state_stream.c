@@ -205,12 +205,12 @@ sheaf_err sheaf_state_stream_expire(sheaf_redis *r, const sheaf_config *cfg, con
 {
     static const sheaf_lua_script expire = {sheaf_lua_stream_expire};
     static const char *const sfx[] = {"finished", "results", "done_ms", "emit", "doc_tokens",
-                                      "docs", "src", "idv", "lat"};
-    char keys[9][KEYLEN], pre[KEYLEN], cutoff[24], lim[16], minute[24];
-    const char *args[13];
+                                      "docs", "src", "idv", "lat", "stream"};
+    char keys[10][KEYLEN], pre[KEYLEN], cutoff[24], lim[16], minute[24], silent[24];
+    const char *args[15];
     long long now = (long long)sheaf_wall_ms();
     *dropped = 0;
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < 10; i++) {
         sheaf_key(keys[i], sizeof(keys[i]), name, sfx[i]);
         args[i] = keys[i];
     }
@@ -220,11 +220,13 @@ sheaf_err sheaf_state_stream_expire(sheaf_redis *r, const sheaf_config *cfg, con
              cfg->job_retention_s ? now - (long long)cfg->job_retention_s * 1000 : -1LL);
     snprintf(lim, sizeof(lim), "%d", limit);
     snprintf(minute, sizeof(minute), "%lld", now / 60000 - 60);
-    args[9] = pre;
-    args[10] = cutoff;
-    args[11] = lim;
-    args[12] = minute;
-    redisReply *rep = sheaf_redis_script(r, &expire, 9, 13, args, NULL, errstr, errlen);
+    snprintf(silent, sizeof(silent), "%lld", now - 86400000LL);
+    args[10] = pre;
+    args[11] = cutoff;
+    args[12] = lim;
+    args[13] = minute;
+    args[14] = silent;
+    redisReply *rep = sheaf_redis_script(r, &expire, 10, 15, args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     *dropped = reply_int(rep);
     freeReplyObject(rep);

@@ -4,11 +4,13 @@
 -- had: registration, partials, result, emission mark, tokens, their place
 -- in the docs list and the src map, and their version counter when they
 -- were the last version (a later record with that id starts again at 1).
--- Latency histogram fields of minutes before ARGV[4] go too.
+-- Latency histogram fields of minutes before ARGV[4] go too, and the
+-- reports of stream processes silent since before ARGV[5].
 -- KEYS[1] finished zset, KEYS[2] results, KEYS[3] done_ms, KEYS[4] emit,
 -- KEYS[5] doc_tokens, KEYS[6] docs list, KEYS[7] src hash, KEYS[8] id
--- versions, KEYS[9] latency hash; ARGV[1] key prefix, ARGV[2] cutoff (ms),
--- ARGV[3] at most this many documents, ARGV[4] oldest minute kept.
+-- versions, KEYS[9] latency hash, KEYS[10] process reports hash;
+-- ARGV[1] key prefix, ARGV[2] cutoff (ms), ARGV[3] at most this many
+-- documents, ARGV[4] oldest minute kept, ARGV[5] oldest report kept (ms).
 -- Returns the number of documents dropped.
 local pre, n = ARGV[1], 0
 local docs = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
@@ -33,5 +35,12 @@ local old = tonumber(ARGV[4])
 for _, f in ipairs(redis.call('HKEYS', KEYS[9])) do
   local m = tonumber(string.match(f, '^m(%d+):'))
   if m and m < old then redis.call('HDEL', KEYS[9], f) end
+end
+local h = redis.call('HGETALL', KEYS[10])
+for i = 1, #h, 2 do
+  local ms = tonumber(string.match(h[i + 1], ' (%d+)$'))
+  if string.sub(h[i], 1, 7) == 'paused:' and ms and ms < tonumber(ARGV[5]) then
+    redis.call('HDEL', KEYS[10], h[i])
+  end
 end
 return n

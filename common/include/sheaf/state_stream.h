@@ -108,8 +108,8 @@ sheaf_err sheaf_state_stream_report(sheaf_redis *r, const char *name, const char
                                     int paused, char *errstr, size_t errlen);
 
 /* Drops finished documents older than job.retention_s (at most limit per
- * call; see stream_expire.lua) and latency minutes older than an hour.
- * Nothing with retention 0. */
+ * call; see stream_expire.lua; none with retention 0), latency minutes
+ * older than an hour and reports of processes silent for a day. */
 sheaf_err sheaf_state_stream_expire(sheaf_redis *r, const sheaf_config *cfg, const char *name,
                                     int limit, long long *dropped, char *errstr, size_t errlen);
 

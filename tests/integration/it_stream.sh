@@ -101,4 +101,7 @@ for pid in $S1 $S1B $S1C $S2; do
   stop_pid "$pid"
   assert_eq "$STOP_RC" 0 "exit code of a stream process after SIGTERM"
 done
+# Deleting a stream leaves none of its keys.
+"$SHEAF" job delete st2 --force > /dev/null 2>&1 || fail "sheaf job delete st2"
+assert_eq "$(redis-cli -u "$SHEAF_REDIS_URL" --raw KEYS 'sheaf:{st2}:*' | grep -c .)" 0 "keys of a deleted stream"
 log "ok"

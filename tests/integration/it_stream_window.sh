@@ -3,6 +3,8 @@
 # whose results are those documents', and a "window" record on the results
 # topic names the documents each window covers; a window not yet full stays
 # open.  With stream.window_ms a window closes by time with what it got.
+# Metadata and result groups run per window too, as a batch of the same
+# documents runs them.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -48,5 +50,22 @@ timed() { jq -e 'select(.kind=="overview" and (.job | startswith("wint@w")))' "$
 wait_until 60 "a timed window's overview" timed
 wjob=$(jq -r 'select(.kind=="overview" and (.job | startswith("wint@w"))) | .job' "$T/out.jsonl" | head -1)
 assert_eq "$("$SHEAF" results "$wjob" | jq -r 'select(.overview) | .docs')" 3 "documents of the timed window"
-for pid in $S1 $S2; do stop_pid "$pid"; assert_eq "$STOP_RC" 0 "exit code after SIGTERM"; done
+# Groups too: the postings, one window of all 24 on one partition (so the
+# window's order is the file's), under a hierarchy by sector then role:
+# the window's groups and overview are those of a batch submit of the file.
+P="$ROOT/examples/pipelines/postings-hierarchy.json"
+IN="$ROOT/examples/postings.jsonl"
+create_topic in.post 1
+start_proc s3 "$SHEAF" stream --from-topic in.post --name post --pipeline "$P" \
+  -X stream.window_docs="$(grep -c . "$IN")"; S3=$LAST_PID
+bash "$ROOT/examples/stream/publish-kcat.sh" "$SHEAF_BROKERS" in.post "$IN" 2> /dev/null || fail "publish"
+post_done() { [ "$(job_field post@w0 state 2> /dev/null)" = done ]; }
+wait_until 90 "the postings window" post_done
+run_job "$T/batch.jsonl" --job-id post-batch --pipeline "$P" "$IN"
+"$SHEAF" results post@w0 | jq -c 'select(.doc | not)' > "$T/w-groups.jsonl"
+jq -c 'select(.doc | not)' "$T/batch.jsonl" > "$T/b-groups.jsonl"
+[ "$(grep -c '"group"' "$T/w-groups.jsonl")" -gt 2 ] || fail "no groups in the window: $(head -c 500 "$T/w-groups.jsonl")"
+cmp "$T/w-groups.jsonl" "$T/b-groups.jsonl" || fail "window groups/overview differ from the batch's: $(diff "$T/w-groups.jsonl" "$T/b-groups.jsonl" | head -4)"
+
+for pid in $S1 $S2 $S3; do stop_pid "$pid"; assert_eq "$STOP_RC" 0 "exit code after SIGTERM"; done
 log "ok"

@@ -6,10 +6,13 @@
  * <name> (sheaf/state_stream.h), chunked, registered and produced to
  * <prefix>.map as `sheaf submit` does; the fleet maps it and the reducer
  * writes its result as soon as it is done.  docs/stream.md tells the
- * design; stream.c the mechanics. */
+ * design.  stream.c: the loop of a stream process; stream_record.c: a
+ * record to a document; stream_window.c: windows; stream_replay.c: replay
+ * of a time window of the input. */
 #ifndef SHEAF_PRODUCER_STREAM_H
 #define SHEAF_PRODUCER_STREAM_H
 
+#include <librdkafka/rdkafka.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "sheaf/chunker.h"
@@ -59,6 +62,24 @@ typedef struct sheaf_chunk_vec {
 sheaf_err sheaf_stream_record_chunk(const sheaf_chunk_opts *o, const sheaf_stream_record *rec,
                                     sheaf_chunk_vec *cv, char *errstr, size_t errlen);
 void sheaf_chunk_vec_free(sheaf_chunk_vec *cv);
+
+/* What closing windows needs (stream_window.c); all borrowed. */
+struct sheaf_redis;
+struct sheaf_pipeline;
+typedef struct sheaf_stream_windows {
+    const sheaf_config *cfg;
+    struct sheaf_redis *redis;
+    rd_kafka_t *producer;            /* for the window records on <prefix>.results */
+    const char *name;
+    const struct sheaf_pipeline *pipe;
+    const char *pipe_json;
+    const char *map_topic;
+    const char *owner;               /* this process, for the closing lease */
+} sheaf_stream_windows;
+
+/* Closes the stream's complete windows (a no-op without windows); errors
+ * are logged and retried on the next call. */
+void sheaf_stream_windows_tick(const sheaf_stream_windows *w);
 
 /* `sheaf replay NAME --from T --to T` (stream_replay.c): the stream's
  * input records timestamped in [from_ms, to_ms] become the documents of a

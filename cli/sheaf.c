@@ -14,6 +14,7 @@
  *   sheaf jobs [--state S] [--json]
  *   sheaf cancel JOB
  *   sheaf job delete JOB [--force]
+ *   sheaf stream --from-topic TOPIC --name NAME   (stream_cmd.c)
  *   sheaf config            (print the effective configuration, secrets hidden)
  *
  * Every subcommand takes -c FILE and -X key=value like the other programs.
@@ -28,6 +29,7 @@
 
 #include "producer.h"
 #include "progress.h"
+#include "stream_cmd.h"
 #include "sheaf/cost.h"
 #include "sheaf/log.h"
 #include "sheaf/program.h"
@@ -80,6 +82,9 @@ static void usage(FILE *out)
             "        continue a job whose submit died while producing (status: STALLED)\n"
             "        with the same inputs and pipeline: what was registered and produced\n"
             "        is not counted twice\n"
+            "  stream --from-topic TOPIC --name NAME [--pipeline NAME|FILE]\n"
+            "        continuous mode: every record of TOPIC is a document of stream NAME,\n"
+            "        its result written as it finishes (sheaf stream --help)\n"
             "  status JOB [--json] [--watch]\n"
             "        progress per stage (chunks, documents, groups, overview), rate, ETA,\n"
             "        failures, dead letters, models, tokens by stage, cost (the prices\n"
@@ -95,6 +100,8 @@ static void usage(FILE *out)
             "        run the job again from its chunk messages on Kafka under the pipeline\n"
             "        (default: its own); unchanged LLM calls come from the call cache.\n"
             "        Prints the run id (JOB@rN).\n"
+            "  replay STREAM --from TIME --to TIME [--pipeline NAME|FILE] [--wait]\n"
+            "        the stream's input records of that window as a run STREAM@rN\n"
             "  replay --from TIME --to TIME [--pipeline NAME|FILE]\n"
             "        replay every job with chunk messages produced in that window\n"
             "        (TIME: epoch milliseconds or YYYY-MM-DDTHH:MM:SS, UTC)\n"
@@ -224,6 +231,10 @@ static int cmd_status(cli *c, const char *job)
 
     memset(&pg, 0, sizeof(pg));
     if (!r) goto out;
+    if (!c->watch && sheaf_cli_stream_status(&c->cfg, job, c->json) == 0) {
+        rc = 0; /* a stream: its own view (stream_cmd.c) */
+        goto out;
+    }
     do {
         sheaf_err err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr));
         if (err != SHEAF_OK) {
@@ -365,7 +376,7 @@ static int cmd_replay(cli *c, char **rest, size_t n)
 
     if (n == 1 && !c->from && !c->to) {
         o.job = rest[0];
-    } else if (n == 0 && c->from && c->to) {
+    } else if (c->from && c->to && n <= 1) {
         o.from_ms = parse_time(c->from);
         o.to_ms = parse_time(c->to);
         if (o.from_ms < 0 || o.to_ms < 0 || o.to_ms < o.from_ms) {
@@ -376,6 +387,11 @@ static int cmd_replay(cli *c, char **rest, size_t n)
     } else {
         fprintf(stderr, "sheaf replay: give a job id, or --from and --to\n");
         return 2;
+    }
+    if (n == 1 && c->from) { /* a stream's input, by time (stream_cmd.c) */
+        char run[256];
+        rc = sheaf_cli_stream_replay(&c->cfg, rest[0], o.from_ms, o.to_ms, run, sizeof(run));
+        return rc == 0 && c->wait ? wait_job(c, run) : rc;
     }
     sheaf_err err = sheaf_replay(&c->cfg, &o, &rep, errstr, sizeof(errstr));
     for (size_t i = 0; i < rep.n_runs; i++) {
@@ -1135,6 +1151,10 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
         printf("sheaf %s\n", SHEAF_VERSION);
         rc = 0;
+        goto out;
+    }
+    if (strcmp(argv[1], "stream") == 0) { /* its own options (stream_cmd.c) */
+        rc = sheaf_cli_stream(argc, argv);
         goto out;
     }
     if (strcmp(argv[1], "--help-config") == 0) {

@@ -190,6 +190,24 @@ static const conf_key conf_keys[] = {
             "Cap on one document."),
     K_ENUM("input.on_error", input_on_error, "refuse", "refuse|skip",
            "A bad input record: refuse stops the submission, skip logs and goes on."),
+    K_ENUM("stream.format", stream_format, "json", "json|text",
+           "sheaf stream: each input record is a JSON object (input.id_field, "
+           "input.text_field or stream.pages_field, input.meta_fields; the record key is the "
+           "id when the object has none) or plain text (the key is the id)."),
+    K_STR("stream.pages_field", stream_pages_field, "pages",
+          "sheaf stream: the field holding a document's pages (an array of strings) when it "
+          "has no input.text_field."),
+    K_STR("stream.group", stream_group, "",
+          "sheaf stream: Kafka consumer group on the input topic; \"\" = sheaf-stream-<name>."),
+    K_INT("stream.max_pending_chunks", stream_max_pending_chunks, "2000", 0, 1000000000,
+          "sheaf stream: pause the input while more of the stream's chunks than this wait "
+          "for the map stage (resume below half); 0 = never pause."),
+    K_INT("stream.window_docs", stream_window_docs, "0", 0, 10000000,
+          "sheaf stream: the pipeline's group and overview stages run per tumbling window of "
+          "this many documents (each window a job NAME@w<k>); 0 = no windows."),
+    K_LLONG("stream.window_ms", stream_window_ms, "0", 0, 365 * DAY_MS,
+            "sheaf stream: the same per tumbling window of this many milliseconds (by "
+            "Redis's clock at registration); 0 = no windows.  Set one of the two."),
 
     /* Worker and reducer */
     K_STR("worker.group", worker_group, "sheaf-workers", "Kafka consumer group of the workers."),

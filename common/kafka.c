@@ -156,6 +156,11 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     (void)rk;
     producer_stats *st = opaque;
+    /* A message produced with a delivery hook as its opaque (sheaf/kafka.h). */
+    if (m->_private) {
+        sheaf_kafka_delivery *d = m->_private;
+        d->done(d, m->err);
+    }
     if (!st) return;
     if (m->err) {
         atomic_fetch_add(&st->failed, 1);
@@ -365,6 +370,15 @@ sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
                                const char *job, char *errstr, size_t errlen)
 {
+    return sheaf_kafka_dlq_send_tracked(producer, dlq_topic, orig, reason, job, NULL, errstr,
+                                        errlen);
+}
+
+sheaf_err sheaf_kafka_dlq_send_tracked(rd_kafka_t *producer, const char *dlq_topic,
+                                       const rd_kafka_message_t *orig, const char *reason,
+                                       const char *job, sheaf_kafka_delivery *hook,
+                                       char *errstr, size_t errlen)
+{
     rd_kafka_headers_t *hdrs = NULL;
     rd_kafka_headers_t *orig_hdrs = NULL;
     char part[16], off[32];
@@ -391,7 +405,8 @@ sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                 RD_KAFKA_V_VALUE((dropped ? NULL : orig->payload),
                                                  (dropped ? 0 : orig->len)),
                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+                                RD_KAFKA_V_OPAQUE(hook), RD_KAFKA_V_HEADERS(hdrs),
+                                RD_KAFKA_V_END);
         if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && !dropped) {
             /* A message over our message.max.bytes (an oversized one some
              * other producer put on the topic) would be refused for ever,

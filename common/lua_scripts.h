@@ -13,5 +13,7 @@ extern const char sheaf_lua_job_create[], sheaf_lua_doc_register[], sheaf_lua_jo
     sheaf_lua_chunk_check[], sheaf_lua_job_waiting[], sheaf_lua_doc_unfail[],
     sheaf_lua_job_unreduce[], sheaf_lua_job_cache_count[], sheaf_lua_repair_doc[],
     sheaf_lua_repair_job[], sheaf_lua_repair_group[], sheaf_lua_ready_trim[], sheaf_lua_ratelimit[];
+/* Streams (state_stream.c). */
+extern const char sheaf_lua_stream_open[], sheaf_lua_stream_doc[], sheaf_lua_stream_expire[];
 
 #endif

@@ -909,7 +909,10 @@ int sheaf_job_state_final(sheaf_job_state s)
 /* The keys of a job other than those per document and per group. */
 static const char *const job_suffixes[] = {"docs",       "results", "done_ms",  "overview",
                                            "g",          "ginner",  "groups",   "doc_tokens",
-                                           "offsets",    "versions", "ready",   "emit"};
+                                           "offsets",    "versions", "ready",   "emit",
+                                           /* a stream's (sheaf/state_stream.h) */
+                                           "src",        "idv",     "finished", "lat",
+                                           "stream",     "wopen"};
 
 /* What job_keys_apply does to each key: EXPIRE secs, PERSIST, UNLINK. */
 typedef enum { KEYS_EXPIRE, KEYS_PERSIST, KEYS_UNLINK } keys_op;
@@ -972,6 +975,22 @@ static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, keys_op op, con
         if ((err = read_replies(r, 2 * n, errstr, errlen)) != SHEAF_OK) return err;
         if (n < 1000) break;
     }
+    /* A stream's open windows: their document lists and closing leases. */
+    sheaf_key(key, sizeof(key), job, "wopen");
+    if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "SMEMBERS %s", key))) return SHEAF_ERR_REDIS;
+    n = 0;
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
+        char sfx[64];
+        snprintf(sfx, sizeof(sfx), "wd:%s", rep->element[i]->str);
+        sheaf_key(key, sizeof(key), job, sfx);
+        append_key_cmd(r, key, op, secs);
+        snprintf(sfx, sizeof(sfx), "wclose:%s", rep->element[i]->str);
+        sheaf_key(key, sizeof(key), job, sfx);
+        append_key_cmd(r, key, op, secs);
+        n += 2;
+    }
+    freeReplyObject(rep);
+    if ((err = read_replies(r, n, errstr, errlen)) != SHEAF_OK) return err;
     if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "HKEYS %s", kg))) return SHEAF_ERR_REDIS;
     n = 0;
     for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {

@@ -68,6 +68,13 @@ sheaf_err sheaf_input_opts_init(sheaf_input_opts *o, const sheaf_config *cfg, ch
                                 size_t errlen);
 void sheaf_input_opts_clear(sheaf_input_opts *o);
 
+struct sheaf_pipeline;
+/* The configuration a pipeline's documents are read with: cfg (shallow
+ * copy into eff, which owns nothing) with the pipeline's chunking as the
+ * default; chunk.* keys set by the user win. */
+void sheaf_pipeline_chunking(const sheaf_config *cfg, const struct sheaf_pipeline *pipe,
+                             sheaf_config *eff);
+
 /* ---- walk.c ---- */
 
 typedef struct sheaf_in_file {

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "sheaf/pipeline.h"
 #include "sheaf/util.h"
 
 static int cmp_str(const void *a, const void *b)
@@ -165,4 +166,16 @@ void sheaf_input_opts_clear(sheaf_input_opts *o)
     free(o->meta_names);
     o->meta_names = NULL;
     o->n_meta = 0;
+}
+
+void sheaf_pipeline_chunking(const sheaf_config *cfg, const struct sheaf_pipeline *pipe,
+                             sheaf_config *eff)
+{
+    *eff = *cfg; /* shallow: eff owns nothing and is never cleared */
+    if (pipe->pages_per_batch && !sheaf_config_is_set(cfg, "chunk.pages_per_batch"))
+        eff->chunk_pages_per_batch = pipe->pages_per_batch;
+    if (pipe->chunk_max_tokens && !sheaf_config_is_set(cfg, "chunk.max_tokens"))
+        eff->chunk_max_tokens = pipe->chunk_max_tokens;
+    if (pipe->chunk_overlap_tokens && !sheaf_config_is_set(cfg, "chunk.overlap_tokens"))
+        eff->chunk_overlap_tokens = pipe->chunk_overlap_tokens;
 }

@@ -109,7 +109,8 @@ sheaf_err sheaf_chunk_producer_send(sheaf_chunk_producer *cp, const sheaf_doc_ou
                                  RD_KAFKA_V_KEY(cp->key.data, cp->key.len),
                                  RD_KAFKA_V_VALUE(cp->value.data, cp->value.len),
                                  RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                 RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+                                 RD_KAFKA_V_OPAQUE(cp->delivery), RD_KAFKA_V_HEADERS(hdrs),
+                                 RD_KAFKA_V_END);
         if (kerr == RD_KAFKA_RESP_ERR_NO_ERROR) {
             hdrs = NULL; /* producev took the headers */
             break;

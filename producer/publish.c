@@ -209,17 +209,16 @@ done:
     return err;
 }
 
-/* Records where the job's chunks landed (first and last offset per
- * partition), so `sheaf replay` can read exactly them again. */
-static sheaf_err record_offsets(pub *p, char *errstr, size_t errlen)
+sheaf_err sheaf_record_offsets(rd_kafka_t *rk, sheaf_redis *r, const char *job, char *errstr,
+                               size_t errlen)
 {
     int64_t first[SHEAF_KAFKA_MAX_PARTITIONS], last[SHEAF_KAFKA_MAX_PARTITIONS];
     int n = 0;
     for (int32_t i = 0; i < SHEAF_KAFKA_MAX_PARTITIONS; i++) {
-        if (!sheaf_kafka_delivered_range(p->rk, i, &first[i], &last[i])) first[i] = last[i] = -1;
+        if (!sheaf_kafka_delivered_range(rk, i, &first[i], &last[i])) first[i] = last[i] = -1;
         else n = i + 1;
     }
-    return sheaf_state_job_offsets_store(p->r, p->a->job, first, last, n, errstr, errlen);
+    return sheaf_state_job_offsets_store(r, job, first, last, n, errstr, errlen);
 }
 
 /* Re-reads, re-chunks and produces document i. */
@@ -362,7 +361,7 @@ sheaf_err sheaf_publish(const sheaf_publish_args *a, uint64_t *chunks, char *err
                  (unsigned long long)p.cp.produced, (unsigned long long)a->scan->chunks);
         goto done;
     }
-    err = record_offsets(&p, errstr, errlen);
+    err = sheaf_record_offsets(p.rk, p.r, a->job, errstr, errlen);
     if (err != SHEAF_OK) goto done;
     err = sheaf_state_job_running(p.r, a->job, (uint64_t)a->scan->docs.n, p.cp.produced, errstr,
                                   errlen);

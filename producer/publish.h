@@ -31,6 +31,8 @@ typedef struct sheaf_chunk_producer {
     sheaf_buf value;         /* the encoded message */
     sheaf_buf text;          /* the chunk text, NUL-terminated for the codec */
     uint64_t produced;       /* messages handed to librdkafka */
+    void *delivery;          /* each message's opaque: a sheaf_kafka_delivery hook or NULL
+                                (set per document by `sheaf stream`) */
 } sheaf_chunk_producer;
 
 /* The document a chunk belongs to, as the message needs it. */
@@ -73,6 +75,13 @@ typedef struct sheaf_publish_args {
 /* A document's metadata group paths under pipeline pl (see sheaf_doc_reg):
  * one malloc'd JSON array per "meta." level into paths; returns how many. */
 size_t sheaf_group_paths(const sheaf_pipeline *pl, const char *meta_json, char **paths);
+
+/* Records where rk's messages since its creation landed (first and last
+ * offset per partition) as job's ranges, so `sheaf replay` and `sheaf
+ * repair` can read exactly them again. */
+struct sheaf_redis;
+sheaf_err sheaf_record_offsets(rd_kafka_t *rk, struct sheaf_redis *r, const char *job,
+                               char *errstr, size_t errlen);
 
 /* ---- beat.c ---- */
 

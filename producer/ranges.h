@@ -54,4 +54,17 @@ sheaf_err sheaf_job_ranges_scan(rd_kafka_t *consumer, const char *topic, const c
 sheaf_err sheaf_chunk_resend(sheaf_chunk_producer *cp, const sheaf_chunk_msg *m, char *errstr,
                              size_t errlen);
 
+/* ---- timescan.c ---- */
+
+/* Called for each message of the window; anything but SHEAF_OK stops. */
+typedef sheaf_err (*sheaf_time_msg_fn)(void *ud, const rd_kafka_message_t *msg, char *errstr,
+                                       size_t errlen);
+
+/* Hands every message of topic timestamped in [from, to] to fn, partition
+ * by partition as they arrive, reading with an assign()ed consumer in a
+ * fresh group (commits nothing).  SHEAF_ERR_STOPPED on shutdown. */
+sheaf_err sheaf_topic_time_scan(const sheaf_config *cfg, const char *topic, int64_t from,
+                                int64_t to, sheaf_time_msg_fn fn, void *ud, char *errstr,
+                                size_t errlen);
+
 #endif

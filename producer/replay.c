@@ -18,15 +18,7 @@
  * is unchanged are answered from it, so only changed stages call the LLM.
  *
  * A time-range replay (--from/--to) finds the jobs with chunk messages
- * timestamped in the window and replays each whole.  Each partition is
- * read from the first message at or after --from, found with
- * offsets-for-times, up to the first message after --to.  A real broker
- * answers every partition (offset -1: no message that late, nothing to
- * read); librdkafka's mock cluster answers -1 everywhere.  So when no
- * partition gets an offset, a second question tells the two apart: the
- * first message at or after time 0 exists on any non-empty partition of a
- * real broker; if the cluster says -1 to that too, every partition is read
- * from its earliest offset. */
+ * timestamped in the window (timescan.c) and replays each whole. */
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +33,7 @@
 #include "sheaf/pipeline.h"
 #include "sheaf/program.h"
 #include "sheaf/state.h"
+#include "sheaf/state_stream.h"
 #include "sheaf/util.h"
 
 #define MAXP SHEAF_KAFKA_MAX_PARTITIONS
@@ -218,18 +211,34 @@ done:
 
 /* ---- time range ---- */
 
-/* 1 when the cluster answers offsets-for-times: some partition of parts
- * has a message at or after time 0 (see the top of the file). */
-static int cluster_answers_times(rd_kafka_t *c, const rd_kafka_topic_partition_list_t *parts)
+/* Collects the job of each chunk message (jobs_in_window). */
+typedef struct job_set {
+    char ***jobs;
+    size_t *n_jobs;
+} job_set;
+
+static sheaf_err collect_job(void *ud, const rd_kafka_message_t *msg, char *errstr,
+                             size_t errlen)
 {
-    rd_kafka_topic_partition_list_t *zero = rd_kafka_topic_partition_list_copy(parts);
-    int yes = 0;
-    for (int i = 0; i < zero->cnt; i++) zero->elems[i].offset = 0;
-    if (!rd_kafka_offsets_for_times(c, zero, WM_TIMEOUT_MS))
-        for (int i = 0; i < zero->cnt && !yes; i++)
-            yes = !zero->elems[i].err && zero->elems[i].offset >= 0;
-    rd_kafka_topic_partition_list_destroy(zero);
-    return yes;
+    job_set *js = ud;
+    sheaf_chunk_msg m;
+    char derr[SHEAF_ERRSTR_SIZE];
+    (void)errstr;
+    (void)errlen;
+    memset(&m, 0, sizeof(m));
+    if (sheaf_chunk_decode(msg->payload, msg->len, &m, derr, sizeof(derr)) == SHEAF_OK) {
+        size_t k = 0;
+        while (k < *js->n_jobs && strcmp((*js->jobs)[k], m.job) != 0) k++;
+        if (k == *js->n_jobs) {
+            char **grown = realloc(*js->jobs, (*js->n_jobs + 1) * sizeof(char *));
+            if (grown) {
+                *js->jobs = grown;
+                (*js->jobs)[(*js->n_jobs)++] = strdup(m.job);
+            }
+        }
+    }
+    sheaf_chunk_msg_clear(&m);
+    return SHEAF_OK;
 }
 
 /* Job ids with chunk messages timestamped in [from, to] on topic. */
@@ -237,102 +246,8 @@ static sheaf_err jobs_in_window(const sheaf_config *cfg, const char *topic, int6
                                 int64_t to, char ***jobs, size_t *n_jobs, char *errstr,
                                 size_t errlen)
 {
-    char group[64];
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_partition_list_t *parts = NULL, *todo = NULL;
-    int64_t high[MAXP], nread = 0;
-    int remaining = 0, done[MAXP] = {0}, answered = 0, supported;
-    rd_kafka_resp_err_t fterr;
-    sheaf_err err = SHEAF_OK;
-    rd_kafka_t *c;
-
-    snprintf(group, sizeof(group), "sheaf-replay-scan-%lld", (long long)sheaf_wall_ms());
-    if (!(c = sheaf_kafka_consumer_new(cfg, "sheaf-replay", group, NULL, NULL, errstr, errlen)))
-        return SHEAF_ERR_KAFKA;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(c, topic, NULL);
-    if (rd_kafka_metadata(c, 0, rkt, &md, WM_TIMEOUT_MS) || md->topic_cnt != 1 ||
-        md->topics[0].err) {
-        snprintf(errstr, errlen, "topic %s: no metadata", topic);
-        err = SHEAF_ERR_KAFKA;
-        goto done;
-    }
-    parts = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
-    for (int i = 0; i < md->topics[0].partition_cnt && i < MAXP; i++)
-        rd_kafka_topic_partition_list_add(parts, topic, md->topics[0].partitions[i].id)->offset = from;
-    /* See the top of the file: an offset where the cluster supports
-     * offsets-for-times, else (the dev mock, or an error) the earliest
-     * offset of every partition. */
-    fterr = rd_kafka_offsets_for_times(c, parts, WM_TIMEOUT_MS);
-    for (int i = 0; i < parts->cnt && !fterr; i++)
-        if (!parts->elems[i].err && parts->elems[i].offset >= 0) answered++;
-    supported = !fterr && (answered > 0 || cluster_answers_times(c, parts));
-    for (int i = 0; i < parts->cnt; i++) {
-        rd_kafka_topic_partition_t *tp = &parts->elems[i];
-        int64_t low = 0, hi = 0;
-        int nothing_late = supported && !tp->err && tp->offset < 0;
-        rd_kafka_query_watermark_offsets(c, topic, tp->partition, &low, &hi, WM_TIMEOUT_MS);
-        high[tp->partition] = hi;
-        if (!supported || tp->err || tp->offset < low) tp->offset = low;
-        if (nothing_late || tp->offset >= hi) done[tp->partition] = 1;
-        else remaining++;
-    }
-    /* Only the partitions with something to read are fetched. */
-    todo = rd_kafka_topic_partition_list_new(remaining > 0 ? remaining : 1);
-    for (int i = 0; i < parts->cnt; i++)
-        if (!done[parts->elems[i].partition])
-            rd_kafka_topic_partition_list_add(todo, topic, parts->elems[i].partition)->offset =
-                parts->elems[i].offset;
-    rd_kafka_assign(c, todo);
-    while (remaining > 0 && !sheaf_stop) {
-        rd_kafka_message_t *msg = rd_kafka_consumer_poll(c, 500);
-        if (!msg) continue;
-        int32_t p = msg->partition;
-        if (!msg->err && p >= 0 && p < MAXP && !done[p]) {
-            nread++;
-            rd_kafka_timestamp_type_t tt;
-            int64_t ts = rd_kafka_message_timestamp(msg, &tt);
-            sheaf_chunk_msg m;
-            char derr[SHEAF_ERRSTR_SIZE];
-            memset(&m, 0, sizeof(m));
-            if (ts >= from && ts <= to &&
-                sheaf_chunk_decode(msg->payload, msg->len, &m, derr, sizeof(derr)) == SHEAF_OK) {
-                size_t k = 0;
-                while (k < *n_jobs && strcmp((*jobs)[k], m.job) != 0) k++;
-                if (k == *n_jobs) {
-                    char **grown = realloc(*jobs, (*n_jobs + 1) * sizeof(char *));
-                    if (grown) {
-                        *jobs = grown;
-                        (*jobs)[(*n_jobs)++] = strdup(m.job);
-                    }
-                }
-            }
-            sheaf_chunk_msg_clear(&m);
-            /* Timestamps only grow within a partition for our producers. */
-            if (ts > to || msg->offset + 1 >= high[p]) {
-                done[p] = 1;
-                remaining--;
-            }
-        }
-        rd_kafka_message_destroy(msg);
-    }
-    if (supported)
-        sheaf_info("producer",
-                   "time range on %s: %d of %d partition(s) have messages from then "
-                   "(offsets-for-times), %lld message(s) read",
-                   topic, answered, parts->cnt, (long long)nread);
-    else
-        sheaf_info("producer",
-                   "time range on %s: no offsets-for-times answer, %d partition(s) read from "
-                   "the earliest offset, %lld message(s) read",
-                   topic, parts->cnt, (long long)nread);
-done:
-    if (todo) rd_kafka_topic_partition_list_destroy(todo);
-    if (parts) rd_kafka_topic_partition_list_destroy(parts);
-    if (md) rd_kafka_metadata_destroy(md);
-    if (rkt) rd_kafka_topic_destroy(rkt);
-    rd_kafka_consumer_close(c);
-    rd_kafka_destroy(c);
-    return sheaf_stop ? SHEAF_ERR_STOPPED : err;
+    job_set js = {jobs, n_jobs};
+    return sheaf_topic_time_scan(cfg, topic, from, to, collect_job, &js, errstr, errlen);
 }
 
 sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
@@ -358,6 +273,13 @@ sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
         }
     }
     for (size_t i = 0; i < n_jobs && err == SHEAF_OK; i++) {
+        sheaf_stream_status ss;
+        if (!o->job && sheaf_state_stream_status(r, jobs[i], &ss, errstr, errlen) == SHEAF_OK) {
+            /* A stream has no ranges of its own: its input is replayed by name. */
+            sheaf_info("producer", "stream %s has chunk messages in the range: replay its input "
+                       "with `sheaf replay %s --from T --to T`", jobs[i], jobs[i]);
+            continue;
+        }
         if (rep->n_runs == SHEAF_REPLAY_MAX_RUNS) {
             sheaf_warn("producer", "more than %d jobs in the range: replay the rest by job id",
                        SHEAF_REPLAY_MAX_RUNS);
@@ -371,6 +293,11 @@ sheaf_err sheaf_replay(const sheaf_config *cfg, const sheaf_replay_opts *o,
             rep->n_runs++;
             rep->chunks += chunks;
         }
+    }
+    if (err == SHEAF_OK && n_jobs > 0 && rep->n_runs == 0) {
+        snprintf(errstr, errlen, "only streams have chunk messages in that range: replay a "
+                 "stream's input by its name");
+        err = SHEAF_ERR_NOT_FOUND;
     }
     for (size_t i = 0; i < n_jobs; i++) free(jobs[i]);
     free(jobs);

@@ -211,14 +211,7 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
         err = SHEAF_ERR_CONFIG;
         goto done;
     }
-    /* The pipeline's chunking is the default; chunk.* set by the user wins. */
-    eff = *cfg; /* shallow: eff owns nothing and is never cleared */
-    if (pipe->pages_per_batch && !sheaf_config_is_set(cfg, "chunk.pages_per_batch"))
-        eff.chunk_pages_per_batch = pipe->pages_per_batch;
-    if (pipe->chunk_max_tokens && !sheaf_config_is_set(cfg, "chunk.max_tokens"))
-        eff.chunk_max_tokens = pipe->chunk_max_tokens;
-    if (pipe->chunk_overlap_tokens && !sheaf_config_is_set(cfg, "chunk.overlap_tokens"))
-        eff.chunk_overlap_tokens = pipe->chunk_overlap_tokens;
+    sheaf_pipeline_chunking(cfg, pipe, &eff);
     err = sheaf_input_opts_init(&io, &eff, errstr, errlen);
     if (err != SHEAF_OK) goto done;
     io_ready = 1;

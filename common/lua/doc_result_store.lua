@@ -9,6 +9,19 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
+local t0 = redis.call('HGET', KEYS[5], 't0')
+if t0 then
+  -- A stream's document (stream_doc.lua): its end-to-end latency (from the
+  -- input record's timestamp) into the stream's histogram, quarter-octave
+  -- buckets since the start and per minute, and its finish time for the
+  -- stream's retention (stream_expire.lua).
+  local pre = string.sub(KEYS[1], 1, -4)
+  local lat = math.max(1, tonumber(ARGV[5]) - tonumber(t0))
+  local b = math.floor(math.log(lat) / math.log(2) * 4)
+  redis.call('HINCRBY', pre .. 'lat', 'all:' .. b, 1)
+  redis.call('HINCRBY', pre .. 'lat', 'm' .. math.floor(tonumber(ARGV[5]) / 60000) .. ':' .. b, 1)
+  redis.call('ZADD', pre .. 'finished', ARGV[5], ARGV[1])
+end
 redis.call('HINCRBY', KEYS[1], 'tokens_prompt', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'tokens_completion', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'tokens_reduce_prompt', ARGV[3])

@@ -246,3 +246,16 @@ held_reports() {
   HELD=$(ls "$1" | head -n 1)
   { printf 'SHEAF_SIM_SLOW holds this report back.\n\n'; cat "$ROOT/examples/reports/$HELD"; } > "$1/$HELD"
 }
+
+# create_topic NAME PARTITIONS: a topic of the user's own (the input of
+# `sheaf stream`), waited for: made by the mock host's control FIFO, or on a
+# real broker by its auto-creation (num.partitions there, not PARTITIONS).
+topic_listed() { kcat -b "$SHEAF_BROKERS" -L -t "$1" 2>/dev/null | grep -q 'partition 0'; }
+create_topic() {
+  if real_kafka; then
+    kcat -b "$SHEAF_BROKERS" -L -t "$1" > /dev/null 2>&1 || true
+  else
+    echo "topic-create $1 $2" > "$STACK/kafka.ctl"
+  fi
+  wait_until 30 "topic $1" topic_listed "$1"
+}

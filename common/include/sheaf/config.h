@@ -97,6 +97,13 @@ typedef struct sheaf_config {
     int input_max_line_bytes;    /* input.max_line_bytes: cap on one JSONL line */
     long long input_max_doc_bytes; /* input.max_doc_bytes: cap on one document */
     char *input_on_error;        /* input.on_error: refuse|skip */
+    /* `sheaf stream` (producer/stream.c; ids, texts and metadata by input.*) */
+    char *stream_format;         /* stream.format: json|text */
+    char *stream_pages_field;    /* stream.pages_field: JSON array of page texts */
+    char *stream_group;          /* stream.group: "" = sheaf-stream-<name> */
+    int stream_max_pending_chunks; /* stream.max_pending_chunks: pause above, 0 = never */
+    int stream_window_docs;      /* stream.window_docs: tumbling windows of N documents */
+    long long stream_window_ms;  /* stream.window_ms: tumbling windows of T ms */
 
     /* Worker and reducer */
     char *worker_group;          /* worker.group: Kafka consumer group id */

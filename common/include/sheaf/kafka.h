@@ -80,6 +80,14 @@ unsigned long sheaf_kafka_delivery_failures(rd_kafka_t *producer);
  * client made then must be polled regularly.  Thread-safe. */
 int sheaf_kafka_brokers_ok(char *reason, size_t len);
 
+/* A delivery hook: a message produced with RD_KAFKA_V_OPAQUE(d) by a
+ * producer of sheaf_kafka_producer_new has d->done called with its
+ * delivery report's error (0: the broker has it), from the thread that
+ * polls or flushes the producer, once per message. */
+typedef struct sheaf_kafka_delivery {
+    void (*done)(struct sheaf_kafka_delivery *d, rd_kafka_resp_err_t err);
+} sheaf_kafka_delivery;
+
 /* Sends a copy of orig (key, value, headers kept) to dlq_topic with headers
  * sheaf-dlq-reason, sheaf-dlq-topic, sheaf-dlq-partition, sheaf-dlq-offset
  * and, when known, sheaf-job.  A value too large for the producer's
@@ -89,5 +97,10 @@ int sheaf_kafka_brokers_ok(char *reason, size_t len);
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
                                const char *job, char *errstr, size_t errlen);
+/* The same, with a delivery hook (NULL: none). */
+sheaf_err sheaf_kafka_dlq_send_tracked(rd_kafka_t *producer, const char *dlq_topic,
+                                       const rd_kafka_message_t *orig, const char *reason,
+                                       const char *job, sheaf_kafka_delivery *hook,
+                                       char *errstr, size_t errlen);
 
 #endif

@@ -15,7 +15,8 @@
  *      takes messages of 4 MiB like the mock (sheaf's producer allows 4 MB;
  *      a broker's default is 1 MB), and --map-config KEY=VALUE adds to or
  *      overrides the map topic's settings (a test of retention gives it a
- *      small retention.bytes).  A topic that already exists is left as it
+ *      small retention.bytes), --dlq-config the DLQ's (a test of dead
+ *      letters too large for the broker gives it a small max.message.bytes).  A topic that already exists is left as it
  *      is;
  *   3. waits until the metadata shows every topic with all its partitions
  *      led;
@@ -38,7 +39,7 @@
 #include "sheaf/util.h"
 
 #define COMP "kafka-topics"
-#define MAX_MAP_CONFIGS 16
+#define MAX_CONFIGS 16
 #define MAX_PARTITIONS 10000
 #define AUX_PARTITIONS 4            /* <prefix>.dlq and <prefix>.results, as the mock */
 #define MAX_MESSAGE_BYTES "4194304" /* what the mock takes */
@@ -51,8 +52,9 @@ typedef struct topics_opts {
     int replication;
     int brokers;
     int timeout_ms;
-    const char *map_config[MAX_MAP_CONFIGS]; /* "KEY=VALUE" */
-    int n_map_config;
+    const char *config[MAX_CONFIGS]; /* "KEY=VALUE" */
+    int config_topic[MAX_CONFIGS];   /* of topic 0 (map) or 1 (dlq) */
+    int n_config;
 } topics_opts;
 
 static void usage(FILE *out)
@@ -66,10 +68,11 @@ static void usage(FILE *out)
             "  --partitions P         partitions of <prefix>.map (default 8)\n"
             "  --replication R        replication factor of every topic (default 1)\n"
             "  --brokers N            wait until the metadata lists N brokers (default 1)\n"
-            "  --map-config KEY=VALUE a setting of <prefix>.map (repeatable, up to %d)\n"
+            "  --map-config KEY=VALUE a setting of <prefix>.map (repeatable)\n"
+            "  --dlq-config KEY=VALUE a setting of <prefix>.dlq (repeatable; up to %d in all)\n"
             "  --timeout-ms MS        deadline for everything (default 60000)\n"
             "  -h, --help             this text\n",
-            MAX_MAP_CONFIGS);
+            MAX_CONFIGS);
 }
 
 
@@ -82,6 +85,7 @@ static int parse_opts(int argc, char **argv, topics_opts *o)
         {"replication", required_argument, NULL, 'r'},
         {"brokers", required_argument, NULL, 'n'},
         {"map-config", required_argument, NULL, 'c'},
+        {"dlq-config", required_argument, NULL, 'd'},
         {"timeout-ms", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -107,8 +111,12 @@ static int parse_opts(int argc, char **argv, topics_opts *o)
         case 'n': bad = sheaf_parse_int(optarg, 1, 64, &o->brokers) != 0; break;
         case 't': bad = sheaf_parse_int(optarg, 1, INT_MAX, &o->timeout_ms) != 0; break;
         case 'c':
-            bad = o->n_map_config == MAX_MAP_CONFIGS || !strchr(optarg, '=') || optarg[0] == '=';
-            if (!bad) o->map_config[o->n_map_config++] = optarg;
+        case 'd':
+            bad = o->n_config == MAX_CONFIGS || !strchr(optarg, '=') || optarg[0] == '=';
+            if (!bad) {
+                o->config_topic[o->n_config] = c == 'c' ? 0 : 1;
+                o->config[o->n_config++] = optarg;
+            }
             break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -222,14 +230,15 @@ static int create_topics(rd_kafka_t *rk, const topics_opts *o, char names[NTOPIC
         rd_kafka_NewTopic_set_config(nt[0], "retention.bytes", "-1") ||
         rd_kafka_NewTopic_set_config(nt[0], "cleanup.policy", "delete"))
         goto out;
-    for (int i = 0; i < o->n_map_config; i++) {
+    for (int i = 0; i < o->n_config; i++) {
         char kv[512];
         char *eq;
-        snprintf(kv, sizeof(kv), "%s", o->map_config[i]);
+        snprintf(kv, sizeof(kv), "%s", o->config[i]);
         eq = strchr(kv, '=');
         *eq = '\0';
-        if (rd_kafka_NewTopic_set_config(nt[0], kv, eq + 1)) {
-            sheaf_error(COMP, "--map-config %s: refused", o->map_config[i]);
+        if (rd_kafka_NewTopic_set_config(nt[o->config_topic[i]], kv, eq + 1)) {
+            sheaf_error(COMP, "--%s-config %s: refused", o->config_topic[i] ? "dlq" : "map",
+                        o->config[i]);
             goto out;
         }
     }

@@ -23,6 +23,8 @@
  *   4. waits until a consumer group coordinator answers (an OffsetFetch of
  *      a throw-away group): the broker creates __consumer_offsets on the
  *      first such request, so the fleet's first join does not wait for it.
+ * --delete-records TOPIC:PARTITION:OFFSET does only that instead (the test
+ * of a job partly gone from its topic).
  * Each wait has the one deadline --timeout-ms.  Exit 0 when all is done,
  * 1 with the reason on stderr otherwise.  Logs go to stderr. */
 #include <errno.h>
@@ -55,6 +57,8 @@ typedef struct topics_opts {
     const char *config[MAX_CONFIGS]; /* "KEY=VALUE" */
     int config_topic[MAX_CONFIGS];   /* of topic 0 (map) or 1 (dlq) */
     int n_config;
+    const char *delete_records[MAX_CONFIGS]; /* "TOPIC:PARTITION:OFFSET" */
+    int n_delete;
 } topics_opts;
 
 static void usage(FILE *out)
@@ -71,6 +75,10 @@ static void usage(FILE *out)
             "  --map-config KEY=VALUE a setting of <prefix>.map (repeatable)\n"
             "  --dlq-config KEY=VALUE a setting of <prefix>.dlq (repeatable; up to %d in all)\n"
             "  --timeout-ms MS        deadline for everything (default 60000)\n"
+            "  --delete-records TOPIC:PARTITION:OFFSET\n"
+            "                         instead: delete the partition's records before OFFSET\n"
+            "                         (the admin API's DeleteRecords, what retention does;\n"
+            "                         repeatable)\n"
             "  -h, --help             this text\n",
             MAX_CONFIGS);
 }
@@ -87,6 +95,7 @@ static int parse_opts(int argc, char **argv, topics_opts *o)
         {"map-config", required_argument, NULL, 'c'},
         {"dlq-config", required_argument, NULL, 'd'},
         {"timeout-ms", required_argument, NULL, 't'},
+        {"delete-records", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -117,6 +126,11 @@ static int parse_opts(int argc, char **argv, topics_opts *o)
                 o->config_topic[o->n_config] = c == 'c' ? 0 : 1;
                 o->config[o->n_config++] = optarg;
             }
+            break;
+        case 'D':
+            bad = o->n_delete == MAX_CONFIGS || !strrchr(optarg, ':') ||
+                  strrchr(optarg, ':') == strchr(optarg, ':');
+            if (!bad) o->delete_records[o->n_delete++] = optarg;
             break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -357,6 +371,79 @@ static int wait_coordinator(const topics_opts *o, const char *topic, int64_t dea
     return 0;
 }
 
+/* --delete-records: DeleteRecords for each TOPIC:PARTITION:OFFSET (the
+ * low watermark moves to OFFSET, as when retention deletes segments;
+ * librdkafka's mock cluster does not answer it).  Prints each partition's
+ * new low watermark. */
+static int delete_records(rd_kafka_t *rk, const topics_opts *o, int64_t deadline)
+{
+    rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(o->n_delete);
+    rd_kafka_DeleteRecords_t *dr = NULL;
+    rd_kafka_AdminOptions_t *aopts = NULL;
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_event_t *ev = NULL;
+    char errstr[512];
+    int rc = -1;
+
+    for (int i = 0; i < o->n_delete; i++) {
+        char topic[512];
+        const char *c2 = strrchr(o->delete_records[i], ':'), *c1;
+        int part, off;
+        snprintf(topic, sizeof(topic), "%s", o->delete_records[i]);
+        topic[strchr(o->delete_records[i], ':') - o->delete_records[i]] = '\0';
+        c1 = strchr(o->delete_records[i], ':') + 1;
+        char pstr[32];
+        snprintf(pstr, sizeof(pstr), "%.*s", (int)(c2 - c1), c1);
+        if (sheaf_parse_int(pstr, 0, MAX_PARTITIONS, &part) != 0 ||
+            sheaf_parse_int(c2 + 1, 0, INT_MAX, &off) != 0) {
+            sheaf_error(COMP, "--delete-records %s: expected TOPIC:PARTITION:OFFSET",
+                        o->delete_records[i]);
+            goto out;
+        }
+        rd_kafka_topic_partition_list_add(offs, topic, part)->offset = off;
+    }
+    dr = rd_kafka_DeleteRecords_new(offs);
+    aopts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DELETERECORDS);
+    if (rd_kafka_AdminOptions_set_operation_timeout(aopts, remaining_ms(deadline), errstr,
+                                                    sizeof(errstr)) ||
+        rd_kafka_AdminOptions_set_request_timeout(aopts, remaining_ms(deadline), errstr,
+                                                  sizeof(errstr))) {
+        sheaf_error(COMP, "admin options: %s", errstr);
+        goto out;
+    }
+    rd_kafka_DeleteRecords(rk, &dr, 1, aopts, q);
+    ev = rd_kafka_queue_poll(q, remaining_ms(deadline) + 1000);
+    if (!ev) {
+        sheaf_error(COMP, "DeleteRecords: no answer before the deadline");
+        goto out;
+    }
+    if (rd_kafka_event_error(ev)) {
+        sheaf_error(COMP, "DeleteRecords: %s", rd_kafka_event_error_string(ev));
+        goto out;
+    }
+    const rd_kafka_topic_partition_list_t *res =
+        rd_kafka_DeleteRecords_result_offsets(rd_kafka_event_DeleteRecords_result(ev));
+    rc = 0;
+    for (int i = 0; res && i < res->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &res->elems[i];
+        if (tp->err) {
+            sheaf_error(COMP, "DeleteRecords %s [%d]: %s", tp->topic, (int)tp->partition,
+                        rd_kafka_err2str(tp->err));
+            rc = -1;
+        } else {
+            printf("%s %d %lld\n", tp->topic, (int)tp->partition, (long long)tp->offset);
+        }
+    }
+
+out:
+    if (ev) rd_kafka_event_destroy(ev);
+    if (aopts) rd_kafka_AdminOptions_destroy(aopts);
+    if (dr) rd_kafka_DeleteRecords_destroy(dr);
+    rd_kafka_topic_partition_list_destroy(offs);
+    rd_kafka_queue_destroy(q);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     topics_opts o;
@@ -380,6 +467,11 @@ int main(int argc, char **argv)
 
     rk = client_new(RD_KAFKA_PRODUCER, o.bootstrap, NULL);
     if (!rk) return 1;
+    if (o.n_delete) {
+        rc = delete_records(rk, &o, deadline) == 0 ? 0 : 1;
+        rd_kafka_destroy(rk);
+        return rc;
+    }
     if (wait_brokers(rk, o.brokers, deadline) == 0 &&
         create_topics(rk, &o, names, parts, deadline) == 0 &&
         wait_leaders(rk, names, deadline) == 0 && wait_coordinator(&o, names[0], deadline) == 0)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # chaos.sh - the reliability proof: a large job while, at random intervals,
 # workers and the reducer are SIGKILLed and restarted, Redis (append-only
-# file on) is restarted, a broker of the mock cluster goes down and comes
-# back, and the LLM simulator injects 429 storms, 5xx bursts, connection
+# file on) is restarted, a broker goes down and comes back (the mock
+# cluster's, or with SHEAF_TEST_KAFKA=kraft|kraft3 a real one SIGKILLed and
+# started again), and the LLM simulator injects 429 storms, 5xx bursts, connection
 # resets and answers slower than the client's timeout.  At the end every
 # chunk must be in the results or in the DLQ with a reason, and the results
 # must equal those of a fault-free run of the same input; the run reports
@@ -64,6 +65,27 @@ JOB="$("$SHEAF" submit "${CHUNK_X[@]}" "$T/in")" || fail "submit failed"
 EVENTS=()
 event() { EVENTS+=("$1"); log "chaos: $1"; }
 restart_redis() { redis_stop && redis_start; }
+# A broker goes away for 2-4 s and comes back.  The mock cluster takes it
+# down and up through its control FIFO (connections refused, state kept);
+# a real one (SHEAF_TEST_KAFKA=kraft or kraft3) is SIGKILLed and started
+# again on the same ports and data (dev/kafka-kraft.sh kill/start): with
+# one node the whole cluster is gone meanwhile; with three, its partitions'
+# leadership moves to the others and back.
+broker_down_up() {
+  local b
+  if real_kafka; then
+    b=$((1 + RANDOM % $(cat "$STACK/kafka/nodes")))
+    "$ROOT/dev/kafka-kraft.sh" kill "$b" --dir "$STACK/kafka" 2>> "$T/brokers.log"
+    sleep "$((2 + RANDOM % 3))"
+    "$ROOT/dev/kafka-kraft.sh" start "$b" --dir "$STACK/kafka" 2>> "$T/brokers.log" \
+      || fail "broker $b did not start again: $(tail -n 3 "$T/brokers.log")"
+    event "broker $b SIGKILLed and restarted ($(tail -n 1 "$T/brokers.log" | sed 's/.*serving again after/serving after/'))"
+  else
+    b=$((1 + RANDOM % 3))
+    echo "broker-down $b" > "$STACK/kafka.ctl"
+    sleep "$((2 + RANDOM % 3))"; echo "broker-up $b" > "$STACK/kafka.ctl"; event "broker $b down and up"
+  fi
+}
 deadline=$((SECONDS + TIMEOUT_S))
 MAX_EVENTS=${CHAOS_MAX_EVENTS:-1000000}
 until job_is_done "$JOB"; do
@@ -80,8 +102,7 @@ until job_is_done "$JOB"; do
     2) kill -KILL "$REDUCER_PID" 2> /dev/null || true; NR=$((NR + 1))
        start_reducer "r$NR" "${REDUCER_X[@]}"; REDUCER_PID=$LAST_PID; event "SIGKILL reducer, restarted" ;;
     3) restart_redis; event "Redis restarted (append-only file)" ;;
-    4) b=$((1 + RANDOM % 3)); echo "broker-down $b" > "$STACK/kafka.ctl"
-       sleep "$((2 + RANDOM % 3))"; echo "broker-up $b" > "$STACK/kafka.ctl"; event "broker $b down and up" ;;
+    4) broker_down_up ;;
     # A burst of 6: the simulator counts failures in requests, not time,
     # so a long burst would be paid out one circuit-breaker probe per
     # cooldown (up to a minute each) after the storm is over.

@@ -3,7 +3,7 @@
 # tests labelled kraft (the real-broker set, tests/CMakeLists.txt) on Apache
 # Kafka V: one command for the version CI does not run.
 #
-#   scripts/test-kraft.sh                      # 3.9.1, what CI runs
+#   scripts/test-kraft.sh                      # dev/kafka/pom.xml's 3.9.1, what CI runs
 #   scripts/test-kraft.sh --version 4.1.1      # Kafka 4.1 (docs/kafka.md)
 #   scripts/test-kraft.sh --version 4.1.1 -R e2e
 #
@@ -15,7 +15,7 @@
 # tests at a time (SHEAF_TEST_JOBS).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-version=${SHEAF_DEV_KAFKA_VERSION:-3.9.1}
+version=${SHEAF_DEV_KAFKA_VERSION:-}
 build="$ROOT/build"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,6 +25,8 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
+# Default: dev/kafka/pom.xml's kafka.version (what dev/kafka-kraft.sh and CI use).
+[ -n "$version" ] || version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/dev/kafka/pom.xml")
 "$ROOT/dev/kafka-kraft.sh" jars --version "$version" > /dev/null
 [ -x "$build/worker/sheaf-worker" ] || "$ROOT/scripts/build.sh" "$build"
 echo "== ctest -L kraft on Apache Kafka $version ($build) ==" >&2

@@ -414,10 +414,11 @@ static dlq_letter *dlq_letter_new(const char *topic, const rd_kafka_message_t *o
 
 /* Produces a dead letter: with value (len bytes) or, with value NULL,
  * without it and with the headers saying so (size dropped, and by whom).
- * hdrs are taken on success only.  Waits while the local queue is full. */
+ * hdrs are taken on success only.  may_poll: waits while the local queue
+ * is full (not from a delivery callback, which must not poll). */
 static rd_kafka_resp_err_t dlq_produce(rd_kafka_t *producer, dlq_letter *l,
                                        rd_kafka_headers_t *hdrs, const void *value, size_t len,
-                                       const char *dropped_by)
+                                       const char *dropped_by, int may_poll)
 {
     rd_kafka_resp_err_t err;
     if (!value && l->value_len) {
@@ -434,7 +435,7 @@ static rd_kafka_resp_err_t dlq_produce(rd_kafka_t *producer, dlq_letter *l,
                                 RD_KAFKA_V_VALUE((void *)(value), (len)),
                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
                                 RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(l), RD_KAFKA_V_END);
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) return err;
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || !may_poll) return err;
         rd_kafka_poll(producer, 100);
     }
 }
@@ -455,7 +456,7 @@ static int dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *m)
         snprintf(by, sizeof(by), "broker: %s", rd_kafka_err2str(m->err));
         sheaf_warn("kafka", "dead letter of %zu bytes refused by the broker (%s): sent again "
                    "without its value", l->value_len, rd_kafka_err2str(m->err));
-        if (hdrs && dlq_produce(rk, l, hdrs, NULL, 0, by) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        if (hdrs && dlq_produce(rk, l, hdrs, NULL, 0, by, 0) == RD_KAFKA_RESP_ERR_NO_ERROR)
             return 1;
         if (hdrs) rd_kafka_headers_destroy(hdrs);
     }
@@ -491,14 +492,14 @@ sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
         snprintf(errstr, errlen, "cannot produce to %s: out of memory", dlq_topic);
         return SHEAF_ERR_NOMEM;
     }
-    err = dlq_produce(producer, l, hdrs, orig->payload, orig->len, NULL);
+    err = dlq_produce(producer, l, hdrs, orig->payload, orig->len, NULL, 1);
     if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
         /* Over our own message.max.bytes (an oversized message some other
          * producer put on the topic): refused at once, for ever.  Without
          * its value; the headers say where the original still is. */
         rd_kafka_headers_destroy(hdrs);
         hdrs = rd_kafka_headers_copy(l->hdrs);
-        err = hdrs ? dlq_produce(producer, l, hdrs, NULL, 0, "producer: over message.max.bytes")
+        err = hdrs ? dlq_produce(producer, l, hdrs, NULL, 0, "producer: over message.max.bytes", 1)
                    : RD_KAFKA_RESP_ERR__FAIL;
     }
     if (err) {

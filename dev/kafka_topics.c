@@ -220,6 +220,41 @@ static int wait_brokers(rd_kafka_t *rk, int want, int64_t deadline)
     }
 }
 
+/* Admin options for op with the deadline as operation and request
+ * timeout; NULL (logged) on error. */
+static rd_kafka_AdminOptions_t *admin_options(rd_kafka_t *rk, rd_kafka_admin_op_t op,
+                                              int64_t deadline)
+{
+    char errstr[512];
+    rd_kafka_AdminOptions_t *aopts = rd_kafka_AdminOptions_new(rk, op);
+    if (rd_kafka_AdminOptions_set_operation_timeout(aopts, remaining_ms(deadline), errstr,
+                                                    sizeof(errstr)) ||
+        rd_kafka_AdminOptions_set_request_timeout(aopts, remaining_ms(deadline), errstr,
+                                                  sizeof(errstr))) {
+        sheaf_error(COMP, "admin options: %s", errstr);
+        rd_kafka_AdminOptions_destroy(aopts);
+        return NULL;
+    }
+    return aopts;
+}
+
+/* The result event of an admin request sent to q, or NULL (logged) when
+ * none came before the deadline or the request as a whole failed. */
+static rd_kafka_event_t *admin_result(rd_kafka_queue_t *q, const char *what, int64_t deadline)
+{
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, remaining_ms(deadline) + 1000);
+    if (!ev) {
+        sheaf_error(COMP, "%s: no answer before the deadline", what);
+        return NULL;
+    }
+    if (rd_kafka_event_error(ev)) {
+        sheaf_error(COMP, "%s: %s", what, rd_kafka_event_error_string(ev));
+        rd_kafka_event_destroy(ev);
+        return NULL;
+    }
+    return ev;
+}
+
 /* Step 2: CreateTopics; an existing topic is fine. */
 static int create_topics(rd_kafka_t *rk, const topics_opts *o, char names[NTOPICS][512],
                          const int *parts, int64_t deadline)
@@ -257,24 +292,9 @@ static int create_topics(rd_kafka_t *rk, const topics_opts *o, char names[NTOPIC
         }
     }
 
-    aopts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    if (rd_kafka_AdminOptions_set_operation_timeout(aopts, remaining_ms(deadline), errstr,
-                                                    sizeof(errstr)) ||
-        rd_kafka_AdminOptions_set_request_timeout(aopts, remaining_ms(deadline), errstr,
-                                                  sizeof(errstr))) {
-        sheaf_error(COMP, "admin options: %s", errstr);
-        goto out;
-    }
+    if (!(aopts = admin_options(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS, deadline))) goto out;
     rd_kafka_CreateTopics(rk, nt, NTOPICS, aopts, q);
-    ev = rd_kafka_queue_poll(q, remaining_ms(deadline) + 1000);
-    if (!ev) {
-        sheaf_error(COMP, "CreateTopics: no answer before the deadline");
-        goto out;
-    }
-    if (rd_kafka_event_error(ev)) {
-        sheaf_error(COMP, "CreateTopics: %s", rd_kafka_event_error_string(ev));
-        goto out;
-    }
+    if (!(ev = admin_result(q, "CreateTopics", deadline))) goto out;
     size_t n = 0;
     const rd_kafka_topic_result_t **res =
         rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
@@ -382,18 +402,16 @@ static int delete_records(rd_kafka_t *rk, const topics_opts *o, int64_t deadline
     rd_kafka_AdminOptions_t *aopts = NULL;
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
     rd_kafka_event_t *ev = NULL;
-    char errstr[512];
     int rc = -1;
 
     for (int i = 0; i < o->n_delete; i++) {
-        char topic[512];
-        const char *c2 = strrchr(o->delete_records[i], ':'), *c1;
+        /* TOPIC:PARTITION:OFFSET, split at the first and the last colon. */
+        const char *arg = o->delete_records[i];
+        const char *c1 = strchr(arg, ':'), *c2 = strrchr(arg, ':');
+        char topic[512], pstr[32];
         int part, off;
-        snprintf(topic, sizeof(topic), "%s", o->delete_records[i]);
-        topic[strchr(o->delete_records[i], ':') - o->delete_records[i]] = '\0';
-        c1 = strchr(o->delete_records[i], ':') + 1;
-        char pstr[32];
-        snprintf(pstr, sizeof(pstr), "%.*s", (int)(c2 - c1), c1);
+        snprintf(topic, sizeof(topic), "%.*s", (int)(c1 - arg), arg);
+        snprintf(pstr, sizeof(pstr), "%.*s", (int)(c2 - c1 - 1), c1 + 1);
         if (sheaf_parse_int(pstr, 0, MAX_PARTITIONS, &part) != 0 ||
             sheaf_parse_int(c2 + 1, 0, INT_MAX, &off) != 0) {
             sheaf_error(COMP, "--delete-records %s: expected TOPIC:PARTITION:OFFSET",
@@ -403,24 +421,9 @@ static int delete_records(rd_kafka_t *rk, const topics_opts *o, int64_t deadline
         rd_kafka_topic_partition_list_add(offs, topic, part)->offset = off;
     }
     dr = rd_kafka_DeleteRecords_new(offs);
-    aopts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DELETERECORDS);
-    if (rd_kafka_AdminOptions_set_operation_timeout(aopts, remaining_ms(deadline), errstr,
-                                                    sizeof(errstr)) ||
-        rd_kafka_AdminOptions_set_request_timeout(aopts, remaining_ms(deadline), errstr,
-                                                  sizeof(errstr))) {
-        sheaf_error(COMP, "admin options: %s", errstr);
-        goto out;
-    }
+    if (!(aopts = admin_options(rk, RD_KAFKA_ADMIN_OP_DELETERECORDS, deadline))) goto out;
     rd_kafka_DeleteRecords(rk, &dr, 1, aopts, q);
-    ev = rd_kafka_queue_poll(q, remaining_ms(deadline) + 1000);
-    if (!ev) {
-        sheaf_error(COMP, "DeleteRecords: no answer before the deadline");
-        goto out;
-    }
-    if (rd_kafka_event_error(ev)) {
-        sheaf_error(COMP, "DeleteRecords: %s", rd_kafka_event_error_string(ev));
-        goto out;
-    }
+    if (!(ev = admin_result(q, "DeleteRecords", deadline))) goto out;
     const rd_kafka_topic_partition_list_t *res =
         rd_kafka_DeleteRecords_result_offsets(rd_kafka_event_DeleteRecords_result(ev));
     rc = 0;

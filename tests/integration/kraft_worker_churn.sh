@@ -9,7 +9,8 @@
 #   - the workers' own exit lines: "N duplicates skipped" counts chunks
 #     delivered again whose result was already stored (mostly found before
 #     any call: only those whose first call was still running cost a
-#     second call), "N abandoned" waiting calls dropped at a revoke.
+#     second call), "N abandoned" calls ended without a result at a
+#     revoke or at exit (the new owner makes them).
 # Cooperative: a worker that owned partitions never drops to none while it
 # stays in the group (an eager rebalance takes every partition from every
 # member at each join).  On a real broker each join or leave is one or two
@@ -100,6 +101,6 @@ for w in w1 w2 w3 w4; do
   [ -n "$d" ] && [ -n "$a" ] || fail "no exit line from $w: $line"
   dup_w=$((dup_w + d)) abandoned=$((abandoned + a))
 done
-echo "worker churn: $chunks chunks, 3 joins + 3 leaves in ${churn_s} s; map calls repeated: $dup_sim (simulator: $calls_churn vs $calls_one); chunks redelivered and found stored (no call, or a repeated call's result): $dup_w; waiting calls abandoned at a revoke: $abandoned" \
+echo "worker churn: $chunks chunks, 3 joins + 3 leaves in ${churn_s} s; map calls repeated: $dup_sim (simulator: $calls_churn vs $calls_one); chunks redelivered and found stored (no call, or a repeated call's result): $dup_w; calls abandoned (ended without a result at a revoke or at exit; redone by the new owner): $abandoned" \
   | tee "$T/churn-figures.txt" >&2
 log "ok: identical results through 6 rebalances; $dup_sim duplicated call(s)"

@@ -36,9 +36,14 @@ run_job "$T/one.jsonl" "${SMALL[@]}" "${INPUT[@]}"
 calls_one=$(sim_stat completions)
 chunks=$(job_field "$JOB" chunks)
 
-# The churn run: each map call takes 150 ms.
-curl -sf -X POST -d '{"latency_ms": 150}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null \
-  || fail "cannot set the latency"
+# The churn run: each call takes 300 ms while workers come and go (about
+# half the job is left when the last one leaves, so a machine twice as slow
+# at rebalancing still churns during the job), none once w4 is alone.
+latency() {
+  curl -sf -X POST -d "{\"latency_ms\": $1}" "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null \
+    || fail "cannot set the latency"
+}
+latency 300
 sim_reset
 J="$("$SHEAF" submit "${SMALL[@]}" "${INPUT[@]}")" || fail "submit failed"
 progress() { echo "$(job_field "$J" chunks_done)/$chunks"; }
@@ -83,6 +88,7 @@ leave w1 w2 w3 w4
 leave w2 w3 w4
 leave w3 w4
 churn_s=$((SECONDS - t0))
+latency 0
 job_running || log "note: the job ended while w4 was taking the last partitions over"
 wait_job "$J" 240
 results "$J" > "$T/churn.jsonl"

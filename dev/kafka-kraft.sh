@@ -11,6 +11,7 @@
 #   dev/kafka-kraft.sh bootstrap [--dir D]   print the bootstrap list
 #   dev/kafka-kraft.sh status [--dir D]
 #   dev/kafka-kraft.sh jars  [--version V]   fill the jar cache only; print its folder
+#   dev/kafka-kraft.sh version               print the default version (the pom's)
 #
 # `up` prints the bootstrap list (host:port,...) on stdout once every node
 # serves; messages go to stderr.  --nodes 1 (default): one combined broker +
@@ -620,6 +621,7 @@ kill | stop | start) cmd_node "$command" "$@" ;;
 bootstrap) cmd_bootstrap "$@" ;;
 status) cmd_status "$@" ;;
 jars) cmd_jars "$@" ;;
+version) pom_version ;;
 -h | --help | help) usage 0 ;;
-*) die "unknown command '$command' (up, down, kill, stop, start, bootstrap, status, jars)" ;;
+*) die "unknown command '$command' (up, down, kill, stop, start, bootstrap, status, jars, version)" ;;
 esac

@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 # Default: dev/kafka/pom.xml's kafka.version (what dev/kafka-kraft.sh and CI use).
-[ -n "$version" ] || version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$ROOT/dev/kafka/pom.xml")
+[ -n "$version" ] || version=$("$ROOT/dev/kafka-kraft.sh" version)
 "$ROOT/dev/kafka-kraft.sh" jars --version "$version" > /dev/null
 [ -x "$build/worker/sheaf-worker" ] || "$ROOT/scripts/build.sh" "$build"
 echo "== ctest -L kraft on Apache Kafka $version ($build) ==" >&2

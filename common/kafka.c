@@ -152,15 +152,18 @@ static int kafka_stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opa
     return 0; /* librdkafka frees json */
 }
 
+static void dlq_letter_end(sheaf_kafka_delivery *d, rd_kafka_resp_err_t err);
+static int dlq_resend(rd_kafka_t *rk, const rd_kafka_message_t *m);
+
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-    (void)rk;
     producer_stats *st = opaque;
-    /* A message produced with a delivery hook as its opaque (sheaf/kafka.h). */
-    if (m->_private) {
-        sheaf_kafka_delivery *d = m->_private;
-        d->done(d, m->err);
-    }
+    /* A message produced with a delivery hook as its opaque (sheaf/kafka.h);
+     * a dead letter is one too, which may go out again without its value
+     * (then its report is still to come). */
+    sheaf_kafka_delivery *d = m->_private;
+    if (d && d->done == dlq_letter_end && dlq_resend(rk, m)) return;
+    if (d) d->done(d, m->err);
     if (!st) return;
     if (m->err) {
         atomic_fetch_add(&st->failed, 1);
@@ -366,6 +369,112 @@ sheaf_err sheaf_kafka_flush(rd_kafka_t *producer, int timeout_ms, char *errstr, 
     return SHEAF_OK;
 }
 
+/* A dead letter in flight, the message opaque of its produce: what is
+ * needed to send it again without its value when the broker refuses it as
+ * too large (the DLQ topic's max.message.bytes, or the broker's
+ * message.max.bytes, below our producer's 4 MB).  That refusal comes only
+ * in the delivery report, which is why the copy is kept until then: left
+ * as it was, the report failed the caller's flush, the caller sent the
+ * same message again, the broker refused it again, and the worker stalled
+ * on that one message for ever.  Owned by the produce until its delivery
+ * report (dr_msg_cb frees it or sends it again); a producer destroyed with
+ * letters still queued leaks them (only after a failed flush at exit). */
+typedef struct dlq_letter {
+    sheaf_kafka_delivery base;   /* first: the produce's opaque; done = dlq_letter_end */
+    int dropped;                 /* the value was left out already */
+    char *topic;
+    void *key;
+    size_t key_len, value_len;
+    rd_kafka_headers_t *hdrs;    /* as first sent (without the dropped headers) */
+    sheaf_kafka_delivery *hook;  /* the caller's delivery hook, or NULL: told the end */
+} dlq_letter;
+
+static void dlq_letter_free(dlq_letter *l)
+{
+    if (!l) return;
+    free(l->topic);
+    free(l->key);
+    if (l->hdrs) rd_kafka_headers_destroy(l->hdrs);
+    free(l);
+}
+
+static dlq_letter *dlq_letter_new(const char *topic, const rd_kafka_message_t *orig,
+                                  const rd_kafka_headers_t *hdrs)
+{
+    dlq_letter *l = calloc(1, sizeof(*l));
+    if (!l) return NULL;
+    l->base.done = dlq_letter_end;
+    l->value_len = orig->len;
+    l->key_len = orig->key_len;
+    l->topic = strdup(topic);
+    l->key = orig->key_len ? malloc(orig->key_len) : NULL;
+    l->hdrs = rd_kafka_headers_copy(hdrs);
+    if (!l->topic || (orig->key_len && !l->key) || !l->hdrs) {
+        dlq_letter_free(l);
+        return NULL;
+    }
+    if (orig->key_len) memcpy(l->key, orig->key, orig->key_len);
+    return l;
+}
+
+/* Produces a dead letter: with value (len bytes) or, with value NULL,
+ * without it and with the headers saying so (size dropped, and by whom).
+ * hdrs are taken on success only.  may_poll: waits while the local queue
+ * is full (not from a delivery callback, which must not poll). */
+static rd_kafka_resp_err_t dlq_produce(rd_kafka_t *producer, dlq_letter *l,
+                                       rd_kafka_headers_t *hdrs, const void *value, size_t len,
+                                       const char *dropped_by, int may_poll)
+{
+    rd_kafka_resp_err_t err;
+    if (!value && l->value_len) {
+        char size[32];
+        snprintf(size, sizeof(size), "%zu", l->value_len);
+        rd_kafka_header_add(hdrs, "sheaf-dlq-value-dropped", -1, size, -1);
+        rd_kafka_header_add(hdrs, "sheaf-dlq-value-dropped-by", -1, dropped_by, -1);
+        l->dropped = 1;
+    }
+    for (;;) {
+        err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(l->topic),
+                                RD_KAFKA_V_KEY(l->key, l->key_len),
+                                /* Parenthesized: the macro casts its argument. */
+                                RD_KAFKA_V_VALUE((void *)(value), (len)),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(l), RD_KAFKA_V_END);
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || !may_poll) return err;
+        rd_kafka_poll(producer, 100);
+    }
+}
+
+/* From dr_msg_cb, for a dead letter: 1 when the broker refused it as too
+ * large and it went out again without its value (the report is then not a
+ * failure: the next one ends the letter); else 0. */
+static int dlq_resend(rd_kafka_t *rk, const rd_kafka_message_t *m)
+{
+    dlq_letter *l = m->_private;
+    /* MESSAGE_TOO_LARGE: over max.message.bytes; RECORD_LIST_TOO_LARGE:
+     * over the topic's segment.bytes. */
+    if ((m->err != RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
+         m->err != RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE) || l->dropped)
+        return 0;
+    char by[128];
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_copy(l->hdrs);
+    snprintf(by, sizeof(by), "broker: %s", rd_kafka_err2str(m->err));
+    sheaf_warn("kafka", "dead letter of %zu bytes refused by the broker (%s): sent again "
+               "without its value", l->value_len, rd_kafka_err2str(m->err));
+    if (hdrs && dlq_produce(rk, l, hdrs, NULL, 0, by, 0) == RD_KAFKA_RESP_ERR_NO_ERROR) return 1;
+    if (hdrs) rd_kafka_headers_destroy(hdrs);
+    return 0;
+}
+
+/* A dead letter's last delivery report: the caller's hook is told, the
+ * letter freed. */
+static void dlq_letter_end(sheaf_kafka_delivery *d, rd_kafka_resp_err_t err)
+{
+    dlq_letter *l = (dlq_letter *)d;
+    if (l->hook) l->hook->done(l->hook, err);
+    dlq_letter_free(l);
+}
+
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
                                const char *job, char *errstr, size_t errlen)
@@ -381,6 +490,7 @@ sheaf_err sheaf_kafka_dlq_send_tracked(rd_kafka_t *producer, const char *dlq_top
 {
     rd_kafka_headers_t *hdrs = NULL;
     rd_kafka_headers_t *orig_hdrs = NULL;
+    dlq_letter *l = NULL;
     char part[16], off[32];
     rd_kafka_resp_err_t err;
 
@@ -396,35 +506,26 @@ sheaf_err sheaf_kafka_dlq_send_tracked(rd_kafka_t *producer, const char *dlq_top
     rd_kafka_header_add(hdrs, "sheaf-dlq-offset", -1, off, -1);
     if (job) rd_kafka_header_add(hdrs, "sheaf-job", -1, job, -1);
 
-    int dropped = 0;
-    for (;;) {
-        err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(dlq_topic),
-                                RD_KAFKA_V_KEY(orig->key, orig->key_len),
-                                /* Parenthesized: the macro casts its argument,
-                                 * (void *)dropped would bind first (clang). */
-                                RD_KAFKA_V_VALUE((dropped ? NULL : orig->payload),
-                                                 (dropped ? 0 : orig->len)),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                RD_KAFKA_V_OPAQUE(hook), RD_KAFKA_V_HEADERS(hdrs),
-                                RD_KAFKA_V_END);
-        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && !dropped) {
-            /* A message over our message.max.bytes (an oversized one some
-             * other producer put on the topic) would be refused for ever,
-             * and the caller retries until it works: the worker stalled.
-             * Dead-letter it without its value; the headers say where the
-             * original still is. */
-            char size[32];
-            snprintf(size, sizeof(size), "%zu", orig->len);
-            rd_kafka_header_add(hdrs, "sheaf-dlq-value-dropped", -1, size, -1);
-            dropped = 1;
-            continue;
-        }
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
-        rd_kafka_poll(producer, 100);
+    if (!(l = dlq_letter_new(dlq_topic, orig, hdrs))) {
+        rd_kafka_headers_destroy(hdrs);
+        snprintf(errstr, errlen, "cannot produce to %s: out of memory", dlq_topic);
+        return SHEAF_ERR_NOMEM;
+    }
+    l->hook = hook;
+    err = dlq_produce(producer, l, hdrs, orig->payload, orig->len, NULL, 1);
+    if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+        /* Over our own message.max.bytes (an oversized message some other
+         * producer put on the topic): refused at once, for ever.  Without
+         * its value; the headers say where the original still is. */
+        rd_kafka_headers_destroy(hdrs);
+        hdrs = rd_kafka_headers_copy(l->hdrs);
+        err = hdrs ? dlq_produce(producer, l, hdrs, NULL, 0, "producer: over message.max.bytes", 1)
+                   : RD_KAFKA_RESP_ERR__FAIL;
     }
     if (err) {
-        /* producev takes the headers only on success. */
-        rd_kafka_headers_destroy(hdrs);
+        /* producev takes the headers and the letter only on success. */
+        if (hdrs) rd_kafka_headers_destroy(hdrs);
+        dlq_letter_free(l);
         snprintf(errstr, errlen, "cannot produce to %s: %s", dlq_topic, rd_kafka_err2str(err));
         return SHEAF_ERR_KAFKA;
     }

@@ -14,7 +14,12 @@
    ConfigMap/Secret referenced by a Deployment is defined; KEDA's trigger matches the
    ConfigMap's brokers, worker.group and topic.prefix; maxReplicaCount <= partitions;
    terminationGracePeriodSeconds > worker.drain_ms.
-5. With --sheaf: the sheaf binary loads compose/sheaf.conf and the ConfigMap's sheaf.conf
+5. Kafka agrees with the tests' brokers: compose's apache/kafka image tags are
+   dev/kafka/pom.xml's kafka.version (the version dev/kafka-kraft.sh and CI run); the
+   broker's KAFKA_* settings equal those dev/kafka-kraft.sh writes for one node, except
+   the ones listed in KAFKA_DIFFERENCES with the reason; the KRaft essentials are set on
+   both; kafka-init gives every topic the max.message.bytes of dev/kafka_topics.c.
+6. With --sheaf: the sheaf binary loads compose/sheaf.conf and the ConfigMap's sheaf.conf
    with the environment the manifests give it (`sheaf config`), so every key and every
    SHEAF_* variable used is one sheaf accepts.
 Exit status 0 when everything passed; each failure is printed.
@@ -156,6 +161,97 @@ def check_compose(sheaf):
               + r.stderr.strip())
 
 
+REPO = os.path.dirname(HERE)
+# Settings of the broker in compose.yaml that differ from the tests' on purpose.
+KAFKA_DIFFERENCES = {
+    "listeners": "container listeners (INTERNAL, EXTERNAL) instead of loopback ports",
+    "advertised.listeners": "container host names instead of loopback ports",
+    "listener.security.protocol.map": "names the INTERNAL and EXTERNAL listeners",
+    "inter.broker.listener.name": "INTERNAL (the container network) instead of PLAINTEXT",
+    "controller.quorum.voters": "the container's host name instead of a loopback port",
+    "log.dirs": "the kafka-data volume",
+    "auto.create.topics.enable": "false: topics come only from kafka-init with their "
+                                 "settings; the tests create them too (sheaf-kafka-topics) but "
+                                 "allow auto-creation like the mock cluster",
+}
+# Must be set, to the same value, on both (a single node: replication 1).
+KAFKA_ESSENTIAL = ["process.roles", "node.id", "controller.listener.names",
+                   "offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                   "transaction.state.log.min.isr", "group.initial.rebalance.delay.ms"]
+# Environment variables of the apache/kafka image that are not broker properties.
+KAFKA_ENV_NOT_PROPS = {"KAFKA_HEAP_OPTS", "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_OPTS",
+                       "KAFKA_LOG4J_OPTS", "KAFKA_GC_LOG_OPTS"}
+
+
+def kraft_test_properties():
+    """The server.properties dev/kafka-kraft.sh writes for a single node, without the
+    settings whose values are computed per run (ports, paths)."""
+    text = open(os.path.join(REPO, "dev", "kafka-kraft.sh")).read()
+    m = re.search(r'cat >"\$nd/server.properties" <<EOF\n(.*?)\nEOF', text, re.S)
+    if not m:
+        return None
+    props = {}
+    for line in m.group(1).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        k, v = line.split("=", 1)
+        v = v.replace("$rf", "1").replace("$isr", "1").replace("$n", "1")
+        if "$" not in v:
+            props[k] = v
+    return props
+
+
+def image_env_to_prop(name):
+    """apache/kafka's mapping: KAFKA_FOO_BAR -> foo.bar, __ -> _, ___ -> -."""
+    s = name[len("KAFKA_"):].lower()
+    return s.replace("___", "\0").replace("__", "\1").replace("_", ".") \
+        .replace("\0", "-").replace("\1", "_")
+
+
+def check_kafka_agrees():
+    doc = load_all(os.path.join(HERE, "compose.yaml"))[0]
+    services = doc.get("services", {})
+    pom = open(os.path.join(REPO, "dev", "kafka", "pom.xml")).read()
+    m = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
+    version = m.group(1) if m else None
+    check(version is not None, "kafka: dev/kafka/pom.xml names kafka.version")
+    for name in ("kafka", "kafka-init"):
+        image = services.get(name, {}).get("image", "")
+        check(image == f"apache/kafka:{version}",
+              f"kafka: compose {name} image {image} is apache/kafka:{version} (dev/kafka/pom.xml)")
+    tests = kraft_test_properties()
+    if not check(bool(tests), "kafka: dev/kafka-kraft.sh's server.properties found"):
+        return
+    env = services.get("kafka", {}).get("environment", {})
+    deploy = {image_env_to_prop(k): str(v) for k, v in env.items()
+              if k.startswith("KAFKA_") and k not in KAFKA_ENV_NOT_PROPS}
+    for k in KAFKA_ESSENTIAL:
+        check(k in tests and k in deploy and tests[k] == deploy[k],
+              f"kafka: {k} = {deploy.get(k)} in compose, {tests.get(k)} in the tests")
+    for k, v in sorted(deploy.items()):
+        if k in KAFKA_DIFFERENCES or k in KAFKA_ESSENTIAL:
+            continue
+        if k in tests:
+            check(tests[k] == v, f"kafka: {k} = {v} in compose, {tests[k]} in the tests")
+        else:
+            check(False, f"kafka: {k} is set in compose but not by dev/kafka-kraft.sh: "
+                  "set it in both, or list it in KAFKA_DIFFERENCES with the reason")
+    for k in sorted(KAFKA_DIFFERENCES):
+        check(k in deploy, f"kafka: {k} differs on purpose: {KAFKA_DIFFERENCES[k]}")
+    src = open(os.path.join(REPO, "dev", "kafka_topics.c")).read()
+    m = re.search(r'#define MAX_MESSAGE_BYTES "(\d+)"', src)
+    check(m is not None, "kafka: dev/kafka_topics.c defines MAX_MESSAGE_BYTES")
+    if m:
+        script = compose_unescape(services["kafka-init"]["command"][0], {})
+        # The text from each topic's create to the next one's.
+        blocks = {b.split('"', 1)[0]: b for b in script.split('create "$PREFIX.')[1:]}
+        for topic in ("map", "dlq", "results"):
+            check(f"max.message.bytes={m.group(1)}" in blocks.get(topic, ""),
+                  f"kafka: kafka-init gives <prefix>.{topic} max.message.bytes={m.group(1)} "
+                  "as the tests' topics have")
+
+
 def check_dockerfile():
     repo = os.path.dirname(HERE)
     text = open(os.path.join(HERE, "Dockerfile")).read()
@@ -256,6 +352,7 @@ def main():
         except yaml.YAMLError as e:
             check(False, f"yaml parses: {os.path.relpath(f, HERE)}: {e}")
     check_compose(args.sheaf)
+    check_kafka_agrees()
     check_dockerfile()
     check_k8s(args.sheaf)
     print(f"\n{len(failures)} failure(s)")

@@ -11,6 +11,7 @@
 #   dev/kafka-kraft.sh bootstrap [--dir D]   print the bootstrap list
 #   dev/kafka-kraft.sh status [--dir D]
 #   dev/kafka-kraft.sh jars  [--version V]   fill the jar cache only; print its folder
+#   dev/kafka-kraft.sh version               print the default version (the pom's)
 #
 # `up` prints the bootstrap list (host:port,...) on stdout once every node
 # serves; messages go to stderr.  --nodes 1 (default): one combined broker +
@@ -23,7 +24,7 @@
 # makes `up` try again with other ports.
 #
 # Jars: dev/kafka/pom.xml names org.apache.kafka:kafka_2.13 at V (default
-# $SHEAF_DEV_KAFKA_VERSION or 3.9.1; 4.1.x works too, 4.0.0 is refused) and
+# $SHEAF_DEV_KAFKA_VERSION or the pom's kafka.version, 3.9.1; 4.1.x works too, 4.0.0 is refused) and
 # its logging binding.  The first use of a version runs `mvn` once (needs a
 # JDK, Maven and Maven Central) and copies the jars into
 # ${SHEAF_DEV_KAFKA_CACHE:-~/.cache/sheaf}/kafka-V/lib; Maven's own download
@@ -77,9 +78,15 @@ source "$SCRIPT_DIR/proc.sh"
 
 # ---- versions and the jar cache -------------------------------------------------
 
+# The default version: dev/kafka/pom.xml's kafka.version, the one place it
+# is written (deploy/compose.yaml's image tag must agree: deploy/validate.py).
+pom_version() {
+    sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$SCRIPT_DIR/kafka/pom.xml"
+}
+
 # Sets VERSION, MAJOR, CACHE (this version's folder) and MVN_ARGS.
 select_version() {
-    VERSION=${1:-${SHEAF_DEV_KAFKA_VERSION:-3.9.1}}
+    VERSION=${1:-${SHEAF_DEV_KAFKA_VERSION:-$(pom_version)}}
     [[ $VERSION =~ ^([0-9]+)\.([0-9]+)\.([0-9]+)$ ]] || die "--version: expected X.Y.Z, got '$VERSION'"
     MAJOR=${BASH_REMATCH[1]}
     ((MAJOR >= 3)) || die "Kafka $VERSION: only 3.x (KRaft) and 4.x are supported"
@@ -614,6 +621,7 @@ kill | stop | start) cmd_node "$command" "$@" ;;
 bootstrap) cmd_bootstrap "$@" ;;
 status) cmd_status "$@" ;;
 jars) cmd_jars "$@" ;;
+version) pom_version ;;
 -h | --help | help) usage 0 ;;
-*) die "unknown command '$command' (up, down, kill, stop, start, bootstrap, status, jars)" ;;
+*) die "unknown command '$command' (up, down, kill, stop, start, bootstrap, status, jars, version)" ;;
 esac

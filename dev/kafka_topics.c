@@ -15,13 +15,16 @@
  *      takes messages of 4 MiB like the mock (sheaf's producer allows 4 MB;
  *      a broker's default is 1 MB), and --map-config KEY=VALUE adds to or
  *      overrides the map topic's settings (a test of retention gives it a
- *      small retention.bytes).  A topic that already exists is left as it
+ *      small retention.bytes), --dlq-config the DLQ's (a test of dead
+ *      letters too large for the broker gives it a small max.message.bytes).  A topic that already exists is left as it
  *      is;
  *   3. waits until the metadata shows every topic with all its partitions
  *      led;
  *   4. waits until a consumer group coordinator answers (an OffsetFetch of
  *      a throw-away group): the broker creates __consumer_offsets on the
  *      first such request, so the fleet's first join does not wait for it.
+ * --delete-records TOPIC:PARTITION:OFFSET does only that instead (the test
+ * of a job partly gone from its topic).
  * Each wait has the one deadline --timeout-ms.  Exit 0 when all is done,
  * 1 with the reason on stderr otherwise.  Logs go to stderr. */
 #include <errno.h>
@@ -38,7 +41,7 @@
 #include "sheaf/util.h"
 
 #define COMP "kafka-topics"
-#define MAX_MAP_CONFIGS 16
+#define MAX_CONFIGS 16
 #define MAX_PARTITIONS 10000
 #define AUX_PARTITIONS 4            /* <prefix>.dlq and <prefix>.results, as the mock */
 #define MAX_MESSAGE_BYTES "4194304" /* what the mock takes */
@@ -51,8 +54,11 @@ typedef struct topics_opts {
     int replication;
     int brokers;
     int timeout_ms;
-    const char *map_config[MAX_MAP_CONFIGS]; /* "KEY=VALUE" */
-    int n_map_config;
+    const char *config[MAX_CONFIGS]; /* "KEY=VALUE" */
+    int config_topic[MAX_CONFIGS];   /* of topic 0 (map) or 1 (dlq) */
+    int n_config;
+    const char *delete_records[MAX_CONFIGS]; /* "TOPIC:PARTITION:OFFSET" */
+    int n_delete;
 } topics_opts;
 
 static void usage(FILE *out)
@@ -66,10 +72,15 @@ static void usage(FILE *out)
             "  --partitions P         partitions of <prefix>.map (default 8)\n"
             "  --replication R        replication factor of every topic (default 1)\n"
             "  --brokers N            wait until the metadata lists N brokers (default 1)\n"
-            "  --map-config KEY=VALUE a setting of <prefix>.map (repeatable, up to %d)\n"
+            "  --map-config KEY=VALUE a setting of <prefix>.map (repeatable)\n"
+            "  --dlq-config KEY=VALUE a setting of <prefix>.dlq (repeatable; up to %d in all)\n"
             "  --timeout-ms MS        deadline for everything (default 60000)\n"
+            "  --delete-records TOPIC:PARTITION:OFFSET\n"
+            "                         instead: delete the partition's records before OFFSET\n"
+            "                         (the admin API's DeleteRecords, what retention does;\n"
+            "                         repeatable)\n"
             "  -h, --help             this text\n",
-            MAX_MAP_CONFIGS);
+            MAX_CONFIGS);
 }
 
 
@@ -82,7 +93,9 @@ static int parse_opts(int argc, char **argv, topics_opts *o)
         {"replication", required_argument, NULL, 'r'},
         {"brokers", required_argument, NULL, 'n'},
         {"map-config", required_argument, NULL, 'c'},
+        {"dlq-config", required_argument, NULL, 'd'},
         {"timeout-ms", required_argument, NULL, 't'},
+        {"delete-records", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -107,8 +120,17 @@ static int parse_opts(int argc, char **argv, topics_opts *o)
         case 'n': bad = sheaf_parse_int(optarg, 1, 64, &o->brokers) != 0; break;
         case 't': bad = sheaf_parse_int(optarg, 1, INT_MAX, &o->timeout_ms) != 0; break;
         case 'c':
-            bad = o->n_map_config == MAX_MAP_CONFIGS || !strchr(optarg, '=') || optarg[0] == '=';
-            if (!bad) o->map_config[o->n_map_config++] = optarg;
+        case 'd':
+            bad = o->n_config == MAX_CONFIGS || !strchr(optarg, '=') || optarg[0] == '=';
+            if (!bad) {
+                o->config_topic[o->n_config] = c == 'c' ? 0 : 1;
+                o->config[o->n_config++] = optarg;
+            }
+            break;
+        case 'D':
+            bad = o->n_delete == MAX_CONFIGS || !strrchr(optarg, ':') ||
+                  strrchr(optarg, ':') == strchr(optarg, ':');
+            if (!bad) o->delete_records[o->n_delete++] = optarg;
             break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
@@ -198,6 +220,41 @@ static int wait_brokers(rd_kafka_t *rk, int want, int64_t deadline)
     }
 }
 
+/* Admin options for op with the deadline as operation and request
+ * timeout; NULL (logged) on error. */
+static rd_kafka_AdminOptions_t *admin_options(rd_kafka_t *rk, rd_kafka_admin_op_t op,
+                                              int64_t deadline)
+{
+    char errstr[512];
+    rd_kafka_AdminOptions_t *aopts = rd_kafka_AdminOptions_new(rk, op);
+    if (rd_kafka_AdminOptions_set_operation_timeout(aopts, remaining_ms(deadline), errstr,
+                                                    sizeof(errstr)) ||
+        rd_kafka_AdminOptions_set_request_timeout(aopts, remaining_ms(deadline), errstr,
+                                                  sizeof(errstr))) {
+        sheaf_error(COMP, "admin options: %s", errstr);
+        rd_kafka_AdminOptions_destroy(aopts);
+        return NULL;
+    }
+    return aopts;
+}
+
+/* The result event of an admin request sent to q, or NULL (logged) when
+ * none came before the deadline or the request as a whole failed. */
+static rd_kafka_event_t *admin_result(rd_kafka_queue_t *q, const char *what, int64_t deadline)
+{
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, remaining_ms(deadline) + 1000);
+    if (!ev) {
+        sheaf_error(COMP, "%s: no answer before the deadline", what);
+        return NULL;
+    }
+    if (rd_kafka_event_error(ev)) {
+        sheaf_error(COMP, "%s: %s", what, rd_kafka_event_error_string(ev));
+        rd_kafka_event_destroy(ev);
+        return NULL;
+    }
+    return ev;
+}
+
 /* Step 2: CreateTopics; an existing topic is fine. */
 static int create_topics(rd_kafka_t *rk, const topics_opts *o, char names[NTOPICS][512],
                          const int *parts, int64_t deadline)
@@ -222,36 +279,22 @@ static int create_topics(rd_kafka_t *rk, const topics_opts *o, char names[NTOPIC
         rd_kafka_NewTopic_set_config(nt[0], "retention.bytes", "-1") ||
         rd_kafka_NewTopic_set_config(nt[0], "cleanup.policy", "delete"))
         goto out;
-    for (int i = 0; i < o->n_map_config; i++) {
+    for (int i = 0; i < o->n_config; i++) {
         char kv[512];
         char *eq;
-        snprintf(kv, sizeof(kv), "%s", o->map_config[i]);
+        snprintf(kv, sizeof(kv), "%s", o->config[i]);
         eq = strchr(kv, '=');
         *eq = '\0';
-        if (rd_kafka_NewTopic_set_config(nt[0], kv, eq + 1)) {
-            sheaf_error(COMP, "--map-config %s: refused", o->map_config[i]);
+        if (rd_kafka_NewTopic_set_config(nt[o->config_topic[i]], kv, eq + 1)) {
+            sheaf_error(COMP, "--%s-config %s: refused", o->config_topic[i] ? "dlq" : "map",
+                        o->config[i]);
             goto out;
         }
     }
 
-    aopts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-    if (rd_kafka_AdminOptions_set_operation_timeout(aopts, remaining_ms(deadline), errstr,
-                                                    sizeof(errstr)) ||
-        rd_kafka_AdminOptions_set_request_timeout(aopts, remaining_ms(deadline), errstr,
-                                                  sizeof(errstr))) {
-        sheaf_error(COMP, "admin options: %s", errstr);
-        goto out;
-    }
+    if (!(aopts = admin_options(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS, deadline))) goto out;
     rd_kafka_CreateTopics(rk, nt, NTOPICS, aopts, q);
-    ev = rd_kafka_queue_poll(q, remaining_ms(deadline) + 1000);
-    if (!ev) {
-        sheaf_error(COMP, "CreateTopics: no answer before the deadline");
-        goto out;
-    }
-    if (rd_kafka_event_error(ev)) {
-        sheaf_error(COMP, "CreateTopics: %s", rd_kafka_event_error_string(ev));
-        goto out;
-    }
+    if (!(ev = admin_result(q, "CreateTopics", deadline))) goto out;
     size_t n = 0;
     const rd_kafka_topic_result_t **res =
         rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
@@ -348,6 +391,62 @@ static int wait_coordinator(const topics_opts *o, const char *topic, int64_t dea
     return 0;
 }
 
+/* --delete-records: DeleteRecords for each TOPIC:PARTITION:OFFSET (the
+ * low watermark moves to OFFSET, as when retention deletes segments;
+ * librdkafka's mock cluster does not answer it).  Prints each partition's
+ * new low watermark. */
+static int delete_records(rd_kafka_t *rk, const topics_opts *o, int64_t deadline)
+{
+    rd_kafka_topic_partition_list_t *offs = rd_kafka_topic_partition_list_new(o->n_delete);
+    rd_kafka_DeleteRecords_t *dr = NULL;
+    rd_kafka_AdminOptions_t *aopts = NULL;
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_event_t *ev = NULL;
+    int rc = -1;
+
+    for (int i = 0; i < o->n_delete; i++) {
+        /* TOPIC:PARTITION:OFFSET, split at the first and the last colon. */
+        const char *arg = o->delete_records[i];
+        const char *c1 = strchr(arg, ':'), *c2 = strrchr(arg, ':');
+        char topic[512], pstr[32];
+        int part, off;
+        snprintf(topic, sizeof(topic), "%.*s", (int)(c1 - arg), arg);
+        snprintf(pstr, sizeof(pstr), "%.*s", (int)(c2 - c1 - 1), c1 + 1);
+        if (sheaf_parse_int(pstr, 0, MAX_PARTITIONS, &part) != 0 ||
+            sheaf_parse_int(c2 + 1, 0, INT_MAX, &off) != 0) {
+            sheaf_error(COMP, "--delete-records %s: expected TOPIC:PARTITION:OFFSET",
+                        o->delete_records[i]);
+            goto out;
+        }
+        rd_kafka_topic_partition_list_add(offs, topic, part)->offset = off;
+    }
+    dr = rd_kafka_DeleteRecords_new(offs);
+    if (!(aopts = admin_options(rk, RD_KAFKA_ADMIN_OP_DELETERECORDS, deadline))) goto out;
+    rd_kafka_DeleteRecords(rk, &dr, 1, aopts, q);
+    if (!(ev = admin_result(q, "DeleteRecords", deadline))) goto out;
+    const rd_kafka_topic_partition_list_t *res =
+        rd_kafka_DeleteRecords_result_offsets(rd_kafka_event_DeleteRecords_result(ev));
+    rc = 0;
+    for (int i = 0; res && i < res->cnt; i++) {
+        const rd_kafka_topic_partition_t *tp = &res->elems[i];
+        if (tp->err) {
+            sheaf_error(COMP, "DeleteRecords %s [%d]: %s", tp->topic, (int)tp->partition,
+                        rd_kafka_err2str(tp->err));
+            rc = -1;
+        } else {
+            printf("%s %d %lld\n", tp->topic, (int)tp->partition, (long long)tp->offset);
+        }
+    }
+
+out:
+    if (ev) rd_kafka_event_destroy(ev);
+    if (aopts) rd_kafka_AdminOptions_destroy(aopts);
+    if (dr) rd_kafka_DeleteRecords_destroy(dr);
+    rd_kafka_topic_partition_list_destroy(offs);
+    rd_kafka_queue_destroy(q);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     topics_opts o;
@@ -371,6 +470,11 @@ int main(int argc, char **argv)
 
     rk = client_new(RD_KAFKA_PRODUCER, o.bootstrap, NULL);
     if (!rk) return 1;
+    if (o.n_delete) {
+        rc = delete_records(rk, &o, deadline) == 0 ? 0 : 1;
+        rd_kafka_destroy(rk);
+        return rc;
+    }
     if (wait_brokers(rk, o.brokers, deadline) == 0 &&
         create_topics(rk, &o, names, parts, deadline) == 0 &&
         wait_leaders(rk, names, deadline) == 0 && wait_coordinator(&o, names[0], deadline) == 0)

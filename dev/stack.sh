@@ -7,6 +7,7 @@
 #                     [--slow-rate F --slow-ms N] [--session-timeout-ms N]
 #                     [--redis-aof] [--listen-addr ADDR]
 #                     [--kafka mock|kraft|kraft3] [--map-config KEY=VALUE]
+#                     [--dlq-config KEY=VALUE]
 #   dev/stack.sh down [--dir DIR] [--purge]
 #   dev/stack.sh env  [--dir DIR]
 #   dev/stack.sh status [--dir DIR]
@@ -29,7 +30,8 @@
 # min.insync.replicas=2).  Either way SHEAF_BROKERS carries the bootstrap
 # list and the same topics exist (<prefix>.map with --partitions, .dlq and
 # .results with 4).  --map-config KEY=VALUE (repeatable, real brokers
-# only) sets a topic config of <prefix>.map, e.g. retention.bytes.
+# only) sets a topic config of <prefix>.map, e.g. retention.bytes;
+# --dlq-config one of <prefix>.dlq, e.g. max.message.bytes.
 #
 # `up` starts, in this order: sheaf-kafka-mock (librdkafka's mock cluster;
 # its bootstrap list appears in DIR/bootstrap, its control FIFO is
@@ -200,7 +202,7 @@ cmd_up() {
     local tpm=0 malformed_rate=0 reset_rate=0 slow_rate=0 slow_ms=0
     local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name topics bin
     local kafka=${SHEAF_DEV_KAFKA:-mock} nodes=1
-    local -a map_config=()
+    local -a topic_config=()
     while (($#)); do
         case $1 in
         --dir) DIR=${2:?--dir needs a value}; shift 2 ;;
@@ -218,9 +220,9 @@ cmd_up() {
         --session-timeout-ms) need_uint "$1" "${2:-}"; session=$2; shift 2 ;;
         --redis-aof) REDIS_AOF=(--appendonly yes --appendfsync everysec); shift ;;
         --kafka) kafka=${2:-}; shift 2 ;;
-        --map-config)
-            [[ ${2:-} == ?*=* ]] || die "--map-config: expected KEY=VALUE, got '${2:-}'"
-            map_config+=(--map-config "$2"); shift 2 ;;
+        --map-config | --dlq-config)
+            [[ ${2:-} == ?*=* ]] || die "$1: expected KEY=VALUE, got '${2:-}'"
+            topic_config+=("$1" "$2"); shift 2 ;;
         --listen-addr)
             [[ ${2:-} =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "--listen-addr: expected an IPv4 address such as 10.0.0.5, got '${2:-}'"
             LISTEN_ADDR=$2; shift 2 ;;
@@ -234,7 +236,7 @@ cmd_up() {
     case $kafka in
     mock)
         ((session > 3000)) || log "warning: session timeouts of 3000 ms or less break joins on the mock cluster (see KAFKA-DEV-NOTES.md)"
-        ((${#map_config[@]} == 0)) || die "--map-config needs a real broker (--kafka kraft|kraft3)"
+        ((${#topic_config[@]} == 0)) || die "--map-config and --dlq-config need a real broker (--kafka kraft|kraft3)"
         ;;
     kraft) nodes=1 ;;
     kraft3) nodes=3 ;;
@@ -285,7 +287,7 @@ cmd_up() {
         bootstrap=$("$SCRIPT_DIR/kafka-kraft.sh" up --dir "$DIR/kafka" --nodes "$nodes" \
             --listen-addr "$LISTEN_ADDR") || die "Kafka did not start (logs in $DIR/kafka)"
         "$topics" --bootstrap "$bootstrap" "${prefix_args[@]}" --partitions "$partitions" \
-            --replication "$nodes" --brokers "$nodes" "${map_config[@]}" \
+            --replication "$nodes" --brokers "$nodes" "${topic_config[@]}" \
             >>"$DIR/kafka-topics.log" 2>&1 || { show_log "$DIR/kafka-topics.log"; die "could not create the topics"; }
         printf '%s\n' "$bootstrap" >"$DIR/bootstrap"
         log "kafka: Apache Kafka $(cat "$DIR/kafka/version") (KRaft, $nodes node(s)) at $bootstrap; nodes: dev/kafka-kraft.sh status --dir $DIR/kafka"

@@ -25,12 +25,33 @@ sheaf_err sheaf_job_ranges_read(sheaf_redis *r, const char *job, const char *con
     return SHEAF_OK;
 }
 
+/* The part of [first, last] a partition that now holds [low, high) lost,
+ * in *from..*to; 0 when it holds it all. */
+static int range_gone(int64_t first, int64_t last, int64_t low, int64_t high, int64_t *from,
+                      int64_t *to)
+{
+    if (first >= low && last < high) return 0;
+    /* Retention (or delete-records) deletes from the start; a topic
+     * recreated since (or truncated) can also end before the range does. */
+    *from = first < low ? first : high;
+    *to = first < low ? (low - 1 < last ? low - 1 : last) : last;
+    return 1;
+}
+
 sheaf_err sheaf_job_ranges_check(rd_kafka_t *rk, const char *topic, const char *job,
                                  const sheaf_job_ranges *rg, const char *consequence,
                                  char *errstr, size_t errlen)
 {
+    /* Every partition is checked, so the error names each one that lost
+     * offsets: the first in full, the others as "P: FROM-TO" while they
+     * fit, then how many more. */
+    char head[320] = "", others[SHEAF_ERRSTR_SIZE] = "", tail[SHEAF_ERRSTR_SIZE];
+    size_t used = 0;
+    int gaps = 0, listed = 0;
+    long long gone = 0;
+
     for (int p = 0; p < rg->n; p++) {
-        int64_t low = 0, high = 0;
+        int64_t low = 0, high = 0, from, to;
         if (rg->first[p] < 0) continue;
         rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(rk, topic, p, &low, &high,
                                                                  SHEAF_RANGES_WM_TIMEOUT_MS);
@@ -39,22 +60,32 @@ sheaf_err sheaf_job_ranges_check(rd_kafka_t *rk, const char *topic, const char *
                      p, rd_kafka_err2str(e));
             return SHEAF_ERR_KAFKA;
         }
-        if (rg->first[p] < low || rg->last[p] >= high) {
-            /* Retention deletes from the start; a topic recreated since
-             * (or truncated) can also end before the range does. */
-            int64_t missing = rg->first[p] < low ? rg->first[p] : high;
-            int64_t missing_to = rg->first[p] < low ? (low - 1 < rg->last[p] ? low - 1 : rg->last[p])
-                                                    : rg->last[p];
-            snprintf(errstr, errlen,
+        if (!range_gone(rg->first[p], rg->last[p], low, high, &from, &to)) continue;
+        gone += to - from + 1;
+        if (gaps++ == 0) {
+            snprintf(head, sizeof(head),
                      "job %s: %s partition %d no longer holds offsets %lld-%lld of its messages "
-                     "(first missing offset: %lld; the partition now holds %lld-%lld: deleted by "
-                     "retention?); %s",
-                     job, topic, p, (long long)missing, (long long)missing_to, (long long)missing,
-                     (long long)low, (long long)high - 1, consequence);
-            return SHEAF_ERR_NOT_FOUND;
+                     "(first missing offset: %lld; the partition now holds %lld-%lld)",
+                     job, topic, p, (long long)from, (long long)to, (long long)from,
+                     (long long)low, (long long)high - 1);
+        } else if (used + 48 < sizeof(others) / 2) {
+            used += (size_t)snprintf(others + used, sizeof(others) - used, "%s%d: %lld-%lld",
+                                     listed ? ", " : "; also partition(s) ", p, (long long)from,
+                                     (long long)to);
+            listed++;
         }
     }
-    return SHEAF_OK;
+    if (!gaps) return SHEAF_OK;
+    if (gaps - 1 > listed)
+        snprintf(others + used, sizeof(others) - used, "%s%d more partition(s)",
+                 listed ? " and " : "; also ", gaps - 1 - listed);
+    snprintf(tail, sizeof(tail), "; %lld offset(s) of its ranges gone from %d partition(s), "
+             "deleted by retention?; %s", gone, gaps, consequence);
+    /* The consequence matters most, then the first partition. */
+    size_t room = errlen > strlen(tail) ? errlen - strlen(tail) : 1;
+    snprintf(errstr, room, "%s%s", head, others);
+    snprintf(errstr + strlen(errstr), errlen - strlen(errstr), "%s", tail);
+    return SHEAF_ERR_NOT_FOUND;
 }
 
 sheaf_err sheaf_job_ranges_scan(rd_kafka_t *consumer, const char *topic, const char *job,

@@ -31,7 +31,9 @@ sheaf_err sheaf_job_ranges_read(sheaf_redis *r, const char *job, const char *con
                                 sheaf_job_ranges *rg, char *errstr, size_t errlen);
 
 /* Every recorded range must still be on the topic (watermarks).  Else
- * SHEAF_ERR_NOT_FOUND naming the partition and range, ending with
+ * SHEAF_ERR_NOT_FOUND naming every partition that lost offsets and the
+ * range it lost (the first in full, with what it still holds; the others
+ * while they fit in errstr), how many offsets are gone, and ending with
  * "; <consequence>" ("nothing was replayed"). */
 sheaf_err sheaf_job_ranges_check(rd_kafka_t *rk, const char *topic, const char *job,
                                  const sheaf_job_ranges *rg, const char *consequence,

@@ -90,10 +90,15 @@ typedef struct sheaf_kafka_delivery {
 
 /* Sends a copy of orig (key, value, headers kept) to dlq_topic with headers
  * sheaf-dlq-reason, sheaf-dlq-topic, sheaf-dlq-partition, sheaf-dlq-offset
- * and, when known, sheaf-job.  A value too large for the producer's
- * message.max.bytes is left out and its size put in the header
- * sheaf-dlq-value-dropped.  Asynchronous; flush before committing the
- * offset of orig. */
+ * and, when known, sheaf-job.  A copy too large to go out - over the
+ * producer's message.max.bytes (refused at once) or over what the broker
+ * or the DLQ topic takes (refused in the delivery report) - is sent again
+ * without its value, with headers sheaf-dlq-value-dropped (the value's
+ * size) and sheaf-dlq-value-dropped-by (producer or broker, and why): the
+ * original stays on its topic at the partition and offset named.  The
+ * value is not kept elsewhere (docs/kafka.md says why).  Asynchronous;
+ * flush before committing the offset of orig: the flush fails only if
+ * even the copy without value was refused. */
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
                                const char *job, char *errstr, size_t errlen);

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 
 # sheaf's chunk.max_tokens default is 800 and it estimates 4 ASCII bytes a
 # token (sheaf_estimate_tokens), so 3200 characters is the same budget.
@@ -91,7 +92,8 @@ def split_text(text, size=CHUNK_CHARS, separators=SEPARATORS):
             if cur:
                 chunks.append(cur)
                 cur = ""
-            chunks += split_text(piece, size, rest) if rest else [piece[:size]]
+            chunks += (split_text(piece, size, rest) if rest
+                       else [piece[i:i + size] for i in range(0, len(piece), size)])
             continue
         cand = cur + sep + piece if cur else piece
         if len(cand) <= size:
@@ -102,6 +104,12 @@ def split_text(text, size=CHUNK_CHARS, separators=SEPARATORS):
     if cur:
         chunks.append(cur)
     return [c.strip() for c in chunks if c.strip()]
+
+
+def endpoint(base_url):
+    """(host, port, path) of the chat/completions endpoint under base_url."""
+    u = urllib.parse.urlsplit(base_url.rstrip("/"))
+    return u.hostname, u.port or 80, u.path + "/chat/completions"
 
 
 def request_body(model, max_tokens, user):

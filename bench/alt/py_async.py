@@ -15,7 +15,6 @@ Prompts, chunking and the output line are shared with py_threads.py
 
 import asyncio
 import time
-import urllib.parse
 
 import mapreduce_common as mc
 
@@ -25,9 +24,7 @@ class Client:
     chunked answers, idle connections reused last-in first-out."""
 
     def __init__(self, args, counter):
-        u = urllib.parse.urlsplit(args.base_url.rstrip("/"))
-        self.host, self.port = u.hostname, u.port or 80
-        self.path = u.path + "/chat/completions"
+        self.host, self.port, self.path = mc.endpoint(args.base_url)
         self.args = args
         self.counter = counter
         self.idle = []

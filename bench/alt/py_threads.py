@@ -17,7 +17,6 @@ import concurrent.futures
 import http.client
 import threading
 import time
-import urllib.parse
 
 import mapreduce_common as mc
 
@@ -26,9 +25,7 @@ class Client:
     """One keep-alive connection per thread; retries transient failures."""
 
     def __init__(self, args, counter):
-        u = urllib.parse.urlsplit(args.base_url.rstrip("/"))
-        self.host, self.port = u.hostname, u.port or 80
-        self.path = u.path + "/chat/completions"
+        self.host, self.port, self.path = mc.endpoint(args.base_url)
         self.args = args
         self.counter = counter
         self.lock = threading.Lock()

@@ -6,7 +6,7 @@
  * second look at the map stage's backlog and report lag.
  *
  * Exactly once per input record.  A record's document is registered by
- * its place (topic/partition/offset, common/lua/stream_doc.lua) before any
+ * its place (topic/partition/offset, common/state/lua/stream_doc.lua) before any
  * of its chunks is produced, and the input offset is stored only once the
  * broker acknowledged every chunk (each message carries its record as a
  * delivery hook, sheaf/kafka.h), per partition never past an earlier

@@ -30,7 +30,7 @@ import urllib.parse
 CHUNK_CHARS = 4 * 800
 SEPARATORS = ["\n\n", "\n", " ", ""]
 
-# The prompts of sheaf's built-in `summarize` pipeline (common/config.c).
+# The prompts of sheaf's built-in `summarize` pipeline (common/core/config.c).
 SYSTEM = "You are a careful analyst. Answer concisely and only from the text given."
 MAP = ("Summarize this part ({chunk_index} of {chunk_count}) of the document "
        "\"{doc_id}\" in a few sentences.\n\n<text>\n{text}\n</text>")

@@ -1,4 +1,4 @@
-/* test_cache.c - unit tests of the LLM call cache (common/cache.c).
+/* test_cache.c - unit tests of the LLM call cache (common/state/cache.c).
  *
  * The key and the temperature rule are pure and tested without a server:
  * the key must change with everything that is sent (model, temperature,

@@ -1,4 +1,4 @@
-/* test_codec.c - unit tests of the chunk message codec (common/codec.c).
+/* test_codec.c - unit tests of the chunk message codec (common/kafka/codec.c).
  *
  * Round trips, every malformed shape the decoder must refuse (each built
  * with msgpack-c so exactly one thing is wrong), hostile length headers and

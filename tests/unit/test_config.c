@@ -1,4 +1,4 @@
-/* test_config.c - unit tests of the configuration (common/config.c).
+/* test_config.c - unit tests of the configuration (common/core/config.c).
  *
  * Defaults, the file format (quotes, escapes, comments, errors with file
  * and line), the environment (SHEAF_<KEY>, unknown variables, the ignore

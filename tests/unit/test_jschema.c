@@ -1,5 +1,5 @@
 /* test_jschema.c - unit tests of the JSON Schema subset: checking schemas
- * and validating values, with the exact error messages (common/jschema.c). */
+ * and validating values, with the exact error messages (common/llm/jschema.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

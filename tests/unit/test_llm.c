@@ -1,4 +1,4 @@
-/* test_llm.c - unit tests of the LLM client (common/llm.c).
+/* test_llm.c - unit tests of the LLM client (common/llm/llm.c).
  *
  * The pure parts (request body, response parsing, Retry-After) are tested
  * directly.  The HTTP path is tested against a tiny in-process server

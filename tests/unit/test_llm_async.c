@@ -1,5 +1,5 @@
 /* test_llm_async.c - unit tests of the many-in-flight LLM engine
- * (common/llm_async.c) against an in-process HTTP stub (http_stub.h).
+ * (common/llm/llm_async.c) against an in-process HTTP stub (http_stub.h).
  *
  * Each request tells the stub what to do: the user message carries
  * "id=<n> plan=<a1>,<a2>,... delay=<ms>", and attempt k of call n gets
@@ -21,7 +21,7 @@
 
 #include "http_stub.h"
 
-#include "../../common/llm_internal.h"
+#include "../../common/llm/llm_internal.h"
 #include "sheaf/llm_async.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"

@@ -1,6 +1,6 @@
 /* test_merge.c - unit tests of merging per-page-batch extraction records:
  * every rule, defaults, nesting, key grouping, page provenance and the exact
- * error messages (common/merge.c). */
+ * error messages (common/pipeline/merge.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,6 +1,6 @@
 /* test_metrics.c - unit tests of the metrics registry, its Prometheus
- * rendering (common/metrics.c), the health checks (common/health.c) and
- * the HTTP endpoint (common/metrics_http.c).
+ * rendering (common/ops/metrics.c), the health checks (common/ops/health.c) and
+ * the HTTP endpoint (common/ops/metrics_http.c).
  *
  * Rendering is compared byte for byte: counters, gauges, labels,
  * histograms (cumulative buckets, le inclusive, +Inf equal to _count, the

@@ -1,5 +1,5 @@
 /* test_pipeline.c - unit tests of templates, stage validation and pipeline
- * versions (common/pipeline.c). */
+ * versions (common/pipeline/pipeline.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,5 +1,5 @@
 /* test_ratelimit.c - unit tests of the fleet-wide GCRA limiter
- * (common/ratelimit.c) against a real redis-server.
+ * (common/state/ratelimit.c) against a real redis-server.
  *
  * The group setup (redis_server.h) starts its own redis-server, hiredis
  * test.sh style: a free loopback port (bind a socket to port 0, read it,

@@ -1,5 +1,5 @@
-/* test_state.c - unit tests of the job state model (common/state.c and the
- * Lua scripts of common/lua/) against a real redis-server (redis_server.h).
+/* test_state.c - unit tests of the job state model (common/state/state.c and the
+ * Lua scripts of common/state/lua/) against a real redis-server (redis_server.h).
  *
  * What the rest of sheaf relies on, each checked by a test that fails when
  * the script is wrong:

@@ -1,5 +1,5 @@
 /* test_stream_record.c - unit tests of `sheaf stream`'s record reading
- * (producer/stream_record.c) and latency percentiles (common/state_stream.c),
+ * (producer/stream_record.c) and latency percentiles (common/state/state_stream.c),
  * without Kafka or Redis: ids from the body or the key, text or pages
  * joined by form feeds, metadata without the pages, plain-text records, and
  * the reasons a bad record goes to the DLQ with; chunking a record; the

@@ -27,7 +27,7 @@
 /* A day: a silly Retry-After must not stop the fleet for longer. */
 #define RL_PENALTY_MAX_MS (24 * 3600 * 1000LL)
 
-/* The limiter's script is common/lua/ratelimit.lua. */
+/* The limiter's script is common/state/lua/ratelimit.lua. */
 
 struct sheaf_ratelimit {
     sheaf_redis *r;                 /* borrowed */

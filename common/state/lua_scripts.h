@@ -1,5 +1,5 @@
-/* lua_scripts.h - the Redis Lua scripts of common/lua/, built in by
- * common/lua/embed.cmake.  Only state code (and the rate limiter, for its
+/* lua_scripts.h - the Redis Lua scripts of common/state/lua/, built in by
+ * common/state/lua/embed.cmake.  Only state code (and the rate limiter, for its
  * own keys) includes this: the key names and the scripts that touch them
  * have one owner (sheaf/state.h). */
 #ifndef SHEAF_LUA_SCRIPTS_H

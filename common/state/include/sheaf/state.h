@@ -53,7 +53,7 @@
  * the reason in error).  An ended job's keys expire job.retention_s later
  * (sheaf_state_job_retire); 0 keeps them.
  *
- * The Lua scripts are the .lua files of common/lua/, built in; this
+ * The Lua scripts are the .lua files of common/state/lua/, built in; this
  * file and state.c are the only code that knows key names, with
  * state_repair.c and, for the keys a stream adds to its job,
  * sheaf/state_stream.h (state_stream.c).
@@ -408,7 +408,7 @@ sheaf_err sheaf_state_failed_chunks(sheaf_redis *r, const char *job, sheaf_faile
 sheaf_err sheaf_state_redrive(sheaf_redis *r, const char *job, const char *reason,
                               uint64_t *chunks, uint64_t *docs, char *errstr, size_t errlen);
 
-/* ---- repair (producer/repair.c; common/state_repair.c) ---- */
+/* ---- repair (producer/repair.c; common/state/state_repair.c) ---- */
 
 /* Which ready entries are live (not yet delivered to the reducers' group,
  * or pending in it), and the stream's last id when scanned. */
@@ -424,7 +424,7 @@ void sheaf_ready_scan_free(sheaf_ready_scan *s);
 /* 1 when item is in a sorted list of the scan. */
 int sheaf_ready_scan_live(const sheaf_strlist *sorted, const char *item);
 
-/* A document as the repair script sees it (common/lua/repair_doc.lua). */
+/* A document as the repair script sees it (common/state/lua/repair_doc.lua). */
 typedef struct sheaf_repair_doc {
     int registered;          /* 0: listed, but its registration is gone */
     uint32_t n, ok, failed, done_old;
@@ -443,7 +443,7 @@ typedef struct sheaf_repair_job {
     uint64_t groups_counted;
     sheaf_strlist groups;    /* complete metadata groups without a result */
 } sheaf_repair_job;
-/* Inspects or repairs the job's counters (common/lua/repair_job.lua);
+/* Inspects or repairs the job's counters (common/state/lua/repair_job.lua);
  * o->groups is replaced. */
 sheaf_err sheaf_state_repair_job(sheaf_redis *r, const char *job, int apply, const char *since,
                                  int overview_live, sheaf_repair_job *o, char *errstr,

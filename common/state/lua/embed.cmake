@@ -1,10 +1,10 @@
-# embed.cmake - turns each common/lua/<name>.lua into a C string
+# embed.cmake - turns each common/state/lua/<name>.lua into a C string
 # `const char sheaf_lua_<name>[]` in one generated file, so the scripts are
 # kept, read and reviewed as Lua while the programs carry them built in.
 # A line "--@include NAME" is replaced by the file _NAME.lua (a shared Lua
 # function); files whose name starts with "_" are only included.
 #   cmake -DOUT=lua_scripts.c -P embed.cmake a.lua b.lua ...
-set(body "/* Generated from the .lua files of common/lua by common/lua/embed.cmake: do not edit. */\n")
+set(body "/* Generated from the .lua files of common/state/lua by common/state/lua/embed.cmake: do not edit. */\n")
 math(EXPR last "${CMAKE_ARGC} - 1")
 foreach(i RANGE 4 ${last})
   set(f "${CMAKE_ARGV${i}}")

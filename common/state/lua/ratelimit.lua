@@ -1,4 +1,4 @@
--- The fleet-wide GCRA limiter (common/ratelimit.c): one request and its
+-- The fleet-wide GCRA limiter (common/state/ratelimit.c): one request and its
 -- tokens are admitted against both limits at once, or the wait until they
 -- would be is returned; 'p' records a penalty (a 429 or a reset hint) on
 -- both.  Times are the server's (TIME), in microseconds.

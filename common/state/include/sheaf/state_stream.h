@@ -23,7 +23,7 @@
  *                                  paused:<consumer> = "<0|1> <ms>", as the
  *                                  stream processes last saw them
  *
- * The scripts are common/lua/stream_*.lua; doc_result_store.lua feeds
+ * The scripts are common/state/lua/stream_*.lua; doc_result_store.lua feeds
  * lat and finished for documents that carry t0. */
 #ifndef SHEAF_STATE_STREAM_H
 #define SHEAF_STATE_STREAM_H
@@ -53,7 +53,7 @@ sheaf_err sheaf_state_stream_open(sheaf_redis *r, const sheaf_config *cfg,
                                   size_t errlen);
 
 /* Registers the document of the record at place ("topic/partition/offset")
- * once (common/lua/stream_doc.lua): doc (at least 600 bytes) receives the
+ * once (common/state/lua/stream_doc.lua): doc (at least 600 bytes) receives the
  * document's id in the job - the record's id, or "<id>#v<N>" for a later
  * version - *version its N, *fresh 1 when registered now.  A record read
  * again gets what it got the first time.  SHEAF_ERR_NOT_FOUND when the

@@ -1,7 +1,7 @@
 /* state_repair.c - the Redis side of `sheaf repair` (producer/repair.c has
  * the rest: the Kafka scan and producing lost chunks again).  Part of the
  * state model's single owner (sheaf/state.h): key names and the repair
- * scripts (common/lua/repair_*.lua) live here and in state.c only.
+ * scripts (common/state/lua/repair_*.lua) live here and in state.c only.
  *
  * A repair reads which ready entries are live (scan), runs the document
  * and job scripts read-only to find what was lost, then again writing; the

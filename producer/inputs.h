@@ -160,10 +160,6 @@ sheaf_err sheaf_text_stream(const char *path, sheaf_text_source source, void *sr
                             uint64_t max_bytes, sheaf_text_sink sink, void *ud,
                             sheaf_text_info *info, char *msg, size_t msglen);
 
-/* Reads an input file of format TEXT (sheaf_text_read) or PDF
- * (sheaf_pdf_read), same contract.  Not for JSONL. */
-sheaf_err sheaf_in_file_read(const sheaf_in_file *f, uint64_t max_bytes, sheaf_text_sink sink,
-                             void *ud, sheaf_text_info *info, char *msg, size_t msglen);
 
 /* 1 when s[0..len) holds nothing but ASCII whitespace. */
 int sheaf_text_blank(const char *s, size_t len);
@@ -193,6 +189,13 @@ int sheaf_text_blank(const char *s, size_t len);
  * the child is killed and SHEAF_ERR_STOPPED returned, not a bad document. */
 sheaf_err sheaf_pdf_read(const char *path, uint64_t max_bytes, sheaf_text_sink sink, void *ud,
                          sheaf_text_info *info, char *msg, size_t msglen);
+
+/* ---- walk.c, reading ---- */
+
+/* Reads an input file of format TEXT (sheaf_text_read) or PDF
+ * (sheaf_pdf_read), same contract.  Not for JSONL. */
+sheaf_err sheaf_in_file_read(const sheaf_in_file *f, uint64_t max_bytes, sheaf_text_sink sink,
+                             void *ud, sheaf_text_info *info, char *msg, size_t msglen);
 
 /* ---- lines.c ---- */
 

@@ -163,10 +163,3 @@ done:
     return err;
 }
 
-sheaf_err sheaf_in_file_read(const sheaf_in_file *f, uint64_t max_bytes, sheaf_text_sink sink,
-                             void *ud, sheaf_text_info *info, char *msg, size_t msglen)
-{
-    if (f->format == SHEAF_FORMAT_PDF)
-        return sheaf_pdf_read(f->path, max_bytes, sink, ud, info, msg, msglen);
-    return sheaf_text_read(f->path, max_bytes, sink, ud, info, msg, msglen);
-}

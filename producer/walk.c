@@ -365,3 +365,14 @@ void sheaf_in_files_clear(sheaf_in_files *f)
     f->skips = NULL;
     f->n_skips = f->cap_skips = 0;
 }
+
+/* The walk decided each file's format; reading it is textdoc.c's or
+ * pdfdoc.c's (pdfdoc.c streams pdftotext's output through textdoc.c's
+ * checks, so the dispatch lives here, not in either). */
+sheaf_err sheaf_in_file_read(const sheaf_in_file *f, uint64_t max_bytes, sheaf_text_sink sink,
+                             void *ud, sheaf_text_info *info, char *msg, size_t msglen)
+{
+    if (f->format == SHEAF_FORMAT_PDF)
+        return sheaf_pdf_read(f->path, max_bytes, sink, ud, info, msg, msglen);
+    return sheaf_text_read(f->path, max_bytes, sink, ud, info, msg, msglen);
+}

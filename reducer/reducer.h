@@ -123,15 +123,23 @@ sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, in
                          json_t *levels, stage_result *res);
 
 /* Publishes this thread's LLM circuit state for the main thread's health
- * check (reducer.c); called from the thread's loops. */
+ * check (entry.c); called from the thread's loops. */
 void reducer_llm_state(reducer *r);
 
-/* ---- results (main.c) ---- */
+/* ---- entries: lease, pipeline, output, Redis waits (entry.c) ---- */
 
 /* Renews the lease on the current entry when it is due (a Redis call at
  * most every reducer.claim_idle_ms / 3); returns 0 while it is held, -1
  * once lost. */
 int reducer_lease_tick(reducer *r);
+
+/* A Redis call of the thread failed: logs one line per interval for the
+ * whole process (naming a full Redis as such), marks Redis unhealthy with
+ * the reason, and waits a little longer each time (200 ms doubling to 5 s)
+ * so that an outage costs no CPU.  reducer_redis_back: this thread's calls
+ * succeed again (Redis is back for the process when no thread waits). */
+void reducer_redis_down(reducer *r, const char *what, const char *errstr);
+void reducer_redis_back(reducer *r);
 
 /* A store of a result this thread computed failed with err: Redis trouble
  * (down, or full and refusing writes) keeps the result in the thread and

@@ -95,6 +95,7 @@ typedef struct producer_stats {
     /* Offsets delivered per partition, for replay: written only by the
      * delivery callback, which runs in the thread that polls or flushes. */
     int64_t first[SHEAF_KAFKA_MAX_PARTITIONS], last[SHEAF_KAFKA_MAX_PARTITIONS];
+    sheaf_kafka_delivery_fn on_delivery; /* for messages with an opaque */
 } producer_stats;
 
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
@@ -168,6 +169,14 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
             if (m->offset > st->last[p]) st->last[p] = m->offset;
         }
     }
+    if (m->_private && st->on_delivery)
+        st->on_delivery(m->_private, (int)m->err, m->err ? rd_kafka_err2str(m->err) : "");
+}
+
+void sheaf_kafka_on_delivery(rd_kafka_t *producer, sheaf_kafka_delivery_fn fn)
+{
+    producer_stats *st = rd_kafka_opaque(producer);
+    if (st) st->on_delivery = fn;
 }
 
 static int user_set(const sheaf_config *cfg, const char *prop);
@@ -363,7 +372,7 @@ sheaf_err sheaf_kafka_flush(rd_kafka_t *producer, int timeout_ms, char *errstr, 
 
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
-                               const char *job, char *errstr, size_t errlen)
+                               const char *job, void *opaque, char *errstr, size_t errlen)
 {
     rd_kafka_headers_t *hdrs = NULL;
     rd_kafka_headers_t *orig_hdrs = NULL;
@@ -391,7 +400,8 @@ sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                 RD_KAFKA_V_VALUE((dropped ? NULL : orig->payload),
                                                  (dropped ? 0 : orig->len)),
                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+                                RD_KAFKA_V_OPAQUE(opaque), RD_KAFKA_V_HEADERS(hdrs),
+                                RD_KAFKA_V_END);
         if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && !dropped) {
             /* A message over our message.max.bytes (an oversized one some
              * other producer put on the topic) would be refused for ever,
@@ -404,8 +414,7 @@ sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
             dropped = 1;
             continue;
         }
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) break;
-        rd_kafka_poll(producer, 100);
+        break;
     }
     if (err) {
         /* producev takes the headers only on success. */

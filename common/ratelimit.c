@@ -13,6 +13,7 @@
 #include "sheaf/ratelimit.h"
 
 #include "lua_scripts.h"
+#include "sheaf/aredis.h"
 #include "sheaf/util.h"
 #include "sheaf/log.h"
 #include "sheaf/buf.h"
@@ -30,7 +31,8 @@
 /* The limiter's script is common/lua/ratelimit.lua. */
 
 struct sheaf_ratelimit {
-    sheaf_redis *r;                 /* borrowed */
+    sheaf_redis *r;                 /* borrowed; NULL when bound to ar */
+    sheaf_aredis *ar;               /* borrowed: the runtime's connection (bind_async) */
     char key_req[RL_KEY_MAX + 32];
     char key_tok[RL_KEY_MAX + 32];
     char t_req[32], tau_req[32];    /* emission interval and tolerance, us */
@@ -68,10 +70,6 @@ sheaf_ratelimit *sheaf_ratelimit_create(sheaf_redis *r, const char *endpoint_key
 {
     sheaf_ratelimit *rl = NULL;
 
-    if (!r) {
-        sheaf_set_err(errstr, errlen, "rate limiter: no Redis connection");
-        goto fail;
-    }
     if (!endpoint_valid(endpoint_key)) {
         sheaf_set_err(errstr, errlen,
                       "rate limiter: endpoint key must be 1-%d printable ASCII bytes without "
@@ -116,31 +114,32 @@ void sheaf_ratelimit_destroy(sheaf_ratelimit *rl)
     free(rl);
 }
 
+static const sheaf_lua_script rl_script = {sheaf_lua_ratelimit};
+
+#define RL_ARGS(rl, mode, tokens, penalty_us)                                                    \
+    {(rl)->key_req, (rl)->key_tok, mode, (rl)->t_req, (rl)->tau_req, (rl)->t_tok, (rl)->tau_tok, \
+     tokens, penalty_us}
+
 /* Runs the script in mode ('a' acquire or 'p' penalize). */
 static redisReply *run(sheaf_ratelimit *rl, const char *mode, const char *tokens,
                        const char *penalty_us, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script script = {sheaf_lua_ratelimit};
-    const char *args[] = {rl->key_req, rl->key_tok, mode,        rl->t_req, rl->tau_req,
-                          rl->t_tok,   rl->tau_tok, tokens,      penalty_us};
+    const char *args[] = RL_ARGS(rl, mode, tokens, penalty_us);
     char local_err[SHEAF_ERRSTR_SIZE] = "";
-    redisReply *rep = sheaf_redis_script(rl->r, &script, 2, 9, args, NULL, local_err,
-                                         sizeof(local_err));
+    redisReply *rep = rl->r ? sheaf_redis_script(rl->r, &rl_script, 2, 9, args, NULL, local_err,
+                                                 sizeof(local_err))
+                            : NULL;
+    if (!rl->r) sheaf_set_err(local_err, sizeof(local_err), "no Redis connection");
     if (!rep) sheaf_set_err(errstr, errlen, "rate limiter %s: %s", rl->key_req, local_err);
     return rep;
 }
 
-sheaf_err sheaf_ratelimit_acquire(sheaf_ratelimit *rl, uint32_t tokens, int64_t *wait_ms,
-                                  char *errstr, size_t errlen)
+/* The script's answer to an acquire: admitted, or wait *wait_ms. */
+static sheaf_err acquire_reply(const sheaf_ratelimit *rl, const redisReply *rep,
+                               int64_t *wait_ms, char *errstr, size_t errlen)
 {
-    char ntok[16];
-    redisReply *rep;
     sheaf_err err = SHEAF_OK;
-
     *wait_ms = 0;
-    snprintf(ntok, sizeof(ntok), "%u", tokens);
-    rep = run(rl, "a", ntok, "0", errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
         rep->element[0]->type != REDIS_REPLY_INTEGER ||
         rep->element[1]->type != REDIS_REPLY_INTEGER) {
@@ -152,8 +151,29 @@ sheaf_err sheaf_ratelimit_acquire(sheaf_ratelimit *rl, uint32_t tokens, int64_t 
         long long us = rep->element[1]->integer;
         *wait_ms = us > 0 ? (int64_t)((us + 999) / 1000) : 1;
     }
+    return err;
+}
+
+sheaf_err sheaf_ratelimit_acquire(sheaf_ratelimit *rl, uint32_t tokens, int64_t *wait_ms,
+                                  char *errstr, size_t errlen)
+{
+    char ntok[16];
+    redisReply *rep;
+    sheaf_err err;
+
+    *wait_ms = 0;
+    snprintf(ntok, sizeof(ntok), "%u", tokens);
+    rep = run(rl, "a", ntok, "0", errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    err = acquire_reply(rl, rep, wait_ms, errstr, errlen);
     freeReplyObject(rep);
     return err;
+}
+
+static void penalty_arg(int64_t ms, char *pen, size_t len)
+{
+    if (ms > RL_PENALTY_MAX_MS) ms = RL_PENALTY_MAX_MS;
+    snprintf(pen, len, "%lld", (long long)ms * 1000);
 }
 
 sheaf_err sheaf_ratelimit_penalize(sheaf_ratelimit *rl, int64_t ms, char *errstr, size_t errlen)
@@ -162,8 +182,7 @@ sheaf_err sheaf_ratelimit_penalize(sheaf_ratelimit *rl, int64_t ms, char *errstr
     redisReply *rep;
 
     if (ms <= 0) return SHEAF_OK;
-    if (ms > RL_PENALTY_MAX_MS) ms = RL_PENALTY_MAX_MS;
-    snprintf(pen, sizeof(pen), "%lld", (long long)ms * 1000);
+    penalty_arg(ms, pen, sizeof(pen));
     rep = run(rl, "p", "0", pen, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
@@ -213,5 +232,68 @@ void sheaf_ratelimit_bind(sheaf_ratelimit *rl, sheaf_llm_limiter *lim)
 {
     lim->acquire = bound_acquire;
     lim->penalize = bound_penalize;
+    lim->ud = rl;
+}
+
+/* ---- asynchronous, on the runtime's connection ---- */
+
+typedef struct admit_call {
+    sheaf_ratelimit *rl;
+    sheaf_llm_admit_fn admit;
+    void *engine;
+} admit_call;
+
+static void on_acquire(void *ud, redisReply *rep, const char *errstr)
+{
+    admit_call *a = ud;
+    char why[SHEAF_ERRSTR_SIZE] = "";
+    int64_t wait_ms = 0;
+    sheaf_err err = SHEAF_ERR_REDIS;
+    if (rep) err = acquire_reply(a->rl, rep, &wait_ms, why, sizeof(why));
+    else sheaf_set_err(why, sizeof(why), "rate limiter %s: %s", a->rl->key_req, errstr);
+    if (err != SHEAF_OK) sheaf_warn("ratelimit", "%s (calls wait)", why);
+    a->admit(a->engine, err, wait_ms);
+    free(a);
+}
+
+static void async_acquire(void *ud, uint32_t tokens, sheaf_llm_admit_fn admit, void *engine)
+{
+    sheaf_ratelimit *rl = ud;
+    char ntok[16];
+    admit_call *a = malloc(sizeof(*a));
+    if (!a) {
+        admit(engine, SHEAF_ERR_NOMEM, 0);
+        return;
+    }
+    a->rl = rl;
+    a->admit = admit;
+    a->engine = engine;
+    snprintf(ntok, sizeof(ntok), "%u", tokens);
+    const char *args[] = RL_ARGS(rl, "a", ntok, "0");
+    sheaf_aredis_script(rl->ar, &rl_script, 2, 9, args, NULL, on_acquire, a);
+}
+
+static void on_penalize(void *ud, redisReply *rep, const char *errstr)
+{
+    sheaf_ratelimit *rl = ud;
+    if (!rep) sheaf_warn("ratelimit", "rate limiter %s penalty: %s", rl->key_req, errstr);
+}
+
+static void async_penalize(void *ud, int64_t ms)
+{
+    sheaf_ratelimit *rl = ud;
+    char pen[32];
+    if (ms <= 0) return;
+    penalty_arg(ms, pen, sizeof(pen));
+    const char *args[] = RL_ARGS(rl, "p", "0", pen);
+    sheaf_aredis_script(rl->ar, &rl_script, 2, 9, args, NULL, on_penalize, rl);
+}
+
+void sheaf_ratelimit_bind_async(sheaf_ratelimit *rl, sheaf_aredis *ar, sheaf_llm_limiter *lim)
+{
+    memset(lim, 0, sizeof(*lim));
+    rl->ar = ar;
+    lim->acquire_async = async_acquire;
+    lim->penalize = async_penalize;
     lim->ud = rl;
 }

@@ -187,7 +187,7 @@ static void cfg_fill(sheaf_config *c, int port, int max_attempts, int backoff_ms
 static sheaf_llm_async *engine(const sheaf_config *cfg, int max_in_flight, fake_limiter *f)
 {
     char err[SHEAF_ERRSTR_SIZE];
-    sheaf_llm_limiter lim = {fake_acquire, fake_penalize, f};
+    sheaf_llm_limiter lim = {fake_acquire, fake_penalize, f, NULL};
     sheaf_llm_async *a = sheaf_llm_async_create(cfg, max_in_flight, f ? &lim : NULL, err,
                                                 sizeof(err));
     if (!a) fail_msg("create: %s", err);
@@ -239,7 +239,7 @@ static void test_create_errors(void **state)
     (void)state;
     sheaf_config cfg;
     char err[SHEAF_ERRSTR_SIZE];
-    sheaf_llm_limiter no_acquire = {NULL, fake_penalize, NULL};
+    sheaf_llm_limiter no_acquire = {NULL, fake_penalize, NULL, NULL};
     cfg_fill(&cfg, 1, 1, 1);
     assert_null(sheaf_llm_async_create(&cfg, 0, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "max_in_flight"));

@@ -84,10 +84,18 @@ int sheaf_kafka_brokers_ok(char *reason, size_t len);
  * sheaf-dlq-reason, sheaf-dlq-topic, sheaf-dlq-partition, sheaf-dlq-offset
  * and, when known, sheaf-job.  A value too large for the producer's
  * message.max.bytes is left out and its size put in the header
- * sheaf-dlq-value-dropped.  Asynchronous; flush before committing the
- * offset of orig. */
+ * sheaf-dlq-value-dropped.  Asynchronous and never waits: with opaque,
+ * its delivery is reported to the producer's delivery hook
+ * (sheaf_kafka_on_delivery) from the producer's poll; commit the offset of
+ * orig only after that.  SHEAF_ERR_KAFKA with errstr when it is refused
+ * (a full producer queue among others): the caller tries again later. */
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
-                               const char *job, char *errstr, size_t errlen);
+                               const char *job, void *opaque, char *errstr, size_t errlen);
+
+/* Called from the producer's poll for every message produced with an
+ * opaque: err 0 delivered, else why not (errstr). */
+typedef void (*sheaf_kafka_delivery_fn)(void *opaque, int err, const char *errstr);
+void sheaf_kafka_on_delivery(rd_kafka_t *producer, sheaf_kafka_delivery_fn fn);
 
 #endif

@@ -84,10 +84,18 @@
  *   }
  *   sheaf_llm_limiter lim = {rl_acquire, rl_penalize, rl};  // rl outlives the engine
  */
+/* The answer to an asynchronous acquire: as the synchronous one's return
+ * and *wait_ms.  engine is what acquire_async was given. */
+typedef void (*sheaf_llm_admit_fn)(void *engine, sheaf_err err, int64_t wait_ms);
+
 typedef struct sheaf_llm_limiter {
     sheaf_err (*acquire)(void *ud, uint32_t tokens, int64_t *wait_ms);
     void (*penalize)(void *ud, int64_t ms);
     void *ud;
+    /* Instead of acquire (the runtime's, sheaf_ratelimit_bind_async): asks
+     * and returns at once; admit(engine, ...) fires exactly once, later
+     * or at once.  The engine asks for one call at a time. */
+    void (*acquire_async)(void *ud, uint32_t tokens, sheaf_llm_admit_fn admit, void *engine);
 } sheaf_llm_limiter;
 
 #define SHEAF_LLM_LIMITER_ERROR_WAIT_MS 500
@@ -164,6 +172,17 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
                                         const sheaf_llm_limiter *limiter, char *errstr,
                                         size_t errlen);
 
+/* The same engine on the caller's libevent loop (the runtime's): curl's
+ * sockets and timers, the retry timers and the callbacks are all events
+ * of base, so sheaf_llm_async_run() is not called: callbacks fire from
+ * event_base_loop().  base is borrowed and must outlive the engine.  With
+ * base NULL this is sheaf_llm_async_create, whose engine has a private
+ * loop turned by sheaf_llm_async_run(). */
+struct event_base;
+sheaf_llm_async *sheaf_llm_async_create_on(struct event_base *base, const sheaf_config *cfg,
+                                           int max_in_flight, const sheaf_llm_limiter *limiter,
+                                           char *errstr, size_t errlen);
+
 /* Aborts what is still pending (each callback fires with SHEAF_ERR_STOPPED,
  * so call it while the callbacks' ud are still valid), then frees.  NULL is
  * a no-op. */
@@ -186,7 +205,7 @@ sheaf_err sheaf_llm_async_set_breaker(sheaf_llm_async *a, int threshold, int coo
 sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *req,
                                  uint32_t est_tokens, sheaf_llm_done_fn done, void *ud);
 
-/* One event-loop step: starts what may start, waits for network activity
+/* One event-loop step of an engine with a private loop: starts what may start, waits for network activity
  * up to timeout_ms (less when a retry, limiter or breaker timer is due
  * sooner, 0 when a callback is ready), advances transfers, schedules
  * retries, and fires the callbacks of finished calls.  Returns how many

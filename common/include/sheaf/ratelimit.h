@@ -63,7 +63,8 @@ typedef struct sheaf_ratelimit sheaf_ratelimit;
  * tokens per minute (each >= 0, 0 = unlimited) and a burst of
  * burst_seconds of each rate (<= 0 means 1; at most 3600).  r is borrowed,
  * not owned: it must outlive the limiter and, like any sheaf_redis, be used
- * by one thread at a time.  Nothing is sent to Redis here.  Returns NULL
+ * by one thread at a time.  r may be NULL for a limiter used only through
+ * sheaf_ratelimit_bind_async (the synchronous calls then fail).  Nothing is sent to Redis here.  Returns NULL
  * with errstr on a bad argument or no memory. */
 sheaf_ratelimit *sheaf_ratelimit_create(sheaf_redis *r, const char *endpoint_key, double rpm,
                                         double tpm, double burst_seconds, char *errstr,
@@ -98,5 +99,11 @@ sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
 /* Binds rl to the LLM engine's limiter interface (Redis failures are
  * logged; the engine then waits and asks again). */
 void sheaf_ratelimit_bind(sheaf_ratelimit *rl, sheaf_llm_limiter *lim);
+
+/* Binds rl to the engine's asynchronous limiter interface, sending its
+ * script on ar (the runtime's connection, borrowed: it outlives rl).  The
+ * engine then never waits on Redis: it asks, and starts the call when the
+ * answer comes. */
+void sheaf_ratelimit_bind_async(sheaf_ratelimit *rl, sheaf_aredis *ar, sheaf_llm_limiter *lim);
 
 #endif

@@ -347,7 +347,7 @@ static void drain_start(worker *w)
     sheaf_llm_async_abort_queued(w->rt->llm);
     worker_calls_abandon(w, 0);
     if (w->n_calls)
-        sheaf_info("worker", "stopping: draining %zu chunk(s), at most %d ms", w->n_calls,
+        sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", w->n_calls,
                    w->cfg.worker_drain_ms);
 }
 

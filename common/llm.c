@@ -537,6 +537,7 @@ void sheaf_llm_endpoint_free(sheaf_llm_endpoint *ep)
 static void resp_headers_reset(sheaf_llm_resp_headers *h)
 {
     h->retry_after_ms = h->remaining_requests = h->reset_requests_ms = -1;
+    h->limit_requests = h->limit_tokens = h->remaining_tokens = h->reset_tokens_ms = -1;
 }
 
 void sheaf_llm_xfer_init(sheaf_llm_xfer *x, size_t max_body)
@@ -593,6 +594,15 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
     return size * nmemb;
 }
 
+/* A count header (x-ratelimit-limit-*, -remaining-*): -1 unless a whole
+ * number >= 0. */
+static int64_t header_count(const char *value)
+{
+    char *end;
+    long long v = strtoll(value, &end, 10);
+    return (end != value && *end == '\0' && v >= 0) ? v : -1;
+}
+
 void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n)
 {
     char value[LLM_HEADER_VALUE_MAX];
@@ -602,11 +612,17 @@ void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n)
     if (header_value(data, n, "retry-after:", value)) {
         x->hdr.retry_after_ms = sheaf_llm_parse_retry_after(value);
     } else if (header_value(data, n, "x-ratelimit-remaining-requests:", value)) {
-        char *end;
-        long long v = strtoll(value, &end, 10);
-        x->hdr.remaining_requests = (end != value && *end == '\0' && v >= 0) ? v : -1;
+        x->hdr.remaining_requests = header_count(value);
     } else if (header_value(data, n, "x-ratelimit-reset-requests:", value)) {
         x->hdr.reset_requests_ms = sheaf_llm_parse_duration(value);
+    } else if (header_value(data, n, "x-ratelimit-limit-requests:", value)) {
+        x->hdr.limit_requests = header_count(value);
+    } else if (header_value(data, n, "x-ratelimit-limit-tokens:", value)) {
+        x->hdr.limit_tokens = header_count(value);
+    } else if (header_value(data, n, "x-ratelimit-remaining-tokens:", value)) {
+        x->hdr.remaining_tokens = header_count(value);
+    } else if (header_value(data, n, "x-ratelimit-reset-tokens:", value)) {
+        x->hdr.reset_tokens_ms = sheaf_llm_parse_duration(value);
     }
 }
 

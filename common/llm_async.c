@@ -58,6 +58,23 @@
  *     flight when it opened are ignored by it, and only the probe decides
  *     whether it closes.
  *
+ * Learned limits: a provider that sends x-ratelimit-limit-tokens and/or
+ * -requests (OpenAI and most compatible servers) tells the engine its
+ * limits per minute, so with no llm.rpm/tpm configured the engine paces
+ * itself at LEARN_MARGIN of them (a GCRA per limit, LEARN_BURST_MS of
+ * burst), each call costing what the provider counted for the last ones
+ * (the usage of the answers, smoothed: our own estimate charges the whole
+ * max_tokens, the provider only what was used).  The -remaining- headers
+ * guard the pace: an answer says how much room the provider had when it
+ * admitted that attempt; minus what this engine started since, too
+ * little room holds new starts until -reset- (other workers share the
+ * provider's limit, and this is how the engine notices them).
+ *
+ * Adaptive concurrency: a provider that answers 429 without limit headers
+ * gets AIMD on the window: each 429 (at most once per attempt time)
+ * halves the calls allowed in flight, each success adds 1/window, up to
+ * max_in_flight.
+ *
  * Prometheus metrics (sheaf_llm_async_set_metrics) are counted where the
  * stats are; the in-flight gauge, shared by every engine of a process, gets
  * this engine's changes at the end of each step (in fire()). */
@@ -79,6 +96,9 @@
 #define ASYNC_MAX_IN_FLIGHT 4096
 #define ASYNC_SLOT_KEEP_BYTES 65536   /* a slot's buffer larger than this is freed after use */
 #define ASYNC_PENALTY_SLACK_MS 100    /* a penalty extending the hold less than this is not resent */
+#define LEARN_MARGIN 0.97             /* of a learned limit: the pace */
+#define LEARN_BURST_MS 1000.0         /* how far ahead of its pace a learned limit may run */
+#define LEARN_COST_WEIGHT 0.1         /* of the newest answer in the smoothed cost */
 
 typedef struct llm_call llm_call;
 typedef struct llm_slot llm_slot;
@@ -103,6 +123,7 @@ struct llm_call {
     llm_slot *slot;            /* while in flight */
     int probe;                 /* the half-open breaker's probe */
     int admitted;              /* the limiter admitted its next attempt */
+    uint64_t start_seq;        /* a->starts when its attempt started */
     sheaf_err err;             /* final outcome, once done */
     char *errmsg;              /* owned: text of the last failure, or NULL */
     sheaf_llm_result result;   /* result.content owned until the callback takes it */
@@ -144,6 +165,19 @@ struct sheaf_llm_async {
     int64_t limiter_retry_ms;      /* the limiter said wait (or failed): ask again then */
     int limiter_failing;           /* for logging a failure streak once */
     llm_call *asking;              /* the call the limiter is asked about, or NULL */
+
+    /* Learned limits (see the top of the file); rates per ms, 0 unknown. */
+    double req_per_ms, tok_per_ms;
+    double req_tat, tok_tat;       /* GCRA: when the pace catches up, ms */
+    double cost;                   /* tokens per attempt as the provider counts them */
+    int64_t tok_remaining;         /* the latest -remaining-tokens, -1 none */
+    uint64_t tok_info_seq;         /* ... of the attempt started at this seq */
+    int64_t tok_guard_until_ms;    /* ... true until then (its -reset-tokens) */
+    int64_t learn_wait_until_ms;   /* the pace or the guard said wait until */
+    uint64_t starts;               /* attempts started (for the guard) */
+    /* Adaptive concurrency without headers: the window, AIMD. */
+    double cwnd;
+    int64_t cwnd_cut_ms;           /* last halving */
     int asking_now;                /* inside acquire: its answer may come at once */
 
     sheaf_llm_breaker_state breaker;
@@ -558,7 +592,71 @@ static void start_attempt(sheaf_llm_async *a, llm_call *c, int probe, int64_t no
     c->attempt_start_ms = now;
     c->result.attempts++;
     a->st.started++;
+    c->start_seq = ++a->starts;
     list_push_back(&a->flight, c);
+}
+
+/* ---- learned limits and adaptive concurrency ---------------------------------- */
+
+/* Whether the learned limits let c start now (and charge it if so); else
+ * a->learn_wait_until_ms says when to look again. */
+static int learned_allows(sheaf_llm_async *a, const llm_call *c, int64_t now)
+{
+    double cost = a->cost > 0 ? a->cost : (double)c->est_tokens, t = (double)now;
+    int64_t wait_until = 0;
+    if (a->req_per_ms > 0 && a->req_tat - t > LEARN_BURST_MS)
+        wait_until = (int64_t)(a->req_tat - LEARN_BURST_MS) + 1;
+    if (a->tok_per_ms > 0 && a->tok_tat - t > LEARN_BURST_MS) {
+        int64_t w = (int64_t)(a->tok_tat - LEARN_BURST_MS) + 1;
+        if (w > wait_until) wait_until = w;
+    }
+    if (a->tok_remaining >= 0 && now < a->tok_guard_until_ms &&
+        (double)a->tok_remaining - (double)(a->starts - a->tok_info_seq) * cost < cost &&
+        a->tok_guard_until_ms > wait_until)
+        wait_until = a->tok_guard_until_ms;
+    if (wait_until > now) {
+        a->learn_wait_until_ms = wait_until;
+        return 0;
+    }
+    if (a->req_per_ms > 0) a->req_tat = (a->req_tat > t ? a->req_tat : t) + 1.0 / a->req_per_ms;
+    if (a->tok_per_ms > 0) a->tok_tat = (a->tok_tat > t ? a->tok_tat : t) + cost / a->tok_per_ms;
+    return 1;
+}
+
+/* What a finished attempt teaches: the provider's limits and room, the
+ * cost of a call, and without limit headers the window (AIMD). */
+static void learn(sheaf_llm_async *a, const llm_call *c, const sheaf_llm_resp_headers *h,
+                  long status, int64_t now)
+{
+    if (h->limit_tokens > 0 || h->limit_requests > 0) {
+        double tok = h->limit_tokens > 0 ? (double)h->limit_tokens * LEARN_MARGIN / 60000.0 : 0;
+        double req = h->limit_requests > 0 ? (double)h->limit_requests * LEARN_MARGIN / 60000.0 : 0;
+        if (tok != a->tok_per_ms || req != a->req_per_ms)
+            sheaf_info("llm", "the provider's limits: %lld requests/min, %lld tokens/min; pacing "
+                       "at %.0f%% of them", (long long)h->limit_requests,
+                       (long long)h->limit_tokens, LEARN_MARGIN * 100);
+        a->tok_per_ms = tok;
+        a->req_per_ms = req;
+        a->cwnd = a->max_in_flight; /* a provider that says its limits needs no guessing */
+    }
+    if (h->remaining_tokens >= 0 && c->start_seq >= a->tok_info_seq) {
+        a->tok_remaining = h->remaining_tokens;
+        a->tok_info_seq = c->start_seq;
+        a->tok_guard_until_ms = now + (h->reset_tokens_ms > 0 ? h->reset_tokens_ms : 1000);
+    }
+    if (status >= 200 && status < 300) {
+        double used = (double)(c->result.usage.prompt_tokens + c->result.usage.completion_tokens);
+        if (used > 0)
+            a->cost = a->cost > 0 ? a->cost + LEARN_COST_WEIGHT * (used - a->cost) : used;
+        if (a->cwnd < a->max_in_flight) a->cwnd += 1.0 / a->cwnd;
+    } else if (status == 429 && a->tok_per_ms <= 0 && a->req_per_ms <= 0 &&
+               now - a->cwnd_cut_ms >= now - c->attempt_start_ms) {
+        double before = a->cwnd;
+        a->cwnd = (a->flight.n + 1 < a->cwnd ? (double)a->flight.n + 1 : a->cwnd) / 2;
+        if (a->cwnd < 1) a->cwnd = 1;
+        a->cwnd_cut_ms = now;
+        sheaf_debug("llm", "429 without limit headers: window %.0f -> %.0f", before, a->cwnd);
+    }
 }
 
 /* The limiter's answer about a->asking (at once, or later from the loop). */
@@ -606,7 +704,7 @@ static int start_ready(sheaf_llm_async *a, int64_t now)
 
     while ((c = a->queued.head) != NULL) {
         int probe = 0;
-        if (a->flight.n >= (size_t)a->max_in_flight) break;
+        if (a->flight.n >= (size_t)a->max_in_flight || a->flight.n >= (size_t)a->cwnd) break;
         if (now < a->hold_until_ms) break;
         if (!breaker_allows(a, now, &probe)) break;
         if (a->has_limiter && !c->admitted) {
@@ -616,6 +714,7 @@ static int start_ready(sheaf_llm_async *a, int64_t now)
             ask_limiter(a, c);
             if (!c->admitted) break;
         }
+        if (!learned_allows(a, c, now)) break;
         c->admitted = 0; /* the next attempt (a retry) asks again */
         list_remove(&a->queued, c);
         start_attempt(a, c, probe, now);
@@ -659,6 +758,7 @@ static void finish_attempt(sheaf_llm_async *a, llm_slot *s, CURLcode rc, int64_t
     if (hdr.remaining_requests == 0 && hdr.reset_requests_ms > 0)
         penalize(a, hdr.reset_requests_ms, now);
     breaker_record(a, c, transient, status > 0 && !transient, now, errstr);
+    learn(a, c, &hdr, status, now);
 
     if (err == SHEAF_ERR_LLM_RETRY && c->result.attempts < a->max_attempts) {
         int64_t delay = sheaf_llm_retry_delay(a->backoff_ms, c->result.attempts,
@@ -701,12 +801,13 @@ static int64_t next_timer(const sheaf_llm_async *a, int64_t now)
         int64_t d = c->not_before_ms - now;
         if (best < 0 || d < best) best = d;
     }
-    if (a->queued.n && a->flight.n < (size_t)a->max_in_flight) {
+    if (a->queued.n && a->flight.n < (size_t)a->max_in_flight && a->flight.n < (size_t)a->cwnd) {
         /* Queued calls start when every hold is over: the latest one. */
         int64_t until = a->hold_until_ms;
         if (a->breaker == SHEAF_LLM_BREAKER_OPEN && a->brk_open_until_ms > until)
             until = a->brk_open_until_ms;
         if (a->has_limiter && a->limiter_retry_ms > until) until = a->limiter_retry_ms;
+        if (a->learn_wait_until_ms > until) until = a->learn_wait_until_ms;
         if (!(a->breaker == SHEAF_LLM_BREAKER_HALF_OPEN && a->brk_probe_in_flight)) {
             int64_t d = until - now;
             if (best < 0 || d < best) best = d;
@@ -779,6 +880,8 @@ sheaf_llm_async *sheaf_llm_async_create_on(struct event_base *base, const sheaf_
         a->has_limiter = 1;
     }
     a->breaker = SHEAF_LLM_BREAKER_CLOSED;
+    a->cwnd = max_in_flight;
+    a->tok_remaining = -1;
     /* A config that never went through sheaf_config_load (tests) has
      * zeros here: the defaults apply. */
     a->brk_threshold = cfg->llm_breaker_threshold > 0 ? cfg->llm_breaker_threshold

@@ -52,6 +52,10 @@ typedef struct sheaf_llm_resp_headers {
     int64_t retry_after_ms;     /* Retry-After, else -1 */
     int64_t remaining_requests; /* x-ratelimit-remaining-requests, else -1 */
     int64_t reset_requests_ms;  /* x-ratelimit-reset-requests, else -1 */
+    int64_t limit_requests;     /* x-ratelimit-limit-requests (per minute), else -1 */
+    int64_t limit_tokens;       /* x-ratelimit-limit-tokens (per minute), else -1 */
+    int64_t remaining_tokens;   /* x-ratelimit-remaining-tokens, else -1 */
+    int64_t reset_tokens_ms;    /* x-ratelimit-reset-tokens, else -1 */
 } sheaf_llm_resp_headers;
 
 /* The receiving side of one attempt; one per easy handle, reused. */
@@ -69,8 +73,8 @@ void sheaf_llm_xfer_free(sheaf_llm_xfer *x);
 
 /* Reads one response header line, as curl hands it to the header callback
  * (data[0..n), not NUL-terminated, line ending included), into x->hdr: a
- * status line resets it; Retry-After, x-ratelimit-remaining-requests and
- * x-ratelimit-reset-requests are parsed, anything else ignored.  The header
+ * status line resets it; Retry-After and x-ratelimit-{limit,remaining,
+ * reset}-{requests,tokens} are parsed, anything else ignored.  The header
  * callback set by sheaf_llm_easy_setup is this function; it is here so the
  * parsing can be fuzzed without a network. */
 void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n);

@@ -204,12 +204,11 @@ static void flow_control(worker *w)
                   w->n_held;
     int64_t now = sheaf_mono_ms();
 
-    if (pending < backlog_limit(w)) {
-        w->full = 0;
-    } else if (!w->full) {
-        w->full = 1;
-        w->full_since_ms = now;
-    }
+    /* full is set by take() when it stops for room and cleared whenever a
+     * chunk ends with room left: it says no chunk ended for that long (a
+     * sample here, every 100 ms, would nearly always find the backlog
+     * refilled and pause a worker that is only busy). */
+    if (pending < backlog_limit(w)) w->full = 0;
     if (!w->paused && circuit) {
         if (!w->rt->fleet_cause[0] && !w->n_held)
             sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
@@ -298,6 +297,10 @@ static void take(void *ud)
     for (int i = 0; i < TAKE_BATCH; i++) {
         if (w->n_calls >= max && !w->paused && !w->draining) {
             w->starved = 1;
+            if (!w->full) {
+                w->full = 1;
+                w->full_since_ms = sheaf_mono_ms();
+            }
             return;
         }
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(w->consumer, 0);
@@ -320,6 +323,7 @@ static void take(void *ud)
 
 void worker_room(worker *w)
 {
+    if (w->n_calls < backlog_limit(w)) w->full = 0;
     if (w->starved && w->n_calls < backlog_limit(w)) {
         w->starved = 0;
         sheaf_runtime_queue_kick(w->consumer_w);

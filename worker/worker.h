@@ -36,7 +36,7 @@ typedef struct worker {
     char map_topic[256];
     char dlq_topic[256];
     int paused;
-    int full;                   /* the backlog was full at the last look */
+    int full;                   /* the backlog is full and no chunk ended since full_since_ms */
     int64_t full_since_ms;      /* ... since then: taking nothing from Kafka */
     int starved;                /* take() stopped for a full backlog: kick when room */
     int draining;               /* SIGTERM seen: take nothing, finish what runs */

@@ -28,7 +28,7 @@
  * limiter's wait): one timer armed at the nearest of them.  Whatever
  * fires, the engine then takes one step: reads curl's finished transfers
  * and classifies them with the synchronous client's rules
- * (sheaf_llm_classify in llm.c), moves due retries to the queue, starts
+ * (sheaf_llm_classify in llm_wire.c), moves due retries to the queue, starts
  * what may start, re-arms its timer, and fires the callbacks last, from a
  * list detached from the engine, so a callback may submit new calls (a
  * submit only activates the engine's kick event: the next step starts

@@ -1,17 +1,15 @@
-/* llm_internal.h - what the synchronous LLM client (llm.c) and the
- * many-in-flight engine (llm_async.c) share.  Not a public header: programs
- * include sheaf/llm.h or sheaf/llm_async.h; only common/llm*.c (and their
- * unit tests) include this one.
+/* llm_internal.h - what the LLM engine (llm_async.c) uses of the wire
+ * format (llm_wire.c).  Not a public header: programs include sheaf/llm.h
+ * or sheaf/llm_async.h; only common/llm*.c (and their unit tests and fuzz
+ * targets) include this one.
  *
  * Everything about one HTTP attempt that does not depend on how it is
- * driven lives here, defined once in llm.c: where requests go and how they
+ * driven lives here, defined once in llm_wire.c: where requests go and how they
  * are authenticated (sheaf_llm_endpoint), the options every easy handle
  * carries, the receiving side of an attempt (capped body, the headers that
  * steer retries and rate limits), how an attempt's outcome is classified
  * (OK / RETRY / FATAL, errstr scrubbed of the API key), and the retry delay
- * (exponential backoff with full jitter, or the server's Retry-After).
- * The two clients differ only in how they wait: llm.c sleeps between
- * attempts, llm_async.c arms timers and lets other calls proceed. */
+ * (exponential backoff with full jitter, or the server's Retry-After). */
 #ifndef SHEAF_LLM_INTERNAL_H
 #define SHEAF_LLM_INTERNAL_H
 

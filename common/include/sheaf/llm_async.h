@@ -1,5 +1,5 @@
-/* sheaf/llm_async.h - many LLM calls in flight from one thread (libcurl
- * multi).
+/* sheaf/llm_async.h - the one LLM client: many calls in flight from one
+ * thread (libcurl multi on a libevent loop).
  *
  * A worker's throughput is min(C / L, R) for provider latency L, fleet
  * concurrency C and rate limit R (see DESIGN.md), so a worker keeps many
@@ -7,9 +7,9 @@
  * calls and turns the crank with sheaf_llm_async_run(); each submitted call
  * ends in exactly one callback, in completion order (not submission order).
  *
- * Same request body, response parsing, status classes, Retry-After
- * handling and key scrubbing as the synchronous client (sheaf/llm.h); what
- * this engine adds:
+ * The request body, response parsing, status classes, Retry-After
+ * handling and key scrubbing are the wire format's (sheaf/llm.h,
+ * common/llm_wire.c); the engine adds:
  *
  *   - retries inside the engine, up to llm.max_attempts: retryable failures
  *     (429, 408, 409, 5xx, transport errors, timeouts, a truncated or

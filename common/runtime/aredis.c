@@ -26,6 +26,7 @@
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
+#include <hiredis/sds.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@
 #define AREDIS_RETRY_MAX_MS 2000
 #define AREDIS_WATCH_MS 1000
 #define AREDIS_MAX_ARGS 24
+#define AREDIS_FLUSH_BYTES 16384 /* unsent commands beyond this are written at once */
 
 typedef struct req req;
 struct req {
@@ -68,6 +70,7 @@ struct sheaf_aredis {
     req *deferred;             /* failures to fire from the loop */
     char why[SHEAF_ERRSTR_SIZE]; /* why the last connection went */
     int logged_down;
+    int in_reply;              /* inside on_reply: hiredis must not be written to */
 };
 
 static void connect_now(sheaf_aredis *ar);
@@ -170,6 +173,13 @@ static int send_req(sheaf_aredis *ar, req *r, int argc, const char **argv, const
     if (!ar->ac) return -1;
     if (redisAsyncCommandArgv(ar->ac, on_reply, r, argc, argv, lens) != REDIS_OK) return -1;
     if (ar->pending++ == 0) ar->progress_ms = sheaf_mono_ms();
+    /* A burst (a thousand answers in one turn, each with a store, a cache
+     * write and a count) would otherwise pile up in hiredis' output
+     * buffer until the loop's write event: megabytes.  The socket takes
+     * them now, without blocking.  Not from inside a reply callback: a
+     * write error there would free the context under hiredis' feet. */
+    if (ar->connected && !ar->in_reply && sdslen(ar->ac->c.obuf) > AREDIS_FLUSH_BYTES)
+        redisAsyncHandleWrite(ar->ac);
     return 0;
 }
 
@@ -259,11 +269,20 @@ static void on_watch(evutil_socket_t fd, short what, void *arg)
 
 /* ---- replies ---- */
 
+static void reply_handle(redisAsyncContext *ac, redisReply *rep, req *r);
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     req *r = privdata;
     sheaf_aredis *ar = r->ar;
-    redisReply *rep = reply;
+    ar->in_reply++;
+    reply_handle(ac, reply, r);
+    ar->in_reply--;
+}
+
+static void reply_handle(redisAsyncContext *ac, redisReply *rep, req *r)
+{
+    sheaf_aredis *ar = r->ar;
     char errstr[SHEAF_ERRSTR_SIZE];
 
     ar->pending--;

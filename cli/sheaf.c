@@ -2,8 +2,9 @@
  *
  *   sheaf submit [--pipeline NAME|FILE] [--job-id ID] [--wait] [--dry-run] INPUT...
  *   sheaf submit --resume JOB [--pipeline NAME|FILE] INPUT...
- *   sheaf status JOB [--json]
- *   sheaf results JOB [--version PV]
+ *   sheaf submit --dry-run [--list] INPUT...
+ *   sheaf status JOB [--json] [--watch]
+ *   sheaf results JOB [--version PV] [--partial | --follow]
  *   sheaf replay JOB [--pipeline NAME|FILE] [--wait]
  *   sheaf replay --from TIME --to TIME [--pipeline NAME|FILE]
  *   sheaf repair JOB [--dry-run]
@@ -61,25 +62,35 @@ static void usage(FILE *out)
             "usage: sheaf COMMAND [options]\n"
             "\n"
             "commands:\n"
-            "  submit [--pipeline NAME|FILE] [--job-id ID] [--wait] [--dry-run] INPUT...\n"
-            "        chunk files, directories (.txt .md .pdf) and JSONL corpora, register\n"
-            "        the job in Redis, produce its chunks to Kafka; prints the job id.\n"
+            "  submit [--pipeline NAME|FILE] [--job-id ID] [--wait [--timeout S]] INPUT...\n"
+            "  submit --dry-run [--list] [--pipeline NAME|FILE] INPUT...\n"
+            "        chunk files, directories (.txt .md .text .pdf .jsonl) and JSONL\n"
+            "        corpora, register the job in Redis, produce its chunks to Kafka;\n"
+            "        prints the job id.\n"
             "        --pipeline: a built-in (summarize, summarize-refine, batch) or a\n"
             "        pipeline JSON file (same as -X pipeline=...).\n"
             "        --wait: wait until the job ends, showing progress on stderr (exit code:\n"
             "        how it ended); --timeout S: give up waiting after S seconds (124).\n"
+            "        Files a directory walk leaves out are named on stderr with the reason\n"
+            "        (unknown type, README, the .pdf of a document also there as text).\n"
+            "        --dry-run: read and chunk everything, submit nothing; print the\n"
+            "        estimate (JSON); --list: one {\"doc\":..} line per document before it\n"
+            "        (JSONL)\n"
             "  submit --resume JOB INPUT...\n"
             "        continue a job whose submit died while producing (status: STALLED)\n"
             "        with the same inputs and pipeline: what was registered and produced\n"
             "        is not counted twice\n"
             "  status JOB [--json] [--watch]\n"
             "        progress per stage (chunks, documents, groups, overview), rate, ETA,\n"
-            "        failures, dead letters, tokens by stage, cost (cost.prices), cache;\n"
-            "        --watch refreshes every second until the job ends (in place on a\n"
-            "        terminal, one line per refresh otherwise)\n"
+            "        failures, dead letters, models, tokens by stage, cost (the prices\n"
+            "        stored with the job at submit), cache; \"done\" only once every result\n"
+            "        is there; --watch refreshes every second until the job ends (redrawn\n"
+            "        in place on a terminal, one line per refresh otherwise)\n"
             "  results JOB           per-document results, group results, then the\n"
-            "                        overview, as JSONL\n"
+            "                        overview, as JSONL (exit 5 if the job is not done)\n"
             "        --version PV: the results of that pipeline version (after a replay)\n"
+            "        --partial: what exists of a running job, exit 0\n"
+            "        --follow: document results as they finish, until the job ends\n"
             "  replay JOB [--pipeline NAME|FILE] [--wait]\n"
             "        run the job again from its chunk messages on Kafka under the pipeline\n"
             "        (default: its own); unchanged LLM calls come from the call cache.\n"
@@ -94,7 +105,8 @@ static void usage(FILE *out)
             "        JSON line per document repaired, then a summary; --dry-run: only\n"
             "        report, change nothing.\n"
             "  diff JOB PV1 PV2      which documents' results differ between two versions\n"
-            "  cost JOB              tokens and cost per document (JSONL), then the job's\n"
+            "  cost JOB              tokens and cost, one JSON line per document, then\n"
+            "                        the groups, the overview and the job (\"kind\")\n"
             "  dlq list JOB [--reason TEXT]\n"
             "        the job's failed chunks (dead letters), one JSON line each: document,\n"
             "        chunk, error; --reason: only errors containing TEXT\n"
@@ -112,6 +124,9 @@ static void usage(FILE *out)
             "        delete every key of the job now; a job that has not ended is refused\n"
             "        without --force (cancel it first, or force)\n"
             "  config                the effective configuration (secrets hidden)\n"
+            "  --help-config [--markdown]\n"
+            "        every configuration key: type, bounds, default, meaning (--markdown:\n"
+            "        docs/configuration.md)\n"
             "  --version             sheaf's version\n"
             "\n"
             "options for every command:\n"
@@ -132,7 +147,8 @@ static void usage(FILE *out)
 enum {
     O_JOB_ID = 1 << 0, O_WAIT = 1 << 1, O_TIMEOUT = 1 << 2, O_DRY_RUN = 1 << 3, O_JSON = 1 << 4,
     O_PIPELINE = 1 << 5, O_VERSION = 1 << 6, O_WATCH = 1 << 7, O_FROM = 1 << 8, O_TO = 1 << 9,
-    O_STATE = 1 << 10, O_FORCE = 1 << 11, O_RESUME = 1 << 12, O_REASON = 1 << 13
+    O_STATE = 1 << 10, O_FORCE = 1 << 11, O_RESUME = 1 << 12, O_REASON = 1 << 13,
+    O_PARTIAL = 1 << 14, O_FOLLOW = 1 << 15, O_LIST = 1 << 16
 };
 
 static const struct {
@@ -142,15 +158,16 @@ static const struct {
                     {O_DRY_RUN, "--dry-run"}, {O_JSON, "--json"},       {O_PIPELINE, "--pipeline"},
                     {O_VERSION, "--version"}, {O_WATCH, "--watch"},     {O_FROM, "--from"},
                     {O_TO, "--to"},           {O_STATE, "--state"},     {O_FORCE, "--force"},
-                    {O_RESUME, "--resume"},   {O_REASON, "--reason"}};
+                    {O_RESUME, "--resume"},   {O_REASON, "--reason"},  {O_PARTIAL, "--partial"},
+                    {O_FOLLOW, "--follow"},   {O_LIST, "--list"}};
 
 static const struct {
     const char *cmd;
     unsigned takes;
 } command_options[] = {
-    {"submit", O_JOB_ID | O_WAIT | O_TIMEOUT | O_DRY_RUN | O_PIPELINE | O_RESUME},
+    {"submit", O_JOB_ID | O_WAIT | O_TIMEOUT | O_DRY_RUN | O_PIPELINE | O_RESUME | O_LIST},
     {"status", O_JSON | O_WATCH},
-    {"results", O_VERSION},
+    {"results", O_VERSION | O_PARTIAL | O_FOLLOW},
     {"replay", O_PIPELINE | O_WAIT | O_TIMEOUT | O_FROM | O_TO},
     {"repair", O_DRY_RUN},
     {"diff", 0},
@@ -185,7 +202,7 @@ typedef struct cli {
     char **overrides;
     size_t n_overrides;
     const char *job_id;
-    int wait, dry_run, json, watch;
+    int wait, dry_run, json, watch, partial, follow, list;
     int timeout_s;
     const char *version, *from, *to, *state, *resume, *reason;
     int force;
@@ -221,8 +238,7 @@ static int cmd_status(cli *c, const char *job)
         } else if (c->watch && !tty) {
             progress_print_line(stdout, job, &st, &pg);
         } else {
-            if (c->watch) fputs("\033[H\033[2J", stdout); /* redraw in place */
-            progress_print_full(stdout, &c->cfg, job, &st, &pg, now);
+            progress_print_full(stdout, &c->cfg, job, &st, &pg, now, c->watch);
         }
         fflush(stdout);
         if (sheaf_job_state_final(st.state)) break;
@@ -477,13 +493,59 @@ static int report_repair(cli *c, const char *cmd, const char *job, const sheaf_r
     return 0;
 }
 
+/* Prints the results of the documents not printed yet that have one now,
+ * in submit order; counts what is still missing. */
+static int print_new_results(sheaf_redis *r, const char *job, const sheaf_strlist *ids,
+                             char *printed, size_t *missing, char *errstr, size_t errlen)
+{
+    char **res = calloc(ids->n ? ids->n : 1, sizeof(char *));
+    char **want = calloc(ids->n ? ids->n : 1, sizeof(char *));
+    size_t *at = calloc(ids->n ? ids->n : 1, sizeof(size_t));
+    size_t n = 0;
+    int rc = -1;
+    if (!res || !want || !at) {
+        snprintf(errstr, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < ids->n; i++)
+        if (!printed[i]) {
+            at[n] = i;
+            want[n++] = ids->v[i];
+        }
+    if (sheaf_state_results_get(r, job, want, n, res, errstr, errlen) != SHEAF_OK) goto out;
+    *missing = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (res[k]) {
+            printf("%s\n", res[k]);
+            printed[at[k]] = 1;
+        } else {
+            (*missing)++;
+        }
+        free(res[k]);
+    }
+    fflush(stdout);
+    rc = 0;
+out:
+    free(res);
+    free(want);
+    free(at);
+    return rc;
+}
+
+/* `sheaf results JOB [--partial | --follow]`: every document result (submit
+ * order), the group results, the overview.  Of a job still running,
+ * plain `results` prints what exists and exits 5; --partial prints it and
+ * exits 0; --follow prints the document results as they are stored, then
+ * the groups and the overview when the job ends. */
 static int cmd_results_run(cli *c, const char *job)
 {
-    char errstr[SHEAF_ERRSTR_SIZE] = "", *ov = NULL;
+    char errstr[SHEAF_ERRSTR_SIZE] = "", *ov = NULL, *printed = NULL;
     sheaf_job_status st;
     sheaf_strlist ids = {NULL, 0};
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
     int rc = 1;
+    size_t missing = 0;
+    uint64_t seen = UINT64_MAX;
 
     sheaf_err err = SHEAF_ERR_REDIS;
     if (!r || (err = sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr))) != SHEAF_OK ||
@@ -491,33 +553,62 @@ static int cmd_results_run(cli *c, const char *job)
         rc = exit_for(err);
         goto out;
     }
-    size_t missing = 0;
-    for (size_t i = 0; i < ids.n; i++) {
-        char *res = NULL;
-        if (sheaf_state_result_get(r, job, SHEAF_ITEM_DOC, ids.v[i], &res, errstr,
-                                   sizeof(errstr)) != SHEAF_OK)
+    if (!(printed = calloc(ids.n + 1, 1))) goto out;
+    for (;;) {
+        /* Documents registered while the submit still produces. */
+        if (ids.n < st.docs || st.state == SHEAF_JOB_PRODUCING) {
+            sheaf_strlist more = {NULL, 0};
+            if (sheaf_state_doc_ids(r, job, &more, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
+            char *p = more.n > ids.n ? realloc(printed, more.n + 1) : printed;
+            if (!p) {
+                sheaf_strlist_free(&more);
+                goto out;
+            }
+            if (more.n > ids.n) memset(p + ids.n, 0, more.n - ids.n);
+            printed = p;
+            if (more.n >= ids.n) {
+                sheaf_strlist_free(&ids);
+                ids = more;
+            } else {
+                sheaf_strlist_free(&more);
+            }
+        }
+        if (st.results != seen &&
+            print_new_results(r, job, &ids, printed, &missing, errstr, sizeof(errstr)) != 0)
             goto out;
-        if (res) printf("%s\n", res);
-        else missing++;
-        free(res);
+        seen = st.results;
+        if (!c->follow || sheaf_job_state_final(st.state) || sheaf_stop) break;
+        sheaf_sleep_ms(250);
+        if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
     }
+    if (c->follow && sheaf_job_state_final(st.state) &&
+        print_new_results(r, job, &ids, printed, &missing, errstr, sizeof(errstr)) != 0)
+        goto out;
     if (print_groups(r, job, errstr, sizeof(errstr)) != 0 ||
         sheaf_state_result_get(r, job, SHEAF_ITEM_OVERVIEW, NULL, &ov, errstr, sizeof(errstr)) !=
             SHEAF_OK)
         goto out;
     if (ov) printf("%s\n", ov);
     fflush(stdout);
+    if (c->follow && (st.state == SHEAF_JOB_FAILED || st.state == SHEAF_JOB_CANCELLED)) {
+        snprintf(errstr, sizeof(errstr), "job %s %s: %s", job, sheaf_job_state_name(st.state),
+                 st.error);
+        goto out;
+    }
     if (missing || !ov) {
-        fprintf(stderr, "sheaf results: job %s is %s: %zu of %zu document results missing%s\n",
+        fprintf(stderr, "sheaf results: job %s is %s: %zu of %zu document results missing%s%s\n",
                 job, sheaf_job_state_name(st.state), missing, ids.n,
-                ov ? "" : ", overview not written yet");
-        rc = EXIT_NOT_READY;
+                ov ? "" : ", overview not written yet",
+                c->partial || sheaf_stop ? "" : " (--partial: exit 0 all the same; --follow: "
+                                                "wait for the rest)");
+        rc = c->partial ? EXIT_OK : EXIT_NOT_READY;
         goto out;
     }
     rc = 0;
 out:
     if (rc != EXIT_OK && rc != EXIT_NOT_READY) fprintf(stderr, "sheaf results: %s\n", errstr);
     sheaf_strlist_free(&ids);
+    free(printed);
     free(ov);
     sheaf_redis_destroy(r);
     return rc;
@@ -744,6 +835,7 @@ static int wait_job(cli *c, const char *job)
     while (!sheaf_stop) {
         if (sheaf_state_job_status(r, job, &st, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
         int64_t now = sheaf_mono_ms();
+        progress_load_models(&pg, r, &st);
         if (st.state == SHEAF_JOB_DONE) {
             if (tty && last_print) fputs("\n", stderr);
             fprintf(stderr, "job %s done in %.1f s: %llu documents, %llu chunks (%llu failed), "
@@ -782,9 +874,33 @@ out:
     return rc;
 }
 
+/* The dry run's plan: per stage its window, prompt budget, levels, calls
+ * and largest prompt (null where the answers decide), then the warnings. */
+static json_t *plan_json(const sheaf_submit_report *rep)
+{
+    json_t *stages = json_object(), *warnings = json_array();
+    for (size_t k = 0; k < rep->n_plan; k++) {
+        int p = rep->plan[k].planned;
+        json_object_set_new(stages, rep->plan[k].stage,
+                            json_pack("{s:i,s:i,s:o,s:o,s:o,s:b}", "context_tokens",
+                                      rep->plan[k].window, "prompt_budget", rep->plan[k].budget,
+                                      "levels", p ? json_integer(rep->plan[k].levels) : json_null(),
+                                      "calls", p ? json_integer((json_int_t)rep->plan[k].calls)
+                                                 : json_null(),
+                                      "largest_prompt",
+                                      p ? json_integer((json_int_t)rep->plan[k].largest)
+                                        : json_null(),
+                                      "fits", !rep->plan[k].stuck));
+    }
+    for (size_t k = 0; k < rep->n_warnings; k++)
+        json_array_append_new(warnings, json_string(rep->warnings[k]));
+    return json_pack("{s:o,s:o}", "stages", stages, "warnings", warnings);
+}
+
 /* submit --dry-run: what would be produced, the calls and tokens it would
  * take and what they would cost, as one JSON object. */
-static void print_estimate(const sheaf_config *cfg, const sheaf_submit_report *rep)
+static void print_estimate(const sheaf_config *cfg, const sheaf_submit_report *rep,
+                           json_t *skipped)
 {
     static const char *const names[4] = {"map", "reduce", "group", "overview"};
     sheaf_price_table t;
@@ -820,14 +936,56 @@ static void print_estimate(const sheaf_config *cfg, const sheaf_submit_report *r
                           "completion_tokens_max", (json_int_t)completion, "stages", stages,
                           "cost_max", priced ? json_real(cost) : json_null(), "currency",
                           cfg->cost_currency);
+    json_object_set_new(o, "plan", plan_json(rep));
+    /* skipped: bad documents left out (input.on_error=skip); files_skipped:
+     * files the walk left out on purpose, each with its reason. */
+    json_object_set_new(o, "files_skipped", json_integer((json_int_t)rep->files_skipped));
+    json_object_set(o, "skipped_files", skipped);
     char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (txt) printf("%s\n", txt);
     free(txt);
     json_decref(o);
 }
 
+/* One line of `sheaf cost`, the same shape for every kind: the tokens by
+ * stage, their sums, and the cost with fixed decimals (null when a stage
+ * with tokens has a model without a price). */
+static void cost_line(const char *kind, const char *id, uint64_t tok[4][2], const progress *pg,
+                      const sheaf_price_table *t, const char *currency)
+{
+    static const char *const names[4] = {"map", "reduce", "group", "overview"};
+    uint64_t prompt = 0, completion = 0;
+    double cost = 0;
+    int known = 1;
+    json_t *o = json_pack("{s:s,s:o}", "kind", kind, "id", id ? json_string(id) : json_null());
+    for (int k = 0; k < 4; k++) {
+        int ok = 1;
+        json_object_set_new(o, names[k], json_pack("{s:I,s:I}", "prompt", (json_int_t)tok[k][0],
+                                                   "completion", (json_int_t)tok[k][1]));
+        prompt += tok[k][0];
+        completion += tok[k][1];
+        if (tok[k][0] || tok[k][1]) cost += sheaf_cost_of(t, pg->models[k], tok[k][0], tok[k][1], &ok);
+        known &= ok;
+    }
+    json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)prompt));
+    json_object_set_new(o, "completion_tokens", json_integer((json_int_t)completion));
+    json_object_set_new(o, "currency", json_string(currency));
+    char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    /* jansson prints reals with %.17g (1.2e-05); money wants fixed decimals:
+     * the cost is written last, by hand. */
+    if (txt && strlen(txt) > 1) {
+        txt[strlen(txt) - 1] = '\0';
+        if (known && t->n) printf("%s,\"cost\":%.6f}\n", txt, cost);
+        else printf("%s,\"cost\":null}\n", txt);
+    }
+    free(txt);
+    json_decref(o);
+}
+
 /* `sheaf cost JOB`: tokens and cost per document, one JSON line each, in
- * submit order (map calls of its chunks, then its reduce calls). */
+ * submit order (map calls of its chunks, then its reduce calls), then the
+ * group and overview stages, then the job; priced with the prices stored
+ * with the job at submit (cost.prices now for a job that has none). */
 static int cmd_cost(cli *c, const char *job)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "";
@@ -837,6 +995,7 @@ static int cmd_cost(cli *c, const char *job)
     sheaf_redis *r = sheaf_redis_connect(&c->cfg, errstr, sizeof(errstr));
     sheaf_strlist ids = {NULL, 0};
     int rc = 1;
+    const char *currency, *from;
 
     memset(&pg, 0, sizeof(pg));
     sheaf_err err = SHEAF_ERR_REDIS;
@@ -844,36 +1003,57 @@ static int cmd_cost(cli *c, const char *job)
         rc = exit_for(err);
         goto out;
     }
-    if (sheaf_price_table_parse(c->cfg.cost_prices, &t, errstr, sizeof(errstr)) != SHEAF_OK) {
+    if (sheaf_price_table_parse(progress_prices(&c->cfg, &st, &currency, &from), &t, errstr,
+                                sizeof(errstr)) != SHEAF_OK) {
         rc = EXIT_USAGE;
         goto out;
     }
     progress_load_models(&pg, r, &st);
     if (sheaf_state_doc_ids(r, job, &ids, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
     for (size_t i = 0; i < ids.n; i++) {
-        const char *doc = ids.v[i];
-        uint64_t v[4];
-        if (sheaf_state_doc_tokens(r, job, doc, v, errstr, sizeof(errstr)) != SHEAF_OK) goto out;
-        int k1 = 0, k2 = 0;
-        double cost = sheaf_cost_of(&t, pg.models[0], v[0], v[1], &k1) +
-                      sheaf_cost_of(&t, pg.models[1], v[2], v[3], &k2);
-        json_t *o = json_pack("{s:s,s:{s:I,s:I},s:{s:I,s:I},s:o}", "doc", doc, "map", "prompt",
-                              (json_int_t)v[0], "completion", (json_int_t)v[1], "reduce",
-                              "prompt", (json_int_t)v[2], "completion", (json_int_t)v[3], "cost",
-                              k1 && (k2 || !(v[2] || v[3])) ? json_real(cost) : json_null());
-        char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        if (txt) printf("%s\n", txt);
-        free(txt);
-        json_decref(o);
+        uint64_t v[4], tok[4][2] = {{0}};
+        if (sheaf_state_doc_tokens(r, job, ids.v[i], v, errstr, sizeof(errstr)) != SHEAF_OK)
+            goto out;
+        tok[0][0] = v[0], tok[0][1] = v[1], tok[1][0] = v[2], tok[1][1] = v[3];
+        cost_line("doc", ids.v[i], tok, &pg, &t, currency);
     }
-    progress_update(&pg, &st, sheaf_wall_ms());
-    progress_print_json(stdout, &c->cfg, job, &st, &pg);
+    uint64_t stage[4][2] = {{0}};
+    if (pg.has_groups || st.stage_tokens[2][0] || st.stage_tokens[2][1]) {
+        memcpy(stage[2], st.stage_tokens[2], sizeof(stage[2]));
+        cost_line("groups", NULL, stage, &pg, &t, currency);
+        memset(stage[2], 0, sizeof(stage[2]));
+    }
+    memcpy(stage[3], st.stage_tokens[3], sizeof(stage[3]));
+    cost_line("overview", NULL, stage, &pg, &t, currency);
+    cost_line("job", job, st.stage_tokens, &pg, &t, currency);
+    fprintf(stderr, "sheaf cost: job %s priced with the prices %s\n", job,
+            strcmp(from, "job") == 0 ? "stored with it at submit" : "of cost.prices now (it has none of its own)");
     rc = 0;
 out:
     if (rc) fprintf(stderr, "sheaf cost: %s\n", errstr);
     sheaf_strlist_free(&ids);
     sheaf_redis_destroy(r);
     return rc;
+}
+
+/* submit: the files a walk left out, on stderr; kept for the dry run's
+ * estimate too. */
+static void submit_skipped(void *ud, const char *path, const char *reason)
+{
+    json_t *list = ud;
+    fprintf(stderr, "sheaf submit: skipped %s: %s\n", path, reason);
+    json_array_append_new(list, json_pack("{s:s,s:s}", "path", path, "reason", reason));
+}
+
+/* submit --dry-run --list: one line per document. */
+static void submit_list_doc(void *ud, const char *id, const char *where, uint32_t chunks)
+{
+    (void)ud;
+    json_t *o = json_pack("{s:s,s:s,s:I}", "doc", id, "source", where, "chunks", (json_int_t)chunks);
+    char *txt = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    if (txt) printf("%s\n", txt);
+    free(txt);
+    json_decref(o);
 }
 
 static int cmd_submit(cli *c, char **inputs, size_t n)
@@ -892,17 +1072,27 @@ static int cmd_submit(cli *c, char **inputs, size_t n)
         }
         c->job_id = c->resume;
     }
+    if (c->list && !c->dry_run) {
+        fprintf(stderr, "sheaf submit: --list goes with --dry-run\n");
+        return 2;
+    }
+    json_t *skipped = json_array();
     sheaf_submit_opts o = {.inputs = inputs, .n_inputs = n, .job_id = c->job_id,
-                           .dry_run = c->dry_run, .resume = c->resume != NULL};
+                           .dry_run = c->dry_run, .resume = c->resume != NULL,
+                           .on_skip = submit_skipped, .on_doc = c->list ? submit_list_doc : NULL,
+                           .ud = skipped};
     sheaf_err err = sheaf_submit(&c->cfg, &o, &rep, errstr, sizeof(errstr));
     if (err != SHEAF_OK) {
+        json_decref(skipped);
         fprintf(stderr, "sheaf submit: %s\n", errstr);
         return err == SHEAF_ERR_INVALID ? 2 : 1;
     }
     if (c->dry_run) {
-        print_estimate(&c->cfg, &rep);
+        print_estimate(&c->cfg, &rep, skipped);
+        json_decref(skipped);
         return 0;
     }
+    json_decref(skipped);
     printf("%s\n", rep.job_id);
     fflush(stdout);
     return c->wait ? wait_job(c, rep.job_id) : 0;
@@ -925,6 +1115,9 @@ int main(int argc, char **argv)
                                          {"force", no_argument, NULL, 'f'},
                                          {"resume", required_argument, NULL, 'R'},
                                          {"reason", required_argument, NULL, 'r'},
+                                         {"partial", no_argument, NULL, 'P'},
+                                         {"follow", no_argument, NULL, 'O'},
+                                         {"list", no_argument, NULL, 'L'},
                                          {"help", no_argument, NULL, 'h'},
                                          {"help-config", no_argument, NULL, 'H'},
                                          {NULL, 0, NULL, 0}};
@@ -945,14 +1138,21 @@ int main(int argc, char **argv)
         goto out;
     }
     if (strcmp(argv[1], "--help-config") == 0) {
-        sheaf_config_print_help(stdout);
+        /* --markdown: docs/configuration.md (cmake target docs-config). */
+        int md = argc == 3 && strcmp(argv[2], "--markdown") == 0;
+        if (argc > 2 && !md) {
+            fprintf(stderr, "sheaf --help-config: the only option is --markdown\n");
+            goto out;
+        }
+        if (md) sheaf_config_print_markdown(stdout);
+        else sheaf_config_print_help(stdout);
         rc = 0;
         goto out;
     }
     const char *cmd = argv[1];
     optind = 2;
     while ((opt = getopt_long(argc, argv, "c:X:h", opts, NULL)) != -1) {
-        static const char letters[] = "jwtnJpVWFTSfRr";
+        static const char letters[] = "jwtnJpVWFTSfRrPOL";
         const char *at = strchr(letters, opt);
         if (at && opt) c.given |= 1u << (at - letters);
         switch (opt) {
@@ -981,6 +1181,9 @@ int main(int argc, char **argv)
         case 'f': c.force = 1; break;
         case 'R': c.resume = optarg; break;
         case 'r': c.reason = optarg; break;
+        case 'P': c.partial = 1; break;
+        case 'O': c.follow = 1; break;
+        case 'L': c.list = 1; break;
         case 'p': {
             /* The same as -X pipeline=..., and as strong. */
             size_t len = strlen(optarg) + sizeof("pipeline=");

@@ -120,8 +120,15 @@ static const conf_key conf_keys[] = {
     K_STR("llm.api_key_file", llm_api_key_file, "",
           "File whose first line is the API key, read when llm.api_key is unset."),
     K_DOUBLE("llm.temperature", llm_temperature, "0", 0.0, 2.0, "Sampling temperature."),
+    K_INT("llm.max_output_tokens", llm_max_tokens, "512", 1, 1000000,
+          "Completion token budget per call: sent as max_tokens and kept free in the model's "
+          "window (llm.context_tokens) by every prompt."),
     K_INT("llm.max_tokens", llm_max_tokens, "512", 1, 1000000,
-          "Completion token budget per call."),
+          "Older name of llm.max_output_tokens (the same setting)."),
+    K_INT("llm.context_tokens", llm_context_tokens, "0", 0, 100000000,
+          "The model's context window in tokens (prompt plus answer): every call is planned to "
+          "fit it, reductions in as many levels as needed.  0 = the known window of the stage's "
+          "model (gpt-4o 128000, claude-* 200000, ...; docs/window.md), else 8192."),
     K_INT("llm.timeout_ms", llm_timeout_ms, "60000", 1, DAY_MS, "Timeout of a whole request."),
     K_INT("llm.connect_timeout_ms", llm_connect_timeout_ms, "5000", 1, HOUR_MS,
           "Timeout of connection setup."),
@@ -901,7 +908,9 @@ done:
 /* ---- printing ---- */
 
 /* Writes s as a double-quoted config file value. */
-static void print_quoted(FILE *out, const char *s)
+/* s double-quoted with \n \t \\ \" escapes, as a config file reads it;
+ * with md also '|' escaped (inside a Markdown table). */
+static void quote_value(FILE *out, const char *s, int md)
 {
     fputc('"', out);
     for (; *s; s++) {
@@ -910,11 +919,14 @@ static void print_quoted(FILE *out, const char *s)
         case '\t': fputs("\\t", out); break;
         case '\\': fputs("\\\\", out); break;
         case '"': fputs("\\\"", out); break;
+        case '|': fputs(md ? "\\|" : "|", out); break;
         default: fputc(*s, out);
         }
     }
     fputc('"', out);
 }
+
+static void print_quoted(FILE *out, const char *s) { quote_value(out, s, 0); }
 
 /* The shortest text that reads back as the same double. */
 static void print_double(FILE *out, double d)
@@ -961,6 +973,37 @@ void sheaf_config_dump(const sheaf_config *cfg, FILE *out)
     }
 }
 
+/* Markdown table cell text: '|' escaped, '<' and '>' as entities (a
+ * renderer would take "<prefix>" for an HTML tag), the rest as is. */
+static void md_cell(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '<') fputs("&lt;", out);
+        else if (*s == '>') fputs("&gt;", out);
+        else if (*s == '|') fputs("\\|", out);
+        else fputc(*s, out);
+    }
+}
+
+/* A key's type and bounds ("integer 1..64", "one of a|b"); with md the
+ * choices go in a code span, '|' escaped for a Markdown table. */
+static void print_type(FILE *out, const conf_key *k, int md)
+{
+    switch (k->type) {
+    case T_STRING: fputs(k->flags & CONF_SECRET ? "secret string" : "string", out); break;
+    case T_ENUM:
+        fputs(md ? "one of `" : "one of ", out);
+        if (md) md_cell(out, k->choices);
+        else fputs(k->choices, out);
+        if (md) fputs("`", out);
+        break;
+    case T_INT:
+    case T_LLONG: fprintf(out, "integer %lld..%lld", k->min, k->max); break;
+    case T_DOUBLE: fprintf(out, "number %g..%g", k->dmin, k->dmax); break;
+    case T_BOOL: fputs("boolean", out); break;
+    }
+}
+
 void sheaf_config_print_help(FILE *out)
 {
     fputs("Configuration keys.  Set them in the config file (--config FILE or SHEAF_CONFIG;\n"
@@ -971,14 +1014,7 @@ void sheaf_config_print_help(FILE *out)
     for (size_t i = 0; i < N_KEYS; i++) {
         const conf_key *k = &conf_keys[i];
         fprintf(out, "  %s  (", k->name);
-        switch (k->type) {
-        case T_STRING: fputs(k->flags & CONF_SECRET ? "secret string" : "string", out); break;
-        case T_ENUM: fprintf(out, "one of %s", k->choices); break;
-        case T_INT:
-        case T_LLONG: fprintf(out, "integer %lld..%lld", k->min, k->max); break;
-        case T_DOUBLE: fprintf(out, "number %g..%g", k->dmin, k->dmax); break;
-        case T_BOOL: fputs("boolean", out); break;
-        }
+        print_type(out, k, 0);
         fputs(", default ", out);
         if (!k->def) fputs("unset", out);
         else if (k->type == T_STRING || k->type == T_ENUM) print_quoted(out, k->def);
@@ -992,6 +1028,75 @@ void sheaf_config_print_help(FILE *out)
           "\nThese SHEAF_ variables are not keys and are ignored: SHEAF_CONFIG, SHEAF_BUILD_DIR,\n"
           "SHEAF_SOURCE_DIR, SHEAF_BIN_DIR, SHEAF_DEV_*, SHEAF_TEST_*, SHEAF_SIM_*.  Any\n"
           "other SHEAF_ variable that names no key is an error.\n",
+          out);
+}
+
+/* A default in a code span: quoted like print_quoted for strings ('|'
+ * escaped for the table; a backtick cannot occur in a default). */
+static void md_default(FILE *out, const conf_key *k)
+{
+    if (!k->def) {
+        fputs("unset", out);
+        return;
+    }
+    fputs("`", out);
+    if (k->type == T_STRING || k->type == T_ENUM) {
+        quote_value(out, k->def, 1);
+    } else {
+        fputs(k->def, out);
+    }
+    fputs("`", out);
+}
+
+void sheaf_config_print_markdown(FILE *out)
+{
+    char section[64] = "";
+    fputs("<!-- Generated by `sheaf --help-config --markdown` from the key table in\n"
+          "     common/config.c: do not edit. After adding or changing a key run\n"
+          "     `cmake --build build --target docs-config` (the test docs.configuration\n"
+          "     fails while this file is stale). -->\n"
+          "# Configuration reference\n\n"
+          "Every sheaf program (`sheaf`, `sheaf-worker`, `sheaf-reducer`) reads the same keys.\n"
+          "Sources, weakest first: the defaults below, a config file (`-c FILE` or\n"
+          "`SHEAF_CONFIG`; one `key = value` per line, `#` comment lines, values may be\n"
+          "double-quoted with `\\n \\t \\\\ \\\"` escapes), the environment as\n"
+          "`SHEAF_<KEY>` (upper case, `.` and `-` as `_`: `llm.base_url` is\n"
+          "`SHEAF_LLM_BASE_URL`), then `-X key=value` flags. An unknown key, an unknown\n"
+          "`SHEAF_*` variable or a value out of bounds stops the program with a message\n"
+          "naming the key and where the value came from. Secrets are never printed\n"
+          "(`sheaf config` shows them as `(set)`); read them from files (`*_file` keys) or the\n"
+          "environment.\n",
+          out);
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const conf_key *k = &conf_keys[i];
+        const char *dot = strchr(k->name, '.');
+        char sec[64];
+        snprintf(sec, sizeof(sec), "%.*s", dot ? (int)(dot - k->name) : (int)strlen(k->name),
+                 k->name);
+        if (!dot) snprintf(sec, sizeof(sec), "general");
+        if (strcmp(sec, section) != 0) {
+            snprintf(section, sizeof(section), "%s", sec);
+            fprintf(out, "\n## %s\n\n| key | type | default | description |\n|---|---|---|---|\n",
+                    section);
+        }
+        fprintf(out, "| `%s` | ", k->name);
+        print_type(out, k, 1);
+        fputs(" | ", out);
+        md_default(out, k);
+        fputs(" | ", out);
+        md_cell(out, k->doc);
+        fputs(" |\n", out);
+    }
+    fputs("\n## kafka.*\n\n"
+          "`kafka.<property>` is passed to librdkafka as `<property>` (any property: TLS, SASL,\n"
+          "tuning), e.g. `kafka.security.protocol=SASL_SSL`; a property librdkafka refuses is\n"
+          "an error naming it, and properties holding passwords, secrets or keys are never\n"
+          "printed. From the environment: `SHEAF_KAFKA_SECURITY_PROTOCOL` (`_` becomes `.`,\n"
+          "lower case).\n\n"
+          "## Not keys\n\n"
+          "These `SHEAF_` variables are not keys and are ignored: `SHEAF_CONFIG`,\n"
+          "`SHEAF_BUILD_DIR`, `SHEAF_SOURCE_DIR`, `SHEAF_BIN_DIR`, `SHEAF_DEV_*`, `SHEAF_TEST_*`,\n"
+          "`SHEAF_SIM_*`. Any other `SHEAF_` variable that names no key is an error.\n",
           out);
 }
 

@@ -311,8 +311,10 @@ static int fire(sheaf_llm_async *a, call_list *l)
         } else {
             a->st.failed++;
         }
-        if (c->err != SHEAF_ERR_STOPPED)
+        if (c->err != SHEAF_ERR_STOPPED) {
             sheaf_metric_observe(a->met.duration, lat > 0 ? (double)lat / 1000.0 : 0.0);
+            sheaf_metric_inc(a->met.calls);
+        }
         a->firing++;
         c->done(c->ud, c->err, &c->result,
                 c->err == SHEAF_OK ? "" : c->errmsg ? c->errmsg : sheaf_strerror(c->err));
@@ -747,6 +749,11 @@ static void finish_attempt(sheaf_llm_async *a, llm_slot *s, CURLcode rc, int64_t
     transient = (rc != CURLE_OK && !s->xfer.body_overflow && sheaf_llm_curl_retryable(rc)) ||
                 status == 408 || (status >= 500 && status <= 599);
     slot_put(a, s);
+    sheaf_metric_inc(a->met.requests[status <= 0                     ? SHEAF_LLM_CLASS_TRANSPORT
+                                     : status >= 200 && status < 300 ? SHEAF_LLM_CLASS_2XX
+                                     : status >= 400 && status < 500 ? SHEAF_LLM_CLASS_4XX
+                                     : status >= 500 && status < 600 ? SHEAF_LLM_CLASS_5XX
+                                                                     : SHEAF_LLM_CLASS_OTHER]);
 
     if (status == 429) {
         a->st.http_429++;
@@ -1166,8 +1173,21 @@ sheaf_err sheaf_llm_metrics_register(sheaf_metrics *reg, sheaf_llm_metrics *out,
         !(out->cache_misses = sheaf_metrics_add(
               reg, SHEAF_METRIC_COUNTER, "sheaf_cache_misses_total",
               "LLM calls looked up in the call cache and not found.", NULL, NULL, NULL, 0, errstr,
-              errlen)))
+              errlen)) ||
+        !(out->calls = sheaf_metrics_add(reg, SHEAF_METRIC_COUNTER, "sheaf_llm_calls_total",
+                                         "LLM calls finished (answered or failed for good), "
+                                         "whatever their attempts.", NULL, NULL, NULL, 0, errstr,
+                                         errlen)))
         return SHEAF_ERR_INVALID;
+    static const char *const classes[SHEAF_LLM_N_CLASSES] = {"2xx", "4xx", "5xx", "transport",
+                                                             "other"};
+    for (int k = 0; k < SHEAF_LLM_N_CLASSES; k++)
+        if (!(out->requests[k] = sheaf_metrics_add(
+                  reg, SHEAF_METRIC_COUNTER, "sheaf_llm_requests_total",
+                  "HTTP requests to the LLM provider (every attempt), by the class of the "
+                  "answer's status; transport: no answer (timeout, reset, refused).",
+                  "class", classes[k], NULL, 0, errstr, errlen)))
+            return SHEAF_ERR_INVALID;
     return SHEAF_OK;
 }
 

@@ -226,6 +226,13 @@ sheaf_metrics_server *sheaf_metrics_server_create(const sheaf_config *cfg, sheaf
                       "IPv6 address", host);
         return NULL;
     }
+    /* Which build answers: sheaf_build_info{version="..."} 1. */
+    sheaf_metric *info = sheaf_metrics_add(m, SHEAF_METRIC_GAUGE, "sheaf_build_info",
+                                           "The version of sheaf serving these metrics (value "
+                                           "1).", "version", SHEAF_VERSION, NULL, 0, errstr,
+                                           errlen);
+    if (!info) return NULL;
+    sheaf_metric_set(info, 1);
     if (!(s = calloc(1, sizeof(*s)))) {
         sheaf_set_err(errstr, errlen, "metrics server: out of memory");
         return NULL;

@@ -30,6 +30,8 @@
 #define PIPELINE_FILE_MAX ((size_t)4 << 20)
 #define MAX_REFINE_ROUNDS 20
 #define MAX_JSON_RETRIES 10
+#define MAX_CONTEXT_TOKENS 100000000
+#define MIN_PROMPT_ROOM 64   /* tokens a window must leave for the prompt */
 
 /* Variables each stage may use (an entry ending in '.' is a prefix). */
 static const char *const map_vars[] = {"job_id", "text", "doc_id", "chunk_index", "chunk_count",
@@ -156,6 +158,14 @@ static sheaf_err validate_stage(const sheaf_stage *st, const stage_def *d,
     }
     if (st->max_tokens < 0) {
         sheaf_set_err(errstr, errlen, "stage %s: max_tokens must be >= 0 (got %d)", d->name,
+                      st->max_tokens);
+        goto done;
+    }
+    if (st->context_tokens < 0 ||
+        (st->context_tokens > 0 && st->context_tokens - st->max_tokens < MIN_PROMPT_ROOM)) {
+        sheaf_set_err(errstr, errlen, "stage %s: the window context_tokens (%d; by default "
+                      "llm.context_tokens) must leave at least %d tokens for the prompt after "
+                      "max_tokens (%d)", d->name, st->context_tokens, MIN_PROMPT_ROOM,
                       st->max_tokens);
         goto done;
     }
@@ -301,6 +311,7 @@ static json_t *stage_to_json(const sheaf_pipeline *p, const stage_def *d)
     put(o, "model", json_string(st->model), &bad);
     put(o, "temperature", json_real(st->temperature), &bad);
     put(o, "max_tokens", json_integer(st->max_tokens), &bad);
+    if (st->context_tokens) put(o, "context_tokens", json_integer(st->context_tokens), &bad);
     if (d->reduces) {
         put(o, "budget_tokens", json_integer(st->budget_tokens), &bad);
         put(o, "group_size", json_integer(st->group_size), &bad);
@@ -425,7 +436,7 @@ static sheaf_err stage_from_json(json_t *o, const stage_def *d, sheaf_pipeline *
 {
     static const char *const keys[] = {"system", "user", "model", "temperature", "max_tokens",
                                        "budget_tokens", "group_size", "json_schema",
-                                       "json_retries", NULL};
+                                       "json_retries", "context_tokens", NULL};
     sheaf_stage *st = stage_of(p, d);
     char where[64];
     json_t *v;
@@ -457,6 +468,14 @@ static sheaf_err stage_from_json(json_t *o, const stage_def *d, sheaf_pipeline *
                           errstr, errlen)) ||
         (err = get_int(o, "max_tokens", !!defaults, 0, INT_MAX, where, &st->max_tokens, errstr,
                        errlen)))
+        return err;
+    /* The window: given, else (a user's file) llm.context_tokens or the
+     * model's known one; a stored snapshot without it is unbounded. */
+    if (defaults && !json_object_get(o, "context_tokens"))
+        st->context_tokens = defaults->context_tokens ? defaults->context_tokens
+                                                      : sheaf_model_context_tokens(st->model);
+    if ((err = get_int(o, "context_tokens", 1, 1, MAX_CONTEXT_TOKENS, where, &st->context_tokens,
+                       errstr, errlen)))
         return err;
     v = json_object_get(o, "temperature");
     if (v && !json_is_number(v)) {
@@ -659,6 +678,8 @@ static sheaf_err stage_from_config(sheaf_stage *st, const sheaf_config *cfg, con
      * (found by fuzz/fuzz_pipeline's round trip). */
     if (st->temperature == 0) st->temperature = 0;
     st->max_tokens = cfg->llm_max_tokens;
+    st->context_tokens = cfg->llm_context_tokens ? cfg->llm_context_tokens
+                                                 : sheaf_model_context_tokens(cfg->llm_model);
     st->group_size = SHEAF_GROUP_SIZE_DEFAULT;
     return st->system && st->user && st->model ? SHEAF_OK : SHEAF_ERR_NOMEM;
 }
@@ -787,6 +808,7 @@ sheaf_pipeline *sheaf_pipeline_load(const char *spec, const sheaf_config *cfg, c
     defaults.model = cfg->llm_model;
     defaults.temperature = cfg->llm_temperature;
     defaults.max_tokens = cfg->llm_max_tokens;
+    defaults.context_tokens = cfg->llm_context_tokens;
     p = pipeline_parse(text, len, &defaults, errstr, errlen);
     free(text);
     if (!p) {
@@ -795,6 +817,78 @@ sheaf_pipeline *sheaf_pipeline_load(const char *spec, const sheaf_config *cfg, c
         prefix_err(errstr, errlen, where);
     }
     return p;
+}
+
+/* ---- windows and budgets ---------------------------------------------------------- */
+
+/* Context windows of common models, by name prefix (the longest prefix
+ * wins, so "gpt-4o" is not "gpt-4").  A window unknown here is
+ * SHEAF_CONTEXT_TOKENS_DEFAULT, the smallest window of a chat model still
+ * in common use: too small a guess only costs extra reduction levels, too
+ * large a guess fails calls after the map has been paid for. */
+static const struct { const char *prefix; int tokens; } known_windows[] = {
+    {"gpt-4o", 128000},        {"gpt-4-turbo", 128000},   {"gpt-4.1", 1047576},
+    {"gpt-4-32k", 32768},      {"gpt-4", 8192},           {"gpt-3.5-turbo", 16385},
+    {"gpt-5", 400000},         {"o1", 200000},            {"o3", 200000},
+    {"o4-mini", 200000},       {"claude", 200000},        {"gemini-1.5", 1048576},
+    {"gemini-2", 1048576},     {"llama-3.1", 131072},     {"llama3.1", 131072},
+    {"llama-3", 8192},         {"llama3", 8192},          {"mistral-large", 131072},
+};
+
+int sheaf_model_context_tokens(const char *model)
+{
+    const char *name = model ? strrchr(model, '/') : NULL;
+    size_t best = 0;
+    int tokens = SHEAF_CONTEXT_TOKENS_DEFAULT;
+    name = name ? name + 1 : model ? model : "";
+    for (size_t i = 0; i < sizeof(known_windows) / sizeof(known_windows[0]); i++) {
+        size_t n = strlen(known_windows[i].prefix);
+        if (n > best && strncmp(name, known_windows[i].prefix, n) == 0) {
+            best = n;
+            tokens = known_windows[i].tokens;
+        }
+    }
+    return tokens;
+}
+
+int sheaf_stage_prompt_budget(const sheaf_stage *st)
+{
+    int window = st->context_tokens > 0 ? st->context_tokens - (st->max_tokens > 0 ? st->max_tokens : 0)
+                                        : 0;
+    if (window > 0 && (st->budget_tokens <= 0 || st->budget_tokens > window)) return window;
+    return st->budget_tokens > 0 ? st->budget_tokens : 0;
+}
+
+uint32_t sheaf_stage_overhead(const sheaf_stage *st)
+{
+    return sheaf_estimate_tokens(st->system ? st->system : "", st->system ? strlen(st->system) : 0) +
+           sheaf_estimate_tokens(st->user ? st->user : "", st->user ? strlen(st->user) : 0);
+}
+
+/* Room left for "partials" in a critique or refine call of st: its budget
+ * less its templates and the other inputs it may hold (draft, critique). */
+static int partials_room(const sheaf_stage *st, int draft, int critique)
+{
+    int budget = sheaf_stage_prompt_budget(st);
+    if (!st->present || budget == 0 || !strstr(st->user, "partials")) return 0;
+    budget -= (int)sheaf_stage_overhead(st) + draft + critique;
+    return budget > MIN_PROMPT_ROOM ? budget : MIN_PROMPT_ROOM;
+}
+
+int sheaf_pipeline_combine_budget(const sheaf_pipeline *p)
+{
+    int budget = sheaf_stage_prompt_budget(&p->combine), room;
+    int draft = p->combine.max_tokens > p->refine.max_tokens ? p->combine.max_tokens
+                                                             : p->refine.max_tokens;
+    if (!p->refine_rounds) return budget;
+    /* The combine prompt holds its own template around the partials. */
+    room = partials_room(&p->critique, draft, 0);
+    if (room && (budget == 0 || room + (int)sheaf_stage_overhead(&p->combine) < budget))
+        budget = room + (int)sheaf_stage_overhead(&p->combine);
+    room = partials_room(&p->refine, draft, p->critique.max_tokens);
+    if (room && (budget == 0 || room + (int)sheaf_stage_overhead(&p->combine) < budget))
+        budget = room + (int)sheaf_stage_overhead(&p->combine);
+    return budget;
 }
 
 /* ---- results as text ------------------------------------------------------------- */

@@ -216,6 +216,16 @@ static redisReply *redis_vcmd(sheaf_redis *r, char *errstr, size_t errlen, const
     return rep;
 }
 
+const char *sheaf_redis_trouble(const char *errstr)
+{
+    /* "OOM command not allowed when used memory > 'maxmemory'": reads go
+     * on, writes are refused until memory is freed. */
+    if (errstr && strstr(errstr, "OOM "))
+        return "Redis is full (maxmemory reached; ended jobs free theirs after "
+               "job.retention_s, `sheaf job delete JOB` at once, or raise maxmemory)";
+    return "Redis unavailable";
+}
+
 redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -342,6 +352,12 @@ sheaf_err sheaf_state_job_create(sheaf_redis *r, const sheaf_config *cfg, const 
         goto out;
     }
     freeReplyObject(rep);
+    /* The prices of the day go with the job: `sheaf cost` of an old job
+     * does not change when cost.prices does later. */
+    if (sheaf_redis_do(r, errstr, errlen, "HSET %s prices %s currency %s", kjob,
+                       cfg->cost_prices ? cfg->cost_prices : "",
+                       cfg->cost_currency ? cfg->cost_currency : "") != SHEAF_OK)
+        return SHEAF_ERR_REDIS;
     if (sheaf_redis_do(r, errstr, errlen, "ZADD sheaf:jobs %s %s", created, job) != SHEAF_OK) return SHEAF_ERR_REDIS;
     rep = sheaf_redis_cmd(r, errstr, errlen, "SADD sheaf:jobs:active %s", job);
     if (!rep) return SHEAF_ERR_REDIS;
@@ -972,10 +988,10 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
                           "tokens_map_prompt tokens_map_completion tokens_reduce_prompt "
                           "tokens_reduce_completion tokens_group_prompt tokens_group_completion "
                           "tokens_overview_prompt tokens_overview_completion groups_done "
-                          "producer_seen_ms beat_ms retry_reason retry_ms topic",
+                          "producer_seen_ms beat_ms retry_reason retry_ms topic prices currency",
                           kjob);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 32 ||
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 34 ||
         rep->element[14]->type != REDIS_REPLY_STRING) {
         freeReplyObject(rep);
         snprintf(errstr, errlen, "no job %s in Redis", job);
@@ -1013,6 +1029,8 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     st->beat_ms = (int64_t)field_u64(e[28]);
     int64_t retry_ms = (int64_t)field_u64(e[30]);
     field_str(e[31], st->topic, sizeof(st->topic));
+    field_str(e[32], st->prices, sizeof(st->prices));
+    field_str(e[33], st->currency, sizeof(st->currency));
     if (!sheaf_job_state_final(st->state)) {
         /* Beats and waits are stamped and aged by the server's clock. */
         redisReply *t = sheaf_redis_cmd(r, errstr, errlen, "TIME");
@@ -1029,6 +1047,11 @@ sheaf_err sheaf_state_job_status(sheaf_redis *r, const char *job, sheaf_job_stat
     rep = sheaf_redis_cmd(r, errstr, errlen, "EXISTS %s", kov);
     if (!rep) return SHEAF_ERR_REDIS;
     st->overview_done = rep->integer == 1;
+    freeReplyObject(rep);
+    sheaf_key(kov, sizeof(kov), job, "results");
+    rep = sheaf_redis_cmd(r, errstr, errlen, "HLEN %s", kov);
+    if (!rep) return SHEAF_ERR_REDIS;
+    st->results = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0 ? (uint64_t)rep->integer : 0;
     freeReplyObject(rep);
     return SHEAF_OK;
 }
@@ -1347,6 +1370,43 @@ sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kin
     }
     freeReplyObject(rep);
     return SHEAF_OK;
+}
+
+sheaf_err sheaf_state_results_get(sheaf_redis *r, const char *job, char *const *ids, size_t n,
+                                  char **out, char *errstr, size_t errlen)
+{
+    char key[KEYLEN];
+    const size_t batch = 256;
+    const char *argv[2 + 256];
+    size_t argl[2 + 256];
+    sheaf_key(key, sizeof(key), job, "results");
+    for (size_t i = 0; i < n; i++) out[i] = NULL;
+    for (size_t at = 0; at < n; at += batch) {
+        size_t m = n - at < batch ? n - at : batch;
+        argv[0] = "HMGET";
+        argv[1] = key;
+        for (size_t k = 0; k < m; k++) argv[2 + k] = ids[at + k];
+        for (size_t k = 0; k < 2 + m; k++) argl[k] = strlen(argv[k]);
+        redisReply *rep = sheaf_redis_argv(r, (int)(2 + m), argv, argl, errstr, errlen);
+        if (!rep) goto fail;
+        for (size_t k = 0; rep->type == REDIS_REPLY_ARRAY && k < rep->elements && k < m; k++) {
+            redisReply *v = rep->element[k];
+            if (v->type != REDIS_REPLY_STRING) continue;
+            if (!(out[at + k] = sheaf_strndup(v->str, v->len))) {
+                freeReplyObject(rep);
+                snprintf(errstr, errlen, "out of memory");
+                goto fail;
+            }
+        }
+        freeReplyObject(rep);
+    }
+    return SHEAF_OK;
+fail:
+    for (size_t i = 0; i < n; i++) {
+        free(out[i]);
+        out[i] = NULL;
+    }
+    return SHEAF_ERR_REDIS;
 }
 
 sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *reason,

@@ -38,7 +38,9 @@
  * tokens, both known before the answer is sent: the answer is deterministic
  * and made first), an API key check (--api-key), a model list
  * (SHEAF_SIM_MODELS: any other model gets 404 model_not_found), a request size cap
- * (--max-request-bytes: 413), fault triggers in the text (SHEAF_SIM_FAIL_400
+ * (--max-request-bytes: 413), a context window (--context-tokens or
+ * SHEAF_SIM_CONTEXT_TOKENS: a request whose prompt tokens plus max_tokens
+ * exceed it gets 400 context_length_exceeded, as OpenAI answers), fault triggers in the text (SHEAF_SIM_FAIL_400
  * / SHEAF_SIM_FAIL_500; SHEAF_SIM_SLOW answers slow_ms late;
  * SHEAF_SIM_HUGE_ANSWER answers about 10 MB of text whatever max_tokens
  * says, a provider gone wrong, so a test can check a client's cap on the
@@ -73,7 +75,8 @@
  * fleet's concurrency and that it respected the rate limit; json_answers,
  * bad_json_answers, critiques and refinements by answer kind;
  * max_prompt_tokens, the largest prompt of any 200, so a test can check a
- * token budget.  prompt_tokens is sheaf_estimate_tokens() of each message's
+ * token budget; max_call_tokens, the largest prompt plus max_tokens of any
+ * request, and context_exceeded, the 400s over the window.  prompt_tokens is sheaf_estimate_tokens() of each message's
  * text, summed: what the worker and the reducer estimate); POST
  * /stats/reset zeroes them; GET /health answers "ok".  POST /control changes
  * the fault settings of a running simulator (any subset of latency_ms,
@@ -170,6 +173,7 @@ typedef struct sim_opts {
     size_t max_request_bytes;
     int summary_words;
     int max_connections;
+    uint64_t context_tokens;   /* the model's window; 0: none (SHEAF_SIM_CONTEXT_TOKENS) */
 } sim_opts;
 
 typedef struct sim_stats {
@@ -177,6 +181,8 @@ typedef struct sim_stats {
         unauthorized_401, malformed, resets, slow, prompt_tokens, completion_tokens;
     uint64_t json_answers, bad_json_answers, critiques, refinements;
     uint64_t max_prompt_tokens;   /* of any request answered with a 200 */
+    uint64_t max_call_tokens;     /* of any request: prompt plus its max_tokens */
+    uint64_t context_exceeded;    /* 400s over --context-tokens */
     int64_t in_flight, max_in_flight;
 } sim_stats;
 
@@ -846,6 +852,26 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
                          cr.model);
         goto out;
     }
+    {   /* The window, checked as providers do: prompt plus the completion
+         * asked for (max_tokens) must fit. */
+        uint64_t want = cr.prompt_tokens + (uint64_t)(cr.max_tokens > 0 ? cr.max_tokens : 0);
+        STATS_UPDATE(s, {
+            if (want > s->stats.max_call_tokens) s->stats.max_call_tokens = want;
+        });
+        if (s->opts.context_tokens && want > s->opts.context_tokens) {
+            *status = MHD_HTTP_BAD_REQUEST;
+            *note = "context_length_exceeded";
+            STATS_UPDATE(s, { s->stats.bad_requests++; s->stats.context_exceeded++; });
+            ret = send_error(conn, *status, "invalid_request_error", "context_length_exceeded", 0,
+                             "This model's maximum context length is %llu tokens. However, you "
+                             "requested %llu tokens (%llu in the messages, %d in the "
+                             "completion). Please reduce the length of the messages or "
+                             "completion.",
+                             (unsigned long long)s->opts.context_tokens, (unsigned long long)want,
+                             (unsigned long long)cr.prompt_tokens, cr.max_tokens);
+            goto out;
+        }
+    }
     if (compose_answer(s, &cr, &ans) != 0) {
         *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
@@ -1018,7 +1044,7 @@ static enum MHD_Result handle_stats(sim *s, struct MHD_Connection *conn)
     pthread_mutex_unlock(&s->stats_lock);
     json_t *j = json_pack(
         "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-        "s:I}",
+        "s:I, s:I, s:I, s:I}",
         "requests",
         (json_int_t)st.requests, "completions", (json_int_t)st.completions, "errors_500",
         (json_int_t)st.errors_500, "rate_limited_429", (json_int_t)st.rate_limited_429,
@@ -1030,7 +1056,9 @@ static enum MHD_Result handle_stats(sim *s, struct MHD_Connection *conn)
         (json_int_t)st.completion_tokens, "max_prompt_tokens", (json_int_t)st.max_prompt_tokens,
         "json_answers", (json_int_t)st.json_answers, "bad_json_answers",
         (json_int_t)st.bad_json_answers, "critiques", (json_int_t)st.critiques, "refinements",
-        (json_int_t)st.refinements);
+        (json_int_t)st.refinements, "max_call_tokens", (json_int_t)st.max_call_tokens,
+        "context_exceeded", (json_int_t)st.context_exceeded, "context_tokens",
+        (json_int_t)s->opts.context_tokens);
     return send_json(conn, MHD_HTTP_OK, j, 0, NULL);
 }
 
@@ -1336,6 +1364,9 @@ static void usage(FILE *out)
             "  (SHEAF_SIM_MODELS=a,b    serve only these models: others get 404)\n"
             "  --max-request-bytes N    larger bodies get 413 (default 8388608)\n"
             "  --summary-words N        words in an answer at most (default 120)\n"
+            "  --context-tokens N       the model's window: prompt tokens plus max_tokens over\n"
+            "                           it get 400 context_length_exceeded (default 0: none;\n"
+            "                           also SHEAF_SIM_CONTEXT_TOKENS)\n"
             "  --critique-done-after K  a critique request of \"Round: K\" or later\n"
             "                           answers DONE (default 2)\n"
             "  --max-connections N      concurrent connections (default 1024)\n"
@@ -1389,7 +1420,8 @@ enum {
     OPT_SLOW_RATE,
     OPT_SLOW_MS,
     OPT_TPM,
-    OPT_CRITIQUE_DONE_AFTER
+    OPT_CRITIQUE_DONE_AFTER,
+    OPT_CONTEXT_TOKENS
 };
 
 static int parse_opts(int argc, char **argv, sim_opts *o)
@@ -1409,6 +1441,7 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
         {"rate-limit-rpm", required_argument, NULL, 'r'},
         {"tpm", required_argument, NULL, OPT_TPM},
         {"critique-done-after", required_argument, NULL, OPT_CRITIQUE_DONE_AFTER},
+        {"context-tokens", required_argument, NULL, OPT_CONTEXT_TOKENS},
         {"api-key", required_argument, NULL, 'k'},
         {"max-request-bytes", required_argument, NULL, 'm'},
         {"summary-words", required_argument, NULL, 'w'},
@@ -1458,6 +1491,10 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
         case OPT_CRITIQUE_DONE_AFTER:
             if (parse_ll(name, optarg, 0, MAX_ROUNDS, &set->critique_done_after)) return -1;
             break;
+        case OPT_CONTEXT_TOKENS:
+            if (parse_ll(name, optarg, 0, 1LL << 32, &v)) return -1;
+            o->context_tokens = (uint64_t)v;
+            break;
         case 'm':
             if (parse_ll(name, optarg, 1, 1LL << 32, &v)) return -1;
             o->max_request_bytes = (size_t)v;
@@ -1498,6 +1535,11 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
     /* From the environment, the key stays out of the process list. */
     if (!o->api_key) o->api_key = getenv("SHEAF_SIM_API_KEY");
     if (!o->models) o->models = getenv("SHEAF_SIM_MODELS");
+    if (!o->context_tokens && getenv("SHEAF_SIM_CONTEXT_TOKENS") &&
+        parse_ll("SHEAF_SIM_CONTEXT_TOKENS", getenv("SHEAF_SIM_CONTEXT_TOKENS"), 0, 1LL << 32, &v))
+        return -1;
+    else if (!o->context_tokens && getenv("SHEAF_SIM_CONTEXT_TOKENS"))
+        o->context_tokens = (uint64_t)v;
     if (o->models && !o->models[0]) o->models = NULL;
     if (o->api_key && !o->api_key[0]) o->api_key = NULL;
     return 0;

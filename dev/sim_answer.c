@@ -421,6 +421,47 @@ out:
 
 /* ---- entry points -------------------------------------------------------- */
 
+/* FNV-1a, 64 bits, continued from h. */
+static uint64_t fnv1a(uint64_t h, const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Appends " (sim:XXXXXX)" to a summary answer: 24 bits of a hash of the
+ * instructions it was given, the system message and the user message's
+ * text outside its <text> sections (the system message alone when there
+ * are none: then the whole user message is the source).  A real model's
+ * answer changes when its instructions do; so does this one's, and a
+ * prompt change shows in `sheaf diff`.  Takes and returns answer (NULL
+ * stays NULL; on no memory the answer is freed and NULL returned). */
+static char *mark_instructions(char *answer, const sim_prompt *p)
+{
+    uint64_t h = 14695981039346656037ULL;
+    const char *u = p->user;
+    size_t len = p->user_len, pos = 0;
+    if (!answer) return NULL;
+    if (p->system) h = fnv1a(h, p->system, p->system_len);
+    h = fnv1a(h, "\n", 1);
+    while (find_ci(u, len, "<text>", 6) < len && pos < len) {
+        size_t open = find_ci(u + pos, len - pos, "<text>", 6) + pos;
+        h = fnv1a(h, u + pos, open - pos);
+        if (open >= len) break;
+        size_t after = open + 6;
+        size_t close = find_ci(u + after, len - after, "</text>", 7) + after;
+        if (close >= len) break; /* unclosed: the rest is text */
+        pos = close + 7;
+    }
+    size_t n = strlen(answer);
+    char *out = realloc(answer, n + SIM_TAG_LEN + 2);
+    if (!out) {
+        free(answer);
+        return NULL;
+    }
+    snprintf(out + n, SIM_TAG_LEN + 2, "%s(sim:%06x)", n ? " " : "", (unsigned)(h & 0xffffff));
+    return out;
+}
+
 /* What precedes a JSON schema in a system prompt that carries one. */
 #define SCHEMA_MARKER "matches this JSON schema: "
 
@@ -464,7 +505,7 @@ char *sim_answer(const sim_prompt *p, sim_kind *kind)
         return critique_answer(p);
     }
     *kind = SIM_KIND_SUMMARY;
-    return sim_summary(p->user, p->user_len, p->summary_words);
+    return mark_instructions(sim_summary(p->user, p->user_len, p->summary_words), p);
 }
 
 /* Fills err and returns it: the error of sim_format_parse. */

@@ -113,6 +113,7 @@ static step feed(summarizer *z, const char *text, size_t begin, size_t end)
             if (st != GO_ON) return st;
         }
         first = 0;
+        if (sim_is_tag(text + w.off, w.len)) continue; /* an earlier answer's mark */
         z->seen_word = 1;
         if (z->skipping) continue;
         if (z->count < z->cap) z->words[z->count] = w;
@@ -134,6 +135,15 @@ static size_t find(const char *s, size_t len, size_t from, const char *needle)
     for (size_t i = from; i + n <= len; i++)
         if (s[i] == needle[0] && memcmp(s + i, needle, n) == 0) return i;
     return len;
+}
+
+int sim_is_tag(const char *w, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (len != SIM_TAG_LEN || memcmp(w, "(sim:", 5) != 0 || w[len - 1] != ')') return 0;
+    for (size_t i = 5; i < len - 1; i++)
+        if (!memchr(hex, w[i], 16)) return 0;
+    return 1;
 }
 
 char *sim_summary(const char *text, size_t len, int word_limit)

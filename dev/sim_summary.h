@@ -20,6 +20,12 @@
 /* Words a paragraph without a sentence end is cut to. */
 #define SIM_SUMMARY_PARAGRAPH_WORDS 40
 
+/* The mark a summary answer ends with: "(sim:" 6 hex digits ")" (see
+ * sim_answer.h).  Source words that are such marks are skipped, so a mark
+ * never travels from one stage's answer into the next one's. */
+#define SIM_TAG_LEN 12
+int sim_is_tag(const char *w, size_t len);
+
 /* Returns the malloc'd summary of text[0..len) (possibly ""), at most
  * word_limit words (values below 1 count as 1); NULL only when out of
  * memory.  The caller frees it. */

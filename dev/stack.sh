@@ -47,6 +47,10 @@
 # recycled PID is never mistaken for ours), logs go to DIR/<name>.log.  If
 # `up` fails half-way, what it started is stopped again.
 #
+# Every worker and reducer serves Prometheus metrics and a health check
+# (metrics.port, a free port each, on ADDR): DIR/metrics lists the URLs,
+# `up` and `status` print them.
+#
 # `down` stops only what DIR/pids records: workers and reducers first (they
 # commit and close while Kafka and Redis still run), then the simulator, then
 # Kafka and Redis; each gets SIGTERM, up to 15 s, then SIGKILL.  Logs stay
@@ -133,6 +137,18 @@ wait_file() {
 port_in_use() { (: <>"/dev/tcp/$LISTEN_ADDR/$1") 2>/dev/null; }
 
 # Starts redis-server on a free random port of LISTEN_ADDR; sets REDIS_PORT.
+# A port nothing listens on now and not among $1 (ports handed out
+# already), for a metrics endpoint.
+free_port() {
+    local port
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 41000))
+        [[ " $1 " != *" $port "* ]] || continue
+        port_in_use "$port" || { echo "$port"; return 0; }
+    done
+    die "no free port found for a metrics endpoint"
+}
+
 start_redis() {
     local bin cli port pid deadline attempt served
     bin=$(command -v redis-server) || die "redis-server not installed"
@@ -182,7 +198,7 @@ LISTEN_ADDR=127.0.0.1
 cmd_up() {
     local workers=2 reducers=1 partitions=8 latency=0 error_rate=0 rpm=0 session=6000
     local tpm=0 malformed_rate=0 reset_rate=0 slow_rate=0 slow_ms=0
-    local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name topics
+    local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name topics bin
     local kafka=${SHEAF_DEV_KAFKA:-mock} nodes=1
     local -a map_config=()
     while (($#)); do
@@ -310,14 +326,20 @@ cmd_up() {
     # shellcheck disable=SC1091 # written just above
     source "$DIR/env"
 
-    local k
-    for ((k = 1; k <= workers; k++)); do
-        start "worker-$k" "$DIR/worker-$k.log" "$worker"
-    done
-    for ((k = 1; k <= reducers; k++)); do
-        start "reducer-$k" "$DIR/reducer-$k.log" "$reducer"
+    # Each worker and reducer serves /metrics and /health on a free port
+    # (metrics.port), listed in DIR/metrics and printed.
+    local k port used=""
+    : >"$DIR/metrics"
+    for ((k = 1; k <= workers + reducers; k++)); do
+        name=worker-$k bin=$worker
+        ((k <= workers)) || name=reducer-$((k - workers)) bin=$reducer
+        port=$(free_port "$used")
+        used+=" $port"
+        start "$name" "$DIR/$name.log" "$bin" -X "metrics.port=$port" -X "metrics.bind=$LISTEN_ADDR"
+        printf '%s http://%s:%s/metrics\n' "$name" "$LISTEN_ADDR" "$port" >>"$DIR/metrics"
     done
     log "started $workers worker(s) and $reducers reducer(s); logs in $DIR"
+    while read -r name url; do log "metrics: $name $url (and ${url%/metrics}/health)"; done <"$DIR/metrics"
     log "stop with: dev/stack.sh down --dir $DIR"
     UP_OK=1
     cat "$DIR/env"
@@ -381,6 +403,7 @@ cmd_status() {
         fi
     done
     shopt -u nullglob
+    if [[ -s $DIR/metrics ]]; then sed 's/^/metrics     /' "$DIR/metrics"; fi
     if [[ -f $DIR/kafka/nodes ]]; then "$SCRIPT_DIR/kafka-kraft.sh" status --dir "$DIR/kafka"; fi
 }
 

@@ -54,6 +54,12 @@ typedef struct sheaf_input_opts {
     uint64_t max_doc_bytes;    /* input.max_doc_bytes */
     int skip;                  /* input.on_error = skip */
     sheaf_chunk_opts chunk;    /* chunk.*; checked by creating a chunker */
+    /* The largest chunk the map stage's window can take with its prompt
+     * and answer (0 = no bound), and what makes that limit, for the
+     * message refusing a document with a larger chunk; set by the submit
+     * from its pipeline (sheaf_input_opts_init leaves them 0). */
+    uint32_t chunk_limit;
+    char chunk_limit_why[200];
 } sheaf_input_opts;
 
 /* Fills o from cfg.  A bad value fails with SHEAF_ERR_CONFIG naming the key.
@@ -70,10 +76,19 @@ typedef struct sheaf_in_file {
     sheaf_format format;   /* TEXT, JSONL or PDF, never AUTO */
 } sheaf_in_file;
 
+/* A file a directory walk left out on purpose, and why. */
+typedef struct sheaf_in_skip {
+    char *path;            /* owned */
+    const char *reason;    /* static text */
+} sheaf_in_skip;
+
 typedef struct sheaf_in_files {
     sheaf_in_file *v;
     size_t n;
     size_t cap;
+    sheaf_in_skip *skips;  /* owned, in walk order */
+    size_t n_skips;
+    size_t cap_skips;
 } sheaf_in_files;
 
 typedef void (*sheaf_problem_fn)(void *ud, const char *msg);
@@ -87,6 +102,11 @@ typedef void (*sheaf_problem_fn)(void *ud, const char *msg);
  * ".." the name of the resolved directory; for "/" no prefix).  Inside a
  * walk, names starting with '.' are ignored and symbolic links to
  * directories are not followed (no cycles); links to files are.
+ * Files a walk leaves out on purpose are listed in out->skips with the
+ * reason: a name of another type (data.json, prog), a README file (it
+ * describes the folder), and a *.pdf whose text version (same name with
+ * .txt, .md or .text) is in the same directory (the same document twice;
+ * the text is taken).  A file named on the command line is never skipped.
  * Unreadable paths and special files are reported through problem and left
  * out.  The format of a file is input.format, or with "auto" JSONL for
  * *.jsonl and TEXT otherwise; a *.pdf file is PDF unless input.format is

@@ -39,6 +39,12 @@ typedef struct sheaf_submit_opts {
     int dry_run;             /* pass 1 only: validate, count, print nothing to Kafka/Redis */
     int resume;              /* job_id's submit died while producing: take it over
                                 (sheaf_state_job_resume) and produce everything again */
+    /* Optional: told of each file a directory walk left out, and why (after
+     * pass 1, before anything is submitted); and, on a dry run, of each
+     * document (its id, where it is: "PATH" or "PATH:LINE", its chunks). */
+    void (*on_skip)(void *ud, const char *path, const char *reason);
+    void (*on_doc)(void *ud, const char *id, const char *where, uint32_t chunks);
+    void *ud;
 } sheaf_submit_opts;
 
 typedef struct sheaf_submit_report {
@@ -49,6 +55,7 @@ typedef struct sheaf_submit_report {
     uint64_t tokens;         /* estimated tokens in all chunks */
     uint64_t bytes;          /* input bytes read */
     uint64_t skipped;        /* bad documents left out (on_error=skip) */
+    uint64_t files_skipped;  /* files a directory walk left out (opts.on_skip) */
     uint64_t problems;       /* input problems found */
     /* Dry run: what the job would cost.  Calls are a floor (progressive
      * levels, refinement rounds and result-label groups depend on the
@@ -61,6 +68,22 @@ typedef struct sheaf_submit_report {
         uint64_t completion_tokens_max[4];
         char models[4][128];
     } est;
+    /* Dry run: the plan of each stage present, in pipeline order (map,
+     * combine, critique, group, overview), from the same packing rule as
+     * the reducer (sheaf/plan.h) with every answer at its max_tokens. */
+    struct {
+        char stage[16];
+        int window;              /* the stage's context_tokens (0 = unbounded) */
+        int budget;              /* its prompt budget (0 = none) */
+        int planned;             /* 0: its inputs depend on the answers (groups) */
+        uint32_t levels;         /* the deepest chain of calls */
+        uint64_t calls;          /* all its calls, every level */
+        uint64_t largest;        /* the largest prompt, estimated tokens */
+        int stuck;               /* some reduction cannot fit the window */
+    } plan[5];
+    size_t n_plan;
+    char warnings[6][320];       /* also logged at warn level */
+    size_t n_warnings;
 } sheaf_submit_report;
 
 /* Runs a submit.  Problems with inputs are logged (file:line: message) as

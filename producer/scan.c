@@ -9,8 +9,9 @@
  *
  * The checks, in order, for a text file: a usable id (its path), not a
  * duplicate, readable, within input.max_doc_bytes, valid UTF-8 without NUL,
- * not blank.  A PDF gets the same checks on the text pdftotext makes of it,
- * after pdftotext itself succeeded.  For a JSONL line: within input.max_line_bytes, not blank
+ * not blank, no chunk over the map call's window (o->chunk_limit).  A PDF
+ * gets the same checks on the text pdftotext makes of it, after pdftotext
+ * itself succeeded.  For a JSONL line: within input.max_line_bytes, not blank
  * (blank lines are skipped silently), then sheaf_jsonl_parse's checks, then
  * not a duplicate.  A duplicate names both places; the first one seen is
  * kept. */
@@ -31,12 +32,36 @@ typedef struct scan_ctx {
 
 typedef struct chunk_count {
     uint64_t tokens;
+    sheaf_chunk largest;    /* the largest chunk (its text is not kept) */
 } chunk_count;
 
 static sheaf_err count_cb(const sheaf_chunk *ch, void *ud)
 {
-    ((chunk_count *)ud)->tokens += ch->tokens;
+    chunk_count *cc = ud;
+    cc->tokens += ch->tokens;
+    if (ch->tokens > cc->largest.tokens) {
+        cc->largest = *ch;
+        cc->largest.text = NULL;
+    }
     return SHEAF_OK;
+}
+
+static void problem(void *ud, const char *msg);
+
+/* 1 (after reporting it) when the document's largest chunk cannot fit the
+ * map call's window: refused now rather than failed after the job ran. */
+static int over_window(scan_ctx *c, const chunk_count *cc, const char *where)
+{
+    char msg[SHEAF_PROBLEM_SIZE], pages[48] = "";
+    const sheaf_chunk *ch = &cc->largest;
+    if (!c->o->chunk_limit || ch->tokens <= c->o->chunk_limit) return 0;
+    if (c->o->chunk.pages_per_batch)
+        snprintf(pages, sizeof(pages), " (pages %u-%u)", ch->page_first, ch->page_last);
+    snprintf(msg, sizeof(msg), "%s: chunk %u%s is ~%u tokens (%zu bytes), over the %u a map "
+             "call can hold (%s)", where, ch->idx + 1, pages, ch->tokens, ch->len,
+             c->o->chunk_limit, c->o->chunk_limit_why);
+    problem(c, msg);
+    return 1;
 }
 
 static sheaf_err chunker_sink(const char *data, size_t len, void *ud)
@@ -93,12 +118,13 @@ static int duplicate(scan_ctx *c, const char *id, size_t len, const char *where)
 }
 
 static sheaf_err accept(scan_ctx *c, const char *id, size_t len, const sheaf_in_doc *d,
-                        uint64_t tokens)
+                        uint64_t tokens, uint32_t largest)
 {
     sheaf_err err = sheaf_doclist_add(&c->s->docs, id, len, d);
     if (err == SHEAF_OK) {
         c->s->chunks += d->chunks;
         c->s->tokens += tokens;
+        if (largest > c->s->max_chunk_tokens) c->s->max_chunk_tokens = largest;
     }
     return err;
 }
@@ -152,7 +178,8 @@ static sheaf_err scan_text(scan_ctx *c, uint32_t fi, char *errstr, size_t errlen
         problem(c, msg);
         goto done;
     }
-    err = accept(c, f->id, id_len, &d, cc.tokens);
+    if (over_window(c, &cc, f->path)) goto done;
+    err = accept(c, f->id, id_len, &d, cc.tokens, cc.largest.tokens);
 done:
     if (ch) sheaf_chunker_destroy(ch);
     return err;
@@ -189,7 +216,8 @@ static sheaf_err scan_item(scan_ctx *c, uint32_t fi, const sheaf_lines *lr,
         problem(c, msg);
         goto done;
     }
-    err = accept(c, it->id, it->id_len, &d, cc.tokens);
+    if (over_window(c, &cc, where)) goto done;
+    err = accept(c, it->id, it->id_len, &d, cc.tokens, cc.largest.tokens);
 done:
     if (ch) sheaf_chunker_destroy(ch);
     return err;

@@ -60,6 +60,7 @@ typedef struct sheaf_scan {
     uint64_t bytes;         /* input bytes read */
     uint64_t chunks;        /* chunks of the accepted documents */
     uint64_t tokens;        /* estimated tokens of those chunks */
+    uint32_t max_chunk_tokens; /* the largest of those chunks */
 } sheaf_scan;
 
 /* Pass 1 over the paths.  Every problem is logged as it is found (error

@@ -8,6 +8,7 @@
  * submit leaves no trace anywhere.  See producer.h for the contract. */
 #include "producer.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,37 +17,150 @@
 #include "scan.h"
 #include "sheaf/log.h"
 #include "sheaf/pipeline.h"
+#include "sheaf/plan.h"
 #include "sheaf/state.h"
-#include "sheaf/util.h"
 #include "sheaf/util.h"
 
 /* Tokens of a stage's prompt with its inputs left empty: what every call
  * of it pays on top of its inputs. */
 static uint64_t overhead(const sheaf_stage *st)
 {
-    return sheaf_estimate_tokens(st->system, strlen(st->system)) +
-           sheaf_estimate_tokens(st->user, strlen(st->user));
+    return sheaf_stage_overhead(st);
+}
+
+/* An answer's tokens in a plan: the stage's max_tokens (a ceiling), or the
+ * default completion budget when the stage sets none. */
+static uint32_t answer_tokens(const sheaf_stage *st)
+{
+    return st->max_tokens > 0 ? (uint32_t)st->max_tokens : 512;
+}
+
+/* Records a warning for the dry run's report and the log. */
+static void plan_warn(sheaf_submit_report *rep, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void plan_warn(sheaf_submit_report *rep, const char *fmt, ...)
+{
+    char msg[sizeof(rep->warnings[0])];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    sheaf_warn("producer", "%s", msg);
+    if (rep->n_warnings < sizeof(rep->warnings) / sizeof(rep->warnings[0]))
+        snprintf(rep->warnings[rep->n_warnings++], sizeof(rep->warnings[0]), "%s", msg);
+}
+
+/* Adds a stage's plan to the report, warning when a pipeline file's own
+ * setting goes over the window or a reduction cannot fit it. */
+static void plan_stage(sheaf_submit_report *rep, const char *name, const sheaf_stage *st,
+                       int budget, const sheaf_reduce_plan *pl, int planned)
+{
+    size_t k = rep->n_plan;
+    int window = st->context_tokens - (st->max_tokens > 0 ? st->max_tokens : 0);
+    if (k >= sizeof(rep->plan) / sizeof(rep->plan[0])) return;
+    rep->n_plan++;
+    snprintf(rep->plan[k].stage, sizeof(rep->plan[k].stage), "%s", name);
+    rep->plan[k].window = st->context_tokens;
+    rep->plan[k].budget = budget;
+    rep->plan[k].planned = planned;
+    rep->plan[k].levels = pl->levels;
+    rep->plan[k].calls = pl->calls;
+    rep->plan[k].largest = pl->largest;
+    rep->plan[k].stuck = pl->stuck;
+    if (st->context_tokens && st->budget_tokens > window)
+        plan_warn(rep, "stage %s: budget_tokens %d is over the window of %s (%d less max_tokens "
+                  "%d); its calls are bounded at %d", name, st->budget_tokens, st->model,
+                  st->context_tokens, st->max_tokens, window);
+    if (pl->stuck)
+        plan_warn(rep, "stage %s: an input does not fit one call of %d prompt tokens (window %d "
+                  "of %s): the stage would fail; raise context_tokens or lower max_tokens",
+                  name, budget, st->context_tokens, st->model);
+}
+
+/* The plan of each reduce stage (see sheaf_submit_report.plan). */
+static void plan(const sheaf_pipeline *p, const sheaf_scan *scan, sheaf_submit_report *rep,
+                 sheaf_reduce_plan *combine, sheaf_reduce_plan *ov)
+{
+    sheaf_reduce_plan map = {1, scan->chunks, 0, scan->max_chunk_tokens + overhead(&p->map), 0,
+                             0};
+    uint32_t *sizes = NULL;
+    size_t cap = 0;
+    int budget = sheaf_stage_prompt_budget(&p->map);
+
+    map.prompt_tokens = scan->tokens + scan->chunks * overhead(&p->map);
+    map.stuck = budget && map.largest > (uint64_t)budget;
+    plan_stage(rep, "map", &p->map, budget, &map, 1);
+    for (size_t i = 0; p->combine.present && !p->merge && i < scan->docs.n; i++) {
+        /* Each multi-chunk document's combine reads its map answers. */
+        uint32_t n = scan->docs.v[i].chunks;
+        if (n < 2) continue;
+        if (n > cap) {
+            uint32_t *v = realloc(sizes, n * sizeof(*v));
+            if (!v) break;
+            sizes = v;
+            cap = n;
+        }
+        for (uint32_t k = 0; k < n; k++) sizes[k] = answer_tokens(&p->map);
+        sheaf_reduce_plan_add(sizes, n, overhead(&p->combine), (uint64_t)sheaf_pipeline_combine_budget(p),
+                              (size_t)p->combine.group_size, answer_tokens(&p->combine), combine);
+    }
+    if (p->combine.present)
+        plan_stage(rep, "combine", &p->combine, sheaf_pipeline_combine_budget(p), combine, 1);
+    if (p->refine_rounds) {
+        /* A critique sees the final combine call's inputs and the draft. */
+        sheaf_reduce_plan crit = {1, scan->docs.n, 0, 0, scan->docs.n, 0};
+        uint64_t partials = combine->largest > overhead(&p->combine)
+                                ? combine->largest - overhead(&p->combine)
+                                : (uint64_t)answer_tokens(&p->map);
+        crit.largest = overhead(&p->critique) + partials + answer_tokens(&p->combine);
+        budget = sheaf_stage_prompt_budget(&p->critique);
+        crit.stuck = budget && crit.largest > (uint64_t)budget;
+        plan_stage(rep, "critique", &p->critique, budget, &crit, 1);
+    }
+    if (p->group.present) {
+        sheaf_reduce_plan none = {0, 0, 0, 0, 0, 0};
+        plan_stage(rep, "group", &p->group, sheaf_stage_prompt_budget(&p->group), &none, 0);
+    }
+    if (p->overview.present) {
+        /* Its inputs are "[doc id]\n" and each document's result. */
+        size_t n = scan->docs.n;
+        uint32_t *v = p->group.present ? NULL : realloc(sizes, (n ? n : 1) * sizeof(*v));
+        if (v) {
+            sizes = v;
+            for (size_t i = 0; i < n; i++) {
+                const sheaf_in_doc *d = &scan->docs.v[i];
+                uint32_t result = d->chunks > 1 && p->combine.present
+                                      ? answer_tokens(&p->combine)
+                                      : d->chunks * answer_tokens(&p->map);
+                sizes[i] = sheaf_estimate_tokens(d->id, strlen(d->id)) + 1 + result;
+            }
+            sheaf_reduce_plan_add(sizes, n, overhead(&p->overview),
+                                  (uint64_t)sheaf_stage_prompt_budget(&p->overview),
+                                  (size_t)p->overview.group_size, answer_tokens(&p->overview),
+                                  ov);
+        }
+        plan_stage(rep, "overview", &p->overview, sheaf_stage_prompt_budget(&p->overview), ov,
+                   v != NULL);
+    }
+    free(sizes);
 }
 
 /* The dry run's estimate of calls and tokens (see sheaf_submit_report). */
 static void estimate(const sheaf_pipeline *p, const sheaf_scan *scan, sheaf_submit_report *rep)
 {
     const sheaf_stage *reduce = p->combine.present ? &p->combine : NULL;
-    uint64_t multi = 0, reduced_docs;
-    for (size_t i = 0; i < scan->docs.n; i++) multi += scan->docs.v[i].chunks > 1;
-    reduced_docs = p->combine.present ? multi : 0;
+    sheaf_reduce_plan combine = {0, 0, 0, 0, 0, 0}, ov = {0, 0, 0, 0, 0, 0};
 
+    plan(p, scan, rep, &combine, &ov);
     rep->est.calls[SHEAF_STAGE_KIND_MAP] = scan->chunks;
     rep->est.prompt_tokens[SHEAF_STAGE_KIND_MAP] = scan->tokens + scan->chunks * overhead(&p->map);
     rep->est.completion_tokens_max[SHEAF_STAGE_KIND_MAP] = scan->chunks * (uint64_t)p->map.max_tokens;
     if (reduce) {
-        /* Each multi-chunk document's combine reads its map answers. */
-        uint64_t calls = reduced_docs;
-        rep->est.calls[SHEAF_STAGE_KIND_REDUCE] = calls;
-        rep->est.prompt_tokens[SHEAF_STAGE_KIND_REDUCE] =
-            calls * overhead(reduce) + (scan->chunks > scan->docs.n ? scan->chunks : 0) *
-                                           (uint64_t)p->map.max_tokens;
-        rep->est.completion_tokens_max[SHEAF_STAGE_KIND_REDUCE] = calls * (uint64_t)reduce->max_tokens;
+        /* Every call of every level of each multi-chunk document's combine. */
+        rep->est.calls[SHEAF_STAGE_KIND_REDUCE] = combine.calls;
+        rep->est.prompt_tokens[SHEAF_STAGE_KIND_REDUCE] = combine.prompt_tokens;
+        rep->est.completion_tokens_max[SHEAF_STAGE_KIND_REDUCE] =
+            combine.calls * (uint64_t)reduce->max_tokens;
     }
     if (p->refine_rounds) {
         /* At least one critique per document. */
@@ -56,11 +170,13 @@ static void estimate(const sheaf_pipeline *p, const sheaf_scan *scan, sheaf_subm
             scan->docs.n * (uint64_t)p->critique.max_tokens;
     }
     if (p->overview.present) {
-        uint64_t per_doc = reduce ? (uint64_t)reduce->max_tokens : (uint64_t)p->map.max_tokens;
-        rep->est.calls[SHEAF_STAGE_KIND_OVERVIEW] = 1;
+        /* Over the groups (their number depends on the answers): one call. */
+        int by_plan = ov.calls > 0;
+        rep->est.calls[SHEAF_STAGE_KIND_OVERVIEW] = by_plan ? ov.calls : 1;
         rep->est.prompt_tokens[SHEAF_STAGE_KIND_OVERVIEW] =
-            overhead(&p->overview) + (p->group.present ? 0 : scan->docs.n * per_doc);
-        rep->est.completion_tokens_max[SHEAF_STAGE_KIND_OVERVIEW] = (uint64_t)p->overview.max_tokens;
+            by_plan ? ov.prompt_tokens : overhead(&p->overview);
+        rep->est.completion_tokens_max[SHEAF_STAGE_KIND_OVERVIEW] =
+            rep->est.calls[SHEAF_STAGE_KIND_OVERVIEW] * (uint64_t)p->overview.max_tokens;
     }
     const sheaf_stage *st[4] = {&p->map, reduce ? reduce : &p->critique, &p->group, &p->overview};
     for (int k = 0; k < 4; k++)
@@ -106,6 +222,18 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
     err = sheaf_input_opts_init(&io, &eff, errstr, errlen);
     if (err != SHEAF_OK) goto done;
     io_ready = 1;
+    {   /* A chunk that cannot fit the map call's window is refused now. */
+        int budget = sheaf_stage_prompt_budget(&pipe->map);
+        uint64_t over = overhead(&pipe->map);
+        if (budget > 0) {
+            io.chunk_limit = (uint64_t)budget > over ? (uint32_t)(budget - (int)over) : 1;
+            snprintf(io.chunk_limit_why, sizeof(io.chunk_limit_why),
+                     "model %.60s: window %d tokens, less the map prompt ~%llu and the answer's "
+                     "max_tokens %d; see llm.context_tokens",
+                     pipe->map.model, pipe->map.context_tokens, (unsigned long long)over,
+                     pipe->map.max_tokens);
+        }
+    }
 
     if (opts->resume && !opts->job_id) {
         err = SHEAF_ERR_INVALID;
@@ -141,6 +269,9 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
     if (err != SHEAF_OK) goto done;
     report->bytes = scan.bytes;
     report->problems = scan.n_problems;
+    report->files_skipped = scan.files.n_skips;
+    for (size_t i = 0; opts->on_skip && i < scan.files.n_skips; i++)
+        opts->on_skip(opts->ud, scan.files.skips[i].path, scan.files.skips[i].reason);
     if (scan.n_problems > 0 && !io.skip) {
         err = SHEAF_ERR_INVALID;
         snprintf(errstr, errlen,
@@ -164,8 +295,15 @@ sheaf_err sheaf_submit(const sheaf_config *cfg, const sheaf_submit_opts *opts,
         sheaf_warn("producer", "%llu bad document%s left out (input.on_error=skip)",
                    (unsigned long long)scan.n_problems, scan.n_problems == 1 ? "" : "s");
 
+    /* The plan, also before a real submit: its warnings (a stage that
+     * would not fit the window) are logged before anything is paid for. */
+    estimate(pipe, &scan, report);
     if (opts->dry_run) {
-        estimate(pipe, &scan, report);
+        for (size_t i = 0; opts->on_doc && i < scan.docs.n; i++) {
+            char where[SHEAF_PROBLEM_SIZE];
+            sheaf_scan_where(&scan, &scan.docs.v[i], where, sizeof(where));
+            opts->on_doc(opts->ud, scan.docs.v[i].id, where, scan.docs.v[i].chunks);
+        }
         sheaf_info("producer", "dry run: %llu documents, %llu chunks (~%llu tokens) would be "
                    "produced to %s",
                    (unsigned long long)report->docs, (unsigned long long)report->chunks,

@@ -10,7 +10,12 @@
  *
  * Inside a walk, hidden names ('.' first) are ignored and symbolic links to
  * directories are not followed, which rules out cycles; the depth is capped
- * all the same.  Memory is one entry per file. */
+ * all the same.  Memory is one entry per file.
+ *
+ * What else a walk leaves out is said, with the reason (out->skips, which
+ * `sheaf submit` prints): files of other types, README files, and the PDF
+ * of a document whose text version sits next to it - a folder of PDFs
+ * after `pdftotext` would otherwise count every document twice. */
 #include "inputs.h"
 
 #include <dirent.h>
@@ -35,14 +40,42 @@ typedef struct rel_list {
 typedef struct walk_ctx {
     const char *root;        /* the directory as given, trailing '/' removed */
     rel_list rels;
+    sheaf_in_files *out;     /* where skipped files are listed */
     sheaf_problem_fn problem;
     void *ud;
 } walk_ctx;
+
+static const char SKIP_TYPE[] = "unknown file type (a walk takes .txt .md .text .pdf .jsonl)";
+static const char SKIP_README[] = "a README: it describes the folder (name it to submit it)";
+static const char SKIP_PDF[] = "a PDF whose text version is next to it (that is read; name the "
+                               "PDF to read it too)";
 
 static int has_suffix(const char *name, const char *suffix)
 {
     size_t n = strlen(name), s = strlen(suffix);
     return n > s && strcasecmp(name + n - s, suffix) == 0;
+}
+
+/* README, README.md, readme.txt, ...: the folder's description. */
+static int readme_name(const char *name)
+{
+    return strncasecmp(name, "readme", 6) == 0 && (name[6] == '\0' || name[6] == '.');
+}
+
+static sheaf_err skips_push(sheaf_in_files *f, const char *path, const char *reason)
+{
+    if (f->n_skips == f->cap_skips) {
+        size_t cap = f->cap_skips ? f->cap_skips * 2 : 8;
+        sheaf_in_skip *v = realloc(f->skips, cap * sizeof(*v));
+        if (!v) return SHEAF_ERR_NOMEM;
+        f->skips = v;
+        f->cap_skips = cap;
+    }
+    char *copy = strdup(path);
+    if (!copy) return SHEAF_ERR_NOMEM;
+    f->skips[f->n_skips].path = copy;
+    f->skips[f->n_skips++].reason = reason;
+    return SHEAF_OK;
 }
 
 static int wanted_name(const char *name)
@@ -175,7 +208,10 @@ static sheaf_err collect(walk_ctx *w, const char *rel, int depth)
         } else if (S_ISDIR(st.st_mode)) {
             err = collect(w, child_rel, depth + 1);
             if (err != SHEAF_OK) goto done;
-        } else if (wanted_name(de->d_name)) {
+        } else if (!wanted_name(de->d_name) || readme_name(de->d_name)) {
+            err = skips_push(w->out, child_path, readme_name(de->d_name) ? SKIP_README : SKIP_TYPE);
+            if (err != SHEAF_OK) goto done;
+        } else {
             if (S_ISLNK(st.st_mode) && stat(child_path, &st) != 0) {
                 report(w->problem, w->ud, child_path, "cannot read", errno);
             } else if (S_ISREG(st.st_mode)) {
@@ -200,6 +236,26 @@ done:
     return err;
 }
 
+/* 1 when rel is a *.pdf and the sorted list also holds its text version:
+ * the same name with .txt, .md or .text (either case). */
+static int has_text_twin(const rel_list *rels, const char *rel)
+{
+    static const char *const exts[] = {".txt", ".md", ".text", ".TXT", ".MD", ".TEXT"};
+    size_t len = strlen(rel);
+    if (!has_suffix(rel, ".pdf")) return 0;
+    char *twin = malloc(len + 3);
+    int found = 0;
+    if (!twin) return 0;
+    for (size_t k = 0; !found && k < sizeof(exts) / sizeof(*exts); k++) {
+        memcpy(twin, rel, len - 4);
+        strcpy(twin + len - 4, exts[k]);
+        const char *key = twin;
+        found = bsearch(&key, rels->v, rels->n, sizeof(char *), cmp_str) != NULL;
+    }
+    free(twin);
+    return found;
+}
+
 /* The id prefix of a walked directory: its own name (see inputs.h). */
 static char *dir_prefix(const char *root)
 {
@@ -221,7 +277,7 @@ static sheaf_err walk_dir(const sheaf_input_opts *o, const char *given, sheaf_in
                           sheaf_problem_fn problem, void *ud)
 {
     sheaf_err err = SHEAF_ERR_NOMEM;
-    walk_ctx w = {NULL, {NULL, 0, 0}, problem, ud};
+    walk_ctx w = {NULL, {NULL, 0, 0}, out, problem, ud};
     char *root = strdup(given), *prefix = NULL, *path = NULL, *id = NULL;
     size_t len;
 
@@ -238,6 +294,17 @@ static sheaf_err walk_dir(const sheaf_input_opts *o, const char *given, sheaf_in
     qsort(w.rels.v, w.rels.n, sizeof(char *), cmp_str);
     for (size_t i = 0; i < w.rels.n; i++) {
         path = join(root, w.rels.v[i]);
+        if (!path) {
+            err = SHEAF_ERR_NOMEM;
+            goto done;
+        }
+        if (o->format != SHEAF_FORMAT_JSONL && has_text_twin(&w.rels, w.rels.v[i])) {
+            err = skips_push(out, path, SKIP_PDF);
+            if (err != SHEAF_OK) goto done;
+            free(path);
+            path = NULL;
+            continue;
+        }
         id = *prefix ? join(prefix, w.rels.v[i]) : strdup(w.rels.v[i]);
         if (!path || !id) {
             err = SHEAF_ERR_NOMEM;
@@ -293,4 +360,8 @@ void sheaf_in_files_clear(sheaf_in_files *f)
     free(f->v);
     f->v = NULL;
     f->n = f->cap = 0;
+    for (size_t i = 0; i < f->n_skips; i++) free(f->skips[i].path);
+    free(f->skips);
+    f->skips = NULL;
+    f->n_skips = f->cap_skips = 0;
 }

@@ -7,6 +7,9 @@
  * level starts when the whole level is in, because its groups are made of
  * the previous level's results in order.
  *
+ * The budget is the stage's window less its answer, or budget_tokens when
+ * smaller (sheaf_stage_prompt_budget), so every call fits the model; the
+ * packing rule is sheaf/plan.h's, shared with the dry run's plan.
  * Budgets are checked on the real rendered prompt (system plus user, each
  * estimated with sheaf_estimate_tokens, the estimate the LLM simulator also
  * reports), never on a guess: packing uses additive estimates to pick a
@@ -25,6 +28,7 @@
 #include "sheaf/buf.h"
 #include "sheaf/cache.h"
 #include "sheaf/log.h"
+#include "sheaf/plan.h"
 #include "sheaf/program.h"
 #include "sheaf/util.h"
 
@@ -288,9 +292,11 @@ static sheaf_err reduce_level(reducer *r, const char *name, const sheaf_stage *s
     prompt *ps = calloc(*n, sizeof(*ps));
     stage_result *outs = calloc(*n, sizeof(*outs));
     char **joined = calloc(*n, sizeof(*joined));
+    uint32_t *sizes = calloc(*n, sizeof(*sizes));
     sheaf_err err = SHEAF_ERR_NOMEM;
 
-    if (!ps || !outs || !joined) goto done;
+    if (!ps || !outs || !joined || !sizes) goto done;
+    for (size_t k = 0; k < *n; k++) sizes[k] = sheaf_estimate_tokens(cur[k], strlen(cur[k]));
     snprintf(lvl, sizeof(lvl), "%d", level);
     rvars_set(vars, "level", lvl);
     {   /* The prompt with no input at all: what every group pays. */
@@ -303,14 +309,9 @@ static sheaf_err reduce_level(reducer *r, const char *name, const sheaf_stage *s
         if (err != SHEAF_OK) goto fail_render;
     }
     while (i < *n) {
-        size_t j = i, est = overhead;
-        /* Additive estimate first (a separator costs about one token)... */
-        while (j < *n && j - i < (size_t)st->group_size) {
-            size_t t = sheaf_estimate_tokens(cur[j], strlen(cur[j])) + 1;
-            if (j > i && est + t > (size_t)st->budget_tokens) break;
-            est += t;
-            j++;
-        }
+        /* Additive estimate first (sheaf/plan.h)... */
+        size_t j = sheaf_pack_next(sizes, i, *n, overhead, (uint64_t)st->budget_tokens,
+                                   (size_t)st->group_size);
         /* ...then the real prompt, shrunk until it fits. */
         for (;;) {
             err = render_group(st, vars, input_var, cur, i, j, &ps[ngroups], &joined[ngroups],
@@ -319,7 +320,7 @@ static sheaf_err reduce_level(reducer *r, const char *name, const sheaf_stage *s
             if (ps[ngroups].tokens <= (uint32_t)st->budget_tokens) break;
             if (j - i == 1) {
                 snprintf(errstr, sizeof(errstr), "input %zu alone makes a %u-token prompt, over "
-                         "budget_tokens %d", i + 1, ps[ngroups].tokens, st->budget_tokens);
+                         "the prompt budget %d", i + 1, ps[ngroups].tokens, st->budget_tokens);
                 err = SHEAF_ERR_INVALID;
                 goto fail_render;
             }
@@ -332,8 +333,8 @@ static sheaf_err reduce_level(reducer *r, const char *name, const sheaf_stage *s
         i = j;
     }
     if (ngroups == *n) {
-        snprintf(errstr, sizeof(errstr), "no two inputs fit budget_tokens %d together: the "
-                 "reduction cannot make progress", st->budget_tokens);
+        snprintf(errstr, sizeof(errstr), "no two inputs fit the prompt budget %d together: "
+                 "the reduction cannot make progress", st->budget_tokens);
         err = SHEAF_ERR_INVALID;
         goto fail_render;
     }
@@ -376,18 +377,22 @@ done:
     free(ps);
     free(outs);
     free(joined);
+    free(sizes);
     return err;
 }
 
-sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, rvars *vars,
-                         const char *input_var, char *const *texts, size_t n, json_t *levels,
-                         stage_result *res)
+sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *stage, int budget,
+                         rvars *vars, const char *input_var, char *const *texts, size_t n,
+                         json_t *levels, stage_result *res)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", **cur = calloc(n ? n : 1, sizeof(char *)), *all = NULL;
     sheaf_err err = SHEAF_ERR_NOMEM;
+    sheaf_stage eff = *stage; /* borrows the strings; the budget is what bounds calls */
+    const sheaf_stage *st = &eff;
     prompt p;
     int level = 0;
 
+    eff.budget_tokens = budget;
     memset(&p, 0, sizeof(p));
     if (!cur) return err;
     for (size_t i = 0; i < n; i++)
@@ -412,7 +417,7 @@ sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, rv
     if (st->budget_tokens && p.tokens > (uint32_t)st->budget_tokens) {
         char msg[SHEAF_ERRSTR_SIZE];
         snprintf(msg, sizeof(msg), "%s: a single input makes a %u-token prompt, over "
-                 "budget_tokens %d", name, p.tokens, st->budget_tokens);
+                 "the prompt budget %d", name, p.tokens, st->budget_tokens);
         res->error = strdup(msg);
         err = SHEAF_OK;
         goto done;

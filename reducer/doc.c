@@ -12,8 +12,11 @@
  *   neither    batch items: the map result is the document result ("data"
  *              holds the parsed answer with a schema);
  * then, with refinement, critique -> refine rounds on the summary, every
- * version and critique kept.  A document whose chunks all failed gets a
- * result carrying the errors and no LLM call.  The result is recorded once
+ * version and critique kept.  The critique's "partials" are the inputs of
+ * the final combine call (the map results when one call took them all, else
+ * the last progressive level), so they fit the window as that call did.  A
+ * document whose chunks all failed gets a result carrying the errors and no
+ * LLM call.  The result is recorded once
  * (Lua, first write wins) and written to the outputs once (reducer_output);
  * an entry redone after its result was stored makes no call. */
 #include <stdio.h>
@@ -147,11 +150,26 @@ static sheaf_err refine_chain(reducer *r, doc_work *w, const char *partials)
     return err;
 }
 
+/* texts (a JSON array of strings, or w->texts when NULL) joined with
+ * blank lines; malloc'd, NULL when out of memory. */
+static char *join_partials(const doc_work *w, const json_t *texts)
+{
+    size_t n = texts ? json_array_size(texts) : w->n_ok;
+    sheaf_buf b;
+    sheaf_buf_init(&b, (size_t)64 << 20);
+    for (size_t i = 0; i < n; i++) {
+        if (i) sheaf_buf_appends(&b, "\n\n");
+        sheaf_buf_appends(&b, texts ? json_string_value(json_array_get(texts, i)) : w->texts[i]);
+    }
+    return b.data ? b.data : strdup("");
+}
+
 /* Computes the result text (and extras) from the ok partials. */
 static sheaf_err compute(reducer *r, doc_work *w)
 {
     sheaf_err err = SHEAF_OK;
     char nbuf[16], *partials = NULL;
+    json_t *top = NULL;          /* the final combine call's inputs, when progressive */
 
     if (w->n_ok == 0) {
         set_error(w, "every chunk of the document failed");
@@ -168,13 +186,7 @@ static sheaf_err compute(reducer *r, doc_work *w)
             if (data) json_object_set(w->rec, "data", data);
             w->res.text = strdup(w->texts[0]);
         } else {
-            sheaf_buf b;
-            sheaf_buf_init(&b, (size_t)64 << 20);
-            for (uint32_t i = 0; i < w->n_ok; i++) {
-                if (i) sheaf_buf_appends(&b, "\n\n");
-                sheaf_buf_appends(&b, w->texts[i]);
-            }
-            w->res.text = b.data ? b.data : strdup("");
+            w->res.text = join_partials(w, NULL);
         }
     } else {
         json_t *levels = json_array();
@@ -183,22 +195,20 @@ static sheaf_err compute(reducer *r, doc_work *w)
         rvars_set(&v, "job_id", w->job);
         rvars_set(&v, "doc_id", w->doc);
         rvars_set(&v, "chunk_count", nbuf);
-        err = reducer_reduce(r, "combine", &w->p->combine, &v, "partials", w->texts, w->n_ok,
-                             levels, &w->res);
-        if (json_array_size(levels)) json_object_set(w->rec, "levels", levels);
+        err = reducer_reduce(r, "combine", &w->p->combine, sheaf_pipeline_combine_budget(w->p),
+                             &v, "partials", w->texts, w->n_ok, levels, &w->res);
+        if (json_array_size(levels)) {
+            json_object_set(w->rec, "levels", levels);
+            top = json_incref(json_array_get(levels, json_array_size(levels) - 1));
+        }
         json_decref(levels);
     }
     if (err == SHEAF_OK && w->res.text && !w->res.error && w->p->refine_rounds) {
-        sheaf_buf b;
-        sheaf_buf_init(&b, (size_t)64 << 20);
-        for (uint32_t i = 0; i < w->n_ok; i++) {
-            if (i) sheaf_buf_appends(&b, "\n\n");
-            sheaf_buf_appends(&b, w->texts[i]);
-        }
-        partials = b.data;
+        partials = join_partials(w, top);
         err = refine_chain(r, w, partials ? partials : "");
     }
     free(partials);
+    json_decref(top);
     return err;
 }
 
@@ -276,9 +286,13 @@ entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
         goto done;
     }
     if (!(result = result_json(&w, failed))) goto done;
-    if (sheaf_state_doc_result_store(r->redis, job, doc, result, w.res.usage.prompt_tokens,
-                                     w.res.usage.completion_tokens, &stored, errstr,
-                                     sizeof(errstr)) != SHEAF_OK) {
+    while ((err = sheaf_state_doc_result_store(r->redis, job, doc, result,
+                                               w.res.usage.prompt_tokens,
+                                               w.res.usage.completion_tokens, &stored, errstr,
+                                               sizeof(errstr))) != SHEAF_OK &&
+           reducer_store_wait(r, err, "storing a document's result", errstr))
+        ;
+    if (err != SHEAF_OK) {
         sheaf_error("reducer", "job %s doc %s: cannot store result (will retry): %s", job, doc,
                     errstr);
         goto done;

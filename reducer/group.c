@@ -12,7 +12,10 @@
  * Members are always taken in a fixed order (documents in submit order,
  * groups in first-appearance order), so the results do not depend on which
  * reducer ran what when.  Every group result is recorded once (Lua) and
- * written out as {"group": [path], "by": key, "level": depth, ...}. */
+ * written out as {"group": [path], "by": key, "level": depth, ...}.  A
+ * group or overview whose members do not fit one call of the model's
+ * window is reduced in levels (reducer_reduce); the levels are kept in its
+ * record ("levels"), as a document's combine levels are. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +144,7 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
     const char *by = p->group_by[level - 1];
     char *path_json = json_dumps(path, JSON_COMPACT), *json = NULL;
     char **texts = item_texts(members);
+    json_t *levels = json_array();
     stage_result res = {0};
     rvars v = {0};
     sheaf_err err = SHEAF_ERR_NOMEM;
@@ -159,7 +163,8 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
         res.error = strdup("no member of the group has a result");
         err = SHEAF_OK;
     } else {
-        err = reducer_reduce(r, "group", &p->group, &v, "results", texts, members->n, NULL, &res);
+        err = reducer_reduce(r, "group", &p->group, sheaf_stage_prompt_budget(&p->group), &v,
+                             "results", texts, members->n, levels, &res);
     }
     if (err != SHEAF_OK) goto done;
     json_t *rec = json_pack("{s:O,s:s,s:i,s:o,s:i,s:i}", "group", path, "by", by, "level",
@@ -167,13 +172,17 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
                             res.text && !res.error ? json_string(res.text) : json_null(),
                             "members", (int)members->n, "members_failed", (int)members->failed);
     if (res.error) json_object_set_new(rec, "error", json_string(res.error));
+    if (json_array_size(levels)) json_object_set(rec, "levels", levels);
     json = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(rec);
     err = SHEAF_ERR_NOMEM;
     if (!json) goto done;
-    err = sheaf_state_group_result_store(r->redis, job, path_json, counted, json,
-                                         res.usage.prompt_tokens, res.usage.completion_tokens,
-                                         &stored, errstr, sizeof(errstr));
+    while ((err = sheaf_state_group_result_store(r->redis, job, path_json, counted, json,
+                                                 res.usage.prompt_tokens,
+                                                 res.usage.completion_tokens, &stored, errstr,
+                                                 sizeof(errstr))) != SHEAF_OK &&
+           reducer_store_wait(r, err, "storing a group's result", errstr))
+        ;
     if (err != SHEAF_OK) {
         sheaf_error("reducer", "job %s group %s: cannot store result (will retry): %s", job,
                     path_json, errstr);
@@ -202,6 +211,7 @@ static sheaf_err summarize_group(reducer *r, const char *job, const sheaf_pipeli
 done:
     free(json);
     free(path_json);
+    json_decref(levels);
     texts_free(texts, members->n);
     stage_result_clear(&res);
     return err;
@@ -351,7 +361,7 @@ entry_outcome reducer_overview(reducer *r, const char *job)
     sheaf_err err;
     items members = {0};
     size_t n_docs = 0;
-    json_t *root = json_array(), *rec = NULL;
+    json_t *root = json_array(), *rec = NULL, *levels = json_array();
     stage_result res = {0};
     char **texts = NULL;
     rvars v = {0};
@@ -393,8 +403,9 @@ entry_outcome reducer_overview(reducer *r, const char *job)
             res.error = strdup(p->n_group_by ? "no group has a summary"
                                              : "no document has a summary");
         } else {
-            err = reducer_reduce(r, "overview", &p->overview, &v, "results", texts, members.n,
-                                 NULL, &res);
+            err = reducer_reduce(r, "overview", &p->overview,
+                                 sheaf_stage_prompt_budget(&p->overview), &v, "results", texts,
+                                 members.n, levels, &res);
             if (err != SHEAF_OK) {
                 out = entry_from(err);
                 goto done;
@@ -412,10 +423,14 @@ entry_outcome reducer_overview(reducer *r, const char *job)
         json_object_set_new(rec, "docs_failed", json_integer((json_int_t)members.failed));
     }
     if (res.error) json_object_set_new(rec, "error", json_string(res.error));
+    if (json_array_size(levels)) json_object_set(rec, "levels", levels);
     if (!(json = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER))) goto done;
-    if (sheaf_state_overview_store(r->redis, job, json, res.usage.prompt_tokens,
-                                   res.usage.completion_tokens, &stored, errstr,
-                                   sizeof(errstr)) != SHEAF_OK) {
+    while ((err = sheaf_state_overview_store(r->redis, job, json, res.usage.prompt_tokens,
+                                             res.usage.completion_tokens, &stored, errstr,
+                                             sizeof(errstr))) != SHEAF_OK &&
+           reducer_store_wait(r, err, "storing an overview", errstr))
+        ;
+    if (err != SHEAF_OK) {
         sheaf_error("reducer", "job %s: cannot store overview (will retry): %s", job, errstr);
         goto done;
     }
@@ -438,6 +453,7 @@ done:
     free(json);
     json_decref(rec);
     json_decref(root);
+    json_decref(levels);
     sheaf_pipeline_destroy(p);
     return out;
 }

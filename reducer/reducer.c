@@ -201,24 +201,41 @@ static void redis_down(reducer *r, const char *what, const char *errstr)
 {
     reducer_shared *sh = r->sh;
     long long now = sheaf_mono_ms(), zero = 0, last = atomic_load(&sh->redis_logged_ms);
+    const char *trouble = sheaf_redis_trouble(errstr);
+    pthread_mutex_lock(&sh->health_lock);
+    snprintf(sh->redis_why, sizeof(sh->redis_why), "%s: %s", trouble, errstr);
+    pthread_mutex_unlock(&sh->health_lock);
     if (atomic_compare_exchange_strong(&sh->redis_down_ms, &zero, now)) {
         atomic_store(&sh->redis_logged_ms, now);
-        sheaf_error("reducer", "Redis unavailable (%s): %s; waiting for it", what, errstr);
+        sheaf_error("reducer", "%s (%s): %s; waiting for it", trouble, what, errstr);
     } else if (now - last >= REDIS_LOG_EVERY_MS &&
                atomic_compare_exchange_strong(&sh->redis_logged_ms, &last, now)) {
-        sheaf_error("reducer", "Redis unavailable for %lld s: %s",
-                    (now - atomic_load(&sh->redis_down_ms)) / 1000, errstr);
+        sheaf_error("reducer", "%s for %lld s (%s): %s", trouble,
+                    (now - atomic_load(&sh->redis_down_ms)) / 1000, what, errstr);
     }
+    if (!r->redis_delay_ms) atomic_fetch_add(&sh->redis_waiting, 1);
     r->redis_delay_ms = r->redis_delay_ms ? r->redis_delay_ms * 2 : 200;
     if (r->redis_delay_ms > 5000) r->redis_delay_ms = 5000;
     sheaf_sleep_ms(r->redis_delay_ms);
 }
 
+/* This thread's Redis calls succeed again.  Redis is back for the process
+ * only when no thread waits any more: a full Redis answers one thread's
+ * reads while another's writes are refused. */
 static void redis_back(reducer *r)
 {
-    long long since = atomic_exchange(&r->sh->redis_down_ms, 0);
+    if (!r->redis_delay_ms) return;
     r->redis_delay_ms = 0;
+    if (atomic_fetch_sub(&r->sh->redis_waiting, 1) != 1) return;
+    long long since = atomic_exchange(&r->sh->redis_down_ms, 0);
     if (since) sheaf_info("reducer", "Redis answers again after %lld s", (sheaf_mono_ms() - since) / 1000);
+}
+
+int reducer_store_wait(reducer *r, sheaf_err err, const char *what, const char *errstr)
+{
+    if (err != SHEAF_ERR_REDIS || sheaf_stop) return 0;
+    redis_down(r, what, errstr);
+    return reducer_lease_tick(r) == 0 && !sheaf_stop;
 }
 
 /* ---- stream plumbing ---- */
@@ -285,8 +302,14 @@ static void refresh_jobs(reducer *r)
         if (r->jobs.n && bsearch(&jobs.v[i], r->jobs.v, r->jobs.n, sizeof(*jobs.v), cmp_str))
             continue;
         if (sheaf_state_ready_group(r->redis, jobs.v[i], r->cfg->reducer_group, NULL, errstr,
-                                    sizeof(errstr)) != SHEAF_OK)
-            sheaf_warn("reducer", "job %s: %s", jobs.v[i], errstr);
+                                    sizeof(errstr)) != SHEAF_OK) {
+            /* A write (refused when Redis is full): the job counts as
+             * seen only once its group exists, so the next round tries
+             * again, and the outage is logged once, not per job. */
+            redis_down(r, "creating the reducers' group", errstr);
+            sheaf_strlist_free(&jobs);
+            return;
+        }
     }
     sheaf_strlist_free(&r->jobs);
     r->jobs = jobs;
@@ -444,7 +467,18 @@ static void watch(reducer_shared *sh, reducer *rs, int n, int64_t *health_ms, in
         redisReply *rep = NULL;
         if (!sh->redis) sh->redis = sheaf_redis_connect(&sh->cfg, errstr, sizeof(errstr));
         if (sh->redis) rep = sheaf_redis_cmd(sh->redis, errstr, sizeof(errstr), "PING");
-        sheaf_health_set(sh->health, "redis", rep != NULL, errstr);
+        if (!rep) {
+            sheaf_health_set(sh->health, "redis", 0, errstr);
+        } else if (atomic_load(&sh->redis_down_ms)) {
+            /* PING answers, a thread's calls do not (Redis full refuses
+             * writes only): the threads' reason stands until one succeeds. */
+            pthread_mutex_lock(&sh->health_lock);
+            snprintf(why, sizeof(why), "%.*s", (int)sizeof(why) - 1, sh->redis_why);
+            pthread_mutex_unlock(&sh->health_lock);
+            sheaf_health_set(sh->health, "redis", 0, why);
+        } else {
+            sheaf_health_set(sh->health, "redis", 1, NULL);
+        }
         if (rep) freeReplyObject(rep);
         *ping_ms = sheaf_mono_ms();
     }

@@ -40,6 +40,8 @@ typedef struct reducer_shared {
     /* Redis unreachable: since when (0: it answers), and the last log line,
      * shared by the threads so an outage logs one line per interval. */
     atomic_llong redis_down_ms, redis_logged_ms;
+    atomic_int redis_waiting;    /* threads waiting for Redis now */
+    char redis_why[SHEAF_ERRSTR_SIZE + 160]; /* why, under health_lock */
 } reducer_shared;
 
 typedef struct reducer {
@@ -110,14 +112,15 @@ sheaf_err reducer_call(reducer *r, const char *name, const sheaf_stage *st, cons
 
 /* Runs a reduce stage over texts: one call with every text joined under
  * the variable input_var ("partials" or "results") when the rendered
- * prompt fits st->budget_tokens (or there is no budget), else progressive:
+ * prompt fits budget (sheaf_stage_prompt_budget: the window less the
+ * answer; 0 = no bound), else progressive (sheaf/plan.h):
  * consecutive texts are reduced in groups of at most st->group_size that
  * fit the budget, all calls of a level at once, level by level, until one
  * call takes everything.  Each level's results are appended to levels (an
  * array of arrays) when levels is not NULL.  Same outcomes as reducer_call. */
-sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, rvars *vars,
-                         const char *input_var, char *const *texts, size_t n, json_t *levels,
-                         stage_result *res);
+sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, int budget,
+                         rvars *vars, const char *input_var, char *const *texts, size_t n,
+                         json_t *levels, stage_result *res);
 
 /* Publishes this thread's LLM circuit state for the main thread's health
  * check (reducer.c); called from the thread's loops. */
@@ -129,6 +132,14 @@ void reducer_llm_state(reducer *r);
  * most every reducer.claim_idle_ms / 3); returns 0 while it is held, -1
  * once lost. */
 int reducer_lease_tick(reducer *r);
+
+/* A store of a result this thread computed failed with err: Redis trouble
+ * (down, or full and refusing writes) keeps the result in the thread and
+ * waits (logged once per interval, 200 ms doubling to 5 s), because a redo
+ * of the entry would pay for its LLM calls again.  Returns 1 to store
+ * again; 0 for another error, on SIGTERM, or once the lease is lost (the
+ * entry is another reducer's then). */
+int reducer_store_wait(reducer *r, sheaf_err err, const char *what, const char *errstr);
 
 /* Writes an item's stored result to the outputs, exactly once across every
  * reducer (sheaf/state.h, "exactly-once outputs"): only when this thread is

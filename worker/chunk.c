@@ -251,11 +251,11 @@ static void hold(call *c, chunk_state step, const char *errstr)
         w->redis_down_ms = now;
         w->redis_logged_ms = now;
         w->redis_delay_ms = REDIS_WAIT_FIRST_MS;
-        sheaf_error("worker", "Redis unavailable: %s; consumption paused, chunks held until it "
-                    "answers", errstr);
+        sheaf_error("worker", "%s: %s; consumption paused, chunks held until it answers",
+                    sheaf_redis_trouble(errstr), errstr);
     } else if (now - w->redis_logged_ms >= REDIS_LOG_EVERY_MS) {
         w->redis_logged_ms = now;
-        sheaf_error("worker", "Redis unavailable for %lld s: %zu chunk(s) held: %s",
+        sheaf_error("worker", "%s for %lld s: %zu chunk(s) held: %s", sheaf_redis_trouble(errstr),
                     (long long)((now - w->redis_down_ms) / 1000), w->n_held + 1, errstr);
     }
     if (c->held_again) {
@@ -266,6 +266,7 @@ static void hold(call *c, chunk_state step, const char *errstr)
     c->state = HELD;
     c->held_step = step;
     w->n_held++;
+    w->rt->redis_held = w->n_held;
     if (call_timer(c, w->redis_delay_ms, on_held) != 0) call_end(c, STOPPED);
 }
 

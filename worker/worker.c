@@ -109,9 +109,9 @@ static int metrics_start(worker *w, char *errstr, size_t errlen)
                               "Chunks recorded as failed (and dead-lettered).", errstr, errlen)) ||
         !(m->dlq = counter(w, "sheaf_dlq_messages_total",
                            "Messages sent to the dead-letter topic.", errstr, errlen)) ||
-        !(m->lag = gauge(w, "sheaf_consumer_lag",
-                         "Messages behind: high watermark minus consumed position, summed over "
-                         "the assigned partitions.", errstr, errlen)) ||
+        !(m->lag = gauge(w, "sheaf_consumer_lag_messages",
+                         "Consumer lag in messages: high watermark minus consumed position, "
+                         "summed over the assigned partitions.", errstr, errlen)) ||
         !(m->partitions = gauge(w, "sheaf_partitions_assigned",
                                 "Partitions of the map topic assigned to this worker.", errstr,
                                 errlen)) ||
@@ -368,6 +368,7 @@ static void tick(void *ud)
         sheaf_runtime_break(w->rt);
         return;
     }
+    w->rt->redis_held = w->n_held;
     flow_control(w);
     if (now - w->lag_ms >= LAG_EVERY_MS) {
         publish_lag(w);

@@ -60,15 +60,20 @@ struct sheaf_runtime_queue {
 
 void sheaf_runtime_redis_failed(sheaf_runtime *rt, const char *errstr)
 {
-    sheaf_health_set(rt->health, "redis", 0, errstr);
+    char why[SHEAF_ERRSTR_SIZE + 160];
+    snprintf(why, sizeof(why), "%s: %s", sheaf_redis_trouble(errstr), errstr);
+    sheaf_health_set(rt->health, "redis", 0, why);
     rt->redis_ping_ms = sheaf_mono_ms(); /* the next PING in REDIS_PING_EVERY_MS */
 }
 
+/* A full Redis answers PING but refuses writes: while the program holds
+ * work for Redis (redis_held) the check stays down, with the reason their
+ * retries set. */
 static void on_ping(void *ud, redisReply *rep, const char *errstr)
 {
     sheaf_runtime *rt = ud;
-    if (rep) sheaf_health_set(rt->health, "redis", 1, NULL);
-    else sheaf_health_set(rt->health, "redis", 0, errstr);
+    if (!rep) sheaf_runtime_redis_failed(rt, errstr);
+    else if (!rt->redis_held) sheaf_health_set(rt->health, "redis", 1, NULL);
 }
 
 /* What the HTTP thread may not find out itself, published from the loop. */

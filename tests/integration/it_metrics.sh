@@ -150,7 +150,7 @@ wait_until 20 "the worker's counters to reach $chunks chunks" worker_counted
 reducer_counted() { scrape "$RPORT" > "$T/r.prom" && [ "$(metric "$T/r.prom" sheaf_overviews_total)" = 1 ]; }
 wait_until 20 "the reducer's overview to be counted" reducer_counted
 # The lag gauge is refreshed every 5 s.
-lag_zero() { scrape "$WPORT" > "$T/w.prom" && [ "$(metric "$T/w.prom" sheaf_consumer_lag)" = 0 ]; }
+lag_zero() { scrape "$WPORT" > "$T/w.prom" && [ "$(metric "$T/w.prom" sheaf_consumer_lag_messages)" = 0 ]; }
 wait_until 20 "consumer lag 0" lag_zero
 scrape "$RPORT" > "$T/r.prom" || fail "cannot scrape the reducer"
 
@@ -166,6 +166,16 @@ assert_eq "$(metric "$T/w.prom" sheaf_llm_call_duration_seconds_count)" "$chunks
 assert_eq "$(metric "$T/w.prom" sheaf_llm_calls_in_flight)" 0 "worker: calls in flight after the job"
 assert_eq "$(metric "$T/w.prom" sheaf_llm_429_total)" 0 "worker: 429s"
 [ "$(metric "$T/w.prom" sheaf_llm_retries_total)" != missing ] || fail "worker: no retries counter"
+# Calls: a total, and every HTTP attempt by status class (a clean run: all 2xx).
+assert_eq "$(metric "$T/w.prom" sheaf_llm_calls_total)" "$chunks" "worker: LLM calls"
+assert_eq "$(metric "$T/w.prom" 'sheaf_llm_requests_total{class="2xx"}')" "$chunks" "worker: 2xx answers"
+for class in 4xx 5xx transport; do
+  assert_eq "$(metric "$T/w.prom" "sheaf_llm_requests_total{class=\"$class\"}")" 0 "worker: $class answers"
+done
+grep -q '^# HELP sheaf_consumer_lag_messages Consumer lag in messages' "$T/w.prom" || fail "lag metric without its unit"
+for f in "$T/w.prom" "$T/r.prom"; do
+  grep -Eq '^sheaf_build_info\{version="[0-9]+\.[0-9]+\.[0-9]+"\} 1$' "$f" || fail "no build_info in $f"
+done
 [ "$(metric "$T/w.prom" sheaf_partitions_assigned)" -gt 0 ] || fail "worker: no partitions assigned"
 [ "$(metric "$T/w.prom" 'sheaf_llm_tokens_total{kind="prompt"}')" -gt 0 ] || fail "worker: no prompt tokens"
 [ "$(metric "$T/w.prom" 'sheaf_llm_tokens_total{kind="completion"}')" -gt 0 ] || fail "worker: no completion tokens"

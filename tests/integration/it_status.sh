@@ -39,7 +39,7 @@ jq -e '(.cost - (.tokens_prompt * 0.15 + .tokens_completion * 0.60) / 1e6 | fabs
 # Per document: map and reduce tokens; with the overview they make the job's.
 "$SHEAF" cost "${PRICES[@]}" "$JOB" > "$T/cost.jsonl" || fail "sheaf cost failed"
 assert_eq "$(grep -c '"doc"' "$T/cost.jsonl")" 5 "documents in sheaf cost"
-docs_prompt=$(jq -s '[.[] | select(.doc) | .map.prompt + .reduce.prompt] | add' "$T/cost.jsonl")
+docs_prompt=$(jq -s '[.[] | select(.kind == "doc") | .map.prompt + .reduce.prompt] | add' "$T/cost.jsonl")
 ov_prompt=$(jq .tokens_by_stage.overview.prompt "$T/status.json")
 assert_eq "$((docs_prompt + ov_prompt))" "$(jq .tokens_prompt "$T/status.json")" "per-document prompt tokens + overview"
 

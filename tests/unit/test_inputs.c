@@ -320,6 +320,37 @@ static void test_text_empty_and_too_large(void **state)
     assert_int_equal(f->scan.bytes, strlen("  \n\t\f\r\n  ") + strlen("Small."));
 }
 
+/* A chunk over the map call's window (opts.chunk_limit) refuses its
+ * document, naming it, the chunk, its pages and size; the others go on. */
+static void test_chunk_over_window(void **state)
+{
+    fixture *f = *state;
+    char expected[1024], big[2000], err[SHEAF_ERRSTR_SIZE] = "";
+    char *paths[2];
+
+    memset(big, 'w', sizeof(big));
+    for (size_t i = 5; i < sizeof(big); i += 6) big[i] = ' ';
+    memcpy(big, "Page.\f", 6);
+    big[sizeof(big) - 1] = '\0';
+    write_str(f, "paged.txt", big);
+    write_str(f, "fine.txt", "Small.\fAnd small.");
+    f->cfg.chunk_pages_per_batch = 1;
+    init_opts(f);
+    f->opts.chunk_limit = 100;
+    snprintf(f->opts.chunk_limit_why, sizeof(f->opts.chunk_limit_why), "the window");
+    paths[0] = (char *)path_of(f, "paged.txt");
+    paths[1] = (char *)path_of(f, "fine.txt");
+    assert_int_equal(sheaf_scan_run(&f->opts, paths, 2, &f->scan, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(f->scan.n_problems, 1);
+    snprintf(expected, sizeof(expected),
+             "%s: chunk 2 (pages 2-2) is ~%u tokens (%zu bytes), over the 100 a map call can "
+             "hold (the window)", path_of(f, "paged.txt"),
+             sheaf_estimate_tokens(big + 6, strlen(big + 6)), strlen(big + 6));
+    expect_problem(f, 0, expected);
+    assert_int_equal(f->scan.docs.n, 1);
+    assert_int_equal(doc(f, 0)->chunks, 2);
+}
+
 /* The sink sees the whole file, in order, in well-formed pieces. */
 typedef struct collect {
     char *data;
@@ -838,7 +869,7 @@ static void write_pdf(fixture *f, const char *rel, int n, const char *const *tex
 static void test_pdf_walk(void **state)
 {
     fixture *f = *state;
-    sheaf_in_files files = {NULL, 0, 0};
+    sheaf_in_files files = {NULL, 0, 0, NULL, 0, 0};
     char *paths[1];
 
     write_str(f, "docs/a.txt", "A.");
@@ -869,6 +900,51 @@ static void test_pdf_walk(void **state)
     init_opts(f);
     assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
     assert_int_equal(files.v[0].format, SHEAF_FORMAT_JSONL);
+    sheaf_in_files_clear(&files);
+}
+
+/* What a walk leaves out, each with its reason: other types, README files,
+ * the PDF of a document whose text version is next to it; a file named
+ * on the command line is taken whatever its name. */
+static void test_walk_skips(void **state)
+{
+    fixture *f = *state;
+    sheaf_in_files files = {NULL, 0, 0, NULL, 0, 0};
+    char *paths[1];
+
+    write_str(f, "w/notes.txt", "N.");
+    write_str(f, "w/prog", "#!/bin/sh");
+    write_str(f, "w/data.json", "{}");
+    write_str(f, "w/README.md", "About.");
+    write_str(f, "w/sub/readme", "About.");
+    write_str(f, "w/st.TXT", "S.");
+    write_str(f, "w/st.pdf", "not read");
+    write_str(f, "w/alone.pdf", "not read");
+    init_opts(f);
+    paths[0] = (char *)path_of(f, "w");
+    assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
+    assert_int_equal(files.n, 3);
+    assert_string_equal(files.v[0].id, "w/alone.pdf");
+    assert_string_equal(files.v[1].id, "w/notes.txt");
+    assert_string_equal(files.v[2].id, "w/st.TXT");
+    assert_int_equal(files.n_skips, 5);
+    int type = 0, readme = 0, twin = 0;
+    for (size_t i = 0; i < files.n_skips; i++) {
+        const char *r = files.skips[i].reason, *p = files.skips[i].path;
+        if (strstr(r, "unknown file type")) type += strstr(p, "/prog") || strstr(p, "/data.json");
+        if (strstr(r, "README")) readme += strstr(p, "README.md") || strstr(p, "/readme");
+        if (strstr(r, "text version")) twin += strstr(p, "/st.pdf") != NULL;
+    }
+    assert_int_equal(type, 2);
+    assert_int_equal(readme, 2);
+    assert_int_equal(twin, 1);
+    sheaf_in_files_clear(&files);
+    assert_null(files.skips);
+
+    paths[0] = (char *)path_of(f, "w/README.md");
+    assert_int_equal(sheaf_walk_inputs(&f->opts, paths, 1, &files, NULL, NULL), SHEAF_OK);
+    assert_int_equal(files.n, 1);
+    assert_int_equal(files.n_skips, 0);
     sheaf_in_files_clear(&files);
 }
 
@@ -1053,7 +1129,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_walk_order_and_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_and_format_override, setup, teardown),
         cmocka_unit_test_setup_teardown(test_text_invalid_utf8, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_text_empty_and_too_large, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunk_over_window, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_text_empty_and_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_text_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paged_text_chunk_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_jsonl_field_errors, setup, teardown),
@@ -1064,6 +1141,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_custom_fields_and_bom, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reread_by_offset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pdf_walk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_skips, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pdf_pages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pdf_errors, setup, teardown),
     };

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "sheaf/pipeline.h"
+#include "sheaf/plan.h"
 #include "sheaf/util.h"
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -322,8 +323,8 @@ static void test_version_is_hash_of_json(void **state)
     assert_memory_equal(p->version, hex, 16);
     /* Canonical: compact, keys sorted, no version inside. */
     static const char head[] = "{\"name\":\"summarize\",\"stages\":{\"combine\":"
-                               "{\"budget_tokens\":0,\"group_size\":8,\"max_tokens\":512,"
-                               "\"model\":\"sim-model\",\"system\":";
+                               "{\"budget_tokens\":0,\"context_tokens\":8192,\"group_size\":8,"
+                               "\"max_tokens\":512,\"model\":\"sim-model\",\"system\":";
     assert_true(strncmp(json, head, sizeof(head) - 1) == 0);
     assert_non_null(strstr(json, "\"temperature\":0.2,"));
     assert_null(strstr(json, "version"));
@@ -1512,6 +1513,128 @@ static void assert_result_text(const char *rec_json, const char *want)
     json_decref(rec);
 }
 
+/* Windows: llm.context_tokens, else the model's known window, else 8192;
+ * the prompt budget is the window less max_tokens, or budget_tokens when
+ * smaller; a stored snapshot without a window stays unbounded. */
+static void test_windows(void **state)
+{
+    (void)state;
+    sheaf_config c;
+    char err[SHEAF_ERRSTR_SIZE] = "";
+    cfg_fill(&c);
+
+    assert_int_equal(sheaf_model_context_tokens("gpt-4o-mini"), 128000);
+    assert_int_equal(sheaf_model_context_tokens("openai/gpt-4o"), 128000);
+    assert_int_equal(sheaf_model_context_tokens("gpt-4"), 8192);
+    assert_int_equal(sheaf_model_context_tokens("gpt-4.1-mini"), 1047576);
+    assert_int_equal(sheaf_model_context_tokens("claude-sonnet-4"), 200000);
+    assert_int_equal(sheaf_model_context_tokens("sheaf-sim"), SHEAF_CONTEXT_TOKENS_DEFAULT);
+    assert_int_equal(sheaf_model_context_tokens(""), SHEAF_CONTEXT_TOKENS_DEFAULT);
+
+    sheaf_pipeline *p = builtin(&c);
+    assert_int_equal(p->combine.context_tokens, 8192);
+    assert_int_equal(sheaf_stage_prompt_budget(&p->combine), 8192 - 512);
+    assert_int_equal(sheaf_pipeline_combine_budget(p), 8192 - 512);
+    sheaf_pipeline_destroy(p);
+
+    c.llm_context_tokens = 8000;
+    c.llm_model = "gpt-4o";
+    p = builtin(&c);
+    assert_int_equal(p->overview.context_tokens, 8000);
+    assert_int_equal(sheaf_stage_prompt_budget(&p->overview), 8000 - 512);
+    /* The window is part of the version: a job keeps the one it had. */
+    char *json = sheaf_pipeline_to_json(p);
+    sheaf_pipeline *q = sheaf_pipeline_from_json(json, strlen(json), err, sizeof(err));
+    assert_non_null(q);
+    assert_string_equal(q->version, p->version);
+    assert_int_equal(q->map.context_tokens, 8000);
+    free(json);
+    sheaf_pipeline_destroy(q);
+    sheaf_pipeline_destroy(p);
+
+    /* A file's stage: its own window and model, budget_tokens bounded. */
+    p = load_text(DOC("\"map\":{\"user\":\"{{text}}\",\"model\":\"claude-x\"},"
+                      "\"combine\":{\"user\":\"{{partials}}\",\"budget_tokens\":900},"
+                      "\"overview\":{\"user\":\"{{results}}\",\"context_tokens\":4096,"
+                      "\"budget_tokens\":100000,\"max_tokens\":96}", ""));
+    assert_int_equal(p->map.context_tokens, 200000);
+    assert_int_equal(p->combine.context_tokens, 8192);
+    assert_int_equal(sheaf_stage_prompt_budget(&p->combine), 900);
+    assert_int_equal(sheaf_stage_prompt_budget(&p->overview), 4096 - 96);
+    sheaf_pipeline_destroy(p);
+    assert_load_fails(DOC("\"map\":{\"user\":\"u\",\"context_tokens\":500}", ""),
+                      "stage map: the window context_tokens (500; by default llm.context_tokens) must "
+                      "leave at least", NULL);
+    assert_load_fails(DOC("\"map\":{\"user\":\"u\",\"context_tokens\":0}", ""),
+                      "stage map: key \"context_tokens\" must be an integer", NULL);
+
+    /* A snapshot stored before windows: no bound, as it ran then. */
+    static const char old[] =
+        "{\"name\":\"s\",\"stages\":{\"map\":{\"system\":\"\",\"user\":\"{{text}}\","
+        "\"model\":\"m\",\"temperature\":0,\"max_tokens\":512}}}";
+    p = sheaf_pipeline_from_json(old, sizeof(old) - 1, err, sizeof(err));
+    assert_non_null(p);
+    assert_int_equal(p->map.context_tokens, 0);
+    assert_int_equal(sheaf_stage_prompt_budget(&p->map), 0);
+    sheaf_pipeline_destroy(p);
+}
+
+/* Refinement: the critique sees the final combine call's inputs next to
+ * the draft, so the combine budget leaves room for the draft. */
+static void test_combine_budget_with_refinement(void **state)
+{
+    (void)state;
+    sheaf_config c;
+    char err[SHEAF_ERRSTR_SIZE] = "";
+    cfg_fill(&c);
+    sheaf_pipeline *p = sheaf_pipeline_load("summarize-refine", &c, err, sizeof(err));
+    assert_non_null(p);
+    int b = sheaf_pipeline_combine_budget(p);
+    assert_true(b < 8192 - 512);
+    assert_true(b - (int)sheaf_stage_overhead(&p->combine) + 512 +
+                    (int)sheaf_stage_overhead(&p->critique) <= 8192 - 512);
+    sheaf_pipeline_destroy(p);
+}
+
+/* The packing rule and the plan built on it (sheaf/plan.h). */
+static void test_reduce_plan(void **state)
+{
+    (void)state;
+    uint32_t sizes[5000];
+    sheaf_reduce_plan pl = {0};
+
+    /* Everything fits: one call, exactly today's single reduction. */
+    for (size_t i = 0; i < 10; i++) sizes[i] = 100;
+    sheaf_reduce_plan_add(sizes, 10, 50, 7680, 8, 512, &pl);
+    assert_int_equal(pl.levels, 1);
+    assert_int_equal(pl.calls, 1);
+    assert_int_equal(pl.largest, 50 + 10 * 101);
+
+    /* 5,000 answers of 512 tokens at a 7,680-token budget, 8 per call:
+     * 625 + 79 + 10 calls, then one over the last 10. */
+    memset(&pl, 0, sizeof(pl));
+    for (size_t i = 0; i < 5000; i++) sizes[i] = 517;
+    sheaf_reduce_plan_add(sizes, 5000, 41, 7680, 8, 512, &pl);
+    assert_int_equal(pl.levels, 4);
+    assert_int_equal(pl.calls, 625 + 79 + 10 + 1);
+    assert_true(pl.largest <= 7680);
+    assert_false(pl.stuck);
+
+    /* The budget, not group_size, closes a call; at least one input. */
+    for (size_t i = 0; i < 6; i++) sizes[i] = 300;
+    assert_int_equal(sheaf_pack_next(sizes, 0, 6, 100, 800, 8), 2);
+    assert_int_equal(sheaf_pack_next(sizes, 4, 6, 100, 800, 8), 6);
+    sizes[0] = 5000;
+    assert_int_equal(sheaf_pack_next(sizes, 0, 6, 100, 800, 8), 1);
+
+    /* One input alone over the budget: stuck, never an endless loop. */
+    memset(&pl, 0, sizeof(pl));
+    sizes[0] = 5000;
+    sizes[1] = 5000;
+    sheaf_reduce_plan_add(sizes, 2, 10, 800, 8, 100, &pl);
+    assert_true(pl.stuck);
+}
+
 static void test_result_text(void **state)
 {
     (void)state;
@@ -1566,6 +1689,9 @@ int main(void)
         cmocka_unit_test(test_version_changes),
         cmocka_unit_test(test_examples_round_trip),
         cmocka_unit_test(test_result_text),
+        cmocka_unit_test(test_windows),
+        cmocka_unit_test(test_combine_budget_with_refinement),
+        cmocka_unit_test(test_reduce_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -64,7 +64,8 @@ typedef struct sheaf_config {
     char *llm_api_key;           /* secret: SHEAF_LLM_API_KEY or llm.api_key_file */
     char *llm_api_key_file;
     double llm_temperature;      /* llm.temperature */
-    int llm_max_tokens;          /* llm.max_tokens: completion budget per call */
+    int llm_max_tokens;          /* llm.max_output_tokens (or llm.max_tokens): completion budget per call */
+    int llm_context_tokens;      /* llm.context_tokens: the model's window; 0 = by model name */
     int llm_timeout_ms;          /* llm.timeout_ms: whole request */
     int llm_connect_timeout_ms;  /* llm.connect_timeout_ms */
     int llm_max_attempts;        /* llm.max_attempts: tries per call incl. the first */
@@ -171,6 +172,9 @@ sheaf_err sheaf_config_load(sheaf_config *cfg, const char *config_path,
 void sheaf_config_dump(const sheaf_config *cfg, FILE *out);
 /* Prints the key table with types, defaults and docs (for --help-config). */
 void sheaf_config_print_help(FILE *out);
+/* The same table as docs/configuration.md: Markdown, one section per key
+ * prefix (`sheaf --help-config --markdown`). */
+void sheaf_config_print_markdown(FILE *out);
 
 /* Topic names: <topic.prefix>.<suffix> into out (truncated to outlen). */
 void sheaf_topic_name(const sheaf_config *cfg, const char *suffix, char *out, size_t outlen);

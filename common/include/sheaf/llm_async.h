@@ -154,8 +154,15 @@ typedef struct sheaf_llm_stats {
  *   cache_hits, cache_misses         counters, fed by the caller: the call
  *                                    cache (sheaf/cache.h) sits in front of
  *                                    the engine */
+/* Classes of sheaf_llm_requests_total{class=...}, by the HTTP status of an
+ * attempt; transport: no HTTP answer (timeout, reset, refused, TLS). */
+enum { SHEAF_LLM_CLASS_2XX, SHEAF_LLM_CLASS_4XX, SHEAF_LLM_CLASS_5XX, SHEAF_LLM_CLASS_TRANSPORT,
+       SHEAF_LLM_CLASS_OTHER, SHEAF_LLM_N_CLASSES };
+
 typedef struct sheaf_llm_metrics {
     sheaf_metric *in_flight, *duration, *retries, *http_429;
+    sheaf_metric *calls;                            /* calls finished, whatever their attempts */
+    sheaf_metric *requests[SHEAF_LLM_N_CLASSES];    /* HTTP attempts by status class */
     sheaf_metric *prompt_tokens, *completion_tokens;
     sheaf_metric *cache_hits, *cache_misses;
 } sheaf_llm_metrics;
@@ -242,7 +249,8 @@ void sheaf_llm_async_set_metrics(sheaf_llm_async *a, const sheaf_llm_metrics *m)
 
 /* Registers (or finds) the engine's metrics in reg and points out at them:
  * sheaf_llm_calls_in_flight, sheaf_llm_call_duration_seconds,
- * sheaf_llm_retries_total, sheaf_llm_429_total,
+ * sheaf_llm_calls_total, sheaf_llm_requests_total{class="2xx"|"4xx"|"5xx"|
+ * "transport"|"other"}, sheaf_llm_retries_total, sheaf_llm_429_total,
  * sheaf_llm_tokens_total{kind="prompt"|"completion"},
  * sheaf_cache_hits_total and sheaf_cache_misses_total.  Errors name the
  * metric. */

@@ -14,16 +14,25 @@
  *    "grouping": {"by": ["meta.sector", "result.role"]},
  *    "merge": {"key": "account_number", "rules": {"fees": "sum"}}}
  *
- * A stage is {"system", "user", "model", "temperature", "max_tokens"}; in a
- * user's file only "user" is required (system defaults to "", the others
- * to llm.model, llm.temperature and llm.max_tokens), while the stored
- * snapshot has every key.  Only "map" is required; what else is present
+ * A stage is {"system", "user", "model", "temperature", "max_tokens",
+ * "context_tokens"}; in a user's file only "user" is required (system
+ * defaults to "", the others to llm.model, llm.temperature,
+ * llm.max_output_tokens and llm.context_tokens, or the known window of the
+ * stage's model), while the stored snapshot has every key (context_tokens
+ * may be missing from a snapshot stored before it existed: unbounded).
+ *
+ * The window bounds every call: a reduce stage's prompt budget is
+ * context_tokens - max_tokens, or budget_tokens when that is smaller
+ * (sheaf_stage_prompt_budget), so combine, group and overview reduce in as
+ * many levels as needed whatever the collection's size; the producer
+ * refuses a chunk that cannot fit the map stage's window.  Only "map" is required; what else is present
  * picks the pattern:
  *   map only                 batch items: each document's result is its
  *                            map result, streamed out as it is recorded
- *   + combine                map-reduce; with budget_tokens, progressive:
- *                            partials that do not fit are reduced in groups
- *                            of at most group_size, level by level
+ *   + combine                map-reduce, progressive: partials that do not
+ *                            fit one call (the window less max_tokens, or
+ *                            budget_tokens) are reduced in groups of at
+ *                            most group_size, level by level
  *   + critique, refine,      refinement chain on each document result:
  *     refinement             critique -> refine, up to max_rounds or until
  *                            the critique contains stop_when
@@ -62,6 +71,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 #include "sheaf/buf.h"
 #include "sheaf/config.h"
 #include "sheaf/error.h"
@@ -78,6 +88,8 @@ typedef struct sheaf_stage {
     int max_tokens;
     int budget_tokens;  /* combine/group/overview: prompt budget, 0 = none */
     int group_size;     /* combine/group/overview: inputs per progressive call */
+    int context_tokens; /* the model's window (prompt + max_tokens); 0 = unbounded
+                           (a snapshot stored before windows existed) */
 } sheaf_stage;
 
 typedef struct sheaf_pipeline {
@@ -114,6 +126,27 @@ char *sheaf_pipeline_to_json(const sheaf_pipeline *p);
 sheaf_pipeline *sheaf_pipeline_from_json(const char *json, size_t len, char *errstr,
                                          size_t errlen);
 void sheaf_pipeline_destroy(sheaf_pipeline *p);
+
+/* The default window of a model when llm.context_tokens is 0: the known
+ * window of a common model (matched by name prefix, after any "provider/"),
+ * else SHEAF_CONTEXT_TOKENS_DEFAULT. */
+#define SHEAF_CONTEXT_TOKENS_DEFAULT 8192
+int sheaf_model_context_tokens(const char *model);
+
+/* The largest prompt a call of st may send (estimated tokens): its window
+ * less its answer (max_tokens), or budget_tokens when set and smaller;
+ * 0 = no bound (no window and no budget). */
+int sheaf_stage_prompt_budget(const sheaf_stage *st);
+
+/* Tokens of st's templates with every variable left empty: what each of
+ * its calls pays on top of its inputs (an estimate). */
+uint32_t sheaf_stage_overhead(const sheaf_stage *st);
+
+/* The prompt budget of the combine stage: its own, made smaller when a
+ * refinement chain follows, because critique and refine see the final
+ * combine call's inputs ("partials") next to the draft and the critique:
+ * so those calls fit their windows too. */
+int sheaf_pipeline_combine_budget(const sheaf_pipeline *p);
 
 /* The text of a map answer or document result for use as input to a
  * later stage: the "text" of rec, or with a schema the "summary" string of

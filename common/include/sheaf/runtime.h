@@ -55,6 +55,7 @@ typedef struct sheaf_runtime {
     /* A fleet condition (sheaf_llm_fleet_cause: a refused key, an unknown
      * model): "" when none.  While set, /health's llm check says so. */
     char fleet_cause[SHEAF_ERRSTR_SIZE];
+    size_t redis_held;              /* work held for Redis (the program's count): /health stays down */
     struct {
         char pv[17];
         sheaf_pipeline *p;

@@ -10,7 +10,8 @@
  *                                  cache_hits, cache_misses, tokens_saved,
  *                                  tokens_{map,reduce,group,overview}_
  *                                  {prompt,completion}, groups_done,
- *                                  replays, repairs
+ *                                  replays, repairs, prices and currency
+ *                                  (cost.prices and cost.currency at submit)
  *   sheaf:{J}:docs         list    document ids in submit order
  *   sheaf:{J}:d:<doc>      hash    n (chunks), meta (JSON), ordinal
  *   sheaf:{J}:p:<doc>      hash    s:<idx> = ok|failed, r:<idx> = result
@@ -114,6 +115,12 @@ redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const 
 /* printf-style convenience over sheaf_redis_argv (hiredis format rules:
  * %s strings, %b binary with length). */
 redisReply *sheaf_redis_cmd(sheaf_redis *r, char *errstr, size_t errlen, const char *fmt, ...);
+
+/* What a failed Redis call means for an operator, to open a log line or a
+ * health reason: "Redis is full (maxmemory; ...what frees it...)" when
+ * errstr carries Redis's OOM refusal, otherwise "Redis unavailable".  Both
+ * are waits, never failures: the caller holds its work and tries again. */
+const char *sheaf_redis_trouble(const char *errstr);
 
 /* Runs a command and drops its reply: SHEAF_OK, or SHEAF_ERR_REDIS with
  * errstr (a Redis error reply included). */
@@ -517,6 +524,11 @@ sheaf_err sheaf_state_emit_claim(sheaf_redis *r, const char *job, const sheaf_en
 sheaf_err sheaf_state_emit_done(sheaf_redis *r, const char *job, const char *item, char *errstr,
                                 size_t errlen);
 
+/* The stored results of n documents (ids) into out[0..n): a malloc'd JSON
+ * line, or NULL for a document without a result yet.  On failure every
+ * out[i] is NULL. */
+sheaf_err sheaf_state_results_get(sheaf_redis *r, const char *job, char *const *ids, size_t n,
+                                  char **out, char *errstr, size_t errlen);
 /* The stored result of a document (id), group (path) or the overview;
  * *json NULL when none is stored. */
 sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kind kind,
@@ -549,6 +561,9 @@ typedef struct sheaf_job_status {
     char waiting[256];
     int64_t waiting_age_ms;
     int64_t server_now_ms;       /* Redis TIME when read (jobs not ended); 0 otherwise */
+    uint64_t results;            /* document results stored (HLEN of sheaf:{J}:results) */
+    char prices[1024];           /* cost.prices at submit ("" for jobs older than that) */
+    char currency[16];           /* cost.currency at submit */
 } sheaf_job_status;
 
 #define SHEAF_WAITING_FRESH_MS 60000

@@ -1135,6 +1135,7 @@ void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st)
     st->queued = a->queued.n + a->done.n;
     st->waiting = a->waiting.n;
     st->in_flight = a->flight.n;
+    st->window = (size_t)a->cwnd;
     snprintf(st->breaker_reason, sizeof(st->breaker_reason), "%s", a->brk_reason);
 }
 

@@ -140,6 +140,8 @@ typedef struct sheaf_llm_stats {
     size_t queued;           /* waiting for a slot, the limiter or the breaker */
     size_t waiting;          /* waiting for a retry timer */
     size_t in_flight;        /* HTTP requests under way */
+    size_t window;           /* calls allowed in flight now: max_in_flight, less after
+                              * 429s without limit headers (AIMD) */
     char breaker_reason[256]; /* why the circuit last opened ("" never) */
 } sheaf_llm_stats;
 

@@ -96,7 +96,7 @@
 #define ASYNC_MAX_IN_FLIGHT 4096
 #define ASYNC_SLOT_KEEP_BYTES 65536   /* a slot's buffer larger than this is freed after use */
 #define ASYNC_PENALTY_SLACK_MS 100    /* a penalty extending the hold less than this is not resent */
-#define LEARN_MARGIN 0.97             /* of a learned limit: the pace */
+#define LEARN_MARGIN SHEAF_LLM_LEARN_MARGIN
 #define LEARN_BURST_MS 1000.0         /* how far ahead of its pace a learned limit may run */
 #define LEARN_COST_WEIGHT 0.1         /* of the newest answer in the smoothed cost */
 
@@ -175,6 +175,9 @@ struct sheaf_llm_async {
     int64_t tok_guard_until_ms;    /* ... true until then (its -reset-tokens) */
     int64_t learn_wait_until_ms;   /* the pace or the guard said wait until */
     uint64_t starts;               /* attempts started (for the guard) */
+    int limiter_learned;           /* the limiter holds learned limits: it paces, not us */
+    void (*on_learned)(void *ud, int64_t rpm, int64_t tpm);
+    void *on_learned_ud;
     /* Adaptive concurrency without headers: the window, AIMD. */
     double cwnd;
     int64_t cwnd_cut_ms;           /* last halving */
@@ -606,9 +609,10 @@ static int learned_allows(sheaf_llm_async *a, const llm_call *c, int64_t now)
 {
     double cost = a->cost > 0 ? a->cost : (double)c->est_tokens, t = (double)now;
     int64_t wait_until = 0;
-    if (a->req_per_ms > 0 && a->req_tat - t > LEARN_BURST_MS)
+    int pace = !a->limiter_learned; /* a fleet limiter of the learned limits paces instead */
+    if (pace && a->req_per_ms > 0 && a->req_tat - t > LEARN_BURST_MS)
         wait_until = (int64_t)(a->req_tat - LEARN_BURST_MS) + 1;
-    if (a->tok_per_ms > 0 && a->tok_tat - t > LEARN_BURST_MS) {
+    if (pace && a->tok_per_ms > 0 && a->tok_tat - t > LEARN_BURST_MS) {
         int64_t w = (int64_t)(a->tok_tat - LEARN_BURST_MS) + 1;
         if (w > wait_until) wait_until = w;
     }
@@ -633,12 +637,17 @@ static void learn(sheaf_llm_async *a, const llm_call *c, const sheaf_llm_resp_he
     if (h->limit_tokens > 0 || h->limit_requests > 0) {
         double tok = h->limit_tokens > 0 ? (double)h->limit_tokens * LEARN_MARGIN / 60000.0 : 0;
         double req = h->limit_requests > 0 ? (double)h->limit_requests * LEARN_MARGIN / 60000.0 : 0;
-        if (tok != a->tok_per_ms || req != a->req_per_ms)
+        int changed = tok != a->tok_per_ms || req != a->req_per_ms;
+        if (changed)
             sheaf_info("llm", "the provider's limits: %lld requests/min, %lld tokens/min; pacing "
                        "at %.0f%% of them", (long long)h->limit_requests,
                        (long long)h->limit_tokens, LEARN_MARGIN * 100);
         a->tok_per_ms = tok;
         a->req_per_ms = req;
+        /* The owner may share them with the fleet (a Redis limiter). */
+        if (changed && a->on_learned)
+            a->on_learned(a->on_learned_ud, h->limit_requests > 0 ? h->limit_requests : 0,
+                          h->limit_tokens > 0 ? h->limit_tokens : 0);
         a->cwnd = a->max_in_flight; /* a provider that says its limits needs no guessing */
     }
     if (h->remaining_tokens >= 0 && c->start_seq >= a->tok_info_seq) {
@@ -687,11 +696,13 @@ static void ask_limiter(sheaf_llm_async *a, llm_call *c)
 {
     a->asking = c;
     a->asking_now = 1;
+    /* A limiter of learned limits is charged what the provider counts. */
+    uint32_t tokens = a->limiter_learned && a->cost > 0 ? (uint32_t)(a->cost + 0.5) : c->est_tokens;
     if (a->limiter.acquire_async) {
-        a->limiter.acquire_async(a->limiter.ud, c->est_tokens, on_admit, a);
+        a->limiter.acquire_async(a->limiter.ud, tokens, on_admit, a);
     } else {
         int64_t wait_ms = 0;
-        sheaf_err err = a->limiter.acquire(a->limiter.ud, c->est_tokens, &wait_ms);
+        sheaf_err err = a->limiter.acquire(a->limiter.ud, tokens, &wait_ms);
         on_admit(a, err, wait_ms);
     }
     a->asking_now = 0;
@@ -1190,6 +1201,22 @@ sheaf_err sheaf_llm_metrics_register(sheaf_metrics *reg, sheaf_llm_metrics *out,
                   "class", classes[k], NULL, 0, errstr, errlen)))
             return SHEAF_ERR_INVALID;
     return SHEAF_OK;
+}
+
+void sheaf_llm_async_on_learned(sheaf_llm_async *a,
+                                void (*fn)(void *ud, int64_t rpm, int64_t tpm), void *ud)
+{
+    if (!a) return;
+    a->on_learned = fn;
+    a->on_learned_ud = ud;
+}
+
+void sheaf_llm_async_set_learned_limiter(sheaf_llm_async *a, const sheaf_llm_limiter *lim)
+{
+    if (!a || !lim || (!lim->acquire && !lim->acquire_async)) return;
+    a->limiter = *lim;
+    a->has_limiter = 1;
+    a->limiter_learned = 1;
 }
 
 void sheaf_llm_async_set_metrics(sheaf_llm_async *a, const sheaf_llm_metrics *m)

@@ -189,14 +189,12 @@ sheaf_err sheaf_ratelimit_penalize(sheaf_ratelimit *rl, int64_t ms, char *errstr
     return SHEAF_OK;
 }
 
-sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
-                                      sheaf_ratelimit **out, char *errstr, size_t errlen)
+sheaf_ratelimit *sheaf_ratelimit_for_endpoint(sheaf_redis *r, const sheaf_config *cfg, double rpm,
+                                              double tpm, char *errstr, size_t errlen)
 {
     char key[256], hex[65];
     sheaf_buf id;
 
-    *out = NULL;
-    if (cfg->llm_rpm <= 0 && cfg->llm_tpm <= 0) return SHEAF_OK;
     /* One limit per endpoint and model, named by a hash so any URL fits the
      * key rules and none appears in Redis. */
     sheaf_buf_init(&id, 64 * 1024);
@@ -204,13 +202,28 @@ sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
                           cfg->llm_model ? cfg->llm_model : "") != SHEAF_OK) {
         sheaf_buf_free(&id);
         sheaf_set_err(errstr, errlen, "llm.base_url and llm.model are too long");
-        return SHEAF_ERR_CONFIG;
+        return NULL;
     }
     sheaf_sha256_hex(id.data, id.len, hex);
     sheaf_buf_free(&id);
     snprintf(key, sizeof(key), "ep-%.16s", hex);
-    *out = sheaf_ratelimit_create(r, key, cfg->llm_rpm, cfg->llm_tpm, 1.0, errstr, errlen);
+    return sheaf_ratelimit_create(r, key, rpm, tpm, 1.0, errstr, errlen);
+}
+
+sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
+                                      sheaf_ratelimit **out, char *errstr, size_t errlen)
+{
+    *out = NULL;
+    if (cfg->llm_rpm <= 0 && cfg->llm_tpm <= 0) return SHEAF_OK;
+    *out = sheaf_ratelimit_for_endpoint(r, cfg, cfg->llm_rpm, cfg->llm_tpm, errstr, errlen);
     return *out ? SHEAF_OK : SHEAF_ERR_CONFIG;
+}
+
+void sheaf_ratelimit_set_rates(sheaf_ratelimit *rl, double rpm, double tpm)
+{
+    if (!rl || !isfinite(rpm) || !isfinite(tpm) || rpm < 0 || tpm < 0) return;
+    limit_args(rpm, 1.0, rl->t_req, rl->tau_req, sizeof(rl->t_req));
+    limit_args(tpm, 1.0, rl->t_tok, rl->tau_tok, sizeof(rl->t_tok));
 }
 
 static sheaf_err bound_acquire(void *ud, uint32_t tokens, int64_t *wait_ms)

@@ -486,6 +486,28 @@ static void watch(reducer_shared *sh, reducer *rs, int n, int64_t *health_ms, in
 
 /* ---- threads ---- */
 
+/* The engine learned the provider's limits (no llm.rpm/tpm configured):
+ * shared with the fleet through the endpoint's Redis limiter, as the
+ * workers' runtime does (common/runtime/runtime.c), on this thread's own
+ * connection. */
+static void on_learned(void *ud, int64_t rpm, int64_t tpm)
+{
+    reducer *r = ud;
+    char errstr[SHEAF_ERRSTR_SIZE];
+    double q = (double)rpm * SHEAF_LLM_LEARN_MARGIN, t = (double)tpm * SHEAF_LLM_LEARN_MARGIN;
+    if (r->limit) {
+        sheaf_ratelimit_set_rates(r->limit, q, t);
+        return;
+    }
+    if (!(r->limit = sheaf_ratelimit_for_endpoint(r->redis, r->cfg, q, t, errstr,
+                                                  sizeof(errstr)))) {
+        sheaf_warn("reducer", "cannot share the learned limits: %s", errstr);
+        return;
+    }
+    sheaf_ratelimit_bind(r->limit, &r->limiter);
+    sheaf_llm_async_set_learned_limiter(r->llm, &r->limiter);
+}
+
 static void *reducer_run(void *arg)
 {
     reducer *r = arg;
@@ -501,6 +523,7 @@ static void *reducer_run(void *arg)
         return NULL;
     }
     sheaf_llm_async_set_metrics(r->llm, &r->sh->llm_met);
+    if (!r->limit) sheaf_llm_async_on_learned(r->llm, on_learned, r);
     while (!sheaf_stop) {
         reducer_llm_state(r);
         int64_t now = sheaf_mono_ms();

@@ -129,6 +129,31 @@ static int ops_start(sheaf_runtime *rt, char *errstr, size_t errlen)
     return 0;
 }
 
+/* ---- limits learned from the provider ---- */
+
+/* The engine learned the provider's limits (no llm.rpm/tpm configured):
+ * the whole fleet shares them through the Redis limiter of the endpoint,
+ * at the engine's margin, instead of every process pacing at the whole
+ * limit. */
+static void on_learned(void *ud, int64_t rpm, int64_t tpm)
+{
+    sheaf_runtime *rt = ud;
+    char errstr[SHEAF_ERRSTR_SIZE];
+    double r = (double)rpm * SHEAF_LLM_LEARN_MARGIN, t = (double)tpm * SHEAF_LLM_LEARN_MARGIN;
+    if (rt->limit) {
+        sheaf_ratelimit_set_rates(rt->limit, r, t);
+        return;
+    }
+    if (!(rt->limit = sheaf_ratelimit_for_endpoint(NULL, rt->cfg, r, t, errstr, sizeof(errstr)))) {
+        sheaf_warn(rt->component, "cannot share the learned limits: %s", errstr);
+        return;
+    }
+    sheaf_ratelimit_bind_async(rt->limit, rt->redis, &rt->limiter);
+    sheaf_llm_async_set_learned_limiter(rt->llm, &rt->limiter);
+    sheaf_info(rt->component, "sharing the provider's limits with the fleet: %.0f requests/min, "
+               "%.0f tokens/min (0: none)", r, t);
+}
+
 /* ---- create, run, destroy ---- */
 
 sheaf_runtime *sheaf_runtime_create(const sheaf_config *cfg, const char *component,
@@ -153,6 +178,7 @@ sheaf_runtime *sheaf_runtime_create(const sheaf_config *cfg, const char *compone
     if (!(rt->llm = sheaf_llm_async_create_on(rt->base, cfg, max_in_flight,
                                               rt->limit ? &rt->limiter : NULL, errstr, errlen)))
         goto done;
+    if (!rt->limit) sheaf_llm_async_on_learned(rt->llm, on_learned, rt);
     sheaf_llm_async_set_metrics(rt->llm, &rt->llm_met);
     rt->redis_ping_ms = sheaf_mono_ms() - REDIS_PING_EVERY_MS; /* a PING at the first tick */
     ret = rt;

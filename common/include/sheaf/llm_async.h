@@ -100,6 +100,9 @@ typedef struct sheaf_llm_limiter {
 
 #define SHEAF_LLM_LIMITER_ERROR_WAIT_MS 500
 
+/* Of a limit learned from the provider's headers: what is used of it. */
+#define SHEAF_LLM_LEARN_MARGIN 0.97
+
 /* Called exactly once per accepted call, from sheaf_llm_async_run(),
  * sheaf_llm_async_abort_all() or sheaf_llm_async_destroy().
  *   err     SHEAF_OK; SHEAF_ERR_LLM_FATAL (not retryable: 4xx other than
@@ -244,6 +247,18 @@ int sheaf_llm_async_circuit_open(const sheaf_llm_async *a);
 int sheaf_llm_fleet_cause(long http_status, const char *errstr, char *cause, size_t len);
 /* Fills st with the counters since create and the current state. */
 void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st);
+
+/* Limits learned from the provider's headers (x-ratelimit-limit-*): fn
+ * is called with them (per minute, 0 when not sent) the first time and
+ * whenever they change, from the engine's step.  The owner may then share
+ * them with the fleet through the Redis limiter (the runtime does, and the
+ * reducer), with sheaf_llm_async_set_learned_limiter: from then on that
+ * limiter paces the engine instead of its own pace, charged per call what
+ * the provider counted for the last answers (their usage), not the
+ * estimate.  Only for an engine created without a limiter. */
+void sheaf_llm_async_on_learned(sheaf_llm_async *a,
+                                void (*fn)(void *ud, int64_t rpm, int64_t tpm), void *ud);
+void sheaf_llm_async_set_learned_limiter(sheaf_llm_async *a, const sheaf_llm_limiter *lim);
 
 /* Feeds m's metrics from now on (m is copied; the metrics it points to
  * must outlive the engine).  NULL stops feeding them. */

@@ -96,6 +96,14 @@ sheaf_err sheaf_ratelimit_penalize(sheaf_ratelimit *rl, int64_t ms, char *errstr
 sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
                                       sheaf_ratelimit **out, char *errstr, size_t errlen);
 
+/* The limiter of cfg's LLM endpoint (llm.base_url + llm.model, the key
+ * every worker and reducer shares) with these rates (a burst of 1 s); for
+ * limits learned from the provider's headers.  NULL with errstr. */
+sheaf_ratelimit *sheaf_ratelimit_for_endpoint(sheaf_redis *r, const sheaf_config *cfg, double rpm,
+                                              double tpm, char *errstr, size_t errlen);
+/* Changes the rates (the provider said other limits); the keys stay. */
+void sheaf_ratelimit_set_rates(sheaf_ratelimit *rl, double rpm, double tpm);
+
 /* Binds rl to the LLM engine's limiter interface (Redis failures are
  * logged; the engine then waits and asks again). */
 void sheaf_ratelimit_bind(sheaf_ratelimit *rl, sheaf_llm_limiter *lim);

@@ -189,25 +189,81 @@ sheaf_err sheaf_ratelimit_penalize(sheaf_ratelimit *rl, int64_t ms, char *errstr
     return SHEAF_OK;
 }
 
-sheaf_ratelimit *sheaf_ratelimit_for_endpoint(sheaf_redis *r, const sheaf_config *cfg, double rpm,
-                                              double tpm, char *errstr, size_t errlen)
+/* The key of cfg's endpoint: one limit per endpoint and model, named by a
+ * hash so any URL fits the key rules and none appears in Redis.  -1 when
+ * base_url and model are too long. */
+static int endpoint_key(const sheaf_config *cfg, char *key, size_t len)
 {
-    char key[256], hex[65];
+    char hex[65];
     sheaf_buf id;
-
-    /* One limit per endpoint and model, named by a hash so any URL fits the
-     * key rules and none appears in Redis. */
     sheaf_buf_init(&id, 64 * 1024);
     if (sheaf_buf_appendf(&id, "%s|%s", cfg->llm_base_url ? cfg->llm_base_url : "",
                           cfg->llm_model ? cfg->llm_model : "") != SHEAF_OK) {
         sheaf_buf_free(&id);
-        sheaf_set_err(errstr, errlen, "llm.base_url and llm.model are too long");
-        return NULL;
+        return -1;
     }
     sheaf_sha256_hex(id.data, id.len, hex);
     sheaf_buf_free(&id);
-    snprintf(key, sizeof(key), "ep-%.16s", hex);
+    snprintf(key, len, "ep-%.16s", hex);
+    return 0;
+}
+
+sheaf_ratelimit *sheaf_ratelimit_for_endpoint(sheaf_redis *r, const sheaf_config *cfg, double rpm,
+                                              double tpm, char *errstr, size_t errlen)
+{
+    char key[256];
+    if (endpoint_key(cfg, key, sizeof(key)) != 0) {
+        sheaf_set_err(errstr, errlen, "llm.base_url and llm.model are too long");
+        return NULL;
+    }
     return sheaf_ratelimit_create(r, key, rpm, tpm, 1.0, errstr, errlen);
+}
+
+/* sheaf:rl:{<endpoint>}:learned = "<rpm> <tpm>": the limits a process
+ * learned from the provider, for the processes that have not seen an
+ * answer yet. */
+#define RL_LEARNED_TTL "3600"
+
+static int learned_key(const sheaf_config *cfg, char *out, size_t len)
+{
+    char key[256];
+    if (endpoint_key(cfg, key, sizeof(key)) != 0) return -1;
+    snprintf(out, len, "sheaf:rl:{%s}:learned", key);
+    return 0;
+}
+
+static void on_learned_put(void *ud, redisReply *rep, const char *errstr)
+{
+    (void)ud;
+    if (!rep) sheaf_warn("ratelimit", "cannot record the learned limits: %s", errstr);
+}
+
+void sheaf_ratelimit_learned_put_async(sheaf_aredis *ar, const sheaf_config *cfg, int64_t rpm,
+                                       int64_t tpm)
+{
+    char key[300], val[64];
+    if (learned_key(cfg, key, sizeof(key)) != 0) return;
+    snprintf(val, sizeof(val), "%lld %lld", (long long)rpm, (long long)tpm);
+    const char *argv[] = {"SET", key, val, "EX", RL_LEARNED_TTL};
+    sheaf_aredis_argv(ar, 5, argv, NULL, on_learned_put, NULL);
+}
+
+int sheaf_ratelimit_learned_get(sheaf_redis *r, const sheaf_config *cfg, int64_t *rpm,
+                                int64_t *tpm)
+{
+    char key[300], errstr[SHEAF_ERRSTR_SIZE];
+    long long q = 0, t = 0;
+    int found = 0;
+    if (learned_key(cfg, key, sizeof(key)) != 0) return 0;
+    redisReply *rep = sheaf_redis_cmd(r, errstr, sizeof(errstr), "GET %s", key);
+    if (rep && rep->type == REDIS_REPLY_STRING && sscanf(rep->str, "%lld %lld", &q, &t) == 2 &&
+        q >= 0 && t >= 0 && (q > 0 || t > 0)) {
+        *rpm = q;
+        *tpm = t;
+        found = 1;
+    }
+    if (rep) freeReplyObject(rep);
+    return found;
 }
 
 sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,

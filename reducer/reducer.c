@@ -508,6 +508,17 @@ static void on_learned(void *ud, int64_t rpm, int64_t tpm)
     sheaf_llm_async_set_learned_limiter(r->llm, &r->limiter);
 }
 
+/* Until this thread has a limiter: limits the fleet learned (a worker saw
+ * the provider's headers before this thread made a call), every second,
+ * so the first calls are paced too.  Not with llm.rpm/tpm configured. */
+static void learned_look(reducer *r)
+{
+    int64_t now = sheaf_mono_ms(), rpm = 0, tpm = 0;
+    if (r->limit || r->cfg->llm_rpm > 0 || r->cfg->llm_tpm > 0 || now - r->learned_ms < 1000) return;
+    r->learned_ms = now;
+    if (sheaf_ratelimit_learned_get(r->redis, r->cfg, &rpm, &tpm)) on_learned(r, rpm, tpm);
+}
+
 static void *reducer_run(void *arg)
 {
     reducer *r = arg;
@@ -525,6 +536,7 @@ static void *reducer_run(void *arg)
     sheaf_llm_async_set_metrics(r->llm, &r->sh->llm_met);
     if (!r->limit) sheaf_llm_async_on_learned(r->llm, on_learned, r);
     while (!sheaf_stop) {
+        learned_look(r);
         reducer_llm_state(r);
         int64_t now = sheaf_mono_ms();
         if (now - r->jobs_refreshed_ms >= REFRESH_EVERY_MS) {

@@ -140,6 +140,7 @@ static void on_learned(void *ud, int64_t rpm, int64_t tpm)
     sheaf_runtime *rt = ud;
     char errstr[SHEAF_ERRSTR_SIZE];
     double r = (double)rpm * SHEAF_LLM_LEARN_MARGIN, t = (double)tpm * SHEAF_LLM_LEARN_MARGIN;
+    sheaf_ratelimit_learned_put_async(rt->redis, rt->cfg, rpm, tpm);
     if (rt->limit) {
         sheaf_ratelimit_set_rates(rt->limit, r, t);
         return;

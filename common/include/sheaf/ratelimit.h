@@ -101,6 +101,16 @@ sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
  * limits learned from the provider's headers.  NULL with errstr. */
 sheaf_ratelimit *sheaf_ratelimit_for_endpoint(sheaf_redis *r, const sheaf_config *cfg, double rpm,
                                               double tpm, char *errstr, size_t errlen);
+/* Limits learned from the provider (per minute, 0: none sent), recorded
+ * for an hour under the endpoint's key so processes that have not seen an
+ * answer yet (a reducer that starts its calls after the map stage) use
+ * them from their first call.  put is fire and forget; get is 1 when
+ * found. */
+void sheaf_ratelimit_learned_put_async(sheaf_aredis *ar, const sheaf_config *cfg, int64_t rpm,
+                                       int64_t tpm);
+int sheaf_ratelimit_learned_get(sheaf_redis *r, const sheaf_config *cfg, int64_t *rpm,
+                                int64_t *tpm);
+
 /* Changes the rates (the provider said other limits); the keys stay. */
 void sheaf_ratelimit_set_rates(sheaf_ratelimit *rl, double rpm, double tpm);
 

@@ -36,6 +36,9 @@
  *
  *   sheaf:rl:{<endpoint>}:req   string  TAT of the request limit (us)
  *   sheaf:rl:{<endpoint>}:tok   string  TAT of the token limit (us)
+ *   sheaf:rl:{<endpoint>}:learned string "<rpm> <tpm>" learned from the
+ *                               provider's headers (1 h), when none is
+ *                               configured
  *
  * Each key expires (PX) when its TAT is reached: an idle limiter leaves
  * nothing behind, and a missing key means a full bucket.

@@ -161,8 +161,15 @@ static sheaf_err dead_letter(stream *s, rec *r, const rd_kafka_message_t *m, con
     sheaf_warn("stream", "%s [%d] @%lld: %s (to %s)", s->o->from_topic, (int)m->partition,
                (long long)m->offset, why, s->dlq_topic);
     r->pending++;
-    if (sheaf_kafka_dlq_send_tracked(s->producer, s->dlq_topic, m, why, s->o->name, &r->hook,
-                                     errstr, sizeof(errstr)) != SHEAF_OK) {
+    /* Refused at once, mostly a full local queue: it drains as delivery
+     * reports are served, so poll and try again for a while. */
+    sheaf_err e;
+    int64_t until = sheaf_mono_ms() + 10000;
+    while ((e = sheaf_kafka_dlq_send(s->producer, s->dlq_topic, m, why, s->o->name, &r->hook,
+                                     errstr, sizeof(errstr))) != SHEAF_OK &&
+           !sheaf_stop && sheaf_mono_ms() < until)
+        rd_kafka_poll(s->producer, 100);
+    if (e != SHEAF_OK) {
         r->pending--;
         snprintf(s->fail_why, sizeof(s->fail_why), "%s", errstr);
         return SHEAF_ERR_KAFKA;

@@ -286,6 +286,39 @@ static void watch(reducer_shared *sh, reducer *rs, int n, int64_t *health_ms, in
 
 /* ---- threads ---- */
 
+/* The engine learned the provider's limits (no llm.rpm/tpm configured):
+ * shared with the fleet through the endpoint's Redis limiter, as the
+ * workers' runtime does (common/runtime/runtime.c), on this thread's own
+ * connection. */
+static void on_learned(void *ud, int64_t rpm, int64_t tpm)
+{
+    reducer *r = ud;
+    char errstr[SHEAF_ERRSTR_SIZE];
+    double q = (double)rpm * SHEAF_LLM_LEARN_MARGIN, t = (double)tpm * SHEAF_LLM_LEARN_MARGIN;
+    if (r->limit) {
+        sheaf_ratelimit_set_rates(r->limit, q, t);
+        return;
+    }
+    if (!(r->limit = sheaf_ratelimit_for_endpoint(r->redis, r->cfg, q, t, errstr,
+                                                  sizeof(errstr)))) {
+        sheaf_warn("reducer", "cannot share the learned limits: %s", errstr);
+        return;
+    }
+    sheaf_ratelimit_bind(r->limit, &r->limiter);
+    sheaf_llm_async_set_learned_limiter(r->llm, &r->limiter);
+}
+
+/* Until this thread has a limiter: limits the fleet learned (a worker saw
+ * the provider's headers before this thread made a call), every second,
+ * so the first calls are paced too.  Not with llm.rpm/tpm configured. */
+static void learned_look(reducer *r)
+{
+    int64_t now = sheaf_mono_ms(), rpm = 0, tpm = 0;
+    if (r->limit || r->cfg->llm_rpm > 0 || r->cfg->llm_tpm > 0 || now - r->learned_ms < 1000) return;
+    r->learned_ms = now;
+    if (sheaf_ratelimit_learned_get(r->redis, r->cfg, &rpm, &tpm)) on_learned(r, rpm, tpm);
+}
+
 static void *reducer_run(void *arg)
 {
     reducer *r = arg;
@@ -301,7 +334,9 @@ static void *reducer_run(void *arg)
         return NULL;
     }
     sheaf_llm_async_set_metrics(r->llm, &r->sh->llm_met);
+    if (!r->limit) sheaf_llm_async_on_learned(r->llm, on_learned, r);
     while (!sheaf_stop) {
+        learned_look(r);
         reducer_llm_state(r);
         int64_t now = sheaf_mono_ms();
         if (now - r->jobs_refreshed_ms >= REFRESH_EVERY_MS) {

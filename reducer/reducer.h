@@ -58,6 +58,7 @@ typedef struct reducer {
     sheaf_strlist jobs;          /* active jobs, sorted, refreshed every second; no cap */
     size_t rotate;               /* where the next read starts, for fairness */
     int64_t jobs_refreshed_ms, claimed_ms, swept_ms, trimmed_ms;
+    int64_t learned_ms;          /* last look for limits learned by the fleet */
     int redis_delay_ms;          /* this thread's wait between tries while Redis is down */
     /* The lease on the entry being worked on (sheaf/state.h): renewed from
      * the LLM wait loop every claim_idle_ms / 3; lost when another reducer

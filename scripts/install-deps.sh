@@ -30,6 +30,7 @@ PACKAGES=(
   libcurl4-openssl-dev                      # HTTP client for the LLM API
   libmsgpack-dev                            # msgpack-c: the chunk message codec
   libhiredis-dev                            # Redis client
+  libevent-dev                              # the runtime's event loop (libevent 2.1)
   libjansson-dev                            # JSON for the HTTP API and records
   libssl-dev                                # SHA-256 for pipeline versions
   libmicrohttpd-dev                         # HTTP server of the LLM simulator

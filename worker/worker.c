@@ -1,14 +1,16 @@
 /* worker.c - sheaf-worker: the map stage of every job.
  *
  * A stateless member of the Kafka consumer group worker.group on
- * <prefix>.map.  One thread runs one loop: it takes chunk messages from
- * Kafka while the LLM engine has room (worker.max_in_flight calls in
- * flight, libcurl multi), turns the engine, and stores offsets as calls
- * finish - per partition only up to the lowest unfinished offset (the
- * offset window), so a crash leads to redelivery, never to loss.  See
- * chunk.c for what happens to one message.
+ * <prefix>.map.  One thread runs the runtime's event loop (sheaf/runtime.h,
+ * docs/runtime.md): the consumer's queue is watched through its io-event
+ * fd, and whenever it has messages and the worker has room (two windows of
+ * worker.max_in_flight chunks) they are taken; each is a state machine
+ * (chunk.c) driven by Redis replies, LLM answers, delivery reports and
+ * timers on the same loop.  Offsets are stored as chunks finish - per
+ * partition only up to the lowest unfinished offset (the offset window),
+ * so a crash leads to redelivery, never to loss.
  *
- * Flow control: while the engine holds two windows of calls (max_in_flight
+ * Flow control: while two windows of chunks are live (max_in_flight
  * in flight, as many queued behind them) the loop stops taking messages
  * and leaves them in librdkafka's prefetch queue (bounded by
  * queued.max.messages.kbytes), so the next message is at hand the moment a
@@ -36,17 +38,15 @@
  * (idempotently) but store no offset: the new owner redoes those messages
  * and finds the results recorded.
  *
- * SIGTERM: pause everything, give back the calls not yet started, let
- * the calls in flight finish for up to worker.drain_ms, abandon the rest (not recorded, redelivered to another
- * worker), commit stored offsets by closing the consumer (which also leaves
- * the group at once), exit 0.
+ * SIGTERM (seen by the tick): pause everything, give back the calls not
+ * yet started, let the chunks under way finish for up to worker.drain_ms,
+ * abandon the rest (not recorded, redelivered to another worker), commit
+ * stored offsets by closing the consumer (which also leaves the group at
+ * once), exit 0.
  *
- * Metrics and health (metrics.port): counters are fed where things happen;
- * the loop publishes, never the HTTP thread, what needs a handle: every
- * second the kafka check (librdkafka's broker news, sheaf/kafka.h; it goes
- * stale when the loop stops polling for a minute) and the llm check (the
- * engine's circuit breaker); every 5 s a Redis PING (Redis failures seen
- * by chunk.c also mark it down at once) and the consumer lag: over the
+ * Metrics and health (metrics.port): the runtime publishes the kafka, llm
+ * and redis checks (Redis failures seen by chunk.c also mark it down at
+ * once); the worker's tick adds every 5 s the consumer lag: over the
  * assigned partitions, the cached high watermark minus the consumed
  * position (rd_kafka_get_watermark_offsets and rd_kafka_position, neither
  * of which blocks). */
@@ -54,6 +54,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <event2/event.h>
 
 #include "sheaf/kafka.h"
 #include "sheaf/log.h"
@@ -70,42 +72,35 @@ static const char usage_text[] =
     "  -X key=value        set a configuration key (see --help-config)\n"
     "      --help-config   list every configuration key\n";
 
-/* ---- metrics and health ---- */
+/* ---- metrics ---- */
 
-#define HEALTH_EVERY_MS 1000
+#define TICK_MS 100                 /* flow control, shutdown checks */
 /* A full backlog for this long pauses the partitions (see Flow control):
  * above librdkafka's 1 s broker wake-up plus a fetch, so the window queued
  * behind calls that long outlasts the refetch; and the longest a rebalance
  * waits for this loop. */
 #define HOLD_MAX_MS 2000
-#define TAKE_BATCH 256              /* messages taken per loop turn at most */
-#define SLOW_EVERY_MS 5000          /* Redis PING, consumer lag */
-#define KAFKA_STALE_MS 60000        /* no poll for this long: the loop is stuck */
+#define TAKE_BATCH 256              /* messages taken per turn at most */
+#define LAG_EVERY_MS 5000
 
 static sheaf_metric *counter(worker *w, const char *name, const char *help, char *errstr,
                              size_t errlen)
 {
-    return sheaf_metrics_add(w->metrics, SHEAF_METRIC_COUNTER, name, help, NULL, NULL, NULL, 0,
-                             errstr, errlen);
+    return sheaf_metrics_add(w->rt->metrics, SHEAF_METRIC_COUNTER, name, help, NULL, NULL, NULL,
+                             0, errstr, errlen);
 }
 
 static sheaf_metric *gauge(worker *w, const char *name, const char *help, char *errstr,
                            size_t errlen)
 {
-    return sheaf_metrics_add(w->metrics, SHEAF_METRIC_GAUGE, name, help, NULL, NULL, NULL, 0,
+    return sheaf_metrics_add(w->rt->metrics, SHEAF_METRIC_GAUGE, name, help, NULL, NULL, NULL, 0,
                              errstr, errlen);
 }
 
-/* The registry, the health checks and, with metrics.port, the endpoint.
- * First thing at start-up: a port that cannot be bound stops the worker
- * before it joins the group. */
+/* The worker's series in the runtime's registry. */
 static int metrics_start(worker *w, char *errstr, size_t errlen)
 {
     worker_metrics *m = &w->met;
-    if (!(w->metrics = sheaf_metrics_create()) || !(w->health = sheaf_health_create())) {
-        sheaf_set_err(errstr, errlen, "out of memory");
-        return -1;
-    }
     if (!(m->consumed = counter(w, "sheaf_messages_consumed_total",
                                 "Chunk messages taken from Kafka.", errstr, errlen)) ||
         !(m->processed = counter(w, "sheaf_chunks_processed_total",
@@ -123,27 +118,9 @@ static int metrics_start(worker *w, char *errstr, size_t errlen)
         !(m->parked = gauge(w, "sheaf_chunks_parked",
                             "Chunks whose LLM call failed transiently after every attempt, "
                             "waiting to be sent again (llm.retry_horizon_ms).", errstr,
-                            errlen)) ||
-        sheaf_llm_metrics_register(w->metrics, &w->llm_met, errstr, errlen) != SHEAF_OK)
-        return -1;
-    if (sheaf_health_add(w->health, "kafka", KAFKA_STALE_MS) != SHEAF_OK ||
-        sheaf_health_add(w->health, "redis", 0) != SHEAF_OK ||
-        sheaf_health_add(w->health, "llm", 0) != SHEAF_OK) {
-        sheaf_set_err(errstr, errlen, "cannot add health checks");
-        return -1;
-    }
-    if (w->cfg.metrics_port > 0 &&
-        !(w->server = sheaf_metrics_server_create(&w->cfg, w->metrics, w->health, errstr, errlen)))
+                            errlen)))
         return -1;
     return 0;
-}
-
-void worker_redis_failed(worker *w, const char *errstr)
-{
-    char why[SHEAF_ERRSTR_SIZE + 160];
-    snprintf(why, sizeof(why), "%s: %s", sheaf_redis_trouble(errstr), errstr);
-    sheaf_health_set(w->health, "redis", 0, why);
-    w->redis_ms = sheaf_mono_ms(); /* the next PING in SLOW_EVERY_MS */
 }
 
 /* Consumer lag over the assignment, from librdkafka's cached offsets.  A
@@ -169,42 +146,6 @@ static void publish_lag(worker *w)
     }
     sheaf_metric_set(w->met.lag, lag);
     rd_kafka_topic_partition_list_destroy(parts);
-}
-
-/* Publishes what the HTTP thread may not find out itself; called by the
- * loop after every poll. */
-static void publish_health(worker *w)
-{
-    char errstr[SHEAF_ERRSTR_SIZE], why[SHEAF_HEALTH_REASON_SIZE + 32];
-    int64_t now = sheaf_mono_ms();
-    if (now - w->health_ms >= HEALTH_EVERY_MS) {
-        w->health_ms = now;
-        int ok = sheaf_kafka_brokers_ok(why, sizeof(why));
-        sheaf_health_set(w->health, "kafka", ok, why);
-        if (w->fleet_cause[0]) {
-            sheaf_health_set(w->health, "llm", 0, w->fleet_cause);
-        } else if (sheaf_llm_async_circuit_open(w->llm)) {
-            sheaf_llm_stats st;
-            sheaf_llm_async_stats(w->llm, &st);
-            snprintf(why, sizeof(why), "circuit open: %s", st.breaker_reason);
-            sheaf_health_set(w->health, "llm", 0, why);
-        } else {
-            sheaf_health_set(w->health, "llm", 1, NULL);
-        }
-    }
-    if (now - w->redis_ms >= SLOW_EVERY_MS) {
-        redisReply *rep = sheaf_redis_cmd(w->redis, errstr, sizeof(errstr), "PING");
-        /* A full Redis answers PING but refuses writes: while chunks are
-         * held the check stays down, with the reason their retries set. */
-        if (!rep) worker_redis_failed(w, errstr);
-        else if (!w->n_held) sheaf_health_set(w->health, "redis", 1, NULL);
-        if (rep) freeReplyObject(rep);
-        w->redis_ms = sheaf_mono_ms();
-    }
-    if (now - w->lag_ms >= SLOW_EVERY_MS) {
-        publish_lag(w);
-        w->lag_ms = now;
-    }
 }
 
 /* ---- partition generations ---- */
@@ -242,43 +183,44 @@ static void set_paused(worker *w, int pause)
     w->paused = pause;
 }
 
-/* The engine holds up to one window of calls queued behind the window in
- * flight, so when a batch of calls ends the next starts at once, before
- * the loop takes a single message; and after a pause the queued window
- * covers the refetch. */
+/* Up to one window of chunks waits behind the window in flight, so when a
+ * batch of calls ends the next starts at once, before the loop takes a
+ * single message; and after a pause the queued window covers the
+ * refetch.  Every live chunk counts, parked ones too: an outage must not
+ * pull the topic into memory. */
 static size_t backlog_limit(const worker *w)
 {
     return 2 * (size_t)w->cfg.worker_max_in_flight;
 }
 
-/* Called after every turn of the engine: notes how long the backlog has
- * been full, pauses for an open circuit or a full backlog held too long,
- * resumes once a window is left. */
+/* From the tick: notes how long the backlog has been full, pauses for an
+ * open circuit or a full backlog held too long, resumes once a window is
+ * left. */
 static void flow_control(worker *w)
 {
-    /* Parked calls count: an outage must not pull the topic into memory.
-     * Redis away (calls held) or a fleet condition: no new work. */
-    size_t pending = sheaf_llm_async_pending(w->llm) + w->n_parked;
-    int circuit = sheaf_llm_async_circuit_open(w->llm) || w->fleet_cause[0] || w->n_held;
+    /* Redis away (chunks held) or a fleet condition: no new work. */
+    size_t pending = w->n_calls;
+    int circuit = sheaf_llm_async_circuit_open(w->rt->llm) || w->rt->fleet_cause[0] ||
+                  w->n_held;
     int64_t now = sheaf_mono_ms();
 
-    if (pending < backlog_limit(w)) {
-        w->full = 0;
-    } else if (!w->full) {
-        w->full = 1;
-        w->full_since_ms = now;
-    }
+    /* full is set by take() when it stops for room and cleared whenever a
+     * chunk ends with room left: it says no chunk ended for that long (a
+     * sample here, every 100 ms, would nearly always find the backlog
+     * refilled and pause a worker that is only busy). */
+    if (pending < backlog_limit(w)) w->full = 0;
     if (!w->paused && circuit) {
-        if (!w->fleet_cause[0] && !w->n_held)
+        if (!w->rt->fleet_cause[0] && !w->n_held)
             sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
         set_paused(w, 1);
     } else if (!w->paused && w->full && now - w->full_since_ms >= HOLD_MAX_MS) {
-        sheaf_debug("worker", "%zu calls pending for %lld ms: consumption paused", pending,
+        sheaf_debug("worker", "%zu chunks pending for %lld ms: consumption paused", pending,
                     (long long)(now - w->full_since_ms));
         set_paused(w, 1);
     } else if (w->paused && !circuit && pending <= (size_t)w->cfg.worker_max_in_flight) {
         set_paused(w, 0);
     }
+    if (w->paused) sheaf_runtime_queue_kick(w->consumer_w); /* the group's news */
 }
 
 /* Logs and applies partition assignment changes.  With cooperative-sticky
@@ -313,7 +255,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             dropped += sheaf_offwin_forget(w->window, parts->elems[i].partition);
             generation_bump(w, parts->elems[i].partition);
         }
-        /* Parked and held calls of those partitions are the new owner's
+        /* Parked and held chunks of those partitions are the new owner's
          * now: waiting on for them would only repeat its calls. */
         worker_waiting_revoked(w);
         sheaf_info("worker", "partitions revoked: %d [%s]; %zu call(s) in flight for them will "
@@ -340,20 +282,115 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
-/* ---- start, loop, stop ---- */
+/* ---- taking messages ---- */
+
+/* The consumer's queue has something (or room appeared): takes messages
+ * while the backlog has room, at most TAKE_BATCH per turn so the loop's
+ * other events are served between batches.  With a full backlog the
+ * consumer is not polled (its messages wait in the prefetch queue), unless
+ * the partitions are paused: then a poll brings no messages, only the
+ * group's news.  Draining, anything fetched is not ours to start. */
+static void take(void *ud)
+{
+    worker *w = ud;
+    size_t max = backlog_limit(w);
+    for (int i = 0; i < TAKE_BATCH; i++) {
+        if (w->n_calls >= max && !w->paused && !w->draining) {
+            w->starved = 1;
+            if (!w->full) {
+                w->full = 1;
+                w->full_since_ms = sheaf_mono_ms();
+            }
+            return;
+        }
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(w->consumer, 0);
+        if (!msg) return;
+        if (w->draining) {
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        if (msg->err) {
+            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                sheaf_warn("worker", "consumer: %s", rd_kafka_message_errstr(msg));
+            rd_kafka_message_destroy(msg);
+            continue;
+        }
+        sheaf_metric_inc(w->met.consumed);
+        worker_take(w, msg);
+    }
+    sheaf_runtime_queue_kick(w->consumer_w); /* more may be waiting */
+}
+
+void worker_room(worker *w)
+{
+    if (w->n_calls < backlog_limit(w)) w->full = 0;
+    if (w->starved && w->n_calls < backlog_limit(w)) {
+        w->starved = 0;
+        sheaf_runtime_queue_kick(w->consumer_w);
+    }
+}
+
+/* Serves the dead-letter producer's delivery reports (and statistics). */
+static void producer_events(void *ud)
+{
+    worker *w = ud;
+    rd_kafka_poll(w->producer, 0);
+}
+
+/* ---- start, tick, drain, stop ---- */
+
+/* SIGTERM: stop fetching, give back what has not started, let the rest
+ * finish until the deadline (checked by the tick). */
+static void drain_start(worker *w)
+{
+    w->draining = 1;
+    w->drain_deadline_ms = sheaf_mono_ms() + w->cfg.worker_drain_ms;
+    set_paused(w, 1);
+    /* Calls not yet started are given back (redelivered to whoever takes
+     * the partition); only requests under way are worth waiting for. */
+    sheaf_llm_async_abort_queued(w->rt->llm);
+    worker_calls_abandon(w, 0);
+    if (w->n_calls)
+        sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", w->n_calls,
+                   w->cfg.worker_drain_ms);
+}
+
+static void tick(void *ud)
+{
+    worker *w = ud;
+    int64_t now = sheaf_mono_ms();
+    if (sheaf_stop && !w->draining) drain_start(w);
+    if (w->draining) {
+        if (w->n_calls && now < w->drain_deadline_ms) return;
+        if (w->n_calls)
+            sheaf_warn("worker", "drain deadline reached: abandoning %zu chunk(s); their "
+                       "messages will be redelivered", w->n_calls);
+        sheaf_runtime_break(w->rt);
+        return;
+    }
+    w->rt->redis_held = w->n_held;
+    flow_control(w);
+    if (now - w->lag_ms >= LAG_EVERY_MS) {
+        publish_lag(w);
+        w->lag_ms = now;
+    }
+}
 
 static int worker_start(worker *w)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "";
     char client_id[128], host[64] = "host";
-    sheaf_llm_limiter limiter;
 
     gethostname(host, sizeof(host) - 1);
     snprintf(client_id, sizeof(client_id), "sheaf-worker-%s-%d", host, (int)getpid());
     sheaf_topic_name(&w->cfg, "map", w->map_topic, sizeof(w->map_topic));
     sheaf_topic_name(&w->cfg, "dlq", w->dlq_topic, sizeof(w->dlq_topic));
 
-    if (metrics_start(w, errstr, sizeof(errstr)) != 0) {
+    /* Metrics first: a port that cannot be bound stops the worker before
+     * it joins the group. */
+    if (!(w->rt = sheaf_runtime_create(&w->cfg, "worker", w->cfg.worker_max_in_flight, errstr,
+                                       sizeof(errstr))) ||
+        metrics_start(w, errstr, sizeof(errstr)) != 0) {
         sheaf_error("worker", "%s", errstr);
         return -1;
     }
@@ -361,18 +398,23 @@ static int worker_start(worker *w)
         sheaf_error("worker", "out of memory");
         return -1;
     }
-    if (!(w->redis = sheaf_redis_connect(&w->cfg, errstr, sizeof(errstr))) ||
-        sheaf_ratelimit_from_config(w->redis, &w->cfg, &w->limit, errstr, sizeof(errstr)) ||
-        (w->limit && (sheaf_ratelimit_bind(w->limit, &limiter), 0)) ||
-        !(w->llm = sheaf_llm_async_create(&w->cfg, w->cfg.worker_max_in_flight,
-                                          w->limit ? &limiter : NULL, errstr, sizeof(errstr))) ||
-        !(w->producer = sheaf_kafka_producer_new(&w->cfg, client_id, errstr, sizeof(errstr))) ||
+    if (!(w->producer = sheaf_kafka_producer_new(&w->cfg, client_id, errstr, sizeof(errstr))) ||
         !(w->consumer = sheaf_kafka_consumer_new(&w->cfg, client_id, w->cfg.worker_group,
                                                  on_rebalance, w, errstr, sizeof(errstr)))) {
         sheaf_error("worker", "%s", errstr);
         return -1;
     }
-    sheaf_llm_async_set_metrics(w->llm, &w->llm_met);
+    w->consumer_q = rd_kafka_queue_get_consumer(w->consumer);
+    w->producer_q = rd_kafka_queue_get_main(w->producer);
+    if (!w->consumer_q || !w->producer_q ||
+        !(w->consumer_w = sheaf_runtime_watch_queue(w->rt, w->consumer_q, take, w, errstr,
+                                                    sizeof(errstr))) ||
+        !(w->producer_w = sheaf_runtime_watch_queue(w->rt, w->producer_q, producer_events, w,
+                                                    errstr, sizeof(errstr))) ||
+        sheaf_runtime_set_tick(w->rt, TICK_MS, tick, w) != SHEAF_OK) {
+        sheaf_error("worker", "cannot watch the Kafka queues: %s", errstr);
+        return -1;
+    }
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(topics, w->map_topic, RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(w->consumer, topics);
@@ -383,101 +425,38 @@ static int worker_start(worker *w)
     }
     sheaf_info("worker", "consuming %s in group %s; LLM %s model %s; %d calls in flight%s",
                w->map_topic, w->cfg.worker_group, w->cfg.llm_base_url, w->cfg.llm_model,
-               w->cfg.worker_max_in_flight, w->limit ? "; fleet-wide rate limit" : "");
+               w->cfg.worker_max_in_flight, w->rt->limit ? "; fleet-wide rate limit" : "");
     return 0;
-}
-
-/* Takes messages while the engine has room, then turns the engine once.
- * With a full backlog the consumer is not polled (its messages wait in
- * the prefetch queue), unless the partitions are paused: then a poll
- * brings no messages, only the group's news. */
-static void loop_once(worker *w)
-{
-    size_t max = backlog_limit(w);
-    int more = 0; /* stopped at TAKE_BATCH with room left: do not wait below */
-    for (int i = 0;; i++) {
-        size_t pending = sheaf_llm_async_pending(w->llm) + w->n_parked;
-        if (pending >= max && !w->paused) break;
-        if (i == TAKE_BATCH) {
-            more = pending < max;
-            break;
-        }
-        /* Block in Kafka only when there is nothing else to wait for. */
-        int timeout = (i == 0 && pending == 0) ? 100 : 0;
-        rd_kafka_message_t *msg = rd_kafka_consumer_poll(w->consumer, timeout);
-        if (!msg) break;
-        if (msg->err) {
-            if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                sheaf_warn("worker", "consumer: %s", rd_kafka_message_errstr(msg));
-            rd_kafka_message_destroy(msg);
-            continue;
-        }
-        sheaf_metric_inc(w->met.consumed);
-        worker_take(w, msg);
-    }
-    sheaf_llm_async_run(w->llm, (sheaf_llm_async_pending(w->llm) || w->n_parked || w->n_held) &&
-                                    !more ? 10 : 0);
-    if (w->parked) worker_parked_run(w);
-    if (w->held) worker_held_run(w);
-    flow_control(w);
-    /* Serves the dead-letter producer's callbacks (statistics, reports). */
-    rd_kafka_poll(w->producer, 0);
-    publish_health(w);
-}
-
-/* After SIGTERM: stop fetching, let calls finish until the deadline. */
-static void drain(worker *w)
-{
-    int64_t deadline = sheaf_mono_ms() + w->cfg.worker_drain_ms;
-    size_t pending;
-    set_paused(w, 1);
-    /* Calls not yet started are given back (redelivered to whoever takes
-     * the partition); only requests under way are worth waiting for. */
-    sheaf_llm_async_abort_queued(w->llm);
-    worker_parked_abandon(w);
-    worker_held_abandon(w);
-    pending = sheaf_llm_async_pending(w->llm);
-    if (pending)
-        sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", pending,
-                   w->cfg.worker_drain_ms);
-    while (sheaf_llm_async_pending(w->llm) && sheaf_mono_ms() < deadline) {
-        sheaf_llm_async_run(w->llm, 50);
-        /* Keep serving the group; anything fetched is not ours to start. */
-        rd_kafka_message_t *msg = rd_kafka_consumer_poll(w->consumer, 0);
-        if (msg) rd_kafka_message_destroy(msg);
-    }
-    pending = sheaf_llm_async_pending(w->llm);
-    if (pending)
-        sheaf_warn("worker", "drain deadline reached: abandoning %zu call(s); their messages "
-                   "will be redelivered", pending);
-    sheaf_llm_async_abort_all(w->llm);
 }
 
 static void worker_stop(worker *w)
 {
     char errstr[SHEAF_ERRSTR_SIZE];
-    /* The endpoint first: it reads the registry and the checks. */
-    sheaf_metrics_server_destroy(w->server);
-    /* Calls hold Kafka messages: end them before the consumer goes. */
-    sheaf_llm_async_destroy(w->llm);
+    sheaf_runtime_unwatch(w->consumer_w);
+    sheaf_runtime_unwatch(w->producer_w);
+    if (w->rt) {
+        /* Calls hold Kafka messages: end them before the consumer goes.
+         * Those waiting on Redis end when the runtime fails their commands. */
+        sheaf_llm_async_abort_all(w->rt->llm);
+        worker_calls_abandon(w, 1);
+    }
     if (w->consumer) {
         /* Commits the stored offsets and leaves the group, so partitions move
          * at once instead of after the session timeout. */
         rd_kafka_resp_err_t err = rd_kafka_consumer_close(w->consumer);
         if (err) sheaf_warn("worker", "consumer close: %s", rd_kafka_err2str(err));
-        rd_kafka_destroy(w->consumer);
     }
+    sheaf_runtime_destroy(w->rt);
+    w->rt = NULL;
+    if (w->consumer_q) rd_kafka_queue_destroy(w->consumer_q);
+    if (w->producer_q) rd_kafka_queue_destroy(w->producer_q);
+    if (w->consumer) rd_kafka_destroy(w->consumer);
+    /* At the end, outside the loop: whatever dead letters are still queued. */
     if (w->producer && sheaf_kafka_flush(w->producer, 10000, errstr, sizeof(errstr)) != SHEAF_OK)
         sheaf_warn("worker", "dead-letter producer: %s", errstr);
     sheaf_kafka_producer_destroy(w->producer);
-    sheaf_ratelimit_destroy(w->limit);
-    sheaf_redis_destroy(w->redis);
     sheaf_offwin_destroy(w->window);
     free(w->generation);
-    worker_pipelines_clear(w);
-    /* After the engine, which gives back its share of the in-flight gauge. */
-    sheaf_metrics_destroy(w->metrics);
-    sheaf_health_destroy(w->health);
     sheaf_config_clear(&w->cfg);
 }
 
@@ -491,8 +470,7 @@ int main(int argc, char **argv)
     if (rc >= 0) return rc;
     rc = 1;
     if (worker_start(&w) == 0) {
-        while (!sheaf_stop) loop_once(&w);
-        drain(&w);
+        sheaf_runtime_run(w.rt);
         sheaf_info("worker", "stopped: %lu chunks processed, %lu duplicates skipped, %lu failed, "
                    "%lu dead-lettered, %lu abandoned", w.processed, w.duplicates, w.failed,
                    w.dead_lettered, w.abandoned);

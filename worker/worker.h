@@ -1,10 +1,10 @@
 /* worker/worker.h - the worker's state, shared by its two files.
  *
- * worker.c runs the loop: Kafka consumption, flow control (pausing
- * partitions while the LLM window is full), rebalances, shutdown.
- * chunk.c handles one chunk message from decode to recorded result.
- * Metrics and health (sheaf/metrics.h) are fed by both: counters where
- * things happen, the gauges and health checks by the loop. */
+ * worker.c sets up the runtime (sheaf/runtime.h: loop, Redis, LLM engine,
+ * metrics, health), Kafka consumption, flow control, rebalances and
+ * shutdown.  chunk.c is one chunk message's state machine, from decode to
+ * recorded result.  Metrics are fed by both: counters where things happen,
+ * the gauges by worker.c's tick. */
 #ifndef SHEAF_WORKER_H
 #define SHEAF_WORKER_H
 
@@ -12,15 +12,8 @@
 #include <stdint.h>
 
 #include "sheaf/config.h"
-#include "sheaf/health.h"
-#include "sheaf/llm_async.h"
-#include "sheaf/metrics.h"
 #include "sheaf/offwin.h"
-#include "sheaf/pipeline.h"
-#include "sheaf/ratelimit.h"
-#include "sheaf/state.h"
-
-#define PIPELINE_CACHE 16
+#include "sheaf/runtime.h"
 
 /* The worker's own series in the registry (the LLM engine has its own). */
 typedef struct worker_metrics {
@@ -28,42 +21,35 @@ typedef struct worker_metrics {
     sheaf_metric *lag, *partitions, *parked;             /* gauges */
 } worker_metrics;
 
+typedef struct call call;
+
 typedef struct worker {
     sheaf_config cfg;
+    sheaf_runtime *rt;
     rd_kafka_t *consumer;
     rd_kafka_t *producer;       /* dead letters */
-    sheaf_redis *redis;
-    sheaf_ratelimit *limit;     /* NULL: no fleet-wide limit configured */
-    sheaf_llm_async *llm;
+    rd_kafka_queue_t *consumer_q, *producer_q;
+    sheaf_runtime_queue *consumer_w, *producer_w; /* their io-event fds on the loop */
     sheaf_offwin *window;       /* offsets in flight per partition */
     uint32_t *generation;       /* per partition id: bumped on every revoke */
     size_t n_generation;
     char map_topic[256];
     char dlq_topic[256];
     int paused;
-    int full;                   /* the engine held a full backlog at the last look */
+    int full;                   /* the backlog is full and no chunk ended since full_since_ms */
     int64_t full_since_ms;      /* ... since then: taking nothing from Kafka */
-    struct {
-        char pv[17];
-        sheaf_pipeline *p;
-    } pipelines[PIPELINE_CACHE];
+    int starved;                /* take() stopped for a full backlog: kick when room */
+    int draining;               /* SIGTERM seen: take nothing, finish what runs */
+    int64_t drain_deadline_ms;
     unsigned long processed, duplicates, failed, dead_lettered, abandoned;
-    sheaf_metrics *metrics;
     worker_metrics met;
-    sheaf_llm_metrics llm_met;
-    struct call *parked;        /* transient failures waiting to be sent again (chunk.c) */
-    size_t n_parked;
-    struct call *held;          /* calls waiting for Redis (chunk.c) */
-    size_t n_held;
+    call *calls;                /* every live chunk (chunk.c), newest first */
+    size_t n_calls;
+    size_t n_parked;            /* of them: waiting to be sent again */
+    size_t n_held;              /* of them: waiting for Redis */
     int64_t redis_down_ms;      /* since when Redis fails (0: it answers) */
     int64_t redis_logged_ms, redis_delay_ms;
-    /* A fleet condition (sheaf_llm_fleet_cause: a refused key, an unknown
-     * model): "" when none.  While set, fetching is paused and /health is
-     * unhealthy; the first call that goes through clears it. */
-    char fleet_cause[SHEAF_ERRSTR_SIZE];
-    sheaf_health *health;       /* checks kafka, redis, llm: published by the loop */
-    sheaf_metrics_server *server; /* NULL when metrics.port is 0 */
-    int64_t health_ms, redis_ms, lag_ms; /* when each was last published */
+    int64_t lag_ms;             /* when the lag was last published */
 } worker;
 
 /* Takes one chunk message: ownership of msg passes to the worker (it is
@@ -73,24 +59,17 @@ void worker_take(worker *w, rd_kafka_message_t *msg);
 /* Current generation of a partition (0 when never revoked). */
 uint32_t worker_generation(worker *w, int32_t partition);
 
-void worker_pipelines_clear(worker *w);
+/* A chunk ended: worker.c may take more messages. */
+void worker_room(worker *w);
 
-/* Sends again the parked calls that are due (from the loop). */
-void worker_parked_run(worker *w);
-/* At shutdown: every parked call is abandoned (redelivered later). */
-void worker_parked_abandon(worker *w);
+/* At the start of a drain: parked and held chunks are abandoned
+ * (redelivered later); with all, every chunk still live is (the drain's
+ * deadline, or the end). */
+void worker_calls_abandon(worker *w, int all);
 
-/* Retries the calls held for Redis whose time has come (from the loop);
- * at shutdown, abandons them. */
-void worker_held_run(worker *w);
-void worker_held_abandon(worker *w);
-
-/* After a revoke: parked and held calls of partitions no longer ours are
+/* After a revoke: parked and held chunks of partitions no longer ours are
  * abandoned (their messages are the new owner's). */
 void worker_waiting_revoked(worker *w);
 
-/* A Redis command failed (errstr says why): /health says so until the next
- * PING works. */
-void worker_redis_failed(worker *w, const char *errstr);
 
 #endif

@@ -419,11 +419,12 @@ static dlq_letter *dlq_letter_new(const char *topic, const rd_kafka_message_t *o
 
 /* Produces a dead letter: with value (len bytes) or, with value NULL,
  * without it and with the headers saying so (size dropped, and by whom).
- * hdrs are taken on success only.  may_poll: waits while the local queue
- * is full (not from a delivery callback, which must not poll). */
+ * hdrs are taken on success only.  Never waits: a full local queue is
+ * the caller's to retry (from a delivery callback, which must not poll, the
+ * resend then fails and the letter ends with the broker's refusal). */
 static rd_kafka_resp_err_t dlq_produce(rd_kafka_t *producer, dlq_letter *l,
                                        rd_kafka_headers_t *hdrs, const void *value, size_t len,
-                                       const char *dropped_by, int may_poll)
+                                       const char *dropped_by)
 {
     rd_kafka_resp_err_t err;
     if (!value && l->value_len) {
@@ -433,16 +434,13 @@ static rd_kafka_resp_err_t dlq_produce(rd_kafka_t *producer, dlq_letter *l,
         rd_kafka_header_add(hdrs, "sheaf-dlq-value-dropped-by", -1, dropped_by, -1);
         l->dropped = 1;
     }
-    for (;;) {
-        err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(l->topic),
-                                RD_KAFKA_V_KEY(l->key, l->key_len),
-                                /* Parenthesized: the macro casts its argument. */
-                                RD_KAFKA_V_VALUE((void *)(value), (len)),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(l), RD_KAFKA_V_END);
-        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || !may_poll) return err;
-        rd_kafka_poll(producer, 100);
-    }
+    err = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(l->topic),
+                            RD_KAFKA_V_KEY(l->key, l->key_len),
+                            /* Parenthesized: the macro casts its argument. */
+                            RD_KAFKA_V_VALUE((void *)(value), (len)),
+                            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(hdrs),
+                            RD_KAFKA_V_OPAQUE(l), RD_KAFKA_V_END);
+    return err;
 }
 
 /* From dr_msg_cb, for a dead letter: 1 when the broker refused it as too
@@ -461,7 +459,7 @@ static int dlq_resend(rd_kafka_t *rk, const rd_kafka_message_t *m)
     snprintf(by, sizeof(by), "broker: %s", rd_kafka_err2str(m->err));
     sheaf_warn("kafka", "dead letter of %zu bytes refused by the broker (%s): sent again "
                "without its value", l->value_len, rd_kafka_err2str(m->err));
-    if (hdrs && dlq_produce(rk, l, hdrs, NULL, 0, by, 0) == RD_KAFKA_RESP_ERR_NO_ERROR) return 1;
+    if (hdrs && dlq_produce(rk, l, hdrs, NULL, 0, by) == RD_KAFKA_RESP_ERR_NO_ERROR) return 1;
     if (hdrs) rd_kafka_headers_destroy(hdrs);
     return 0;
 }
@@ -477,16 +475,8 @@ static void dlq_letter_end(sheaf_kafka_delivery *d, rd_kafka_resp_err_t err)
 
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
-                               const char *job, char *errstr, size_t errlen)
-{
-    return sheaf_kafka_dlq_send_tracked(producer, dlq_topic, orig, reason, job, NULL, errstr,
-                                        errlen);
-}
-
-sheaf_err sheaf_kafka_dlq_send_tracked(rd_kafka_t *producer, const char *dlq_topic,
-                                       const rd_kafka_message_t *orig, const char *reason,
-                                       const char *job, sheaf_kafka_delivery *hook,
-                                       char *errstr, size_t errlen)
+                               const char *job, sheaf_kafka_delivery *hook, char *errstr,
+                               size_t errlen)
 {
     rd_kafka_headers_t *hdrs = NULL;
     rd_kafka_headers_t *orig_hdrs = NULL;
@@ -512,14 +502,14 @@ sheaf_err sheaf_kafka_dlq_send_tracked(rd_kafka_t *producer, const char *dlq_top
         return SHEAF_ERR_NOMEM;
     }
     l->hook = hook;
-    err = dlq_produce(producer, l, hdrs, orig->payload, orig->len, NULL, 1);
+    err = dlq_produce(producer, l, hdrs, orig->payload, orig->len, NULL);
     if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
         /* Over our own message.max.bytes (an oversized message some other
          * producer put on the topic): refused at once, for ever.  Without
          * its value; the headers say where the original still is. */
         rd_kafka_headers_destroy(hdrs);
         hdrs = rd_kafka_headers_copy(l->hdrs);
-        err = hdrs ? dlq_produce(producer, l, hdrs, NULL, 0, "producer: over message.max.bytes", 1)
+        err = hdrs ? dlq_produce(producer, l, hdrs, NULL, 0, "producer: over message.max.bytes")
                    : RD_KAFKA_RESP_ERR__FAIL;
     }
     if (err) {

@@ -20,14 +20,19 @@
  * https, where ALPN settles the question at the handshake: on plain http
  * curl would hold every new transfer until the first response arrived.
  *
- * One step (sheaf_llm_async_run) moves due retries to the queue, starts
- * what may start, waits for the sockets curl watches (an epoll set fed by
- * CURLMOPT_SOCKETFUNCTION), no longer than the nearest timer of ours or of
- * curl's (curl_multi_timeout), hands each ready socket and each due timer
- * to curl_multi_socket_action, and classifies each finished attempt with
- * the synchronous client's rules (sheaf_llm_classify in llm.c).  Callbacks
- * fire last, from a list detached from the engine, so a callback may
- * submit new calls.
+ * The engine lives on a libevent loop: the runtime's (create_on, the
+ * worker) or a private one turned by sheaf_llm_async_run (tests, the
+ * reducer's threads).  curl's sockets are events (CURLMOPT_SOCKETFUNCTION),
+ * curl's timer is a libevent timer (CURLMOPT_TIMERFUNCTION), and so are
+ * our own timers (retries, the hold after push-back, the breaker, the
+ * limiter's wait): one timer armed at the nearest of them.  Whatever
+ * fires, the engine then takes one step: reads curl's finished transfers
+ * and classifies them with the synchronous client's rules
+ * (sheaf_llm_classify in llm_wire.c), moves due retries to the queue, starts
+ * what may start, re-arms its timer, and fires the callbacks last, from a
+ * list detached from the engine, so a callback may submit new calls (a
+ * submit only activates the engine's kick event: the next step starts
+ * it).
  *
  * Why the socket API and not curl_multi_poll + curl_multi_perform: those
  * visit every transfer on every step (perform tries each one, poll lists
@@ -53,18 +58,35 @@
  *     flight when it opened are ignored by it, and only the probe decides
  *     whether it closes.
  *
+ * Learned limits: a provider that sends x-ratelimit-limit-tokens and/or
+ * -requests (OpenAI and most compatible servers) tells the engine its
+ * limits per minute, so with no llm.rpm/tpm configured the engine paces
+ * itself at LEARN_MARGIN of them (a GCRA per limit, LEARN_BURST_MS of
+ * burst), each call costing what the provider counted for the last ones
+ * (the usage of the answers, smoothed: our own estimate charges the whole
+ * max_tokens, the provider only what was used).  The -remaining- headers
+ * guard the pace: an answer says how much room the provider had when it
+ * admitted that attempt; minus what this engine started since, too
+ * little room holds new starts until -reset- (other workers share the
+ * provider's limit, and this is how the engine notices them).
+ *
+ * Adaptive concurrency: a provider that answers 429 without limit headers
+ * gets AIMD on the window: each 429 (at most once per attempt time)
+ * halves the calls allowed in flight, each success adds 1/window, up to
+ * max_in_flight.
+ *
  * Prometheus metrics (sheaf_llm_async_set_metrics) are counted where the
  * stats are; the in-flight gauge, shared by every engine of a process, gets
  * this engine's changes at the end of each step (in fire()). */
 #include "sheaf/llm_async.h"
 
 #include <curl/curl.h>
+#include <event2/event.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "llm_internal.h"
@@ -74,7 +96,9 @@
 #define ASYNC_MAX_IN_FLIGHT 4096
 #define ASYNC_SLOT_KEEP_BYTES 65536   /* a slot's buffer larger than this is freed after use */
 #define ASYNC_PENALTY_SLACK_MS 100    /* a penalty extending the hold less than this is not resent */
-#define ASYNC_EVENTS 256              /* socket events taken per wait (the rest: next wait) */
+#define LEARN_MARGIN SHEAF_LLM_LEARN_MARGIN
+#define LEARN_BURST_MS 1000.0         /* how far ahead of its pace a learned limit may run */
+#define LEARN_COST_WEIGHT 0.1         /* of the newest answer in the smoothed cost */
 
 typedef struct llm_call llm_call;
 typedef struct llm_slot llm_slot;
@@ -98,6 +122,8 @@ struct llm_call {
     int64_t attempt_start_ms;
     llm_slot *slot;            /* while in flight */
     int probe;                 /* the half-open breaker's probe */
+    int admitted;              /* the limiter admitted its next attempt */
+    uint64_t start_seq;        /* a->starts when its attempt started */
     sheaf_err err;             /* final outcome, once done */
     char *errmsg;              /* owned: text of the last failure, or NULL */
     sheaf_llm_result result;   /* result.content owned until the callback takes it */
@@ -112,7 +138,14 @@ struct llm_slot {
 
 struct sheaf_llm_async {
     CURLM *multi;                  /* owned */
-    int epfd;                      /* owned: epoll set of the sockets curl watches; -1 none */
+    struct event_base *base;       /* borrowed, or owned when own_base */
+    int own_base;
+    struct event *curl_timer;      /* owned: curl's timer (CURLMOPT_TIMERFUNCTION) */
+    struct event *timer;           /* owned: our nearest timer (next_timer) */
+    struct event *kick;            /* owned: a step soon (after a submit, an admit) */
+    int stepping;                  /* inside step(): a nested one only marks again */
+    int again;                     /* something happened during a step: one more */
+    int fired_run;                 /* callbacks fired during the current _run */
     sheaf_llm_endpoint ep;         /* owned: URL, headers, key, timeouts */
     int https;                     /* ep.url is https: PIPEWAIT pays off */
     int max_in_flight;
@@ -131,6 +164,24 @@ struct sheaf_llm_async {
     int64_t hold_until_ms;         /* provider push-back: nothing starts before */
     int64_t limiter_retry_ms;      /* the limiter said wait (or failed): ask again then */
     int limiter_failing;           /* for logging a failure streak once */
+    llm_call *asking;              /* the call the limiter is asked about, or NULL */
+
+    /* Learned limits (see the top of the file); rates per ms, 0 unknown. */
+    double req_per_ms, tok_per_ms;
+    double req_tat, tok_tat;       /* GCRA: when the pace catches up, ms */
+    double cost;                   /* tokens per attempt as the provider counts them */
+    int64_t tok_remaining;         /* the latest -remaining-tokens, -1 none */
+    uint64_t tok_info_seq;         /* ... of the attempt started at this seq */
+    int64_t tok_guard_until_ms;    /* ... true until then (its -reset-tokens) */
+    int64_t learn_wait_until_ms;   /* the pace or the guard said wait until */
+    uint64_t starts;               /* attempts started (for the guard) */
+    int limiter_learned;           /* the limiter holds learned limits: it paces, not us */
+    void (*on_learned)(void *ud, int64_t rpm, int64_t tpm);
+    void *on_learned_ud;
+    /* Adaptive concurrency without headers: the window, AIMD. */
+    double cwnd;
+    int64_t cwnd_cut_ms;           /* last halving */
+    int asking_now;                /* inside acquire: its answer may come at once */
 
     sheaf_llm_breaker_state breaker;
     int brk_threshold;
@@ -429,63 +480,80 @@ static int breaker_allows(sheaf_llm_async *a, int64_t now, int *probe)
 
 /* ---- curl's sockets and timers ------------------------------------------------ */
 
+static void step(sheaf_llm_async *a);
+
+static void on_sock_event(evutil_socket_t fd, short what, void *arg)
+{
+    sheaf_llm_async *a = arg;
+    int running = 0;
+    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    curl_multi_socket_action(a->multi, fd, flags, &running);
+    step(a);
+}
+
 /* CURLMOPT_SOCKETFUNCTION: curl says which of its sockets to watch and for
- * what; the epoll set follows.  A socket curl closed without a REMOVE has
- * left the set by itself (closing removes it), so a new one with the same
- * number is added, not modified. */
+ * what; each socket gets one persistent event (curl keeps it for us with
+ * curl_multi_assign), changed or freed as curl says. */
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
     sheaf_llm_async *a = userp;
-    struct epoll_event ev;
+    struct event *ev = socketp;
+    short flags;
     (void)easy;
-    (void)socketp;
     if (what == CURL_POLL_REMOVE) {
-        (void)epoll_ctl(a->epfd, EPOLL_CTL_DEL, s, NULL); /* ENOENT, EBADF: gone already */
+        if (ev) event_free(ev);
+        curl_multi_assign(a->multi, s, NULL);
         return 0;
     }
-    memset(&ev, 0, sizeof(ev));
-    ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0u);
-    ev.data.fd = s;
-    if (epoll_ctl(a->epfd, EPOLL_CTL_MOD, s, &ev) == 0) return 0;
-    if (errno == ENOENT && epoll_ctl(a->epfd, EPOLL_CTL_ADD, s, &ev) == 0) return 0;
-    /* Not watched: the transfer ends at its timeout, as if the peer were
-     * silent, and is retried. */
-    sheaf_warn("llm", "cannot watch socket %d: %s", (int)s, strerror(errno));
+    flags = (short)(((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0) |
+                    EV_PERSIST);
+    if (ev) {
+        event_del(ev);
+        event_assign(ev, a->base, s, flags, on_sock_event, a);
+    } else if (!(ev = event_new(a->base, s, flags, on_sock_event, a))) {
+        /* Not watched: the transfer ends at its timeout, as if the peer were
+         * silent, and is retried. */
+        sheaf_warn("llm", "cannot watch socket %d: out of memory", (int)s);
+        return 0;
+    }
+    curl_multi_assign(a->multi, s, ev);
+    event_add(ev, NULL);
     return 0;
 }
 
-/* Lets curl act on its due timers (a transfer just added is due at once:
- * that is when it starts).  A few rounds: acting may arm a timer that is
- * due again at once. */
-static void curl_timers(sheaf_llm_async *a)
+/* CURLMOPT_TIMERFUNCTION: curl's one timer, as a libevent timer. */
+static int on_curl_timer_set(CURLM *multi, long timeout_ms, void *userp)
 {
-    int running = 0;
-    for (int i = 0; i < 4; i++) {
-        long ms = -1;
-        if (curl_multi_timeout(a->multi, &ms) != CURLM_OK || ms != 0) return;
-        curl_multi_socket_action(a->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    }
+    sheaf_llm_async *a = userp;
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    (void)multi;
+    if (timeout_ms < 0) evtimer_del(a->curl_timer);
+    else evtimer_add(a->curl_timer, &tv);
+    return 0;
 }
 
-/* Waits up to wait_ms for curl's sockets (less when curl's own timer is
- * due sooner) and hands what is ready to curl.  Without sockets this is a
- * plain sleep: our own timers' wait. */
-static void curl_wait(sheaf_llm_async *a, long wait_ms)
+static void on_curl_timer(evutil_socket_t fd, short what, void *arg)
 {
-    struct epoll_event ev[ASYNC_EVENTS];
-    long curl_ms = -1;
-    int running = 0, n;
+    sheaf_llm_async *a = arg;
+    int running = 0;
+    (void)fd;
+    (void)what;
+    curl_multi_socket_action(a->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    step(a);
+}
 
-    if (curl_multi_timeout(a->multi, &curl_ms) == CURLM_OK && curl_ms >= 0 && curl_ms < wait_ms)
-        wait_ms = curl_ms;
-    n = epoll_wait(a->epfd, ev, ASYNC_EVENTS, (int)wait_ms);
-    for (int i = 0; i < n; i++) {
-        int flags = ((ev[i].events & EPOLLIN) ? CURL_CSELECT_IN : 0) |
-                    ((ev[i].events & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
-                    ((ev[i].events & (EPOLLERR | EPOLLHUP)) ? CURL_CSELECT_ERR : 0);
-        curl_multi_socket_action(a->multi, ev[i].data.fd, flags, &running);
-    }
-    curl_timers(a);
+/* Our timer and the kick: both just take a step. */
+static void on_step_event(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    step(arg);
+}
+
+static void kick(sheaf_llm_async *a)
+{
+    if (a->stepping) a->again = 1;
+    else event_active(a->kick, EV_TIMEOUT, 0);
 }
 
 /* ---- starting and finishing attempts ------------------------------------------ */
@@ -529,7 +597,115 @@ static void start_attempt(sheaf_llm_async *a, llm_call *c, int probe, int64_t no
     c->attempt_start_ms = now;
     c->result.attempts++;
     a->st.started++;
+    c->start_seq = ++a->starts;
     list_push_back(&a->flight, c);
+}
+
+/* ---- learned limits and adaptive concurrency ---------------------------------- */
+
+/* Whether the learned limits let c start now (and charge it if so); else
+ * a->learn_wait_until_ms says when to look again. */
+static int learned_allows(sheaf_llm_async *a, const llm_call *c, int64_t now)
+{
+    double cost = a->cost > 0 ? a->cost : (double)c->est_tokens, t = (double)now;
+    int64_t wait_until = 0;
+    int pace = !a->limiter_learned; /* a fleet limiter of the learned limits paces instead */
+    if (pace && a->req_per_ms > 0 && a->req_tat - t > LEARN_BURST_MS)
+        wait_until = (int64_t)(a->req_tat - LEARN_BURST_MS) + 1;
+    if (pace && a->tok_per_ms > 0 && a->tok_tat - t > LEARN_BURST_MS) {
+        int64_t w = (int64_t)(a->tok_tat - LEARN_BURST_MS) + 1;
+        if (w > wait_until) wait_until = w;
+    }
+    if (a->tok_remaining >= 0 && now < a->tok_guard_until_ms &&
+        (double)a->tok_remaining - (double)(a->starts - a->tok_info_seq) * cost < cost &&
+        a->tok_guard_until_ms > wait_until)
+        wait_until = a->tok_guard_until_ms;
+    if (wait_until > now) {
+        a->learn_wait_until_ms = wait_until;
+        return 0;
+    }
+    if (a->req_per_ms > 0) a->req_tat = (a->req_tat > t ? a->req_tat : t) + 1.0 / a->req_per_ms;
+    if (a->tok_per_ms > 0) a->tok_tat = (a->tok_tat > t ? a->tok_tat : t) + cost / a->tok_per_ms;
+    return 1;
+}
+
+/* What a finished attempt teaches: the provider's limits and room, the
+ * cost of a call, and without limit headers the window (AIMD). */
+static void learn(sheaf_llm_async *a, const llm_call *c, const sheaf_llm_resp_headers *h,
+                  long status, int64_t now)
+{
+    if (h->limit_tokens > 0 || h->limit_requests > 0) {
+        double tok = h->limit_tokens > 0 ? (double)h->limit_tokens * LEARN_MARGIN / 60000.0 : 0;
+        double req = h->limit_requests > 0 ? (double)h->limit_requests * LEARN_MARGIN / 60000.0 : 0;
+        int changed = tok != a->tok_per_ms || req != a->req_per_ms;
+        if (changed)
+            sheaf_info("llm", "the provider's limits: %lld requests/min, %lld tokens/min; pacing "
+                       "at %.0f%% of them", (long long)h->limit_requests,
+                       (long long)h->limit_tokens, LEARN_MARGIN * 100);
+        a->tok_per_ms = tok;
+        a->req_per_ms = req;
+        /* The owner may share them with the fleet (a Redis limiter). */
+        if (changed && a->on_learned)
+            a->on_learned(a->on_learned_ud, h->limit_requests > 0 ? h->limit_requests : 0,
+                          h->limit_tokens > 0 ? h->limit_tokens : 0);
+        a->cwnd = a->max_in_flight; /* a provider that says its limits needs no guessing */
+    }
+    if (h->remaining_tokens >= 0 && c->start_seq >= a->tok_info_seq) {
+        a->tok_remaining = h->remaining_tokens;
+        a->tok_info_seq = c->start_seq;
+        a->tok_guard_until_ms = now + (h->reset_tokens_ms > 0 ? h->reset_tokens_ms : 1000);
+    }
+    if (status >= 200 && status < 300) {
+        double used = (double)(c->result.usage.prompt_tokens + c->result.usage.completion_tokens);
+        if (used > 0)
+            a->cost = a->cost > 0 ? a->cost + LEARN_COST_WEIGHT * (used - a->cost) : used;
+        if (a->cwnd < a->max_in_flight) a->cwnd += 1.0 / a->cwnd;
+    } else if (status == 429 && a->tok_per_ms <= 0 && a->req_per_ms <= 0 &&
+               now - a->cwnd_cut_ms >= now - c->attempt_start_ms) {
+        double before = a->cwnd;
+        a->cwnd = (a->flight.n + 1 < a->cwnd ? (double)a->flight.n + 1 : a->cwnd) / 2;
+        if (a->cwnd < 1) a->cwnd = 1;
+        a->cwnd_cut_ms = now;
+        sheaf_debug("llm", "429 without limit headers: window %.0f -> %.0f", before, a->cwnd);
+    }
+}
+
+/* The limiter's answer about a->asking (at once, or later from the loop). */
+static void on_admit(void *engine, sheaf_err err, int64_t wait_ms)
+{
+    sheaf_llm_async *a = engine;
+    llm_call *c = a->asking;
+    int64_t now = sheaf_mono_ms();
+    a->asking = NULL;
+    if (err != SHEAF_OK) {
+        if (!a->limiter_failing)
+            sheaf_warn("llm", "rate limiter failed (%s); calls wait and ask again every %d ms",
+                       sheaf_strerror(err), SHEAF_LLM_LIMITER_ERROR_WAIT_MS);
+        a->limiter_failing = 1;
+        a->limiter_retry_ms = now + SHEAF_LLM_LIMITER_ERROR_WAIT_MS;
+    } else {
+        if (a->limiter_failing) sheaf_info("llm", "rate limiter works again");
+        a->limiter_failing = 0;
+        if (wait_ms > 0) a->limiter_retry_ms = now + wait_ms;
+        else if (c) c->admitted = 1; /* c NULL: stopped while we asked (charged anyway) */
+    }
+    if (!a->asking_now) kick(a);
+}
+
+static void ask_limiter(sheaf_llm_async *a, llm_call *c)
+{
+    a->asking = c;
+    a->asking_now = 1;
+    /* A limiter of learned limits is charged what the provider counts. */
+    uint32_t tokens = a->limiter_learned && a->cost > 0 ? (uint32_t)(a->cost + 0.5) : c->est_tokens;
+    if (a->limiter.acquire_async) {
+        a->limiter.acquire_async(a->limiter.ud, tokens, on_admit, a);
+    } else {
+        int64_t wait_ms = 0;
+        sheaf_err err = a->limiter.acquire(a->limiter.ud, tokens, &wait_ms);
+        on_admit(a, err, wait_ms);
+    }
+    a->asking_now = 0;
 }
 
 /* Starts queued calls, oldest first, while a slot is free and nothing
@@ -541,29 +717,18 @@ static int start_ready(sheaf_llm_async *a, int64_t now)
 
     while ((c = a->queued.head) != NULL) {
         int probe = 0;
-        if (a->flight.n >= (size_t)a->max_in_flight) break;
+        if (a->flight.n >= (size_t)a->max_in_flight || a->flight.n >= (size_t)a->cwnd) break;
         if (now < a->hold_until_ms) break;
         if (!breaker_allows(a, now, &probe)) break;
-        if (a->has_limiter) {
-            int64_t wait_ms = 0;
-            sheaf_err err;
-            if (now < a->limiter_retry_ms) break;
-            err = a->limiter.acquire(a->limiter.ud, c->est_tokens, &wait_ms);
-            if (err != SHEAF_OK) {
-                if (!a->limiter_failing)
-                    sheaf_warn("llm", "rate limiter failed (%s); calls wait and ask again "
-                               "every %d ms", sheaf_strerror(err), SHEAF_LLM_LIMITER_ERROR_WAIT_MS);
-                a->limiter_failing = 1;
-                a->limiter_retry_ms = now + SHEAF_LLM_LIMITER_ERROR_WAIT_MS;
-                break;
-            }
-            if (a->limiter_failing) sheaf_info("llm", "rate limiter works again");
-            a->limiter_failing = 0;
-            if (wait_ms > 0) {
-                a->limiter_retry_ms = now + wait_ms;
-                break;
-            }
+        if (a->has_limiter && !c->admitted) {
+            /* One question at a time, about the oldest call; an answer
+             * that comes later kicks a new step. */
+            if (now < a->limiter_retry_ms || a->asking) break;
+            ask_limiter(a, c);
+            if (!c->admitted) break;
         }
+        if (!learned_allows(a, c, now)) break;
+        c->admitted = 0; /* the next attempt (a retry) asks again */
         list_remove(&a->queued, c);
         start_attempt(a, c, probe, now);
         started++;
@@ -611,6 +776,7 @@ static void finish_attempt(sheaf_llm_async *a, llm_slot *s, CURLcode rc, int64_t
     if (hdr.remaining_requests == 0 && hdr.reset_requests_ms > 0)
         penalize(a, hdr.reset_requests_ms, now);
     breaker_record(a, c, transient, status > 0 && !transient, now, errstr);
+    learn(a, c, &hdr, status, now);
 
     if (err == SHEAF_ERR_LLM_RETRY && c->result.attempts < a->max_attempts) {
         int64_t delay = sheaf_llm_retry_delay(a->backoff_ms, c->result.attempts,
@@ -653,12 +819,13 @@ static int64_t next_timer(const sheaf_llm_async *a, int64_t now)
         int64_t d = c->not_before_ms - now;
         if (best < 0 || d < best) best = d;
     }
-    if (a->queued.n && a->flight.n < (size_t)a->max_in_flight) {
+    if (a->queued.n && a->flight.n < (size_t)a->max_in_flight && a->flight.n < (size_t)a->cwnd) {
         /* Queued calls start when every hold is over: the latest one. */
         int64_t until = a->hold_until_ms;
         if (a->breaker == SHEAF_LLM_BREAKER_OPEN && a->brk_open_until_ms > until)
             until = a->brk_open_until_ms;
         if (a->has_limiter && a->limiter_retry_ms > until) until = a->limiter_retry_ms;
+        if (a->learn_wait_until_ms > until) until = a->learn_wait_until_ms;
         if (!(a->breaker == SHEAF_LLM_BREAKER_HALF_OPEN && a->brk_probe_in_flight)) {
             int64_t d = until - now;
             if (best < 0 || d < best) best = d;
@@ -693,6 +860,13 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
                                         const sheaf_llm_limiter *limiter, char *errstr,
                                         size_t errlen)
 {
+    return sheaf_llm_async_create_on(NULL, cfg, max_in_flight, limiter, errstr, errlen);
+}
+
+sheaf_llm_async *sheaf_llm_async_create_on(struct event_base *base, const sheaf_config *cfg,
+                                           int max_in_flight, const sheaf_llm_limiter *limiter,
+                                           char *errstr, size_t errlen)
+{
     sheaf_llm_async *a = NULL, *ret = NULL;
     CURLMcode mrc = CURLM_OK;
 
@@ -705,7 +879,7 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
                       max_in_flight);
         goto done;
     }
-    if (limiter && !limiter->acquire) {
+    if (limiter && !limiter->acquire && !limiter->acquire_async) {
         sheaf_set_err(errstr, errlen, "limiter without an acquire function");
         goto done;
     }
@@ -714,7 +888,6 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
         sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
-    a->epfd = -1;
     if (sheaf_llm_endpoint_init(&a->ep, cfg, errstr, errlen) != SHEAF_OK) goto done;
     a->https = strncasecmp(a->ep.url, "https:", 6) == 0;
     a->max_in_flight = max_in_flight;
@@ -725,6 +898,8 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
         a->has_limiter = 1;
     }
     a->breaker = SHEAF_LLM_BREAKER_CLOSED;
+    a->cwnd = max_in_flight;
+    a->tok_remaining = -1;
     /* A config that never went through sheaf_config_load (tests) has
      * zeros here: the defaults apply. */
     a->brk_threshold = cfg->llm_breaker_threshold > 0 ? cfg->llm_breaker_threshold
@@ -742,9 +917,16 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
         sheaf_set_err(errstr, errlen, "out of memory");
         goto done;
     }
-    a->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (a->epfd < 0) {
-        sheaf_set_err(errstr, errlen, "epoll_create1: %s", strerror(errno));
+    a->base = base;
+    if (!base) {
+        /* A private loop without signals or locks: turned by _run only. */
+        a->base = event_base_new();
+        a->own_base = 1;
+    }
+    if (!a->base || !(a->curl_timer = evtimer_new(a->base, on_curl_timer, a)) ||
+        !(a->timer = evtimer_new(a->base, on_step_event, a)) ||
+        !(a->kick = event_new(a->base, -1, 0, on_step_event, a))) {
+        sheaf_set_err(errstr, errlen, "cannot create the engine's events");
         goto done;
     }
     a->multi = curl_multi_init();
@@ -754,6 +936,8 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
     }
     mrc = curl_multi_setopt(a->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     if (mrc == CURLM_OK) mrc = curl_multi_setopt(a->multi, CURLMOPT_SOCKETDATA, (void *)a);
+    if (mrc == CURLM_OK) mrc = curl_multi_setopt(a->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer_set);
+    if (mrc == CURLM_OK) mrc = curl_multi_setopt(a->multi, CURLMOPT_TIMERDATA, (void *)a);
     /* HTTP/2 streams share a connection when the server offers h2; else
      * one kept-alive connection per concurrent request, all of them kept. */
     if (mrc == CURLM_OK)
@@ -785,9 +969,12 @@ void sheaf_llm_async_destroy(sheaf_llm_async *a)
     /* Every accepted call is called back exactly once, even now. */
     sheaf_llm_async_abort_all(a);
     /* No handle is in the multi any more (abort_all removed them).  The
-     * epoll set goes after: cleanup may still report sockets removed. */
+     * events go after: cleanup may still report sockets removed. */
     if (a->multi) curl_multi_cleanup(a->multi);
-    if (a->epfd >= 0) close(a->epfd);
+    if (a->curl_timer) event_free(a->curl_timer);
+    if (a->timer) event_free(a->timer);
+    if (a->kick) event_free(a->kick);
+    if (a->own_base && a->base) event_base_free(a->base);
     for (size_t i = 0; i < a->n_slots; i++) slot_destroy(a->slots[i]);
     free(a->slots);
     sheaf_llm_endpoint_free(&a->ep);
@@ -826,6 +1013,7 @@ sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *re
         /* Sending it can never work: one failure path for the caller,
          * through the callback, with the reason. */
         call_finish(a, c, SHEAF_ERR_LLM_FATAL, errstr);
+        kick(a);
         return SHEAF_OK;
     }
     c->body = sheaf_llm_request_json(req);
@@ -836,36 +1024,75 @@ sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *re
     }
     c->body_len = strlen(c->body);
     list_push_back(&a->queued, c);
+    kick(a);
     return SHEAF_OK;
+}
+
+/* Re-arms our timer at the nearest of our timers (none: disarmed). */
+static void arm_timer(sheaf_llm_async *a, int64_t now)
+{
+    int64_t ms = next_timer(a, now);
+    if (ms < 0) {
+        evtimer_del(a->timer);
+        return;
+    }
+    struct timeval tv = {(long)(ms / 1000), (long)(ms % 1000) * 1000};
+    evtimer_add(a->timer, &tv);
+}
+
+/* One step (see the top of the file); a step asked for while one runs
+ * (a callback submitted, the limiter answered) runs right after it. */
+static void step(sheaf_llm_async *a)
+{
+    call_list ready = {NULL, NULL, 0};
+    if (a->stepping || a->firing) {
+        a->again = 1;
+        return;
+    }
+    a->stepping = 1;
+    do {
+        int64_t now;
+        a->again = 0;
+        collect_finished(a);
+        now = sheaf_mono_ms();
+        promote_due(a, now);
+        start_ready(a, now);
+        arm_timer(a, now);
+        /* Callbacks last, from a detached list: they may submit. */
+        list_splice(&ready, &a->done);
+        a->fired_run += fire(a, &ready);
+    } while (a->again);
+    a->stepping = 0;
+}
+
+static void on_run_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
 }
 
 int sheaf_llm_async_run(sheaf_llm_async *a, int timeout_ms)
 {
-    call_list ready = {NULL, NULL, 0};
-    int64_t now, timer;
-    long wait;
+    struct event *t;
+    struct timeval tv;
 
-    if (!a || a->firing || sheaf_llm_async_pending(a) == 0) return 0;
+    if (!a || a->firing || !a->own_base || sheaf_llm_async_pending(a) == 0) return 0;
     if (timeout_ms < 0) timeout_ms = 0;
-
-    now = sheaf_mono_ms();
-    promote_due(a, now);
-    if (start_ready(a, now) > 0) curl_timers(a);
-
-    wait = timeout_ms;
-    timer = next_timer(a, now);
-    if (a->done.n) wait = 0;
-    else if (timer >= 0 && timer < wait) wait = (long)timer;
-    curl_wait(a, wait);
-    collect_finished(a);
-
-    now = sheaf_mono_ms();
-    promote_due(a, now);
-    if (start_ready(a, now) > 0) curl_timers(a);
-
-    /* Callbacks last, from a detached list: they may submit. */
-    list_splice(&ready, &a->done);
-    return fire(a, &ready);
+    a->fired_run = 0;
+    step(a);
+    if (a->fired_run) return a->fired_run;
+    /* Wait for the first thing to happen, at most timeout_ms. */
+    tv.tv_sec = timeout_ms / 1000;
+    tv.tv_usec = (timeout_ms % 1000) * 1000;
+    t = evtimer_new(a->base, on_run_timeout, a->base);
+    if (!t) return 0;
+    evtimer_add(t, &tv);
+    while (!a->fired_run && sheaf_llm_async_pending(a) &&
+           event_base_loop(a->base, EVLOOP_ONCE) == 0 && !event_base_got_break(a->base))
+        ;
+    event_free(t);
+    return a->fired_run;
 }
 
 size_t sheaf_llm_async_pending(const sheaf_llm_async *a)
@@ -919,6 +1146,7 @@ void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st)
     st->queued = a->queued.n + a->done.n;
     st->waiting = a->waiting.n;
     st->in_flight = a->flight.n;
+    st->window = (size_t)a->cwnd;
     snprintf(st->breaker_reason, sizeof(st->breaker_reason), "%s", a->brk_reason);
 }
 
@@ -975,6 +1203,22 @@ sheaf_err sheaf_llm_metrics_register(sheaf_metrics *reg, sheaf_llm_metrics *out,
     return SHEAF_OK;
 }
 
+void sheaf_llm_async_on_learned(sheaf_llm_async *a,
+                                void (*fn)(void *ud, int64_t rpm, int64_t tpm), void *ud)
+{
+    if (!a) return;
+    a->on_learned = fn;
+    a->on_learned_ud = ud;
+}
+
+void sheaf_llm_async_set_learned_limiter(sheaf_llm_async *a, const sheaf_llm_limiter *lim)
+{
+    if (!a || !lim || (!lim->acquire && !lim->acquire_async)) return;
+    a->limiter = *lim;
+    a->has_limiter = 1;
+    a->limiter_learned = 1;
+}
+
 void sheaf_llm_async_set_metrics(sheaf_llm_async *a, const sheaf_llm_metrics *m)
 {
     if (!a) return;
@@ -1004,6 +1248,8 @@ static void stop_calls(sheaf_llm_async *a, int flight)
         list_push_back(&stopped, c);
     }
     if (flight) a->brk_probe_in_flight = 0;
+    /* A limiter's answer still to come admits nobody now. */
+    a->asking = NULL;
     list_splice(&stopped, &a->waiting);
     list_splice(&stopped, &a->queued);
     for (c = stopped.head; c; c = c->next) {

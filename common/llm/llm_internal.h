@@ -1,17 +1,15 @@
-/* llm_internal.h - what the synchronous LLM client (llm.c) and the
- * many-in-flight engine (llm_async.c) share.  Not a public header: programs
- * include sheaf/llm.h or sheaf/llm_async.h; only common/llm*.c (and their
- * unit tests) include this one.
+/* llm_internal.h - what the LLM engine (llm_async.c) uses of the wire
+ * format (llm_wire.c).  Not a public header: programs include sheaf/llm.h
+ * or sheaf/llm_async.h; only common/llm*.c (and their unit tests and fuzz
+ * targets) include this one.
  *
  * Everything about one HTTP attempt that does not depend on how it is
- * driven lives here, defined once in llm.c: where requests go and how they
+ * driven lives here, defined once in llm_wire.c: where requests go and how they
  * are authenticated (sheaf_llm_endpoint), the options every easy handle
  * carries, the receiving side of an attempt (capped body, the headers that
  * steer retries and rate limits), how an attempt's outcome is classified
  * (OK / RETRY / FATAL, errstr scrubbed of the API key), and the retry delay
- * (exponential backoff with full jitter, or the server's Retry-After).
- * The two clients differ only in how they wait: llm.c sleeps between
- * attempts, llm_async.c arms timers and lets other calls proceed. */
+ * (exponential backoff with full jitter, or the server's Retry-After). */
 #ifndef SHEAF_LLM_INTERNAL_H
 #define SHEAF_LLM_INTERNAL_H
 
@@ -52,6 +50,10 @@ typedef struct sheaf_llm_resp_headers {
     int64_t retry_after_ms;     /* Retry-After, else -1 */
     int64_t remaining_requests; /* x-ratelimit-remaining-requests, else -1 */
     int64_t reset_requests_ms;  /* x-ratelimit-reset-requests, else -1 */
+    int64_t limit_requests;     /* x-ratelimit-limit-requests (per minute), else -1 */
+    int64_t limit_tokens;       /* x-ratelimit-limit-tokens (per minute), else -1 */
+    int64_t remaining_tokens;   /* x-ratelimit-remaining-tokens, else -1 */
+    int64_t reset_tokens_ms;    /* x-ratelimit-reset-tokens, else -1 */
 } sheaf_llm_resp_headers;
 
 /* The receiving side of one attempt; one per easy handle, reused. */
@@ -69,8 +71,8 @@ void sheaf_llm_xfer_free(sheaf_llm_xfer *x);
 
 /* Reads one response header line, as curl hands it to the header callback
  * (data[0..n), not NUL-terminated, line ending included), into x->hdr: a
- * status line resets it; Retry-After, x-ratelimit-remaining-requests and
- * x-ratelimit-reset-requests are parsed, anything else ignored.  The header
+ * status line resets it; Retry-After and x-ratelimit-{limit,remaining,
+ * reset}-{requests,tokens} are parsed, anything else ignored.  The header
  * callback set by sheaf_llm_easy_setup is this function; it is here so the
  * parsing can be fuzzed without a network. */
 void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sheaf/aredis.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"
 
@@ -74,6 +75,29 @@ static int parse_value(const char *s, size_t len, char **content, sheaf_llm_usag
     return rc;
 }
 
+/* A cache value: the answer and what it cost; NULL when content is not
+ * UTF-8 (json_pack refuses it) or no memory. */
+static char *value_build(const char *content, const sheaf_llm_usage *usage)
+{
+    json_t *v = json_pack("{s:s, s:I, s:I}", "c", content, "p",
+                          (json_int_t)usage->prompt_tokens, "k",
+                          (json_int_t)usage->completion_tokens);
+    char *value = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    return value;
+}
+
+/* A GET reply as a lookup's outcome: 1 hit (content, usage set), else 0. */
+static int reply_hit(const redisReply *rep, const char *key, char **content,
+                     sheaf_llm_usage *usage)
+{
+    if (rep->type != REDIS_REPLY_STRING) return 0;
+    if (parse_value(rep->str, rep->len, content, usage) == 0) return 1;
+    sheaf_warn("cache", "%s holds no usable cache value (%zu bytes): taken as a miss", key,
+               (size_t)rep->len);
+    return 0;
+}
+
 sheaf_err sheaf_cache_get(sheaf_redis *r, const char *key, char **content,
                           sheaf_llm_usage *usage, int *hit, char *errstr, size_t errlen)
 {
@@ -88,13 +112,7 @@ sheaf_err sheaf_cache_get(sheaf_redis *r, const char *key, char **content,
         snprintf(errstr, errlen, "cache lookup of %s: %s", key, why);
         return SHEAF_ERR_REDIS;
     }
-    if (rep->type == REDIS_REPLY_STRING) {
-        if (parse_value(rep->str, rep->len, content, usage) == 0)
-            *hit = 1;
-        else
-            sheaf_warn("cache", "%s holds no usable cache value (%zu bytes): taken as a miss",
-                       key, (size_t)rep->len);
-    }
+    *hit = reply_hit(rep, key, content, usage);
     freeReplyObject(rep);
     return SHEAF_OK;
 }
@@ -105,14 +123,8 @@ sheaf_err sheaf_cache_put(sheaf_redis *r, const sheaf_config *cfg, const char *k
 {
     char why[SHEAF_ERRSTR_SIZE] = "";
     redisReply *rep;
-    char *value;
-    /* json_pack refuses a string that is not UTF-8 (NULL). */
-    json_t *v = json_pack("{s:s, s:I, s:I}", "c", content, "p",
-                          (json_int_t)usage->prompt_tokens, "k",
-                          (json_int_t)usage->completion_tokens);
+    char *value = value_build(content, usage);
 
-    value = v ? json_dumps(v, JSON_COMPACT) : NULL;
-    json_decref(v);
     if (!value) {
         snprintf(errstr, errlen, "cache store of %s: the answer cannot be encoded", key);
         return SHEAF_ERR_INVALID;
@@ -139,4 +151,74 @@ void sheaf_cache_count(sheaf_redis *r, const char *job, int hit, const sheaf_llm
     if (sheaf_state_job_cache_count(r, job, hit, n, errstr, sizeof(errstr)) != SHEAF_OK)
         sheaf_warn("cache", "job %s: could not count a cache %s: %s", job, hit ? "hit" : "miss",
                    errstr);
+}
+
+/* ---- asynchronous ---- */
+
+typedef struct get_call {
+    sheaf_cache_get_fn fn;
+    void *ud;
+    char key[SHEAF_CACHE_KEY_SIZE];
+} get_call;
+
+static void on_get(void *ud, redisReply *rep, const char *errstr)
+{
+    get_call *g = ud;
+    char *content = NULL;
+    char why[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_llm_usage usage = {0, 0};
+    int hit = rep ? reply_hit(rep, g->key, &content, &usage) : 0;
+    if (!rep) snprintf(why, sizeof(why), "cache lookup of %s: %s", g->key, errstr);
+    g->fn(g->ud, hit, &content, &usage, why);
+    free(content);
+    free(g);
+}
+
+void sheaf_cache_get_async(sheaf_aredis *ar, const char *key, sheaf_cache_get_fn fn, void *ud)
+{
+    get_call *g = calloc(1, sizeof(*g));
+    if (!g) {
+        sheaf_error("cache", "out of memory");
+        return;
+    }
+    g->fn = fn;
+    g->ud = ud;
+    snprintf(g->key, sizeof(g->key), "%s", key);
+    const char *argv[] = {"GET", key};
+    sheaf_aredis_argv(ar, 2, argv, NULL, on_get, g);
+}
+
+static void on_put(void *ud, redisReply *rep, const char *errstr)
+{
+    (void)ud;
+    if (!rep) sheaf_warn("cache", "cache store: %s", errstr);
+}
+
+void sheaf_cache_put_async(sheaf_aredis *ar, const sheaf_config *cfg, const char *key,
+                           const char *content, const sheaf_llm_usage *usage)
+{
+    char ttl[16];
+    char *value = value_build(content, usage);
+    if (!value) {
+        sheaf_warn("cache", "cache store of %s: the answer cannot be encoded", key);
+        return;
+    }
+    snprintf(ttl, sizeof(ttl), "%d", cfg->cache_ttl_s);
+    const char *argv[] = {"SET", key, value, "EX", ttl};
+    sheaf_aredis_argv(ar, cfg->cache_ttl_s > 0 ? 5 : 3, argv, NULL, on_put, NULL);
+    free(value);
+}
+
+static void on_count(void *ud, const sheaf_state_reply *r)
+{
+    (void)ud;
+    if (r->err != SHEAF_OK) sheaf_warn("cache", "could not count a cache lookup: %s", r->errstr);
+}
+
+void sheaf_cache_count_async(sheaf_aredis *ar, const char *job, int hit,
+                             const sheaf_llm_usage *saved)
+{
+    uint64_t n = hit && saved ? saved->prompt_tokens + saved->completion_tokens : 0;
+    if (!job || !sheaf_job_id_valid(job)) return;
+    sheaf_state_job_cache_count_async(ar, job, hit, n, on_count, NULL);
 }

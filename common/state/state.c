@@ -19,24 +19,20 @@
 #include <strings.h>
 
 #include "lua_scripts.h"
+#include "sheaf/aredis.h"
 #include "sheaf/buf.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"
 
 struct sheaf_redis {
     redisContext *c;
-    char host[256];
-    int port;
-    int db;
-    char *user;       /* ACL user or NULL */
-    char *password;   /* secret: never logged */
-    int timeout_ms;
+    sheaf_redis_addr a;
 };
 
 
 /* ---- connection ---- */
 
-static sheaf_err parse_url(sheaf_redis *r, const char *url, char *errstr, size_t errlen)
+static sheaf_err parse_url(sheaf_redis_addr *r, const char *url, char *errstr, size_t errlen)
 {
     const char *p = url;
     if (strncmp(p, "redis://", 8) != 0) {
@@ -90,35 +86,35 @@ static sheaf_err parse_url(sheaf_redis *r, const char *url, char *errstr, size_t
 
 static sheaf_err redis_open(sheaf_redis *r, char *errstr, size_t errlen)
 {
-    struct timeval tv = {.tv_sec = r->timeout_ms / 1000, .tv_usec = (r->timeout_ms % 1000) * 1000};
+    struct timeval tv = {.tv_sec = r->a.timeout_ms / 1000, .tv_usec = (r->a.timeout_ms % 1000) * 1000};
     redisReply *rep;
 
     if (r->c) redisFree(r->c);
-    r->c = redisConnectWithTimeout(r->host, r->port, tv);
+    r->c = redisConnectWithTimeout(r->a.host, r->a.port, tv);
     if (!r->c || r->c->err) {
-        snprintf(errstr, errlen, "cannot connect to Redis at %s:%d: %s", r->host, r->port,
+        snprintf(errstr, errlen, "cannot connect to Redis at %s:%d: %s", r->a.host, r->a.port,
                  r->c ? r->c->errstr : "out of memory");
         goto fail;
     }
     redisSetTimeout(r->c, tv);
-    if (r->password) {
-        if (r->user)
-            rep = redisCommand(r->c, "AUTH %s %s", r->user, r->password);
+    if (r->a.password) {
+        if (r->a.user)
+            rep = redisCommand(r->c, "AUTH %s %s", r->a.user, r->a.password);
         else
-            rep = redisCommand(r->c, "AUTH %s", r->password);
+            rep = redisCommand(r->c, "AUTH %s", r->a.password);
         if (!rep || rep->type == REDIS_REPLY_ERROR) {
             /* Redis's own message never contains the password. */
-            snprintf(errstr, errlen, "Redis at %s:%d refused authentication: %s", r->host,
-                     r->port, rep ? rep->str : r->c->errstr);
+            snprintf(errstr, errlen, "Redis at %s:%d refused authentication: %s", r->a.host,
+                     r->a.port, rep ? rep->str : r->c->errstr);
             if (rep) freeReplyObject(rep);
             goto fail;
         }
         freeReplyObject(rep);
     }
-    if (r->db) {
-        rep = redisCommand(r->c, "SELECT %d", r->db);
+    if (r->a.db) {
+        rep = redisCommand(r->c, "SELECT %d", r->a.db);
         if (!rep || rep->type == REDIS_REPLY_ERROR) {
-            snprintf(errstr, errlen, "Redis SELECT %d failed", r->db);
+            snprintf(errstr, errlen, "Redis SELECT %d failed", r->a.db);
             if (rep) freeReplyObject(rep);
             goto fail;
         }
@@ -132,6 +128,25 @@ fail:
     return SHEAF_ERR_REDIS;
 }
 
+sheaf_err sheaf_redis_addr_parse(const sheaf_config *cfg, sheaf_redis_addr *a, char *errstr,
+                                 size_t errlen)
+{
+    memset(a, 0, sizeof(*a));
+    a->timeout_ms = cfg->redis_timeout_ms > 0 ? cfg->redis_timeout_ms : 5000;
+    if (cfg->redis_password && *cfg->redis_password) a->password = strdup(cfg->redis_password);
+    return parse_url(a, cfg->redis_url ? cfg->redis_url : "", errstr, errlen);
+}
+
+void sheaf_redis_addr_clear(sheaf_redis_addr *a)
+{
+    free(a->user);
+    if (a->password) {
+        memset(a->password, 0, strlen(a->password));
+        free(a->password);
+    }
+    memset(a, 0, sizeof(*a));
+}
+
 sheaf_redis *sheaf_redis_connect(const sheaf_config *cfg, char *errstr, size_t errlen)
 {
     sheaf_redis *r = calloc(1, sizeof(*r));
@@ -139,9 +154,7 @@ sheaf_redis *sheaf_redis_connect(const sheaf_config *cfg, char *errstr, size_t e
         snprintf(errstr, errlen, "out of memory");
         return NULL;
     }
-    r->timeout_ms = cfg->redis_timeout_ms > 0 ? cfg->redis_timeout_ms : 5000;
-    if (cfg->redis_password && *cfg->redis_password) r->password = strdup(cfg->redis_password);
-    if (parse_url(r, cfg->redis_url ? cfg->redis_url : "", errstr, errlen) != SHEAF_OK ||
+    if (sheaf_redis_addr_parse(cfg, &r->a, errstr, errlen) != SHEAF_OK ||
         redis_open(r, errstr, errlen) != SHEAF_OK) {
         sheaf_redis_destroy(r);
         return NULL;
@@ -153,11 +166,7 @@ void sheaf_redis_destroy(sheaf_redis *r)
 {
     if (!r) return;
     if (r->c) redisFree(r->c);
-    free(r->user);
-    if (r->password) {
-        memset(r->password, 0, strlen(r->password));
-        free(r->password);
-    }
+    sheaf_redis_addr_clear(&r->a);
     free(r);
 }
 
@@ -170,7 +179,7 @@ redisReply *sheaf_redis_argv(sheaf_redis *r, int argc, const char **argv, const 
         rep = redisCommandArgv(r->c, argc, argv, argvlen);
         if (rep) break;
         /* I/O error: the context is unusable; reconnect once. */
-        snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+        snprintf(errstr, errlen, "Redis at %s:%d: %s", r->a.host, r->a.port, r->c->errstr);
         redisFree(r->c);
         r->c = NULL;
     }
@@ -194,7 +203,7 @@ static redisReply *redis_vcmd(sheaf_redis *r, char *errstr, size_t errlen, const
         rep = redisvCommand(r->c, fmt, aq);
         va_end(aq);
         if (rep) break;
-        snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+        snprintf(errstr, errlen, "Redis at %s:%d: %s", r->a.host, r->a.port, r->c->errstr);
         redisFree(r->c);
         r->c = NULL;
     }
@@ -265,16 +274,14 @@ redisReply *sheaf_redis_script(sheaf_redis *r, const sheaf_lua_script *s, int nk
 {
     const char *argv[24];
     size_t argvlen[24];
-    char nk[8], sha[2 * SHA_DIGEST_LENGTH + 1];
-    unsigned char md[SHA_DIGEST_LENGTH];
+    char nk[8], sha[SHEAF_LUA_SHA_SIZE];
     redisReply *rep;
 
     if (nargs + 3 > 24) {
         snprintf(errstr, errlen, "internal: too many script arguments");
         return NULL;
     }
-    SHA1((const unsigned char *)s->body, strlen(s->body), md);
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) sprintf(sha + 2 * i, "%02x", md[i]);
+    sheaf_lua_sha(s, sha);
     snprintf(nk, sizeof(nk), "%d", nkeys);
     argv[0] = "EVALSHA";
     argvlen[0] = 7;
@@ -368,7 +375,7 @@ static sheaf_err script_load(sheaf_redis *r, const sheaf_lua_script *s, char *er
     return sheaf_redis_do(r, errstr, errlen, "SCRIPT LOAD %s", s->body);
 }
 
-static void script_sha(const sheaf_lua_script *s, char sha[2 * SHA_DIGEST_LENGTH + 1])
+void sheaf_lua_sha(const sheaf_lua_script *s, char sha[SHEAF_LUA_SHA_SIZE])
 {
     unsigned char md[SHA_DIGEST_LENGTH];
     SHA1((const unsigned char *)s->body, strlen(s->body), md);
@@ -395,7 +402,7 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
         }
     }
     if ((err = script_load(r, &reg, errstr, errlen)) != SHEAF_OK) return err;
-    script_sha(&reg, sha);
+    sheaf_lua_sha(&reg, sha);
     /* One script per document (a document is registered whole or not at
      * all, and a second registration changes nothing), pipelined. */
     for (size_t i = 0; i < n; i++) {
@@ -421,7 +428,7 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
     for (size_t i = 0; i < n; i++) {
         redisReply *rep = NULL;
         if (redisGetReply(r->c, (void **)&rep) != REDIS_OK) {
-            snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+            snprintf(errstr, errlen, "Redis at %s:%d: %s", r->a.host, r->a.port, r->c->errstr);
             redisFree(r->c);
             r->c = NULL;
             return SHEAF_ERR_REDIS;
@@ -508,35 +515,118 @@ sheaf_err sheaf_state_job_fail(sheaf_redis *r, const sheaf_config *cfg, const ch
 
 /* ---- worker side ---- */
 
+/* The keys and arguments of the worker's scripts, built once for the
+ * synchronous and the asynchronous calls alike. */
+typedef struct check_args {
+    char kpart[KEYLEN], kjob[KEYLEN], field[24];
+    const char *args[3];
+} check_args;
+
+static void check_args_build(check_args *a, const sheaf_chunk_msg *m)
+{
+    doc_key(a->kpart, sizeof(a->kpart), m->job, "p", m->doc);
+    sheaf_key(a->kjob, sizeof(a->kjob), m->job, "job");
+    snprintf(a->field, sizeof(a->field), "s:%u", m->idx);
+    a->args[0] = a->kpart;
+    a->args[1] = a->kjob;
+    a->args[2] = a->field;
+}
+
+/* A cancelled job's chunks need no call either: they count as done. */
+static int check_reply_exists(const redisReply *rep)
+{
+    return rep->type == REDIS_REPLY_INTEGER && rep->integer >= 1;
+}
+
+typedef struct store_args {
+    char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], kres[KEYLEN], idx[16];
+    char n[16], pt[24], ct[24];
+    const char *args[12];
+} store_args;
+
+static void store_args_build(store_args *a, const sheaf_chunk_msg *m, int ok,
+                             const char *result_json, uint64_t prompt_tokens,
+                             uint64_t completion_tokens)
+{
+    sheaf_key(a->kjob, sizeof(a->kjob), m->job, "job");
+    sheaf_key(a->kres, sizeof(a->kres), m->job, "results");
+    doc_key(a->kpart, sizeof(a->kpart), m->job, "p", m->doc);
+    sheaf_key(a->kready, sizeof(a->kready), m->job, "ready");
+    sheaf_key(a->ktok, sizeof(a->ktok), m->job, "doc_tokens");
+    snprintf(a->idx, sizeof(a->idx), "%u", m->idx);
+    snprintf(a->n, sizeof(a->n), "%u", m->count);
+    snprintf(a->pt, sizeof(a->pt), "%llu", (unsigned long long)prompt_tokens);
+    snprintf(a->ct, sizeof(a->ct), "%llu", (unsigned long long)completion_tokens);
+    const char *args[] = {a->kjob, a->kpart, a->kready, a->ktok, a->kres, m->doc, a->idx, a->n,
+                          ok ? "ok" : "failed", result_json, a->pt, a->ct};
+    memcpy(a->args, args, sizeof(args));
+}
+
+/* What the chunk-store script answered. */
+static sheaf_err store_reply(const redisReply *rep, const char *job, sheaf_chunk_outcome *outcome,
+                             char *errstr, size_t errlen)
+{
+    if (rep->type != REDIS_REPLY_INTEGER) {
+        snprintf(errstr, errlen, "chunk store script: unexpected reply type %d", rep->type);
+        return SHEAF_ERR_INTERNAL;
+    }
+    if (rep->integer == -2) {
+        /* Cancelled: nothing more is recorded for the job. */
+        if (outcome) *outcome = SHEAF_CHUNK_DUPLICATE;
+    } else if (rep->integer < 0) {
+        snprintf(errstr, errlen, "job %s is not registered in Redis", job);
+        return SHEAF_ERR_NOT_FOUND;
+    } else if (outcome) {
+        *outcome = (sheaf_chunk_outcome)rep->integer;
+    }
+    return SHEAF_OK;
+}
+
+static sheaf_err pipeline_reply(const redisReply *rep, const char *pv, char *errstr,
+                                size_t errlen)
+{
+    if (rep->type == REDIS_REPLY_STRING) return SHEAF_OK;
+    snprintf(errstr, errlen, "pipeline version %s is not registered in Redis", pv);
+    return SHEAF_ERR_NOT_FOUND;
+}
+
+static void cache_count_args(char *kjob, size_t klen, char *tokens, size_t tlen,
+                             const char *job, uint64_t tokens_saved)
+{
+    sheaf_key(kjob, klen, job, "job");
+    snprintf(tokens, tlen, "%llu", (unsigned long long)tokens_saved);
+}
+
+static const sheaf_lua_script script_check = {sheaf_lua_chunk_check};
+static const sheaf_lua_script script_store = {sheaf_lua_chunk_store};
+static const sheaf_lua_script script_dlq_incr = {sheaf_lua_job_dlq_incr};
+static const sheaf_lua_script script_waiting = {sheaf_lua_job_waiting};
+static const sheaf_lua_script script_cache_count = {sheaf_lua_job_cache_count};
+
 sheaf_err sheaf_state_pipeline_get(sheaf_redis *r, const char *pv, char **json, char *errstr,
                                    size_t errlen)
 {
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "GET sheaf:pipeline:%s", pv);
+    sheaf_err err;
     *json = NULL;
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_STRING) {
-        freeReplyObject(rep);
-        snprintf(errstr, errlen, "pipeline version %s is not registered in Redis", pv);
-        return SHEAF_ERR_NOT_FOUND;
+    err = pipeline_reply(rep, pv, errstr, errlen);
+    if (err == SHEAF_OK) {
+        *json = sheaf_strndup(rep->str, rep->len);
+        if (!*json) err = SHEAF_ERR_NOMEM;
     }
-    *json = sheaf_strndup(rep->str, rep->len);
     freeReplyObject(rep);
-    return *json ? SHEAF_OK : SHEAF_ERR_NOMEM;
+    return err;
 }
 
 sheaf_err sheaf_state_chunk_exists(sheaf_redis *r, const sheaf_chunk_msg *m, int *exists,
                                    char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script check = {sheaf_lua_chunk_check};
-    char kpart[KEYLEN], kjob[KEYLEN], field[24];
-    doc_key(kpart, sizeof(kpart), m->job, "p", m->doc);
-    sheaf_key(kjob, sizeof(kjob), m->job, "job");
-    snprintf(field, sizeof(field), "s:%u", m->idx);
-    const char *args[] = {kpart, kjob, field};
-    redisReply *rep = sheaf_redis_script(r, &check, 2, 3, args, NULL, errstr, errlen);
+    check_args a;
+    check_args_build(&a, m);
+    redisReply *rep = sheaf_redis_script(r, &script_check, 2, 3, a.args, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    /* A cancelled job's chunks need no call either: they count as done. */
-    *exists = rep->type == REDIS_REPLY_INTEGER && rep->integer >= 1;
+    *exists = check_reply_exists(rep);
     freeReplyObject(rep);
     return SHEAF_OK;
 }
@@ -552,47 +642,162 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
      * document whose result is already recorded is not enqueued again: its
      * chunks were lost and recomputed (`sheaf repair`), and combining them
      * again could not change the recorded result (first write wins). */
-    static const sheaf_lua_script store = {sheaf_lua_chunk_store};
-    char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], kres[KEYLEN], idx[16];
-    char n[16], pt[24], ct[24];
-    sheaf_key(kjob, sizeof(kjob), m->job, "job");
-    sheaf_key(kres, sizeof(kres), m->job, "results");
-    doc_key(kpart, sizeof(kpart), m->job, "p", m->doc);
-    sheaf_key(kready, sizeof(kready), m->job, "ready");
-    sheaf_key(ktok, sizeof(ktok), m->job, "doc_tokens");
-    snprintf(idx, sizeof(idx), "%u", m->idx);
-    snprintf(n, sizeof(n), "%u", m->count);
-    snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
-    snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
-    const char *args[] = {kjob, kpart, kready, ktok, kres, m->doc, idx, n, ok ? "ok" : "failed",
-                          result_json, pt, ct};
-    redisReply *rep = sheaf_redis_script(r, &store, 5, 12, args, NULL, errstr, errlen);
+    store_args *a = malloc(sizeof(*a));
+    sheaf_err err;
+    if (!a) return SHEAF_ERR_NOMEM;
+    store_args_build(a, m, ok, result_json, prompt_tokens, completion_tokens);
+    redisReply *rep = sheaf_redis_script(r, &script_store, 5, 12, a->args, NULL, errstr, errlen);
+    free(a);
     if (!rep) return SHEAF_ERR_REDIS;
-    sheaf_err err = SHEAF_OK;
-    if (rep->type != REDIS_REPLY_INTEGER) {
-        snprintf(errstr, errlen, "chunk store script: unexpected reply type %d", rep->type);
-        err = SHEAF_ERR_INTERNAL;
-    } else if (rep->integer == -2) {
-        /* Cancelled: nothing more is recorded for the job. */
-        if (outcome) *outcome = SHEAF_CHUNK_DUPLICATE;
-    } else if (rep->integer < 0) {
-        snprintf(errstr, errlen, "job %s is not registered in Redis", m->job);
-        err = SHEAF_ERR_NOT_FOUND;
-    } else if (outcome) {
-        *outcome = (sheaf_chunk_outcome)rep->integer;
-    }
+    err = store_reply(rep, m->job, outcome, errstr, errlen);
     freeReplyObject(rep);
     return err;
 }
 
 sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script incr = {sheaf_lua_job_dlq_incr};
     char kjob[KEYLEN];
     if (!job || !sheaf_job_id_valid(job)) return SHEAF_OK;
     sheaf_key(kjob, sizeof(kjob), job, "job");
     const char *args[] = {kjob};
-    return sheaf_redis_script_do(r, &incr, 1, 1, args, errstr, errlen);
+    return sheaf_redis_script_do(r, &script_dlq_incr, 1, 1, args, errstr, errlen);
+}
+
+/* ---- worker side, asynchronous ---- */
+
+enum { ASYNC_PLAIN, ASYNC_EXISTS, ASYNC_PIPELINE, ASYNC_STORE };
+
+/* One asynchronous state call: how to read its reply, and for whom. */
+typedef struct state_call {
+    sheaf_state_fn done;
+    void *ud;
+    int kind;
+    char name[]; /* job (store) or pipeline version (pipeline), for errors */
+} state_call;
+
+static state_call *state_call_new(sheaf_state_fn done, void *ud, int kind, const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    state_call *sc = malloc(sizeof(*sc) + n + 1);
+    if (!sc) return NULL;
+    sc->done = done;
+    sc->ud = ud;
+    sc->kind = kind;
+    memcpy(sc->name, name ? name : "", n + 1);
+    return sc;
+}
+
+static void state_reply(void *ud, redisReply *rep, const char *errstr)
+{
+    state_call *sc = ud;
+    char why[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_state_reply r = {.err = SHEAF_OK, .errstr = ""};
+    sheaf_chunk_outcome out = SHEAF_CHUNK_NEW;
+
+    if (!rep) {
+        r.err = SHEAF_ERR_REDIS;
+        r.errstr = errstr;
+    } else if (sc->kind == ASYNC_EXISTS) {
+        r.n = check_reply_exists(rep);
+    } else if (sc->kind == ASYNC_PIPELINE) {
+        r.err = pipeline_reply(rep, sc->name, why, sizeof(why));
+        r.str = rep->str;
+        r.len = rep->len;
+    } else if (sc->kind == ASYNC_STORE) {
+        r.err = store_reply(rep, sc->name, &out, why, sizeof(why));
+        r.n = out;
+    } else if (rep->type == REDIS_REPLY_INTEGER) {
+        r.n = rep->integer;
+    }
+    if (why[0]) r.errstr = why;
+    if (sc->done) sc->done(sc->ud, &r);
+    free(sc);
+}
+
+/* Sends a script for a state call; a failure to allocate the record fires
+ * done from the loop like any Redis failure would. */
+static void state_script(sheaf_aredis *ar, const sheaf_lua_script *s, int nkeys, int nargs,
+                         const char **args, sheaf_state_fn done, void *ud, int kind,
+                         const char *name)
+{
+    state_call *sc = state_call_new(done, ud, kind, name);
+    if (!sc) {
+        sheaf_error("state", "out of memory");
+        return;
+    }
+    sheaf_aredis_script(ar, s, nkeys, nargs, args, NULL, state_reply, sc);
+}
+
+void sheaf_state_chunk_exists_async(sheaf_aredis *ar, const sheaf_chunk_msg *m,
+                                    sheaf_state_fn done, void *ud)
+{
+    check_args a;
+    check_args_build(&a, m);
+    state_script(ar, &script_check, 2, 3, a.args, done, ud, ASYNC_EXISTS, m->job);
+}
+
+void sheaf_state_pipeline_get_async(sheaf_aredis *ar, const char *pv, sheaf_state_fn done,
+                                    void *ud)
+{
+    char key[128];
+    state_call *sc = state_call_new(done, ud, ASYNC_PIPELINE, pv);
+    if (!sc) {
+        sheaf_error("state", "out of memory");
+        return;
+    }
+    snprintf(key, sizeof(key), "sheaf:pipeline:%s", pv);
+    const char *argv[] = {"GET", key};
+    sheaf_aredis_argv(ar, 2, argv, NULL, state_reply, sc);
+}
+
+void sheaf_state_chunk_store_async(sheaf_aredis *ar, const sheaf_chunk_msg *m, int ok,
+                                   const char *result_json, uint64_t prompt_tokens,
+                                   uint64_t completion_tokens, sheaf_state_fn done, void *ud)
+{
+    /* First write wins, as sheaf_state_chunk_store. */
+    store_args *a = malloc(sizeof(*a));
+    if (!a) {
+        sheaf_error("state", "out of memory");
+        return;
+    }
+    store_args_build(a, m, ok, result_json, prompt_tokens, completion_tokens);
+    state_script(ar, &script_store, 5, 12, a->args, done, ud, ASYNC_STORE, m->job);
+    free(a);
+}
+
+void sheaf_state_job_dlq_incr_async(sheaf_aredis *ar, const char *job, sheaf_state_fn done,
+                                    void *ud)
+{
+    char kjob[KEYLEN];
+    if (!job || !sheaf_job_id_valid(job)) job = NULL;
+    sheaf_key(kjob, sizeof(kjob), job ? job : "-", "job");
+    const char *args[] = {kjob};
+    if (!job) {
+        /* Nothing to count; still answered from the loop, as promised. */
+        const char *argv[] = {"PING"};
+        state_call *sc = state_call_new(done, ud, ASYNC_PLAIN, NULL);
+        if (sc) sheaf_aredis_argv(ar, 1, argv, NULL, state_reply, sc);
+        return;
+    }
+    state_script(ar, &script_dlq_incr, 1, 1, args, done, ud, ASYNC_PLAIN, job);
+}
+
+void sheaf_state_job_waiting_async(sheaf_aredis *ar, const char *job, const char *reason,
+                                   sheaf_state_fn done, void *ud)
+{
+    char kjob[KEYLEN];
+    sheaf_key(kjob, sizeof(kjob), job, "job");
+    const char *args[] = {kjob, reason};
+    state_script(ar, &script_waiting, 1, 2, args, done, ud, ASYNC_PLAIN, job);
+}
+
+void sheaf_state_job_cache_count_async(sheaf_aredis *ar, const char *job, int hit,
+                                       uint64_t tokens_saved, sheaf_state_fn done, void *ud)
+{
+    char kjob[KEYLEN], tokens[32];
+    cache_count_args(kjob, sizeof(kjob), tokens, sizeof(tokens), job, tokens_saved);
+    const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
+    state_script(ar, &script_cache_count, 1, 3, args, done, ud, ASYNC_PLAIN, job);
 }
 
 /* ---- reducer side ---- */
@@ -930,7 +1135,7 @@ static sheaf_err read_replies(sheaf_redis *r, size_t n, char *errstr, size_t err
     for (size_t i = 0; i < n; i++) {
         redisReply *rep = NULL;
         if (redisGetReply(r->c, (void **)&rep) != REDIS_OK) {
-            snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+            snprintf(errstr, errlen, "Redis at %s:%d: %s", r->a.host, r->a.port, r->c->errstr);
             redisFree(r->c);
             r->c = NULL;
             return SHEAF_ERR_REDIS;
@@ -1226,11 +1431,10 @@ fail:
 sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *reason,
                                   char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script waiting = {sheaf_lua_job_waiting};
     char kjob[KEYLEN];
     sheaf_key(kjob, sizeof(kjob), job, "job");
     const char *args[] = {kjob, reason};
-    return sheaf_redis_script_do(r, &waiting, 1, 2, args, errstr, errlen);
+    return sheaf_redis_script_do(r, &script_waiting, 1, 2, args, errstr, errlen);
 }
 
 /* ---- dead letters: list and redrive ---- */
@@ -1258,7 +1462,7 @@ static sheaf_err each_failed_doc(sheaf_redis *r, const char *job,
         for (size_t i = 0; i < n; i++) {
             redisReply *rep = NULL;
             if (redisGetReply(r->c, (void **)&rep) != REDIS_OK) {
-                snprintf(errstr, errlen, "Redis at %s:%d: %s", r->host, r->port, r->c->errstr);
+                snprintf(errstr, errlen, "Redis at %s:%d: %s", r->a.host, r->a.port, r->c->errstr);
                 redisFree(r->c);
                 r->c = NULL;
                 free(has);
@@ -1717,12 +1921,10 @@ sheaf_err sheaf_state_ready_ack(sheaf_redis *r, const char *job, const char *gro
 sheaf_err sheaf_state_job_cache_count(sheaf_redis *r, const char *job, int hit,
                                       uint64_t tokens_saved, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script count = {sheaf_lua_job_cache_count};
     char kjob[KEYLEN], tokens[32];
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    snprintf(tokens, sizeof(tokens), "%llu", (unsigned long long)tokens_saved);
+    cache_count_args(kjob, sizeof(kjob), tokens, sizeof(tokens), job, tokens_saved);
     const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
-    return sheaf_redis_script_do(r, &count, 1, 3, args, errstr, errlen);
+    return sheaf_redis_script_do(r, &script_cache_count, 1, 3, args, errstr, errlen);
 }
 
 sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, size_t errlen)

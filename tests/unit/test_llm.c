@@ -1,10 +1,17 @@
-/* test_llm.c - unit tests of the LLM client (common/llm/llm.c).
+/* test_llm.c - unit tests of the LLM wire format (common/llm/llm_wire.c) and
+ * of one call at a time through the one LLM client, the asynchronous
+ * engine (common/llm/llm_async.c).
  *
  * The pure parts (request body, response parsing, Retry-After) are tested
  * directly.  The HTTP path is tested against a tiny in-process server
  * thread that answers each request with the next canned response, so the
  * header callback, the status classification, the body cap, redaction of
- * the key and connection reuse are covered without the LLM simulator. */
+ * the key and connection reuse are covered without the LLM simulator.
+ * These tests were written for the synchronous client, now deleted; a
+ * small shim below (tclient_*) gives them its call-and-wait shape over the
+ * engine: one attempt (tclient_complete) or llm.max_attempts with the
+ * engine's backoff (tclient_complete_retry), which a raised stop flag
+ * aborts as a shutdown would. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +23,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +33,7 @@
 #include <unistd.h>
 
 #include "sheaf/llm.h"
+#include "sheaf/llm_async.h"
 #include "sheaf/util.h"
 
 /* ---- helpers -------------------------------------------------------------- */
@@ -53,6 +62,83 @@ static const sheaf_llm_message test_msgs[] = {
     {"user", "Summarize: \"quotes\", \\ and\nnewline \xc3\xa9"},
 };
 static const sheaf_llm_request test_req = {"test-model", 0.2, 64, test_msgs, 2, NULL};
+
+/* ---- one call at a time through the engine --------------------------------- */
+
+typedef struct tclient {
+    sheaf_llm_async *once;     /* llm.max_attempts = 1 */
+    sheaf_llm_async *retry;    /* llm.max_attempts as configured */
+} tclient;
+
+static void tclient_destroy(tclient *c)
+{
+    if (!c) return;
+    sheaf_llm_async_destroy(c->once);
+    sheaf_llm_async_destroy(c->retry);
+    free(c);
+}
+
+static tclient *tclient_create(const sheaf_config *cfg, char *errstr, size_t errlen)
+{
+    sheaf_config one = *cfg;
+    tclient *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    one.llm_max_attempts = 1;
+    if (!(c->once = sheaf_llm_async_create(&one, 1, NULL, errstr, errlen)) ||
+        !(c->retry = sheaf_llm_async_create(cfg, 1, NULL, errstr, errlen))) {
+        tclient_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+typedef struct tcall {
+    int done;
+    sheaf_err err;
+    sheaf_llm_result res;
+    char errstr[SHEAF_ERRSTR_SIZE];
+} tcall;
+
+static void tcall_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr)
+{
+    tcall *t = ud;
+    t->done = 1;
+    t->err = err;
+    t->res = *res;
+    res->content = NULL; /* taken */
+    snprintf(t->errstr, sizeof(t->errstr), "%s", errstr);
+}
+
+/* Submits req and turns the engine until it calls back; a raised *stop
+ * aborts the call (SHEAF_ERR_STOPPED), as at shutdown. */
+static sheaf_err tclient_run(sheaf_llm_async *a, const sheaf_llm_request *req,
+                             sheaf_llm_result *result, volatile sig_atomic_t *stop, char *errstr,
+                             size_t errlen)
+{
+    tcall t;
+    memset(&t, 0, sizeof(t));
+    if (sheaf_llm_async_submit(a, req, 1, tcall_done, &t) != SHEAF_OK) return SHEAF_ERR_NOMEM;
+    while (!t.done) {
+        sheaf_llm_async_run(a, 10);
+        if (!t.done && stop && *stop) sheaf_llm_async_abort_all(a);
+    }
+    *result = t.res;
+    snprintf(errstr, errlen, "%s", t.errstr);
+    return t.err;
+}
+
+static sheaf_err tclient_complete(tclient *c, const sheaf_llm_request *req,
+                                  sheaf_llm_result *result, char *errstr, size_t errlen)
+{
+    return tclient_run(c->once, req, result, NULL, errstr, errlen);
+}
+
+static sheaf_err tclient_complete_retry(tclient *c, const sheaf_llm_request *req,
+                                        sheaf_llm_result *result, volatile sig_atomic_t *stop,
+                                        char *errstr, size_t errlen)
+{
+    return tclient_run(c->retry, req, result, stop, errstr, errlen);
+}
 
 /* ---- a canned-response HTTP server ---------------------------------------- */
 
@@ -188,16 +274,16 @@ static char **responses(int n, ...)
     return v;
 }
 
-static sheaf_llm *client_for(http_server *s, const char *path, const char *key,
+static tclient *client_for(http_server *s, const char *path, const char *key,
                              int max_attempts, sheaf_config *cfg)
 {
     char url[128], err[SHEAF_ERRSTR_SIZE];
-    sheaf_llm *llm;
+    tclient *llm;
     snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", s->port, path);
     cfg_fill(cfg, url);
     cfg->llm_api_key = (char *)key;
     cfg->llm_max_attempts = max_attempts;
-    llm = sheaf_llm_create(cfg, err, sizeof(err));
+    llm = tclient_create(cfg, err, sizeof(err));
     if (!llm) fail_msg("create: %s", err);
     return llm;
 }
@@ -530,21 +616,21 @@ static void test_create_errors(void **state)
     char key[] = "sk-secret-value\n";
 
     cfg_fill(&cfg, "");
-    assert_null(sheaf_llm_create(&cfg, err, sizeof(err)));
+    assert_null(tclient_create(&cfg, err, sizeof(err)));
     assert_non_null(strstr(err, "llm.base_url"));
 
     cfg_fill(&cfg, "http://127.0.0.1:1/v1");
     cfg.llm_max_response_bytes = 0;
-    assert_null(sheaf_llm_create(&cfg, err, sizeof(err)));
+    assert_null(tclient_create(&cfg, err, sizeof(err)));
     assert_non_null(strstr(err, "llm.max_response_bytes"));
 
     cfg_fill(&cfg, "http://127.0.0.1:1/v1");
     cfg.llm_api_key = key;
-    assert_null(sheaf_llm_create(&cfg, err, sizeof(err)));
+    assert_null(tclient_create(&cfg, err, sizeof(err)));
     assert_non_null(strstr(err, "llm.api_key"));
     assert_null(strstr(err, "sk-secret"));
 
-    sheaf_llm_destroy(NULL);
+    tclient_destroy(NULL);
     sheaf_llm_result_clear(NULL);
 }
 
@@ -557,21 +643,21 @@ static void test_bad_request_is_fatal(void **state)
     sheaf_llm_message m[] = {{"user", "bad \xc3"}};
     sheaf_llm_request r = {"m", 0, 0, m, 1, NULL};
     cfg_fill(&cfg, "http://127.0.0.1:1/v1");
-    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    tclient *llm = tclient_create(&cfg, err, sizeof(err));
     assert_non_null(llm);
-    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(tclient_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
     assert_non_null(strstr(err, "UTF-8"));
     r = test_req;
     r.model = "";
-    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(tclient_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
     assert_non_null(strstr(err, "model"));
     json_t *arr = json_array();
     r = test_req;
     r.json_schema = arr;
-    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
+    assert_int_equal(tclient_complete(llm, &r, &res, err, sizeof(err)), SHEAF_ERR_LLM_FATAL);
     assert_non_null(strstr(err, "json_schema"));
     json_decref(arr);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
 }
 
 /* ---- client: transport failures and retry ---------------------------------- */
@@ -585,17 +671,17 @@ static void test_connection_refused_retries(void **state)
     cfg_fill(&cfg, "http://127.0.0.1:1/v1");
     cfg.llm_max_attempts = 2;
     cfg.llm_backoff_ms = 5;
-    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    tclient *llm = tclient_create(&cfg, err, sizeof(err));
     assert_non_null(llm);
     int64_t t0 = sheaf_mono_ms();
-    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
+    assert_int_equal(tclient_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
                      SHEAF_ERR_LLM_RETRY);
     assert_true(sheaf_mono_ms() - t0 < 2000);
     assert_int_equal(res.attempts, 2);
     assert_int_equal(res.http_status, 0);
     assert_null(res.content);
     assert_non_null(strstr(err, "127.0.0.1"));
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
 }
 
 static void test_stop_interrupts_backoff(void **state)
@@ -608,15 +694,15 @@ static void test_stop_interrupts_backoff(void **state)
     cfg_fill(&cfg, "http://127.0.0.1:1/v1");
     cfg.llm_max_attempts = 5;
     cfg.llm_backoff_ms = 20000;
-    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    tclient *llm = tclient_create(&cfg, err, sizeof(err));
     assert_non_null(llm);
     int64_t t0 = sheaf_mono_ms();
-    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, &stop, err, sizeof(err)),
+    assert_int_equal(tclient_complete_retry(llm, &test_req, &res, &stop, err, sizeof(err)),
                      SHEAF_ERR_STOPPED);
     assert_true(sheaf_mono_ms() - t0 < 1000);
     assert_int_equal(res.attempts, 1);
     assert_non_null(strstr(err, "stopped"));
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
 }
 
 /* A thread that raises the stop flag after a delay. */
@@ -637,16 +723,16 @@ static void test_stop_during_wait(void **state)
     pthread_t th;
     /* A long Retry-After: the wait must notice the flag within a slice. */
     http_server *s = server_start(responses(1, resp(429, "Retry-After: 30\r\n", "{}")));
-    sheaf_llm *llm = client_for(s, "/v1", NULL, 3, &cfg);
+    tclient *llm = client_for(s, "/v1", NULL, 3, &cfg);
     stop = 0;
     assert_int_equal(pthread_create(&th, NULL, raise_stop, (void *)&stop), 0);
     int64_t t0 = sheaf_mono_ms();
-    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, &stop, err, sizeof(err)),
+    assert_int_equal(tclient_complete_retry(llm, &test_req, &res, &stop, err, sizeof(err)),
                      SHEAF_ERR_STOPPED);
     int64_t took = sheaf_mono_ms() - t0;
     assert_true(took >= 250 && took < 1500);
     pthread_join(th, NULL);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -659,8 +745,8 @@ static void test_http_ok_with_key(void **state)
     char err[SHEAF_ERRSTR_SIZE];
     sheaf_llm_result res;
     http_server *s = server_start(responses(1, resp(200, "", good_body)));
-    sheaf_llm *llm = client_for(s, "/v1//", "sk-test-123456", 1, &cfg);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    tclient *llm = client_for(s, "/v1//", "sk-test-123456", 1, &cfg);
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
     assert_string_equal(res.content, "a summary");
     assert_int_equal(res.usage.prompt_tokens, 12);
     assert_int_equal(res.usage.completion_tokens, 3);
@@ -668,7 +754,7 @@ static void test_http_ok_with_key(void **state)
     assert_int_equal(res.retry_after_ms, -1);
     sheaf_llm_result_clear(&res);
     assert_null(res.content);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -679,10 +765,10 @@ static void test_http_request_shape(void **state)
     char err[SHEAF_ERRSTR_SIZE];
     sheaf_llm_result res;
     http_server *s = server_start(responses(1, resp(200, "", good_body)));
-    sheaf_llm *llm = client_for(s, "/v1/", "sk-test-123456", 1, &cfg);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    tclient *llm = client_for(s, "/v1/", "sk-test-123456", 1, &cfg);
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
     sheaf_llm_result_clear(&res);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
     assert_true(strncmp(last_request, "POST /v1/chat/completions HTTP/1.1\r\n", 36) == 0);
     assert_non_null(find_ci(last_request, "\r\nAuthorization: Bearer sk-test-123456\r\n"));
@@ -707,10 +793,10 @@ static void test_http_request_with_schema(void **state)
     sheaf_llm_request r = test_req;
     r.json_schema = schema;
     http_server *s = server_start(responses(1, resp(200, "", good_body)));
-    sheaf_llm *llm = client_for(s, "/v1/", NULL, 1, &cfg);
-    assert_int_equal(sheaf_llm_complete(llm, &r, &res, err, sizeof(err)), SHEAF_OK);
+    tclient *llm = client_for(s, "/v1/", NULL, 1, &cfg);
+    assert_int_equal(tclient_complete(llm, &r, &res, err, sizeof(err)), SHEAF_OK);
     sheaf_llm_result_clear(&res);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
     char *body = strstr(last_request, "\r\n\r\n") + 4;
     char *want = sheaf_llm_request_json(&r);
@@ -727,10 +813,10 @@ static void test_http_no_key_no_auth_header(void **state)
     char err[SHEAF_ERRSTR_SIZE];
     sheaf_llm_result res;
     http_server *s = server_start(responses(1, resp(200, "", good_body)));
-    sheaf_llm *llm = client_for(s, "/v1", "", 1, &cfg);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    tclient *llm = client_for(s, "/v1", "", 1, &cfg);
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
     sheaf_llm_result_clear(&res);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
     assert_null(find_ci(last_request, "Authorization"));
 }
@@ -743,15 +829,15 @@ static void test_http_429_retry_after(void **state)
     sheaf_llm_result res;
     http_server *s = server_start(responses(
         1, resp(429, "Retry-After: 7\r\n", "{\"error\":{\"message\":\"slow down\"}}")));
-    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    tclient *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_RETRY);
     assert_int_equal(res.http_status, 429);
     assert_int_equal(res.retry_after_ms, 7000);
     assert_null(res.content);
     assert_non_null(strstr(err, "429"));
     assert_non_null(strstr(err, "slow down"));
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -775,17 +861,17 @@ static void test_http_status_classes(void **state)
         r[i] = resp(cases[i].status, "", "{\"error\":{\"message\":\"m\"}}");
     http_server *s = server_start(r);
     sheaf_config cfg;
-    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    tclient *llm = client_for(s, "/v1", NULL, 1, &cfg);
     for (size_t i = 0; i < n; i++) {
         char err[SHEAF_ERRSTR_SIZE];
         sheaf_llm_result res;
-        sheaf_err got = sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err));
+        sheaf_err got = tclient_complete(llm, &test_req, &res, err, sizeof(err));
         if (got != cases[i].want)
             fail_msg("HTTP %d: got %s (%s)", cases[i].status, sheaf_strerror(got), err);
         assert_int_equal(res.http_status, cases[i].status);
         assert_int_equal(res.retry_after_ms, -1);
     }
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -800,18 +886,18 @@ static void test_http_fatal_message_redacted(void **state)
         2,
         resp(401, "", "{\"error\":{\"message\":\"Incorrect API key provided: sk-test-123456\"}}"),
         resp(404, "", "<html>\n<b>not found</b></html>")));
-    sheaf_llm *llm = client_for(s, "/v1", "sk-test-123456", 1, &cfg);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    tclient *llm = client_for(s, "/v1", "sk-test-123456", 1, &cfg);
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_FATAL);
     assert_non_null(strstr(err, "401"));
     assert_non_null(strstr(err, "Incorrect API key provided"));
     assert_null(strstr(err, "sk-test-123456"));
     /* A non-JSON error body is quoted on one line. */
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_FATAL);
     assert_non_null(strstr(err, "not found"));
     assert_null(strchr(err, '\n'));
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -829,17 +915,17 @@ static void test_http_bad_2xx_bodies(void **state)
     http_server *s = server_start(responses(4, resp(200, "", "<html>oops</html>"),
                                             resp(200, "", "{\"choices\":[]}"),
                                             resp(200, "", ""), cut));
-    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    tclient *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_RETRY);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_FATAL);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_RETRY);
     assert_non_null(strstr(err, "empty"));
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_RETRY);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -859,15 +945,15 @@ static void test_http_response_too_large(void **state)
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", s->port);
     cfg_fill(&cfg, url);
     cfg.llm_max_response_bytes = 1000;
-    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    tclient *llm = tclient_create(&cfg, err, sizeof(err));
     assert_non_null(llm);
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_FATAL);
     assert_non_null(strstr(err, "response larger than llm.max_response_bytes"));
     /* The client is still usable afterwards. */
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
     sheaf_llm_result_clear(&res);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -879,12 +965,12 @@ static void test_http_keep_alive(void **state)
     sheaf_llm_result res;
     http_server *s = server_start(
         responses(3, resp(200, "", good_body), resp(200, "", good_body), resp(200, "", good_body)));
-    sheaf_llm *llm = client_for(s, "/v1", NULL, 1, &cfg);
+    tclient *llm = client_for(s, "/v1", NULL, 1, &cfg);
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
+        assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)), SHEAF_OK);
         sheaf_llm_result_clear(&res);
     }
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
     /* Three requests over one connection. */
     assert_int_equal(last_served, 3);
@@ -902,15 +988,15 @@ static void test_http_timeout_is_retry(void **state)
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", s->port);
     cfg_fill(&cfg, url);
     cfg.llm_timeout_ms = 200;
-    sheaf_llm *llm = sheaf_llm_create(&cfg, err, sizeof(err));
+    tclient *llm = tclient_create(&cfg, err, sizeof(err));
     assert_non_null(llm);
     int64_t t0 = sheaf_mono_ms();
-    assert_int_equal(sheaf_llm_complete(llm, &test_req, &res, err, sizeof(err)),
+    assert_int_equal(tclient_complete(llm, &test_req, &res, err, sizeof(err)),
                      SHEAF_ERR_LLM_RETRY);
     int64_t took = sheaf_mono_ms() - t0;
     assert_true(took >= 150 && took < 1500);
     assert_int_equal(res.http_status, 0);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -925,9 +1011,9 @@ static void test_http_retry_then_ok(void **state)
     http_server *s = server_start(responses(
         3, resp(503, "Retry-After: 0.3\r\n", "busy"), resp(500, "", "{}"),
         resp(200, "", good_body)));
-    sheaf_llm *llm = client_for(s, "/v1", NULL, 3, &cfg);
+    tclient *llm = client_for(s, "/v1", NULL, 3, &cfg);
     int64_t t0 = sheaf_mono_ms();
-    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
+    assert_int_equal(tclient_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
                      SHEAF_OK);
     int64_t took = sheaf_mono_ms() - t0;
     assert_true(took >= 300 && took < 2000);
@@ -935,7 +1021,7 @@ static void test_http_retry_then_ok(void **state)
     assert_int_equal(res.http_status, 200);
     assert_string_equal(res.content, "a summary");
     sheaf_llm_result_clear(&res);
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 
@@ -947,12 +1033,12 @@ static void test_http_fatal_is_not_retried(void **state)
     sheaf_llm_result res;
     http_server *s = server_start(
         responses(1, resp(400, "", "{\"error\":{\"message\":\"context too long\"}}")));
-    sheaf_llm *llm = client_for(s, "/v1", NULL, 5, &cfg);
-    assert_int_equal(sheaf_llm_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
+    tclient *llm = client_for(s, "/v1", NULL, 5, &cfg);
+    assert_int_equal(tclient_complete_retry(llm, &test_req, &res, NULL, err, sizeof(err)),
                      SHEAF_ERR_LLM_FATAL);
     assert_int_equal(res.attempts, 1);
     assert_non_null(strstr(err, "context too long"));
-    sheaf_llm_destroy(llm);
+    tclient_destroy(llm);
     server_stop(s);
 }
 

@@ -11,6 +11,8 @@
  *   close       connection reset, no answer      hang   never answers
  *   rl0         200 ok with x-ratelimit-remaining-requests: 0 and
  *               x-ratelimit-reset-requests: 250ms
+ *   tpm         200 ok with x-ratelimit-limit-tokens: 540 (one answer of 9
+ *               tokens a second) and -remaining-tokens: 540
  * A fake limiter counts acquire and penalize calls and can refuse or fail.
  * The whole file runs in a few seconds. */
 #include <setjmp.h>
@@ -67,7 +69,8 @@ static void stub_handler(void *ud, const char *head, const char *body, http_stub
     k = atomic_fetch_add(&attempts_by_id[id], 1);
     plan_action(plan + 5, k, act, sizeof(act));
     r->delay_ms = delay ? atoi(delay + 6) : 0;
-    if (strcmp(act, "ok") == 0 || strcmp(act, "rl0") == 0 || strcmp(act, "trunc") == 0) {
+    if (strcmp(act, "ok") == 0 || strcmp(act, "rl0") == 0 || strcmp(act, "trunc") == 0 ||
+        strcmp(act, "tpm") == 0) {
         snprintf(r->body, sizeof(r->body),
                  "{\"id\":\"c%d\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
                  "\"content\":\"answer %d\"},\"finish_reason\":\"stop\"}],"
@@ -76,6 +79,10 @@ static void stub_handler(void *ud, const char *head, const char *body, http_stub
         if (strcmp(act, "rl0") == 0)
             snprintf(r->headers, sizeof(r->headers),
                      "x-ratelimit-remaining-requests: 0\r\nx-ratelimit-reset-requests: 250ms\r\n");
+        if (strcmp(act, "tpm") == 0)
+            snprintf(r->headers, sizeof(r->headers),
+                     "x-ratelimit-limit-tokens: 540\r\nx-ratelimit-remaining-tokens: 540\r\n"
+                     "x-ratelimit-reset-tokens: 1s\r\n");
         if (strcmp(act, "trunc") == 0) r->action = HTTP_STUB_TRUNCATE;
     } else if (act[0] == 'e') {
         const char *slash = strchr(act, '/');
@@ -187,7 +194,7 @@ static void cfg_fill(sheaf_config *c, int port, int max_attempts, int backoff_ms
 static sheaf_llm_async *engine(const sheaf_config *cfg, int max_in_flight, fake_limiter *f)
 {
     char err[SHEAF_ERRSTR_SIZE];
-    sheaf_llm_limiter lim = {fake_acquire, fake_penalize, f};
+    sheaf_llm_limiter lim = {fake_acquire, fake_penalize, f, NULL};
     sheaf_llm_async *a = sheaf_llm_async_create(cfg, max_in_flight, f ? &lim : NULL, err,
                                                 sizeof(err));
     if (!a) fail_msg("create: %s", err);
@@ -234,12 +241,65 @@ static int setup(void **state)
 
 /* ---- tests ------------------------------------------------------------------------------ */
 
+/* A provider that says its token limit is obeyed without configuration:
+ * 540 tokens/min and 9 tokens an answer is one call a second; once the
+ * first answer taught it, the engine paces the next four at ~0.97/s (one
+ * second of burst), where it would otherwise send them at once. */
+static void test_learned_limit_paces(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    http_stub *s = http_stub_start(0, stub_handler, NULL);
+    cfg_fill(&cfg, s->port, 1, 1);
+    sheaf_llm_async *a = engine(&cfg, 8, NULL);
+    submit(a, 0, "tpm", 0);
+    drive(a, 3000);
+    assert_int_equal(recs[0].err, SHEAF_OK);
+    int64_t t0 = sheaf_mono_ms();
+    for (int i = 1; i <= 4; i++) submit(a, i, "tpm", 0);
+    drive(a, 10000);
+    int64_t took = sheaf_mono_ms() - t0;
+    for (int i = 1; i <= 4; i++) assert_int_equal(recs[i].err, SHEAF_OK);
+    /* Starts at about 0, 0.03, 1.06 and 2.1 s. */
+    assert_true(took >= 1800);
+    assert_true(took < 6000);
+    sheaf_llm_async_destroy(a);
+    http_stub_stop(s);
+}
+
+/* Without limit headers, 429s halve the window (once per attempt time) and
+ * successes grow it back by 1/window each. */
+static void test_aimd_without_headers(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    sheaf_llm_stats st;
+    http_stub *s = http_stub_start(0, stub_handler, NULL);
+    cfg_fill(&cfg, s->port, 3, 1);
+    sheaf_llm_async *a = engine(&cfg, 16, NULL);
+    for (int i = 0; i < 16; i++) submit(a, i, "e429,ok", 20);
+    drive(a, 10000);
+    for (int i = 0; i < 16; i++) assert_int_equal(recs[i].err, SHEAF_OK);
+    sheaf_llm_async_stats(a, &st);
+    assert_true(st.http_429 >= 16);
+    assert_true(st.window < 16);   /* halved at least once, not all back yet */
+    size_t low = st.window;
+    for (int i = 16; i < 48; i++) submit(a, i, "ok", 0);
+    drive(a, 10000);
+    sheaf_llm_async_stats(a, &st);
+    assert_true(st.window > low);  /* grown back by the successes */
+    sheaf_llm_async_destroy(a);
+    http_stub_stop(s);
+}
+
+
+
 static void test_create_errors(void **state)
 {
     (void)state;
     sheaf_config cfg;
     char err[SHEAF_ERRSTR_SIZE];
-    sheaf_llm_limiter no_acquire = {NULL, fake_penalize, NULL};
+    sheaf_llm_limiter no_acquire = {NULL, fake_penalize, NULL, NULL};
     cfg_fill(&cfg, 1, 1, 1);
     assert_null(sheaf_llm_async_create(&cfg, 0, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "max_in_flight"));
@@ -848,6 +908,8 @@ int main(void)
         cmocka_unit_test_setup(test_circuit_breaker, setup),
         cmocka_unit_test_setup(test_breaker_counts_consecutive_only, setup),
         cmocka_unit_test_setup(test_abort_all, setup),
+        cmocka_unit_test_setup(test_learned_limit_paces, setup),
+        cmocka_unit_test_setup(test_aimd_without_headers, setup),
         cmocka_unit_test_setup(test_memory_256_in_flight, setup),
     };
     sheaf_log_set_level(SHEAF_LOG_ERROR);

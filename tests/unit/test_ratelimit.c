@@ -391,7 +391,14 @@ static void test_create_rejects(void **state)
     char big[260];
     memset(big, 'a', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    assert_null(sheaf_ratelimit_create(NULL, "x", 1, 1, 0, err, sizeof(err)));
+    /* Without a synchronous connection (the runtime binds it to its
+     * asynchronous one): made, but a synchronous acquire fails. */
+    sheaf_ratelimit *unbound = sheaf_ratelimit_create(NULL, "x", 1, 1, 0, err, sizeof(err));
+    int64_t wait_ms = 0;
+    assert_non_null(unbound);
+    assert_int_equal(sheaf_ratelimit_acquire(unbound, 1, &wait_ms, err, sizeof(err)),
+                     SHEAF_ERR_REDIS);
+    sheaf_ratelimit_destroy(unbound);
     assert_null(sheaf_ratelimit_create(r, "", 1, 1, 0, err, sizeof(err)));
     assert_null(sheaf_ratelimit_create(r, NULL, 1, 1, 0, err, sizeof(err)));
     assert_null(sheaf_ratelimit_create(r, "a{b}", 1, 1, 0, err, sizeof(err)));

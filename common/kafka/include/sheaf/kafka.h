@@ -96,16 +96,15 @@ typedef struct sheaf_kafka_delivery {
  * without its value, with headers sheaf-dlq-value-dropped (the value's
  * size) and sheaf-dlq-value-dropped-by (producer or broker, and why): the
  * original stays on its topic at the partition and offset named.  The
- * value is not kept elsewhere (docs/kafka.md says why).  Asynchronous;
- * flush before committing the offset of orig: the flush fails only if
- * even the copy without value was refused. */
+ * value is not kept elsewhere (docs/kafka.md says why).
+ * Asynchronous and never waits: with a hook, its delivery report (after
+ * any resend without the value) is told to hook->done from the producer's
+ * poll; commit the offset of orig only after that (or flush).
+ * SHEAF_ERR_KAFKA with errstr when it is refused at once (a full producer
+ * queue among others): the caller tries again later. */
 sheaf_err sheaf_kafka_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
                                const rd_kafka_message_t *orig, const char *reason,
-                               const char *job, char *errstr, size_t errlen);
-/* The same, with a delivery hook (NULL: none). */
-sheaf_err sheaf_kafka_dlq_send_tracked(rd_kafka_t *producer, const char *dlq_topic,
-                                       const rd_kafka_message_t *orig, const char *reason,
-                                       const char *job, sheaf_kafka_delivery *hook,
-                                       char *errstr, size_t errlen);
+                               const char *job, sheaf_kafka_delivery *hook, char *errstr,
+                               size_t errlen);
 
 #endif

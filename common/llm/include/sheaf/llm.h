@@ -1,4 +1,6 @@
-/* sheaf/llm.h - client for OpenAI-compatible chat completions over libcurl.
+/* sheaf/llm.h - OpenAI-compatible chat completions: the request, the
+ * answer, and their wire format (common/llm/llm_wire.c).  The client is the
+ * asynchronous engine, sheaf/llm_async.h.
  *
  * POST {llm.base_url}/chat/completions with a JSON body
  * {"model","messages":[{"role","content"}],"temperature","max_tokens"},
@@ -29,7 +31,6 @@
 #define SHEAF_LLM_H
 
 #include <jansson.h>
-#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "sheaf/config.h"
@@ -61,7 +62,7 @@ typedef struct sheaf_llm_result {
     sheaf_llm_usage usage;
     long http_status;       /* last HTTP status seen (0: none) */
     int64_t retry_after_ms; /* from Retry-After on 429/503, else -1 */
-    int attempts;           /* calls made, for sheaf_llm_complete_retry */
+    int attempts;           /* HTTP attempts made */
 } sheaf_llm_result;
 
 /* Returns a malloc'd JSON body for req (compact, keys sorted, reals with 15
@@ -83,30 +84,6 @@ sheaf_err sheaf_llm_parse_response(const char *body, size_t len, char **content,
  * rounded up to the next millisecond, or an HTTP date; a date in the past
  * gives 0) into milliseconds from now; -1 if unparseable. */
 int64_t sheaf_llm_parse_retry_after(const char *value);
-
-typedef struct sheaf_llm sheaf_llm;
-
-/* Creates a client from llm.* settings; reuses one connection (keep-alive). */
-sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen);
-void sheaf_llm_destroy(sheaf_llm *llm);
-
-/* One HTTP attempt.  result->content is NULL unless SHEAF_OK.  result is
- * overwritten, not freed: clear a reused result first.  A request that can
- * never be sent (empty model, no messages, invalid UTF-8, a json_schema that
- * is not an object) is SHEAF_ERR_LLM_FATAL; a response over
- * llm.max_response_bytes too. */
-sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
-                             sheaf_llm_result *result, char *errstr, size_t errlen);
-
-/* Attempts up to llm.max_attempts times, sleeping between retryable
- * failures with exponential backoff and full jitter (first delay
- * llm.backoff_ms, doubled each time, capped at 30 s), or the server's
- * Retry-After when it is longer (itself capped at 300 s).  Each retry is
- * logged at warn with the status and attempt number.  Returns early with SHEAF_ERR_STOPPED when
- * *stop becomes non-zero while waiting.  The last error is returned. */
-sheaf_err sheaf_llm_complete_retry(sheaf_llm *llm, const sheaf_llm_request *req,
-                                   sheaf_llm_result *result, volatile sig_atomic_t *stop,
-                                   char *errstr, size_t errlen);
 
 /* Frees result->content and zeroes the result. */
 void sheaf_llm_result_clear(sheaf_llm_result *result);

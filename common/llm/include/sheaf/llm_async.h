@@ -1,5 +1,5 @@
-/* sheaf/llm_async.h - many LLM calls in flight from one thread (libcurl
- * multi).
+/* sheaf/llm_async.h - the one LLM client: many calls in flight from one
+ * thread (libcurl multi on a libevent loop).
  *
  * A worker's throughput is min(C / L, R) for provider latency L, fleet
  * concurrency C and rate limit R (see DESIGN.md), so a worker keeps many
@@ -7,9 +7,9 @@
  * calls and turns the crank with sheaf_llm_async_run(); each submitted call
  * ends in exactly one callback, in completion order (not submission order).
  *
- * Same request body, response parsing, status classes, Retry-After
- * handling and key scrubbing as the synchronous client (sheaf/llm.h); what
- * this engine adds:
+ * The request body, response parsing, status classes, Retry-After
+ * handling and key scrubbing are the wire format's (sheaf/llm.h,
+ * common/llm/llm_wire.c); the engine adds:
  *
  *   - retries inside the engine, up to llm.max_attempts: retryable failures
  *     (429, 408, 409, 5xx, transport errors, timeouts, a truncated or
@@ -84,13 +84,24 @@
  *   }
  *   sheaf_llm_limiter lim = {rl_acquire, rl_penalize, rl};  // rl outlives the engine
  */
+/* The answer to an asynchronous acquire: as the synchronous one's return
+ * and *wait_ms.  engine is what acquire_async was given. */
+typedef void (*sheaf_llm_admit_fn)(void *engine, sheaf_err err, int64_t wait_ms);
+
 typedef struct sheaf_llm_limiter {
     sheaf_err (*acquire)(void *ud, uint32_t tokens, int64_t *wait_ms);
     void (*penalize)(void *ud, int64_t ms);
     void *ud;
+    /* Instead of acquire (the runtime's, sheaf_ratelimit_bind_async): asks
+     * and returns at once; admit(engine, ...) fires exactly once, later
+     * or at once.  The engine asks for one call at a time. */
+    void (*acquire_async)(void *ud, uint32_t tokens, sheaf_llm_admit_fn admit, void *engine);
 } sheaf_llm_limiter;
 
 #define SHEAF_LLM_LIMITER_ERROR_WAIT_MS 500
+
+/* Of a limit learned from the provider's headers: what is used of it. */
+#define SHEAF_LLM_LEARN_MARGIN 0.97
 
 /* Called exactly once per accepted call, from sheaf_llm_async_run(),
  * sheaf_llm_async_abort_all() or sheaf_llm_async_destroy().
@@ -132,6 +143,8 @@ typedef struct sheaf_llm_stats {
     size_t queued;           /* waiting for a slot, the limiter or the breaker */
     size_t waiting;          /* waiting for a retry timer */
     size_t in_flight;        /* HTTP requests under way */
+    size_t window;           /* calls allowed in flight now: max_in_flight, less after
+                              * 429s without limit headers (AIMD) */
     char breaker_reason[256]; /* why the circuit last opened ("" never) */
 } sheaf_llm_stats;
 
@@ -171,6 +184,17 @@ sheaf_llm_async *sheaf_llm_async_create(const sheaf_config *cfg, int max_in_flig
                                         const sheaf_llm_limiter *limiter, char *errstr,
                                         size_t errlen);
 
+/* The same engine on the caller's libevent loop (the runtime's): curl's
+ * sockets and timers, the retry timers and the callbacks are all events
+ * of base, so sheaf_llm_async_run() is not called: callbacks fire from
+ * event_base_loop().  base is borrowed and must outlive the engine.  With
+ * base NULL this is sheaf_llm_async_create, whose engine has a private
+ * loop turned by sheaf_llm_async_run(). */
+struct event_base;
+sheaf_llm_async *sheaf_llm_async_create_on(struct event_base *base, const sheaf_config *cfg,
+                                           int max_in_flight, const sheaf_llm_limiter *limiter,
+                                           char *errstr, size_t errlen);
+
 /* Aborts what is still pending (each callback fires with SHEAF_ERR_STOPPED,
  * so call it while the callbacks' ud are still valid), then frees.  NULL is
  * a no-op. */
@@ -193,7 +217,7 @@ sheaf_err sheaf_llm_async_set_breaker(sheaf_llm_async *a, int threshold, int coo
 sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *req,
                                  uint32_t est_tokens, sheaf_llm_done_fn done, void *ud);
 
-/* One event-loop step: starts what may start, waits for network activity
+/* One event-loop step of an engine with a private loop: starts what may start, waits for network activity
  * up to timeout_ms (less when a retry, limiter or breaker timer is due
  * sooner, 0 when a callback is ready), advances transfers, schedules
  * retries, and fires the callbacks of finished calls.  Returns how many
@@ -223,6 +247,18 @@ int sheaf_llm_async_circuit_open(const sheaf_llm_async *a);
 int sheaf_llm_fleet_cause(long http_status, const char *errstr, char *cause, size_t len);
 /* Fills st with the counters since create and the current state. */
 void sheaf_llm_async_stats(const sheaf_llm_async *a, sheaf_llm_stats *st);
+
+/* Limits learned from the provider's headers (x-ratelimit-limit-*): fn
+ * is called with them (per minute, 0 when not sent) the first time and
+ * whenever they change, from the engine's step.  The owner may then share
+ * them with the fleet through the Redis limiter (the runtime does, and the
+ * reducer), with sheaf_llm_async_set_learned_limiter: from then on that
+ * limiter paces the engine instead of its own pace, charged per call what
+ * the provider counted for the last answers (their usage), not the
+ * estimate.  Only for an engine created without a limiter. */
+void sheaf_llm_async_on_learned(sheaf_llm_async *a,
+                                void (*fn)(void *ud, int64_t rpm, int64_t tpm), void *ud);
+void sheaf_llm_async_set_learned_limiter(sheaf_llm_async *a, const sheaf_llm_limiter *lim);
 
 /* Feeds m's metrics from now on (m is copied; the metrics it points to
  * must outlive the engine).  NULL stops feeding them. */

@@ -83,4 +83,20 @@ sheaf_err sheaf_cache_put(sheaf_redis *r, const sheaf_config *cfg, const char *k
  * failing a chunk for. */
 void sheaf_cache_count(sheaf_redis *r, const char *job, int hit, const sheaf_llm_usage *saved);
 
+
+/* ---- asynchronous variants, on the runtime's loop (sheaf/aredis.h) ---- */
+
+/* The answer of sheaf_cache_get_async: hit with content (the callee frees
+ * it after the callback; take it by setting *content = NULL) and usage;
+ * a Redis failure is a miss with errstr set (logged by the caller). */
+typedef void (*sheaf_cache_get_fn)(void *ud, int hit, char **content,
+                                   const sheaf_llm_usage *usage, const char *errstr);
+void sheaf_cache_get_async(sheaf_aredis *ar, const char *key, sheaf_cache_get_fn fn, void *ud);
+/* Stores like sheaf_cache_put; errors are logged, nobody waits. */
+void sheaf_cache_put_async(sheaf_aredis *ar, const sheaf_config *cfg, const char *key,
+                           const char *content, const sheaf_llm_usage *usage);
+/* Counts like sheaf_cache_count; errors are logged, nobody waits. */
+void sheaf_cache_count_async(sheaf_aredis *ar, const char *job, int hit,
+                             const sheaf_llm_usage *saved);
+
 #endif

@@ -36,6 +36,9 @@
  *
  *   sheaf:rl:{<endpoint>}:req   string  TAT of the request limit (us)
  *   sheaf:rl:{<endpoint>}:tok   string  TAT of the token limit (us)
+ *   sheaf:rl:{<endpoint>}:learned string "<rpm> <tpm>" learned from the
+ *                               provider's headers (1 h), when none is
+ *                               configured
  *
  * Each key expires (PX) when its TAT is reached: an idle limiter leaves
  * nothing behind, and a missing key means a full bucket.
@@ -63,7 +66,8 @@ typedef struct sheaf_ratelimit sheaf_ratelimit;
  * tokens per minute (each >= 0, 0 = unlimited) and a burst of
  * burst_seconds of each rate (<= 0 means 1; at most 3600).  r is borrowed,
  * not owned: it must outlive the limiter and, like any sheaf_redis, be used
- * by one thread at a time.  Nothing is sent to Redis here.  Returns NULL
+ * by one thread at a time.  r may be NULL for a limiter used only through
+ * sheaf_ratelimit_bind_async (the synchronous calls then fail).  Nothing is sent to Redis here.  Returns NULL
  * with errstr on a bad argument or no memory. */
 sheaf_ratelimit *sheaf_ratelimit_create(sheaf_redis *r, const char *endpoint_key, double rpm,
                                         double tpm, double burst_seconds, char *errstr,
@@ -95,8 +99,32 @@ sheaf_err sheaf_ratelimit_penalize(sheaf_ratelimit *rl, int64_t ms, char *errstr
 sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,
                                       sheaf_ratelimit **out, char *errstr, size_t errlen);
 
+/* The limiter of cfg's LLM endpoint (llm.base_url + llm.model, the key
+ * every worker and reducer shares) with these rates (a burst of 1 s); for
+ * limits learned from the provider's headers.  NULL with errstr. */
+sheaf_ratelimit *sheaf_ratelimit_for_endpoint(sheaf_redis *r, const sheaf_config *cfg, double rpm,
+                                              double tpm, char *errstr, size_t errlen);
+/* Limits learned from the provider (per minute, 0: none sent), recorded
+ * for an hour under the endpoint's key so processes that have not seen an
+ * answer yet (a reducer that starts its calls after the map stage) use
+ * them from their first call.  put is fire and forget; get is 1 when
+ * found. */
+void sheaf_ratelimit_learned_put_async(sheaf_aredis *ar, const sheaf_config *cfg, int64_t rpm,
+                                       int64_t tpm);
+int sheaf_ratelimit_learned_get(sheaf_redis *r, const sheaf_config *cfg, int64_t *rpm,
+                                int64_t *tpm);
+
+/* Changes the rates (the provider said other limits); the keys stay. */
+void sheaf_ratelimit_set_rates(sheaf_ratelimit *rl, double rpm, double tpm);
+
 /* Binds rl to the LLM engine's limiter interface (Redis failures are
  * logged; the engine then waits and asks again). */
 void sheaf_ratelimit_bind(sheaf_ratelimit *rl, sheaf_llm_limiter *lim);
+
+/* Binds rl to the engine's asynchronous limiter interface, sending its
+ * script on ar (the runtime's connection, borrowed: it outlives rl).  The
+ * engine then never waits on Redis: it asks, and starts the call when the
+ * answer comes. */
+void sheaf_ratelimit_bind_async(sheaf_ratelimit *rl, sheaf_aredis *ar, sheaf_llm_limiter *lim);
 
 #endif

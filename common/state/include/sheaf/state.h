@@ -80,6 +80,22 @@
 
 typedef struct sheaf_redis sheaf_redis;
 
+/* Where Redis is and how to log in, from redis.url, redis.password and
+ * redis.timeout_ms; shared by the synchronous connection here and the
+ * runtime's asynchronous one (sheaf/aredis.h).  password is a secret:
+ * never logged; _clear wipes it. */
+typedef struct sheaf_redis_addr {
+    char host[256];
+    int port;
+    int db;
+    char *user;       /* ACL user or NULL */
+    char *password;   /* secret: never logged */
+    int timeout_ms;
+} sheaf_redis_addr;
+sheaf_err sheaf_redis_addr_parse(const sheaf_config *cfg, sheaf_redis_addr *a, char *errstr,
+                                 size_t errlen);
+void sheaf_redis_addr_clear(sheaf_redis_addr *a);
+
 /* A list of owned strings (ids, paths, results). */
 typedef struct sheaf_strlist {
     char **v;
@@ -123,6 +139,10 @@ sheaf_err sheaf_redis_integer(sheaf_redis *r, long long *v, char *errstr, size_t
 typedef struct sheaf_lua_script {
     const char *body;
 } sheaf_lua_script;
+
+/* The script's SHA-1 in hex, as EVALSHA wants it. */
+#define SHEAF_LUA_SHA_SIZE 41
+void sheaf_lua_sha(const sheaf_lua_script *s, char sha[SHEAF_LUA_SHA_SIZE]);
 
 /* Runs a Lua script with EVALSHA, loading it with EVAL when Redis answers
  * NOSCRIPT (after a restart or SCRIPT FLUSH).  args holds nkeys keys then
@@ -568,5 +588,45 @@ sheaf_err sheaf_state_job_offsets_store(sheaf_redis *r, const char *job, const i
 
 /* Key helpers: "sheaf:{<job>}:<suffix>" into out. */
 void sheaf_key(char *out, size_t outlen, const char *job, const char *suffix);
+
+
+/* ---- asynchronous variants, for the runtime's event loop ----
+ *
+ * The same keys and scripts as the synchronous functions of the same name,
+ * sent on the runtime's asynchronous connection (sheaf/aredis.h).  Each
+ * returns at once; done (may be NULL: fire and forget) fires exactly once,
+ * later, from the loop, never from inside the call.  r is valid only
+ * during the callback:
+ *   err     SHEAF_OK, or as the synchronous function (SHEAF_ERR_REDIS for
+ *           a lost connection, an error reply or no connection at all:
+ *           retryable; SHEAF_ERR_NOT_FOUND for an unknown job or pipeline)
+ *   n       chunk_exists: 1 when recorded (or the job cancelled), else 0;
+ *           chunk_store: the sheaf_chunk_outcome
+ *   str/len pipeline_get: the pipeline's JSON (not NUL-terminated)
+ *   errstr  "" on success, else why */
+typedef struct sheaf_aredis sheaf_aredis;
+typedef struct sheaf_state_reply {
+    sheaf_err err;
+    long long n;
+    const char *str;
+    size_t len;
+    const char *errstr;
+} sheaf_state_reply;
+typedef void (*sheaf_state_fn)(void *ud, const sheaf_state_reply *r);
+
+void sheaf_state_chunk_exists_async(sheaf_aredis *ar, const sheaf_chunk_msg *m,
+                                    sheaf_state_fn done, void *ud);
+void sheaf_state_pipeline_get_async(sheaf_aredis *ar, const char *pv, sheaf_state_fn done,
+                                    void *ud);
+/* result_json is copied before the call returns. */
+void sheaf_state_chunk_store_async(sheaf_aredis *ar, const sheaf_chunk_msg *m, int ok,
+                                   const char *result_json, uint64_t prompt_tokens,
+                                   uint64_t completion_tokens, sheaf_state_fn done, void *ud);
+void sheaf_state_job_dlq_incr_async(sheaf_aredis *ar, const char *job, sheaf_state_fn done,
+                                    void *ud);
+void sheaf_state_job_waiting_async(sheaf_aredis *ar, const char *job, const char *reason,
+                                   sheaf_state_fn done, void *ud);
+void sheaf_state_job_cache_count_async(sheaf_aredis *ar, const char *job, int hit,
+                                       uint64_t tokens_saved, sheaf_state_fn done, void *ud);
 
 #endif

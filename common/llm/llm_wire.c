@@ -1,23 +1,18 @@
-/* llm.c - OpenAI-compatible chat completions over libcurl.  See sheaf/llm.h.
- *
- * One sheaf_llm owns one curl easy handle, reused for every call so curl
- * keeps the connection to the provider alive between requests.  A handle is
- * not thread-safe: use one sheaf_llm per thread (workers that need many
- * calls in flight use sheaf/llm_async.h, libcurl multi; this client is the
- * simple, synchronous path).
+/* llm_wire.c - the wire format of OpenAI-compatible chat completions
+ * over libcurl: what one HTTP attempt sends, receives and means.  See
+ * sheaf/llm.h (request and response) and llm_internal.h (the rest).
  *
  * The request body and the response parsing are pure functions (no curl),
- * so they are unit-tested on their own.  sheaf_llm_complete() makes one
- * attempt and classifies its outcome; sheaf_llm_complete_retry() adds
- * exponential backoff with full jitter around it.
- *
- * This file also defines the internals the async engine shares
- * (llm_internal.h): endpoint and header setup, the receiving side of an
- * attempt, classification of its outcome, retry delays.  They are defined
- * once, here, so both clients treat every status and header the same way.
+ * so they are unit-tested and fuzzed on their own.  The rest is what the
+ * one LLM client, the asynchronous engine (llm_async.c), needs of an
+ * attempt: endpoint and header setup, the receiving side (capped body, the
+ * headers that steer retries and rate limits), classification of its
+ * outcome, retry delays.  (A synchronous client lived here too; it was
+ * deleted when the worker moved onto the runtime: one client, its tests
+ * moved to the engine.)
  *
  * Secrets: the API key lives only in the Authorization header list and in
- * a private copy used to scrub error text; both are wiped on destroy.  It is
+ * a private copy used to scrub error text; both are wiped on free.  It is
  * never formatted into errstr or a log line (curl's verbose mode, which would
  * print headers, is never turned on). */
 #include "sheaf/error.h"
@@ -44,14 +39,6 @@
 #define LLM_SERVER_MSG_MAX 300        /* bytes of a server's error message kept */
 #define LLM_MIN_REDACT_LEN 4          /* shorter keys are not scrubbed (too many false hits) */
 #define LLM_HEADER_VALUE_MAX 128      /* longer values of the headers we read are ignored */
-
-struct sheaf_llm {
-    CURL *curl;                   /* owned; reused for keep-alive */
-    sheaf_llm_endpoint ep;        /* owned: URL, headers, key copy */
-    int max_attempts;
-    int backoff_ms;
-    sheaf_llm_xfer xfer;          /* receiving side of the current attempt */
-};
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
@@ -537,6 +524,7 @@ void sheaf_llm_endpoint_free(sheaf_llm_endpoint *ep)
 static void resp_headers_reset(sheaf_llm_resp_headers *h)
 {
     h->retry_after_ms = h->remaining_requests = h->reset_requests_ms = -1;
+    h->limit_requests = h->limit_tokens = h->remaining_tokens = h->reset_tokens_ms = -1;
 }
 
 void sheaf_llm_xfer_init(sheaf_llm_xfer *x, size_t max_body)
@@ -593,6 +581,15 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *ud)
     return size * nmemb;
 }
 
+/* A count header (x-ratelimit-limit-*, -remaining-*): -1 unless a whole
+ * number >= 0. */
+static int64_t header_count(const char *value)
+{
+    char *end;
+    long long v = strtoll(value, &end, 10);
+    return (end != value && *end == '\0' && v >= 0) ? v : -1;
+}
+
 void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n)
 {
     char value[LLM_HEADER_VALUE_MAX];
@@ -602,11 +599,17 @@ void sheaf_llm_xfer_header(sheaf_llm_xfer *x, const char *data, size_t n)
     if (header_value(data, n, "retry-after:", value)) {
         x->hdr.retry_after_ms = sheaf_llm_parse_retry_after(value);
     } else if (header_value(data, n, "x-ratelimit-remaining-requests:", value)) {
-        char *end;
-        long long v = strtoll(value, &end, 10);
-        x->hdr.remaining_requests = (end != value && *end == '\0' && v >= 0) ? v : -1;
+        x->hdr.remaining_requests = header_count(value);
     } else if (header_value(data, n, "x-ratelimit-reset-requests:", value)) {
         x->hdr.reset_requests_ms = sheaf_llm_parse_duration(value);
+    } else if (header_value(data, n, "x-ratelimit-limit-requests:", value)) {
+        x->hdr.limit_requests = header_count(value);
+    } else if (header_value(data, n, "x-ratelimit-limit-tokens:", value)) {
+        x->hdr.limit_tokens = header_count(value);
+    } else if (header_value(data, n, "x-ratelimit-remaining-tokens:", value)) {
+        x->hdr.remaining_tokens = header_count(value);
+    } else if (header_value(data, n, "x-ratelimit-reset-tokens:", value)) {
+        x->hdr.reset_tokens_ms = sheaf_llm_parse_duration(value);
     }
 }
 
@@ -749,135 +752,6 @@ int64_t sheaf_llm_retry_delay(int base_ms, int attempt, int64_t retry_after_ms)
         delay = retry_after_ms < SHEAF_LLM_RETRY_AFTER_CAP_MS ? retry_after_ms
                                                              : SHEAF_LLM_RETRY_AFTER_CAP_MS;
     return delay;
-}
-
-/* ---- client ---------------------------------------------------------------- */
-
-sheaf_llm *sheaf_llm_create(const sheaf_config *cfg, char *errstr, size_t errlen)
-{
-    sheaf_llm *llm = NULL, *ret = NULL;
-    CURLcode rc;
-
-    llm = calloc(1, sizeof(*llm));
-    if (!llm) {
-        sheaf_set_err(errstr, errlen, "out of memory");
-        goto done;
-    }
-    if (sheaf_llm_endpoint_init(&llm->ep, cfg, errstr, errlen) != SHEAF_OK) goto done;
-    sheaf_llm_xfer_init(&llm->xfer, llm->ep.max_response_bytes);
-    llm->max_attempts = cfg->llm_max_attempts > 0 ? cfg->llm_max_attempts : 1;
-    llm->backoff_ms = cfg->llm_backoff_ms > 0 ? cfg->llm_backoff_ms : 0;
-
-    llm->curl = curl_easy_init();
-    if (!llm->curl) {
-        sheaf_set_err(errstr, errlen, "curl_easy_init failed");
-        goto done;
-    }
-    rc = sheaf_llm_easy_setup(llm->curl, &llm->ep, &llm->xfer);
-    if (rc != CURLE_OK) {
-        sheaf_set_err(errstr, errlen, "llm.base_url: cannot configure curl: %s",
-                curl_easy_strerror(rc));
-        goto done;
-    }
-    ret = llm;
-    llm = NULL; /* handed to the caller */
-done:
-    sheaf_llm_destroy(llm);
-    return ret;
-}
-
-void sheaf_llm_destroy(sheaf_llm *llm)
-{
-    if (!llm) return;
-    if (llm->curl) curl_easy_cleanup(llm->curl);
-    sheaf_llm_endpoint_free(&llm->ep);
-    sheaf_llm_xfer_free(&llm->xfer);
-    free(llm);
-}
-
-sheaf_err sheaf_llm_complete(sheaf_llm *llm, const sheaf_llm_request *req,
-                             sheaf_llm_result *result, char *errstr, size_t errlen)
-{
-    sheaf_err err;
-    char *json = NULL;
-    long status = 0;
-    CURLcode rc;
-
-    /* result->content is not freed here: clear a reused result first. */
-    result->content = NULL;
-    result->usage.prompt_tokens = result->usage.completion_tokens = 0;
-    result->http_status = 0;
-    result->retry_after_ms = -1;
-    result->attempts = 1;
-    if (errstr && errlen) errstr[0] = '\0';
-
-    err = sheaf_llm_check_request(req, errstr, errlen);
-    if (err != SHEAF_OK) goto done;
-    json = sheaf_llm_request_json(req);
-    if (!json) {
-        err = SHEAF_ERR_NOMEM;
-        sheaf_set_err(errstr, errlen, "out of memory building the request body");
-        goto done;
-    }
-
-    sheaf_llm_xfer_reset(&llm->xfer);
-    /* curl does not copy POSTFIELDS: json must outlive the perform.  The
-     * handle keeps the stale pointer until the next call replaces it. */
-    rc = sheaf_llm_easy_body(llm->curl, json, strlen(json));
-    if (rc == CURLE_OK) rc = curl_easy_perform(llm->curl);
-    curl_easy_getinfo(llm->curl, CURLINFO_RESPONSE_CODE, &status);
-    err = sheaf_llm_classify(&llm->xfer, rc, status, &llm->ep, result, errstr, errlen);
-done:
-    free(json);
-    return err;
-}
-
-/* Sleeps ms in short slices; returns 1 as soon as *stop is set. */
-static int sleep_unless_stopped(int64_t ms, volatile sig_atomic_t *stop)
-{
-    int64_t deadline = sheaf_mono_ms() + ms;
-    for (;;) {
-        int64_t left;
-        if (stop && *stop) return 1;
-        left = deadline - sheaf_mono_ms();
-        if (left <= 0) return 0;
-        sheaf_sleep_ms(left < LLM_SLEEP_SLICE_MS ? left : LLM_SLEEP_SLICE_MS);
-    }
-}
-
-sheaf_err sheaf_llm_complete_retry(sheaf_llm *llm, const sheaf_llm_request *req,
-                                   sheaf_llm_result *result, volatile sig_atomic_t *stop,
-                                   char *errstr, size_t errlen)
-{
-    sheaf_err err = SHEAF_ERR_LLM_RETRY;
-    char last[SHEAF_ERRSTR_SIZE];
-    int attempt;
-
-    last[0] = '\0';
-    for (attempt = 1;; attempt++) {
-        int64_t delay;
-        char status[32];
-
-        err = sheaf_llm_complete(llm, req, result, last, sizeof(last));
-        result->attempts = attempt;
-        /* Only transient failures are retried; FATAL would fail the same way. */
-        if (err != SHEAF_ERR_LLM_RETRY || attempt >= llm->max_attempts) break;
-
-        delay = sheaf_llm_retry_delay(llm->backoff_ms, attempt, result->retry_after_ms);
-        if (result->http_status) snprintf(status, sizeof(status), "HTTP %ld", result->http_status);
-        else snprintf(status, sizeof(status), "no HTTP status");
-        sheaf_warn("llm", "attempt %d/%d failed (%s): %s; retrying in %lld ms", attempt,
-                   llm->max_attempts, status, last, (long long)delay);
-        if (sleep_unless_stopped(delay, stop)) {
-            err = SHEAF_ERR_STOPPED;
-            sheaf_set_err(errstr, errlen, "stopped while waiting to retry after attempt %d/%d: %s",
-                    attempt, llm->max_attempts, last);
-            goto done;
-        }
-    }
-    sheaf_set_err(errstr, errlen, "%s", last);
-done:
-    return err;
 }
 
 void sheaf_llm_result_clear(sheaf_llm_result *result)

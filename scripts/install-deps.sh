@@ -37,7 +37,7 @@ PACKAGES=(
   libcmocka-dev                             # unit test framework
   redis-server                              # real Redis for the dev stack and tests
   kcat jq curl                              # tests read topics and JSON like a user would
-  python3                                   # test clients (bad-input catalogue, deploy/validate.py)
+  python3 python3-yaml                      # test clients (bad-input catalogue); deploy/validate.py reads YAML
   iproute2 procps                           # it_netns (ip netns) and process checks in tests
   valgrind                                  # tests run a worker and a reducer under it
   poppler-utils                             # pdftotext: the producer reads *.pdf through it

@@ -9,9 +9,11 @@ source "$(dirname "$0")/lib.sh"
 stack_up --latency-ms 20 --malformed-rate 0.05 --reset-rate 0.05 --slow-rate 0.05 --slow-ms 3000
 STATS="${SHEAF_LLM_BASE_URL%/v1}/stats"
 CONTROL="${SHEAF_LLM_BASE_URL%/v1}/control"
-# A short retry horizon: the poisoned chunk (a 500 for ever) is transient
+# A short retry horizon (20 s: longer than the circuit breaker's first
+# cooldowns, 5 + 10 s, which a storm chunk may wait behind): the poisoned
+# chunk (a 500 for ever) is transient
 # to the fleet, so it is parked and retried until the horizon, then fails.
-FAST=(-X llm.timeout_ms=1000 -X llm.max_attempts=4 -X llm.backoff_ms=50 -X llm.retry_horizon_ms=8000)
+FAST=(-X llm.timeout_ms=1000 -X llm.max_attempts=4 -X llm.backoff_ms=50 -X llm.retry_horizon_ms=20000)
 start_worker w1 "${FAST[@]}"
 start_worker w2 "${FAST[@]}"
 start_reducer r1 "${FAST[@]}" -X reducer.claim_idle_ms=2000
@@ -23,11 +25,17 @@ cp "$ROOT"/examples/reports/*.txt "$T/in/"
 printf 'A healthy first paragraph opens this document. It has several plain sentences that summarize well. Nothing in it upsets the simulator at all, so its chunk succeeds.\n\nThis paragraph carries SHEAF_SIM_FAIL_500 and always gets a server error.\n' > "$T/in/poison.txt"
 
 JOB="$("$SHEAF" submit -X chunk.max_tokens=40 "$T/in")"
-# A 429 storm and a 5xx burst in the middle of the job.
+# A 429 storm and a 5xx burst in the middle of the job.  The burst lasts
+# a time (every request answers 500 for 2 s), as a provider's does: a burst
+# of a count of requests would be spent only by the circuit breaker's
+# probes, one per cooldown (5 s doubling to 60 s) once the circuit opened -
+# and a loaded machine's timeouts can open it before the burst starts.
 started() { [ "$(job_field "$JOB" chunks_done)" -ge 20 ]; }
 wait_until 60 "the job to be under way" started
-curl -sf -X POST -d '{"rate_limit_next": 40, "fail_next": 40}' "$CONTROL" > /dev/null \
+curl -sf -X POST -d '{"rate_limit_next": 40, "error_rate": 1.0}' "$CONTROL" > /dev/null \
   || fail "could not drive the simulator"
+sleep 2   # the burst's length: a fixed time, nothing to await
+curl -sf -X POST -d '{"error_rate": 0}' "$CONTROL" > /dev/null || fail "could not end the 5xx burst"
 wait_job "$JOB" 240
 
 chunks=$(job_field "$JOB" chunks)

@@ -605,12 +605,27 @@ void sheaf_key(char *out, size_t outlen, const char *job, const char *suffix);
  *   str/len pipeline_get: the pipeline's JSON (not NUL-terminated)
  *   errstr  "" on success, else why */
 typedef struct sheaf_aredis sheaf_aredis;
+/* A document's chunk count, metadata and partials, as read at once
+ * (sheaf_state_doc_read_async). */
+typedef struct sheaf_doc_read {
+    uint32_t n;                  /* chunks */
+    char *meta;                  /* metadata JSON (malloc'd, "{}" when none) */
+    sheaf_partial *parts;        /* n entries in chunk order (sheaf_partials_free) */
+} sheaf_doc_read;
+
 typedef struct sheaf_state_reply {
     sheaf_err err;
     long long n;
     const char *str;
     size_t len;
     const char *errstr;
+    /* Structured results (NULL unless the function says so).  The callback
+     * may take what they hold (move the contents out and leave them empty
+     * or NULL); whatever is left is freed after the callback returns. */
+    sheaf_strlist *list;         /* active_jobs, group_member_ids */
+    sheaf_ready_batch *batch;    /* ready_read, ready_claim */
+    sheaf_doc_read *doc;         /* doc_read */
+    char **strs;                 /* results_get: one per id asked, NULL where none */
 } sheaf_state_reply;
 typedef void (*sheaf_state_fn)(void *ud, const sheaf_state_reply *r);
 
@@ -628,5 +643,81 @@ void sheaf_state_job_waiting_async(sheaf_aredis *ar, const char *job, const char
                                    sheaf_state_fn done, void *ud);
 void sheaf_state_job_cache_count_async(sheaf_aredis *ar, const char *job, int hit,
                                        uint64_t tokens_saved, sheaf_state_fn done, void *ud);
+
+/* ---- reducer side, asynchronous ----
+ *
+ * The reducer's steps on the runtime's loop: the same keys, scripts and
+ * outcomes as the synchronous functions named alike; every string argument
+ * is copied before the call returns.  What each reply carries: */
+
+/* str: the job's pipeline version (HGET pv); SHEAF_ERR_NOT_FOUND when the
+ * job has none (no such job). */
+void sheaf_state_job_pv_async(sheaf_aredis *ar, const char *job, sheaf_state_fn done, void *ud);
+/* str/len: the stored result of a document (id), group (path) or the
+ * overview (id unused); str NULL when none is stored. */
+void sheaf_state_result_get_async(sheaf_aredis *ar, const char *job, sheaf_item_kind kind,
+                                  const char *id, sheaf_state_fn done, void *ud);
+/* strs: the stored results of n documents (kind DOC) or groups (kind
+ * GROUP: ids are paths), one per id, NULL where none. */
+void sheaf_state_results_get_async(sheaf_aredis *ar, const char *job, sheaf_item_kind kind,
+                                   char *const *ids, size_t n, sheaf_state_fn done, void *ud);
+/* doc: chunk count, metadata and partials of a document (HMGET and
+ * HGETALL pipelined); SHEAF_ERR_NOT_FOUND when it is not registered. */
+void sheaf_state_doc_read_async(sheaf_aredis *ar, const char *job, const char *doc,
+                                sheaf_state_fn done, void *ud);
+/* list: the job's documents (path NULL) or a metadata group's members. */
+void sheaf_state_group_member_ids_async(sheaf_aredis *ar, const char *job, const char *path,
+                                        sheaf_state_fn done, void *ud);
+/* n: the sheaf_store_outcome. */
+void sheaf_state_doc_result_store_async(sheaf_aredis *ar, const char *job, const char *doc,
+                                        const char *result_json, uint64_t prompt_tokens,
+                                        uint64_t completion_tokens, sheaf_state_fn done,
+                                        void *ud);
+void sheaf_state_group_result_store_async(sheaf_aredis *ar, const char *job, const char *path,
+                                          int counted, const char *result_json,
+                                          uint64_t prompt_tokens, uint64_t completion_tokens,
+                                          sheaf_state_fn done, void *ud);
+/* n: the outcome; the job leaves sheaf:jobs:active (unless NO_JOB) before
+ * done fires. */
+void sheaf_state_overview_store_async(sheaf_aredis *ar, const char *job,
+                                      const char *overview_json, uint64_t prompt_tokens,
+                                      uint64_t completion_tokens, sheaf_state_fn done, void *ud);
+/* n: 1 held, 0 lost. */
+void sheaf_state_lease_renew_async(sheaf_aredis *ar, const sheaf_entry_ref *e,
+                                   sheaf_state_fn done, void *ud);
+/* n: the sheaf_emit_right. */
+void sheaf_state_emit_claim_async(sheaf_aredis *ar, const char *job, const sheaf_entry_ref *e,
+                                  const char *item, sheaf_state_fn done, void *ud);
+void sheaf_state_emit_done_async(sheaf_aredis *ar, const char *job, const char *item,
+                                 sheaf_state_fn done, void *ud);
+/* Every step of sheaf_state_job_retire (the key walk pages through the
+ * document list); done after the last. */
+void sheaf_state_job_retire_async(sheaf_aredis *ar, const sheaf_config *cfg, const char *job,
+                                  sheaf_state_fn done, void *ud);
+/* n: 1 when this call ended the job (then retired as the synchronous one
+ * does); SHEAF_ERR_NOT_FOUND for no such job. */
+void sheaf_state_job_end_async(sheaf_aredis *ar, const sheaf_config *cfg, const char *job,
+                               sheaf_job_state state, const char *reason, sheaf_state_fn done,
+                               void *ud);
+/* n: how many index entries were removed. */
+void sheaf_state_jobs_sweep_async(sheaf_aredis *ar, sheaf_state_fn done, void *ud);
+/* list: the active jobs. */
+void sheaf_state_active_jobs_async(sheaf_aredis *ar, sheaf_state_fn done, void *ud);
+void sheaf_state_ready_group_async(sheaf_aredis *ar, const char *job, const char *group,
+                                   const char *from, sheaf_state_fn done, void *ud);
+/* batch: new entries (XREADGROUP without BLOCK: a blocked read would hold
+ * the shared connection); SHEAF_ERR_NOT_FOUND when a stream has no group. */
+void sheaf_state_ready_read_async(sheaf_aredis *ar, const char *group, const char *consumer,
+                                  char *const *jobs, size_t n, size_t first, int count,
+                                  sheaf_state_fn done, void *ud);
+/* batch: entries pending longer than idle_ms, now consumer's. */
+void sheaf_state_ready_claim_async(sheaf_aredis *ar, const char *job, const char *group,
+                                   const char *consumer, int idle_ms, int count,
+                                   sheaf_state_fn done, void *ud);
+void sheaf_state_ready_ack_async(sheaf_aredis *ar, const char *job, const char *group,
+                                 const char *id, sheaf_state_fn done, void *ud);
+/* n: entries dropped. */
+void sheaf_state_ready_trim_async(sheaf_aredis *ar, const char *job, sheaf_state_fn done,
+                                  void *ud);
 
 #endif

@@ -16,9 +16,14 @@
  * the final combine call (the map results when one call took them all, else
  * the last progressive level), so they fit the window as that call did.  A
  * document whose chunks all failed gets a result carrying the errors and no
- * LLM call.  The result is recorded once
- * (Lua, first write wins) and written to the outputs once (reducer_output);
- * an entry redone after its result was stored makes no call. */
+ * LLM call.  The result is recorded once (Lua, first write wins) and written
+ * to the outputs once (entry_record); an entry redone after its result was
+ * stored makes no call.
+ *
+ * The steps, each a callback on the loop:
+ *   PRIOR (entry.c) -> READ (chunk count, metadata, partials) -> COMBINE
+ *   (reduce.c, maybe in levels) -> CRITIQUE -> REFINE -> ... (refine_rounds)
+ *   -> RECORD (entry.c) -> done */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,19 +35,47 @@
 #include "sheaf/util.h"
 
 typedef struct doc_work {
-    const char *job, *doc;
-    sheaf_pipeline *p;
     json_t *meta;            /* as registered: the result's "meta" */
     json_t *meta_text;       /* the same, every value as text: meta.<key> */
     json_t **recs;           /* parsed partial records (NULL for failed ones) */
     uint32_t n, n_ok;
     char **texts;            /* the ok partials' texts, in chunk order */
-    json_t *rec;             /* the result being built */
+    json_t *failed;          /* [{idx, error}] of the failed chunks */
+    json_t *rec;             /* what the pattern adds to the result */
     stage_result res;
+    /* The refinement chain. */
+    rvars v;
+    char *partials;          /* the final combine call's inputs, joined */
+    char *draft, *critique;
+    char round[16], chunks[16];
+    int k;
+    json_t *versions, *critiques;
 } doc_work;
 
+static void doc_clear(rentry *e)
+{
+    doc_work *w = e->work;
+    if (!w) return;
+    for (uint32_t i = 0; w->recs && i < w->n; i++) json_decref(w->recs[i]);
+    for (uint32_t i = 0; w->texts && i < w->n_ok; i++) free(w->texts[i]);
+    free(w->recs);
+    free(w->texts);
+    stage_result_clear(&w->res);
+    json_decref(w->rec);
+    json_decref(w->meta);
+    json_decref(w->meta_text);
+    json_decref(w->failed);
+    json_decref(w->versions);
+    json_decref(w->critiques);
+    free(w->partials);
+    free(w->draft);
+    free(w->critique);
+    free(w);
+    e->work = NULL;
+}
+
 /* Reads the partials: ok ones into w->recs/texts, failures into "failed". */
-static void read_partials(doc_work *w, sheaf_partial *parts, json_t *failed)
+static void read_partials(doc_work *w, sheaf_partial *parts)
 {
     for (uint32_t i = 0; i < w->n; i++) {
         json_t *pj = parts[i].json ? json_loads(parts[i].json, 0, NULL) : NULL;
@@ -52,9 +85,9 @@ static void read_partials(doc_work *w, sheaf_partial *parts, json_t *failed)
             w->texts[w->n_ok++] = text;
             continue;
         }
-        const char *e = json_string_value(json_object_get(pj, "error"));
-        json_array_append_new(failed, json_pack("{s:i,s:s}", "idx", (int)i, "error",
-                                                e ? e : "no result recorded"));
+        const char *err = json_string_value(json_object_get(pj, "error"));
+        json_array_append_new(w->failed, json_pack("{s:i,s:s}", "idx", (int)i, "error",
+                                                   err ? err : "no result recorded"));
         json_decref(pj);
     }
 }
@@ -65,12 +98,12 @@ static void set_error(doc_work *w, const char *msg)
 }
 
 /* Page-batch extraction: merges the records of the batches, in page order. */
-static void merge_records(doc_work *w)
+static void merge_records(rentry *e, doc_work *w)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "";
     json_t *batches = json_array();
-    sheaf_merge_spec spec = {json_string_value(json_object_get(w->p->merge, "key")),
-                             json_object_get(w->p->merge, "rules")};
+    sheaf_merge_spec spec = {json_string_value(json_object_get(e->p->merge, "key")),
+                             json_object_get(e->p->merge, "rules")};
     for (uint32_t i = 0; i < w->n; i++) {
         json_t *data = json_object_get(w->recs[i], "data");
         json_t *pages = json_object_get(w->recs[i], "pages");
@@ -92,64 +125,6 @@ static void merge_records(doc_work *w)
     json_decref(batches);
 }
 
-/* Critique -> refine rounds on the summary. */
-static sheaf_err refine_chain(reducer *r, doc_work *w, const char *partials)
-{
-    json_t *versions = json_array(), *critiques = json_array();
-    char round[16], *draft = strdup(w->res.text);
-    sheaf_err err = SHEAF_OK;
-    rvars v = {.meta = w->meta_text};
-
-    rvars_set(&v, "job_id", w->job);
-    rvars_set(&v, "doc_id", w->doc);
-    rvars_set(&v, "partials", partials);
-    json_array_append_new(versions, json_string(draft));
-    for (int k = 1; k <= w->p->refine_rounds && draft; k++) {
-        stage_result crit = {0}, ref = {0};
-        snprintf(round, sizeof(round), "%d", k);
-        rvars_set(&v, "round", round);
-        rvars_set(&v, "draft", draft);
-        err = reducer_call(r, "critique", &w->p->critique, &v, &crit);
-        w->res.usage.prompt_tokens += crit.usage.prompt_tokens;
-        w->res.usage.completion_tokens += crit.usage.completion_tokens;
-        if (err != SHEAF_OK || crit.error) {
-            if (crit.error) set_error(w, crit.error);
-            stage_result_clear(&crit);
-            break;
-        }
-        json_array_append_new(critiques, json_string(crit.text));
-        if (strstr(crit.text, w->p->refine_stop)) {
-            stage_result_clear(&crit);
-            break;
-        }
-        rvars_set(&v, "critique", crit.text);
-        err = reducer_call(r, "refine", &w->p->refine, &v, &ref);
-        stage_result_clear(&crit);
-        w->res.usage.prompt_tokens += ref.usage.prompt_tokens;
-        w->res.usage.completion_tokens += ref.usage.completion_tokens;
-        if (err != SHEAF_OK || ref.error) {
-            if (ref.error) set_error(w, ref.error);
-            stage_result_clear(&ref);
-            break;
-        }
-        free(draft);
-        draft = ref.text; /* taken */
-        json_array_append_new(versions, json_string(draft));
-    }
-    if (err == SHEAF_OK && draft) {
-        free(w->res.text);
-        w->res.text = draft;
-        draft = NULL;
-        json_object_set_new(w->rec, "versions", versions);
-        json_object_set_new(w->rec, "critiques", critiques);
-        versions = critiques = NULL;
-    }
-    free(draft);
-    json_decref(versions);
-    json_decref(critiques);
-    return err;
-}
-
 /* texts (a JSON array of strings, or w->texts when NULL) joined with
  * blank lines; malloc'd, NULL when out of memory. */
 static char *join_partials(const doc_work *w, const json_t *texts)
@@ -164,22 +139,204 @@ static char *join_partials(const doc_work *w, const json_t *texts)
     return b.data ? b.data : strdup("");
 }
 
-/* Computes the result text (and extras) from the ok partials. */
-static sheaf_err compute(reducer *r, doc_work *w)
-{
-    sheaf_err err = SHEAF_OK;
-    char nbuf[16], *partials = NULL;
-    json_t *top = NULL;          /* the final combine call's inputs, when progressive */
+/* ---- the end: the result line, stored and written out ---- */
 
+static void on_written(rentry *e, sheaf_store_outcome stored)
+{
+    doc_work *w = e->work;
+    reducer *r = e->r;
+    if (stored >= SHEAF_STORE_NEW) {
+        /* Only a result this entry stored is its to count. */
+        r->n_docs++;
+        sheaf_metric_inc(r->docs);
+        if (w && w->res.error)
+            sheaf_warn("reducer", "job %s doc %s: done with error: %s", e->job, e->item,
+                       w->res.error);
+        else
+            sheaf_info("reducer", "job %s doc %s: reduced %u chunk(s)", e->job, e->item,
+                       w ? w->n : 0);
+        if (stored == SHEAF_STORE_NEW_OVERVIEW)
+            sheaf_info("reducer", "job %s: every document done, overview queued", e->job);
+    }
+    entry_finish(e, ENTRY_DONE);
+}
+
+/* The result line: doc, summary, chunks, chunks_failed, failed_chunks,
+ * error, meta, then what the pattern adds (data, records, levels,
+ * versions, critiques). */
+static void record(rentry *e)
+{
+    doc_work *w = e->work;
+    json_t *out = json_object();
+    const char *key;
+    json_t *val;
+    json_object_set_new(out, "doc", json_string(e->item));
+    json_object_set_new(out, "summary", w->res.text && !w->res.error ? json_string(w->res.text)
+                                                                     : json_null());
+    json_object_set_new(out, "chunks", json_integer(w->n));
+    json_object_set_new(out, "chunks_failed", json_integer((json_int_t)(w->n - w->n_ok)));
+    if (json_array_size(w->failed)) json_object_set(out, "failed_chunks", w->failed);
+    if (w->res.error) json_object_set_new(out, "error", json_string(w->res.error));
+    json_object_set_new(out, "meta", w->meta ? json_incref(w->meta) : json_object());
+    json_object_foreach(w->rec, key, val) json_object_set(out, key, val);
+    char *s = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(out);
+    if (!s) {
+        entry_finish(e, ENTRY_RETRY);
+        return;
+    }
+    entry_record(e, SHEAF_ITEM_DOC, e->item, s, &w->res.usage, 0, on_written);
+    free(s);
+}
+
+/* ---- the refinement chain: critique -> refine, refine_rounds times ---- */
+
+static void critique_next(rentry *e);
+
+static void add_usage(doc_work *w, const stage_result *res)
+{
+    w->res.usage.prompt_tokens += res->usage.prompt_tokens;
+    w->res.usage.completion_tokens += res->usage.completion_tokens;
+}
+
+/* The chain ends: its last draft is the summary, with every version and
+ * critique (a failed call leaves its error beside them). */
+static void refine_end(rentry *e)
+{
+    doc_work *w = e->work;
+    if (w->draft) {
+        free(w->res.text);
+        w->res.text = w->draft;
+        w->draft = NULL;
+        json_object_set(w->rec, "versions", w->versions);
+        json_object_set(w->rec, "critiques", w->critiques);
+    }
+    record(e);
+}
+
+static void on_refined(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+{
+    doc_work *w = e->work;
+    (void)levels;
+    add_usage(w, res);
+    if (err != SHEAF_OK) {
+        entry_finish(e, entry_from(err));
+        return;
+    }
+    if (res->error) {
+        set_error(w, res->error);
+        refine_end(e);
+        return;
+    }
+    free(w->draft);
+    w->draft = res->text; /* taken */
+    res->text = NULL;
+    json_array_append_new(w->versions, json_string(w->draft));
+    critique_next(e);
+}
+
+static void on_critique(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+{
+    doc_work *w = e->work;
+    (void)levels;
+    add_usage(w, res);
+    if (err != SHEAF_OK) {
+        entry_finish(e, entry_from(err));
+        return;
+    }
+    if (res->error) {
+        set_error(w, res->error);
+        refine_end(e);
+        return;
+    }
+    json_array_append_new(w->critiques, json_string(res->text));
+    if (strstr(res->text, e->p->refine_stop)) {
+        refine_end(e);
+        return;
+    }
+    free(w->critique);
+    w->critique = res->text; /* taken */
+    res->text = NULL;
+    rvars_set(&w->v, "critique", w->critique);
+    reduce_call(e, "refine", &e->p->refine, &w->v, on_refined);
+}
+
+static void critique_next(rentry *e)
+{
+    doc_work *w = e->work;
+    if (++w->k > e->p->refine_rounds) {
+        refine_end(e);
+        return;
+    }
+    snprintf(w->round, sizeof(w->round), "%d", w->k);
+    rvars_set(&w->v, "round", w->round);
+    rvars_set(&w->v, "draft", w->draft);
+    reduce_call(e, "critique", &e->p->critique, &w->v, on_critique);
+}
+
+/* Starts the chain on the summary; partials are the final combine call's
+ * inputs. */
+static void refine_start(rentry *e, const json_t *top)
+{
+    doc_work *w = e->work;
+    w->partials = join_partials(w, top);
+    w->draft = strdup(w->res.text);
+    w->versions = json_array();
+    w->critiques = json_array();
+    if (!w->partials || !w->draft) {
+        entry_finish(e, ENTRY_RETRY);
+        return;
+    }
+    w->v = (rvars){.meta = w->meta_text};
+    rvars_set(&w->v, "job_id", e->job);
+    rvars_set(&w->v, "doc_id", e->item);
+    rvars_set(&w->v, "partials", w->partials);
+    json_array_append_new(w->versions, json_string(w->draft));
+    critique_next(e);
+}
+
+/* ---- combine ---- */
+
+static void combined(rentry *e, const json_t *top)
+{
+    doc_work *w = e->work;
+    if (w->res.text && !w->res.error && e->p->refine_rounds) refine_start(e, top);
+    else record(e);
+}
+
+static void on_combined(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+{
+    doc_work *w = e->work;
+    json_t *top = NULL;
+    if (err != SHEAF_OK) {
+        entry_finish(e, entry_from(err));
+        return;
+    }
+    w->res = *res; /* taken */
+    memset(res, 0, sizeof(*res));
+    if (json_array_size(levels)) {
+        json_object_set(w->rec, "levels", levels);
+        top = json_array_get(levels, json_array_size(levels) - 1);
+    }
+    combined(e, top);
+}
+
+/* Computes the result text (and extras) from the ok partials. */
+static void compute(rentry *e)
+{
+    doc_work *w = e->work;
+    const sheaf_pipeline *p = e->p;
     if (w->n_ok == 0) {
         set_error(w, "every chunk of the document failed");
-        return SHEAF_OK;
+        record(e);
+        return;
     }
-    if (w->p->merge) {
-        merge_records(w);
-        return SHEAF_OK;
+    if (p->merge) {
+        merge_records(e, w);
+        record(e);
+        return;
     }
-    if (w->n == 1 || !w->p->combine.present) {
+    if (w->n == 1 || !p->combine.present) {
         /* One chunk, or batch items: the map result is the result. */
         if (w->n == 1) {
             json_t *data = json_object_get(w->recs[0], "data");
@@ -188,146 +345,67 @@ static sheaf_err compute(reducer *r, doc_work *w)
         } else {
             w->res.text = join_partials(w, NULL);
         }
-    } else {
-        json_t *levels = json_array();
-        rvars v = {.meta = w->meta_text};
-        snprintf(nbuf, sizeof(nbuf), "%u", w->n);
-        rvars_set(&v, "job_id", w->job);
-        rvars_set(&v, "doc_id", w->doc);
-        rvars_set(&v, "chunk_count", nbuf);
-        err = reducer_reduce(r, "combine", &w->p->combine, sheaf_pipeline_combine_budget(w->p),
-                             &v, "partials", w->texts, w->n_ok, levels, &w->res);
-        if (json_array_size(levels)) {
-            json_object_set(w->rec, "levels", levels);
-            top = json_incref(json_array_get(levels, json_array_size(levels) - 1));
-        }
-        json_decref(levels);
+        combined(e, NULL);
+        return;
     }
-    if (err == SHEAF_OK && w->res.text && !w->res.error && w->p->refine_rounds) {
-        partials = join_partials(w, top);
-        err = refine_chain(r, w, partials ? partials : "");
-    }
-    free(partials);
-    json_decref(top);
-    return err;
+    /* The reduction copies v, not the strings: they live in w. */
+    rvars v = {.meta = w->meta_text};
+    snprintf(w->chunks, sizeof(w->chunks), "%u", w->n);
+    rvars_set(&v, "job_id", e->job);
+    rvars_set(&v, "doc_id", e->item);
+    rvars_set(&v, "chunk_count", w->chunks);
+    reduce_run(e, "combine", &p->combine, sheaf_pipeline_combine_budget(p), &v, "partials",
+               w->texts, w->n_ok, on_combined);
 }
 
-/* The result line: doc, summary, chunks, chunks_failed, failed_chunks,
- * error, meta, then what the pattern adds (data, records, levels,
- * versions, critiques). */
-static char *result_json(doc_work *w, json_t *failed)
-{
-    json_t *out = json_object(), *extra = w->rec;
-    const char *key;
-    json_t *val;
-    json_object_set_new(out, "doc", json_string(w->doc));
-    json_object_set_new(out, "summary", w->res.text && !w->res.error ? json_string(w->res.text)
-                                                                     : json_null());
-    json_object_set_new(out, "chunks", json_integer(w->n));
-    json_object_set_new(out, "chunks_failed", json_integer((json_int_t)(w->n - w->n_ok)));
-    if (json_array_size(failed)) json_object_set(out, "failed_chunks", failed);
-    if (w->res.error) json_object_set_new(out, "error", json_string(w->res.error));
-    json_object_set_new(out, "meta", w->meta ? json_incref(w->meta) : json_object());
-    json_object_foreach(extra, key, val) json_object_set(out, key, val);
-    char *s = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(out);
-    return s;
-}
+/* ---- read ---- */
 
-entry_outcome reducer_doc(reducer *r, const char *job, const char *doc)
-{
-    char errstr[SHEAF_ERRSTR_SIZE] = "", *meta_json = NULL, *result = NULL, *prev = NULL;
-    sheaf_partial *parts = NULL;
-    json_t *failed = json_array();
-    entry_outcome out = ENTRY_RETRY;
-    doc_work w;
-    sheaf_err err;
-    sheaf_store_outcome stored = SHEAF_STORE_KEPT;
+static void doc_read(rentry *e);
 
-    r->job = job;
-    memset(&w, 0, sizeof(w));
-    w.job = job;
-    w.doc = doc;
-    w.rec = json_object();
-    if (!(w.p = reducer_job_pipeline(r, job, errstr, sizeof(errstr), &err))) {
-        sheaf_error("reducer", "job %s: %s", job, errstr);
-        out = err == SHEAF_ERR_REDIS ? ENTRY_RETRY : ENTRY_DONE;
-        goto done;
+static void on_read(void *ud, const sheaf_state_reply *rep)
+{
+    rentry *e = ud;
+    doc_work *w;
+    if (!entry_back(e)) return;
+    if (rep->err == SHEAF_ERR_NOT_FOUND) {
+        sheaf_error("reducer", "job %s doc %s: %s", e->job, e->item, rep->errstr);
+        entry_finish(e, ENTRY_DONE);
+        return;
     }
-    /* Stored already (the entry is redone after a crash, or came twice):
-     * no call, only the outputs if nobody wrote them yet. */
-    if (sheaf_state_result_get(r->redis, job, SHEAF_ITEM_DOC, doc, &prev, errstr,
-                               sizeof(errstr)) != SHEAF_OK)
-        goto done;
-    if (prev) {
-        out = reducer_output(r, job, SHEAF_ITEM_DOC, doc, NULL);
-        goto done;
+    if (rep->err != SHEAF_OK) {
+        entry_redis_failed(e, "reading a document's partial results", rep->errstr, doc_read);
+        return;
     }
-    if ((err = sheaf_state_doc_info(r->redis, job, doc, &meta_json, &w.n, errstr,
-                                    sizeof(errstr))) != SHEAF_OK ||
-        (err = sheaf_state_doc_partials(r->redis, job, doc, &w.n, &parts, errstr,
-                                        sizeof(errstr))) != SHEAF_OK) {
-        sheaf_error("reducer", "job %s doc %s: %s", job, doc, errstr);
-        out = err == SHEAF_ERR_NOT_FOUND ? ENTRY_DONE : ENTRY_RETRY;
-        goto done;
-    }
-    w.meta = json_loads(meta_json, 0, NULL);
+    entry_redis_ok(e);
+    if (!(w = e->work = calloc(1, sizeof(*w)))) goto nomem;
+    w->n = rep->doc->n;
+    w->rec = json_object();
+    w->failed = json_array();
+    w->meta = json_loads(rep->doc->meta ? rep->doc->meta : "{}", 0, NULL);
     /* meta.<key> renders as the worker renders it (sheaf_json_text). */
-    if (w.meta && (!(w.meta_text = json_deep_copy(w.meta)) ||
-                   sheaf_json_object_texts(w.meta_text) != 0))
-        goto done;
-    w.recs = calloc(w.n ? w.n : 1, sizeof(*w.recs));
-    w.texts = calloc(w.n ? w.n : 1, sizeof(*w.texts));
-    if (!w.recs || !w.texts) goto done;
-    read_partials(&w, parts, failed);
-    err = compute(r, &w);
-    if (err != SHEAF_OK) {
-        out = entry_from(err);
-        goto done;
-    }
-    if (!(result = result_json(&w, failed))) goto done;
-    while ((err = sheaf_state_doc_result_store(r->redis, job, doc, result,
-                                               w.res.usage.prompt_tokens,
-                                               w.res.usage.completion_tokens, &stored, errstr,
-                                               sizeof(errstr))) != SHEAF_OK &&
-           reducer_store_wait(r, err, "storing a document's result", errstr))
-        ;
-    if (err != SHEAF_OK) {
-        sheaf_error("reducer", "job %s doc %s: cannot store result (will retry): %s", job, doc,
-                    errstr);
-        goto done;
-    }
-    if (stored == SHEAF_STORE_NO_JOB) {
-        sheaf_info("reducer", "job %s doc %s: the job is gone (cancelled or deleted)", job, doc);
-        out = ENTRY_DONE;
-        goto done;
-    }
-    /* Only a result this thread stored is its to count; the outputs take
-     * whichever was stored first. */
-    out = reducer_output(r, job, SHEAF_ITEM_DOC, doc, stored >= SHEAF_STORE_NEW ? result : NULL);
-    if (stored < SHEAF_STORE_NEW) goto done;
-    r->docs++;
-    sheaf_metric_inc(r->sh->docs);
-    if (w.res.error)
-        sheaf_warn("reducer", "job %s doc %s: done with error: %s", job, doc, w.res.error);
-    else
-        sheaf_info("reducer", "job %s doc %s: reduced %u chunk(s)", job, doc, w.n);
-    if (stored == SHEAF_STORE_NEW_OVERVIEW)
-        sheaf_info("reducer", "job %s: every document done, overview queued", job);
-done:
-    for (uint32_t i = 0; w.recs && i < w.n; i++) json_decref(w.recs[i]);
-    for (uint32_t i = 0; w.texts && i < w.n_ok; i++) free(w.texts[i]);
-    free(w.recs);
-    free(w.texts);
-    stage_result_clear(&w.res);
-    json_decref(w.rec);
-    json_decref(w.meta);
-    json_decref(w.meta_text);
-    json_decref(failed);
-    sheaf_pipeline_destroy(w.p);
-    sheaf_partials_free(parts, w.n);
-    free(meta_json);
-    free(result);
-    free(prev);
-    return out;
+    if (w->meta && (!(w->meta_text = json_deep_copy(w->meta)) ||
+                    sheaf_json_object_texts(w->meta_text) != 0))
+        goto nomem;
+    w->recs = calloc(w->n ? w->n : 1, sizeof(*w->recs));
+    w->texts = calloc(w->n ? w->n : 1, sizeof(*w->texts));
+    if (!w->recs || !w->texts || !w->rec || !w->failed) goto nomem;
+    read_partials(w, rep->doc->parts);
+    compute(e);
+    return;
+nomem:
+    sheaf_error("reducer", "job %s doc %s: out of memory", e->job, e->item);
+    entry_finish(e, ENTRY_RETRY);
 }
+
+static void doc_read(rentry *e)
+{
+    entry_sent(e);
+    sheaf_state_doc_read_async(e->r->rt->redis, e->job, e->item, on_read, e);
+}
+
+static void doc_start(rentry *e)
+{
+    entry_prior(e, SHEAF_ITEM_DOC, e->item, doc_read, on_written);
+}
+
+const rkind reducer_kind_doc = {"doc", doc_start, doc_clear};

@@ -1,100 +1,171 @@
 /* reducer.h - what the parts of sheaf-reducer share.
  *
- * A reducer process runs reducer.threads threads; each is a full reducer
- * (its own Redis connection, LLM engine and stream consumer name) reading
- * the same consumer groups, so documents are reduced in parallel exactly as
- * with several reducer processes.  What threads share is read-only (the
- * configuration) or guarded (the output file, the results producer).
- * Metrics are shared too (their counters are atomic); the main thread
- * publishes the health checks, from the state each thread leaves in its
- * llm_open / llm_why. */
+ * One process, one thread, one event loop: the runtime's (sheaf/runtime.h).
+ * Every ready entry being worked on is an explicit state machine (rentry,
+ * entry.c) and every LLM reduction inside it another (rop, reduce.c); up to
+ * reducer.window entries run at once, each step a callback that returns at
+ * once.  Who calls whom, with no two files calling each other:
+ *
+ *   reducer.c   main, the read loop (streams, claims, trims, sweeps),
+ *               shutdown                                 -> entry.c, kinds
+ *   entry.c     an entry's life: lease, pipeline, store, write out (file,
+ *               results topic), ack; Redis waits  -> the kind's start, through
+ *               a function pointer; the read loop, through r->read_ev
+ *   doc.c       the doc kind: partials, merge, combine, refinement chain
+ *   group.c     the group and overview kinds            -> entry.c, reduce.c
+ *   reduce.c    LLM calls: render, cache, progressive levels -> entry.c
+ */
 #ifndef SHEAF_REDUCER_H
 #define SHEAF_REDUCER_H
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 
-#include "sheaf/health.h"
 #include "sheaf/llm_async.h"
 #include "sheaf/metrics.h"
 #include "sheaf/pipeline.h"
-#include "sheaf/ratelimit.h"
+#include "sheaf/runtime.h"
 #include "sheaf/state.h"
+#include "sheaf/util.h"
 
-typedef struct reducer_shared {
+typedef struct rentry rentry;
+typedef struct reducer reducer;
+
+/* ---- entry outcomes ---- */
+
+typedef enum {
+    ENTRY_DONE,    /* acknowledged: its result is stored and written out */
+    ENTRY_RETRY,   /* left pending: claimed again after reducer.claim_idle_ms */
+    ENTRY_STOPPED  /* no longer ours (lease lost) or shutting down: left pending */
+} entry_outcome;
+
+/* What an entry does once its pipeline is loaded (doc.c, group.c). */
+typedef struct rkind {
+    const char *name;                 /* "doc", "group", "overview" */
+    void (*start)(rentry *e);         /* ends, in the end, with entry_finish */
+    void (*clear)(rentry *e);         /* frees e->work (may be NULL) */
+} rkind;
+
+extern const rkind reducer_kind_doc, reducer_kind_group, reducer_kind_overview;
+
+/* ---- the process ---- */
+
+struct reducer {
     sheaf_config cfg;
+    sheaf_runtime *rt;
     FILE *out;                   /* reducer.output, or NULL */
-    pthread_mutex_t out_lock;
     rd_kafka_t *results;         /* producer for <prefix>.results */
+    sheaf_runtime_queue *results_q;
     char results_topic[256];
-    sheaf_metrics *metrics;
-    sheaf_metric *docs, *groups, *overviews;             /* counters */
-    sheaf_llm_metrics llm_met;   /* shared by every thread's engine */
-    sheaf_health *health;        /* checks kafka, redis, llm: published by the main thread */
-    sheaf_metrics_server *server; /* NULL when metrics.port is 0 */
-    sheaf_redis *redis;          /* the main thread's, for PING; NULL while unreachable */
-    pthread_mutex_t health_lock; /* guards each thread's llm_why */
-    /* Redis unreachable: since when (0: it answers), and the last log line,
-     * shared by the threads so an outage logs one line per interval. */
-    atomic_llong redis_down_ms, redis_logged_ms;
-    atomic_int redis_waiting;    /* threads waiting for Redis now */
-    char redis_why[SHEAF_ERRSTR_SIZE + 160]; /* why, under health_lock */
-} reducer_shared;
-
-typedef struct reducer {
-    reducer_shared *sh;
-    const sheaf_config *cfg;
-    sheaf_redis *redis;
-    sheaf_ratelimit *limit;      /* fleet-wide, shared with the workers; NULL = none */
-    sheaf_llm_limiter limiter;
-    sheaf_llm_async *llm;        /* same engine as the workers: retries, breaker, limiter */
-    const char *job;             /* the job being reduced (cache counters); set by the stages */
-    char pv[80];                 /* its pipeline version (results-topic keys); reducer_job_pipeline */
+    sheaf_metric *docs, *groups, *overviews; /* counters */
     char consumer[160];
-    int index, n_threads;        /* this thread's place among reducer.threads */
-    sheaf_strlist jobs;          /* active jobs, sorted, refreshed every second; no cap */
+    sheaf_strlist jobs;          /* active jobs whose group exists, sorted */
     size_t rotate;               /* where the next read starts, for fairness */
-    int64_t jobs_refreshed_ms, claimed_ms, swept_ms, trimmed_ms;
-    int64_t learned_ms;          /* last look for limits learned by the fleet */
-    int redis_delay_ms;          /* this thread's wait between tries while Redis is down */
-    /* The lease on the entry being worked on (sheaf/state.h): renewed from
-     * the LLM wait loop every claim_idle_ms / 3; lost when another reducer
-     * claimed the entry, which stops the work (the entry is the other's). */
+    int reading, refreshing;     /* a read / a refresh is under way */
+    struct event *read_ev;       /* the next read */
+    int64_t refreshed_ms, claimed_ms, swept_ms, trimmed_ms;
+    size_t n_entries;            /* entries in flight */
+    rentry *entries;             /* their list */
+    int stopping;                /* SIGTERM: no more reads; draining */
+    int64_t drain_deadline_ms;
+    /* Redis trouble, for the whole process: since when (0: it answers), the
+     * last log line, and how many steps wait for it. */
+    int64_t redis_down_ms, redis_logged_ms;
+    size_t redis_waiting;
+    unsigned long n_docs, n_groups, n_overviews;
+};
+
+/* ---- an entry (entry.c) ---- */
+
+struct rentry {
+    reducer *r;
+    char job[256], id[48];
+    char *item;                  /* document id or group path (owned); NULL for overview */
+    const rkind *kind;
+    sheaf_pipeline *p;           /* held (sheaf_pipeline_hold) once loaded */
+    char pv[80];
+    struct event *lease_ev;      /* renews the lease every claim_idle_ms / 3 */
+    struct event *hold_ev;       /* a Redis step tried again */
+    void (*held_step)(rentry *e);
+    int hold_ms;                 /* this entry's wait between tries while Redis fails */
+    int lease_lost, finished;
+    int ops;                     /* Redis commands and LLM reductions under way */
+    entry_outcome outcome;
+    void *work;                  /* the kind's state */
+    /* The item being recorded (entry_record / entry_output). */
     struct {
-        char job[256], id[48];
-        int active, lost;
-        int64_t renewed_ms;
-    } lease;
-    unsigned long docs, groups, overviews;
-    atomic_int llm_open;         /* this thread's LLM circuit is open */
-    char llm_why[256];           /* why, under sh->health_lock */
-    atomic_int fleet;            /* a fleet condition (sheaf_llm_fleet_cause) holds */
-    char fleet_why[384];         /* which, under sh->health_lock */
-    pthread_t thread;
-    int rc;
-} reducer;
+        sheaf_item_kind kind;
+        char *id;                /* NULL for the overview */
+        char *json;              /* this entry's result, when it computed one */
+        char *stored;            /* the result read back when another's was first */
+        sheaf_llm_usage usage;
+        int counted;
+        char name[1200];         /* "doc:<id>", "group:<path>", "overview" */
+        sheaf_store_outcome stored_as;
+        void (*absent)(rentry *e);   /* entry_prior: none stored */
+        void (*then)(rentry *e, sheaf_store_outcome stored);
+    } rec;
+    rentry *prev, *next;
+};
 
-typedef enum { ENTRY_DONE, ENTRY_RETRY, ENTRY_STOPPED } entry_outcome;
+/* Every asynchronous step of an entry (a Redis command, a reduction) is
+ * counted: entry_sent before it is sent; its callback begins with
+ * entry_back, and returns at once when that says 0 (the entry ended
+ * meanwhile: nothing more to do; it is freed with its last step). */
+void entry_sent(rentry *e);
+int entry_back(rentry *e);
 
-/* ---- template variables (calls.c) ---- */
+/* Starts an entry read from a stream (taken over: every field copied). */
+void entry_start(reducer *r, const sheaf_ready_entry *in);
+/* Ends the entry: DONE acknowledges it; the entry is freed once nothing of
+ * it is under way any more. */
+void entry_finish(rentry *e, entry_outcome out);
+/* SIGTERM past reducer.drain_ms: every entry ends STOPPED as its calls
+ * come back aborted. */
+void entry_abort_all(reducer *r);
+
+/* Redis failed a step of the process (what): logged once when it starts
+ * and once per interval while it lasts, /health says why.
+ * reducer_redis_fine: a step worked; once nothing waits any more, Redis
+ * is back (logged once). */
+void reducer_redis_trouble(reducer *r, const char *what, const char *errstr);
+void reducer_redis_fine(reducer *r);
+
+/* A Redis step of e failed: logged once per interval for the process,
+ * /health says so, and step(e) runs again after a wait (200 ms doubling to
+ * 5 s) unless the entry is no longer ours or the process stops. */
+void entry_redis_failed(rentry *e, const char *what, const char *errstr,
+                        void (*step)(rentry *e));
+/* A Redis step of e worked (after a failure: Redis is back). */
+void entry_redis_ok(rentry *e);
+
+/* Is the item's result stored already?  Then it is written out (if nobody
+ * did) and written(e, SHEAF_STORE_KEPT) follows; else absent(e). */
+void entry_prior(rentry *e, sheaf_item_kind kind, const char *id, void (*absent)(rentry *e),
+                 void (*written)(rentry *e, sheaf_store_outcome stored));
+/* Stores json as the item's result (first write wins; Redis trouble
+ * waits and stores again, never redoing the calls), then writes out the
+ * stored one exactly once, then then(e, outcome).  A job gone (NO_JOB)
+ * finishes the entry DONE instead. */
+void entry_record(rentry *e, sheaf_item_kind kind, const char *id, const char *json,
+                  const sheaf_llm_usage *usage, int counted,
+                  void (*then)(rentry *e, sheaf_store_outcome stored));
+
+/* ---- template variables (reduce.c) ---- */
 
 #define RVARS_MAX 16
 typedef struct rvars {
     const char *name[RVARS_MAX];
     const char *value[RVARS_MAX];
     size_t n;
-    const json_t *meta;          /* for meta.<key>, values as text
-                                    (sheaf_json_object_texts); NULL = none */
+    const json_t *meta;          /* for meta.<key>, values as text; NULL = none */
 } rvars;
 
 /* Sets (or replaces) a variable; value must outlive its use. */
 void rvars_set(rvars *v, const char *name, const char *value);
-const char *rvars_lookup(const char *name, size_t len, void *ud, size_t *out_len);
 
-/* ---- LLM calls (calls.c) ---- */
+/* ---- LLM reductions (reduce.c) ---- */
 
 typedef struct stage_result {
     char *text;                  /* the answer (malloc'd), NULL when error is set */
@@ -104,72 +175,34 @@ typedef struct stage_result {
 
 void stage_result_clear(stage_result *res);
 
-/* Renders the stage with vars and calls the LLM once.  SHEAF_OK with
- * res->text or res->error; SHEAF_ERR_STOPPED at shutdown;
- * SHEAF_ERR_LLM_RETRY when the provider failed transiently after every
- * attempt (nothing decided: retry the entry later). */
-sheaf_err reducer_call(reducer *r, const char *name, const sheaf_stage *st, const rvars *vars,
-                       stage_result *res);
+/* err: SHEAF_OK with res->text or res->error (taken by the callee: move
+ * them out); SHEAF_ERR_STOPPED (shutdown, lease lost) or
+ * SHEAF_ERR_LLM_RETRY (transient, after every attempt: nothing decided,
+ * the entry is tried again later).  levels: each progressive level's
+ * results (an array of arrays; the callee takes a reference). */
+typedef void (*reduce_done_fn)(rentry *e, sheaf_err err, stage_result *res, json_t *levels);
 
-/* Runs a reduce stage over texts: one call with every text joined under
- * the variable input_var ("partials" or "results") when the rendered
- * prompt fits budget (sheaf_stage_prompt_budget: the window less the
- * answer; 0 = no bound), else progressive (sheaf/plan.h):
- * consecutive texts are reduced in groups of at most st->group_size that
- * fit the budget, all calls of a level at once, level by level, until one
- * call takes everything.  Each level's results are appended to levels (an
- * array of arrays) when levels is not NULL.  Same outcomes as reducer_call. */
-sheaf_err reducer_reduce(reducer *r, const char *name, const sheaf_stage *st, int budget,
-                         rvars *vars, const char *input_var, char *const *texts, size_t n,
-                         json_t *levels, stage_result *res);
+/* Renders the stage with vars and calls the LLM once. */
+void reduce_call(rentry *e, const char *name, const sheaf_stage *st, const rvars *vars,
+                 reduce_done_fn done);
+/* Reduces texts with the stage: one call with every text joined under
+ * input_var when the prompt fits budget (sheaf_stage_prompt_budget; 0 = no
+ * bound), else in levels (sheaf/plan.h): consecutive texts in groups that
+ * fit, all calls of a level at once, level by level, until one call takes
+ * everything.  vars and texts are copied; the strings vars points to must
+ * live until done. */
+void reduce_run(rentry *e, const char *name, const sheaf_stage *st, int budget,
+                const rvars *vars, const char *input_var, char *const *texts, size_t n,
+                reduce_done_fn done);
 
-/* Publishes this thread's LLM circuit state for the main thread's health
- * check (entry.c); called from the thread's loops. */
-void reducer_llm_state(reducer *r);
+/* The entry is no longer to be worked on: its lease was lost, or SIGTERM's
+ * drain is over.  Checked before every step that costs something. */
+static inline int entry_stopped(const rentry *e)
+{
+    return e->lease_lost || (e->r->stopping && sheaf_mono_ms() >= e->r->drain_deadline_ms);
+}
 
-/* ---- entries: lease, pipeline, output, Redis waits (entry.c) ---- */
-
-/* Renews the lease on the current entry when it is due (a Redis call at
- * most every reducer.claim_idle_ms / 3); returns 0 while it is held, -1
- * once lost. */
-int reducer_lease_tick(reducer *r);
-
-/* A Redis call of the thread failed: logs one line per interval for the
- * whole process (naming a full Redis as such), marks Redis unhealthy with
- * the reason, and waits a little longer each time (200 ms doubling to 5 s)
- * so that an outage costs no CPU.  reducer_redis_back: this thread's calls
- * succeed again (Redis is back for the process when no thread waits). */
-void reducer_redis_down(reducer *r, const char *what, const char *errstr);
-void reducer_redis_back(reducer *r);
-
-/* A store of a result this thread computed failed with err: Redis trouble
- * (down, or full and refusing writes) keeps the result in the thread and
- * waits (logged once per interval, 200 ms doubling to 5 s), because a redo
- * of the entry would pay for its LLM calls again.  Returns 1 to store
- * again; 0 for another error, on SIGTERM, or once the lease is lost (the
- * entry is another reducer's then). */
-int reducer_store_wait(reducer *r, sheaf_err err, const char *what, const char *errstr);
-
-/* Writes an item's stored result to the outputs, exactly once across every
- * reducer (sheaf/state.h, "exactly-once outputs"): only when this thread is
- * granted the emission right for the entry it works on; mine is the result
- * this thread just stored (NULL: read the stored one).  ENTRY_DONE when the
- * entry may be acknowledged, ENTRY_STOPPED when it is no longer ours,
- * ENTRY_RETRY on a Redis failure. */
-entry_outcome reducer_output(reducer *r, const char *job, sheaf_item_kind kind, const char *id,
-                             const char *mine);
-/* The job's pipeline (NULL with *err: SHEAF_ERR_REDIS to retry, others
- * permanent). */
-sheaf_pipeline *reducer_job_pipeline(reducer *r, const char *job, char *errstr, size_t errlen,
-                                     sheaf_err *err);
-
-/* ---- stages (doc.c, group.c) ---- */
-
-entry_outcome reducer_doc(reducer *r, const char *job, const char *doc);
-entry_outcome reducer_group(reducer *r, const char *job, const char *path);
-entry_outcome reducer_overview(reducer *r, const char *job);
-
-/* Maps a stage outcome to what happens to the stream entry. */
+/* Maps a reduction's error to what happens to the entry. */
 static inline entry_outcome entry_from(sheaf_err err)
 {
     return err == SHEAF_OK ? ENTRY_DONE : err == SHEAF_ERR_STOPPED ? ENTRY_STOPPED : ENTRY_RETRY;

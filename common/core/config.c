@@ -223,8 +223,14 @@ static const conf_key conf_keys[] = {
           "Redis stream consumer group of the reducers."),
     K_INT("reducer.claim_idle_ms", reducer_claim_idle_ms, "30000", 1, DAY_MS,
           "Claim another reducer's pending documents after they were idle this long."),
-    K_INT("reducer.threads", reducer_threads, "16", 1, 256,
-          "Reducer threads per process: documents and groups reduced at once."),
+    K_INT("reducer.window", reducer_window, "64", 1, 100000,
+          "Reductions (documents, groups, overviews) a reducer process works on at once, and "
+          "the LLM calls it keeps in flight; one event loop, one thread."),
+    K_INT("reducer.threads", reducer_window, "64", 1, 100000,
+          "Old name of reducer.window (the reducer runs one event loop, not threads)."),
+    K_INT("reducer.drain_ms", reducer_drain_ms, "10000", 0, HOUR_MS,
+          "On SIGTERM, how long to let reductions under way finish before leaving them "
+          "pending for another reducer."),
     K_INT("job.retention_s", job_retention_s, "604800", 0, 315360000,
           "Seconds an ended job's state (results, counters, streams) stays in Redis after "
           "it is done, failed or cancelled; then it expires.  0 = kept for ever."),

@@ -913,9 +913,20 @@ static void stage_clear(sheaf_stage *st)
     free(st->model);
 }
 
+sheaf_pipeline *sheaf_pipeline_hold(const sheaf_pipeline *p)
+{
+    sheaf_pipeline *q = (sheaf_pipeline *)p; /* the count is not the content */
+    q->refs++;
+    return q;
+}
+
 void sheaf_pipeline_destroy(sheaf_pipeline *p)
 {
     if (!p) return;
+    if (p->refs > 0) {
+        p->refs--;
+        return;
+    }
     for (size_t i = 0; i < N_STAGES; i++) stage_clear(stage_of(p, &stage_defs[i]));
     for (size_t i = 0; i < p->n_group_by; i++) free(p->group_by[i]);
     json_decref(p->schema);

@@ -129,7 +129,8 @@ typedef struct sheaf_config {
     char *cost_prices;           /* cost.prices: "model=in/out; ..." per 1M tokens */
     char *cost_currency;         /* cost.currency */
     char *llm_structured_output; /* llm.structured_output: json_schema|prompt */
-    int reducer_threads;         /* reducer.threads */
+    int reducer_window;          /* reducer.window (alias reducer.threads) */
+    int reducer_drain_ms;        /* reducer.drain_ms: SIGTERM drain deadline */
     int metrics_port;            /* metrics.port: /metrics and /health, 0 = off */
     char *metrics_bind;          /* metrics.bind: address the metrics endpoint listens on */
     unsigned char set_explicitly[32]; /* bit per key: set by file, env or flag */

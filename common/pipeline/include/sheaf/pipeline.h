@@ -105,6 +105,7 @@ typedef struct sheaf_pipeline {
     json_t *merge;           /* {"key"?, "rules"?}; NULL = no merge */
     int pages_per_batch, chunk_max_tokens, chunk_overlap_tokens; /* 0 = unset */
     char version[17];        /* filled by sheaf_pipeline_finalize */
+    int refs;                /* owners besides the first (sheaf_pipeline_hold) */
 } sheaf_pipeline;
 
 /* Loads what the "pipeline" setting names: a built-in ("summarize",
@@ -125,7 +126,12 @@ char *sheaf_pipeline_to_json(const sheaf_pipeline *p);
  * key; an optional "version" key must equal the computed version. */
 sheaf_pipeline *sheaf_pipeline_from_json(const char *json, size_t len, char *errstr,
                                          size_t errlen);
+/* Gives up one owner's hold: the pipeline is freed with its last owner.
+ * NULL is a no-op. */
 void sheaf_pipeline_destroy(sheaf_pipeline *p);
+/* One more owner (a reduction that outlives the runtime's cache slot);
+ * released with sheaf_pipeline_destroy.  Not thread-safe: one loop. */
+sheaf_pipeline *sheaf_pipeline_hold(const sheaf_pipeline *p);
 
 /* The default window of a model when llm.context_tokens is 0: the known
  * window of a common model (matched by name prefix, after any "provider/"),

@@ -7,7 +7,12 @@
  *
  * The connection is one synchronous hiredis context; on an I/O error it is
  * re-established once per command, so a restarted Redis costs a retry, not
- * a crash.  Callers treat SHEAF_ERR_REDIS as retryable. */
+ * a crash.  Callers treat SHEAF_ERR_REDIS as retryable.
+ *
+ * The asynchronous twins of these calls (state_async.c) send the same
+ * commands: each call's arguments and the reading of its reply are built
+ * here once, by the sheaf_*_args and sheaf_*_reply helpers of
+ * state_internal.h, for both. */
 #include "sheaf/state.h"
 
 #include <errno.h>
@@ -19,7 +24,7 @@
 #include <strings.h>
 
 #include "lua_scripts.h"
-#include "sheaf/aredis.h"
+#include "state_internal.h"
 #include "sheaf/buf.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"
@@ -309,15 +314,51 @@ void sheaf_key(char *out, size_t outlen, const char *job, const char *suffix)
     snprintf(out, outlen, "sheaf:{%s}:%s", job, suffix);
 }
 
-/* Key of a per-document structure: sheaf:{job}:<kind>:<doc>. */
-static void doc_key(char *out, size_t outlen, const char *job, const char *kind, const char *doc)
+void sheaf_doc_key(char *out, size_t outlen, const char *job, const char *kind, const char *doc)
 {
     snprintf(out, outlen, "sheaf:{%s}:%s:%s", job, kind, doc);
 }
 
-#define KEYLEN 1024
+/* Script arguments: a key (slot i of a's keys) or a number. */
+static const char *arg_key(sheaf_script_args *a, int i, const char *job, const char *suffix)
+{
+    sheaf_key(a->k[i], sizeof(a->k[i]), job, suffix);
+    return a->k[i];
+}
 
-static sheaf_err strlist_from(redisReply *rep, sheaf_strlist *l);
+static const char *arg_u64(sheaf_script_args *a, int i, uint64_t v)
+{
+    snprintf(a->v[i], sizeof(a->v[i]), "%llu", (unsigned long long)v);
+    return a->v[i];
+}
+
+static const char *arg_now(sheaf_script_args *a, int i)
+{
+    snprintf(a->v[i], sizeof(a->v[i]), "%lld", (long long)sheaf_wall_ms());
+    return a->v[i];
+}
+
+/* Sets a's arguments (nkeys keys first) from v[0..n). */
+static void args_set(sheaf_script_args *a, int nkeys, int n, const char *const *v)
+{
+    a->nkeys = nkeys;
+    a->nargs = n;
+    for (int i = 0; i < n; i++) a->args[i] = v[i];
+}
+
+static redisReply *script_run(sheaf_redis *r, const sheaf_lua_script *s,
+                              const sheaf_script_args *a, char *errstr, size_t errlen)
+{
+    return sheaf_redis_script(r, s, a->nkeys, a->nargs, (const char **)a->args, NULL, errstr,
+                              errlen);
+}
+
+static sheaf_err script_do(sheaf_redis *r, const sheaf_lua_script *s, const sheaf_script_args *a,
+                           char *errstr, size_t errlen)
+{
+    return sheaf_redis_script_do(r, s, a->nkeys, a->nargs, (const char **)a->args, errstr,
+                                 errlen);
+}
 
 /* ---- producer side ---- */
 
@@ -407,7 +448,7 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
      * all, and a second registration changes nothing), pipelined. */
     for (size_t i = 0; i < n; i++) {
         int argc = 0;
-        doc_key(kdoc, sizeof(kdoc), job, "d", docs[i].id);
+        sheaf_doc_key(kdoc, sizeof(kdoc), job, "d", docs[i].id);
         snprintf(nbuf, sizeof(nbuf), "%u", docs[i].chunks);
         snprintf(obuf, sizeof(obuf), "%llu", (unsigned long long)(first_ordinal + i));
         argv[argc++] = "EVALSHA";
@@ -515,56 +556,41 @@ sheaf_err sheaf_state_job_fail(sheaf_redis *r, const sheaf_config *cfg, const ch
 
 /* ---- worker side ---- */
 
-/* The keys and arguments of the worker's scripts, built once for the
- * synchronous and the asynchronous calls alike. */
-typedef struct check_args {
-    char kpart[KEYLEN], kjob[KEYLEN], field[24];
-    const char *args[3];
-} check_args;
+const sheaf_lua_script sheaf_script_check = {sheaf_lua_chunk_check};
+const sheaf_lua_script sheaf_script_store = {sheaf_lua_chunk_store};
+const sheaf_lua_script sheaf_script_dlq_incr = {sheaf_lua_job_dlq_incr};
+const sheaf_lua_script sheaf_script_waiting = {sheaf_lua_job_waiting};
+const sheaf_lua_script sheaf_script_cache_count = {sheaf_lua_job_cache_count};
 
-static void check_args_build(check_args *a, const sheaf_chunk_msg *m)
+void sheaf_check_args(sheaf_script_args *a, const sheaf_chunk_msg *m)
 {
-    doc_key(a->kpart, sizeof(a->kpart), m->job, "p", m->doc);
-    sheaf_key(a->kjob, sizeof(a->kjob), m->job, "job");
-    snprintf(a->field, sizeof(a->field), "s:%u", m->idx);
-    a->args[0] = a->kpart;
-    a->args[1] = a->kjob;
-    a->args[2] = a->field;
+    sheaf_doc_key(a->k[0], sizeof(a->k[0]), m->job, "p", m->doc);
+    snprintf(a->v[0], sizeof(a->v[0]), "s:%u", m->idx);
+    const char *v[] = {a->k[0], arg_key(a, 1, m->job, "job"), a->v[0]};
+    args_set(a, 2, 3, v);
 }
 
-/* A cancelled job's chunks need no call either: they count as done. */
-static int check_reply_exists(const redisReply *rep)
+int sheaf_check_reply_exists(const redisReply *rep)
 {
     return rep->type == REDIS_REPLY_INTEGER && rep->integer >= 1;
 }
 
-typedef struct store_args {
-    char kjob[KEYLEN], kpart[KEYLEN], kready[KEYLEN], ktok[KEYLEN], kres[KEYLEN], idx[16];
-    char n[16], pt[24], ct[24];
-    const char *args[12];
-} store_args;
-
-static void store_args_build(store_args *a, const sheaf_chunk_msg *m, int ok,
-                             const char *result_json, uint64_t prompt_tokens,
-                             uint64_t completion_tokens)
+void sheaf_store_args(sheaf_script_args *a, const sheaf_chunk_msg *m, int ok,
+                      const char *result_json, uint64_t prompt_tokens,
+                      uint64_t completion_tokens)
 {
-    sheaf_key(a->kjob, sizeof(a->kjob), m->job, "job");
-    sheaf_key(a->kres, sizeof(a->kres), m->job, "results");
-    doc_key(a->kpart, sizeof(a->kpart), m->job, "p", m->doc);
-    sheaf_key(a->kready, sizeof(a->kready), m->job, "ready");
-    sheaf_key(a->ktok, sizeof(a->ktok), m->job, "doc_tokens");
-    snprintf(a->idx, sizeof(a->idx), "%u", m->idx);
-    snprintf(a->n, sizeof(a->n), "%u", m->count);
-    snprintf(a->pt, sizeof(a->pt), "%llu", (unsigned long long)prompt_tokens);
-    snprintf(a->ct, sizeof(a->ct), "%llu", (unsigned long long)completion_tokens);
-    const char *args[] = {a->kjob, a->kpart, a->kready, a->ktok, a->kres, m->doc, a->idx, a->n,
-                          ok ? "ok" : "failed", result_json, a->pt, a->ct};
-    memcpy(a->args, args, sizeof(args));
+    sheaf_doc_key(a->k[1], sizeof(a->k[1]), m->job, "p", m->doc);
+    const char *v[] = {arg_key(a, 0, m->job, "job"), a->k[1], arg_key(a, 2, m->job, "ready"),
+                       arg_key(a, 3, m->job, "doc_tokens"), arg_key(a, 4, m->job, "results"),
+                       m->doc, arg_u64(a, 0, m->idx), arg_u64(a, 1, m->count),
+                       ok ? "ok" : "failed", result_json, arg_u64(a, 2, prompt_tokens),
+                       arg_u64(a, 3, completion_tokens)};
+    args_set(a, 5, 12, v);
 }
 
 /* What the chunk-store script answered. */
-static sheaf_err store_reply(const redisReply *rep, const char *job, sheaf_chunk_outcome *outcome,
-                             char *errstr, size_t errlen)
+sheaf_err sheaf_store_reply(const redisReply *rep, const char *job, sheaf_chunk_outcome *outcome,
+                            char *errstr, size_t errlen)
 {
     if (rep->type != REDIS_REPLY_INTEGER) {
         snprintf(errstr, errlen, "chunk store script: unexpected reply type %d", rep->type);
@@ -582,35 +608,49 @@ static sheaf_err store_reply(const redisReply *rep, const char *job, sheaf_chunk
     return SHEAF_OK;
 }
 
-static sheaf_err pipeline_reply(const redisReply *rep, const char *pv, char *errstr,
-                                size_t errlen)
+void sheaf_pipeline_key(char *out, size_t outlen, const char *pv)
+{
+    snprintf(out, outlen, "sheaf:pipeline:%s", pv);
+}
+
+sheaf_err sheaf_pipeline_reply(const redisReply *rep, const char *pv, char *errstr,
+                               size_t errlen)
 {
     if (rep->type == REDIS_REPLY_STRING) return SHEAF_OK;
     snprintf(errstr, errlen, "pipeline version %s is not registered in Redis", pv);
     return SHEAF_ERR_NOT_FOUND;
 }
 
-static void cache_count_args(char *kjob, size_t klen, char *tokens, size_t tlen,
-                             const char *job, uint64_t tokens_saved)
+void sheaf_dlq_args(sheaf_script_args *a, const char *job)
 {
-    sheaf_key(kjob, klen, job, "job");
-    snprintf(tokens, tlen, "%llu", (unsigned long long)tokens_saved);
+    const char *v[] = {arg_key(a, 0, job ? job : "-", "job")};
+    args_set(a, 1, 1, v);
 }
 
-static const sheaf_lua_script script_check = {sheaf_lua_chunk_check};
-static const sheaf_lua_script script_store = {sheaf_lua_chunk_store};
-static const sheaf_lua_script script_dlq_incr = {sheaf_lua_job_dlq_incr};
-static const sheaf_lua_script script_waiting = {sheaf_lua_job_waiting};
-static const sheaf_lua_script script_cache_count = {sheaf_lua_job_cache_count};
+void sheaf_waiting_args(sheaf_script_args *a, const char *job, const char *reason)
+{
+    const char *v[] = {arg_key(a, 0, job, "job"), reason};
+    args_set(a, 1, 2, v);
+}
+
+void sheaf_cache_count_args(sheaf_script_args *a, const char *job, int hit, uint64_t tokens_saved)
+{
+    const char *v[] = {arg_key(a, 0, job, "job"), hit ? "cache_hits" : "cache_misses",
+                       arg_u64(a, 0, tokens_saved)};
+    args_set(a, 1, 3, v);
+}
 
 sheaf_err sheaf_state_pipeline_get(sheaf_redis *r, const char *pv, char **json, char *errstr,
                                    size_t errlen)
 {
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "GET sheaf:pipeline:%s", pv);
+    char key[128];
+    sheaf_pipeline_key(key, sizeof(key), pv);
+    const char *argv[] = {"GET", key};
+    redisReply *rep = sheaf_redis_argv(r, 2, argv, NULL, errstr, errlen);
     sheaf_err err;
     *json = NULL;
     if (!rep) return SHEAF_ERR_REDIS;
-    err = pipeline_reply(rep, pv, errstr, errlen);
+    err = sheaf_pipeline_reply(rep, pv, errstr, errlen);
     if (err == SHEAF_OK) {
         *json = sheaf_strndup(rep->str, rep->len);
         if (!*json) err = SHEAF_ERR_NOMEM;
@@ -622,11 +662,11 @@ sheaf_err sheaf_state_pipeline_get(sheaf_redis *r, const char *pv, char **json, 
 sheaf_err sheaf_state_chunk_exists(sheaf_redis *r, const sheaf_chunk_msg *m, int *exists,
                                    char *errstr, size_t errlen)
 {
-    check_args a;
-    check_args_build(&a, m);
-    redisReply *rep = sheaf_redis_script(r, &script_check, 2, 3, a.args, NULL, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_check_args(&a, m);
+    redisReply *rep = script_run(r, &sheaf_script_check, &a, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    *exists = check_reply_exists(rep);
+    *exists = sheaf_check_reply_exists(rep);
     freeReplyObject(rep);
     return SHEAF_OK;
 }
@@ -642,177 +682,38 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
      * document whose result is already recorded is not enqueued again: its
      * chunks were lost and recomputed (`sheaf repair`), and combining them
      * again could not change the recorded result (first write wins). */
-    store_args *a = malloc(sizeof(*a));
+    sheaf_script_args *a = malloc(sizeof(*a));
     sheaf_err err;
     if (!a) return SHEAF_ERR_NOMEM;
-    store_args_build(a, m, ok, result_json, prompt_tokens, completion_tokens);
-    redisReply *rep = sheaf_redis_script(r, &script_store, 5, 12, a->args, NULL, errstr, errlen);
+    sheaf_store_args(a, m, ok, result_json, prompt_tokens, completion_tokens);
+    redisReply *rep = script_run(r, &sheaf_script_store, a, errstr, errlen);
     free(a);
     if (!rep) return SHEAF_ERR_REDIS;
-    err = store_reply(rep, m->job, outcome, errstr, errlen);
+    err = sheaf_store_reply(rep, m->job, outcome, errstr, errlen);
     freeReplyObject(rep);
     return err;
 }
 
 sheaf_err sheaf_state_job_dlq_incr(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
 {
-    char kjob[KEYLEN];
+    sheaf_script_args a;
     if (!job || !sheaf_job_id_valid(job)) return SHEAF_OK;
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    const char *args[] = {kjob};
-    return sheaf_redis_script_do(r, &script_dlq_incr, 1, 1, args, errstr, errlen);
-}
-
-/* ---- worker side, asynchronous ---- */
-
-enum { ASYNC_PLAIN, ASYNC_EXISTS, ASYNC_PIPELINE, ASYNC_STORE };
-
-/* One asynchronous state call: how to read its reply, and for whom. */
-typedef struct state_call {
-    sheaf_state_fn done;
-    void *ud;
-    int kind;
-    char name[]; /* job (store) or pipeline version (pipeline), for errors */
-} state_call;
-
-static state_call *state_call_new(sheaf_state_fn done, void *ud, int kind, const char *name)
-{
-    size_t n = name ? strlen(name) : 0;
-    state_call *sc = malloc(sizeof(*sc) + n + 1);
-    if (!sc) return NULL;
-    sc->done = done;
-    sc->ud = ud;
-    sc->kind = kind;
-    memcpy(sc->name, name ? name : "", n + 1);
-    return sc;
-}
-
-static void state_reply(void *ud, redisReply *rep, const char *errstr)
-{
-    state_call *sc = ud;
-    char why[SHEAF_ERRSTR_SIZE] = "";
-    sheaf_state_reply r = {.err = SHEAF_OK, .errstr = ""};
-    sheaf_chunk_outcome out = SHEAF_CHUNK_NEW;
-
-    if (!rep) {
-        r.err = SHEAF_ERR_REDIS;
-        r.errstr = errstr;
-    } else if (sc->kind == ASYNC_EXISTS) {
-        r.n = check_reply_exists(rep);
-    } else if (sc->kind == ASYNC_PIPELINE) {
-        r.err = pipeline_reply(rep, sc->name, why, sizeof(why));
-        r.str = rep->str;
-        r.len = rep->len;
-    } else if (sc->kind == ASYNC_STORE) {
-        r.err = store_reply(rep, sc->name, &out, why, sizeof(why));
-        r.n = out;
-    } else if (rep->type == REDIS_REPLY_INTEGER) {
-        r.n = rep->integer;
-    }
-    if (why[0]) r.errstr = why;
-    if (sc->done) sc->done(sc->ud, &r);
-    free(sc);
-}
-
-/* Sends a script for a state call; a failure to allocate the record fires
- * done from the loop like any Redis failure would. */
-static void state_script(sheaf_aredis *ar, const sheaf_lua_script *s, int nkeys, int nargs,
-                         const char **args, sheaf_state_fn done, void *ud, int kind,
-                         const char *name)
-{
-    state_call *sc = state_call_new(done, ud, kind, name);
-    if (!sc) {
-        sheaf_error("state", "out of memory");
-        return;
-    }
-    sheaf_aredis_script(ar, s, nkeys, nargs, args, NULL, state_reply, sc);
-}
-
-void sheaf_state_chunk_exists_async(sheaf_aredis *ar, const sheaf_chunk_msg *m,
-                                    sheaf_state_fn done, void *ud)
-{
-    check_args a;
-    check_args_build(&a, m);
-    state_script(ar, &script_check, 2, 3, a.args, done, ud, ASYNC_EXISTS, m->job);
-}
-
-void sheaf_state_pipeline_get_async(sheaf_aredis *ar, const char *pv, sheaf_state_fn done,
-                                    void *ud)
-{
-    char key[128];
-    state_call *sc = state_call_new(done, ud, ASYNC_PIPELINE, pv);
-    if (!sc) {
-        sheaf_error("state", "out of memory");
-        return;
-    }
-    snprintf(key, sizeof(key), "sheaf:pipeline:%s", pv);
-    const char *argv[] = {"GET", key};
-    sheaf_aredis_argv(ar, 2, argv, NULL, state_reply, sc);
-}
-
-void sheaf_state_chunk_store_async(sheaf_aredis *ar, const sheaf_chunk_msg *m, int ok,
-                                   const char *result_json, uint64_t prompt_tokens,
-                                   uint64_t completion_tokens, sheaf_state_fn done, void *ud)
-{
-    /* First write wins, as sheaf_state_chunk_store. */
-    store_args *a = malloc(sizeof(*a));
-    if (!a) {
-        sheaf_error("state", "out of memory");
-        return;
-    }
-    store_args_build(a, m, ok, result_json, prompt_tokens, completion_tokens);
-    state_script(ar, &script_store, 5, 12, a->args, done, ud, ASYNC_STORE, m->job);
-    free(a);
-}
-
-void sheaf_state_job_dlq_incr_async(sheaf_aredis *ar, const char *job, sheaf_state_fn done,
-                                    void *ud)
-{
-    char kjob[KEYLEN];
-    if (!job || !sheaf_job_id_valid(job)) job = NULL;
-    sheaf_key(kjob, sizeof(kjob), job ? job : "-", "job");
-    const char *args[] = {kjob};
-    if (!job) {
-        /* Nothing to count; still answered from the loop, as promised. */
-        const char *argv[] = {"PING"};
-        state_call *sc = state_call_new(done, ud, ASYNC_PLAIN, NULL);
-        if (sc) sheaf_aredis_argv(ar, 1, argv, NULL, state_reply, sc);
-        return;
-    }
-    state_script(ar, &script_dlq_incr, 1, 1, args, done, ud, ASYNC_PLAIN, job);
-}
-
-void sheaf_state_job_waiting_async(sheaf_aredis *ar, const char *job, const char *reason,
-                                   sheaf_state_fn done, void *ud)
-{
-    char kjob[KEYLEN];
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    const char *args[] = {kjob, reason};
-    state_script(ar, &script_waiting, 1, 2, args, done, ud, ASYNC_PLAIN, job);
-}
-
-void sheaf_state_job_cache_count_async(sheaf_aredis *ar, const char *job, int hit,
-                                       uint64_t tokens_saved, sheaf_state_fn done, void *ud)
-{
-    char kjob[KEYLEN], tokens[32];
-    cache_count_args(kjob, sizeof(kjob), tokens, sizeof(tokens), job, tokens_saved);
-    const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
-    state_script(ar, &script_cache_count, 1, 3, args, done, ud, ASYNC_PLAIN, job);
+    sheaf_dlq_args(&a, job);
+    return script_do(r, &sheaf_script_dlq_incr, &a, errstr, errlen);
 }
 
 /* ---- reducer side ---- */
 
-sheaf_err sheaf_state_doc_info(sheaf_redis *r, const char *job, const char *doc,
+const sheaf_lua_script sheaf_script_doc_result_store = {sheaf_lua_doc_result_store};
+const sheaf_lua_script sheaf_script_group_result_store = {sheaf_lua_group_result_store};
+const sheaf_lua_script sheaf_script_overview_store = {sheaf_lua_overview_store};
+
+sheaf_err sheaf_doc_info_reply(const redisReply *rep, const char *job, const char *doc,
                                char **meta_json, uint32_t *chunks, char *errstr, size_t errlen)
 {
-    char kdoc[KEYLEN];
-    doc_key(kdoc, sizeof(kdoc), job, "d", doc);
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HMGET %s n meta", kdoc);
     *meta_json = NULL;
-    if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
         rep->element[0]->type != REDIS_REPLY_STRING) {
-        freeReplyObject(rep);
         snprintf(errstr, errlen, "document %s of job %s is not registered", doc, job);
         return SHEAF_ERR_NOT_FOUND;
     }
@@ -821,8 +722,49 @@ sheaf_err sheaf_state_doc_info(sheaf_redis *r, const char *job, const char *doc,
         *meta_json = sheaf_strndup(rep->element[1]->str, rep->element[1]->len);
     else
         *meta_json = strdup("{}");
-    freeReplyObject(rep);
     return *meta_json ? SHEAF_OK : SHEAF_ERR_NOMEM;
+}
+
+sheaf_err sheaf_state_doc_info(sheaf_redis *r, const char *job, const char *doc,
+                               char **meta_json, uint32_t *chunks, char *errstr, size_t errlen)
+{
+    char kdoc[KEYLEN];
+    sheaf_doc_key(kdoc, sizeof(kdoc), job, "d", doc);
+    const char *argv[] = {"HMGET", kdoc, "n", "meta"};
+    redisReply *rep = sheaf_redis_argv(r, 4, argv, NULL, errstr, errlen);
+    *meta_json = NULL;
+    if (!rep) return SHEAF_ERR_REDIS;
+    sheaf_err err = sheaf_doc_info_reply(rep, job, doc, meta_json, chunks, errstr, errlen);
+    freeReplyObject(rep);
+    return err;
+}
+
+sheaf_err sheaf_partials_reply(const redisReply *rep, uint32_t count, sheaf_partial **parts)
+{
+    sheaf_partial *p = calloc(count ? count : 1, sizeof(*p));
+    *parts = NULL;
+    if (!p) return SHEAF_ERR_NOMEM;
+    for (uint32_t i = 0; i < count; i++) p[i].ok = -1;
+    /* Fields come in pairs; order partials by chunk index, never by arrival. */
+    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
+        const char *f = rep->element[i]->str;
+        const redisReply *v = rep->element[i + 1];
+        char *end;
+        if (!f || (f[0] != 's' && f[0] != 'r') || f[1] != ':') continue;
+        unsigned long idx = strtoul(f + 2, &end, 10);
+        if (*end || idx >= count) continue;
+        if (f[0] == 's') {
+            p[idx].ok = strcmp(v->str, "ok") == 0 ? 1 : 0;
+        } else {
+            free(p[idx].json);
+            if (!(p[idx].json = sheaf_strndup(v->str, v->len))) {
+                sheaf_partials_free(p, count);
+                return SHEAF_ERR_NOMEM;
+            }
+        }
+    }
+    *parts = p;
+    return SHEAF_OK;
 }
 
 sheaf_err sheaf_state_doc_partials(sheaf_redis *r, const char *job, const char *doc,
@@ -830,8 +772,6 @@ sheaf_err sheaf_state_doc_partials(sheaf_redis *r, const char *job, const char *
                                    size_t errlen)
 {
     char kpart[KEYLEN];
-    redisReply *rep = NULL;
-    sheaf_partial *p = NULL;
     char *meta = NULL;
     uint32_t count = 0;
     sheaf_err err;
@@ -841,41 +781,13 @@ sheaf_err sheaf_state_doc_partials(sheaf_redis *r, const char *job, const char *
     err = sheaf_state_doc_info(r, job, doc, &meta, &count, errstr, errlen);
     free(meta);
     if (err != SHEAF_OK) return err;
-    doc_key(kpart, sizeof(kpart), job, "p", doc);
-    rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kpart);
+    sheaf_doc_key(kpart, sizeof(kpart), job, "p", doc);
+    const char *argv[] = {"HGETALL", kpart};
+    redisReply *rep = sheaf_redis_argv(r, 2, argv, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    p = calloc(count ? count : 1, sizeof(*p));
-    if (!p) {
-        err = SHEAF_ERR_NOMEM;
-        goto out;
-    }
-    for (uint32_t i = 0; i < count; i++) p[i].ok = -1;
-    /* Fields come in pairs; order partials by chunk index, never by arrival. */
-    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
-        const char *f = rep->element[i]->str;
-        redisReply *v = rep->element[i + 1];
-        char *end;
-        if (!f || (f[0] != 's' && f[0] != 'r') || f[1] != ':') continue;
-        unsigned long idx = strtoul(f + 2, &end, 10);
-        if (*end || idx >= count) continue;
-        if (f[0] == 's') {
-            p[idx].ok = strcmp(v->str, "ok") == 0 ? 1 : 0;
-        } else {
-            free(p[idx].json);
-            p[idx].json = sheaf_strndup(v->str, v->len);
-            if (!p[idx].json) {
-                err = SHEAF_ERR_NOMEM;
-                goto out;
-            }
-        }
-    }
-    *parts = p;
-    *n = count;
-    p = NULL;
-    err = SHEAF_OK;
-out:
-    sheaf_partials_free(p, count);
+    err = sheaf_partials_reply(rep, count, parts);
     freeReplyObject(rep);
+    if (err == SHEAF_OK) *n = count;
     return err;
 }
 
@@ -886,32 +798,54 @@ void sheaf_partials_free(sheaf_partial *parts, uint32_t n)
     free(parts);
 }
 
+sheaf_store_outcome sheaf_store_outcome_reply(const redisReply *rep)
+{
+    return rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
+}
+
+/* Runs a result-store script: its outcome into *out. */
+static sheaf_err result_store(sheaf_redis *r, const sheaf_lua_script *s, const sheaf_script_args *a,
+                              sheaf_store_outcome *out, char *errstr, size_t errlen)
+{
+    redisReply *rep = script_run(r, s, a, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    *out = sheaf_store_outcome_reply(rep);
+    freeReplyObject(rep);
+    return SHEAF_OK;
+}
+
+void sheaf_doc_store_args(sheaf_script_args *a, const char *job, const char *doc,
+                          const char *result_json, uint64_t prompt_tokens,
+                          uint64_t completion_tokens)
+{
+    sheaf_doc_key(a->k[4], sizeof(a->k[4]), job, "d", doc);
+    const char *v[] = {arg_key(a, 0, job, "job"), arg_key(a, 1, job, "results"),
+                       arg_key(a, 2, job, "ready"), arg_key(a, 3, job, "done_ms"), a->k[4],
+                       arg_key(a, 5, job, "g"), arg_key(a, 6, job, "doc_tokens"), doc,
+                       result_json, arg_u64(a, 0, prompt_tokens),
+                       arg_u64(a, 1, completion_tokens), arg_now(a, 2)};
+    args_set(a, 7, 12, v);
+}
+
 sheaf_err sheaf_state_doc_result_store(sheaf_redis *r, const char *job, const char *doc,
                                        const char *result_json, uint64_t prompt_tokens,
                                        uint64_t completion_tokens, sheaf_store_outcome *out,
                                        char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script store = {sheaf_lua_doc_result_store};
-    char kjob[KEYLEN], kres[KEYLEN], kready[KEYLEN], ktimes[KEYLEN], kdoc[KEYLEN], kg[KEYLEN];
-    char pt[24], ct[24], now[24];
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    sheaf_key(kres, sizeof(kres), job, "results");
-    sheaf_key(kready, sizeof(kready), job, "ready");
-    sheaf_key(ktimes, sizeof(ktimes), job, "done_ms");
-    sheaf_key(kg, sizeof(kg), job, "g");
-    doc_key(kdoc, sizeof(kdoc), job, "d", doc);
-    snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
-    snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
-    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    char ktok[KEYLEN];
-    sheaf_key(ktok, sizeof(ktok), job, "doc_tokens");
-    const char *args[] = {kjob, kres, kready, ktimes, kdoc, kg, ktok, doc, result_json, pt, ct,
-                          now};
-    redisReply *rep = sheaf_redis_script(r, &store, 7, 12, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *out = rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    sheaf_script_args a;
+    sheaf_doc_store_args(&a, job, doc, result_json, prompt_tokens, completion_tokens);
+    return result_store(r, &sheaf_script_doc_result_store, &a, out, errstr, errlen);
+}
+
+void sheaf_group_store_args(sheaf_script_args *a, const char *job, const char *path, int counted,
+                            const char *result_json, uint64_t prompt_tokens,
+                            uint64_t completion_tokens)
+{
+    const char *v[] = {arg_key(a, 0, job, "job"), arg_key(a, 1, job, "groups"),
+                       arg_key(a, 2, job, "g"), arg_key(a, 3, job, "ready"), path, result_json,
+                       arg_u64(a, 0, prompt_tokens), arg_u64(a, 1, completion_tokens),
+                       counted ? "1" : "0"};
+    args_set(a, 4, 9, v);
 }
 
 sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const char *path,
@@ -919,41 +853,34 @@ sheaf_err sheaf_state_group_result_store(sheaf_redis *r, const char *job, const 
                                          uint64_t prompt_tokens, uint64_t completion_tokens,
                                          sheaf_store_outcome *out, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script store = {sheaf_lua_group_result_store};
-    char kjob[KEYLEN], kgroups[KEYLEN], kg[KEYLEN], kready[KEYLEN], pt[24], ct[24];
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    sheaf_key(kgroups, sizeof(kgroups), job, "groups");
-    sheaf_key(kg, sizeof(kg), job, "g");
-    sheaf_key(kready, sizeof(kready), job, "ready");
-    snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
-    snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
-    const char *args[] = {kjob, kgroups, kg, kready, path, result_json, pt, ct,
-                          counted ? "1" : "0"};
-    redisReply *rep = sheaf_redis_script(r, &store, 4, 9, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *out = rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    sheaf_script_args a;
+    sheaf_group_store_args(&a, job, path, counted, result_json, prompt_tokens,
+                           completion_tokens);
+    return result_store(r, &sheaf_script_group_result_store, &a, out, errstr, errlen);
+}
+
+void sheaf_overview_store_args(sheaf_script_args *a, const char *job, const char *overview_json,
+                               uint64_t prompt_tokens, uint64_t completion_tokens)
+{
+    const char *v[] = {arg_key(a, 0, job, "job"), arg_key(a, 1, job, "overview"), overview_json,
+                       arg_u64(a, 0, prompt_tokens), arg_u64(a, 1, completion_tokens),
+                       arg_now(a, 2)};
+    args_set(a, 2, 6, v);
 }
 
 sheaf_err sheaf_state_overview_store(sheaf_redis *r, const char *job, const char *overview_json,
                                      uint64_t prompt_tokens, uint64_t completion_tokens,
                                      sheaf_store_outcome *out, char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script store = {sheaf_lua_overview_store};
-    char kjob[KEYLEN], kov[KEYLEN], pt[24], ct[24], now[24];
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    sheaf_key(kov, sizeof(kov), job, "overview");
-    snprintf(pt, sizeof(pt), "%llu", (unsigned long long)prompt_tokens);
-    snprintf(ct, sizeof(ct), "%llu", (unsigned long long)completion_tokens);
-    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    const char *args[] = {kjob, kov, overview_json, pt, ct, now};
-    redisReply *rep = sheaf_redis_script(r, &store, 2, 6, args, NULL, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *out = rep->type == REDIS_REPLY_INTEGER ? (sheaf_store_outcome)rep->integer : SHEAF_STORE_KEPT;
-    freeReplyObject(rep);
+    sheaf_script_args a;
+    sheaf_overview_store_args(&a, job, overview_json, prompt_tokens, completion_tokens);
+    if (result_store(r, &sheaf_script_overview_store, &a, out, errstr, errlen) != SHEAF_OK)
+        return SHEAF_ERR_REDIS;
     if (*out == SHEAF_STORE_NO_JOB) return SHEAF_OK;
-    if (sheaf_redis_do(r, errstr, errlen, "SREM sheaf:jobs:active %s", job) != SHEAF_OK) return SHEAF_ERR_REDIS;
+    const char *argv[] = {"SREM", "sheaf:jobs:active", job};
+    redisReply *rep = sheaf_redis_argv(r, 3, argv, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
     return SHEAF_OK;
 }
 
@@ -1119,14 +1046,81 @@ static const char *const job_suffixes[] = {"docs",       "results", "done_ms",  
                                            "src",        "idv",     "finished", "lat",
                                            "stream",     "wopen"};
 
+size_t sheaf_job_doc_keys(const char *job, const redisReply *page, sheaf_key_fn fn, void *ud)
+{
+    char key[KEYLEN];
+    size_t n = page->type == REDIS_REPLY_ARRAY ? page->elements : 0;
+    for (size_t i = 0; i < n; i++) {
+        sheaf_doc_key(key, sizeof(key), job, "d", page->element[i]->str);
+        fn(ud, key);
+        sheaf_doc_key(key, sizeof(key), job, "p", page->element[i]->str);
+        fn(ud, key);
+    }
+    return 2 * n;
+}
+
+size_t sheaf_job_window_keys(const char *job, const redisReply *members, sheaf_key_fn fn,
+                             void *ud)
+{
+    char key[KEYLEN], sfx[64];
+    size_t n = 0;
+    for (size_t i = 0; members->type == REDIS_REPLY_ARRAY && i < members->elements; i++) {
+        snprintf(sfx, sizeof(sfx), "wd:%s", members->element[i]->str);
+        sheaf_key(key, sizeof(key), job, sfx);
+        fn(ud, key);
+        snprintf(sfx, sizeof(sfx), "wclose:%s", members->element[i]->str);
+        sheaf_key(key, sizeof(key), job, sfx);
+        fn(ud, key);
+        n += 2;
+    }
+    return n;
+}
+
+size_t sheaf_job_group_keys(const char *job, const redisReply *fields, sheaf_key_fn fn, void *ud)
+{
+    char key[KEYLEN];
+    size_t n = 0;
+    for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i < fields->elements; i++) {
+        if (strncmp(fields->element[i]->str, "n:", 2) != 0) continue;
+        sheaf_doc_key(key, sizeof(key), job, "gm", fields->element[i]->str + 2);
+        fn(ud, key);
+        n++;
+    }
+    return n;
+}
+
+size_t sheaf_job_fixed_keys(const char *job, sheaf_key_fn fn, void *ud)
+{
+    char key[KEYLEN];
+    size_t n = sizeof(job_suffixes) / sizeof(*job_suffixes);
+    for (size_t i = 0; i < n; i++) {
+        sheaf_key(key, sizeof(key), job, job_suffixes[i]);
+        fn(ud, key);
+    }
+    return n;
+}
+
+void sheaf_retire_until(char *out, size_t outlen, int retention_s)
+{
+    snprintf(out, outlen, "%lld", (long long)(sheaf_wall_ms() + (int64_t)retention_s * 1000));
+}
+
 /* What job_keys_apply does to each key: EXPIRE secs, PERSIST, UNLINK. */
 typedef enum { KEYS_EXPIRE, KEYS_PERSIST, KEYS_UNLINK } keys_op;
 
-static void append_key_cmd(sheaf_redis *r, const char *key, keys_op op, const char *secs)
+typedef struct keys_apply {
+    sheaf_redis *r;
+    keys_op op;
+    const char *secs;
+} keys_apply;
+
+/* A sheaf_key_fn: appends op on key to the pipeline. */
+static void append_key_cmd(void *ud, const char *key)
 {
-    if (op == KEYS_EXPIRE) redisAppendCommand(r->c, "EXPIRE %s %s", key, secs);
-    else if (op == KEYS_PERSIST) redisAppendCommand(r->c, "PERSIST %s", key);
-    else redisAppendCommand(r->c, "UNLINK %s", key);
+    keys_apply *k = ud;
+    if (k->op == KEYS_EXPIRE) redisAppendCommand(k->r->c, "EXPIRE %s %s", key, k->secs);
+    else if (k->op == KEYS_PERSIST) redisAppendCommand(k->r->c, "PERSIST %s", key);
+    else redisAppendCommand(k->r->c, "UNLINK %s", key);
 }
 
 /* Reads n pipelined replies; SHEAF_ERR_REDIS on a lost connection. */
@@ -1150,11 +1144,13 @@ static sheaf_err read_replies(sheaf_redis *r, size_t n, char *errstr, size_t err
  * (from the groups hash).  Pipelined a page at a time.  The job hash goes
  * first when deleting (scripts then refuse to write for the job, so
  * nothing is created again behind the walk) and last otherwise (it carries
- * the TTL that emit_done copies). */
+ * the TTL that emit_done copies).  sheaf_state_job_retire_async walks the
+ * same way. */
 static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, keys_op op, const char *secs,
                                 char *errstr, size_t errlen)
 {
     char key[KEYLEN], kjob[KEYLEN], kdocs[KEYLEN], kg[KEYLEN];
+    keys_apply k = {r, op, secs};
     redisReply *rep = NULL;
     sheaf_err err;
     size_t n;
@@ -1166,53 +1162,28 @@ static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, keys_op op, con
         return SHEAF_ERR_REDIS;
     if (rep) freeReplyObject(rep);
     /* Per-document keys first: the docs list that names them is a fixed key. */
-    for (long start = 0;; start += 1000) {
-        rep = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s %ld %ld", kdocs, start, start + 999);
+    for (long start = 0;; start += SHEAF_KEYS_PAGE) {
+        rep = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s %ld %ld", kdocs, start,
+                              start + SHEAF_KEYS_PAGE - 1);
         if (!rep) return SHEAF_ERR_REDIS;
-        n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
-        for (size_t i = 0; i < n; i++) {
-            doc_key(key, sizeof(key), job, "d", rep->element[i]->str);
-            append_key_cmd(r, key, op, secs);
-            doc_key(key, sizeof(key), job, "p", rep->element[i]->str);
-            append_key_cmd(r, key, op, secs);
-        }
+        n = sheaf_job_doc_keys(job, rep, append_key_cmd, &k);
         freeReplyObject(rep);
-        if ((err = read_replies(r, 2 * n, errstr, errlen)) != SHEAF_OK) return err;
-        if (n < 1000) break;
+        if ((err = read_replies(r, n, errstr, errlen)) != SHEAF_OK) return err;
+        if (n < 2 * SHEAF_KEYS_PAGE) break;
     }
     /* A stream's open windows: their document lists and closing leases. */
     sheaf_key(key, sizeof(key), job, "wopen");
     if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "SMEMBERS %s", key))) return SHEAF_ERR_REDIS;
-    n = 0;
-    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
-        char sfx[64];
-        snprintf(sfx, sizeof(sfx), "wd:%s", rep->element[i]->str);
-        sheaf_key(key, sizeof(key), job, sfx);
-        append_key_cmd(r, key, op, secs);
-        snprintf(sfx, sizeof(sfx), "wclose:%s", rep->element[i]->str);
-        sheaf_key(key, sizeof(key), job, sfx);
-        append_key_cmd(r, key, op, secs);
-        n += 2;
-    }
+    n = sheaf_job_window_keys(job, rep, append_key_cmd, &k);
     freeReplyObject(rep);
     if ((err = read_replies(r, n, errstr, errlen)) != SHEAF_OK) return err;
     if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "HKEYS %s", kg))) return SHEAF_ERR_REDIS;
-    n = 0;
-    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
-        if (strncmp(rep->element[i]->str, "n:", 2) != 0) continue;
-        doc_key(key, sizeof(key), job, "gm", rep->element[i]->str + 2);
-        append_key_cmd(r, key, op, secs);
-        n++;
-    }
+    n = sheaf_job_group_keys(job, rep, append_key_cmd, &k);
     freeReplyObject(rep);
     if ((err = read_replies(r, n, errstr, errlen)) != SHEAF_OK) return err;
-    n = sizeof(job_suffixes) / sizeof(*job_suffixes);
-    for (size_t i = 0; i < n; i++) {
-        sheaf_key(key, sizeof(key), job, job_suffixes[i]);
-        append_key_cmd(r, key, op, secs);
-    }
+    n = sheaf_job_fixed_keys(job, append_key_cmd, &k);
     if (op != KEYS_UNLINK) {
-        append_key_cmd(r, kjob, op, secs);
+        append_key_cmd(&k, kjob);
         n++;
     }
     return read_replies(r, n, errstr, errlen);
@@ -1221,7 +1192,7 @@ static sheaf_err job_keys_apply(sheaf_redis *r, const char *job, keys_op op, con
 sheaf_err sheaf_state_job_retire(sheaf_redis *r, const sheaf_config *cfg, const char *job,
                                  char *errstr, size_t errlen)
 {
-    char secs[24], until[24], kjob[KEYLEN];
+    char secs[24], until[24], kjob[KEYLEN], kpipe[KEYLEN];
     redisReply *rep;
     sheaf_err err;
 
@@ -1236,14 +1207,13 @@ sheaf_err sheaf_state_job_retire(sheaf_redis *r, const sheaf_config *cfg, const 
     rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s pv", kjob);
     if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type == REDIS_REPLY_STRING) {
-        redisReply *e = sheaf_redis_cmd(r, errstr, errlen, "EXPIRE sheaf:pipeline:%s %s",
-                                        rep->str, secs);
+        sheaf_pipeline_key(kpipe, sizeof(kpipe), rep->str);
+        redisReply *e = sheaf_redis_cmd(r, errstr, errlen, "EXPIRE %s %s", kpipe, secs);
         if (e) freeReplyObject(e);
     }
     freeReplyObject(rep);
     /* The index entry goes when the keys do (sheaf_state_jobs_sweep). */
-    snprintf(until, sizeof(until), "%lld",
-             (long long)(sheaf_wall_ms() + (int64_t)cfg->job_retention_s * 1000));
+    sheaf_retire_until(until, sizeof(until), cfg->job_retention_s);
     if (sheaf_redis_do(r, errstr, errlen, "ZADD sheaf:jobs:expiring %s %s", until, job) != SHEAF_OK) return SHEAF_ERR_REDIS;
     return SHEAF_OK;
 }
@@ -1265,37 +1235,58 @@ sheaf_err sheaf_state_job_delete(sheaf_redis *r, const char *job, char *errstr, 
     return SHEAF_OK;
 }
 
+const sheaf_lua_script sheaf_script_job_end = {sheaf_lua_job_end};
+
+void sheaf_job_end_args(sheaf_script_args *a, const char *job, sheaf_job_state state,
+                        const char *reason)
+{
+    const char *v[] = {arg_key(a, 0, job, "job"), sheaf_job_state_name(state), reason,
+                       arg_now(a, 0)};
+    args_set(a, 1, 4, v);
+}
+
+sheaf_err sheaf_job_end_reply(const redisReply *rep, const char *job, int *ended, char *errstr,
+                              size_t errlen)
+{
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    *ended = v == 1;
+    if (v >= 0) return SHEAF_OK;
+    snprintf(errstr, errlen, "no job %s in Redis", job);
+    return SHEAF_ERR_NOT_FOUND;
+}
+
 sheaf_err sheaf_state_job_end(sheaf_redis *r, const sheaf_config *cfg, const char *job,
                               sheaf_job_state state, const char *reason, int *ended,
                               char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script end = {sheaf_lua_job_end};
-    char kjob[KEYLEN], now[24];
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    const char *args[] = {kjob, sheaf_job_state_name(state), reason, now};
-    redisReply *rep = sheaf_redis_script(r, &end, 1, 4, args, NULL, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_err err;
+    sheaf_job_end_args(&a, job, state, reason);
+    redisReply *rep = script_run(r, &sheaf_script_job_end, &a, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    err = sheaf_job_end_reply(rep, job, ended, errstr, errlen);
     freeReplyObject(rep);
-    *ended = v == 1;
-    if (v < 0) {
-        snprintf(errstr, errlen, "no job %s in Redis", job);
-        return SHEAF_ERR_NOT_FOUND;
-    }
+    if (err != SHEAF_OK) return err;
     if (!(rep = sheaf_redis_cmd(r, errstr, errlen, "SREM sheaf:jobs:active %s", job)))
         return SHEAF_ERR_REDIS;
     freeReplyObject(rep);
     return *ended ? sheaf_state_job_retire(r, cfg, job, errstr, errlen) : SHEAF_OK;
 }
 
+void sheaf_sweep_args_build(sheaf_sweep_args *a)
+{
+    snprintf(a->now, sizeof(a->now), "%lld", (long long)sheaf_wall_ms());
+    const char *v[] = {"ZRANGEBYSCORE", "sheaf:jobs:expiring", "-inf", a->now, "LIMIT", "0",
+                       "1000"};
+    memcpy(a->argv, v, sizeof(v));
+}
+
 sheaf_err sheaf_state_jobs_sweep(sheaf_redis *r, size_t *removed, char *errstr, size_t errlen)
 {
-    char now[24];
+    sheaf_sweep_args a;
     size_t n = 0;
-    snprintf(now, sizeof(now), "%lld", (long long)sheaf_wall_ms());
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen,
-                                      "ZRANGEBYSCORE sheaf:jobs:expiring -inf %s LIMIT 0 1000", now);
+    sheaf_sweep_args_build(&a);
+    redisReply *rep = sheaf_redis_argv(r, 7, a.argv, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
         const char *job = rep->element[i]->str;
@@ -1319,69 +1310,104 @@ sheaf_err sheaf_state_job_ids(sheaf_redis *r, sheaf_strlist *ids, char *errstr, 
     memset(ids, 0, sizeof(*ids));
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "ZREVRANGE sheaf:jobs 0 -1");
     if (!rep) return SHEAF_ERR_REDIS;
-    sheaf_err err = strlist_from(rep, ids);
+    sheaf_err err = sheaf_strlist_from(rep, ids);
     freeReplyObject(rep);
     return err;
 }
 
 /* ---- exactly-once outputs ---- */
 
+const sheaf_lua_script sheaf_script_lease_renew = {sheaf_lua_lease_renew};
+const sheaf_lua_script sheaf_script_emit_claim = {sheaf_lua_emit_claim};
+const sheaf_lua_script sheaf_script_emit_done = {sheaf_lua_emit_done};
+
+void sheaf_lease_args(sheaf_script_args *a, const sheaf_entry_ref *e)
+{
+    const char *v[] = {arg_key(a, 0, e->job, "ready"), e->group, e->consumer, e->id};
+    args_set(a, 1, 4, v);
+}
+
+int sheaf_lease_reply_held(const redisReply *rep)
+{
+    return rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+}
+
 sheaf_err sheaf_state_lease_renew(sheaf_redis *r, const sheaf_entry_ref *e, int *held,
                                   char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script renew = {sheaf_lua_lease_renew};
-    char kready[KEYLEN];
-    sheaf_key(kready, sizeof(kready), e->job, "ready");
-    const char *args[] = {kready, e->group, e->consumer, e->id};
-    redisReply *rep = sheaf_redis_script(r, &renew, 1, 4, args, NULL, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_lease_args(&a, e);
+    redisReply *rep = script_run(r, &sheaf_script_lease_renew, &a, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    *held = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
+    *held = sheaf_lease_reply_held(rep);
     freeReplyObject(rep);
     return SHEAF_OK;
+}
+
+void sheaf_emit_claim_args(sheaf_script_args *a, const char *job, const sheaf_entry_ref *e,
+                           const char *item)
+{
+    const char *v[] = {arg_key(a, 0, job, "emit"), arg_key(a, 1, job, "ready"),
+                       arg_key(a, 2, job, "job"), e->group, e->consumer, e->id, item};
+    args_set(a, 3, 7, v);
+}
+
+sheaf_emit_right sheaf_emit_claim_reply(const redisReply *rep)
+{
+    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    return v < 0 ? SHEAF_EMIT_NO_JOB : (sheaf_emit_right)v;
 }
 
 sheaf_err sheaf_state_emit_claim(sheaf_redis *r, const char *job, const sheaf_entry_ref *e,
                                  const char *item, sheaf_emit_right *right, char *errstr,
                                  size_t errlen)
 {
-    static const sheaf_lua_script claim = {sheaf_lua_emit_claim};
-    char kemit[KEYLEN], kjob[KEYLEN], kready[KEYLEN];
-    sheaf_key(kemit, sizeof(kemit), job, "emit");
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    sheaf_key(kready, sizeof(kready), job, "ready");
-    const char *args[] = {kemit, kready, kjob, e->group, e->consumer, e->id, item};
-    redisReply *rep = sheaf_redis_script(r, &claim, 3, 7, args, NULL, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_emit_claim_args(&a, job, e, item);
+    redisReply *rep = script_run(r, &sheaf_script_emit_claim, &a, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    long long v = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
+    *right = sheaf_emit_claim_reply(rep);
     freeReplyObject(rep);
-    *right = v < 0 ? SHEAF_EMIT_NO_JOB : (sheaf_emit_right)v;
     return SHEAF_OK;
+}
+
+void sheaf_emit_done_args(sheaf_script_args *a, const char *job, const char *item)
+{
+    const char *v[] = {arg_key(a, 0, job, "emit"), arg_key(a, 1, job, "job"), item};
+    args_set(a, 2, 3, v);
 }
 
 sheaf_err sheaf_state_emit_done(sheaf_redis *r, const char *job, const char *item, char *errstr,
                                 size_t errlen)
 {
-    static const sheaf_lua_script done = {sheaf_lua_emit_done};
-    char kemit[KEYLEN], kjob[KEYLEN];
-    sheaf_key(kemit, sizeof(kemit), job, "emit");
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    const char *args[] = {kemit, kjob, item};
-    return sheaf_redis_script_do(r, &done, 2, 3, args, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_emit_done_args(&a, job, item);
+    return script_do(r, &sheaf_script_emit_done, &a, errstr, errlen);
+}
+
+void sheaf_result_args_build(sheaf_result_args *a, const char *job, sheaf_item_kind kind,
+                             const char *id)
+{
+    if (kind == SHEAF_ITEM_OVERVIEW) {
+        sheaf_key(a->key, sizeof(a->key), job, "overview");
+        a->argv[0] = "GET";
+        a->argc = 2;
+    } else {
+        sheaf_results_key(a->key, sizeof(a->key), job, kind);
+        a->argv[0] = "HGET";
+        a->argv[2] = id;
+        a->argc = 3;
+    }
+    a->argv[1] = a->key;
 }
 
 sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kind kind,
                                  const char *id, char **json, char *errstr, size_t errlen)
 {
-    char key[KEYLEN];
-    redisReply *rep;
+    sheaf_result_args a;
     *json = NULL;
-    if (kind == SHEAF_ITEM_OVERVIEW) {
-        sheaf_key(key, sizeof(key), job, "overview");
-        rep = sheaf_redis_cmd(r, errstr, errlen, "GET %s", key);
-    } else {
-        sheaf_key(key, sizeof(key), job, kind == SHEAF_ITEM_DOC ? "results" : "groups");
-        rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s %s", key, id);
-    }
+    sheaf_result_args_build(&a, job, kind, id);
+    redisReply *rep = sheaf_redis_argv(r, a.argc, a.argv, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (rep->type == REDIS_REPLY_STRING && !(*json = sheaf_strndup(rep->str, rep->len))) {
         freeReplyObject(rep);
@@ -1391,36 +1417,58 @@ sheaf_err sheaf_state_result_get(sheaf_redis *r, const char *job, sheaf_item_kin
     return SHEAF_OK;
 }
 
+void sheaf_results_key(char *out, size_t outlen, const char *job, sheaf_item_kind kind)
+{
+    sheaf_key(out, outlen, job, kind == SHEAF_ITEM_GROUP ? "groups" : "results");
+}
+
+void sheaf_results_batch_build(sheaf_results_batch *b, const char *key, char *const *ids,
+                               size_t m)
+{
+    b->argv[0] = "HMGET";
+    b->argv[1] = key;
+    for (size_t k = 0; k < m; k++) b->argv[2 + k] = ids[k];
+    for (size_t k = 0; k < 2 + m; k++) b->lens[k] = strlen(b->argv[k]);
+    b->argc = (int)(2 + m);
+}
+
+sheaf_err sheaf_results_batch_reply(const redisReply *rep, char **out, size_t m)
+{
+    for (size_t k = 0; rep->type == REDIS_REPLY_ARRAY && k < rep->elements && k < m; k++) {
+        const redisReply *v = rep->element[k];
+        if (v->type != REDIS_REPLY_STRING) continue;
+        if (!(out[k] = sheaf_strndup(v->str, v->len))) return SHEAF_ERR_NOMEM;
+    }
+    return SHEAF_OK;
+}
+
 sheaf_err sheaf_state_results_get(sheaf_redis *r, const char *job, char *const *ids, size_t n,
                                   char **out, char *errstr, size_t errlen)
 {
     char key[KEYLEN];
-    const size_t batch = 256;
-    const char *argv[2 + 256];
-    size_t argl[2 + 256];
-    sheaf_key(key, sizeof(key), job, "results");
+    sheaf_results_batch *b = malloc(sizeof(*b));
     for (size_t i = 0; i < n; i++) out[i] = NULL;
-    for (size_t at = 0; at < n; at += batch) {
-        size_t m = n - at < batch ? n - at : batch;
-        argv[0] = "HMGET";
-        argv[1] = key;
-        for (size_t k = 0; k < m; k++) argv[2 + k] = ids[at + k];
-        for (size_t k = 0; k < 2 + m; k++) argl[k] = strlen(argv[k]);
-        redisReply *rep = sheaf_redis_argv(r, (int)(2 + m), argv, argl, errstr, errlen);
-        if (!rep) goto fail;
-        for (size_t k = 0; rep->type == REDIS_REPLY_ARRAY && k < rep->elements && k < m; k++) {
-            redisReply *v = rep->element[k];
-            if (v->type != REDIS_REPLY_STRING) continue;
-            if (!(out[at + k] = sheaf_strndup(v->str, v->len))) {
-                freeReplyObject(rep);
-                snprintf(errstr, errlen, "out of memory");
-                goto fail;
-            }
-        }
-        freeReplyObject(rep);
+    if (!b) {
+        snprintf(errstr, errlen, "out of memory");
+        return SHEAF_ERR_NOMEM;
     }
+    sheaf_results_key(key, sizeof(key), job, SHEAF_ITEM_DOC);
+    for (size_t at = 0; at < n; at += SHEAF_RESULTS_BATCH) {
+        size_t m = n - at < SHEAF_RESULTS_BATCH ? n - at : SHEAF_RESULTS_BATCH;
+        sheaf_results_batch_build(b, key, ids + at, m);
+        redisReply *rep = sheaf_redis_argv(r, b->argc, b->argv, b->lens, errstr, errlen);
+        if (!rep) goto fail;
+        sheaf_err err = sheaf_results_batch_reply(rep, out + at, m);
+        freeReplyObject(rep);
+        if (err != SHEAF_OK) {
+            snprintf(errstr, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    free(b);
     return SHEAF_OK;
 fail:
+    free(b);
     for (size_t i = 0; i < n; i++) {
         free(out[i]);
         out[i] = NULL;
@@ -1431,10 +1479,9 @@ fail:
 sheaf_err sheaf_state_job_waiting(sheaf_redis *r, const char *job, const char *reason,
                                   char *errstr, size_t errlen)
 {
-    char kjob[KEYLEN];
-    sheaf_key(kjob, sizeof(kjob), job, "job");
-    const char *args[] = {kjob, reason};
-    return sheaf_redis_script_do(r, &script_waiting, 1, 2, args, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_waiting_args(&a, job, reason);
+    return script_do(r, &sheaf_script_waiting, &a, errstr, errlen);
 }
 
 /* ---- dead letters: list and redrive ---- */
@@ -1454,7 +1501,7 @@ static sheaf_err each_failed_doc(sheaf_redis *r, const char *job,
         if (!ids) return SHEAF_ERR_REDIS;
         size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements : 0;
         for (size_t i = 0; i < n; i++) {
-            doc_key(kpart, sizeof(kpart), job, "p", ids->element[i]->str);
+            sheaf_doc_key(kpart, sizeof(kpart), job, "p", ids->element[i]->str);
             redisAppendCommand(r->c, "HGET %s failed", kpart);
         }
         char *has = calloc(n ? n : 1, 1);
@@ -1474,7 +1521,7 @@ static sheaf_err each_failed_doc(sheaf_redis *r, const char *job,
         }
         for (size_t i = 0; err == SHEAF_OK && i < n; i++) {
             if (!has[i]) continue;
-            doc_key(kpart, sizeof(kpart), job, "p", ids->element[i]->str);
+            sheaf_doc_key(kpart, sizeof(kpart), job, "p", ids->element[i]->str);
             redisReply *parts = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kpart);
             if (!parts) err = SHEAF_ERR_REDIS;
             else err = fn(r, job, ids->element[i]->str, parts, ud);
@@ -1533,7 +1580,7 @@ static sheaf_err unfail_doc(sheaf_redis *r, const char *job, const char *doc, re
     unfail_ctx *x = ud;
     char kpart[KEYLEN], kres[KEYLEN], ktimes[KEYLEN], kemit[KEYLEN];
     (void)parts;
-    doc_key(kpart, sizeof(kpart), job, "p", doc);
+    sheaf_doc_key(kpart, sizeof(kpart), job, "p", doc);
     sheaf_key(kres, sizeof(kres), job, "results");
     sheaf_key(ktimes, sizeof(ktimes), job, "done_ms");
     sheaf_key(kemit, sizeof(kemit), job, "emit");
@@ -1588,15 +1635,14 @@ void sheaf_strlist_free(sheaf_strlist *l)
     l->n = 0;
 }
 
-/* The strings of an array reply into l (owned copies). */
-static sheaf_err strlist_from(redisReply *rep, sheaf_strlist *l)
+sheaf_err sheaf_strlist_from(const redisReply *rep, sheaf_strlist *l)
 {
     size_t n = rep->type == REDIS_REPLY_ARRAY ? rep->elements : 0;
     l->v = calloc(n ? n : 1, sizeof(*l->v));
     l->n = 0;
     if (!l->v) return SHEAF_ERR_NOMEM;
     for (size_t i = 0; i < n; i++) {
-        redisReply *e = rep->element[i];
+        const redisReply *e = rep->element[i];
         if (e->type != REDIS_REPLY_STRING) continue;
         if (!(l->v[l->n] = sheaf_strndup(e->str, e->len))) {
             sheaf_strlist_free(l);
@@ -1614,7 +1660,7 @@ static sheaf_err list_read(sheaf_redis *r, const char *key, sheaf_strlist *l, ch
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "LRANGE %s 0 -1", key);
     memset(l, 0, sizeof(*l));
     if (!rep) return SHEAF_ERR_REDIS;
-    sheaf_err err = strlist_from(rep, l);
+    sheaf_err err = sheaf_strlist_from(rep, l);
     freeReplyObject(rep);
     return err;
 }
@@ -1631,9 +1677,14 @@ sheaf_err sheaf_state_group_member_ids(sheaf_redis *r, const char *job, const ch
                                        sheaf_strlist *ids, char *errstr, size_t errlen)
 {
     char key[KEYLEN];
-    if (!path) return sheaf_state_doc_ids(r, job, ids, errstr, errlen);
-    doc_key(key, sizeof(key), job, "gm", path);
+    sheaf_members_key(key, sizeof(key), job, path);
     return list_read(r, key, ids, errstr, errlen);
+}
+
+void sheaf_members_key(char *out, size_t outlen, const char *job, const char *path)
+{
+    if (path) sheaf_doc_key(out, outlen, job, "gm", path);
+    else sheaf_key(out, outlen, job, "docs");
 }
 
 static int cmp_pair_path(const void *a, const void *b)
@@ -1651,7 +1702,7 @@ sheaf_err sheaf_state_group_results(sheaf_redis *r, const char *job, sheaf_strli
     sheaf_key(kgroups, sizeof(kgroups), job, "groups");
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGETALL %s", kgroups);
     if (!rep) return SHEAF_ERR_REDIS;
-    err = strlist_from(rep, &flat);
+    err = sheaf_strlist_from(rep, &flat);
     freeReplyObject(rep);
     if (err != SHEAF_OK) return err;
     /* HGETALL answers path, result, path, result...: sort the pairs by path. */
@@ -1726,6 +1777,13 @@ sheaf_err sheaf_state_doc_tokens(sheaf_redis *r, const char *job, const char *do
     return SHEAF_OK;
 }
 
+sheaf_err sheaf_pv_reply(const redisReply *rep, const char *job, char *errstr, size_t errlen)
+{
+    if (rep->type == REDIS_REPLY_STRING) return SHEAF_OK;
+    snprintf(errstr, errlen, "job %s has no pipeline version (no such job?)", job);
+    return SHEAF_ERR_NOT_FOUND;
+}
+
 sheaf_err sheaf_state_job_pipeline(sheaf_redis *r, const char *job, char *pv, size_t pvlen,
                                    char **json, char *errstr, size_t errlen)
 {
@@ -1734,10 +1792,10 @@ sheaf_err sheaf_state_job_pipeline(sheaf_redis *r, const char *job, char *pv, si
     sheaf_key(kjob, sizeof(kjob), job, "job");
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "HGET %s pv", kjob);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type != REDIS_REPLY_STRING) {
+    sheaf_err err = sheaf_pv_reply(rep, job, errstr, errlen);
+    if (err != SHEAF_OK) {
         freeReplyObject(rep);
-        snprintf(errstr, errlen, "job %s has no pipeline version (no such job?)", job);
-        return SHEAF_ERR_NOT_FOUND;
+        return err;
     }
     snprintf(pv, pvlen, "%s", rep->str);
     freeReplyObject(rep);
@@ -1776,19 +1834,32 @@ sheaf_err sheaf_state_active_jobs(sheaf_redis *r, sheaf_strlist *jobs, char *err
     memset(jobs, 0, sizeof(*jobs));
     redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "SMEMBERS sheaf:jobs:active");
     if (!rep) return SHEAF_ERR_REDIS;
-    sheaf_err err = strlist_from(rep, jobs);
+    sheaf_err err = sheaf_strlist_from(rep, jobs);
     freeReplyObject(rep);
     return err;
+}
+
+void sheaf_ready_group_args(sheaf_ready_args *a, const char *job, const char *group,
+                            const char *from)
+{
+    sheaf_key(a->key, sizeof(a->key), job, "ready");
+    const char *v[] = {"XGROUP", "CREATE", a->key, group, from ? from : "0", "MKSTREAM"};
+    memcpy(a->argv, v, sizeof(v));
+    a->argc = 6;
+}
+
+sheaf_err sheaf_ready_group_failure(const char *errstr)
+{
+    return strstr(errstr, "BUSYGROUP") ? SHEAF_OK : SHEAF_ERR_REDIS;
 }
 
 sheaf_err sheaf_state_ready_group(sheaf_redis *r, const char *job, const char *group,
                                   const char *from, char *errstr, size_t errlen)
 {
-    char kready[KEYLEN];
-    sheaf_key(kready, sizeof(kready), job, "ready");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "XGROUP CREATE %s %s %s MKSTREAM",
-                                      kready, group, from ? from : "0");
-    if (!rep) return strstr(errstr, "BUSYGROUP") ? SHEAF_OK : SHEAF_ERR_REDIS;
+    sheaf_ready_args a;
+    sheaf_ready_group_args(&a, job, group, from);
+    redisReply *rep = sheaf_redis_argv(r, a.argc, a.argv, NULL, errstr, errlen);
+    if (!rep) return sheaf_ready_group_failure(errstr);
     freeReplyObject(rep);
     return SHEAF_OK;
 }
@@ -1807,20 +1878,20 @@ void sheaf_ready_batch_free(sheaf_ready_batch *b)
 
 /* Appends the entries of one stream ([id, [field, value...]] each, or nil
  * fields for a deleted entry) of job to b. */
-static sheaf_err batch_add(sheaf_ready_batch *b, const char *job, redisReply *entries)
+static sheaf_err batch_add(sheaf_ready_batch *b, const char *job, const redisReply *entries)
 {
     size_t n = entries && entries->type == REDIS_REPLY_ARRAY ? entries->elements : 0;
     sheaf_ready_entry *v = realloc(b->v, (b->n + n + 1) * sizeof(*v));
     if (!v) return SHEAF_ERR_NOMEM;
     b->v = v;
     for (size_t i = 0; i < n; i++) {
-        redisReply *e = entries->element[i];
+        const redisReply *e = entries->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) continue;
         sheaf_ready_entry *x = &b->v[b->n];
         memset(x, 0, sizeof(*x));
         if (!(x->job = strdup(job))) return SHEAF_ERR_NOMEM;
         snprintf(x->id, sizeof(x->id), "%s", e->element[0]->str);
-        redisReply *f = e->element[1];
+        const redisReply *f = e->element[1];
         for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
             const char *name = f->element[k]->str, *val = f->element[k + 1]->str;
             if (strcmp(name, "type") == 0) snprintf(x->type, sizeof(x->type), "%s", val);
@@ -1833,49 +1904,58 @@ static sheaf_err batch_add(sheaf_ready_batch *b, const char *job, redisReply *en
     return SHEAF_OK;
 }
 
-sheaf_err sheaf_state_ready_read(sheaf_redis *r, const char *group, const char *consumer,
-                                 char *const *jobs, size_t n, size_t first, int count,
-                                 int block_ms, sheaf_ready_batch *out, char *errstr,
-                                 size_t errlen)
+sheaf_err sheaf_read_args_build(sheaf_read_args *a, const char *group, const char *consumer,
+                                char *const *jobs, size_t n, size_t first, int count,
+                                int block_ms)
 {
-    char cnt[16], blk[16];
-    sheaf_err err = SHEAF_ERR_NOMEM;
-    size_t argc = 9 + 2 * n;
-    const char **argv = calloc(argc, sizeof(*argv));
-    char *keys = calloc(n ? n : 1, KEYLEN);
-    redisReply *rep = NULL;
-
-    memset(out, 0, sizeof(*out));
-    if (!argv || !keys) goto out;
-    snprintf(cnt, sizeof(cnt), "%d", count);
-    snprintf(blk, sizeof(blk), "%d", block_ms);
-    argc = 0;
-    argv[argc++] = "XREADGROUP";
-    argv[argc++] = "GROUP";
-    argv[argc++] = group;
-    argv[argc++] = consumer;
-    argv[argc++] = "COUNT";
-    argv[argc++] = cnt;
-    argv[argc++] = "BLOCK";
-    argv[argc++] = blk;
-    argv[argc++] = "STREAMS";
+    int argc = 0;
+    memset(a, 0, sizeof(*a));
+    a->argv = calloc(9 + 2 * n, sizeof(*a->argv));
+    a->keys = calloc(n ? n : 1, KEYLEN);
+    if (!a->argv || !a->keys) {
+        sheaf_read_args_free(a);
+        return SHEAF_ERR_NOMEM;
+    }
+    snprintf(a->cnt, sizeof(a->cnt), "%d", count);
+    snprintf(a->blk, sizeof(a->blk), "%d", block_ms);
+    a->argv[argc++] = "XREADGROUP";
+    a->argv[argc++] = "GROUP";
+    a->argv[argc++] = group;
+    a->argv[argc++] = consumer;
+    a->argv[argc++] = "COUNT";
+    a->argv[argc++] = a->cnt;
+    if (block_ms >= 0) {
+        a->argv[argc++] = "BLOCK";
+        a->argv[argc++] = a->blk;
+    }
+    a->argv[argc++] = "STREAMS";
     /* The reply lists streams in the order asked: starting at a different
      * job each time (first), no job is always served last. */
     for (size_t i = 0; i < n; i++) {
-        char *k = keys + i * KEYLEN;
+        char *k = a->keys + i * KEYLEN;
         sheaf_key(k, KEYLEN, jobs[(first + i) % n], "ready");
-        argv[argc++] = k;
+        a->argv[argc++] = k;
     }
-    for (size_t i = 0; i < n; i++) argv[argc++] = ">";
-    if (!(rep = sheaf_redis_argv(r, (int)argc, argv, NULL, errstr, errlen))) {
-        /* NOGROUP: a job's stream vanished (deleted by hand). */
-        err = strstr(errstr, "NOGROUP") ? SHEAF_ERR_NOT_FOUND : SHEAF_ERR_REDIS;
-        goto out;
-    }
-    err = SHEAF_OK;
+    for (size_t i = 0; i < n; i++) a->argv[argc++] = ">";
+    a->argc = argc;
+    return SHEAF_OK;
+}
+
+void sheaf_read_args_free(sheaf_read_args *a)
+{
+    free(a->argv);
+    free(a->keys);
+    a->argv = NULL;
+    a->keys = NULL;
+}
+
+sheaf_err sheaf_read_reply(const redisReply *rep, sheaf_ready_batch *out)
+{
+    sheaf_err err = SHEAF_OK;
+    memset(out, 0, sizeof(*out));
     for (size_t s = 0; err == SHEAF_OK && rep->type == REDIS_REPLY_ARRAY && s < rep->elements;
          s++) {
-        redisReply *st = rep->element[s];
+        const redisReply *st = rep->element[s];
         const char *key = st->element[0]->str;
         /* key is sheaf:{JOB}:ready */
         const char *lb = strchr(key, '{'), *rb = strrchr(key, '}');
@@ -1884,11 +1964,57 @@ sheaf_err sheaf_state_ready_read(sheaf_redis *r, const char *group, const char *
         err = job ? batch_add(out, job, st->element[1]) : SHEAF_ERR_NOMEM;
         free(job);
     }
-out:
-    if (rep) freeReplyObject(rep);
     if (err != SHEAF_OK) sheaf_ready_batch_free(out);
-    free(keys);
-    free(argv);
+    return err;
+}
+
+sheaf_err sheaf_read_failure(const char *errstr)
+{
+    /* NOGROUP: a job's stream vanished (deleted by hand). */
+    return strstr(errstr, "NOGROUP") ? SHEAF_ERR_NOT_FOUND : SHEAF_ERR_REDIS;
+}
+
+sheaf_err sheaf_state_ready_read(sheaf_redis *r, const char *group, const char *consumer,
+                                 char *const *jobs, size_t n, size_t first, int count,
+                                 int block_ms, sheaf_ready_batch *out, char *errstr,
+                                 size_t errlen)
+{
+    sheaf_read_args a;
+    sheaf_err err;
+    redisReply *rep;
+
+    memset(out, 0, sizeof(*out));
+    if ((err = sheaf_read_args_build(&a, group, consumer, jobs, n, first, count, block_ms)) !=
+        SHEAF_OK)
+        return err;
+    if ((rep = sheaf_redis_argv(r, a.argc, a.argv, NULL, errstr, errlen))) {
+        err = sheaf_read_reply(rep, out);
+        freeReplyObject(rep);
+    } else {
+        err = sheaf_read_failure(errstr);
+    }
+    sheaf_read_args_free(&a);
+    return err;
+}
+
+void sheaf_ready_claim_args(sheaf_ready_args *a, const char *job, const char *group,
+                            const char *consumer, int idle_ms, int count)
+{
+    sheaf_key(a->key, sizeof(a->key), job, "ready");
+    snprintf(a->a[0], sizeof(a->a[0]), "%d", idle_ms);
+    snprintf(a->a[1], sizeof(a->a[1]), "%d", count);
+    const char *v[] = {"XAUTOCLAIM", a->key, group, consumer, a->a[0], "0-0", "COUNT", a->a[1]};
+    memcpy(a->argv, v, sizeof(v));
+    a->argc = 8;
+}
+
+sheaf_err sheaf_ready_claim_reply(const redisReply *rep, const char *job, sheaf_ready_batch *out)
+{
+    sheaf_err err = SHEAF_OK;
+    memset(out, 0, sizeof(*out));
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2)
+        err = batch_add(out, job, rep->element[1]);
+    if (err != SHEAF_OK) sheaf_ready_batch_free(out);
     return err;
 }
 
@@ -1896,35 +2022,42 @@ sheaf_err sheaf_state_ready_claim(sheaf_redis *r, const char *job, const char *g
                                   const char *consumer, int idle_ms, int count,
                                   sheaf_ready_batch *out, char *errstr, size_t errlen)
 {
-    char kready[KEYLEN];
-    sheaf_err err = SHEAF_OK;
+    sheaf_ready_args a;
     memset(out, 0, sizeof(*out));
-    sheaf_key(kready, sizeof(kready), job, "ready");
-    redisReply *rep = sheaf_redis_cmd(r, errstr, errlen, "XAUTOCLAIM %s %s %s %d 0-0 COUNT %d",
-                                      kready, group, consumer, idle_ms, count);
+    sheaf_ready_claim_args(&a, job, group, consumer, idle_ms, count);
+    redisReply *rep = sheaf_redis_argv(r, a.argc, a.argv, NULL, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2)
-        err = batch_add(out, job, rep->element[1]);
+    sheaf_err err = sheaf_ready_claim_reply(rep, job, out);
     freeReplyObject(rep);
-    if (err != SHEAF_OK) sheaf_ready_batch_free(out);
     return err;
+}
+
+void sheaf_ready_ack_args(sheaf_ready_args *a, const char *job, const char *group,
+                          const char *id)
+{
+    sheaf_key(a->key, sizeof(a->key), job, "ready");
+    const char *v[] = {"XACK", a->key, group, id};
+    memcpy(a->argv, v, sizeof(v));
+    a->argc = 4;
 }
 
 sheaf_err sheaf_state_ready_ack(sheaf_redis *r, const char *job, const char *group,
                                 const char *id, char *errstr, size_t errlen)
 {
-    char kready[KEYLEN];
-    sheaf_key(kready, sizeof(kready), job, "ready");
-    return sheaf_redis_do(r, errstr, errlen, "XACK %s %s %s", kready, group, id);
+    sheaf_ready_args a;
+    sheaf_ready_ack_args(&a, job, group, id);
+    redisReply *rep = sheaf_redis_argv(r, a.argc, a.argv, NULL, errstr, errlen);
+    if (!rep) return SHEAF_ERR_REDIS;
+    freeReplyObject(rep);
+    return SHEAF_OK;
 }
 
 sheaf_err sheaf_state_job_cache_count(sheaf_redis *r, const char *job, int hit,
                                       uint64_t tokens_saved, char *errstr, size_t errlen)
 {
-    char kjob[KEYLEN], tokens[32];
-    cache_count_args(kjob, sizeof(kjob), tokens, sizeof(tokens), job, tokens_saved);
-    const char *args[] = {kjob, hit ? "cache_hits" : "cache_misses", tokens};
-    return sheaf_redis_script_do(r, &script_cache_count, 1, 3, args, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_cache_count_args(&a, job, hit, tokens_saved);
+    return script_do(r, &sheaf_script_cache_count, &a, errstr, errlen);
 }
 
 sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, size_t errlen)
@@ -1935,14 +2068,20 @@ sheaf_err sheaf_state_job_keep(sheaf_redis *r, const char *job, char *errstr, si
     return sheaf_redis_do(r, errstr, errlen, "ZREM sheaf:jobs:expiring %s", job);
 }
 
+const sheaf_lua_script sheaf_script_ready_trim = {sheaf_lua_ready_trim};
+
+void sheaf_ready_trim_args(sheaf_script_args *a, const char *job)
+{
+    const char *v[] = {arg_key(a, 0, job, "ready")};
+    args_set(a, 1, 1, v);
+}
+
 sheaf_err sheaf_state_ready_trim(sheaf_redis *r, const char *job, long long *dropped,
                                  char *errstr, size_t errlen)
 {
-    static const sheaf_lua_script trim = {sheaf_lua_ready_trim};
-    char kready[KEYLEN];
-    sheaf_key(kready, sizeof(kready), job, "ready");
-    const char *args[] = {kready};
-    redisReply *rep = sheaf_redis_script(r, &trim, 1, 1, args, NULL, errstr, errlen);
+    sheaf_script_args a;
+    sheaf_ready_trim_args(&a, job);
+    redisReply *rep = script_run(r, &sheaf_script_ready_trim, &a, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;
     if (dropped) *dropped = rep->type == REDIS_REPLY_INTEGER ? rep->integer : 0;
     freeReplyObject(rep);

@@ -357,8 +357,8 @@ static void calls_start(rop *op)
     for (size_t i = 0; i < n; i++) {
         rcall *c = &op->calls[i];
         sheaf_llm_message msgs[2];
-        sheaf_llm_request req = call_request(c, msgs);
         c->op = op;
+        sheaf_llm_request req = call_request(c, msgs);
         if (sheaf_cache_usable(&op->e->r->cfg, &req) &&
             sheaf_cache_key(op->e->r->cfg.llm_base_url, &req, c->cache_key) == SHEAF_OK) {
             sheaf_cache_get_async(rt->redis, c->cache_key, on_cached, c);

@@ -809,8 +809,9 @@ static void test_async_reads_match_sync(void **state)
 
     /* More ids than one HMGET batch, most of them without a result. */
     for (size_t i = 0; i < N; i++) {
-        char id[16];
-        snprintf(id, sizeof(id), i % 100 == 7 ? "b" : "x%zu", i);
+        char id[24];
+        if (i % 100 == 7) snprintf(id, sizeof(id), "b");
+        else snprintf(id, sizeof(id), "x%zu", i);
         ids[i] = strdup(id);
     }
     assert_int_equal(sheaf_state_results_get(r, "a1", ids, N, want, err, sizeof(err)), SHEAF_OK);
@@ -1040,11 +1041,11 @@ static void test_async_ready_streams(void **state)
 static void add_docs(sheaf_redis *r, const char *job, size_t n)
 {
     sheaf_doc_reg *d = calloc(n, sizeof(*d));
-    char (*names)[16] = calloc(n, 16);
+    char (*names)[24] = calloc(n, sizeof(*names));
     assert_non_null(d);
     assert_non_null(names);
     for (size_t i = 0; i < n; i++) {
-        snprintf(names[i], 16, "x%zu", i);
+        snprintf(names[i], sizeof(names[i]), "x%zu", i);
         d[i] = (sheaf_doc_reg){names[i], 1, "{}", NULL, 0};
     }
     assert_int_equal(sheaf_state_docs_add(r, job, d, n, 2, err, sizeof(err)), SHEAF_OK);

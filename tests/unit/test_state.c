@@ -710,6 +710,23 @@ static void async_close(got *g)
     base = NULL;
 }
 
+/* A synchronous connection, a fresh job (make_job) and the asynchronous
+ * connection beside it. */
+static sheaf_redis *async_begin(sheaf_config *cfg, int retention_s, const char *job)
+{
+    sheaf_redis *r = conn();
+    test_config(cfg, retention_s);
+    make_job(r, cfg, job);
+    async_open(2000);
+    return r;
+}
+
+static void async_end(got *g, sheaf_redis *r)
+{
+    async_close(g);
+    sheaf_redis_destroy(r);
+}
+
 static void test_async_worker_side(void **state)
 {
     (void)state;
@@ -717,10 +734,7 @@ static void test_async_worker_side(void **state)
     sheaf_config cfg;
     sheaf_chunk_msg m;
     got g = {0};
-    sheaf_redis *r = conn();
-    test_config(&cfg, 0);
-    make_job(r, &cfg, "w1");
-    async_open(2000);
+    sheaf_redis *r = async_begin(&cfg, 0, "w1");
     memset(&m, 0, sizeof(m));
     m.job = (char *)"w1";
     m.doc = (char *)"a";
@@ -754,8 +768,7 @@ static void test_async_worker_side(void **state)
     assert_string_equal(st.waiting, "HTTP 503");
     assert_int_equal(st.cache_hits, 1);
     assert_int_equal(st.tokens_saved, 7);
-    async_close(&g);
-    sheaf_redis_destroy(r);
+    async_end(&g, r);
 }
 
 static void test_async_reads_match_sync(void **state)
@@ -768,9 +781,7 @@ static void test_async_reads_match_sync(void **state)
     char *json = NULL, pv[32], *pipe = NULL;
     enum { N = 300 };
     char *ids[N], *want[N], *have[N];
-    sheaf_redis *r = conn();
-    test_config(&cfg, 0);
-    make_job(r, &cfg, "a1");
+    sheaf_redis *r = async_begin(&cfg, 0, "a1");
     store_chunk(r, "a1", "a", 0, 2, "{\"c\":0}"); /* chunk 1 of a missing */
     store_chunk(r, "a1", "b", 0, 1, "{\"c\":1}");
     assert_int_equal(sheaf_state_doc_result_store(r, "a1", "b", "{\"doc\":\"b\"}", 1, 1, &out,
@@ -779,7 +790,6 @@ static void test_async_reads_match_sync(void **state)
     assert_int_equal(sheaf_state_group_result_store(r, "a1", "[\"x\"]", 0, "{\"g\":1}", 0, 0,
                                                     &out, err, sizeof(err)),
                      SHEAF_OK);
-    async_open(2000);
 
     /* The pipeline version, as job_pipeline reads it. */
     ASYNC(&g, sheaf_state_job_pv_async(ar, "a1", on_got, &g));
@@ -871,8 +881,7 @@ static void test_async_reads_match_sync(void **state)
     ASYNC(&g, sheaf_state_active_jobs_async(ar, on_got, &g));
     assert_int_equal(g.list.n, 1);
     assert_string_equal(g.list.v[0], "a1");
-    async_close(&g);
-    sheaf_redis_destroy(r);
+    async_end(&g, r);
 }
 
 static void test_async_stores_match_sync(void **state)
@@ -882,10 +891,7 @@ static void test_async_stores_match_sync(void **state)
     sheaf_config cfg;
     sheaf_store_outcome out;
     got g = {0};
-    sheaf_redis *r = conn();
-    test_config(&cfg, 0);
-    make_job(r, &cfg, "s1");
-    async_open(2000);
+    sheaf_redis *r = async_begin(&cfg, 0, "s1");
     ASYNC(&g, sheaf_state_doc_result_store_async(ar, "s1", "a", "{\"r\":1}", 2, 3, on_got, &g));
     assert_int_equal(g.err, SHEAF_OK);
     assert_int_equal(g.n, SHEAF_STORE_NEW);
@@ -931,8 +937,7 @@ static void test_async_stores_match_sync(void **state)
                      SHEAF_OK);
     assert_int_equal(out, SHEAF_STORE_NO_JOB);
     assert_int_equal(cmd_int(r, "SISMEMBER sheaf:jobs:active %s", "s1", NULL), 1);
-    async_close(&g);
-    sheaf_redis_destroy(r);
+    async_end(&g, r);
 }
 
 static sheaf_emit_right right_async(got *g, const char *c, const char *id)
@@ -950,14 +955,11 @@ static void test_async_lease_and_emission_right(void **state)
     sheaf_config cfg;
     char e1[64], e2[64];
     got g = {0};
-    sheaf_redis *r = conn();
-    test_config(&cfg, 0);
-    make_job(r, &cfg, "j3");
+    sheaf_redis *r = async_begin(&cfg, 0, "j3");
     cmd_int(r, "XADD %s * type doc doc a", "sheaf:{j3}:ready", NULL);
     cmd_int(r, "XADD %s * type doc doc a", "sheaf:{j3}:ready", NULL);
     read_entry(r, "j3", "A", e1, sizeof(e1));
     read_entry(r, "j3", "B", e2, sizeof(e2));
-    async_open(2000);
     sheaf_entry_ref la = {"j3", "g", "A", e1};
     ASYNC(&g, sheaf_state_lease_renew_async(ar, &la, on_got, &g));
     assert_int_equal(g.n, 1);
@@ -975,8 +977,7 @@ static void test_async_lease_and_emission_right(void **state)
     assert_int_equal(right_of(r, "C", e1), SHEAF_EMIT_DONE);
     assert_int_equal(sheaf_state_job_delete(r, "j3", err, sizeof(err)), SHEAF_OK);
     assert_int_equal(right_async(&g, "B", e2), SHEAF_EMIT_NO_JOB);
-    async_close(&g);
-    sheaf_redis_destroy(r);
+    async_end(&g, r);
 }
 
 static void test_async_ready_streams(void **state)
@@ -987,10 +988,7 @@ static void test_async_ready_streams(void **state)
     sheaf_ready_batch b;
     got g = {0};
     char *jobs[] = {"q1"};
-    sheaf_redis *r = conn();
-    test_config(&cfg, 0);
-    make_job(r, &cfg, "q1");
-    async_open(2000);
+    sheaf_redis *r = async_begin(&cfg, 0, "q1");
     /* The group exists (job_create made it): OK, as the synchronous call. */
     ASYNC(&g, sheaf_state_ready_group_async(ar, "q1", "g", NULL, on_got, &g));
     assert_int_equal(g.err, SHEAF_OK);
@@ -1033,8 +1031,7 @@ static void test_async_ready_streams(void **state)
     assert_null(g.batch.v);
     assert_int_equal(sheaf_state_ready_read(r, "g", "A", jobs, 1, 0, 2, 0, &b, err, sizeof(err)),
                      SHEAF_ERR_NOT_FOUND);
-    async_close(&g);
-    sheaf_redis_destroy(r);
+    async_end(&g, r);
 }
 
 /* Registers n more documents of one chunk (x0, x1, ...) in job. */
@@ -1062,14 +1059,11 @@ static void test_async_end_and_retire(void **state)
     sheaf_doc_reg grouped = {"c", 1, "{\"k\":\"x\"}", paths, 1};
     got g = {0};
     int n, persistent;
-    sheaf_redis *r = conn();
-    test_config(&cfg, 100);
-    make_job(r, &cfg, "e1");
+    sheaf_redis *r = async_begin(&cfg, 100, "e1");
     assert_int_equal(sheaf_state_docs_add(r, "e1", &grouped, 1, 2, err, sizeof(err)), SHEAF_OK);
     add_docs(r, "e1", 1100); /* more than one page of the docs list */
     store_chunk(r, "e1", "a", 0, 2, "{}");
     store_chunk(r, "e1", "x1099", 0, 1, "{}");
-    async_open(2000);
     ASYNC(&g, sheaf_state_job_end_async(ar, &cfg, "e1", SHEAF_JOB_FAILED, "test", on_got, &g));
     assert_int_equal(g.err, SHEAF_OK);
     assert_int_equal(g.n, 1);
@@ -1118,8 +1112,7 @@ static void test_async_end_and_retire(void **state)
     assert_int_equal(g.n, 1);
     assert_int_equal(cmd_int(r, "ZSCORE sheaf:jobs %s", "old", NULL), 0);
     assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs", NULL), 1); /* e1 stays */
-    async_close(&g);
-    sheaf_redis_destroy(r);
+    async_end(&g, r);
 }
 
 /* Redis stops answering in the middle of a many-step call (SIGSTOP: the
@@ -1182,8 +1175,7 @@ static void test_async_redis_stopped(void **state)
     assert_null(have[0]);
     ASYNC(&g, sheaf_state_job_end_async(ar, &cfg, "k1", SHEAF_JOB_FAILED, "x", on_got, &g));
     assert_int_equal(g.err, SHEAF_ERR_REDIS);
-    async_close(&g);
-    sheaf_redis_destroy(r);
+    async_end(&g, r);
 }
 
 static void test_state_names(void **state)

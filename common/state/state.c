@@ -623,7 +623,7 @@ sheaf_err sheaf_pipeline_reply(const redisReply *rep, const char *pv, char *errs
 
 void sheaf_dlq_args(sheaf_script_args *a, const char *job)
 {
-    const char *v[] = {arg_key(a, 0, job ? job : "-", "job")};
+    const char *v[] = {arg_key(a, 0, job, "job")};
     args_set(a, 1, 1, v);
 }
 
@@ -804,8 +804,9 @@ sheaf_store_outcome sheaf_store_outcome_reply(const redisReply *rep)
 }
 
 /* Runs a result-store script: its outcome into *out. */
-static sheaf_err result_store(sheaf_redis *r, const sheaf_lua_script *s, const sheaf_script_args *a,
-                              sheaf_store_outcome *out, char *errstr, size_t errlen)
+static sheaf_err result_store(sheaf_redis *r, const sheaf_lua_script *s,
+                              const sheaf_script_args *a, sheaf_store_outcome *out, char *errstr,
+                              size_t errlen)
 {
     redisReply *rep = script_run(r, s, a, errstr, errlen);
     if (!rep) return SHEAF_ERR_REDIS;

@@ -648,7 +648,8 @@ static void step_sweep(acall *c, const redisReply *rep, size_t arg)
     (void)arg;
     for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i < rep->elements; i++) {
         const char *job = rep->element[i]->str;
-        const char *z1[] = {"ZREM", "sheaf:jobs", job}, *z2[] = {"ZREM", "sheaf:jobs:expiring", job};
+        const char *z1[] = {"ZREM", "sheaf:jobs", job};
+        const char *z2[] = {"ZREM", "sheaf:jobs:expiring", job};
         send_cmd(c, 3, z1, NULL, NULL, NULL, 0);
         send_cmd(c, 3, z2, NULL, NULL, NULL, 0);
         c->n++;

@@ -54,7 +54,7 @@ sheaf_err sheaf_store_reply(const redisReply *rep, const char *job, sheaf_chunk_
 void sheaf_pipeline_key(char *out, size_t outlen, const char *pv);
 sheaf_err sheaf_pipeline_reply(const redisReply *rep, const char *pv, char *errstr,
                                size_t errlen);
-/* job NULL when the job id is not valid (nothing to count). */
+/* job: a valid job id (otherwise there is nothing to count). */
 void sheaf_dlq_args(sheaf_script_args *a, const char *job);
 void sheaf_waiting_args(sheaf_script_args *a, const char *job, const char *reason);
 void sheaf_cache_count_args(sheaf_script_args *a, const char *job, int hit, uint64_t tokens_saved);

@@ -31,6 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
+#include "sheaf/aredis.h"
 #include "sheaf/config.h"
 #include "sheaf/state.h"
 #include "sheaf/util.h"
@@ -598,6 +601,583 @@ static void test_ready_trim(void **state)
     sheaf_redis_destroy(r);
 }
 
+/* ---- the asynchronous calls (state_async.c) ----
+ *
+ * Each is checked against its synchronous twin on the same data, on a
+ * libevent loop with the runtime's connection (sheaf/aredis.h).  Every
+ * callback must fire exactly once, from the loop (never inside the call
+ * that asked). */
+
+typedef struct got {
+    int fired, in_call, inside;   /* inside: fired from within the call */
+    sheaf_err err;
+    long long n;
+    char *str;
+    char errstr[SHEAF_ERRSTR_SIZE];
+    sheaf_strlist list;
+    sheaf_ready_batch batch;
+    sheaf_doc_read doc;
+    int has_doc;
+    char **strs;                  /* the caller's array of nstrs */
+    size_t nstrs;
+} got;
+
+static struct event_base *base;
+static sheaf_aredis *ar;
+
+static void on_got(void *ud, const sheaf_state_reply *r)
+{
+    got *g = ud;
+    if (g->in_call) g->inside = 1;
+    g->fired++;
+    g->err = r->err;
+    g->n = r->n;
+    snprintf(g->errstr, sizeof(g->errstr), "%s", r->errstr);
+    if (r->str) g->str = sheaf_strndup(r->str, r->len);
+    /* Take what the reply holds (the rest is freed after this returns). */
+    if (r->list) {
+        g->list = *r->list;
+        r->list->v = NULL;
+        r->list->n = 0;
+    }
+    if (r->batch) {
+        g->batch = *r->batch;
+        r->batch->v = NULL;
+        r->batch->n = 0;
+    }
+    if (r->doc) {
+        g->doc = *r->doc;
+        g->has_doc = 1;
+        r->doc->meta = NULL;
+        r->doc->parts = NULL;
+    }
+    for (size_t i = 0; r->strs && i < g->nstrs; i++) {
+        g->strs[i] = r->strs[i];
+        r->strs[i] = NULL;
+    }
+}
+
+static void got_clear(got *g)
+{
+    free(g->str);
+    sheaf_strlist_free(&g->list);
+    sheaf_ready_batch_free(&g->batch);
+    free(g->doc.meta);
+    sheaf_partials_free(g->doc.parts, g->doc.n);
+    memset(g, 0, sizeof(*g));
+}
+
+/* Runs the loop until g fired (5 s at most), then a little more: it must
+ * not fire again. */
+static void wait_fired(got *g)
+{
+    int64_t deadline = sheaf_mono_ms() + 5000;
+    while (!g->fired && sheaf_mono_ms() < deadline) event_base_loop(base, EVLOOP_ONCE);
+    for (int i = 0; i < 5; i++) event_base_loop(base, EVLOOP_NONBLOCK);
+    assert_int_equal(g->fired, 1);
+    assert_false(g->inside);
+}
+
+/* Sends call with its reply going to g, and waits for it. */
+#define ASYNC(g, call)            \
+    do {                          \
+        got_clear(g);             \
+        (g)->in_call = 1;         \
+        call;                     \
+        (g)->in_call = 0;         \
+        wait_fired(g);            \
+    } while (0)
+
+static void async_open(int timeout_ms)
+{
+    sheaf_config cfg;
+    char e[SHEAF_ERRSTR_SIZE];
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.redis_url = srv.url;
+    cfg.redis_timeout_ms = timeout_ms;
+    base = event_base_new();
+    assert_non_null(base);
+    ar = sheaf_aredis_create(base, &cfg, e, sizeof(e));
+    if (!ar) fail_msg("sheaf_aredis_create: %s", e);
+}
+
+static void async_close(got *g)
+{
+    got_clear(g);
+    sheaf_aredis_destroy(ar);
+    event_base_free(base);
+    ar = NULL;
+    base = NULL;
+}
+
+/* A synchronous connection, a fresh job (make_job) and the asynchronous
+ * connection beside it. */
+static sheaf_redis *async_begin(sheaf_config *cfg, int retention_s, const char *job)
+{
+    sheaf_redis *r = conn();
+    test_config(cfg, retention_s);
+    make_job(r, cfg, job);
+    async_open(2000);
+    return r;
+}
+
+static void async_end(got *g, sheaf_redis *r)
+{
+    async_close(g);
+    sheaf_redis_destroy(r);
+}
+
+static void test_async_worker_side(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_chunk_msg m;
+    got g = {0};
+    sheaf_redis *r = async_begin(&cfg, 0, "w1");
+    memset(&m, 0, sizeof(m));
+    m.job = (char *)"w1";
+    m.doc = (char *)"a";
+    m.idx = 0;
+    m.count = 2;
+    ASYNC(&g, sheaf_state_chunk_exists_async(ar, &m, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.n, 0);
+    ASYNC(&g, sheaf_state_chunk_store_async(ar, &m, 1, "{\"x\":1}", 3, 4, on_got, &g));
+    assert_int_equal(g.n, SHEAF_CHUNK_NEW);
+    ASYNC(&g, sheaf_state_chunk_store_async(ar, &m, 1, "{\"x\":2}", 3, 4, on_got, &g));
+    assert_int_equal(g.n, SHEAF_CHUNK_DUPLICATE);
+    assert_int_equal(store_chunk(r, "w1", "a", 0, 2, "{}"), SHEAF_CHUNK_DUPLICATE);
+    ASYNC(&g, sheaf_state_chunk_exists_async(ar, &m, on_got, &g));
+    assert_int_equal(g.n, 1);
+    assert_false(chunk_needed(r, "w1", "a", 0));
+    ASYNC(&g, sheaf_state_pipeline_get_async(ar, "pv1", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_string_equal(g.str, "{}");
+    ASYNC(&g, sheaf_state_pipeline_get_async(ar, "nope", on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_NOT_FOUND);
+    assert_non_null(strstr(g.errstr, "nope"));
+    ASYNC(&g, sheaf_state_job_dlq_incr_async(ar, "w1", on_got, &g));
+    ASYNC(&g, sheaf_state_job_dlq_incr_async(ar, "bad id!", on_got, &g)); /* nothing to count */
+    assert_int_equal(g.err, SHEAF_OK);
+    ASYNC(&g, sheaf_state_job_waiting_async(ar, "w1", "HTTP 503", on_got, &g));
+    ASYNC(&g, sheaf_state_job_cache_count_async(ar, "w1", 1, 7, on_got, &g));
+    sheaf_job_status st;
+    assert_int_equal(sheaf_state_job_status(r, "w1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.dlq, 1);
+    assert_string_equal(st.waiting, "HTTP 503");
+    assert_int_equal(st.cache_hits, 1);
+    assert_int_equal(st.tokens_saved, 7);
+    async_end(&g, r);
+}
+
+static void test_async_reads_match_sync(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_store_outcome out;
+    got g = {0};
+    char *json = NULL, pv[32], *pipe = NULL;
+    enum { N = 300 };
+    char *ids[N], *want[N], *have[N];
+    sheaf_redis *r = async_begin(&cfg, 0, "a1");
+    store_chunk(r, "a1", "a", 0, 2, "{\"c\":0}"); /* chunk 1 of a missing */
+    store_chunk(r, "a1", "b", 0, 1, "{\"c\":1}");
+    assert_int_equal(sheaf_state_doc_result_store(r, "a1", "b", "{\"doc\":\"b\"}", 1, 1, &out,
+                                                  err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(sheaf_state_group_result_store(r, "a1", "[\"x\"]", 0, "{\"g\":1}", 0, 0,
+                                                    &out, err, sizeof(err)),
+                     SHEAF_OK);
+
+    /* The pipeline version, as job_pipeline reads it. */
+    ASYNC(&g, sheaf_state_job_pv_async(ar, "a1", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(sheaf_state_job_pipeline(r, "a1", pv, sizeof(pv), &pipe, err, sizeof(err)),
+                     SHEAF_OK);
+    free(pipe);
+    assert_string_equal(g.str, pv);
+    ASYNC(&g, sheaf_state_job_pv_async(ar, "nope", on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_NOT_FOUND);
+
+    /* One result of each kind, stored or not. */
+    const struct { sheaf_item_kind kind; const char *id; } items[] = {
+        {SHEAF_ITEM_DOC, "b"}, {SHEAF_ITEM_DOC, "a"}, {SHEAF_ITEM_GROUP, "[\"x\"]"},
+        {SHEAF_ITEM_GROUP, "[\"y\"]"}, {SHEAF_ITEM_OVERVIEW, NULL}};
+    for (size_t i = 0; i < sizeof(items) / sizeof(*items); i++) {
+        ASYNC(&g, sheaf_state_result_get_async(ar, "a1", items[i].kind, items[i].id, on_got, &g));
+        assert_int_equal(g.err, SHEAF_OK);
+        assert_int_equal(sheaf_state_result_get(r, "a1", items[i].kind, items[i].id, &json, err,
+                                                sizeof(err)),
+                         SHEAF_OK);
+        if (json) assert_string_equal(g.str, json);
+        else assert_null(g.str);
+        free(json);
+    }
+    assert_null(g.str); /* the overview: none stored */
+
+    /* More ids than one HMGET batch, most of them without a result. */
+    for (size_t i = 0; i < N; i++) {
+        char id[24];
+        if (i % 100 == 7) snprintf(id, sizeof(id), "b");
+        else snprintf(id, sizeof(id), "x%zu", i);
+        ids[i] = strdup(id);
+    }
+    assert_int_equal(sheaf_state_results_get(r, "a1", ids, N, want, err, sizeof(err)), SHEAF_OK);
+    ASYNC(&g, (g.strs = have, g.nstrs = N,
+               sheaf_state_results_get_async(ar, "a1", SHEAF_ITEM_DOC, ids, N, on_got, &g)));
+    assert_int_equal(g.err, SHEAF_OK);
+    for (size_t i = 0; i < N; i++) {
+        if (want[i]) assert_string_equal(have[i], want[i]);
+        else assert_null(have[i]);
+        assert_int_equal(have[i] != NULL, i % 100 == 7);
+        free(want[i]);
+        free(have[i]);
+    }
+    /* Groups: the same on the groups hash. */
+    char *paths[] = {"[\"y\"]", "[\"x\"]"};
+    ASYNC(&g, (g.strs = have, g.nstrs = 2,
+               sheaf_state_results_get_async(ar, "a1", SHEAF_ITEM_GROUP, paths, 2, on_got, &g)));
+    assert_null(have[0]);
+    assert_string_equal(have[1], "{\"g\":1}");
+    free(have[1]);
+    ASYNC(&g, sheaf_state_results_get_async(ar, "a1", SHEAF_ITEM_DOC, ids, 0, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    for (size_t i = 0; i < N; i++) free(ids[i]);
+
+    /* A document: chunk count, metadata, partials in chunk order. */
+    uint32_t n = 0;
+    sheaf_partial *parts = NULL;
+    ASYNC(&g, sheaf_state_doc_read_async(ar, "a1", "a", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_true(g.has_doc);
+    assert_int_equal(sheaf_state_doc_partials(r, "a1", "a", &n, &parts, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(g.doc.n, n);
+    assert_int_equal(n, 2);
+    assert_string_equal(g.doc.meta, "{}");
+    for (uint32_t i = 0; i < n; i++) {
+        assert_int_equal(g.doc.parts[i].ok, parts[i].ok);
+        if (parts[i].json) assert_string_equal(g.doc.parts[i].json, parts[i].json);
+        else assert_null(g.doc.parts[i].json);
+    }
+    assert_int_equal(g.doc.parts[0].ok, 1);
+    assert_string_equal(g.doc.parts[0].json, "{\"c\":0}");
+    assert_int_equal(g.doc.parts[1].ok, -1); /* missing */
+    sheaf_partials_free(parts, n);
+    ASYNC(&g, sheaf_state_doc_read_async(ar, "a1", "zz", on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_NOT_FOUND);
+    assert_false(g.has_doc);
+
+    /* Lists: the documents, a group's members, the active jobs. */
+    sheaf_strlist l;
+    ASYNC(&g, sheaf_state_group_member_ids_async(ar, "a1", NULL, on_got, &g));
+    assert_int_equal(sheaf_state_group_member_ids(r, "a1", NULL, &l, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(g.list.n, l.n);
+    assert_int_equal(l.n, 2);
+    for (size_t i = 0; i < l.n; i++) assert_string_equal(g.list.v[i], l.v[i]);
+    sheaf_strlist_free(&l);
+    ASYNC(&g, sheaf_state_active_jobs_async(ar, on_got, &g));
+    assert_int_equal(g.list.n, 1);
+    assert_string_equal(g.list.v[0], "a1");
+    async_end(&g, r);
+}
+
+static void test_async_stores_match_sync(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_store_outcome out;
+    got g = {0};
+    sheaf_redis *r = async_begin(&cfg, 0, "s1");
+    ASYNC(&g, sheaf_state_doc_result_store_async(ar, "s1", "a", "{\"r\":1}", 2, 3, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.n, SHEAF_STORE_NEW);
+    ASYNC(&g, sheaf_state_doc_result_store_async(ar, "s1", "a", "{\"r\":2}", 2, 3, on_got, &g));
+    assert_int_equal(g.n, SHEAF_STORE_KEPT);
+    assert_int_equal(sheaf_state_doc_result_store(r, "s1", "a", "{}", 0, 0, &out, err,
+                                                  sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_KEPT);
+    /* The last document enqueues the overview. */
+    ASYNC(&g, sheaf_state_doc_result_store_async(ar, "s1", "b", "{}", 0, 0, on_got, &g));
+    assert_int_equal(g.n, SHEAF_STORE_NEW_OVERVIEW);
+    ASYNC(&g, sheaf_state_group_result_store_async(ar, "s1", "[\"x\"]", 0, "{}", 1, 1, on_got,
+                                                   &g));
+    assert_int_equal(g.n, SHEAF_STORE_NEW);
+    assert_int_equal(sheaf_state_group_result_store(r, "s1", "[\"x\"]", 0, "{}", 1, 1, &out, err,
+                                                    sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_KEPT);
+    /* The overview: stored once, and the job leaves the active set. */
+    assert_int_equal(cmd_int(r, "SISMEMBER sheaf:jobs:active %s", "s1", NULL), 1);
+    ASYNC(&g, sheaf_state_overview_store_async(ar, "s1", "{\"o\":1}", 5, 6, on_got, &g));
+    assert_int_equal(g.n, SHEAF_STORE_NEW);
+    assert_int_equal(cmd_int(r, "SISMEMBER sheaf:jobs:active %s", "s1", NULL), 0);
+    ASYNC(&g, sheaf_state_overview_store_async(ar, "s1", "{\"o\":2}", 5, 6, on_got, &g));
+    assert_int_equal(g.n, SHEAF_STORE_KEPT);
+    char *json = NULL;
+    assert_int_equal(sheaf_state_result_get(r, "s1", SHEAF_ITEM_OVERVIEW, NULL, &json, err,
+                                            sizeof(err)),
+                     SHEAF_OK);
+    assert_string_equal(json, "{\"o\":1}");
+    free(json);
+    sheaf_job_status st;
+    assert_int_equal(sheaf_state_job_status(r, "s1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.state, SHEAF_JOB_DONE);
+    /* A deleted job: NO_JOB, and its (stale) active entry is left alone,
+     * as the synchronous call leaves it. */
+    assert_int_equal(sheaf_state_job_delete(r, "s1", err, sizeof(err)), SHEAF_OK);
+    cmd_int(r, "SADD sheaf:jobs:active %s", "s1", NULL);
+    ASYNC(&g, sheaf_state_overview_store_async(ar, "s1", "{}", 0, 0, on_got, &g));
+    assert_int_equal(g.n, SHEAF_STORE_NO_JOB);
+    assert_int_equal(sheaf_state_overview_store(r, "s1", "{}", 0, 0, &out, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(out, SHEAF_STORE_NO_JOB);
+    assert_int_equal(cmd_int(r, "SISMEMBER sheaf:jobs:active %s", "s1", NULL), 1);
+    async_end(&g, r);
+}
+
+static sheaf_emit_right right_async(got *g, const char *c, const char *id)
+{
+    sheaf_entry_ref e = {"j3", "g", c, id};
+    ASYNC(g, sheaf_state_emit_claim_async(ar, "j3", &e, "doc:a", on_got, g));
+    assert_int_equal(g->err, SHEAF_OK);
+    return (sheaf_emit_right)g->n;
+}
+
+static void test_async_lease_and_emission_right(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    char e1[64], e2[64];
+    got g = {0};
+    sheaf_redis *r = async_begin(&cfg, 0, "j3");
+    cmd_int(r, "XADD %s * type doc doc a", "sheaf:{j3}:ready", NULL);
+    cmd_int(r, "XADD %s * type doc doc a", "sheaf:{j3}:ready", NULL);
+    read_entry(r, "j3", "A", e1, sizeof(e1));
+    read_entry(r, "j3", "B", e2, sizeof(e2));
+    sheaf_entry_ref la = {"j3", "g", "A", e1};
+    ASYNC(&g, sheaf_state_lease_renew_async(ar, &la, on_got, &g));
+    assert_int_equal(g.n, 1);
+    assert_int_equal(right_async(&g, "A", e1), SHEAF_EMIT_YES);
+    assert_int_equal(right_async(&g, "B", e2), SHEAF_EMIT_HELD);
+    assert_int_equal(right_of(r, "B", e2), SHEAF_EMIT_HELD);
+    claim(r, "C", e1);
+    ASYNC(&g, sheaf_state_lease_renew_async(ar, &la, on_got, &g));
+    assert_int_equal(g.n, 0);
+    assert_int_equal(right_async(&g, "A", e1), SHEAF_EMIT_LOST);
+    assert_int_equal(right_async(&g, "B", e2), SHEAF_EMIT_YES);
+    ASYNC(&g, sheaf_state_emit_done_async(ar, "j3", "doc:a", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(right_async(&g, "C", e1), SHEAF_EMIT_DONE);
+    assert_int_equal(right_of(r, "C", e1), SHEAF_EMIT_DONE);
+    assert_int_equal(sheaf_state_job_delete(r, "j3", err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(right_async(&g, "B", e2), SHEAF_EMIT_NO_JOB);
+    async_end(&g, r);
+}
+
+static void test_async_ready_streams(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    sheaf_ready_batch b;
+    got g = {0};
+    char *jobs[] = {"q1"};
+    sheaf_redis *r = async_begin(&cfg, 0, "q1");
+    /* The group exists (job_create made it): OK, as the synchronous call. */
+    ASYNC(&g, sheaf_state_ready_group_async(ar, "q1", "g", NULL, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    ASYNC(&g, sheaf_state_ready_group_async(ar, "q1", "h", "$", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(sheaf_state_ready_group(r, "q1", "h", "$", err, sizeof(err)), SHEAF_OK);
+    for (int i = 0; i < 3; i++) cmd_int(r, "XADD %s * type doc doc %s", "sheaf:{q1}:ready", "a");
+    /* New entries, up to count per stream. */
+    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.batch.n, 2);
+    assert_string_equal(g.batch.v[0].job, "q1");
+    assert_string_equal(g.batch.v[0].type, "doc");
+    assert_string_equal(g.batch.v[0].item, "a");
+    char first[48];
+    snprintf(first, sizeof(first), "%s", g.batch.v[0].id);
+    assert_int_equal(sheaf_state_ready_read(r, "g", "A", jobs, 1, 0, 2, 0, &b, err, sizeof(err)),
+                     SHEAF_OK);
+    assert_int_equal(b.n, 1); /* the third */
+    sheaf_ready_batch_free(&b);
+    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.batch.n, 0); /* nothing new, and no wait */
+    /* Claimed by B after idling (0 ms here), acked, trimmed. */
+    ASYNC(&g, sheaf_state_ready_claim_async(ar, "q1", "g", "B", 0, 10, on_got, &g));
+    assert_int_equal(g.batch.n, 3);
+    assert_string_equal(g.batch.v[0].id, first);
+    ASYNC(&g, sheaf_state_ready_ack_async(ar, "q1", "g", first, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    /* Group h never read anything; without it, the entry acked above goes. */
+    cmd_int(r, "XGROUP DESTROY %s %s", "sheaf:{q1}:ready", "h");
+    ASYNC(&g, sheaf_state_ready_trim_async(ar, "q1", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.n, 1);
+    assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{q1}:ready", NULL), 2);
+    /* The stream deleted by hand: NOT_FOUND (recreate the groups). */
+    cmd_int(r, "DEL %s", "sheaf:{q1}:ready", NULL);
+    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_NOT_FOUND);
+    assert_null(g.batch.v);
+    assert_int_equal(sheaf_state_ready_read(r, "g", "A", jobs, 1, 0, 2, 0, &b, err, sizeof(err)),
+                     SHEAF_ERR_NOT_FOUND);
+    async_end(&g, r);
+}
+
+/* Registers n more documents of one chunk (x0, x1, ...) in job. */
+static void add_docs(sheaf_redis *r, const char *job, size_t n)
+{
+    sheaf_doc_reg *d = calloc(n, sizeof(*d));
+    char (*names)[24] = calloc(n, sizeof(*names));
+    assert_non_null(d);
+    assert_non_null(names);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], sizeof(names[i]), "x%zu", i);
+        d[i] = (sheaf_doc_reg){names[i], 1, "{}", NULL, 0};
+    }
+    assert_int_equal(sheaf_state_docs_add(r, job, d, n, 2, err, sizeof(err)), SHEAF_OK);
+    free(d);
+    free(names);
+}
+
+static void test_async_end_and_retire(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    const char *paths[] = {"[\"x\"]"};
+    sheaf_doc_reg grouped = {"c", 1, "{\"k\":\"x\"}", paths, 1};
+    got g = {0};
+    int n, persistent;
+    sheaf_redis *r = async_begin(&cfg, 100, "e1");
+    assert_int_equal(sheaf_state_docs_add(r, "e1", &grouped, 1, 2, err, sizeof(err)), SHEAF_OK);
+    add_docs(r, "e1", 1100); /* more than one page of the docs list */
+    store_chunk(r, "e1", "a", 0, 2, "{}");
+    store_chunk(r, "e1", "x1099", 0, 1, "{}");
+    ASYNC(&g, sheaf_state_job_end_async(ar, &cfg, "e1", SHEAF_JOB_FAILED, "test", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.n, 1);
+    count_keys(r, "e1", &n, &persistent);
+    assert_true(n >= 1100);
+    assert_int_equal(persistent, 0); /* d:, p:, gm:, the job hash: everything */
+    assert_true(cmd_int(r, "TTL %s", "sheaf:{e1}:d:x1099", NULL) > 0);
+    assert_true(cmd_int(r, "TTL %s", "sheaf:{e1}:p:x1099", NULL) > 0);
+    assert_true(cmd_int(r, "TTL %s", "sheaf:{e1}:gm:[\"x\"]", NULL) > 0);
+    assert_true(cmd_int(r, "TTL %s", "sheaf:{e1}:job", NULL) > 0);
+    assert_true(cmd_int(r, "TTL %s", "sheaf:pipeline:pv1", NULL) > 0);
+    assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs:expiring", NULL), 1);
+    assert_int_equal(cmd_int(r, "SISMEMBER sheaf:jobs:active %s", "e1", NULL), 0);
+    /* Ended before: nothing changes. */
+    ASYNC(&g, sheaf_state_job_end_async(ar, &cfg, "e1", SHEAF_JOB_CANCELLED, "late", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.n, 0);
+    sheaf_job_status st;
+    assert_int_equal(sheaf_state_job_status(r, "e1", &st, err, sizeof(err)), SHEAF_OK);
+    assert_int_equal(st.state, SHEAF_JOB_FAILED);
+    ASYNC(&g, sheaf_state_job_end_async(ar, &cfg, "nope", SHEAF_JOB_CANCELLED, "x", on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_NOT_FOUND);
+
+    /* Retire alone: as the synchronous one (which job_end above used). */
+    assert_int_equal(sheaf_state_job_keep(r, "e1", err, sizeof(err)), SHEAF_OK);
+    count_keys(r, "e1", &n, &persistent);
+    assert_int_equal(persistent, n);
+    ASYNC(&g, sheaf_state_job_retire_async(ar, &cfg, "e1", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    count_keys(r, "e1", &n, &persistent);
+    assert_int_equal(persistent, 0);
+    /* Retention 0 keeps everything, and still answers from the loop. */
+    sheaf_config keep;
+    test_config(&keep, 0);
+    assert_int_equal(sheaf_state_job_keep(r, "e1", err, sizeof(err)), SHEAF_OK);
+    ASYNC(&g, sheaf_state_job_retire_async(ar, &keep, "e1", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    count_keys(r, "e1", &n, &persistent);
+    assert_int_equal(persistent, n);
+
+    /* The sweep drops index entries whose time has come. */
+    cmd_int(r, "ZADD sheaf:jobs:expiring 1 %s", "old", NULL);
+    cmd_int(r, "ZADD sheaf:jobs 1 %s", "old", NULL);
+    ASYNC(&g, sheaf_state_jobs_sweep_async(ar, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    assert_int_equal(g.n, 1);
+    assert_int_equal(cmd_int(r, "ZSCORE sheaf:jobs %s", "old", NULL), 0);
+    assert_int_equal(cmd_int(r, "ZCARD %s", "sheaf:jobs", NULL), 1); /* e1 stays */
+    async_end(&g, r);
+}
+
+/* Redis stops answering in the middle of a many-step call (SIGSTOP: the
+ * connection stays open, nothing comes back): done fires once, with
+ * SHEAF_ERR_REDIS, when the connection's timeout drops it. */
+static void test_async_redis_stopped(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    sheaf_config cfg;
+    got g = {0};
+    sheaf_redis *r = conn();
+    test_config(&cfg, 100);
+    make_job(r, &cfg, "k1");
+    add_docs(r, "k1", 3000);
+    async_open(300);
+    got_clear(&g);
+    g.in_call = 1;
+    sheaf_state_job_retire_async(ar, &cfg, "k1", on_got, &g);
+    g.in_call = 0;
+    /* The first page read and its EXPIREs sent: stop Redis there. */
+    int64_t deadline = sheaf_mono_ms() + 5000;
+    while (!g.fired && sheaf_aredis_pending(ar) < 1000 && sheaf_mono_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    kill(srv.pid, SIGSTOP);
+    int fired_before = g.fired;
+    deadline = sheaf_mono_ms() + 5000;
+    while (!g.fired && sheaf_mono_ms() < deadline) event_base_loop(base, EVLOOP_ONCE);
+    kill(srv.pid, SIGCONT);
+    assert_int_equal(fired_before, 0);
+    wait_fired(&g);
+    assert_int_equal(g.err, SHEAF_ERR_REDIS);
+    assert_true(g.errstr[0] != '\0');
+    /* Redis back: the connection is made again and the call goes through. */
+    deadline = sheaf_mono_ms() + 5000;
+    while (!sheaf_aredis_connected(ar) && sheaf_mono_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    ASYNC(&g, sheaf_state_job_retire_async(ar, &cfg, "k1", on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
+    int n, persistent;
+    count_keys(r, "k1", &n, &persistent);
+    assert_int_equal(persistent, 0);
+    async_close(&g);
+
+    /* No Redis at all (nothing listens there): each call fails from the loop. */
+    sheaf_config none;
+    char e[SHEAF_ERRSTR_SIZE];
+    memset(&none, 0, sizeof(none));
+    none.redis_url = "redis://127.0.0.1:1";
+    none.redis_timeout_ms = 300;
+    base = event_base_new();
+    ar = sheaf_aredis_create(base, &none, e, sizeof(e));
+    assert_non_null(ar);
+    char *ids[] = {"a", "b"}, *have[2] = {NULL, NULL};
+    ASYNC(&g, sheaf_state_doc_read_async(ar, "k1", "a", on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_REDIS);
+    ASYNC(&g, (g.strs = have, g.nstrs = 2,
+               sheaf_state_results_get_async(ar, "k1", SHEAF_ITEM_DOC, ids, 2, on_got, &g)));
+    assert_int_equal(g.err, SHEAF_ERR_REDIS);
+    assert_null(have[0]);
+    ASYNC(&g, sheaf_state_job_end_async(ar, &cfg, "k1", SHEAF_JOB_FAILED, "x", on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_REDIS);
+    async_end(&g, r);
+}
+
 static void test_state_names(void **state)
 {
     (void)state;
@@ -624,6 +1204,13 @@ int main(void)
         cmocka_unit_test(test_beat_resume_waiting),
         cmocka_unit_test(test_redrive_and_repair_invariants),
         cmocka_unit_test(test_ready_trim),
+        cmocka_unit_test(test_async_worker_side),
+        cmocka_unit_test(test_async_reads_match_sync),
+        cmocka_unit_test(test_async_stores_match_sync),
+        cmocka_unit_test(test_async_lease_and_emission_right),
+        cmocka_unit_test(test_async_ready_streams),
+        cmocka_unit_test(test_async_end_and_retire),
+        cmocka_unit_test(test_async_redis_stopped),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -54,9 +54,9 @@
  * (sheaf_state_job_retire); 0 keeps them.
  *
  * The Lua scripts are the .lua files of common/state/lua/, built in; this
- * file and state.c are the only code that knows key names, with
- * state_repair.c and, for the keys a stream adds to its job,
- * sheaf/state_stream.h (state_stream.c).
+ * file and state.c (with state_async.c, its asynchronous twin) are the
+ * only code that knows key names, with state_repair.c and, for the keys a
+ * stream adds to its job, sheaf/state_stream.h (state_stream.c).
  *
  * Idempotence: a chunk's result is written by a Lua script that does
  * nothing when the chunk already has one (first write wins), and the same

@@ -11,7 +11,7 @@ export SHEAF_CACHE_ENABLED=false   # every call reaches the simulator: counted
 
 stack_up --latency-ms 100
 start_worker w1
-CLAIM=(-X reducer.claim_idle_ms=1500 -X reducer.threads=2)
+CLAIM=(-X reducer.claim_idle_ms=1500 -X reducer.window=2)
 SMALL=(-X chunk.max_tokens=150)
 
 # One report held back: its map and combine answers come 5 s late, more than

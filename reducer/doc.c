@@ -214,20 +214,29 @@ static void refine_end(rentry *e)
     record(e);
 }
 
-static void on_refined(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+/* A call of the chain is in: its tokens count; 1 when it answered, else
+ * the entry or the chain ended here. */
+static int chain_answered(rentry *e, sheaf_err err, const stage_result *res)
 {
     doc_work *w = e->work;
-    (void)levels;
     add_usage(w, res);
     if (err != SHEAF_OK) {
         entry_finish(e, entry_from(err));
-        return;
+        return 0;
     }
     if (res->error) {
         set_error(w, res->error);
         refine_end(e);
-        return;
+        return 0;
     }
+    return 1;
+}
+
+static void on_refined(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+{
+    doc_work *w = e->work;
+    (void)levels;
+    if (!chain_answered(e, err, res)) return;
     free(w->draft);
     w->draft = res->text; /* taken */
     res->text = NULL;
@@ -239,16 +248,7 @@ static void on_critique(rentry *e, sheaf_err err, stage_result *res, json_t *lev
 {
     doc_work *w = e->work;
     (void)levels;
-    add_usage(w, res);
-    if (err != SHEAF_OK) {
-        entry_finish(e, entry_from(err));
-        return;
-    }
-    if (res->error) {
-        set_error(w, res->error);
-        refine_end(e);
-        return;
-    }
+    if (!chain_answered(e, err, res)) return;
     json_array_append_new(w->critiques, json_string(res->text));
     if (strstr(res->text, e->p->refine_stop)) {
         refine_end(e);

@@ -372,6 +372,26 @@ static void on_summarized(rentry *e, sheaf_err err, stage_result *res, json_t *l
     summary_record(e);
 }
 
+/* Reduces the members of the summary under way with stage (vars set);
+ * none: the record says none (no call). */
+static void summarize(rentry *e, const char *name, const sheaf_stage *st, const char *none)
+{
+    gwork *w = e->work;
+    items *m = cur_members(w);
+    if (m->n == 0) {
+        w->res.error = strdup(none);
+        summary_record(e);
+        return;
+    }
+    if (!(w->texts = item_texts(m))) {
+        entry_finish(e, ENTRY_RETRY);
+        return;
+    }
+    w->n_texts = m->n;
+    reduce_run(e, name, st, sheaf_stage_prompt_budget(st), &w->v, "results", w->texts, m->n,
+               on_summarized);
+}
+
 /* Summarizes a group (a result-label node, or the entry's own) into one
  * result. */
 static void group_summary(rentry *e)
@@ -391,18 +411,7 @@ static void group_summary(rentry *e)
     rvars_set(&w->v, "group_key", e->p->group_by[level - 1]);
     rvars_set(&w->v, "group_path", w->label);
     rvars_set(&w->v, "count", w->count);
-    if (m->n == 0) {
-        w->res.error = strdup("no member of the group has a result");
-        summary_record(e);
-        return;
-    }
-    if (!(w->texts = item_texts(m))) {
-        entry_finish(e, ENTRY_RETRY);
-        return;
-    }
-    w->n_texts = m->n;
-    reduce_run(e, "group", &e->p->group, sheaf_stage_prompt_budget(&e->p->group), &w->v,
-               "results", w->texts, m->n, on_summarized);
+    summarize(e, "group", &e->p->group, "no member of the group has a result");
 }
 
 static void overview_summary(rentry *e)
@@ -424,19 +433,8 @@ static void overview_summary(rentry *e)
     rvars_set(&w->v, "doc_count", w->ndocs);
     rvars_set(&w->v, "group_count", w->ngroups);
     rvars_set(&w->v, "count", w->count);
-    if (m->n == 0) {
-        w->res.error = strdup(p->n_group_by ? "no group has a summary"
-                                            : "no document has a summary");
-        summary_record(e);
-        return;
-    }
-    if (!(w->texts = item_texts(m))) {
-        entry_finish(e, ENTRY_RETRY);
-        return;
-    }
-    w->n_texts = m->n;
-    reduce_run(e, "overview", &p->overview, sheaf_stage_prompt_budget(&p->overview), &w->v,
-               "results", w->texts, m->n, on_summarized);
+    summarize(e, "overview", &p->overview,
+              p->n_group_by ? "no group has a summary" : "no document has a summary");
 }
 
 /* The next summary: the planned result-label groups, then the entry's own. */

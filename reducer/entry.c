@@ -585,22 +585,10 @@ static void lease_renew(rentry *e, sheaf_state_fn fn)
     sheaf_state_lease_renew_async(r->rt->redis, &ref, fn, e);
 }
 
-void entry_start(reducer *r, const sheaf_ready_entry *in)
+void entry_start(reducer *r, const sheaf_ready_entry *in, const rkind *kind)
 {
-    const rkind *kind = NULL;
     rentry *e;
 
-    if (in->deleted) { /* claimed after it was deleted: nothing to do but ack */
-        kind = NULL;
-    } else if (strcmp(in->type, "doc") == 0 && in->item) {
-        kind = &reducer_kind_doc;
-    } else if (strcmp(in->type, "group") == 0 && in->item) {
-        kind = &reducer_kind_group;
-    } else if (strcmp(in->type, "overview") == 0) {
-        kind = &reducer_kind_overview;
-    } else {
-        sheaf_warn("reducer", "job %s: ignoring unknown ready entry %s", in->job, in->id);
-    }
     /* Already worked on here (claimed back after a lapse of its lease). */
     for (e = r->entries; e; e = e->next)
         if (!e->finished && strcmp(e->id, in->id) == 0 && strcmp(e->job, in->job) == 0) return;

@@ -61,6 +61,22 @@ static const char usage_text[] =
 
 /* ---- reading ---- */
 
+/* What an entry is: its kind, or NULL (acknowledged and dropped). */
+static const rkind *kind_of(const sheaf_ready_entry *in)
+{
+    if (in->deleted) return NULL; /* claimed after it was deleted */
+    if (strcmp(in->type, "doc") == 0 && in->item) return &reducer_kind_doc;
+    if (strcmp(in->type, "group") == 0 && in->item) return &reducer_kind_group;
+    if (strcmp(in->type, "overview") == 0) return &reducer_kind_overview;
+    sheaf_warn("reducer", "job %s: ignoring unknown ready entry %s", in->job, in->id);
+    return NULL;
+}
+
+static void start(reducer *r, const sheaf_ready_entry *in)
+{
+    entry_start(r, in, kind_of(in));
+}
+
 static void read_later(reducer *r, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -89,7 +105,7 @@ static void on_read(void *ud, const sheaf_state_reply *rep)
     }
     reducer_redis_fine(r);
     for (size_t i = 0; rep->batch && i < rep->batch->n; i++) {
-        entry_start(r, &rep->batch->v[i]);
+        start(r, &rep->batch->v[i]);
         n++;
     }
     if (n) event_active(r->read_ev, EV_TIMEOUT, 0); /* more may be there */
@@ -213,7 +229,7 @@ static void on_claimed(void *ud, const sheaf_state_reply *rep)
     if (rep->err == SHEAF_OK && rep->batch && rep->batch->n && !r->stopping) {
         sheaf_info("reducer", "job %s: claimed %zu stale entr%s", c->job, rep->batch->n,
                    rep->batch->n == 1 ? "y" : "ies");
-        for (size_t i = 0; i < rep->batch->n; i++) entry_start(r, &rep->batch->v[i]);
+        for (size_t i = 0; i < rep->batch->n; i++) start(r, &rep->batch->v[i]);
     }
     free(c);
 }
@@ -309,7 +325,7 @@ static sheaf_metric *counter(reducer *r, const char *name, const char *help, cha
                              0, errstr, errlen);
 }
 
-static int start(reducer *r, char *errstr, size_t errlen)
+static int setup(reducer *r, char *errstr, size_t errlen)
 {
     char host[64] = "host";
     gethostname(host, sizeof(host) - 1);
@@ -354,7 +370,7 @@ int main(int argc, char **argv)
     rc = sheaf_program_start(&r.cfg, "sheaf-reducer", usage_text, argc, argv);
     if (rc >= 0) return rc;
     rc = 1;
-    if (start(&r, errstr, sizeof(errstr)) != 0) {
+    if (setup(&r, errstr, sizeof(errstr)) != 0) {
         sheaf_error("reducer", "%s", errstr);
         goto stop;
     }

@@ -116,8 +116,9 @@ struct rentry {
 void entry_sent(rentry *e);
 int entry_back(rentry *e);
 
-/* Starts an entry read from a stream (taken over: every field copied). */
-void entry_start(reducer *r, const sheaf_ready_entry *in);
+/* Starts an entry read from a stream (every field copied) as kind; NULL:
+ * nothing to do but acknowledge it. */
+void entry_start(reducer *r, const sheaf_ready_entry *in, const rkind *kind);
 /* Ends the entry: DONE acknowledges it; the entry is freed once nothing of
  * it is under way any more. */
 void entry_finish(rentry *e, entry_outcome out);

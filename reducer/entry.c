@@ -527,10 +527,11 @@ static void on_renewed(void *ud, const sheaf_state_reply *rep)
 {
     rentry *e = ud;
     if (!entry_back(e)) return;
-    /* Redis trouble: tried again at the next tick; the lease may lapse
-     * meanwhile, which the emission right covers. */
+    /* Redis trouble: tried again at the next tick (logged for the
+     * process, not per entry); the lease may lapse meanwhile, which the
+     * emission right covers. */
     if (rep->err != SHEAF_OK) {
-        sheaf_warn("reducer", "lease on job %s entry %s: %s", e->job, e->id, rep->errstr);
+        reducer_redis_trouble(e->r, "renewing a lease", rep->errstr);
         return;
     }
     if (rep->n == 1 || e->lease_lost) return;

@@ -15,8 +15,11 @@
  * One thread, one event loop (the runtime's, sheaf/runtime.h): this file
  * is the read loop.  Up to reducer.window entries are worked on at once,
  * each an explicit state machine (entry.c); a read asks for new entries as
- * soon as a place is free, and every READ_IDLE_MS while there is nothing
- * to read (a read never blocks: the connection is shared by every step).
+ * soon as a place is free.  It waits in Redis for them (XREADGROUP BLOCK,
+ * READ_BLOCK_MS at most, then again) on a connection of its own: a
+ * blocked read holds its connection, and the steps of the entries share
+ * the runtime's.  An entry is taken the moment it is written, and an idle
+ * reducer makes ten reads a second.
  * A tick lists the active jobs (creating the reducers' group on new
  * streams), claims stale entries, trims acknowledged ones and sweeps
  * expired jobs from the index, each on its own period, and polls the
@@ -53,7 +56,9 @@ static const char usage_text[] =
 
 #define TICK_MS 100
 #define REFRESH_EVERY_MS 200   /* a new job is read within this of its creation */
-#define READ_IDLE_MS 50        /* nothing to read: the next read after this */
+#define READ_BLOCK_MS 100      /* a read waits this long for entries; a new job's
+                                  stream joins the reads within this */
+#define READ_IDLE_MS 50        /* no job: look again after this */
 #define READ_FAILED_MS 500     /* a read failed: the next after this */
 #define SWEEP_EVERY_MS 60000
 #define TRIM_EVERY_MS 10000
@@ -108,8 +113,8 @@ static void on_read(void *ud, const sheaf_state_reply *rep)
         start(r, &rep->batch->v[i]);
         n++;
     }
-    if (n) event_active(r->read_ev, EV_TIMEOUT, 0); /* more may be there */
-    else read_later(r, READ_IDLE_MS);
+    /* More may be there; or the wait ran out: wait again. */
+    event_active(r->read_ev, EV_TIMEOUT, 0);
 }
 
 /* Asks for new entries when there is room, starting at another job each
@@ -133,8 +138,11 @@ static void on_read_ev(evutil_socket_t fd, short what, void *arg)
     r->rotate = (r->rotate + 1) % r->jobs.n;
     r->reading = 1;
     evtimer_del(r->read_ev);
-    sheaf_state_ready_read_async(r->rt->redis, r->cfg.reducer_group, r->consumer, r->jobs.v,
-                                 r->jobs.n, r->rotate, (int)count, on_read, r);
+    /* Within redis.timeout_ms, or the watchdog takes the wait for a hang. */
+    int block = r->cfg.redis_timeout_ms / 2 < READ_BLOCK_MS ? r->cfg.redis_timeout_ms / 2
+                                                            : READ_BLOCK_MS;
+    sheaf_state_ready_read_async(r->reads, r->cfg.reducer_group, r->consumer, r->jobs.v,
+                                 r->jobs.n, r->rotate, (int)count, block, on_read, r);
 }
 
 /* ---- the active jobs ---- */
@@ -352,6 +360,7 @@ static int setup(reducer *r, char *errstr, size_t errlen)
     sheaf_topic_name(&r->cfg, "results", r->results_topic, sizeof(r->results_topic));
     if (!(r->results = sheaf_kafka_producer_new(&r->cfg, "sheaf-reducer", errstr, errlen)))
         return -1;
+    if (!(r->reads = sheaf_aredis_create(r->rt->base, &r->cfg, errstr, errlen))) return -1;
     if (!(r->read_ev = event_new(r->rt->base, -1, 0, on_read_ev, r)) ||
         sheaf_runtime_set_tick(r->rt, TICK_MS, tick, r) != SHEAF_OK) {
         sheaf_set_err(errstr, errlen, "cannot arm the reducer's timers");
@@ -386,6 +395,7 @@ stop:
     r.stopping = 1;
     if (r.read_ev) event_free(r.read_ev);
     r.read_ev = NULL;
+    sheaf_aredis_destroy(r.reads); /* on the runtime's loop: first */
     sheaf_runtime_destroy(r.rt);
     if (r.results) {
         if (sheaf_kafka_flush(r.results, 10000, errstr, sizeof(errstr)) != SHEAF_OK)

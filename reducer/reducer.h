@@ -54,6 +54,7 @@ extern const rkind reducer_kind_doc, reducer_kind_group, reducer_kind_overview;
 struct reducer {
     sheaf_config cfg;
     sheaf_runtime *rt;
+    sheaf_aredis *reads;         /* the read loop's own connection (blocking reads) */
     FILE *out;                   /* reducer.output, or NULL */
     rd_kafka_t *results;         /* producer for <prefix>.results */
     sheaf_runtime_queue *results_q;

@@ -688,14 +688,14 @@ static void step_read(acall *c, const redisReply *rep, size_t arg)
 
 void sheaf_state_ready_read_async(sheaf_aredis *ar, const char *group, const char *consumer,
                                   char *const *jobs, size_t n, size_t first, int count,
-                                  sheaf_state_fn done, void *ud)
+                                  int block_ms, sheaf_state_fn done, void *ud)
 {
     sheaf_read_args a;
     acall *c = acall_new(ar, done, ud, NULL);
     if (!c) return;
     c->outputs = OUT_BATCH;
-    /* No BLOCK: a blocked read would hold the shared connection. */
-    if (sheaf_read_args_build(&a, group, consumer, jobs, n, first, count, -1) != SHEAF_OK) {
+    if (sheaf_read_args_build(&a, group, consumer, jobs, n, first, count, block_ms) !=
+        SHEAF_OK) {
         acall_fail(c, SHEAF_ERR_NOMEM, "out of memory");
         send_noop(c);
     } else {

@@ -997,7 +997,7 @@ static void test_async_ready_streams(void **state)
     assert_int_equal(sheaf_state_ready_group(r, "q1", "h", "$", err, sizeof(err)), SHEAF_OK);
     for (int i = 0; i < 3; i++) cmd_int(r, "XADD %s * type doc doc %s", "sheaf:{q1}:ready", "a");
     /* New entries, up to count per stream. */
-    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, on_got, &g));
+    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, -1, on_got, &g));
     assert_int_equal(g.err, SHEAF_OK);
     assert_int_equal(g.batch.n, 2);
     assert_string_equal(g.batch.v[0].job, "q1");
@@ -1009,7 +1009,7 @@ static void test_async_ready_streams(void **state)
                      SHEAF_OK);
     assert_int_equal(b.n, 1); /* the third */
     sheaf_ready_batch_free(&b);
-    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, on_got, &g));
+    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, -1, on_got, &g));
     assert_int_equal(g.err, SHEAF_OK);
     assert_int_equal(g.batch.n, 0); /* nothing new, and no wait */
     /* Claimed by B after idling (0 ms here), acked, trimmed. */
@@ -1026,7 +1026,7 @@ static void test_async_ready_streams(void **state)
     assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{q1}:ready", NULL), 2);
     /* The stream deleted by hand: NOT_FOUND (recreate the groups). */
     cmd_int(r, "DEL %s", "sheaf:{q1}:ready", NULL);
-    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, on_got, &g));
+    ASYNC(&g, sheaf_state_ready_read_async(ar, "g", "A", jobs, 1, 0, 2, -1, on_got, &g));
     assert_int_equal(g.err, SHEAF_ERR_NOT_FOUND);
     assert_null(g.batch.v);
     assert_int_equal(sheaf_state_ready_read(r, "g", "A", jobs, 1, 0, 2, 0, &b, err, sizeof(err)),

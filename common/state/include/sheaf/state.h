@@ -705,11 +705,12 @@ void sheaf_state_jobs_sweep_async(sheaf_aredis *ar, sheaf_state_fn done, void *u
 void sheaf_state_active_jobs_async(sheaf_aredis *ar, sheaf_state_fn done, void *ud);
 void sheaf_state_ready_group_async(sheaf_aredis *ar, const char *job, const char *group,
                                    const char *from, sheaf_state_fn done, void *ud);
-/* batch: new entries (XREADGROUP without BLOCK: a blocked read would hold
- * the shared connection); SHEAF_ERR_NOT_FOUND when a stream has no group. */
+/* batch: new entries, waiting up to block_ms for some (< 0: no BLOCK; a
+ * blocked read holds its connection: give it one of its own);
+ * SHEAF_ERR_NOT_FOUND when a stream has no group. */
 void sheaf_state_ready_read_async(sheaf_aredis *ar, const char *group, const char *consumer,
                                   char *const *jobs, size_t n, size_t first, int count,
-                                  sheaf_state_fn done, void *ud);
+                                  int block_ms, sheaf_state_fn done, void *ud);
 /* batch: entries pending longer than idle_ms, now consumer's. */
 void sheaf_state_ready_claim_async(sheaf_aredis *ar, const char *job, const char *group,
                                    const char *consumer, int idle_ms, int count,

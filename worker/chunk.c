@@ -131,6 +131,7 @@ struct call {
     rd_kafka_message_t *msg;   /* owned; destroyed when the call ends */
     sheaf_chunk_msg m;
     int decoded;
+    int text_dropped;          /* m.text freed after rendering (text_drop) */
     uint32_t generation;       /* of msg's partition when taken */
     map_request req;           /* owned */
     json_t *schema;            /* a reference to the pipeline's; NULL: free text */
@@ -826,6 +827,32 @@ static sheaf_err append_schema(sheaf_buf *system, const json_t *schema, char *er
     return err;
 }
 
+/* The chunk's text is needed only to render its prompt, which then holds
+ * it (and, once submitted, the engine's request body): kept on in the
+ * decoded message as well, it was a third copy of every live chunk's text
+ * (two windows of them) beside the Kafka message's own.  Dropped after
+ * rendering, decoded again from the message for a resend after a park. */
+static void text_drop(call *c)
+{
+    free(c->m.text);
+    c->m.text = NULL;
+    c->m.text_len = 0;
+    c->text_dropped = 1;
+}
+
+/* The text back before a new rendering: 0, or -1 (no memory) with errstr. */
+static int text_restore(call *c, char *errstr, size_t errlen)
+{
+    if (!c->text_dropped) return 0;
+    sheaf_chunk_msg_clear(&c->m);
+    c->decoded = 0;
+    if (sheaf_chunk_decode(c->msg->payload, c->msg->len, &c->m, errstr, errlen) != SHEAF_OK)
+        return -1;
+    c->decoded = 1;
+    c->text_dropped = 0;
+    return 0;
+}
+
 /* Renders the map prompts of p into the call's own request, then sends. */
 static void step_render(call *c, const sheaf_pipeline *p)
 {
@@ -835,6 +862,13 @@ static void step_render(call *c, const sheaf_pipeline *p)
     sheaf_buf user, system;
     map_vars vars = {.m = m};
 
+    if (text_restore(c, errstr, sizeof(errstr)) != 0) {
+        /* It decoded once: only memory can be missing.  Redelivered. */
+        sheaf_error("worker", "decoding a parked chunk again: %s; message redelivered later",
+                    errstr);
+        call_end(c, STOPPED);
+        return;
+    }
     sheaf_buf_init(&user, PROMPT_CAP);
     sheaf_buf_init(&system, PROMPT_CAP);
     snprintf(vars.chunk_index, sizeof(vars.chunk_index), "%u", m->idx + 1);
@@ -881,6 +915,7 @@ static void step_render(call *c, const sheaf_pipeline *p)
         call_end(c, STOPPED);
         return;
     }
+    text_drop(c);
     step_send(c);
 }
 

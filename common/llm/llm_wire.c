@@ -198,7 +198,13 @@ char *sheaf_llm_request_json(const sheaf_llm_request *req)
                sheaf_buf_appends(&b, rf_text) != SHEAF_OK;
     bad |= bad || sheaf_buf_appends(&b, ",\"temperature\":") != SHEAF_OK ||
            body_real(&b, req->temperature) != 0 || sheaf_buf_append(&b, "}", 1) != SHEAF_OK;
-    if (!bad) out = sheaf_buf_steal(&b);
+    if (!bad) {
+        size_t len = b.len;
+        /* To its size: the buffer grew by doubling, and a body lives as
+         * long as its call (two windows of them in a worker). */
+        char *shrunk;
+        if ((out = sheaf_buf_steal(&b)) && (shrunk = realloc(out, len + 1))) out = shrunk;
+    }
     sheaf_buf_free(&b);
     free(rf_text);
     return out;

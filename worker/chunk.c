@@ -308,7 +308,7 @@ static void hold(call *c, chunk_state step, const char *errstr)
     if (c->held_again) {
         /* Still failing: wait longer before the next round. */
         cs->redis_delay_ms = cs->redis_delay_ms * 2 > REDIS_WAIT_MAX_MS ? REDIS_WAIT_MAX_MS
-                                                                      : cs->redis_delay_ms * 2;
+                                                                        : cs->redis_delay_ms * 2;
     }
     c->state = HELD;
     c->held_step = step;

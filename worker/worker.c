@@ -105,11 +105,11 @@ static int metrics_start(worker *w, char *errstr, size_t errlen)
     if (!(m->consumed = counter(w, "sheaf_messages_consumed_total",
                                 "Chunk messages taken from Kafka.", errstr, errlen)) ||
         !(cm->processed = counter(w, "sheaf_chunks_processed_total",
-                                 "Chunks whose map result was recorded.", errstr, errlen)) ||
+                                  "Chunks whose map result was recorded.", errstr, errlen)) ||
         !(cm->failed = counter(w, "sheaf_chunks_failed_total",
-                              "Chunks recorded as failed (and dead-lettered).", errstr, errlen)) ||
+                               "Chunks recorded as failed (and dead-lettered).", errstr, errlen)) ||
         !(cm->dlq = counter(w, "sheaf_dlq_messages_total",
-                           "Messages sent to the dead-letter topic.", errstr, errlen)) ||
+                            "Messages sent to the dead-letter topic.", errstr, errlen)) ||
         !(m->lag = gauge(w, "sheaf_consumer_lag_messages",
                          "Consumer lag in messages: high watermark minus consumed position, "
                          "summed over the assigned partitions.", errstr, errlen)) ||
@@ -117,9 +117,9 @@ static int metrics_start(worker *w, char *errstr, size_t errlen)
                                 "Partitions of the map topic assigned to this worker.", errstr,
                                 errlen)) ||
         !(cm->parked = gauge(w, "sheaf_chunks_parked",
-                            "Chunks whose LLM call failed transiently after every attempt, "
-                            "waiting to be sent again (llm.retry_horizon_ms).", errstr,
-                            errlen)))
+                             "Chunks whose LLM call failed transiently after every attempt, "
+                             "waiting to be sent again (llm.retry_horizon_ms).", errstr,
+                             errlen)))
         return -1;
     return 0;
 }

@@ -76,9 +76,9 @@ static void on_ping(void *ud, redisReply *rep, const char *errstr)
     else if (!rt->redis_held) sheaf_health_set(rt->health, "redis", 1, NULL);
 }
 
-/* What the HTTP thread may not find out itself, published from the loop. */
 static void learned_look(sheaf_runtime *rt);
 
+/* What the HTTP thread may not find out itself, published from the loop. */
 static void on_ops(evutil_socket_t fd, short what, void *arg)
 {
     sheaf_runtime *rt = arg;

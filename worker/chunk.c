@@ -82,7 +82,7 @@
 #include "sheaf/log.h"
 #include "sheaf/program.h"
 #include "sheaf/util.h"
-#include "worker.h"
+#include "chunk.h"
 
 #define PROMPT_CAP ((size_t)64 << 20)
 
@@ -124,13 +124,14 @@ typedef struct dlq_token {
 } dlq_token;
 
 struct call {
-    worker *w;
-    call *prev, *next;         /* in w->calls */
+    chunks *cs;
+    call *prev, *next;         /* in cs->calls */
     chunk_state state;
     chunk_state held_step;     /* HELD: the step to try again */
     rd_kafka_message_t *msg;   /* owned; destroyed when the call ends */
     sheaf_chunk_msg m;
     int decoded;
+    int text_dropped;          /* m.text freed after rendering (text_drop) */
     uint32_t generation;       /* of msg's partition when taken */
     map_request req;           /* owned */
     json_t *schema;            /* a reference to the pipeline's; NULL: free text */
@@ -159,6 +160,49 @@ static void step_store(call *c);
 static void dead_letter(call *c, const char *reason, int then_record);
 static void dlq_send(call *c);
 
+/* ---- partitions: offsets and generations ---- */
+
+/* Current generation of a partition (0 when never revoked). */
+static uint32_t generation(const chunks *cs, int32_t partition)
+{
+    return partition >= 0 && (size_t)partition < cs->n_generation ? cs->generation[partition] : 0;
+}
+
+static void generation_bump(chunks *cs, int32_t partition)
+{
+    if (partition < 0) return;
+    if ((size_t)partition >= cs->n_generation) {
+        size_t n = (size_t)partition + 64;
+        uint32_t *g = realloc(cs->generation, n * sizeof(*g));
+        if (!g) return; /* stays 0: at worst an idempotent rewrite */
+        memset(g + cs->n_generation, 0, (n - cs->n_generation) * sizeof(*g));
+        cs->generation = g;
+        cs->n_generation = n;
+    }
+    cs->generation[partition]++;
+}
+
+size_t chunks_revoke(chunks *cs, int32_t partition)
+{
+    size_t dropped = sheaf_offwin_forget(cs->window, partition);
+    generation_bump(cs, partition);
+    return dropped;
+}
+
+int chunks_init(chunks *cs)
+{
+    return (cs->window = sheaf_offwin_create()) ? 0 : -1;
+}
+
+void chunks_clear(chunks *cs)
+{
+    sheaf_offwin_destroy(cs->window);
+    cs->window = NULL;
+    free(cs->generation);
+    cs->generation = NULL;
+    cs->n_generation = 0;
+}
+
 /* ---- ending a call ---- */
 
 /* Ends a call: with DONE its offset is finished in the window and every
@@ -166,22 +210,22 @@ static void dlq_send(call *c);
  * abandoned (redelivered later).  Frees the call. */
 static void call_end(call *c, outcome out)
 {
-    worker *w = c->w;
+    chunks *cs = c->cs;
     int32_t part = c->msg->partition;
-    if (c->state == PARKED) w->n_parked--;
-    if (c->state == HELD) w->n_held--;
-    if (c->state == LOADING) sheaf_runtime_pipeline_cancel(w->rt, c);
+    if (c->state == PARKED) cs->n_parked--;
+    if (c->state == HELD) cs->n_held--;
+    if (c->state == LOADING) sheaf_runtime_pipeline_cancel(cs->rt, c);
     if (c->dlq) c->dlq->c = NULL; /* the report, if it still comes, finds nobody */
     if (out == STOPPED) {
-        w->abandoned++;
-    } else if (c->generation == worker_generation(w, part) &&
-               sheaf_offwin_finish(w->window, part, c->msg->offset) == SHEAF_OK) {
-        int64_t next = sheaf_offwin_take(w->window, part);
+        cs->abandoned++;
+    } else if (c->generation == generation(cs, part) &&
+               sheaf_offwin_finish(cs->window, part, c->msg->offset) == SHEAF_OK) {
+        int64_t next = sheaf_offwin_take(cs->window, part);
         if (next >= 0) {
             rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
             rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(c->msg->rkt), part)
                 ->offset = next;
-            rd_kafka_resp_err_t err = rd_kafka_offsets_store(w->consumer, l);
+            rd_kafka_resp_err_t err = rd_kafka_offsets_store(cs->consumer, l);
             if (err || l->elems[0].err)
                 /* Revoked meanwhile: the new owner redoes the message and
                  * finds its result recorded. */
@@ -193,10 +237,10 @@ static void call_end(call *c, outcome out)
     /* A partition revoked while the call ran: the result is recorded (or
      * not), the offset belongs to the partition's new owner. */
     if (c->prev) c->prev->next = c->next;
-    else w->calls = c->next;
+    else cs->calls = c->next;
     if (c->next) c->next->prev = c->prev;
-    w->n_calls--;
-    sheaf_metric_set(w->met.parked, (int64_t)w->n_parked);
+    cs->n_calls--;
+    sheaf_metric_set(cs->met.parked, (int64_t)cs->n_parked);
     if (c->timer) event_free(c->timer);
     free(c->req.model);
     free(c->req.system);
@@ -207,7 +251,7 @@ static void call_end(call *c, outcome out)
     if (c->decoded) sheaf_chunk_msg_clear(&c->m);
     rd_kafka_message_destroy(c->msg);
     free(c);
-    worker_room(w);
+    if (cs->room) cs->room(cs->room_ud);
 }
 
 /* Arms the call's timer to run fn after ms. */
@@ -215,7 +259,7 @@ static int call_timer(call *c, int64_t ms, event_callback_fn fn)
 {
     struct timeval tv = {(long)(ms / 1000), (long)(ms % 1000) * 1000};
     if (c->timer) event_free(c->timer);
-    c->timer = evtimer_new(c->w->rt->base, fn, c);
+    c->timer = evtimer_new(c->cs->rt->base, fn, c);
     return c->timer && evtimer_add(c->timer, &tv) == 0 ? 0 : -1;
 }
 
@@ -230,7 +274,7 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
     call *c = arg;
     (void)fd;
     (void)what;
-    c->w->n_held--;
+    c->cs->n_held--;
     c->held_again = 1;
     switch (c->held_step) {
     case CHECKING: step_check(c); break;
@@ -243,46 +287,46 @@ static void on_held(evutil_socket_t fd, short what, void *arg)
  * step again.  At shutdown it is abandoned instead. */
 static void hold(call *c, chunk_state step, const char *errstr)
 {
-    worker *w = c->w;
+    chunks *cs = c->cs;
     int64_t now = sheaf_mono_ms();
     if (sheaf_stop) {
         call_end(c, STOPPED);
         return;
     }
-    sheaf_runtime_redis_failed(w->rt, errstr);
-    if (!w->redis_down_ms) {
-        w->redis_down_ms = now;
-        w->redis_logged_ms = now;
-        w->redis_delay_ms = REDIS_WAIT_FIRST_MS;
+    sheaf_runtime_redis_failed(cs->rt, errstr);
+    if (!cs->redis_down_ms) {
+        cs->redis_down_ms = now;
+        cs->redis_logged_ms = now;
+        cs->redis_delay_ms = REDIS_WAIT_FIRST_MS;
         sheaf_error("worker", "%s: %s; consumption paused, chunks held until it answers",
                     sheaf_redis_trouble(errstr), errstr);
-    } else if (now - w->redis_logged_ms >= REDIS_LOG_EVERY_MS) {
-        w->redis_logged_ms = now;
+    } else if (now - cs->redis_logged_ms >= REDIS_LOG_EVERY_MS) {
+        cs->redis_logged_ms = now;
         sheaf_error("worker", "%s for %lld s: %zu chunk(s) held: %s", sheaf_redis_trouble(errstr),
-                    (long long)((now - w->redis_down_ms) / 1000), w->n_held + 1, errstr);
+                    (long long)((now - cs->redis_down_ms) / 1000), cs->n_held + 1, errstr);
     }
     if (c->held_again) {
         /* Still failing: wait longer before the next round. */
-        w->redis_delay_ms = w->redis_delay_ms * 2 > REDIS_WAIT_MAX_MS ? REDIS_WAIT_MAX_MS
-                                                                      : w->redis_delay_ms * 2;
+        cs->redis_delay_ms = cs->redis_delay_ms * 2 > REDIS_WAIT_MAX_MS ? REDIS_WAIT_MAX_MS
+                                                                        : cs->redis_delay_ms * 2;
     }
     c->state = HELD;
     c->held_step = step;
-    w->n_held++;
-    w->rt->redis_held = w->n_held;
-    if (call_timer(c, w->redis_delay_ms, on_held) != 0) call_end(c, STOPPED);
+    cs->n_held++;
+    cs->rt->redis_held = cs->n_held;
+    if (call_timer(c, cs->redis_delay_ms, on_held) != 0) call_end(c, STOPPED);
 }
 
 /* A Redis step worked: after an outage, say so once nothing is held. */
 static void redis_ok(call *c)
 {
-    worker *w = c->w;
+    chunks *cs = c->cs;
     c->held_again = 0;
-    if (w->redis_down_ms && !w->n_held) {
+    if (cs->redis_down_ms && !cs->n_held) {
         sheaf_info("worker", "Redis answers again after %lld s; consumption resumed",
-                   (long long)((sheaf_mono_ms() - w->redis_down_ms) / 1000));
-        w->redis_down_ms = 0;
-        w->redis_delay_ms = REDIS_WAIT_FIRST_MS;
+                   (long long)((sheaf_mono_ms() - cs->redis_down_ms) / 1000));
+        cs->redis_down_ms = 0;
+        cs->redis_delay_ms = REDIS_WAIT_FIRST_MS;
     }
 }
 
@@ -314,7 +358,7 @@ static char *schema_record(const char *text, json_t *data, const sheaf_chunk_msg
 static void on_stored(void *ud, const sheaf_state_reply *r)
 {
     call *c = ud;
-    worker *w = c->w;
+    chunks *cs = c->cs;
     const sheaf_chunk_msg *m = &c->m;
     if (r->err == SHEAF_ERR_NOT_FOUND) {
         redis_ok(c);
@@ -326,16 +370,16 @@ static void on_stored(void *ud, const sheaf_state_reply *r)
         return;
     }
     redis_ok(c);
-    if (r->n == SHEAF_CHUNK_DUPLICATE) w->duplicates++;
+    if (r->n == SHEAF_CHUNK_DUPLICATE) cs->duplicates++;
     if (r->n == SHEAF_CHUNK_DOC_READY)
         sheaf_info("worker", "job %s doc %s: all %u chunks recorded, ready to combine", m->job,
                    m->doc, m->count);
     if (c->record_ok) {
-        w->processed++;
-        sheaf_metric_inc(w->met.processed);
+        cs->processed++;
+        sheaf_metric_inc(cs->met.processed);
     } else {
-        w->failed++;
-        sheaf_metric_inc(w->met.failed);
+        cs->failed++;
+        sheaf_metric_inc(cs->met.failed);
     }
     call_end(c, DONE);
 }
@@ -343,7 +387,7 @@ static void on_stored(void *ud, const sheaf_state_reply *r)
 static void step_store(call *c)
 {
     c->state = STORING;
-    sheaf_state_chunk_store_async(c->w->rt->redis, &c->m, c->record_ok, c->record,
+    sheaf_state_chunk_store_async(c->cs->rt->redis, &c->m, c->record_ok, c->record,
                                   c->usage.prompt_tokens, c->usage.completion_tokens, on_stored,
                                   c);
 }
@@ -389,15 +433,15 @@ static void dlq_delivered(sheaf_kafka_delivery *d, rd_kafka_resp_err_t err)
     free(t);
     if (!c) return; /* abandoned meanwhile */
     c->dlq = NULL;
-    worker *w = c->w;
+    chunks *cs = c->cs;
     if (err) {
-        sheaf_error("worker", "cannot dead-letter to %s: %s", w->dlq_topic, errstr);
+        sheaf_error("worker", "cannot dead-letter to %s: %s", cs->dlq_topic, errstr);
         if (sheaf_stop || call_timer(c, DLQ_RETRY_MS, on_dlq_retry) != 0) call_end(c, STOPPED);
         return;
     }
-    w->dead_lettered++;
-    sheaf_metric_inc(w->met.dlq);
-    if (c->decoded) sheaf_state_job_dlq_incr_async(w->rt->redis, c->m.job, dlq_count_failed, NULL);
+    cs->dead_lettered++;
+    sheaf_metric_inc(cs->met.dlq);
+    if (c->decoded) sheaf_state_job_dlq_incr_async(cs->rt->redis, c->m.job, dlq_count_failed, NULL);
     if (!c->dlq_then_record) {
         call_end(c, DONE);
         return;
@@ -410,7 +454,7 @@ static void dlq_delivered(sheaf_kafka_delivery *d, rd_kafka_resp_err_t err)
 /* Produces the dead letter; its delivery report continues the call. */
 static void dlq_send(call *c)
 {
-    worker *w = c->w;
+    chunks *cs = c->cs;
     char errstr[SHEAF_ERRSTR_SIZE];
     dlq_token *t = malloc(sizeof(*t));
     if (!t) {
@@ -420,14 +464,14 @@ static void dlq_send(call *c)
     t->hook.done = dlq_delivered;
     t->c = c;
     c->state = DEAD_LETTERING;
-    if (sheaf_kafka_dlq_send(w->producer, w->dlq_topic, c->msg, c->reason,
+    if (sheaf_kafka_dlq_send(cs->producer, cs->dlq_topic, c->msg, c->reason,
                              c->decoded ? c->m.job : NULL, &t->hook, errstr,
                              sizeof(errstr)) == SHEAF_OK) {
         c->dlq = t;
         return;
     }
     free(t);
-    sheaf_error("worker", "cannot dead-letter to %s: %s", w->dlq_topic, errstr);
+    sheaf_error("worker", "cannot dead-letter to %s: %s", cs->dlq_topic, errstr);
     if (sheaf_stop || call_timer(c, DLQ_RETRY_MS, on_dlq_retry) != 0) call_end(c, STOPPED);
 }
 
@@ -514,7 +558,7 @@ static sheaf_llm_request map_llm_request(const call *c, sheaf_llm_message msgs[2
                                .max_tokens = r->max_tokens,
                                .messages = msgs,
                                .n_messages = n,
-                               .json_schema = strcmp(c->w->cfg.llm_structured_output, "prompt")
+                               .json_schema = strcmp(c->cs->cfg->llm_structured_output, "prompt")
                                                   ? c->schema : NULL};
 }
 
@@ -528,7 +572,7 @@ static void step_call(call *c)
     sheaf_llm_request req = map_llm_request(c, msgs);
     c->state = CALLING;
     c->from_cache = 0;
-    if (sheaf_llm_async_submit(c->w->rt->llm, &req, c->req.est_tokens, on_done, c) != SHEAF_OK) {
+    if (sheaf_llm_async_submit(c->cs->rt->llm, &req, c->req.est_tokens, on_done, c) != SHEAF_OK) {
         sheaf_error("worker", "out of memory submitting job %s doc %s chunk %u", c->m.job,
                     c->m.doc, c->m.idx);
         call_end(c, STOPPED);
@@ -548,7 +592,7 @@ static void on_cached(void *ud, int hit, char **content, const sheaf_llm_usage *
                       const char *errstr)
 {
     call *c = ud;
-    worker *w = c->w;
+    chunks *cs = c->cs;
     if (sheaf_stop && !hit) {
         call_end(c, STOPPED); /* a new call would be abandoned by the drain anyway */
         return;
@@ -556,8 +600,8 @@ static void on_cached(void *ud, int hit, char **content, const sheaf_llm_usage *
     if (errstr[0])
         sheaf_warn("worker", "job %s doc %s chunk %u: %s; calling the LLM", c->m.job, c->m.doc,
                    c->m.idx, errstr);
-    sheaf_cache_count_async(w->rt->redis, c->m.job, hit, saved);
-    sheaf_metric_inc(hit ? w->rt->llm_met.cache_hits : w->rt->llm_met.cache_misses);
+    sheaf_cache_count_async(cs->rt->redis, c->m.job, hit, saved);
+    sheaf_metric_inc(hit ? cs->rt->llm_met.cache_hits : cs->rt->llm_met.cache_misses);
     if (!hit) {
         step_call(c);
         return;
@@ -577,10 +621,10 @@ static void step_send(call *c)
     if (!c->cache_looked) {
         c->cache_looked = 1;
         /* The key is computed from req itself: what is hashed is what is sent. */
-        if (sheaf_cache_usable(&c->w->cfg, &req) &&
-            sheaf_cache_key(c->w->cfg.llm_base_url, &req, c->cache_key) == SHEAF_OK) {
+        if (sheaf_cache_usable(c->cs->cfg, &req) &&
+            sheaf_cache_key(c->cs->cfg->llm_base_url, &req, c->cache_key) == SHEAF_OK) {
             c->state = LOOKING;
-            sheaf_cache_get_async(c->w->rt->redis, c->cache_key, on_cached, c);
+            sheaf_cache_get_async(c->cs->rt->redis, c->cache_key, on_cached, c);
             return;
         }
         c->cache_key[0] = '\0';
@@ -648,7 +692,7 @@ static void answer(call *c, const char *content)
     /* Accepted: stored for the next identical call (a hit is not stored again). */
     if (json && c->cache_key[0] && !c->from_cache) {
         sheaf_llm_usage u = c->usage;
-        sheaf_cache_put_async(c->w->rt->redis, &c->w->cfg, c->cache_key, content, &u);
+        sheaf_cache_put_async(c->cs->rt->redis, c->cs->cfg, c->cache_key, content, &u);
     }
     sheaf_debug("worker", "job %s doc %s chunk %u/%u done (%llu+%llu tokens)", c->m.job,
                 c->m.doc, c->m.idx + 1, c->m.count, (unsigned long long)c->usage.prompt_tokens,
@@ -667,8 +711,8 @@ static void on_parked(evutil_socket_t fd, short what, void *arg)
     call *c = arg;
     (void)fd;
     (void)what;
-    c->w->n_parked--;
-    sheaf_metric_set(c->w->met.parked, (int64_t)c->w->n_parked);
+    c->cs->n_parked--;
+    sheaf_metric_set(c->cs->met.parked, (int64_t)c->cs->n_parked);
     /* The prompt is rendered again (the first send dropped it) from the
      * pipeline by version. */
     free(c->req.model);
@@ -692,11 +736,11 @@ static void waiting_noted(void *ud, const sheaf_state_reply *r)
  * a fixed probe period: it is fixed by an operator, not by time. */
 static void park(call *c, const char *why, int fleet)
 {
-    worker *w = c->w;
+    chunks *cs = c->cs;
     char reason[SHEAF_ERRSTR_SIZE + 128];
     int64_t now = sheaf_mono_ms();
     if (!c->parked_since) c->parked_since = now;
-    if (!fleet && now - c->parked_since >= w->cfg.llm_retry_horizon_ms) {
+    if (!fleet && now - c->parked_since >= cs->cfg->llm_retry_horizon_ms) {
         snprintf(reason, sizeof(reason), "provider failing for %lld s (llm.retry_horizon_ms): %s",
                  (long long)((now - c->parked_since) / 1000), why);
         sheaf_warn("worker", "job %s doc %s chunk %u: %s", c->m.job, c->m.doc, c->m.idx, reason);
@@ -712,8 +756,8 @@ static void park(call *c, const char *why, int fleet)
     if (fleet) delay = PARK_FLEET_MS;
     c->parks++;
     c->state = PARKED;
-    w->n_parked++;
-    sheaf_metric_set(w->met.parked, (int64_t)w->n_parked);
+    cs->n_parked++;
+    sheaf_metric_set(cs->met.parked, (int64_t)cs->n_parked);
     if (call_timer(c, delay, on_parked) != 0) {
         call_end(c, STOPPED);
         return;
@@ -723,14 +767,14 @@ static void park(call *c, const char *why, int fleet)
                    "(parked %d time(s)): %s", c->m.job, c->m.doc, c->m.idx, (long long)delay,
                    c->parks, why);
     /* What the job waits on, for `sheaf status` (not a failure). */
-    sheaf_state_job_waiting_async(w->rt->redis, c->m.job, why, waiting_noted, NULL);
+    sheaf_state_job_waiting_async(cs->rt->redis, c->m.job, why, waiting_noted, NULL);
 }
 
 static void on_done(void *ud, sheaf_err err, sheaf_llm_result *res, const char *errstr)
 {
     call *c = ud;
-    worker *w = c->w;
-    sheaf_runtime *rt = w->rt;
+    chunks *cs = c->cs;
+    sheaf_runtime *rt = cs->rt;
     char reason[SHEAF_ERRSTR_SIZE + 64], why[SHEAF_ERRSTR_SIZE];
 
     if (err == SHEAF_ERR_STOPPED) {
@@ -783,15 +827,48 @@ static sheaf_err append_schema(sheaf_buf *system, const json_t *schema, char *er
     return err;
 }
 
+/* The chunk's text is needed only to render its prompt, which then holds
+ * it (and, once submitted, the engine's request body): kept on in the
+ * decoded message as well, it was a third copy of every live chunk's text
+ * (two windows of them) beside the Kafka message's own.  Dropped after
+ * rendering, decoded again from the message for a resend after a park. */
+static void text_drop(call *c)
+{
+    free(c->m.text);
+    c->m.text = NULL;
+    c->m.text_len = 0;
+    c->text_dropped = 1;
+}
+
+/* The text back before a new rendering: 0, or -1 (no memory) with errstr. */
+static int text_restore(call *c, char *errstr, size_t errlen)
+{
+    if (!c->text_dropped) return 0;
+    sheaf_chunk_msg_clear(&c->m);
+    c->decoded = 0;
+    if (sheaf_chunk_decode(c->msg->payload, c->msg->len, &c->m, errstr, errlen) != SHEAF_OK)
+        return -1;
+    c->decoded = 1;
+    c->text_dropped = 0;
+    return 0;
+}
+
 /* Renders the map prompts of p into the call's own request, then sends. */
 static void step_render(call *c, const sheaf_pipeline *p)
 {
-    worker *w = c->w;
+    chunks *cs = c->cs;
     char errstr[SHEAF_ERRSTR_SIZE] = "", reason[SHEAF_ERRSTR_SIZE + 32];
     const sheaf_chunk_msg *m = &c->m;
     sheaf_buf user, system;
     map_vars vars = {.m = m};
 
+    if (text_restore(c, errstr, sizeof(errstr)) != 0) {
+        /* It decoded once: only memory can be missing.  Redelivered. */
+        sheaf_error("worker", "decoding a parked chunk again: %s; message redelivered later",
+                    errstr);
+        call_end(c, STOPPED);
+        return;
+    }
     sheaf_buf_init(&user, PROMPT_CAP);
     sheaf_buf_init(&system, PROMPT_CAP);
     snprintf(vars.chunk_index, sizeof(vars.chunk_index), "%u", m->idx + 1);
@@ -806,7 +883,7 @@ static void step_render(call *c, const sheaf_pipeline *p)
     }
     if (sheaf_prompt_render(p->map.system, map_var, &vars, &system, errstr, sizeof(errstr)) ||
         sheaf_prompt_render(p->map.user, map_var, &vars, &user, errstr, sizeof(errstr)) ||
-        (p->schema && strcmp(w->cfg.llm_structured_output, "prompt") == 0 &&
+        (p->schema && strcmp(cs->cfg->llm_structured_output, "prompt") == 0 &&
          append_schema(&system, p->schema, errstr, sizeof(errstr)) != SHEAF_OK)) {
         snprintf(reason, sizeof(reason), "map prompt: %s", errstr);
         sheaf_buf_free(&user);
@@ -838,6 +915,7 @@ static void step_render(call *c, const sheaf_pipeline *p)
         call_end(c, STOPPED);
         return;
     }
+    text_drop(c);
     step_send(c);
 }
 
@@ -875,7 +953,7 @@ static void step_load(call *c)
 {
     const sheaf_pipeline *p;
     c->state = LOADING;
-    if ((p = sheaf_runtime_pipeline(c->w->rt, c->m.pv, on_pipeline, c))) step_render(c, p);
+    if ((p = sheaf_runtime_pipeline(c->cs->rt, c->m.pv, on_pipeline, c))) step_render(c, p);
 }
 
 static void on_checked(void *ud, const sheaf_state_reply *r)
@@ -887,7 +965,7 @@ static void on_checked(void *ud, const sheaf_state_reply *r)
     }
     redis_ok(c);
     if (r->n) {
-        c->w->duplicates++;
+        c->cs->duplicates++;
         call_end(c, DONE);
         return;
     }
@@ -898,10 +976,10 @@ static void on_checked(void *ud, const sheaf_state_reply *r)
 static void step_check(call *c)
 {
     c->state = CHECKING;
-    sheaf_state_chunk_exists_async(c->w->rt->redis, &c->m, on_checked, c);
+    sheaf_state_chunk_exists_async(c->cs->rt->redis, &c->m, on_checked, c);
 }
 
-void worker_take(worker *w, rd_kafka_message_t *msg)
+void chunks_take(chunks *cs, rd_kafka_message_t *msg)
 {
     char errstr[SHEAF_ERRSTR_SIZE] = "", reason[SHEAF_ERRSTR_SIZE + 64];
     call *c = calloc(1, sizeof(*c));
@@ -911,19 +989,19 @@ void worker_take(worker *w, rd_kafka_message_t *msg)
         rd_kafka_message_destroy(msg);
         return;
     }
-    c->w = w;
+    c->cs = cs;
     c->msg = msg;
     c->state = TAKEN;
-    c->generation = worker_generation(w, msg->partition);
-    c->next = w->calls;
-    if (w->calls) w->calls->prev = c;
-    w->calls = c;
-    w->n_calls++;
-    if (sheaf_offwin_begin(w->window, msg->partition, msg->offset) != SHEAF_OK) {
+    c->generation = generation(cs, msg->partition);
+    c->next = cs->calls;
+    if (cs->calls) cs->calls->prev = c;
+    cs->calls = c;
+    cs->n_calls++;
+    if (sheaf_offwin_begin(cs->window, msg->partition, msg->offset) != SHEAF_OK) {
         /* An offset at or below one already taken: the partition was
          * rewound (seek, reset).  Start its window afresh. */
-        sheaf_offwin_forget(w->window, msg->partition);
-        sheaf_offwin_begin(w->window, msg->partition, msg->offset);
+        sheaf_offwin_forget(cs->window, msg->partition);
+        sheaf_offwin_begin(cs->window, msg->partition, msg->offset);
     }
     if (sheaf_chunk_decode(msg->payload, msg->len, &c->m, errstr, sizeof(errstr)) != SHEAF_OK) {
         snprintf(reason, sizeof(reason), "not a valid sheaf chunk message: %s", errstr);
@@ -941,26 +1019,26 @@ void worker_take(worker *w, rd_kafka_message_t *msg)
  * report; only those of revoked partitions with revoked_only.  Calls with
  * a Redis command or an LLM call under way are not touched: their
  * callback comes (at the latest when the runtime goes) and ends them. */
-static void abandon_where(worker *w, int all, int revoked_only)
+static void abandon_where(chunks *cs, int all, int revoked_only)
 {
-    call *c = w->calls, *next;
+    call *c = cs->calls, *next;
     for (; c; c = next) {
         next = c->next;
         int timer = c->state == PARKED || c->state == HELD ||
                     (c->state == DEAD_LETTERING && !c->dlq);
         int waiting = c->state == LOADING || c->state == DEAD_LETTERING;
         if (!timer && !(all && waiting)) continue;
-        if (revoked_only && c->generation == worker_generation(w, c->msg->partition)) continue;
+        if (revoked_only && c->generation == generation(cs, c->msg->partition)) continue;
         call_end(c, STOPPED);
     }
 }
 
-void worker_calls_abandon(worker *w, int all)
+void chunks_abandon(chunks *cs, int all)
 {
-    abandon_where(w, all, 0);
+    abandon_where(cs, all, 0);
 }
 
-void worker_waiting_revoked(worker *w)
+void chunks_abandon_revoked(chunks *cs)
 {
-    abandon_where(w, 0, 1);
+    abandon_where(cs, 0, 1);
 }

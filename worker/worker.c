@@ -101,24 +101,25 @@ static sheaf_metric *gauge(worker *w, const char *name, const char *help, char *
 static int metrics_start(worker *w, char *errstr, size_t errlen)
 {
     worker_metrics *m = &w->met;
+    chunk_metrics *cm = &w->chunks.met;
     if (!(m->consumed = counter(w, "sheaf_messages_consumed_total",
                                 "Chunk messages taken from Kafka.", errstr, errlen)) ||
-        !(m->processed = counter(w, "sheaf_chunks_processed_total",
-                                 "Chunks whose map result was recorded.", errstr, errlen)) ||
-        !(m->failed = counter(w, "sheaf_chunks_failed_total",
-                              "Chunks recorded as failed (and dead-lettered).", errstr, errlen)) ||
-        !(m->dlq = counter(w, "sheaf_dlq_messages_total",
-                           "Messages sent to the dead-letter topic.", errstr, errlen)) ||
+        !(cm->processed = counter(w, "sheaf_chunks_processed_total",
+                                  "Chunks whose map result was recorded.", errstr, errlen)) ||
+        !(cm->failed = counter(w, "sheaf_chunks_failed_total",
+                               "Chunks recorded as failed (and dead-lettered).", errstr, errlen)) ||
+        !(cm->dlq = counter(w, "sheaf_dlq_messages_total",
+                            "Messages sent to the dead-letter topic.", errstr, errlen)) ||
         !(m->lag = gauge(w, "sheaf_consumer_lag_messages",
                          "Consumer lag in messages: high watermark minus consumed position, "
                          "summed over the assigned partitions.", errstr, errlen)) ||
         !(m->partitions = gauge(w, "sheaf_partitions_assigned",
                                 "Partitions of the map topic assigned to this worker.", errstr,
                                 errlen)) ||
-        !(m->parked = gauge(w, "sheaf_chunks_parked",
-                            "Chunks whose LLM call failed transiently after every attempt, "
-                            "waiting to be sent again (llm.retry_horizon_ms).", errstr,
-                            errlen)))
+        !(cm->parked = gauge(w, "sheaf_chunks_parked",
+                             "Chunks whose LLM call failed transiently after every attempt, "
+                             "waiting to be sent again (llm.retry_horizon_ms).", errstr,
+                             errlen)))
         return -1;
     return 0;
 }
@@ -146,27 +147,6 @@ static void publish_lag(worker *w)
     }
     sheaf_metric_set(w->met.lag, lag);
     rd_kafka_topic_partition_list_destroy(parts);
-}
-
-/* ---- partition generations ---- */
-
-uint32_t worker_generation(worker *w, int32_t partition)
-{
-    return partition >= 0 && (size_t)partition < w->n_generation ? w->generation[partition] : 0;
-}
-
-static void generation_bump(worker *w, int32_t partition)
-{
-    if (partition < 0) return;
-    if ((size_t)partition >= w->n_generation) {
-        size_t n = (size_t)partition + 64;
-        uint32_t *g = realloc(w->generation, n * sizeof(*g));
-        if (!g) return; /* stays 0: at worst an idempotent rewrite */
-        memset(g + w->n_generation, 0, (n - w->n_generation) * sizeof(*g));
-        w->generation = g;
-        w->n_generation = n;
-    }
-    w->generation[partition]++;
 }
 
 /* ---- flow control ---- */
@@ -199,9 +179,9 @@ static size_t backlog_limit(const worker *w)
 static void flow_control(worker *w)
 {
     /* Redis away (chunks held) or a fleet condition: no new work. */
-    size_t pending = w->n_calls;
+    size_t pending = w->chunks.n_calls;
     int circuit = sheaf_llm_async_circuit_open(w->rt->llm) || w->rt->fleet_cause[0] ||
-                  w->n_held;
+                  w->chunks.n_held;
     int64_t now = sheaf_mono_ms();
 
     /* full is set by take() when it stops for room and cleared whenever a
@@ -210,7 +190,7 @@ static void flow_control(worker *w)
      * refilled and pause a worker that is only busy). */
     if (pending < backlog_limit(w)) w->full = 0;
     if (!w->paused && circuit) {
-        if (!w->rt->fleet_cause[0] && !w->n_held)
+        if (!w->rt->fleet_cause[0] && !w->chunks.n_held)
             sheaf_warn("worker", "LLM endpoint failing: circuit open, consumption paused");
         set_paused(w, 1);
     } else if (!w->paused && w->full && now - w->full_since_ms >= HOLD_MAX_MS) {
@@ -252,12 +232,11 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     } else {
         size_t dropped = 0;
         for (int i = 0; i < parts->cnt; i++) {
-            dropped += sheaf_offwin_forget(w->window, parts->elems[i].partition);
-            generation_bump(w, parts->elems[i].partition);
+            dropped += chunks_revoke(&w->chunks, parts->elems[i].partition);
         }
         /* Parked and held chunks of those partitions are the new owner's
          * now: waiting on for them would only repeat its calls. */
-        worker_waiting_revoked(w);
+        chunks_abandon_revoked(&w->chunks);
         sheaf_info("worker", "partitions revoked: %d [%s]; %zu call(s) in flight for them will "
                    "record results but leave offsets to the new owner", parts->cnt, list, dropped);
         /* They leave unpaused: librdkafka keeps the application's pause on
@@ -295,7 +274,7 @@ static void take(void *ud)
     worker *w = ud;
     size_t max = backlog_limit(w);
     for (int i = 0; i < TAKE_BATCH; i++) {
-        if (w->n_calls >= max && !w->paused && !w->draining) {
+        if (w->chunks.n_calls >= max && !w->paused && !w->draining) {
             w->starved = 1;
             if (!w->full) {
                 w->full = 1;
@@ -316,15 +295,17 @@ static void take(void *ud)
             continue;
         }
         sheaf_metric_inc(w->met.consumed);
-        worker_take(w, msg);
+        chunks_take(&w->chunks, msg);
     }
     sheaf_runtime_queue_kick(w->consumer_w); /* more may be waiting */
 }
 
-void worker_room(worker *w)
+/* A chunk ended (chunk.c's room callback): take more when there is room. */
+static void room(void *ud)
 {
-    if (w->n_calls < backlog_limit(w)) w->full = 0;
-    if (w->starved && w->n_calls < backlog_limit(w)) {
+    worker *w = ud;
+    if (w->chunks.n_calls < backlog_limit(w)) w->full = 0;
+    if (w->starved && w->chunks.n_calls < backlog_limit(w)) {
         w->starved = 0;
         sheaf_runtime_queue_kick(w->consumer_w);
     }
@@ -349,9 +330,9 @@ static void drain_start(worker *w)
     /* Calls not yet started are given back (redelivered to whoever takes
      * the partition); only requests under way are worth waiting for. */
     sheaf_llm_async_abort_queued(w->rt->llm);
-    worker_calls_abandon(w, 0);
-    if (w->n_calls)
-        sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", w->n_calls,
+    chunks_abandon(&w->chunks, 0);
+    if (w->chunks.n_calls)
+        sheaf_info("worker", "stopping: draining %zu call(s), at most %d ms", w->chunks.n_calls,
                    w->cfg.worker_drain_ms);
 }
 
@@ -361,14 +342,14 @@ static void tick(void *ud)
     int64_t now = sheaf_mono_ms();
     if (sheaf_stop && !w->draining) drain_start(w);
     if (w->draining) {
-        if (w->n_calls && now < w->drain_deadline_ms) return;
-        if (w->n_calls)
+        if (w->chunks.n_calls && now < w->drain_deadline_ms) return;
+        if (w->chunks.n_calls)
             sheaf_warn("worker", "drain deadline reached: abandoning %zu chunk(s); their "
-                       "messages will be redelivered", w->n_calls);
+                       "messages will be redelivered", w->chunks.n_calls);
         sheaf_runtime_break(w->rt);
         return;
     }
-    w->rt->redis_held = w->n_held;
+    w->rt->redis_held = w->chunks.n_held;
     flow_control(w);
     if (now - w->lag_ms >= LAG_EVERY_MS) {
         publish_lag(w);
@@ -394,7 +375,7 @@ static int worker_start(worker *w)
         sheaf_error("worker", "%s", errstr);
         return -1;
     }
-    if (!(w->window = sheaf_offwin_create())) {
+    if (chunks_init(&w->chunks) != 0) {
         sheaf_error("worker", "out of memory");
         return -1;
     }
@@ -404,6 +385,13 @@ static int worker_start(worker *w)
         sheaf_error("worker", "%s", errstr);
         return -1;
     }
+    w->chunks.cfg = &w->cfg;
+    w->chunks.rt = w->rt;
+    w->chunks.consumer = w->consumer;
+    w->chunks.producer = w->producer;
+    w->chunks.dlq_topic = w->dlq_topic;
+    w->chunks.room = room;
+    w->chunks.room_ud = w;
     w->consumer_q = rd_kafka_queue_get_consumer(w->consumer);
     w->producer_q = rd_kafka_queue_get_main(w->producer);
     if (!w->consumer_q || !w->producer_q ||
@@ -438,7 +426,7 @@ static void worker_stop(worker *w)
         /* Calls hold Kafka messages: end them before the consumer goes.
          * Those waiting on Redis end when the runtime fails their commands. */
         sheaf_llm_async_abort_all(w->rt->llm);
-        worker_calls_abandon(w, 1);
+        chunks_abandon(&w->chunks, 1);
     }
     if (w->consumer) {
         /* Commits the stored offsets and leaves the group, so partitions move
@@ -455,8 +443,7 @@ static void worker_stop(worker *w)
     if (w->producer && sheaf_kafka_flush(w->producer, 10000, errstr, sizeof(errstr)) != SHEAF_OK)
         sheaf_warn("worker", "dead-letter producer: %s", errstr);
     sheaf_kafka_producer_destroy(w->producer);
-    sheaf_offwin_destroy(w->window);
-    free(w->generation);
+    chunks_clear(&w->chunks);
     sheaf_config_clear(&w->cfg);
 }
 
@@ -472,8 +459,8 @@ int main(int argc, char **argv)
     if (worker_start(&w) == 0) {
         sheaf_runtime_run(w.rt);
         sheaf_info("worker", "stopped: %lu chunks processed, %lu duplicates skipped, %lu failed, "
-                   "%lu dead-lettered, %lu abandoned", w.processed, w.duplicates, w.failed,
-                   w.dead_lettered, w.abandoned);
+                   "%lu dead-lettered, %lu abandoned", w.chunks.processed, w.chunks.duplicates,
+                   w.chunks.failed, w.chunks.dead_lettered, w.chunks.abandoned);
         rc = 0;
     }
     worker_stop(&w);

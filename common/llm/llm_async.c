@@ -19,6 +19,13 @@
  * connection that may multiplex rather than open another) is set only for
  * https, where ALPN settles the question at the handshake: on plain http
  * curl would hold every new transfer until the first response arrived.
+ * On plain http a slot's curl receive buffer is ASYNC_HTTP_RECV_BYTES
+ * instead of curl's 16 KiB: curl keeps it for the handle's life, and at
+ * 1024 calls in flight the resident part of 1024 mostly unused 16 KiB
+ * buffers was ~4.5 MB of the worker's RSS (an answer of a few KiB only
+ * takes a few reads more).  https keeps curl's size: there OpenSSL's
+ * per-connection buffers dwarf it and HTTP/2 reads DATA frames of up to
+ * 16 KiB into it.
  *
  * The engine lives on a libevent loop: the runtime's (create_on, the
  * worker) or a private one turned by sheaf_llm_async_run (tests, the
@@ -95,6 +102,7 @@
 
 #define ASYNC_MAX_IN_FLIGHT 4096
 #define ASYNC_SLOT_KEEP_BYTES 65536   /* a slot's buffer larger than this is freed after use */
+#define ASYNC_HTTP_RECV_BYTES 1024L   /* curl's receive buffer per slot on plain http (its minimum) */
 #define ASYNC_PENALTY_SLACK_MS 100    /* a penalty extending the hold less than this is not resent */
 #define LEARN_MARGIN SHEAF_LLM_LEARN_MARGIN
 #define LEARN_BURST_MS 1000.0         /* how far ahead of its pace a learned limit may run */
@@ -371,6 +379,8 @@ static llm_slot *slot_get(sheaf_llm_async *a, char *errstr, size_t errlen)
     if (rc == CURLE_OK)
         (void)curl_easy_setopt(s->easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     if (rc == CURLE_OK && a->https) rc = curl_easy_setopt(s->easy, CURLOPT_PIPEWAIT, 1L);
+    if (rc == CURLE_OK && !a->https)
+        rc = curl_easy_setopt(s->easy, CURLOPT_BUFFERSIZE, ASYNC_HTTP_RECV_BYTES);
     if (rc != CURLE_OK) {
         sheaf_set_err(errstr, errlen, "cannot configure curl: %s", curl_easy_strerror(rc));
         goto done;

@@ -21,6 +21,7 @@
 #include <ctype.h>
 #include <curl/curl.h>
 #include <jansson.h>
+#include <locale.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -82,46 +83,130 @@ static json_t *response_format(const json_t *schema)
     return rf;
 }
 
+/* The body is written here, not built as a jansson object and dumped:
+ * json_dumps cost ~60,000 instructions for a body of a few hundred bytes
+ * (20 % of a worker's at zero latency, callgrind).  The bytes are exactly
+ * what json_dumps(JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15))
+ * gave for the object the earlier code built (the LLM cache hashes them;
+ * tests/unit/test_llm.c compares both on many inputs): keys in sorted
+ * order, strings escaped as jansson does (", \, control characters; no
+ * '/' and no non-ASCII escaped, \u00XX in upper case), the temperature as
+ * jansson's real.  Only response_format is still dumped by jansson. */
+
+/* Appends s as a JSON string; -1 when it is not valid UTF-8 (jansson's
+ * json_string refused those) or no memory. */
+static int body_string(sheaf_buf *b, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t len = strlen(s), run = 0;
+    if (!sheaf_utf8_valid(s, len, NULL) || sheaf_buf_append(b, "\"", 1) != SHEAF_OK) return -1;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[6] = {'\\', 0, '0', '0', 0, 0};
+        size_t n = 2;
+        if (c >= 0x20 && c != '"' && c != '\\') continue;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            esc[1] = 'u';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xF];
+            n = 6;
+        }
+        if (sheaf_buf_append(b, s + run, i - run) != SHEAF_OK ||
+            sheaf_buf_append(b, esc, n) != SHEAF_OK)
+            return -1;
+        run = i + 1;
+    }
+    return sheaf_buf_append(b, s + run, len - run) == SHEAF_OK &&
+                   sheaf_buf_append(b, "\"", 1) == SHEAF_OK
+               ? 0
+               : -1;
+}
+
+/* Appends v as jansson writes a real at precision 15 (jsonp_dtostr): %.15g
+ * in the C locale's notation, ".0" when neither '.' nor 'e' came out, no
+ * '+' and no leading zeros in the exponent.  -1 when v is not finite
+ * (json_real refused those). */
+static int body_real(sheaf_buf *b, double v)
+{
+    char buf[64], *start, *end;
+    const char *point = localeconv()->decimal_point;
+    int ret;
+    size_t length;
+    if (!isfinite(v)) return -1;
+    ret = snprintf(buf, sizeof(buf), "%.15g", v);
+    if (ret < 0 || (size_t)ret >= sizeof(buf) - 3) return -1;
+    length = (size_t)ret;
+    if (*point != '.' && (start = strchr(buf, *point)) != NULL) *start = '.';
+    if (!strchr(buf, '.') && !strchr(buf, 'e')) {
+        memcpy(buf + length, ".0", 3);
+        length += 2;
+    }
+    if ((start = strchr(buf, 'e')) != NULL) {
+        start++;
+        end = start + 1;
+        if (*start == '-') start++;
+        while (*end == '0') end++;
+        if (end != start) {
+            memmove(start, end, length - (size_t)(end - buf) + 1);
+            length -= (size_t)(end - start);
+        }
+    }
+    return sheaf_buf_append(b, buf, length) == SHEAF_OK ? 0 : -1;
+}
+
 char *sheaf_llm_request_json(const sheaf_llm_request *req)
 {
-    char *out = NULL;
-    json_t *root = json_object();
-    json_t *msgs = json_array();
+    sheaf_buf b;
+    char *rf_text = NULL, *out = NULL;
+    int bad = 0;
 
-    if (!root || !msgs || !req) goto done;
-    for (size_t i = 0; i < req->n_messages; i++) {
+    if (!req) return NULL;
+    /* response_format first: a schema that is not an object fails the
+     * whole body, as it did. */
+    if (req->json_schema) {
+        json_t *rf = response_format(req->json_schema);
+        if (!rf) return NULL;
+        rf_text = json_dumps(rf, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
+        json_decref(rf);
+        if (!rf_text) return NULL;
+    }
+    sheaf_buf_init(&b, (size_t)-1);
+    bad |= sheaf_buf_append(&b, "{", 1) != SHEAF_OK;
+    if (req->max_tokens > 0)
+        bad |= sheaf_buf_appendf(&b, "\"max_tokens\":%d,", req->max_tokens) != SHEAF_OK;
+    bad |= sheaf_buf_appends(&b, "\"messages\":[") != SHEAF_OK;
+    for (size_t i = 0; i < req->n_messages && !bad; i++) {
         const sheaf_llm_message *m = &req->messages[i];
-        json_t *jm = json_object();
-        if (!jm) goto done;
-        /* json_array_append_new takes jm, even when it fails. */
-        if (json_array_append_new(msgs, jm) != 0 ||
-            json_object_set_new(jm, "role", json_string(m->role ? m->role : "user")) != 0 ||
-            json_object_set_new(jm, "content", json_string(m->content ? m->content : "")) != 0)
-            goto done;
+        bad |= sheaf_buf_appends(&b, i ? ",{\"content\":" : "{\"content\":") != SHEAF_OK ||
+               body_string(&b, m->content ? m->content : "") != 0 ||
+               sheaf_buf_appends(&b, ",\"role\":") != SHEAF_OK ||
+               body_string(&b, m->role ? m->role : "user") != 0 ||
+               sheaf_buf_append(&b, "}", 1) != SHEAF_OK;
     }
-    if (json_object_set_new(root, "model", json_string(req->model ? req->model : "")) != 0 ||
-        json_object_set_new(root, "temperature", json_real(req->temperature)) != 0)
-        goto done;
-    if (req->max_tokens > 0 &&
-        json_object_set_new(root, "max_tokens", json_integer(req->max_tokens)) != 0)
-        goto done;
-    /* Only with a schema: a free-text body stays byte-identical to what it
-     * always was (the LLM cache and golden tests hash these bytes). */
-    if (req->json_schema &&
-        json_object_set_new(root, "response_format", response_format(req->json_schema)) != 0)
-        goto done;
-    /* json_object_set_new takes msgs; the pointer is not used afterwards. */
-    if (json_object_set_new(root, "messages", msgs) != 0) {
-        msgs = NULL;
-        goto done;
+    bad |= bad || sheaf_buf_appends(&b, "],\"model\":") != SHEAF_OK ||
+           body_string(&b, req->model ? req->model : "") != 0;
+    if (rf_text)
+        bad |= bad || sheaf_buf_appends(&b, ",\"response_format\":") != SHEAF_OK ||
+               sheaf_buf_appends(&b, rf_text) != SHEAF_OK;
+    bad |= bad || sheaf_buf_appends(&b, ",\"temperature\":") != SHEAF_OK ||
+           body_real(&b, req->temperature) != 0 || sheaf_buf_append(&b, "}", 1) != SHEAF_OK;
+    if (!bad) {
+        size_t len = b.len;
+        /* To its size: the buffer grew by doubling, and a body lives as
+         * long as its call (two windows of them in a worker). */
+        char *shrunk;
+        if ((out = sheaf_buf_steal(&b)) && (shrunk = realloc(out, len + 1))) out = shrunk;
     }
-    msgs = NULL;
-    /* Sorted keys and 15 significant digits: the same request always gives
-     * the same bytes (the LLM cache hashes them) and 0.2 reads as 0.2. */
-    out = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
-done:
-    json_decref(msgs);
-    json_decref(root);
+    sheaf_buf_free(&b);
+    free(rf_text);
     return out;
 }
 

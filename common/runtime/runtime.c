@@ -76,6 +76,8 @@ static void on_ping(void *ud, redisReply *rep, const char *errstr)
     else if (!rt->redis_held) sheaf_health_set(rt->health, "redis", 1, NULL);
 }
 
+static void learned_look(sheaf_runtime *rt);
+
 /* What the HTTP thread may not find out itself, published from the loop. */
 static void on_ops(evutil_socket_t fd, short what, void *arg)
 {
@@ -100,6 +102,7 @@ static void on_ops(evutil_socket_t fd, short what, void *arg)
         rt->redis_ping_ms = now;
         sheaf_aredis_argv(rt->redis, 1, argv, NULL, on_ping, rt);
     }
+    learned_look(rt);
 }
 
 static int ops_start(sheaf_runtime *rt, char *errstr, size_t errlen)
@@ -131,16 +134,14 @@ static int ops_start(sheaf_runtime *rt, char *errstr, size_t errlen)
 
 /* ---- limits learned from the provider ---- */
 
-/* The engine learned the provider's limits (no llm.rpm/tpm configured):
- * the whole fleet shares them through the Redis limiter of the endpoint,
- * at the engine's margin, instead of every process pacing at the whole
- * limit. */
-static void on_learned(void *ud, int64_t rpm, int64_t tpm)
+/* Paces the engine with the provider's limits (per minute; no llm.rpm/tpm
+ * configured): the whole fleet shares them through the Redis limiter of
+ * the endpoint, at the engine's margin, instead of every process pacing
+ * at the whole limit. */
+static void learned_share(sheaf_runtime *rt, int64_t rpm, int64_t tpm)
 {
-    sheaf_runtime *rt = ud;
     char errstr[SHEAF_ERRSTR_SIZE];
     double r = (double)rpm * SHEAF_LLM_LEARN_MARGIN, t = (double)tpm * SHEAF_LLM_LEARN_MARGIN;
-    sheaf_ratelimit_learned_put_async(rt->redis, rt->cfg, rpm, tpm);
     if (rt->limit) {
         sheaf_ratelimit_set_rates(rt->limit, r, t);
         return;
@@ -153,6 +154,37 @@ static void on_learned(void *ud, int64_t rpm, int64_t tpm)
     sheaf_llm_async_set_learned_limiter(rt->llm, &rt->limiter);
     sheaf_info(rt->component, "sharing the provider's limits with the fleet: %.0f requests/min, "
                "%.0f tokens/min (0: none)", r, t);
+}
+
+/* The engine learned them from the provider's headers: recorded for the
+ * processes that have not seen an answer yet, and shared. */
+static void on_learned(void *ud, int64_t rpm, int64_t tpm)
+{
+    sheaf_runtime *rt = ud;
+    sheaf_ratelimit_learned_put_async(rt->redis, rt->cfg, rpm, tpm);
+    learned_share(rt, rpm, tpm);
+}
+
+static void on_learned_look(void *ud, int found, int64_t rpm, int64_t tpm)
+{
+    sheaf_runtime *rt = ud;
+    rt->learned_asking = 0;
+    if (!found || rt->limit) return;
+    sheaf_info(rt->component, "the fleet learned the provider's limits before this process "
+               "called: %lld requests/min, %lld tokens/min (0: none)", (long long)rpm,
+               (long long)tpm);
+    learned_share(rt, rpm, tpm);
+}
+
+/* Until the engine has a limiter (none configured, none learned): the
+ * limits another process learned and recorded, so this one paces its
+ * first calls too instead of sending a whole window before its first
+ * answer teaches it.  At the start, then from the 1 s health timer. */
+static void learned_look(sheaf_runtime *rt)
+{
+    if (rt->limit || rt->learned_asking || rt->cfg->llm_rpm > 0 || rt->cfg->llm_tpm > 0) return;
+    rt->learned_asking = 1;
+    sheaf_ratelimit_learned_get_async(rt->redis, rt->cfg, on_learned_look, rt);
 }
 
 /* ---- create, run, destroy ---- */
@@ -179,7 +211,10 @@ sheaf_runtime *sheaf_runtime_create(const sheaf_config *cfg, const char *compone
     if (!(rt->llm = sheaf_llm_async_create_on(rt->base, cfg, max_in_flight,
                                               rt->limit ? &rt->limiter : NULL, errstr, errlen)))
         goto done;
-    if (!rt->limit) sheaf_llm_async_on_learned(rt->llm, on_learned, rt);
+    if (!rt->limit) {
+        sheaf_llm_async_on_learned(rt->llm, on_learned, rt);
+        learned_look(rt);
+    }
     sheaf_llm_async_set_metrics(rt->llm, &rt->llm_met);
     rt->redis_ping_ms = sheaf_mono_ms() - REDIS_PING_EVERY_MS; /* a PING at the first tick */
     ret = rt;

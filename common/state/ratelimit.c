@@ -248,22 +248,57 @@ void sheaf_ratelimit_learned_put_async(sheaf_aredis *ar, const sheaf_config *cfg
     sheaf_aredis_argv(ar, 5, argv, NULL, on_learned_put, NULL);
 }
 
+/* 1 with *rpm and *tpm when rep is a recorded "<rpm> <tpm>" with a limit. */
+static int learned_parse(const redisReply *rep, int64_t *rpm, int64_t *tpm)
+{
+    long long q = 0, t = 0;
+    if (!rep || rep->type != REDIS_REPLY_STRING || sscanf(rep->str, "%lld %lld", &q, &t) != 2 ||
+        q < 0 || t < 0 || (q == 0 && t == 0))
+        return 0;
+    *rpm = q;
+    *tpm = t;
+    return 1;
+}
+
 int sheaf_ratelimit_learned_get(sheaf_redis *r, const sheaf_config *cfg, int64_t *rpm,
                                 int64_t *tpm)
 {
     char key[300], errstr[SHEAF_ERRSTR_SIZE];
-    long long q = 0, t = 0;
-    int found = 0;
     if (learned_key(cfg, key, sizeof(key)) != 0) return 0;
     redisReply *rep = sheaf_redis_cmd(r, errstr, sizeof(errstr), "GET %s", key);
-    if (rep && rep->type == REDIS_REPLY_STRING && sscanf(rep->str, "%lld %lld", &q, &t) == 2 &&
-        q >= 0 && t >= 0 && (q > 0 || t > 0)) {
-        *rpm = q;
-        *tpm = t;
-        found = 1;
-    }
+    int found = learned_parse(rep, rpm, tpm);
     if (rep) freeReplyObject(rep);
     return found;
+}
+
+typedef struct learned_call {
+    sheaf_ratelimit_learned_fn fn;
+    void *ud;
+} learned_call;
+
+static void on_learned_get(void *ud, redisReply *rep, const char *errstr)
+{
+    learned_call *g = ud;
+    int64_t rpm = 0, tpm = 0;
+    int found = learned_parse(rep, &rpm, &tpm);
+    if (!rep) sheaf_debug("ratelimit", "cannot read the learned limits: %s", errstr);
+    g->fn(g->ud, found, rpm, tpm);
+    free(g);
+}
+
+void sheaf_ratelimit_learned_get_async(sheaf_aredis *ar, const sheaf_config *cfg,
+                                       sheaf_ratelimit_learned_fn fn, void *ud)
+{
+    char key[300];
+    learned_call *g;
+    if (learned_key(cfg, key, sizeof(key)) != 0 || !(g = malloc(sizeof(*g)))) {
+        fn(ud, 0, 0, 0);
+        return;
+    }
+    g->fn = fn;
+    g->ud = ud;
+    const char *argv[] = {"GET", key};
+    sheaf_aredis_argv(ar, 2, argv, NULL, on_learned_get, g);
 }
 
 sheaf_err sheaf_ratelimit_from_config(sheaf_redis *r, const sheaf_config *cfg,

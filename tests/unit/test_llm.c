@@ -20,6 +20,7 @@
 
 #include <arpa/inet.h>
 #include <jansson.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -400,6 +401,125 @@ static void test_request_json_schema_not_object(void **state)
     r.json_schema = arr;
     assert_null(sheaf_llm_request_json(&r));
     json_decref(arr);
+}
+
+/* The body as jansson built and dumped it before the body was written by
+ * hand (llm_wire.c): the reference the new bytes must equal exactly (the
+ * LLM cache hashes them). */
+static char *reference_request_json(const sheaf_llm_request *req)
+{
+    char *out = NULL;
+    json_t *root = json_object(), *msgs = json_array();
+    for (size_t i = 0; i < req->n_messages; i++) {
+        const sheaf_llm_message *m = &req->messages[i];
+        json_t *jm = json_object();
+        if (json_array_append_new(msgs, jm) != 0 ||
+            json_object_set_new(jm, "role", json_string(m->role ? m->role : "user")) != 0 ||
+            json_object_set_new(jm, "content", json_string(m->content ? m->content : "")) != 0)
+            goto done;
+    }
+    if (json_object_set_new(root, "model", json_string(req->model ? req->model : "")) != 0 ||
+        json_object_set_new(root, "temperature", json_real(req->temperature)) != 0)
+        goto done;
+    if (req->max_tokens > 0 &&
+        json_object_set_new(root, "max_tokens", json_integer(req->max_tokens)) != 0)
+        goto done;
+    if (req->json_schema) {
+        json_t *copy = json_deep_copy(req->json_schema);
+        json_t *rf = json_pack("{s:s, s:{s:s, s:b, s:O}}", "type", "json_schema", "json_schema",
+                               "name", "sheaf_map", "strict", 0, "schema", copy);
+        json_decref(copy);
+        if (json_object_set_new(root, "response_format", rf) != 0) goto done;
+    }
+    json_object_set_new(root, "messages", msgs);
+    msgs = NULL;
+    out = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(15));
+done:
+    json_decref(msgs);
+    json_decref(root);
+    return out;
+}
+
+static uint64_t ref_rand_state = 42;
+static uint32_t ref_rand(void)
+{
+    uint64_t z = (ref_rand_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return (uint32_t)(z ^ (z >> 31));
+}
+
+/* A random string of pieces that matter to JSON: ASCII, every control
+ * character, quotes, backslashes, '/', DEL, 2- to 4-byte UTF-8, and now
+ * and then an invalid sequence (the body must then be refused). */
+static void random_text(char *out, size_t cap)
+{
+    static const char *const pieces[] = {
+        "a", "Zq ", "\"", "\\", "/", "\x7f", "\xc3\xa9", "\xe2\x82\xac", "\xe2\x80\xa8",
+        "\xf0\x9f\x98\x80", "\n", "\r\n", "\t", "\b", "\f", "\x01", "\x1f", "{\"k\":[1]}",
+        "\\u0041", "0.5e+10", "\xef\xbf\xbf"};
+    static const char *const bad[] = {"\xff", "\xc3", "\xed\xa0\x80", "\xc0\xaf", "\x80",
+                                      "\xf4\x90\x80\x80"};
+    size_t n = ref_rand() % 24, len = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        const char *p = ref_rand() % 200 == 0 ? bad[ref_rand() % 6]
+                                              : pieces[ref_rand() % (sizeof(pieces) /
+                                                                     sizeof(pieces[0]))];
+        size_t l = strlen(p);
+        if (len + l + 1 > cap) break;
+        memcpy(out + len, p, l + 1);
+        len += l;
+    }
+    if (ref_rand() % 3 == 0 && len + 2 < cap) { /* every control character now and then */
+        out[len++] = (char)(1 + ref_rand() % 31);
+        out[len] = '\0';
+    }
+}
+
+/* The hand-written body equals jansson's on thousands of random requests:
+ * texts of every kind, temperatures of every shape (0, -0, 1e-7, 1e20,
+ * 0.1 + 0.2, NaN: refused, ...), with and without max_tokens and a schema. */
+static void test_request_json_matches_jansson(void **state)
+{
+    (void)state;
+    static const double temps[] = {0.0, -0.0, 0.2, 1.0, 0.7, 1e-7, 1.5e-300, 1e20, 123456789012345678.0,
+                                   0.1 + 0.2, 2.0 / 3.0, -1.25, 1e15, 1e16, 5e-324, NAN, INFINITY};
+    json_t *schema = json_loads("{\"type\":\"object\",\"properties\":{\"b\":{\"type\":\"string\"},"
+                                "\"a\":{\"type\":\"number\",\"minimum\":0.5}},"
+                                "\"required\":[\"a\"]}", 0, NULL);
+    char model[256], sys[512], user[512], role[64];
+    int refused = 0;
+    assert_non_null(schema);
+    for (int i = 0; i < 5000; i++) {
+        sheaf_llm_message msgs[3];
+        random_text(model, sizeof(model));
+        random_text(sys, sizeof(sys));
+        random_text(user, sizeof(user));
+        random_text(role, sizeof(role));
+        msgs[0] = (sheaf_llm_message){ref_rand() % 5 ? "system" : NULL, sys};
+        msgs[1] = (sheaf_llm_message){ref_rand() % 5 ? "user" : role, ref_rand() % 9 ? user : NULL};
+        msgs[2] = (sheaf_llm_message){role, user};
+        sheaf_llm_request r = {.model = ref_rand() % 9 ? model : NULL,
+                               .temperature = temps[ref_rand() % (sizeof(temps) / sizeof(temps[0]))],
+                               .max_tokens = (int)(ref_rand() % 3 ? ref_rand() % 5000 : 0) -
+                                             (ref_rand() % 7 == 0 ? 6000 : 0),
+                               .messages = msgs,
+                               .n_messages = ref_rand() % 4,
+                               .json_schema = ref_rand() % 4 == 0 ? schema : NULL};
+        char *want = reference_request_json(&r), *got = sheaf_llm_request_json(&r);
+        if (!want) {
+            assert_null(got);
+            refused++;
+        } else {
+            assert_non_null(got);
+            assert_string_equal(got, want);
+        }
+        free(want);
+        free(got);
+    }
+    assert_true(refused > 0); /* invalid UTF-8 was tried */
+    json_decref(schema);
 }
 
 /* ---- response parsing ------------------------------------------------------- */
@@ -1050,6 +1170,7 @@ int main(void)
         cmocka_unit_test(test_request_json_bad_utf8),
         cmocka_unit_test(test_request_json_schema),
         cmocka_unit_test(test_request_json_schema_not_object),
+        cmocka_unit_test(test_request_json_matches_jansson),
         cmocka_unit_test(test_parse_good),
         cmocka_unit_test(test_parse_no_usage),
         cmocka_unit_test(test_parse_missing_choices),

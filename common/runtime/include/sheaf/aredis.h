@@ -51,7 +51,9 @@ void sheaf_aredis_argv(sheaf_aredis *ar, int argc, const char **argv, const size
 
 /* Runs a Lua script with EVALSHA; on NOSCRIPT (a restarted or flushed
  * Redis) it is sent again with EVAL, so the caller sees one reply.  args:
- * nkeys keys then the arguments, nargs in all (at most 20). */
+ * nkeys keys then the arguments, nargs in all (at most 20).  s->body must
+ * be a string that never changes (lua_scripts.c's): its SHA-1 is computed
+ * once per body address. */
 void sheaf_aredis_script(sheaf_aredis *ar, const sheaf_lua_script *s, int nkeys, int nargs,
                          const char **args, const size_t *lens, sheaf_aredis_fn fn, void *ud);
 

@@ -7,7 +7,9 @@
  *   redis      the asynchronous connection (sheaf/aredis.h), kept up by
  *              itself; key names stay in state.c, cache.c, ratelimit.c
  *   llm        the asynchronous LLM engine (sheaf/llm_async.h) on the loop,
- *              with the fleet-wide limiter (llm.rpm, llm.tpm) asked
+ *              with the fleet-wide limiter (llm.rpm, llm.tpm; else the
+ *              limits the fleet learned from the provider, looked up at
+ *              the start and every second until there is one) asked
  *              asynchronously through the same Redis connection
  *   kafka      librdkafka queues watched through their io-event fd
  *              (rd_kafka_queue_io_event_enable): a queue that gets
@@ -47,6 +49,7 @@ typedef struct sheaf_runtime {
     sheaf_aredis *redis;            /* owned */
     sheaf_ratelimit *limit;         /* owned; NULL: no fleet-wide limit configured */
     sheaf_llm_limiter limiter;
+    int learned_asking;             /* a look for the fleet's learned limits is under way */
     sheaf_llm_async *llm;           /* owned */
     sheaf_metrics *metrics;         /* owned */
     sheaf_llm_metrics llm_met;

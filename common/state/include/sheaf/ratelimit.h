@@ -107,12 +107,20 @@ sheaf_ratelimit *sheaf_ratelimit_for_endpoint(sheaf_redis *r, const sheaf_config
 /* Limits learned from the provider (per minute, 0: none sent), recorded
  * for an hour under the endpoint's key so processes that have not seen an
  * answer yet (a reducer that starts its calls after the map stage) use
- * them from their first call.  put is fire and forget; get is 1 when
+ * them from their first call (the runtime asks at its start and every
+ * second until it has a limiter).  put is fire and forget; get is 1 when
  * found. */
 void sheaf_ratelimit_learned_put_async(sheaf_aredis *ar, const sheaf_config *cfg, int64_t rpm,
                                        int64_t tpm);
 int sheaf_ratelimit_learned_get(sheaf_redis *r, const sheaf_config *cfg, int64_t *rpm,
                                 int64_t *tpm);
+/* The same on the runtime's connection: fn(ud, found, rpm, tpm) fires
+ * once, from the loop (found 0 when nothing is recorded or Redis failed;
+ * at once, from inside this call, only when no memory or the key cannot
+ * be made). */
+typedef void (*sheaf_ratelimit_learned_fn)(void *ud, int found, int64_t rpm, int64_t tpm);
+void sheaf_ratelimit_learned_get_async(sheaf_aredis *ar, const sheaf_config *cfg,
+                                       sheaf_ratelimit_learned_fn fn, void *ud);
 
 /* Changes the rates (the provider said other limits); the keys stay. */
 void sheaf_ratelimit_set_rates(sheaf_ratelimit *rl, double rpm, double tpm);

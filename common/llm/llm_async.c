@@ -60,7 +60,13 @@
  *   - x-ratelimit-remaining-requests: 0 on any answer means the next
  *     request would be refused: back off before we earn the 429;
  *   - the circuit breaker counts only failures that say the endpoint is
- *     unwell (no connection, timeouts, 5xx, 408).  While it is open queued
+ *     unwell (no connection, timeouts, 5xx, 408), and an answer that is a
+ *     5xx or 408, or a timeout, once per call in a run of failures: such a
+ *     failure may be the request's own (a prompt the provider chokes on
+ *     every time), and one poisoned call retried alone must not open the
+ *     circuit for every other call (which it did: a worker whose other
+ *     chunks were parked reopened it at each resend).  A connection that
+ *     cannot be made or is reset counts every time.  While it is open queued
  *     calls do not spend their attempts; results of calls already in
  *     flight when it opened are ignored by it, and only the probe decides
  *     whether it closes.
@@ -130,6 +136,7 @@ struct llm_call {
     int64_t attempt_start_ms;
     llm_slot *slot;            /* while in flight */
     int probe;                 /* the half-open breaker's probe */
+    uint64_t brk_run;          /* the breaker's run of failures it last counted in */
     int admitted;              /* the limiter admitted its next attempt */
     uint64_t start_seq;        /* a->starts when its attempt started */
     sheaf_err err;             /* final outcome, once done */
@@ -195,6 +202,7 @@ struct sheaf_llm_async {
     int brk_threshold;
     int brk_cooldown_ms, brk_max_cooldown_ms, brk_cur_cooldown_ms;
     int brk_failures;              /* consecutive transient failures while closed */
+    uint64_t brk_run;              /* which run of failures (from 1; a call's 0 is none) */
     int64_t brk_open_until_ms;
     int brk_probe_in_flight;
 
@@ -429,19 +437,26 @@ static void breaker_open(sheaf_llm_async *a, int64_t now, int cooldown_ms, const
 }
 
 /* Feeds one finished attempt to the breaker.  transient: the endpoint
- * looks unwell; answered: an HTTP answer that says it is alive. */
-static void breaker_record(sheaf_llm_async *a, llm_call *c, int transient, int answered,
-                           int64_t now, const char *why)
+ * looks unwell; per_call: a failure that may be the request's own (a 5xx
+ * or 408 answer, a timeout), counted once per call in a run of failures;
+ * answered: an HTTP answer that says it is alive. */
+static void breaker_record(sheaf_llm_async *a, llm_call *c, int transient, int per_call,
+                           int answered, int64_t now, const char *why)
 {
     int was_probe = c->probe;
     c->probe = 0;
     if (was_probe) a->brk_probe_in_flight = 0;
     switch (a->breaker) {
     case SHEAF_LLM_BREAKER_CLOSED:
-        if (transient && ++a->brk_failures >= a->brk_threshold)
-            breaker_open(a, now, a->brk_cooldown_ms, why);
-        else if (answered)
+        if (transient) {
+            if (per_call && c->brk_run == a->brk_run) break; /* counted in this run */
+            c->brk_run = a->brk_run;
+            if (++a->brk_failures >= a->brk_threshold)
+                breaker_open(a, now, a->brk_cooldown_ms, why);
+        } else if (answered) {
             a->brk_failures = 0;
+            a->brk_run++; /* a new run: every call counts again */
+        }
         break;
     case SHEAF_LLM_BREAKER_OPEN:
         break; /* a call started before it opened: says nothing new */
@@ -455,6 +470,7 @@ static void breaker_record(sheaf_llm_async *a, llm_call *c, int transient, int a
         } else if (answered) {
             a->breaker = SHEAF_LLM_BREAKER_CLOSED;
             a->brk_failures = 0;
+            a->brk_run++;
             a->brk_cur_cooldown_ms = a->brk_cooldown_ms;
             sheaf_info("llm", "circuit closed: the probe call got an answer");
         }
@@ -785,7 +801,8 @@ static void finish_attempt(sheaf_llm_async *a, llm_slot *s, CURLcode rc, int64_t
     }
     if (hdr.remaining_requests == 0 && hdr.reset_requests_ms > 0)
         penalize(a, hdr.reset_requests_ms, now);
-    breaker_record(a, c, transient, status > 0 && !transient, now, errstr);
+    breaker_record(a, c, transient, transient && (status > 0 || rc == CURLE_OPERATION_TIMEDOUT),
+                   status > 0 && !transient, now, errstr);
     learn(a, c, &hdr, status, now);
 
     if (err == SHEAF_ERR_LLM_RETRY && c->result.attempts < a->max_attempts) {
@@ -908,6 +925,7 @@ sheaf_llm_async *sheaf_llm_async_create_on(struct event_base *base, const sheaf_
         a->has_limiter = 1;
     }
     a->breaker = SHEAF_LLM_BREAKER_CLOSED;
+    a->brk_run = 1;
     a->cwnd = max_in_flight;
     a->tok_remaining = -1;
     /* A config that never went through sheaf_config_load (tests) has

@@ -791,6 +791,38 @@ static void test_breaker_counts_consecutive_only(void **state)
     http_stub_stop(s);
 }
 
+/* One call that the provider answers 500 every time (a prompt it chokes
+ * on), retried alone: its attempts count once, the circuit stays closed;
+ * three such calls open it. */
+static void test_breaker_poisoned_call(void **state)
+{
+    (void)state;
+    sheaf_config cfg;
+    sheaf_llm_stats st;
+    http_stub *s = http_stub_start(0, stub_handler, NULL);
+    sheaf_llm_async *a;
+    assert_non_null(s);
+    cfg_fill(&cfg, s->port, 8, 1);
+    a = engine(&cfg, 4, NULL);
+    assert_int_equal(sheaf_llm_async_set_breaker(a, 3, 200, 5000), SHEAF_OK);
+    submit(a, 1, "e500", 0);
+    assert_int_equal(drive(a, 5000), 1);
+    assert_int_equal(recs[1].err, SHEAF_ERR_LLM_RETRY);
+    assert_int_equal(recs[1].attempts, 8);
+    sheaf_llm_async_stats(a, &st);
+    assert_int_equal(st.breaker_opens, 0);
+    assert_false(sheaf_llm_async_circuit_open(a));
+    /* Three different calls failing: the endpoint is unwell. */
+    submit(a, 2, "e500", 0);
+    submit(a, 3, "e502", 0);
+    submit(a, 4, "e503", 0);
+    drive(a, 5000);
+    sheaf_llm_async_stats(a, &st);
+    assert_true(st.breaker_opens >= 1);
+    sheaf_llm_async_destroy(a);
+    http_stub_stop(s);
+}
+
 /* abort_all: in flight, waiting for a retry, queued - all STOPPED, once. */
 static void test_abort_all(void **state)
 {
@@ -912,6 +944,7 @@ int main(void)
         cmocka_unit_test_setup(test_callback_submits, setup),
         cmocka_unit_test_setup(test_circuit_breaker, setup),
         cmocka_unit_test_setup(test_breaker_counts_consecutive_only, setup),
+        cmocka_unit_test_setup(test_breaker_poisoned_call, setup),
         cmocka_unit_test_setup(test_abort_all, setup),
         cmocka_unit_test_setup(test_learned_limit_paces, setup),
         cmocka_unit_test_setup(test_aimd_without_headers, setup),

@@ -1369,7 +1369,8 @@ static void usage(FILE *out)
             "                           also SHEAF_SIM_CONTEXT_TOKENS)\n"
             "  --critique-done-after K  a critique request of \"Round: K\" or later\n"
             "                           answers DONE (default 2)\n"
-            "  --max-connections N      concurrent connections (default 1024)\n"
+            "  --max-connections N      concurrent connections (default 4096: a fleet of\n"
+            "                           windows of 1,024 keeps its idle connections open)\n"
             "  --quiet                  no log line per request\n"
             "  -h, --help               this text\n"
             "  Endpoints: POST /v1/chat/completions, POST /chat/completions,\n"
@@ -1456,7 +1457,7 @@ static int parse_opts(int argc, char **argv, sim_opts *o)
     int c, idx;
 
     *o = (sim_opts){.host = "127.0.0.1", .seed = 1, .max_request_bytes = 8u << 20,
-                    .summary_words = 120, .max_connections = 1024};
+                    .summary_words = 120, .max_connections = 4096};
     set->critique_done_after = DEFAULT_CRITIQUE_DONE_AFTER;
     while ((c = getopt_long(argc, argv, "h", longopts, &idx)) != -1) {
         name = c == 'h' || c == '?' ? "" : longopts[idx].name;

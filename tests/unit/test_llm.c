@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sheaf/buf.h"
 #include "sheaf/llm.h"
 #include "sheaf/llm_async.h"
 #include "sheaf/util.h"
@@ -523,6 +524,235 @@ static void test_request_json_matches_jansson(void **state)
 }
 
 /* ---- response parsing ------------------------------------------------------- */
+
+/* ---- the answer's fast path against jansson ---- */
+
+/* What sheaf_llm_parse_response gave when it always went through jansson,
+ * for a successful answer: OK with content and usage, else not OK. */
+static sheaf_err reference_parse(const char *body, size_t len, char **content,
+                                 sheaf_llm_usage *u)
+{
+    json_t *root = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL), *text, *usage;
+    sheaf_err err = SHEAF_ERR_LLM_FATAL;
+    *content = NULL;
+    u->prompt_tokens = u->completion_tokens = 0;
+    if (!root) return SHEAF_ERR_LLM_RETRY;
+    if (!json_is_object(root) ||
+        (json_object_get(root, "error") && !json_is_null(json_object_get(root, "error"))))
+        goto done;
+    text = json_object_get(json_object_get(json_array_get(json_object_get(root, "choices"), 0),
+                                           "message"),
+                           "content");
+    if (!json_is_string(text) || strlen(json_string_value(text)) != json_string_length(text))
+        goto done;
+    *content = strdup(json_string_value(text));
+    usage = json_object_get(root, "usage");
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(usage, i ? "completion_tokens" : "prompt_tokens");
+        uint64_t n = 0;
+        if (json_is_integer(v) && json_integer_value(v) > 0) n = (uint64_t)json_integer_value(v);
+        else if (json_is_real(v) && json_real_value(v) > 0 && json_real_value(v) < 1e18)
+            n = (uint64_t)json_real_value(v);
+        if (i) u->completion_tokens = n;
+        else u->prompt_tokens = n;
+    }
+    err = SHEAF_OK;
+done:
+    json_decref(root);
+    return err;
+}
+
+/* Appends a random JSON string: ASCII, UTF-8, escapes of every kind
+ * (\uXXXX of ASCII, of the BMP, surrogate pairs, now and then \u0000, a
+ * lone surrogate, a bad escape or a raw control character). */
+static void rand_json_string(sheaf_buf *b)
+{
+    static const char *const pieces[] = {
+        "a", "Sum ", "\\\"", "\\\\", "\\/", "/", "\\n", "\\t", "\\r", "\\b", "\\f", "\\u0041",
+        "\\u00e9", "\\u20AC", "\\uFFFF", "\\ud83d\\ude00", "\xc3\xa9", "\xe2\x82\xac",
+        "\xf0\x9f\x98\x80", "\x7f", "{\\\"x\\\":1}", "0.5"};
+    static const char *const rare[] = {"\\u0000", "\\ud800", "\\udc00x", "\\x", "\x01", "\xff",
+                                       "\\u12G4", "\n"};
+    sheaf_buf_append(b, "\"", 1);
+    for (uint32_t i = 0, n = ref_rand() % 12; i < n; i++)
+        sheaf_buf_appends(b, ref_rand() % 150 == 0 ? rare[ref_rand() % 8]
+                                                   : pieces[ref_rand() % 22]);
+    sheaf_buf_append(b, "\"", 1);
+}
+
+static void rand_ws(sheaf_buf *b)
+{
+    static const char *const ws[] = {"", "", "", " ", "\n  ", "\t", "\r\n"};
+    sheaf_buf_appends(b, ws[ref_rand() % 7]);
+}
+
+/* Some value to skip: numbers of every form, literals, nested things. */
+static void rand_junk(sheaf_buf *b, int depth)
+{
+    static const char *const atoms[] = {
+        "0", "-0", "12", "-7", "1.5", "-0.25e-3", "1E+2", "3e10", "123456789012345678", "true",
+        "false", "null", "\"x\"", "1234567890123456789", "99999999999999999999", "1e999", "01",
+        "1.", ".5", "+1", "nul", "truex"};
+    uint32_t r = ref_rand() % 10;
+    if (depth < 3 && r == 0) {
+        sheaf_buf_appends(b, "[");
+        for (uint32_t i = 0, n = ref_rand() % 3; i < n; i++) {
+            if (i) sheaf_buf_appends(b, ",");
+            rand_junk(b, depth + 1);
+        }
+        sheaf_buf_appends(b, "]");
+    } else if (depth < 3 && r == 1) {
+        sheaf_buf_appends(b, "{");
+        for (uint32_t i = 0, n = ref_rand() % 3; i < n; i++) {
+            if (i) sheaf_buf_appends(b, ",");
+            rand_json_string(b);
+            sheaf_buf_appends(b, ":");
+            rand_junk(b, depth + 1);
+        }
+        sheaf_buf_appends(b, "}");
+    } else if (r == 2) {
+        rand_json_string(b);
+    } else {
+        sheaf_buf_appends(b, atoms[ref_rand() % (ref_rand() % 20 ? 13 : 22)]);
+    }
+}
+
+/* Members of an object in random order: each entry "key":value is made by
+ * fn(i); sometimes one is repeated, sometimes junk members are mixed in. */
+typedef void (*member_fn)(sheaf_buf *b, int i);
+
+static void rand_object(sheaf_buf *b, member_fn fn, int n)
+{
+    int order[8], m = 0, extra = (int)(ref_rand() % 3);
+    for (int i = 0; i < n; i++) order[m++] = i;
+    if (ref_rand() % 25 == 0 && n > 0) order[m++] = (int)(ref_rand() % (uint32_t)n); /* repeated */
+    for (int i = m - 1; i > 0; i--) {
+        int j = (int)(ref_rand() % (uint32_t)(i + 1)), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    sheaf_buf_appends(b, "{");
+    rand_ws(b);
+    for (int i = 0, first = 1; i < m + extra; i++, first = 0) {
+        if (!first) sheaf_buf_appends(b, ",");
+        rand_ws(b);
+        if (i < m) {
+            fn(b, order[i]);
+        } else {
+            static const char *const keys[] = {"\"id\"", "\"object\"", "\"created\"",
+                                               "\"logprobs\"", "\"cont\\u0065nt\""};
+            sheaf_buf_appends(b, keys[ref_rand() % (ref_rand() % 10 ? 4 : 5)]);
+            sheaf_buf_appends(b, ":");
+            rand_junk(b, 0);
+        }
+        rand_ws(b);
+    }
+    sheaf_buf_appends(b, "}");
+}
+
+static void member_message(sheaf_buf *b, int i)
+{
+    if (i == 0) {
+        sheaf_buf_appends(b, "\"content\":");
+        rand_ws(b);
+        if (ref_rand() % 30 == 0) sheaf_buf_appends(b, ref_rand() % 2 ? "null" : "42");
+        else rand_json_string(b);
+    } else {
+        sheaf_buf_appends(b, "\"role\":\"assistant\"");
+    }
+}
+
+static void member_choice(sheaf_buf *b, int i)
+{
+    if (i == 0) {
+        sheaf_buf_appends(b, "\"message\":");
+        if (ref_rand() % 40 == 0) sheaf_buf_appends(b, "[]");
+        else rand_object(b, member_message, ref_rand() % 30 ? 2 : 1);
+    } else if (i == 1) {
+        sheaf_buf_appends(b, "\"finish_reason\":\"stop\"");
+    } else {
+        sheaf_buf_appends(b, "\"index\":0");
+    }
+}
+
+static void member_usage(sheaf_buf *b, int i)
+{
+    static const char *const counts[] = {"12", "0", "-3", "123456789012345678", "4", "\"5\"",
+                                         "null", "7.0", "2e3", "1234567890123456789"};
+    sheaf_buf_appends(b, i == 0 ? "\"prompt_tokens\":" : i == 1 ? "\"completion_tokens\":"
+                                                                 : "\"total_tokens\":");
+    sheaf_buf_appends(b, counts[ref_rand() % (ref_rand() % 10 ? 5 : 10)]);
+}
+
+static void member_root(sheaf_buf *b, int i)
+{
+    switch (i) {
+    case 0:
+        sheaf_buf_appends(b, "\"choices\":");
+        rand_ws(b);
+        if (ref_rand() % 40 == 0) {
+            sheaf_buf_appends(b, ref_rand() % 2 ? "[]" : "{}");
+            break;
+        }
+        sheaf_buf_appends(b, "[");
+        rand_object(b, member_choice, 3);
+        for (uint32_t k = 0, n = ref_rand() % 3; k < n; k++) {
+            sheaf_buf_appends(b, ",");
+            rand_junk(b, 1);
+        }
+        sheaf_buf_appends(b, "]");
+        break;
+    case 1:
+        sheaf_buf_appends(b, "\"usage\":");
+        if (ref_rand() % 20 == 0) rand_junk(b, 0);
+        else rand_object(b, member_usage, 3);
+        break;
+    case 2:
+        sheaf_buf_appends(b, "\"model\":\"sim\"");
+        break;
+    default:
+        sheaf_buf_appends(b, ref_rand() % 2 ? "\"error\":null" : "\"error\":{\"message\":\"no\"}");
+    }
+}
+
+static void check_same(const char *body, size_t len)
+{
+    char *want = NULL, *got = NULL, err[SHEAF_ERRSTR_SIZE];
+    sheaf_llm_usage uw, ug;
+    sheaf_err ew = reference_parse(body, len, &want, &uw);
+    sheaf_err eg = sheaf_llm_parse_response(body, len, &got, &ug, err, sizeof(err));
+    if ((ew == SHEAF_OK) != (eg == SHEAF_OK) ||
+        (ew == SHEAF_OK && (strcmp(want, got) != 0 || uw.prompt_tokens != ug.prompt_tokens ||
+                            uw.completion_tokens != ug.completion_tokens)))
+        fail_msg("parse differs from jansson's on %.*s", (int)len, body);
+    free(want);
+    free(got);
+}
+
+/* The fast path answers exactly as jansson's would: on 20,000 random
+ * answers (keys in any order, repeated keys, escapes of every kind, odd
+ * numbers, "error" members), on every prefix of some (truncated bodies)
+ * and on single-byte mutations of others. */
+static void test_parse_fast_matches_jansson(void **state)
+{
+    (void)state;
+    sheaf_buf b;
+    for (int i = 0; i < 20000; i++) {
+        sheaf_buf_init(&b, 1 << 20);
+        rand_ws(&b);
+        rand_object(&b, member_root, ref_rand() % 15 ? 3 : 4);
+        rand_ws(&b);
+        check_same(b.data, b.len);
+        if (i % 50 == 0)
+            for (size_t cut = 0; cut < b.len; cut++) check_same(b.data, cut);
+        if (i % 5 == 0) {
+            size_t at = ref_rand() % b.len;
+            b.data[at] = ref_rand() % 2 ? (char)ref_rand() : "\"\\{}[],:0 u"[ref_rand() % 11];
+            check_same(b.data, b.len);
+        }
+        sheaf_buf_free(&b);
+    }
+}
 
 static void test_parse_good(void **state)
 {
@@ -1172,6 +1402,7 @@ int main(void)
         cmocka_unit_test(test_request_json_schema_not_object),
         cmocka_unit_test(test_request_json_matches_jansson),
         cmocka_unit_test(test_parse_good),
+        cmocka_unit_test(test_parse_fast_matches_jansson),
         cmocka_unit_test(test_parse_no_usage),
         cmocka_unit_test(test_parse_missing_choices),
         cmocka_unit_test(test_parse_content_null),

@@ -13,6 +13,13 @@ start_worker w1
 start_reducer r1
 ended() { [ "$( { "$SHEAF" status --json "$JOB" 2>/dev/null || true; } | jq -r .state)" = failed ]; }
 wait_until 60 "job $JOB to end failed" ended
+# The job ends when the reducer meets its first ready document; the worker
+# may still be recording (and dead-lettering) the other chunks then.
+settled() {
+  json=$( { "$SHEAF" status --json "$JOB" 2>/dev/null || true; } )
+  [ "$(echo "$json" | jq '.chunks_failed == .chunks and .dlq == .chunks')" = true ]
+}
+wait_until 30 "every chunk of $JOB recorded failed and dead-lettered" settled
 json=$( { "$SHEAF" status --json "$JOB" 2>/dev/null || true; } )
 echo "$json" | jq -r .error | grep -q "pipeline" || fail "the reason does not name the pipeline: $(echo "$json" | jq -r .error)"
 chunks=$(echo "$json" | jq .chunks)

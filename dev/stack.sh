@@ -151,6 +151,35 @@ free_port() {
     die "no free port found for a metrics endpoint"
 }
 
+# start_served NAME BIN USED: starts a worker or reducer serving /metrics on
+# a free port and sets SERVED_PORT once it listens.  The port was free when
+# picked, but another process (a parallel test, say) may bind it first: the
+# program then stops at once ("Address already in use") and is started again
+# on another port, instead of leaving a stack without it.
+start_served() {
+    local name=$1 bin=$2 used=$3 port pid attempt deadline
+    for attempt in 1 2 3 4 5; do
+        port=$(free_port "$used")
+        used+=" $port"
+        start "$name" "$DIR/$name.log" "$bin" -X "metrics.port=$port" -X "metrics.bind=$LISTEN_ADDR"
+        pid=$STARTED_PID
+        deadline=$((SECONDS + START_TIMEOUT_S))
+        while alive "$pid" && ! port_in_use "$port" && ((SECONDS < deadline)); do sleep 0.05; done
+        # A bind that failed ends the program within milliseconds of its start.
+        sleep 0.3
+        if alive "$pid" && port_in_use "$port"; then
+            SERVED_PORT=$port
+            return 0
+        fi
+        if alive "$pid" || ! grep -q "Address already in use" "$DIR/$name.log"; then
+            show_log "$DIR/$name.log"
+            die "$name did not start"
+        fi
+        log "$name: metrics port $port was taken meanwhile (attempt $attempt); trying another"
+    done
+    die "$name: no free metrics port after 5 attempts"
+}
+
 start_redis() {
     local bin cli port pid deadline attempt served
     bin=$(command -v redis-server) || die "redis-server not installed"
@@ -335,9 +364,9 @@ cmd_up() {
     for ((k = 1; k <= workers + reducers; k++)); do
         name=worker-$k bin=$worker
         ((k <= workers)) || name=reducer-$((k - workers)) bin=$reducer
-        port=$(free_port "$used")
+        start_served "$name" "$bin" "$used"
+        port=$SERVED_PORT
         used+=" $port"
-        start "$name" "$DIR/$name.log" "$bin" -X "metrics.port=$port" -X "metrics.bind=$LISTEN_ADDR"
         printf '%s http://%s:%s/metrics\n' "$name" "$LISTEN_ADDR" "$port" >>"$DIR/metrics"
     done
     log "started $workers worker(s) and $reducers reducer(s); logs in $DIR"

@@ -152,7 +152,7 @@ void reducer_redis_fine(reducer *r)
 {
     /* Back for the process only when nothing waits any more: a full Redis
      * answers reads while it refuses writes. */
-    if (r->redis_waiting > 0 || !r->redis_down_ms) return;
+    if (r->rt->redis_held > 0 || !r->redis_down_ms) return;
     sheaf_info("reducer", "Redis answers again after %lld s",
                (long long)(sheaf_mono_ms() - r->redis_down_ms) / 1000);
     r->redis_down_ms = 0;
@@ -166,7 +166,6 @@ void entry_redis_failed(rentry *e, const char *what, const char *errstr,
 
     reducer_redis_trouble(r, what, errstr);
     if (!e->hold_ms) {
-        r->redis_waiting++;
         r->rt->redis_held++;
     }
     e->hold_ms = e->hold_ms ? e->hold_ms * 2 : HOLD_FIRST_MS;
@@ -189,7 +188,6 @@ static void hold_end(rentry *e, int back)
     if (!e->hold_ms) return;
     e->hold_ms = 0;
     r->rt->redis_held--;
-    r->redis_waiting--;
     if (back) reducer_redis_fine(r);
 }
 

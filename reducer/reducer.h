@@ -70,10 +70,10 @@ struct reducer {
     rentry *entries;             /* their list */
     int stopping;                /* SIGTERM: no more reads; draining */
     int64_t drain_deadline_ms;
-    /* Redis trouble, for the whole process: since when (0: it answers), the
-     * last log line, and how many steps wait for it. */
+    /* Redis trouble, for the whole process: since when (0: it answers) and
+     * the last log line; how many steps wait for it is the runtime's
+     * redis_held. */
     int64_t redis_down_ms, redis_logged_ms;
-    size_t redis_waiting;
     unsigned long n_docs, n_groups, n_overviews;
 };
 

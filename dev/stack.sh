@@ -152,22 +152,26 @@ free_port() {
 }
 
 # start_served NAME BIN USED: starts a worker or reducer serving /metrics on
-# a free port and sets SERVED_PORT once it listens.  The port was free when
-# picked, but another process (a parallel test, say) may bind it first: the
-# program then stops at once ("Address already in use") and is started again
-# on another port, instead of leaving a stack without it.
+# a free port and sets SERVED_PORT once it is up (its start line is logged
+# after its metrics endpoint is bound).  The port was free when picked, but
+# another process (a parallel test, say) may bind it first: the program then
+# stops at once ("Address already in use") and is started again on another
+# port, instead of leaving a stack without it.
 start_served() {
-    local name=$1 bin=$2 used=$3 port pid attempt deadline
+    local name=$1 bin=$2 used=$3 port pid attempt deadline from
     for attempt in 1 2 3 4 5; do
         port=$(free_port "$used")
         used+=" $port"
+        # Only what this start logs (the file is appended to).
+        from=$(($(wc -l <"$DIR/$name.log" 2>/dev/null || echo 0) + 1))
         start "$name" "$DIR/$name.log" "$bin" -X "metrics.port=$port" -X "metrics.bind=$LISTEN_ADDR"
         pid=$STARTED_PID
         deadline=$((SECONDS + START_TIMEOUT_S))
-        while alive "$pid" && ! port_in_use "$port" && ((SECONDS < deadline)); do sleep 0.05; done
-        # A bind that failed ends the program within milliseconds of its start.
-        sleep 0.3
-        if alive "$pid" && port_in_use "$port"; then
+        # The start line: "consuming ... in group" (worker), "window N in
+        # group" (reducer).
+        up() { tail -n +"$from" "$DIR/$name.log" | grep -Eq '(consuming .*|window [0-9]+) in group'; }
+        while alive "$pid" && ! up && ((SECONDS < deadline)); do sleep 0.05; done
+        if alive "$pid" && up; then
             SERVED_PORT=$port
             return 0
         fi

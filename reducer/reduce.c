@@ -138,6 +138,7 @@ typedef struct rcall {
     prompt p;
     char *joined;                /* its inputs, joined (owned) */
     char cache_key[SHEAF_CACHE_KEY_SIZE]; /* "" when not cached or a hit */
+    char *body;                  /* hashed for the key, sent on a miss (owned) */
     stage_result res;
     sheaf_err err;
     char errstr[SHEAF_ERRSTR_SIZE];
@@ -168,6 +169,7 @@ static void op_free(rop *op)
     for (size_t i = 0; i < op->n_calls; i++) {
         prompt_free(&op->calls[i].p);
         free(op->calls[i].joined);
+        free(op->calls[i].body);
         stage_result_clear(&op->calls[i].res);
     }
     free(op->calls);
@@ -317,9 +319,11 @@ static void call_submit(rcall *c)
     sheaf_llm_message msgs[2];
     sheaf_llm_request req = call_request(c, msgs);
     uint64_t est = (uint64_t)c->p.tokens + (uint64_t)(st->max_tokens > 0 ? st->max_tokens : 0);
-    if (sheaf_llm_async_submit(c->op->e->r->rt->llm, &req,
-                               est > UINT32_MAX ? UINT32_MAX : (uint32_t)est, on_answer,
-                               c) != SHEAF_OK) {
+    char *body = c->body; /* the engine's from here */
+    c->body = NULL;
+    if (sheaf_llm_async_submit_body(c->op->e->r->rt->llm, &req, body,
+                                    est > UINT32_MAX ? UINT32_MAX : (uint32_t)est, on_answer,
+                                    c) != SHEAF_OK) {
         c->err = SHEAF_ERR_LLM_RETRY;
         snprintf(c->errstr, sizeof(c->errstr), "out of memory submitting the call");
         call_in(c);
@@ -341,6 +345,8 @@ static void on_cached(void *ud, int hit, char **content, const sheaf_llm_usage *
         return;
     }
     c->cache_key[0] = '\0'; /* nothing to store */
+    free(c->body);
+    c->body = NULL;
     c->res.text = *content; /* handed over to the result */
     *content = NULL;
     c->err = SHEAF_OK;
@@ -359,8 +365,10 @@ static void calls_start(rop *op)
         sheaf_llm_message msgs[2];
         c->op = op;
         sheaf_llm_request req = call_request(c, msgs);
-        if (sheaf_cache_usable(&op->e->r->cfg, &req) &&
-            sheaf_cache_key(op->e->r->cfg.llm_base_url, &req, c->cache_key) == SHEAF_OK) {
+        /* The key hashes the body that is sent: made once. */
+        if (sheaf_cache_usable(&op->e->r->cfg, &req) && (c->body = sheaf_llm_request_json(&req)) &&
+            sheaf_cache_key_body(op->e->r->cfg.llm_base_url, c->body, strlen(c->body),
+                                 c->cache_key) == SHEAF_OK) {
             sheaf_cache_get_async(rt->redis, c->cache_key, on_cached, c);
         } else {
             c->cache_key[0] = '\0';

@@ -71,10 +71,12 @@
  * instead of {"text": <answer>}; a free-text record is unchanged. */
 #include <event2/event.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "sheaf/buf.h"
 #include "sheaf/cache.h"
 #include "sheaf/codec.h"
 #include "sheaf/jschema.h"
@@ -141,6 +143,9 @@ struct call {
     char cache_key[SHEAF_CACHE_KEY_SIZE]; /* "" when the call is not cached */
     int cache_looked;          /* the first send looked the cache up */
     int from_cache;            /* the answer came from the cache */
+    char *body;                /* LOOKING: the request body hashed for the key, sent on a miss */
+    sheaf_lookup lookup;       /* the cache's answer, counted with the store */
+    uint64_t lookup_saved;     /* tokens a hit saved */
     /* Parked: sent again at the timer, until llm.retry_horizon_ms after
      * parked_since. */
     int64_t parked_since;
@@ -191,11 +196,15 @@ size_t chunks_revoke(chunks *cs, int32_t partition)
 
 int chunks_init(chunks *cs)
 {
-    return (cs->window = sheaf_offwin_create()) ? 0 : -1;
+    cs->window = sheaf_offwin_create();
+    cs->stores = sheaf_chunk_stores_new(cs->rt->redis);
+    return cs->window && cs->stores ? 0 : -1;
 }
 
 void chunks_clear(chunks *cs)
 {
+    sheaf_chunk_stores_destroy(cs->stores);
+    cs->stores = NULL;
     sheaf_offwin_destroy(cs->window);
     cs->window = NULL;
     free(cs->generation);
@@ -247,6 +256,7 @@ static void call_end(call *c, outcome out)
     free(c->req.user);
     free(c->reason);
     free(c->record);
+    free(c->body);
     json_decref(c->schema);
     if (c->decoded) sheaf_chunk_msg_clear(&c->m);
     rd_kafka_message_destroy(c->msg);
@@ -332,13 +342,27 @@ static void redis_ok(call *c)
 
 /* ---- records ---- */
 
+/* {"<key>":value}, the bytes jansson's compact dump gave (which was {}
+ * for a value that is not UTF-8: never an answer, which was parsed as
+ * JSON).  NULL on no memory. */
 static char *result_record(const char *key, const char *value)
 {
-    json_t *o = json_object();
-    json_object_set_new(o, key, json_string(value));
-    char *s = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return s;
+    sheaf_buf b;
+    sheaf_err err;
+    sheaf_buf_init(&b, SIZE_MAX / 2);
+    if (sheaf_buf_append(&b, "{", 1) != SHEAF_OK ||
+        sheaf_buf_json_string(&b, key, strlen(key)) != SHEAF_OK ||
+        sheaf_buf_append(&b, ":", 1) != SHEAF_OK)
+        goto fail;
+    err = sheaf_buf_json_string(&b, value, strlen(value));
+    if (err == SHEAF_ERR_INVALID) { /* jansson left the object empty */
+        sheaf_buf_reset(&b);
+        err = sheaf_buf_append(&b, "{", 1);
+    }
+    if (err == SHEAF_OK && sheaf_buf_append(&b, "}", 1) == SHEAF_OK) return sheaf_buf_steal(&b);
+fail:
+    sheaf_buf_free(&b);
+    return NULL;
 }
 
 /* The record of a structured answer: {"text","data","pages"} in that
@@ -384,12 +408,17 @@ static void on_stored(void *ud, const sheaf_state_reply *r)
     call_end(c, DONE);
 }
 
+/* The chunk's store goes with the others of its job that finish while
+ * one is on its way (sheaf_chunk_stores): one script per batch. */
 static void step_store(call *c)
 {
+    chunks *cs = c->cs;
+    sheaf_chunk_result res = {.ok = c->record_ok, .record = c->record,
+                              .prompt_tokens = c->usage.prompt_tokens,
+                              .completion_tokens = c->usage.completion_tokens,
+                              .cache = c->lookup, .tokens_saved = c->lookup_saved};
     c->state = STORING;
-    sheaf_state_chunk_store_async(c->cs->rt->redis, &c->m, c->record_ok, c->record,
-                                  c->usage.prompt_tokens, c->usage.completion_tokens, on_stored,
-                                  c);
+    sheaf_chunk_stores_put(cs->stores, &c->m, &res, on_stored, c);
 }
 
 /* Records the chunk: record (owned from here) is its JSON. */
@@ -570,9 +599,12 @@ static void step_call(call *c)
 {
     sheaf_llm_message msgs[2];
     sheaf_llm_request req = map_llm_request(c, msgs);
+    char *body = c->body; /* the engine's from here */
+    c->body = NULL;
     c->state = CALLING;
     c->from_cache = 0;
-    if (sheaf_llm_async_submit(c->cs->rt->llm, &req, c->req.est_tokens, on_done, c) != SHEAF_OK) {
+    if (sheaf_llm_async_submit_body(c->cs->rt->llm, &req, body, c->req.est_tokens, on_done, c) !=
+        SHEAF_OK) {
         sheaf_error("worker", "out of memory submitting job %s doc %s chunk %u", c->m.job,
                     c->m.doc, c->m.idx);
         call_end(c, STOPPED);
@@ -600,7 +632,8 @@ static void on_cached(void *ud, int hit, char **content, const sheaf_llm_usage *
     if (errstr[0])
         sheaf_warn("worker", "job %s doc %s chunk %u: %s; calling the LLM", c->m.job, c->m.doc,
                    c->m.idx, errstr);
-    sheaf_cache_count_async(cs->rt->redis, c->m.job, hit, saved);
+    c->lookup = hit ? SHEAF_LOOKUP_HIT : SHEAF_LOOKUP_MISS;
+    c->lookup_saved = hit && saved ? saved->prompt_tokens + saved->completion_tokens : 0;
     sheaf_metric_inc(hit ? cs->rt->llm_met.cache_hits : cs->rt->llm_met.cache_misses);
     if (!hit) {
         step_call(c);
@@ -610,6 +643,8 @@ static void on_cached(void *ud, int hit, char **content, const sheaf_llm_usage *
                 c->m.job, c->m.doc, c->m.idx, (unsigned long long)saved->prompt_tokens,
                 (unsigned long long)saved->completion_tokens);
     c->from_cache = 1;
+    free(c->body);
+    c->body = NULL;
     answer(c, *content);
 }
 
@@ -620,9 +655,11 @@ static void step_send(call *c)
     sheaf_llm_request req = map_llm_request(c, msgs);
     if (!c->cache_looked) {
         c->cache_looked = 1;
-        /* The key is computed from req itself: what is hashed is what is sent. */
-        if (sheaf_cache_usable(c->cs->cfg, &req) &&
-            sheaf_cache_key(c->cs->cfg->llm_base_url, &req, c->cache_key) == SHEAF_OK) {
+        /* The key is the hash of the body itself: what is hashed is what
+         * is sent (the same bytes, made once). */
+        if (sheaf_cache_usable(c->cs->cfg, &req) && (c->body = sheaf_llm_request_json(&req)) &&
+            sheaf_cache_key_body(c->cs->cfg->llm_base_url, c->body, strlen(c->body),
+                                 c->cache_key) == SHEAF_OK) {
             c->state = LOOKING;
             sheaf_cache_get_async(c->cs->rt->redis, c->cache_key, on_cached, c);
             return;
@@ -976,7 +1013,7 @@ static void on_checked(void *ud, const sheaf_state_reply *r)
 static void step_check(call *c)
 {
     c->state = CHECKING;
-    sheaf_state_chunk_exists_async(c->cs->rt->redis, &c->m, on_checked, c);
+    sheaf_chunk_stores_check(c->cs->stores, &c->m, on_checked, c);
 }
 
 void chunks_take(chunks *cs, rd_kafka_message_t *msg)

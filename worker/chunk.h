@@ -19,6 +19,7 @@
 #include "sheaf/metrics.h"
 #include "sheaf/offwin.h"
 #include "sheaf/runtime.h"
+#include "sheaf/state.h"
 
 /* The chunks' series in the runtime's registry (registered by the worker). */
 typedef struct chunk_metrics {
@@ -29,7 +30,8 @@ typedef struct chunk_metrics {
 typedef struct call call;
 
 typedef struct chunks {
-    /* Set by the owner before the first chunks_take; borrowed. */
+    /* Set by the owner before the first chunks_take (rt before
+     * chunks_init); borrowed. */
     const sheaf_config *cfg;
     sheaf_runtime *rt;
     rd_kafka_t *consumer;       /* offsets are stored on it */
@@ -41,6 +43,7 @@ typedef struct chunks {
 
     /* Owned here (chunks_init, chunks_clear). */
     sheaf_offwin *window;       /* offsets in flight per partition */
+    sheaf_chunk_stores *stores; /* results to Redis, per job (made at the first) */
     uint32_t *generation;       /* per partition id: bumped on every revoke */
     size_t n_generation;
     call *calls;                /* every live chunk, newest first */
@@ -52,7 +55,8 @@ typedef struct chunks {
     unsigned long processed, duplicates, failed, dead_lettered, abandoned;
 } chunks;
 
-/* Makes the offset window: -1 on no memory. */
+/* Makes the offset window and the chunk checks and stores on rt's Redis:
+ * -1 on no memory. */
 int chunks_init(chunks *cs);
 /* Frees what chunks_init and the revokes made (no chunk may be live). */
 void chunks_clear(chunks *cs);

@@ -375,6 +375,7 @@ static int worker_start(worker *w)
         sheaf_error("worker", "%s", errstr);
         return -1;
     }
+    w->chunks.rt = w->rt;
     if (chunks_init(&w->chunks) != 0) {
         sheaf_error("worker", "out of memory");
         return -1;
@@ -386,7 +387,6 @@ static int worker_start(worker *w)
         return -1;
     }
     w->chunks.cfg = &w->cfg;
-    w->chunks.rt = w->rt;
     w->chunks.consumer = w->consumer;
     w->chunks.producer = w->producer;
     w->chunks.dlq_topic = w->dlq_topic;

@@ -1,6 +1,8 @@
 /* buf.c - growable byte buffers with a hard cap.  See sheaf/buf.h. */
 #include "sheaf/buf.h"
 
+#include "sheaf/util.h"
+
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -80,4 +82,60 @@ char *sheaf_buf_steal(sheaf_buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
     return p;
+}
+
+/* How many bytes from s need no escape in a JSON string: eight at a time
+ * while none of them is a control byte, '"' or a backslash. */
+static size_t json_plain_run(const unsigned char *s, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    size_t i = 0;
+    for (; len - i >= 8; i += 8) {
+        uint64_t v, q, bs;
+        memcpy(&v, s + i, 8);
+        q = v ^ (ones * '"');
+        bs = v ^ (ones * '\\');
+        /* A zero byte in q or bs, or a byte of v below 0x20. */
+        if ((((q - ones) & ~q) | ((bs - ones) & ~bs) | ((v - ones * 0x20) & ~v)) & highs) break;
+    }
+    while (i < len && s[i] >= 0x20 && s[i] != '"' && s[i] != '\\') i++;
+    return i;
+}
+
+sheaf_err sheaf_buf_json_string(sheaf_buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t start = b->len;
+    sheaf_err err;
+    if (!sheaf_utf8_valid(s, len, NULL)) return SHEAF_ERR_INVALID;
+    if ((err = sheaf_buf_append(b, "\"", 1)) != SHEAF_OK) return err;
+    for (size_t i = 0;;) {
+        size_t run = json_plain_run((const unsigned char *)s + i, len - i);
+        if ((err = sheaf_buf_append(b, s + i, run)) != SHEAF_OK) goto fail;
+        if ((i += run) == len) break;
+        unsigned char c = (unsigned char)s[i++];
+        char esc[6] = {'\\', 0, '0', '0', 0, 0};
+        size_t n = 2;
+        switch (c) {
+        case '"': esc[1] = '"'; break;
+        case '\\': esc[1] = '\\'; break;
+        case '\b': esc[1] = 'b'; break;
+        case '\f': esc[1] = 'f'; break;
+        case '\n': esc[1] = 'n'; break;
+        case '\r': esc[1] = 'r'; break;
+        case '\t': esc[1] = 't'; break;
+        default:
+            esc[1] = 'u';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xF];
+            n = 6;
+        }
+        if ((err = sheaf_buf_append(b, esc, n)) != SHEAF_OK) goto fail;
+    }
+    if ((err = sheaf_buf_append(b, "\"", 1)) == SHEAF_OK) return SHEAF_OK;
+fail:
+    /* As every append: the buffer is left as it was. */
+    b->len = start;
+    b->data[start] = '\0';
+    return err;
 }

@@ -433,23 +433,30 @@ static sheaf_err get_uint(const msgpack_object *o, int field, uint32_t *out, cha
 
 /* Copies a msgpack string after checking it is UTF-8 without NULs.  what
  * names it in errors, e.g. "field \"job\"". */
-static sheaf_err get_str(const msgpack_object *o, const char *what, char **out, size_t *outlen,
-                         char *errstr, size_t errlen)
+/* A string value into *out.  Errors name it as what, or, when what is
+ * NULL, as field "<field>" (made only then: this runs for every message). */
+static sheaf_err get_str(const msgpack_object *o, const char *field, const char *what,
+                         char **out, size_t *outlen, char *errstr, size_t errlen)
 {
+    char name[64];
     size_t bad = 0;
-    if (o->type != MSGPACK_OBJECT_STR) {
-        sheaf_set_err(errstr, errlen, "%s: expected string, got %s", what, type_name(o->type));
-        return SHEAF_ERR_INVALID;
-    }
+    int ok = o->type == MSGPACK_OBJECT_STR;
     /* The scan bounded size by the message length. */
-    if (!sheaf_utf8_valid(o->via.str.ptr, o->via.str.size, &bad)) {
-        sheaf_set_err(errstr, errlen, "%s: invalid UTF-8 or NUL at byte %zu", what, bad);
-        return SHEAF_ERR_INVALID;
+    if (ok && sheaf_utf8_valid(o->via.str.ptr, o->via.str.size, &bad)) {
+        *out = sheaf_strndup(o->via.str.size ? o->via.str.ptr : "", o->via.str.size);
+        if (!*out) return SHEAF_ERR_NOMEM;
+        if (outlen) *outlen = o->via.str.size;
+        return SHEAF_OK;
     }
-    *out = sheaf_strndup(o->via.str.size ? o->via.str.ptr : "", o->via.str.size);
-    if (!*out) return SHEAF_ERR_NOMEM;
-    if (outlen) *outlen = o->via.str.size;
-    return SHEAF_OK;
+    if (!what) {
+        snprintf(name, sizeof(name), "field \"%s\"", field);
+        what = name;
+    }
+    if (!ok)
+        sheaf_set_err(errstr, errlen, "%s: expected string, got %s", what, type_name(o->type));
+    else
+        sheaf_set_err(errstr, errlen, "%s: invalid UTF-8 or NUL at byte %zu", what, bad);
+    return SHEAF_ERR_INVALID;
 }
 
 /* Checks that every key of map o is a string and none repeats.  field
@@ -519,12 +526,12 @@ static sheaf_err get_meta(const msgpack_object *o, sheaf_chunk_msg *m, char *err
         const msgpack_object_kv *kv = &o->via.map.ptr[i];
         char what[128], pk[64];
         snprintf(what, sizeof(what), "field \"meta\": key %u", (unsigned)i);
-        err = get_str(&kv->key, what, &m->meta[i].key, NULL, errstr, errlen);
+        err = get_str(&kv->key, NULL, what, &m->meta[i].key, NULL, errstr, errlen);
         if (err != SHEAF_OK) return err;
         m->meta_len = i + 1;
         snprintf(what, sizeof(what), "field \"meta\": value of \"%s\"",
                  printable(kv->key.via.str.ptr, kv->key.via.str.size, pk));
-        err = get_str(&kv->val, what, &m->meta[i].value, NULL, errstr, errlen);
+        err = get_str(&kv->val, NULL, what, &m->meta[i].value, NULL, errstr, errlen);
         if (err != SHEAF_OK) return err;
     }
     return SHEAF_OK;
@@ -535,7 +542,6 @@ static sheaf_err decode_map(const msgpack_object *o, sheaf_chunk_msg *m, char *e
                             size_t errlen)
 {
     const msgpack_object *found[F_COUNT] = {0};
-    char what[32];
     sheaf_err err;
 
     if (o->type != MSGPACK_OBJECT_MAP) {
@@ -572,16 +578,14 @@ static sheaf_err decode_map(const msgpack_object *o, sheaf_chunk_msg *m, char *e
             return SHEAF_ERR_INVALID;
         }
     }
-#define STR_FIELD(f, dst, lenp)                                                \
-    if (err == SHEAF_OK) {                                                     \
-        snprintf(what, sizeof(what), "field \"%s\"", field_names[f]);          \
-        err = get_str(found[f], what, (dst), (lenp), errstr, errlen);          \
-    }
+#define STR_FIELD(f, dst, lenp) \
+    if (err == SHEAF_OK)        \
+    err = get_str(found[f], field_names[f], NULL, (dst), (lenp), errstr, errlen)
     err = SHEAF_OK;
-    STR_FIELD(F_JOB, &m->job, NULL)
-    STR_FIELD(F_DOC, &m->doc, NULL)
-    STR_FIELD(F_PV, &m->pv, NULL)
-    STR_FIELD(F_TEXT, &m->text, &m->text_len)
+    STR_FIELD(F_JOB, &m->job, NULL);
+    STR_FIELD(F_DOC, &m->doc, NULL);
+    STR_FIELD(F_PV, &m->pv, NULL);
+    STR_FIELD(F_TEXT, &m->text, &m->text_len);
 #undef STR_FIELD
     if (err == SHEAF_OK) err = get_uint(found[F_IDX], F_IDX, &m->idx, errstr, errlen);
     if (err == SHEAF_OK) err = get_uint(found[F_N], F_N, &m->count, errstr, errlen);

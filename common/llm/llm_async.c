@@ -1024,12 +1024,20 @@ sheaf_err sheaf_llm_async_set_breaker(sheaf_llm_async *a, int threshold, int coo
 sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *req,
                                  uint32_t est_tokens, sheaf_llm_done_fn done, void *ud)
 {
+    return sheaf_llm_async_submit_body(a, req, NULL, est_tokens, done, ud);
+}
+
+sheaf_err sheaf_llm_async_submit_body(sheaf_llm_async *a, const sheaf_llm_request *req,
+                                      char *body, uint32_t est_tokens, sheaf_llm_done_fn done,
+                                      void *ud)
+{
     char errstr[SHEAF_ERRSTR_SIZE];
     llm_call *c;
 
-    if (!a || !req || !done) return SHEAF_ERR_INVALID;
-    c = calloc(1, sizeof(*c));
-    if (!c) return SHEAF_ERR_NOMEM;
+    if (!a || !req || !done || !(c = calloc(1, sizeof(*c)))) {
+        free(body);
+        return !a || !req || !done ? SHEAF_ERR_INVALID : SHEAF_ERR_NOMEM;
+    }
     c->seq = a->next_seq++;
     c->est_tokens = est_tokens;
     c->done = done;
@@ -1040,11 +1048,12 @@ sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *re
     if (sheaf_llm_check_request(req, errstr, sizeof(errstr)) != SHEAF_OK) {
         /* Sending it can never work: one failure path for the caller,
          * through the callback, with the reason. */
+        free(body);
         call_finish(a, c, SHEAF_ERR_LLM_FATAL, errstr);
         kick(a);
         return SHEAF_OK;
     }
-    c->body = sheaf_llm_request_json(req);
+    c->body = body ? body : sheaf_llm_request_json(req);
     if (!c->body) {
         a->st.submitted--;
         call_free(c);

@@ -97,37 +97,7 @@ static json_t *response_format(const json_t *schema)
  * json_string refused those) or no memory. */
 static int body_string(sheaf_buf *b, const char *s)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t len = strlen(s), run = 0;
-    if (!sheaf_utf8_valid(s, len, NULL) || sheaf_buf_append(b, "\"", 1) != SHEAF_OK) return -1;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        char esc[6] = {'\\', 0, '0', '0', 0, 0};
-        size_t n = 2;
-        if (c >= 0x20 && c != '"' && c != '\\') continue;
-        switch (c) {
-        case '"': esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        default:
-            esc[1] = 'u';
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 0xF];
-            n = 6;
-        }
-        if (sheaf_buf_append(b, s + run, i - run) != SHEAF_OK ||
-            sheaf_buf_append(b, esc, n) != SHEAF_OK)
-            return -1;
-        run = i + 1;
-    }
-    return sheaf_buf_append(b, s + run, len - run) == SHEAF_OK &&
-                   sheaf_buf_append(b, "\"", 1) == SHEAF_OK
-               ? 0
-               : -1;
+    return sheaf_buf_json_string(b, s, strlen(s)) == SHEAF_OK ? 0 : -1;
 }
 
 /* Appends v as jansson writes a real at precision 15 (jsonp_dtostr): %.15g

@@ -43,7 +43,6 @@
 #define AREDIS_RETRY_FIRST_MS 200
 #define AREDIS_RETRY_MAX_MS 2000
 #define AREDIS_WATCH_MS 1000
-#define AREDIS_MAX_ARGS 24
 #define AREDIS_FLUSH_BYTES 16384 /* unsent commands beyond this are written at once */
 #define AREDIS_SHAS 64           /* script SHA-1s remembered (common/state/lua has ~25) */
 
@@ -322,19 +321,14 @@ static void reply_handle(redisAsyncContext *ac, redisReply *rep, req *r)
         return;
     }
     if (r->script && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
-        /* The same request as EVAL, which also loads the script. */
-        const char *argv[AREDIS_MAX_ARGS];
-        size_t lens[AREDIS_MAX_ARGS];
-        for (int i = 0; i < r->argc; i++) {
-            argv[i] = r->argv[i];
-            lens[i] = r->lens[i];
-        }
-        argv[0] = "EVAL";
-        lens[0] = 4;
-        argv[1] = r->script->body;
-        lens[1] = strlen(r->script->body);
+        /* The same request as EVAL, which also loads the script (the
+         * first two arguments now point outside the request's block). */
+        r->argv[0] = (char *)"EVAL";
+        r->lens[0] = 4;
+        r->argv[1] = (char *)r->script->body;
+        r->lens[1] = strlen(r->script->body);
         r->script = NULL;
-        if (send_req(ar, r, r->argc, argv, lens) == 0) return;
+        if (send_req(ar, r, r->argc, (const char **)r->argv, r->lens) == 0) return;
         req_defer(ar, r, "Redis: no connection");
         return;
     }
@@ -431,30 +425,33 @@ static void script_sha(sheaf_aredis *ar, const sheaf_lua_script *s, char sha[SHE
     }
 }
 
+/* Argument i of a script call: the three of EVALSHA, then the caller's. */
+static const char *script_arg(int i, const char *const *head, const char **args,
+                              const size_t *lens, size_t *len)
+{
+    const char *a = i < 3 ? head[i] : args[i - 3];
+    *len = i >= 3 && lens ? lens[i - 3] : strlen(a);
+    return a;
+}
+
 void sheaf_aredis_script(sheaf_aredis *ar, const sheaf_lua_script *s, int nkeys, int nargs,
                          const char **args, const size_t *lens, sheaf_aredis_fn fn, void *ud)
 {
     char sha[SHEAF_LUA_SHA_SIZE], nk[8];
-    size_t total = 0, l[AREDIS_MAX_ARGS];
-    const char *v[AREDIS_MAX_ARGS];
     int argc = nargs + 3;
     req *r = calloc(1, sizeof(*r));
-
-    if (!r || argc > AREDIS_MAX_ARGS) {
-        free(r);
-        sheaf_error("redis", "cannot send a script: %s", r ? "too many arguments" : "no memory");
-        if (fn) fn(ud, NULL, "cannot send the script");
+    if (!r) {
+        sheaf_error("redis", "cannot send a script: no memory");
+        if (fn) fn(ud, NULL, "out of memory");
         return;
     }
     script_sha(ar, s, sha);
     snprintf(nk, sizeof(nk), "%d", nkeys);
-    v[0] = "EVALSHA";
-    v[1] = sha;
-    v[2] = nk;
-    for (int i = 0; i < nargs; i++) v[3 + i] = args[i];
+    const char *head[3] = {"EVALSHA", sha, nk};
+    size_t total = 0, l;
     for (int i = 0; i < argc; i++) {
-        l[i] = i >= 3 && lens ? lens[i - 3] : strlen(v[i]);
-        total += l[i];
+        script_arg(i, head, args, lens, &l);
+        total += l;
     }
     /* One block: argc pointers, argc lengths, then the bytes. */
     r->argv = malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) + total + (size_t)argc);
@@ -466,11 +463,12 @@ void sheaf_aredis_script(sheaf_aredis *ar, const sheaf_lua_script *s, int nkeys,
     r->lens = (size_t *)(void *)(r->argv + argc);
     char *p = (char *)(r->lens + argc);
     for (int i = 0; i < argc; i++) {
-        memcpy(p, v[i], l[i]);
-        p[l[i]] = '\0';
+        const char *a = script_arg(i, head, args, lens, &l);
+        memcpy(p, a, l);
+        p[l] = '\0';
         r->argv[i] = p;
-        r->lens[i] = l[i];
-        p += l[i] + 1;
+        r->lens[i] = l;
+        p += l + 1;
     }
     r->ar = ar;
     r->fn = fn;

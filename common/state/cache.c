@@ -13,11 +13,13 @@
 #include "sheaf/cache.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "sheaf/aredis.h"
+#include "sheaf/buf.h"
 #include "sheaf/log.h"
 #include "sheaf/util.h"
 
@@ -30,28 +32,30 @@ int sheaf_cache_usable(const sheaf_config *cfg, const sheaf_llm_request *req)
 sheaf_err sheaf_cache_key(const char *base_url, const sheaf_llm_request *req,
                           char out[SHEAF_CACHE_KEY_SIZE])
 {
-    char hex[65];
     char *body = sheaf_llm_request_json(req);
-    const char *url = base_url ? base_url : "";
-    size_t ulen = strlen(url), blen;
-    char *all;
-
     out[0] = '\0';
     if (!body) return SHEAF_ERR_INVALID;
+    sheaf_err err = sheaf_cache_key_body(base_url, body, strlen(body), out);
+    free(body);
+    return err;
+}
+
+sheaf_err sheaf_cache_key_body(const char *base_url, const char *body, size_t blen,
+                               char out[SHEAF_CACHE_KEY_SIZE])
+{
+    char hex[65];
+    const char *url = base_url ? base_url : "";
+    size_t ulen = strlen(url);
+    char *all = malloc(ulen + 1 + blen);
+    out[0] = '\0';
+    if (!all) return SHEAF_ERR_NOMEM;
     /* base_url, a NUL byte, then the body: the NUL keeps the two apart (a
      * URL never contains one), so no other pair hashes the same bytes. */
-    blen = strlen(body);
-    all = malloc(ulen + 1 + blen);
-    if (!all) {
-        free(body);
-        return SHEAF_ERR_NOMEM;
-    }
     memcpy(all, url, ulen);
     all[ulen] = '\0';
     memcpy(all + ulen + 1, body, blen);
     sheaf_sha256_hex(all, ulen + 1 + blen, hex);
     free(all);
-    free(body);
     snprintf(out, SHEAF_CACHE_KEY_SIZE, "%s%s", SHEAF_CACHE_PREFIX, hex);
     return SHEAF_OK;
 }
@@ -77,14 +81,21 @@ static int parse_value(const char *s, size_t len, char **content, sheaf_llm_usag
 
 /* A cache value: the answer and what it cost; NULL when content is not
  * UTF-8 (json_pack refuses it) or no memory. */
+/* {"c":content,"p":prompt tokens,"k":completion tokens}, the bytes
+ * jansson's compact dump gave; NULL when content is not valid UTF-8 or no
+ * memory. */
 static char *value_build(const char *content, const sheaf_llm_usage *usage)
 {
-    json_t *v = json_pack("{s:s, s:I, s:I}", "c", content, "p",
-                          (json_int_t)usage->prompt_tokens, "k",
-                          (json_int_t)usage->completion_tokens);
-    char *value = v ? json_dumps(v, JSON_COMPACT) : NULL;
-    json_decref(v);
-    return value;
+    sheaf_buf b;
+    sheaf_buf_init(&b, SIZE_MAX / 2);
+    if (sheaf_buf_append(&b, "{\"c\":", 5) != SHEAF_OK ||
+        sheaf_buf_json_string(&b, content, strlen(content)) != SHEAF_OK ||
+        sheaf_buf_appendf(&b, ",\"p\":%lld,\"k\":%lld}", (long long)usage->prompt_tokens,
+                          (long long)usage->completion_tokens) != SHEAF_OK) {
+        sheaf_buf_free(&b);
+        return NULL;
+    }
+    return sheaf_buf_steal(&b);
 }
 
 /* A GET reply as a lookup's outcome: 1 hit (content, usage set), else 0. */

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <openssl/sha.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -562,50 +563,175 @@ const sheaf_lua_script sheaf_script_dlq_incr = {sheaf_lua_job_dlq_incr};
 const sheaf_lua_script sheaf_script_waiting = {sheaf_lua_job_waiting};
 const sheaf_lua_script sheaf_script_cache_count = {sheaf_lua_job_cache_count};
 
-void sheaf_check_args(sheaf_script_args *a, const sheaf_chunk_msg *m)
+/* The strings of a store call go in one buffer, each NUL-terminated; at
+ * notes where each starts (the pointers are made once it stops moving). */
+static sheaf_err strs_put(sheaf_buf *b, size_t *at, const char *str)
 {
-    sheaf_doc_key(a->k[0], sizeof(a->k[0]), m->job, "p", m->doc);
-    snprintf(a->v[0], sizeof(a->v[0]), "s:%u", m->idx);
-    const char *v[] = {a->k[0], arg_key(a, 1, m->job, "job"), a->v[0]};
-    args_set(a, 2, 3, v);
+    *at = b->len;
+    return sheaf_buf_append(b, str, strlen(str) + 1);
 }
 
-int sheaf_check_reply_exists(const redisReply *rep)
+static sheaf_err strs_u64(sheaf_buf *b, size_t *at, uint64_t v)
 {
-    return rep->type == REDIS_REPLY_INTEGER && rep->integer >= 1;
+    char num[24], *p = num + sizeof(num);
+    *--p = '\0';
+    do *--p = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    return strs_put(b, at, p);
 }
 
-void sheaf_store_args(sheaf_script_args *a, const sheaf_chunk_msg *m, int ok,
-                      const char *result_json, uint64_t prompt_tokens,
-                      uint64_t completion_tokens)
+/* Ends a build: the strings of b become sc's, the arguments point into
+ * them (SIZE_MAX in at: left NULL for the caller to fill); b and at are
+ * freed.  On failure (err, or no memory now) sc holds nothing. */
+static sheaf_err chunks_call_finish(sheaf_chunks_call *sc, sheaf_buf *b, size_t *at,
+                                    size_t nargs, size_t nkeys, sheaf_err err)
 {
-    sheaf_doc_key(a->k[1], sizeof(a->k[1]), m->job, "p", m->doc);
-    const char *v[] = {arg_key(a, 0, m->job, "job"), a->k[1], arg_key(a, 2, m->job, "ready"),
-                       arg_key(a, 3, m->job, "doc_tokens"), arg_key(a, 4, m->job, "results"),
-                       m->doc, arg_u64(a, 0, m->idx), arg_u64(a, 1, m->count),
-                       ok ? "ok" : "failed", result_json, arg_u64(a, 2, prompt_tokens),
-                       arg_u64(a, 3, completion_tokens)};
-    args_set(a, 5, 12, v);
+    if (err == SHEAF_OK && !(sc->strs = sheaf_buf_steal(b))) err = SHEAF_ERR_NOMEM;
+    if (err == SHEAF_OK) {
+        sc->nkeys = (int)nkeys;
+        sc->nargs = (int)nargs;
+        for (size_t i = 0; i < nargs; i++)
+            sc->args[i] = at[i] == SIZE_MAX ? NULL : sc->strs + at[i];
+    } else {
+        free(sc->args);
+        sc->args = NULL;
+    }
+    sheaf_buf_free(b);
+    free(at);
+    return err;
+}
+
+enum { STORE_KEYS = 4, STORE_COUNTS = 3, STORE_PER_CHUNK = 7 };
+
+sheaf_err sheaf_chunks_store_build(sheaf_chunks_call *sc, const char *job,
+                                   const sheaf_chunk_msg *const *ms,
+                                   const sheaf_chunk_result *const *res, size_t n,
+                                   uint64_t hits, uint64_t misses, uint64_t saved)
+{
+    static const char *const fixed[STORE_KEYS] = {"job", "ready", "doc_tokens", "results"};
+    size_t nargs = STORE_KEYS + n + STORE_COUNTS + STORE_PER_CHUNK * n;
+    size_t *at = malloc(nargs * sizeof(*at));
+    sheaf_buf b;
+    sheaf_err err = SHEAF_OK;
+    size_t k = 0;
+    memset(sc, 0, sizeof(*sc));
+    sheaf_buf_init(&b, SIZE_MAX / 2);
+    sc->args = malloc(nargs * sizeof(*sc->args));
+    if (!at || !sc->args) err = SHEAF_ERR_NOMEM;
+    for (int i = 0; err == SHEAF_OK && i < STORE_KEYS; i++) {
+        char key[KEYLEN];
+        sheaf_key(key, sizeof(key), job, fixed[i]);
+        err = strs_put(&b, &at[k++], key);
+    }
+    for (size_t i = 0; err == SHEAF_OK && i < n; i++) {
+        /* Made exactly as every reader of the partials makes it. */
+        char key[KEYLEN];
+        sheaf_doc_key(key, sizeof(key), job, "p", ms[i]->doc);
+        err = strs_put(&b, &at[k++], key);
+    }
+    const uint64_t counts[STORE_COUNTS] = {hits, misses, saved};
+    for (int i = 0; err == SHEAF_OK && i < STORE_COUNTS; i++)
+        err = strs_u64(&b, &at[k++], counts[i]);
+    /* Per chunk: the numbers go in the buffer, the document and the record
+     * are the caller's (SIZE_MAX marks "not in b"). */
+    for (size_t i = 0; err == SHEAF_OK && i < n; i++) {
+        size_t *c = at + k;
+        k += STORE_PER_CHUNK;
+        c[0] = c[3] = c[4] = SIZE_MAX;
+        err = strs_u64(&b, &c[1], ms[i]->idx);
+        if (err == SHEAF_OK) err = strs_u64(&b, &c[2], ms[i]->count);
+        if (err == SHEAF_OK) err = strs_u64(&b, &c[5], res[i]->prompt_tokens);
+        if (err == SHEAF_OK) err = strs_u64(&b, &c[6], res[i]->completion_tokens);
+    }
+    err = chunks_call_finish(sc, &b, at, nargs, STORE_KEYS + n, err);
+    for (size_t i = 0; err == SHEAF_OK && i < n; i++) {
+        const char **c = sc->args + STORE_KEYS + n + STORE_COUNTS + STORE_PER_CHUNK * i;
+        c[0] = ms[i]->doc;
+        c[3] = res[i]->ok ? "ok" : "failed";
+        c[4] = res[i]->record;
+    }
+    return err;
+}
+
+void sheaf_chunks_call_free(sheaf_chunks_call *sc)
+{
+    free(sc->args);
+    free(sc->strs);
+    memset(sc, 0, sizeof(*sc));
+}
+
+/* An array reply of n small integers in [0, max] into out. */
+static sheaf_err outcomes_read(const redisReply *rep, const char *what, size_t n, long long max,
+                               long long *out, char *errstr, size_t errlen)
+{
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != n) {
+        snprintf(errstr, errlen, "%s script: unexpected reply (type %d) for %zu chunks", what,
+                 rep->type, n);
+        return SHEAF_ERR_INTERNAL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *e = rep->element[i];
+        if (e->type != REDIS_REPLY_INTEGER || e->integer < 0 || e->integer > max) {
+            snprintf(errstr, errlen, "%s script: unexpected answer for chunk %zu", what, i);
+            return SHEAF_ERR_INTERNAL;
+        }
+        out[i] = e->integer;
+    }
+    return SHEAF_OK;
 }
 
 /* What the chunk-store script answered. */
-sheaf_err sheaf_store_reply(const redisReply *rep, const char *job, sheaf_chunk_outcome *outcome,
+sheaf_err sheaf_store_reply(const redisReply *rep, const char *job, size_t n, long long *out,
                             char *errstr, size_t errlen)
 {
-    if (rep->type != REDIS_REPLY_INTEGER) {
-        snprintf(errstr, errlen, "chunk store script: unexpected reply type %d", rep->type);
-        return SHEAF_ERR_INTERNAL;
-    }
-    if (rep->integer == -2) {
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer == -2) {
         /* Cancelled: nothing more is recorded for the job. */
-        if (outcome) *outcome = SHEAF_CHUNK_DUPLICATE;
-    } else if (rep->integer < 0) {
+        for (size_t i = 0; i < n; i++) out[i] = SHEAF_CHUNK_DUPLICATE;
+        return SHEAF_OK;
+    }
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer < 0) {
         snprintf(errstr, errlen, "job %s is not registered in Redis", job);
         return SHEAF_ERR_NOT_FOUND;
-    } else if (outcome) {
-        *outcome = (sheaf_chunk_outcome)rep->integer;
     }
-    return SHEAF_OK;
+    return outcomes_read(rep, "chunk store", n, SHEAF_CHUNK_DOC_READY, out, errstr, errlen);
+}
+
+sheaf_err sheaf_chunks_check_build(sheaf_chunks_call *sc, const char *job,
+                                   const sheaf_chunk_msg *const *ms, size_t n)
+{
+    size_t nargs = 1 + 2 * n;
+    size_t *at = malloc(nargs * sizeof(*at));
+    char key[KEYLEN];
+    sheaf_buf b;
+    sheaf_err err = SHEAF_OK;
+    memset(sc, 0, sizeof(*sc));
+    sheaf_buf_init(&b, SIZE_MAX / 2);
+    sc->args = malloc(nargs * sizeof(*sc->args));
+    if (!at || !sc->args) err = SHEAF_ERR_NOMEM;
+    if (err == SHEAF_OK) {
+        sheaf_key(key, sizeof(key), job, "job");
+        err = strs_put(&b, &at[0], key);
+    }
+    for (size_t i = 0; err == SHEAF_OK && i < n; i++) {
+        sheaf_doc_key(key, sizeof(key), job, "p", ms[i]->doc);
+        err = strs_put(&b, &at[1 + i], key);
+        char f[24];
+        snprintf(f, sizeof(f), "s:%u", ms[i]->idx);
+        if (err == SHEAF_OK) err = strs_put(&b, &at[1 + n + i], f);
+    }
+    return chunks_call_finish(sc, &b, at, nargs, 1 + n, err);
+}
+
+/* A cancelled job's chunks need no call either: they count as recorded. */
+sheaf_err sheaf_check_reply(const redisReply *rep, const char *job, size_t n, long long *out,
+                            char *errstr, size_t errlen)
+{
+    (void)job;
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer == 2) {
+        for (size_t i = 0; i < n; i++) out[i] = 1;
+        return SHEAF_OK;
+    }
+    return outcomes_read(rep, "chunk check", n, 1, out, errstr, errlen);
 }
 
 void sheaf_pipeline_key(char *out, size_t outlen, const char *pv)
@@ -659,16 +785,34 @@ sheaf_err sheaf_state_pipeline_get(sheaf_redis *r, const char *pv, char **json, 
     return err;
 }
 
+/* Runs a chunks call of one chunk built into sc (freed here); its answer
+ * into *out. */
+static sheaf_err chunks_call_run(sheaf_redis *r, const sheaf_lua_script *script,
+                                 sheaf_chunks_call *sc, sheaf_err built,
+                                 sheaf_err (*read)(const redisReply *, const char *, size_t,
+                                                   long long *, char *, size_t),
+                                 const char *job, long long *out, char *errstr, size_t errlen)
+{
+    if (built != SHEAF_OK) return built;
+    redisReply *rep = sheaf_redis_script(r, script, sc->nkeys, sc->nargs, sc->args, NULL, errstr,
+                                         errlen);
+    sheaf_chunks_call_free(sc);
+    if (!rep) return SHEAF_ERR_REDIS;
+    sheaf_err err = read(rep, job, 1, out, errstr, errlen);
+    freeReplyObject(rep);
+    return err;
+}
+
 sheaf_err sheaf_state_chunk_exists(sheaf_redis *r, const sheaf_chunk_msg *m, int *exists,
                                    char *errstr, size_t errlen)
 {
-    sheaf_script_args a;
-    sheaf_check_args(&a, m);
-    redisReply *rep = script_run(r, &sheaf_script_check, &a, errstr, errlen);
-    if (!rep) return SHEAF_ERR_REDIS;
-    *exists = sheaf_check_reply_exists(rep);
-    freeReplyObject(rep);
-    return SHEAF_OK;
+    sheaf_chunks_call sc;
+    long long out = 0;
+    sheaf_err err = chunks_call_run(r, &sheaf_script_check, &sc,
+                                    sheaf_chunks_check_build(&sc, m->job, &m, 1),
+                                    sheaf_check_reply, m->job, &out, errstr, errlen);
+    *exists = out == 1;
+    return err;
 }
 
 sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int ok,
@@ -682,15 +826,15 @@ sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int 
      * document whose result is already recorded is not enqueued again: its
      * chunks were lost and recomputed (`sheaf repair`), and combining them
      * again could not change the recorded result (first write wins). */
-    sheaf_script_args *a = malloc(sizeof(*a));
-    sheaf_err err;
-    if (!a) return SHEAF_ERR_NOMEM;
-    sheaf_store_args(a, m, ok, result_json, prompt_tokens, completion_tokens);
-    redisReply *rep = script_run(r, &sheaf_script_store, a, errstr, errlen);
-    free(a);
-    if (!rep) return SHEAF_ERR_REDIS;
-    err = sheaf_store_reply(rep, m->job, outcome, errstr, errlen);
-    freeReplyObject(rep);
+    sheaf_chunk_result res = {.ok = ok, .record = result_json, .prompt_tokens = prompt_tokens,
+                              .completion_tokens = completion_tokens};
+    const sheaf_chunk_result *rp = &res;
+    sheaf_chunks_call sc;
+    long long out = SHEAF_CHUNK_DUPLICATE;
+    sheaf_err err = chunks_call_run(r, &sheaf_script_store, &sc,
+                                    sheaf_chunks_store_build(&sc, m->job, &m, &rp, 1, 0, 0, 0),
+                                    sheaf_store_reply, m->job, &out, errstr, errlen);
+    if (outcome) *outcome = (sheaf_chunk_outcome)out;
     return err;
 }
 

@@ -210,20 +210,6 @@ static void cmd_call(sheaf_aredis *ar, int argc, const char **argv, step_fn fn, 
 
 /* ---- worker side ---- */
 
-static void step_exists(acall *c, const redisReply *rep, size_t arg)
-{
-    (void)arg;
-    c->n = sheaf_check_reply_exists(rep);
-}
-
-void sheaf_state_chunk_exists_async(sheaf_aredis *ar, const sheaf_chunk_msg *m,
-                                    sheaf_state_fn done, void *ud)
-{
-    sheaf_script_args a;
-    sheaf_check_args(&a, m);
-    script_call(ar, &sheaf_script_check, &a, step_exists, m->job, done, ud);
-}
-
 static void step_pipeline(acall *c, const redisReply *rep, size_t arg)
 {
     char why[SHEAF_ERRSTR_SIZE];
@@ -242,29 +228,317 @@ void sheaf_state_pipeline_get_async(sheaf_aredis *ar, const char *pv, sheaf_stat
     cmd_call(ar, 2, argv, step_pipeline, NULL, 0, pv, done, ud);
 }
 
-static void step_chunk_stored(acall *c, const redisReply *rep, size_t arg)
+/* ---- the worker's chunk checks and stores, sent together per job ----
+ *
+ * One queue per job and kind (check, store).  A request finding no call of
+ * its queue on the way is sent at once; the others wait and leave together,
+ * up to SHEAF_STORE_BATCH in one script call, when the call on the way is
+ * answered.  No timer: a lone request never waits, and under load the
+ * batches grow with Redis' round trip.  One call per queue at a time also
+ * keeps a job's stores in the order they were asked. */
+
+typedef struct bqueue bqueue;
+
+/* What a kind of request does: the script, its call for n items of a job,
+ * its answer (one number per item), and freeing an item. */
+typedef struct bkind {
+    const sheaf_lua_script *script;
+    sheaf_err (*build)(sheaf_chunks_call *sc, const char *job, void *const *items, size_t n);
+    sheaf_err (*read)(const redisReply *rep, const char *job, size_t n, long long *out,
+                      char *errstr, size_t errlen);
+    void (*item_free)(void *item);
+} bkind;
+
+typedef struct bentry {
+    void *item;                  /* owned, the kind's */
+    sheaf_state_fn done;
+    void *ud;
+} bentry;
+
+/* A job's requests of one kind: those waiting, and whether a call is on
+ * its way (then new ones wait for it). */
+struct bqueue {
+    const bkind *kind;
+    char *job;
+    bentry *waiting;
+    size_t n, cap;
+    int sending;
+    int refs;                    /* answering a call of it: kept */
+    bqueue *next;
+};
+
+struct sheaf_chunk_stores {
+    sheaf_aredis *ar;
+    bqueue *queues;
+};
+
+/* A call on its way: the entries it carries. */
+typedef struct bsend {
+    sheaf_chunk_stores *st;
+    bqueue *q;
+    bentry *e;
+    size_t n;
+} bsend;
+
+sheaf_chunk_stores *sheaf_chunk_stores_new(sheaf_aredis *ar)
 {
-    char why[SHEAF_ERRSTR_SIZE];
-    sheaf_chunk_outcome out = SHEAF_CHUNK_NEW;
-    sheaf_err err = sheaf_store_reply(rep, c->job, &out, why, sizeof(why));
-    (void)arg;
-    if (err != SHEAF_OK) acall_fail(c, err, why);
-    else c->n = out;
+    sheaf_chunk_stores *st = calloc(1, sizeof(*st));
+    if (st) st->ar = ar;
+    return st;
 }
 
-void sheaf_state_chunk_store_async(sheaf_aredis *ar, const sheaf_chunk_msg *m, int ok,
-                                   const char *result_json, uint64_t prompt_tokens,
-                                   uint64_t completion_tokens, sheaf_state_fn done, void *ud)
+static void queue_free(bqueue *q)
 {
-    /* First write wins, as sheaf_state_chunk_store. */
-    sheaf_script_args *a = malloc(sizeof(*a));
-    if (!a) {
-        sheaf_error("state", "out of memory");
+    for (size_t i = 0; i < q->n; i++) q->kind->item_free(q->waiting[i].item);
+    free(q->waiting);
+    free(q->job);
+    free(q);
+}
+
+void sheaf_chunk_stores_destroy(sheaf_chunk_stores *st)
+{
+    if (!st) return;
+    while (st->queues) {
+        bqueue *q = st->queues;
+        st->queues = q->next;
+        if (q->n || q->sending)
+            sheaf_error("state", "job %s: %zu chunk requests never answered", q->job, q->n);
+        queue_free(q);
+    }
+    free(st);
+}
+
+/* Answers n entries of kind k (and frees them); out: one per entry when
+ * err is SHEAF_OK. */
+static void entries_answer(const bkind *k, bentry *e, size_t n, sheaf_err err,
+                           const char *errstr, const long long *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        sheaf_state_reply r = {.err = err, .n = err == SHEAF_OK ? out[i] : 0,
+                               .errstr = err == SHEAF_OK ? "" : errstr};
+        if (e[i].done) e[i].done(e[i].ud, &r);
+        k->item_free(e[i].item);
+    }
+}
+
+static void queue_drop_if_idle(sheaf_chunk_stores *st, bqueue *q)
+{
+    if (q->sending || q->n || q->refs) return;
+    for (bqueue **p = &st->queues; *p; p = &(*p)->next)
+        if (*p == q) {
+            *p = q->next;
+            break;
+        }
+    queue_free(q);
+}
+
+static void queue_send(sheaf_chunk_stores *st, bqueue *q);
+
+static void on_batch(void *ud, redisReply *rep, const char *errstr)
+{
+    bsend *s = ud;
+    bqueue *q = s->q;
+    const bkind *k = q->kind;
+    long long *out = calloc(s->n ? s->n : 1, sizeof(*out));
+    char why[SHEAF_ERRSTR_SIZE] = "";
+    sheaf_err err = SHEAF_OK;
+    bentry *failed = NULL;
+    size_t nfailed = 0;
+    q->refs++;
+    if (!rep) {
+        err = SHEAF_ERR_REDIS;
+        snprintf(why, sizeof(why), "%s", errstr);
+    } else if (!out) {
+        err = SHEAF_ERR_NOMEM;
+        snprintf(why, sizeof(why), "out of memory");
+    } else {
+        err = k->read(rep, q->job, s->n, out, why, sizeof(why));
+    }
+    q->sending = 0;
+    if (err == SHEAF_ERR_REDIS) {
+        /* The connection failed: those waiting behind would fail alike.
+         * Each chunk tries again when its own retry says so. */
+        failed = q->waiting;
+        nfailed = q->n;
+        q->waiting = NULL;
+        q->n = q->cap = 0;
+    } else if (q->n) {
+        queue_send(s->st, q);
+    }
+    entries_answer(k, s->e, s->n, err, why, out);
+    entries_answer(k, failed, nfailed, err, why, out);
+    free(failed);
+    free(out);
+    free(s->e);
+    /* The callbacks may have asked again: the queue stays while it has any. */
+    q->refs--;
+    queue_drop_if_idle(s->st, q);
+    free(s);
+}
+
+/* Sends the first SHEAF_STORE_BATCH waiting entries of q in one call. */
+static void queue_send(sheaf_chunk_stores *st, bqueue *q)
+{
+    size_t n = q->n < SHEAF_STORE_BATCH ? q->n : SHEAF_STORE_BATCH;
+    bentry batch[SHEAF_STORE_BATCH];
+    void *items[SHEAF_STORE_BATCH];
+    sheaf_chunks_call sc;
+    memcpy(batch, q->waiting, n * sizeof(*batch));
+    memmove(q->waiting, q->waiting + n, (q->n - n) * sizeof(*q->waiting));
+    q->n -= n;
+    bsend *s = calloc(1, sizeof(*s));
+    if (s && !(s->e = malloc(n * sizeof(*s->e)))) {
+        free(s);
+        s = NULL;
+    }
+    if (!s) {
+        entries_answer(q->kind, batch, n, SHEAF_ERR_NOMEM, "out of memory", NULL);
         return;
     }
-    sheaf_store_args(a, m, ok, result_json, prompt_tokens, completion_tokens);
-    script_call(ar, &sheaf_script_store, a, step_chunk_stored, m->job, done, ud);
-    free(a);
+    memcpy(s->e, batch, n * sizeof(*s->e));
+    s->st = st;
+    s->q = q;
+    s->n = n;
+    for (size_t i = 0; i < n; i++) items[i] = s->e[i].item;
+    q->sending = 1;
+    if (q->kind->build(&sc, q->job, items, n) != SHEAF_OK) {
+        on_batch(s, NULL, "out of memory");
+        return;
+    }
+    /* hiredis copies the arguments into its output buffer. */
+    sheaf_aredis_script(st->ar, q->kind->script, sc.nkeys, sc.nargs, sc.args, NULL, on_batch, s);
+    sheaf_chunks_call_free(&sc);
+}
+
+static bqueue *queue_find(sheaf_chunk_stores *st, const bkind *k, const char *job)
+{
+    for (bqueue *q = st->queues; q; q = q->next)
+        if (q->kind == k && !strcmp(q->job, job)) return q;
+    bqueue *q = calloc(1, sizeof(*q));
+    if (q && !(q->job = strdup(job))) {
+        free(q);
+        q = NULL;
+    }
+    if (!q) return NULL;
+    q->kind = k;
+    q->next = st->queues;
+    st->queues = q;
+    return q;
+}
+
+/* Queues item (owned from here; NULL: out of memory) for job. */
+static void queue_put(sheaf_chunk_stores *st, const bkind *k, const char *job, void *item,
+                      sheaf_state_fn done, void *ud)
+{
+    bqueue *q = item ? queue_find(st, k, job) : NULL;
+    if (q && q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 16;
+        bentry *w = realloc(q->waiting, cap * sizeof(*w));
+        if (w) {
+            q->waiting = w;
+            q->cap = cap;
+        }
+    }
+    if (!q || q->n == q->cap) {
+        /* Answered now, not dropped: the chunk tries again as after any
+         * Redis failure. */
+        sheaf_state_reply r = {.err = SHEAF_ERR_NOMEM, .errstr = "out of memory"};
+        if (item) k->item_free(item);
+        if (q) queue_drop_if_idle(st, q);
+        if (done) done(ud, &r);
+        return;
+    }
+    q->waiting[q->n++] = (bentry){item, done, ud};
+    if (!q->sending) queue_send(st, q);
+}
+
+/* -- checks: is the chunk recorded already (or its job cancelled)? -- */
+
+typedef struct check_item {
+    sheaf_chunk_msg m;           /* doc owned, idx */
+} check_item;
+
+static void check_free(void *item)
+{
+    check_item *c = item;
+    if (c) free(c->m.doc);
+    free(c);
+}
+
+static sheaf_err check_build(sheaf_chunks_call *sc, const char *job, void *const *items, size_t n)
+{
+    const sheaf_chunk_msg *ms[SHEAF_STORE_BATCH];
+    for (size_t i = 0; i < n; i++) ms[i] = &((check_item *)items[i])->m;
+    return sheaf_chunks_check_build(sc, job, ms, n);
+}
+
+static const bkind check_kind = {&sheaf_script_check, check_build, sheaf_check_reply,
+                                 check_free};
+
+void sheaf_chunk_stores_check(sheaf_chunk_stores *st, const sheaf_chunk_msg *m,
+                              sheaf_state_fn done, void *ud)
+{
+    check_item *c = calloc(1, sizeof(*c));
+    if (c && !(c->m.doc = strdup(m->doc))) {
+        free(c);
+        c = NULL;
+    }
+    if (c) c->m.idx = m->idx;
+    queue_put(st, &check_kind, m->job, c, done, ud);
+}
+
+/* -- stores: a chunk's result, first write wins -- */
+
+typedef struct store_item {
+    sheaf_chunk_msg m;           /* doc owned, idx, count */
+    sheaf_chunk_result res;      /* record owned */
+} store_item;
+
+static void store_free(void *item)
+{
+    store_item *s = item;
+    if (s) {
+        free(s->m.doc);
+        free((char *)s->res.record);
+    }
+    free(s);
+}
+
+static sheaf_err store_build(sheaf_chunks_call *sc, const char *job, void *const *items, size_t n)
+{
+    const sheaf_chunk_msg *ms[SHEAF_STORE_BATCH];
+    const sheaf_chunk_result *rs[SHEAF_STORE_BATCH];
+    uint64_t hits = 0, misses = 0, saved = 0;
+    for (size_t i = 0; i < n; i++) {
+        const store_item *s = items[i];
+        ms[i] = &s->m;
+        rs[i] = &s->res;
+        hits += s->res.cache == SHEAF_LOOKUP_HIT;
+        misses += s->res.cache == SHEAF_LOOKUP_MISS;
+        saved += s->res.cache == SHEAF_LOOKUP_HIT ? s->res.tokens_saved : 0;
+    }
+    return sheaf_chunks_store_build(sc, job, ms, rs, n, hits, misses, saved);
+}
+
+static const bkind store_kind = {&sheaf_script_store, store_build, sheaf_store_reply,
+                                 store_free};
+
+void sheaf_chunk_stores_put(sheaf_chunk_stores *st, const sheaf_chunk_msg *m,
+                            const sheaf_chunk_result *res, sheaf_state_fn done, void *ud)
+{
+    store_item *s = calloc(1, sizeof(*s));
+    if (s) {
+        s->m.idx = m->idx;
+        s->m.count = m->count;
+        s->m.doc = strdup(m->doc);
+        s->res = *res;
+        s->res.record = strdup(res->record);
+        if (!s->m.doc || !s->res.record) {
+            store_free(s);
+            s = NULL;
+        }
+    }
+    queue_put(st, &store_kind, m->job, s, done, ud);
 }
 
 void sheaf_state_job_dlq_incr_async(sheaf_aredis *ar, const char *job, sheaf_state_fn done,

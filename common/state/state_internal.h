@@ -42,13 +42,28 @@ typedef struct sheaf_script_args {
 
 /* ---- worker side ---- */
 
-void sheaf_check_args(sheaf_script_args *a, const sheaf_chunk_msg *m);
-/* A cancelled job's chunks need no call either: they count as done. */
-int sheaf_check_reply_exists(const redisReply *rep);
-void sheaf_store_args(sheaf_script_args *a, const sheaf_chunk_msg *m, int ok,
-                      const char *result_json, uint64_t prompt_tokens,
-                      uint64_t completion_tokens);
-sheaf_err sheaf_store_reply(const redisReply *rep, const char *job, sheaf_chunk_outcome *outcome,
+/* The chunk scripts' calls for n chunks of one job (each ms[i]->job is
+ * job): check (is each recorded, or the job cancelled?) and store (with
+ * the lookups to count: hits, misses, tokens saved).  Own their strings
+ * (sheaf_chunks_call_free); a store's documents and records are pointed
+ * to, not copied.  SHEAF_ERR_NOMEM. */
+typedef struct sheaf_chunks_call {
+    int nkeys, nargs;
+    const char **args;
+    char *strs;                  /* the keys and numbers, NUL-separated */
+} sheaf_chunks_call;
+sheaf_err sheaf_chunks_check_build(sheaf_chunks_call *sc, const char *job,
+                                   const sheaf_chunk_msg *const *ms, size_t n);
+sheaf_err sheaf_chunks_store_build(sheaf_chunks_call *sc, const char *job,
+                                   const sheaf_chunk_msg *const *ms,
+                                   const sheaf_chunk_result *const *res, size_t n,
+                                   uint64_t hits, uint64_t misses, uint64_t saved);
+void sheaf_chunks_call_free(sheaf_chunks_call *sc);
+/* The scripts' answers for n chunks into out[0..n): check 1 recorded (or
+ * the job cancelled) / 0 to be done; store the sheaf_chunk_outcome. */
+sheaf_err sheaf_check_reply(const redisReply *rep, const char *job, size_t n, long long *out,
+                            char *errstr, size_t errlen);
+sheaf_err sheaf_store_reply(const redisReply *rep, const char *job, size_t n, long long *out,
                             char *errstr, size_t errlen);
 /* "sheaf:pipeline:<pv>" */
 void sheaf_pipeline_key(char *out, size_t outlen, const char *pv);

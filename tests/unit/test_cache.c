@@ -251,6 +251,19 @@ static void test_put_get_ttl(void **state)
     assert_int_equal(got.prompt_tokens, 123);
     assert_int_equal(got.completion_tokens, 45);
     free(content);
+    /* The stored bytes: what jansson's compact dump of {c, p, k} gave. */
+    {
+        json_t *v = json_pack("{s:s, s:I, s:I}", "c", answer, "p", (json_int_t)123, "k",
+                              (json_int_t)45);
+        char *want = json_dumps(v, JSON_COMPACT);
+        redisReply *rep = sheaf_redis_cmd(r, err, sizeof(err), "GET %s", key);
+        assert_non_null(rep);
+        assert_int_equal(rep->type, REDIS_REPLY_STRING);
+        assert_string_equal(rep->str, want);
+        freeReplyObject(rep);
+        free(want);
+        json_decref(v);
+    }
 
     /* The age bound: EX cache.ttl_s. */
     long long ttl = cmd_int(r, "TTL %s", key);

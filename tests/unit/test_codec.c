@@ -16,6 +16,7 @@
 #include <msgpack.h>
 
 #include "sheaf/codec.h"
+#include "sheaf/util.h"
 
 #define BUF_MAX (64u * 1024 * 1024)
 
@@ -525,6 +526,46 @@ static void test_decode_bad_values(void **state)
     expect_built_fail("pv", v_empty, NULL, SHEAF_ERR_INVALID, "field \"pv\"");
 }
 
+/* sheaf_utf8_valid reads ASCII eight bytes at a time: the same verdict and
+ * the same first bad offset as a walk one sequence at a time, for a bad
+ * byte or a NUL at every offset of blocks of every alignment. */
+static int utf8_ref(const unsigned char *p, size_t len, size_t *bad)
+{
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        size_t n = c == 0 ? 0 : c < 0x80 ? 1 : 0;
+        if (c >= 0xC2 && c <= 0xDF && i + 1 < len && (p[i + 1] & 0xC0) == 0x80) n = 2;
+        if (c == 0xE2 && i + 2 < len && p[i + 1] == 0x82 && p[i + 2] == 0xAC) n = 3; /* euro */
+        if (n == 0) {
+            *bad = i;
+            return 0;
+        }
+        i += n;
+    }
+    return 1;
+}
+
+static void test_utf8_valid_fast_path(void **state)
+{
+    (void)state;
+    static const char *const inserts[] = {"\xff", "", "\xc3\xa9", "\xe2\x82\xac", "\xc3", "\x80"};
+    unsigned char buf[64];
+    for (size_t len = 0; len <= 40; len++)
+        for (size_t at = 0; at < len; at++)
+            for (size_t k = 0; k < sizeof(inserts) / sizeof(*inserts); k++) {
+                memset(buf, 'a', sizeof(buf));
+                size_t n = strlen(inserts[k]);
+                if (n == 0) buf[at] = 0; /* a NUL */
+                else if (at + n <= len) memcpy(buf + at, inserts[k], n);
+                size_t bad_ref = SIZE_MAX, bad = SIZE_MAX;
+                int ok_ref = utf8_ref(buf, len, &bad_ref);
+                int ok = sheaf_utf8_valid((const char *)buf, len, &bad);
+                if (ok != ok_ref || (!ok && bad != bad_ref))
+                    fail_msg("len %zu insert %zu at %zu: %d/%zu, expected %d/%zu", len, k, at, ok,
+                             bad, ok_ref, bad_ref);
+            }
+}
+
 static void test_decode_invalid_utf8(void **state)
 {
     (void)state;
@@ -770,6 +811,7 @@ int main(void)
         cmocka_unit_test(test_decode_version),
         cmocka_unit_test(test_decode_bad_values),
         cmocka_unit_test(test_decode_invalid_utf8),
+        cmocka_unit_test(test_utf8_valid_fast_path),
         cmocka_unit_test(test_decode_duplicates),
         cmocka_unit_test(test_decode_trailing_bytes),
         cmocka_unit_test(test_decode_hostile_headers),

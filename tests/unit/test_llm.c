@@ -523,6 +523,37 @@ static void test_request_json_matches_jansson(void **state)
     json_decref(schema);
 }
 
+/* sheaf_buf_json_string (the body's strings, the worker's records, the
+ * cache's values) writes what jansson's dump of the string wrote; a string
+ * jansson refuses is refused and leaves the buffer as it was. */
+static void test_json_string_matches_jansson(void **state)
+{
+    (void)state;
+    char text[512];
+    int refused = 0;
+    for (int i = 0; i < 5000; i++) {
+        sheaf_buf b;
+        sheaf_buf_init(&b, 1 << 20);
+        assert_int_equal(sheaf_buf_append(&b, "x", 1), SHEAF_OK);
+        random_text(text, sizeof(text));
+        json_t *j = json_string(text);
+        char *want = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
+        sheaf_err err = sheaf_buf_json_string(&b, text, strlen(text));
+        if (!want) {
+            assert_int_equal(err, SHEAF_ERR_INVALID);
+            assert_string_equal(b.data, "x");
+            refused++;
+        } else {
+            assert_int_equal(err, SHEAF_OK);
+            assert_string_equal(b.data + 1, want);
+        }
+        free(want);
+        json_decref(j);
+        sheaf_buf_free(&b);
+    }
+    assert_true(refused > 0);
+}
+
 /* ---- response parsing ------------------------------------------------------- */
 
 /* ---- the answer's fast path against jansson ---- */
@@ -1401,6 +1432,7 @@ int main(void)
         cmocka_unit_test(test_request_json_schema),
         cmocka_unit_test(test_request_json_schema_not_object),
         cmocka_unit_test(test_request_json_matches_jansson),
+        cmocka_unit_test(test_json_string_matches_jansson),
         cmocka_unit_test(test_parse_good),
         cmocka_unit_test(test_parse_fast_matches_jansson),
         cmocka_unit_test(test_parse_no_usage),

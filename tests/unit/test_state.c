@@ -740,15 +740,22 @@ static void test_async_worker_side(void **state)
     m.doc = (char *)"a";
     m.idx = 0;
     m.count = 2;
-    ASYNC(&g, sheaf_state_chunk_exists_async(ar, &m, on_got, &g));
+    sheaf_chunk_stores *stores = sheaf_chunk_stores_new(ar);
+    ASYNC(&g, sheaf_chunk_stores_check(stores, &m, on_got, &g));
     assert_int_equal(g.err, SHEAF_OK);
     assert_int_equal(g.n, 0);
-    ASYNC(&g, sheaf_state_chunk_store_async(ar, &m, 1, "{\"x\":1}", 3, 4, on_got, &g));
+    sheaf_chunk_result res = {.ok = 1, .record = "{\"x\":1}", .prompt_tokens = 3,
+                              .completion_tokens = 4, .cache = SHEAF_LOOKUP_HIT,
+                              .tokens_saved = 7};
+    ASYNC(&g, sheaf_chunk_stores_put(stores, &m, &res, on_got, &g));
+    assert_int_equal(g.err, SHEAF_OK);
     assert_int_equal(g.n, SHEAF_CHUNK_NEW);
-    ASYNC(&g, sheaf_state_chunk_store_async(ar, &m, 1, "{\"x\":2}", 3, 4, on_got, &g));
+    res.record = "{\"x\":2}";
+    res.cache = SHEAF_LOOKUP_NONE;
+    ASYNC(&g, sheaf_chunk_stores_put(stores, &m, &res, on_got, &g));
     assert_int_equal(g.n, SHEAF_CHUNK_DUPLICATE);
     assert_int_equal(store_chunk(r, "w1", "a", 0, 2, "{}"), SHEAF_CHUNK_DUPLICATE);
-    ASYNC(&g, sheaf_state_chunk_exists_async(ar, &m, on_got, &g));
+    ASYNC(&g, sheaf_chunk_stores_check(stores, &m, on_got, &g));
     assert_int_equal(g.n, 1);
     assert_false(chunk_needed(r, "w1", "a", 0));
     ASYNC(&g, sheaf_state_pipeline_get_async(ar, "pv1", on_got, &g));
@@ -766,8 +773,146 @@ static void test_async_worker_side(void **state)
     assert_int_equal(sheaf_state_job_status(r, "w1", &st, err, sizeof(err)), SHEAF_OK);
     assert_int_equal(st.dlq, 1);
     assert_string_equal(st.waiting, "HTTP 503");
-    assert_int_equal(st.cache_hits, 1);
-    assert_int_equal(st.tokens_saved, 7);
+    /* One hit counted with the store, one by the reducer's count. */
+    assert_int_equal(st.cache_hits, 2);
+    assert_int_equal(st.tokens_saved, 14);
+    /* A job that is not registered: every chunk says so. */
+    m.job = (char *)"nojob";
+    ASYNC(&g, sheaf_chunk_stores_put(stores, &m, &res, on_got, &g));
+    assert_int_equal(g.err, SHEAF_ERR_NOT_FOUND);
+    assert_non_null(strstr(g.errstr, "nojob"));
+    sheaf_chunk_stores_destroy(stores);
+    async_end(&g, r);
+}
+
+/* Many chunks of a job stored at once through the batching stores leave
+ * Redis exactly as the same chunks stored one by one: the same partials,
+ * counters, document tokens and ready entries, each document ready once,
+ * every chunk answered once. */
+typedef struct many {
+    int answered, doc_ready, dup;
+    sheaf_err err;
+} many;
+
+static void on_many(void *ud, const sheaf_state_reply *r)
+{
+    many *m = ud;
+    m->answered++;
+    if (r->err != SHEAF_OK) m->err = r->err;
+    if (r->n == SHEAF_CHUNK_DOC_READY) m->doc_ready++;
+    if (r->n == SHEAF_CHUNK_DUPLICATE) m->dup++;
+}
+
+static char *hash_dump(sheaf_redis *r, const char *key, int skip_times)
+{
+    redisReply *rep = cmd(r, "HGETALL %s", key, NULL);
+    sheaf_buf b;
+    sheaf_buf_init(&b, 1 << 20);
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        const char *f = rep->element[i]->str;
+        if (skip_times && (!strcmp(f, "id") || strstr(f, "_ms"))) continue;
+        sheaf_buf_appendf(&b, "%s=%s;", f, rep->element[i + 1]->str);
+    }
+    freeReplyObject(rep);
+    return sheaf_buf_steal(&b);
+}
+
+static void test_async_stores_batch(void **state)
+{
+    (void)state;
+    NEED_REDIS();
+    enum { DOCS = 3, PER = 40 };
+    static const char *docs[DOCS] = {"d0", "d1", "d2"};
+    sheaf_config cfg;
+    got g = {0};
+    many mb = {0};
+    sheaf_redis *r = async_begin(&cfg, 0, "bs");
+    sheaf_doc_reg reg[DOCS];
+    char rec[64], key_a[128], key_b[128];
+    const char *jobs[2] = {"sone", "sbat"};
+    for (int j = 0; j < 2; j++) {
+        for (int d = 0; d < DOCS; d++) reg[d] = (sheaf_doc_reg){docs[d], PER, "{}", NULL, 0};
+        assert_int_equal(sheaf_state_job_create(r, &cfg, jobs[j], "{}", "pv1", "t", err,
+                                                sizeof(err)),
+                         SHEAF_OK);
+        assert_int_equal(sheaf_state_docs_add(r, jobs[j], reg, DOCS, 0, err, sizeof(err)),
+                         SHEAF_OK);
+        assert_int_equal(sheaf_state_job_running(r, jobs[j], DOCS, DOCS * PER, err, sizeof(err)),
+                         SHEAF_OK);
+    }
+    sheaf_chunk_stores *stores = sheaf_chunk_stores_new(ar);
+    /* Interleaved documents, one failure, one chunk twice: one by one into
+     * sone, then all at once into sbat. */
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) cmd_int(r, "CONFIG RESETSTAT", NULL, NULL);
+        for (int i = 0; i <= DOCS * PER; i++) {
+            int k = i == DOCS * PER ? 5 : i;
+            sheaf_chunk_msg m = {.doc = (char *)docs[k % DOCS], .idx = (uint32_t)(k / DOCS),
+                                 .count = PER, .job = (char *)jobs[pass]};
+            snprintf(rec, sizeof(rec), "{\"k\":%d}", k);
+            int ok = k != 7;
+            sheaf_chunk_result res = {.ok = ok, .record = rec, .prompt_tokens = 10,
+                                      .completion_tokens = 5};
+            if (pass) {
+                sheaf_chunk_stores_put(stores, &m, &res, on_many, &mb);
+                continue;
+            }
+            assert_int_equal(store_chunk_as(r, "sone", m.doc, m.idx, PER, ok, rec),
+                             i == DOCS * PER ? SHEAF_CHUNK_DUPLICATE
+                             : m.idx == PER - 1 ? SHEAF_CHUNK_DOC_READY : SHEAF_CHUNK_NEW);
+        }
+    }
+    int64_t deadline = sheaf_mono_ms() + 5000;
+    while (mb.answered < DOCS * PER + 1 && sheaf_mono_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(mb.err, SHEAF_OK);
+    assert_int_equal(mb.answered, DOCS * PER + 1);
+    assert_int_equal(mb.doc_ready, DOCS);
+    assert_int_equal(mb.dup, 1);
+    /* The stores went together: the first alone, the rest after it. */
+    redisReply *info = cmd(r, "INFO commandstats", NULL, NULL);
+    const char *ev = strstr(info->str, "cmdstat_evalsha:calls=");
+    assert_non_null(ev);
+    long calls = strtol(ev + strlen("cmdstat_evalsha:calls="), NULL, 10);
+    freeReplyObject(info);
+    assert_true(calls >= 2 && calls <= 1 + (DOCS * PER + SHEAF_STORE_BATCH) / SHEAF_STORE_BATCH);
+    const char *suffixes[] = {"job", "doc_tokens"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(key_a, sizeof(key_a), "sheaf:{sone}:%s", suffixes[i]);
+        snprintf(key_b, sizeof(key_b), "sheaf:{sbat}:%s", suffixes[i]);
+        char *a = hash_dump(r, key_a, 1), *b = hash_dump(r, key_b, 1);
+        assert_string_equal(a, b);
+        free(a);
+        free(b);
+    }
+    for (int d = 0; d < DOCS; d++) {
+        snprintf(key_a, sizeof(key_a), "sheaf:{sone}:p:%s", docs[d]);
+        snprintf(key_b, sizeof(key_b), "sheaf:{sbat}:p:%s", docs[d]);
+        char *a = hash_dump(r, key_a, 0), *b = hash_dump(r, key_b, 0);
+        assert_string_equal(a, b);
+        free(a);
+        free(b);
+    }
+    assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{sbat}:ready", NULL), DOCS);
+    assert_int_equal(cmd_int(r, "XLEN %s", "sheaf:{sone}:ready", NULL), DOCS);
+    /* Checks at once: every stored chunk is recorded, one never stored is
+     * not; each answered once, as the one-by-one check answers. */
+    memset(&mb, 0, sizeof(mb));
+    for (int i = 0; i <= DOCS * PER; i++) {
+        sheaf_chunk_msg m = {.doc = (char *)docs[i % DOCS], .idx = (uint32_t)(i / DOCS),
+                             .count = PER, .job = (char *)"sbat"};
+        if (i == DOCS * PER) m.idx = PER + 3;
+        sheaf_chunk_stores_check(stores, &m, on_many, &mb);
+    }
+    deadline = sheaf_mono_ms() + 5000;
+    while (mb.answered < DOCS * PER + 1 && sheaf_mono_ms() < deadline)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(mb.err, SHEAF_OK);
+    assert_int_equal(mb.answered, DOCS * PER + 1);
+    assert_int_equal(mb.dup, 1); /* n == 0: to be done */
+    assert_true(chunk_needed(r, "sbat", "d0", PER + 3));
+    assert_false(chunk_needed(r, "sbat", "d1", 0));
+    sheaf_chunk_stores_destroy(stores);
     async_end(&g, r);
 }
 
@@ -1205,6 +1350,7 @@ int main(void)
         cmocka_unit_test(test_redrive_and_repair_invariants),
         cmocka_unit_test(test_ready_trim),
         cmocka_unit_test(test_async_worker_side),
+        cmocka_unit_test(test_async_stores_batch),
         cmocka_unit_test(test_async_reads_match_sync),
         cmocka_unit_test(test_async_stores_match_sync),
         cmocka_unit_test(test_async_lease_and_emission_right),

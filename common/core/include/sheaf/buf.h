@@ -23,6 +23,12 @@ sheaf_err sheaf_buf_append(sheaf_buf *b, const void *p, size_t n);
 sheaf_err sheaf_buf_appends(sheaf_buf *b, const char *s);
 sheaf_err sheaf_buf_appendf(sheaf_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Appends s (len bytes) as a JSON string, quotes included, byte for byte
+ * as jansson's json_dumps writes it without flags (\" \\ \b \f \n \r \t,
+ * \u00XX for the other control bytes, everything else as is).
+ * SHEAF_ERR_INVALID when s is not valid UTF-8 or holds a NUL (jansson
+ * refuses those); on any failure the buffer is left as it was. */
+sheaf_err sheaf_buf_json_string(sheaf_buf *b, const char *s, size_t len);
 /* Empties the buffer, keeping its allocation. */
 void sheaf_buf_reset(sheaf_buf *b);
 /* Frees the allocation; the buffer may be reused after sheaf_buf_init(). */

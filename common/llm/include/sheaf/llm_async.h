@@ -216,6 +216,12 @@ sheaf_err sheaf_llm_async_set_breaker(sheaf_llm_async *a, int threshold, int coo
  * done will never fire. */
 sheaf_err sheaf_llm_async_submit(sheaf_llm_async *a, const sheaf_llm_request *req,
                                  uint32_t est_tokens, sheaf_llm_done_fn done, void *ud);
+/* The same with req's body already made (it was hashed for the call
+ * cache, say): body is sheaf_llm_request_json(req), owned from here and
+ * freed on every path; NULL: made here, as _submit. */
+sheaf_err sheaf_llm_async_submit_body(sheaf_llm_async *a, const sheaf_llm_request *req,
+                                      char *body, uint32_t est_tokens, sheaf_llm_done_fn done,
+                                      void *ud);
 
 /* One event-loop step of an engine with a private loop: starts what may start, waits for network activity
  * up to timeout_ms (less when a retry, limiter or breaker timer is due

@@ -61,6 +61,10 @@ int sheaf_cache_usable(const sheaf_config *cfg, const sheaf_llm_request *req);
  * a request would be refused by the client anyway). */
 sheaf_err sheaf_cache_key(const char *base_url, const sheaf_llm_request *req,
                           char out[SHEAF_CACHE_KEY_SIZE]);
+/* The same from the body already made (sheaf_llm_request_json(req), blen
+ * bytes): a caller that sends it hashes and sends one body. */
+sheaf_err sheaf_cache_key_body(const char *base_url, const char *body, size_t blen,
+                               char out[SHEAF_CACHE_KEY_SIZE]);
 
 /* Looks key up.  *hit is 1 with *content (malloc'd, the caller frees it)
  * and *usage (what the answer cost when it was asked), else 0 with

@@ -337,7 +337,8 @@ typedef enum { SHEAF_CHUNK_NEW = 1, SHEAF_CHUNK_DUPLICATE = 0, SHEAF_CHUNK_DOC_R
 
 /* Records the chunk's result: ok with result_json (the map output record),
  * or failed with result_json holding {"error": reason}.  Usage tokens are
- * added to the job's totals only on the first write. */
+ * added to the job's totals only on the first write.  (A worker records
+ * through sheaf_chunk_stores, below: the same script for many chunks.) */
 sheaf_err sheaf_state_chunk_store(sheaf_redis *r, const sheaf_chunk_msg *m, int ok,
                                   const char *result_json, uint64_t prompt_tokens,
                                   uint64_t completion_tokens, sheaf_chunk_outcome *outcome,
@@ -600,8 +601,7 @@ void sheaf_key(char *out, size_t outlen, const char *job, const char *suffix);
  *   err     SHEAF_OK, or as the synchronous function (SHEAF_ERR_REDIS for
  *           a lost connection, an error reply or no connection at all:
  *           retryable; SHEAF_ERR_NOT_FOUND for an unknown job or pipeline)
- *   n       chunk_exists: 1 when recorded (or the job cancelled), else 0;
- *           chunk_store: the sheaf_chunk_outcome
+ *   n       (see each function)
  *   str/len pipeline_get: the pipeline's JSON (not NUL-terminated)
  *   errstr  "" on success, else why */
 typedef struct sheaf_aredis sheaf_aredis;
@@ -629,14 +629,51 @@ typedef struct sheaf_state_reply {
 } sheaf_state_reply;
 typedef void (*sheaf_state_fn)(void *ud, const sheaf_state_reply *r);
 
-void sheaf_state_chunk_exists_async(sheaf_aredis *ar, const sheaf_chunk_msg *m,
-                                    sheaf_state_fn done, void *ud);
 void sheaf_state_pipeline_get_async(sheaf_aredis *ar, const char *pv, sheaf_state_fn done,
                                     void *ud);
-/* result_json is copied before the call returns. */
-void sheaf_state_chunk_store_async(sheaf_aredis *ar, const sheaf_chunk_msg *m, int ok,
-                                   const char *result_json, uint64_t prompt_tokens,
-                                   uint64_t completion_tokens, sheaf_state_fn done, void *ud);
+
+/* ---- a worker's chunk checks and stores, sent together per job ----
+ *
+ * A worker asks Redis about each chunk twice: is it recorded already (the
+ * check), and record its result (the store): the scripts of
+ * sheaf_state_chunk_exists and sheaf_state_chunk_store, for many chunks at
+ * once.  The first check (or store) of a job is sent at once; those of the
+ * same job and kind that come while it is on its way wait, and go together
+ * in one call when it returns (at most SHEAF_STORE_BATCH per call).  So a
+ * lone chunk waits for nothing, and under load Redis runs one script per
+ * batch and adds the job's counters once per call instead of once per
+ * chunk (Redis' CPU per chunk caps a fleet).  done fires once per chunk,
+ * from the loop, as sheaf_state_reply:
+ *   err  SHEAF_OK; SHEAF_ERR_NOT_FOUND (store) when the job is not
+ *        registered; SHEAF_ERR_REDIS (retryable) when the call failed: then
+ *        every request of the job waiting behind it fails too, so each
+ *        chunk's own retry decides when to try again (none is dropped);
+ *        SHEAF_ERR_NOMEM
+ *   n    check: 1 recorded (or the job cancelled), 0 to be done;
+ *        store: the chunk's sheaf_chunk_outcome (a cancelled job: DUPLICATE) */
+#define SHEAF_STORE_BATCH 64
+typedef struct sheaf_chunk_stores sheaf_chunk_stores;
+
+/* A chunk's result to record.  cache: its call-cache lookup, counted
+ * against the job with the store (SHEAF_LOOKUP_NONE when the cache was not
+ * asked; tokens_saved: what a hit saved). */
+typedef enum { SHEAF_LOOKUP_NONE = 0, SHEAF_LOOKUP_HIT, SHEAF_LOOKUP_MISS } sheaf_lookup;
+typedef struct sheaf_chunk_result {
+    int ok;                      /* 1 ok, 0 failed */
+    const char *record;          /* the result record JSON; copied */
+    uint64_t prompt_tokens, completion_tokens;
+    sheaf_lookup cache;
+    uint64_t tokens_saved;
+} sheaf_chunk_result;
+
+sheaf_chunk_stores *sheaf_chunk_stores_new(sheaf_aredis *ar);
+/* Every store must have been answered (the connection destroyed first
+ * answers those on their way, and so those waiting). */
+void sheaf_chunk_stores_destroy(sheaf_chunk_stores *st);
+void sheaf_chunk_stores_check(sheaf_chunk_stores *st, const sheaf_chunk_msg *m,
+                              sheaf_state_fn done, void *ud);
+void sheaf_chunk_stores_put(sheaf_chunk_stores *st, const sheaf_chunk_msg *m,
+                            const sheaf_chunk_result *res, sheaf_state_fn done, void *ud);
 void sheaf_state_job_dlq_incr_async(sheaf_aredis *ar, const char *job, sheaf_state_fn done,
                                     void *ud);
 void sheaf_state_job_waiting_async(sheaf_aredis *ar, const char *job, const char *reason,

@@ -554,6 +554,8 @@ typedef struct chat_request {
     sheaf_buf system;          /* content of the first system message */
     int has_system;
     sim_format format;         /* response_format */
+    char *strings;             /* read by fast_read: its decoded strings (model points here) */
+    const sheaf_buf *body;     /* the request body, for a late jansson read (apply_bad_json) */
 } chat_request;
 
 /* Appends a message content (string, null, or an array of {"type":"text",
@@ -583,6 +585,16 @@ static const char *content_text(json_t *content, sheaf_buf *out)
     return NULL;
 }
 
+/* Where message i's text is kept: the last user message's in cr->user, the
+ * first system message's in cr->system, no other (NULL: only counted).
+ * Notes a system message as seen, whichever is kept. */
+static sheaf_buf *message_keeper(chat_request *cr, size_t i, size_t last_user, const char *role)
+{
+    int first_system = !cr->has_system && strcmp(role, "system") == 0;
+    cr->has_system |= first_system;
+    return i == last_user ? &cr->user : first_system ? &cr->system : NULL;
+}
+
 /* Reads every message's text: counts its tokens and keeps the last user
  * message's and the first system message's.  prompt_tokens is the sum of
  * sheaf_estimate_tokens() over each message's text, exactly what the worker
@@ -596,8 +608,7 @@ static const char *take_messages(json_t *messages, size_t last_user, chat_reques
 
     json_array_foreach(messages, i, msg) {
         const char *role = json_string_value(json_object_get(msg, "role"));
-        int first_system = !cr->has_system && strcmp(role, "system") == 0;
-        sheaf_buf *keep = i == last_user ? &cr->user : first_system ? &cr->system : NULL;
+        sheaf_buf *keep = message_keeper(cr, i, last_user, role);
         sheaf_buf text;
 
         sheaf_buf_init(&text, cr->user.max);
@@ -606,7 +617,6 @@ static const char *take_messages(json_t *messages, size_t last_user, chat_reques
             const sheaf_buf *t = keep ? keep : &text;
             cr->prompt_tokens += sheaf_estimate_tokens(t->data ? t->data : "", t->len);
         }
-        cr->has_system |= first_system;
         sheaf_buf_free(&text);
         if (e) return e;
     }
@@ -671,6 +681,312 @@ static const char *parse_chat(json_t *root, chat_request *cr, char *err, size_t 
     return sim_format_parse(json_object_get(root, "response_format"), &cr->format, err, errlen);
 }
 
+/* sheaf_utf8_valid(s, len), quicker on text that is mostly ASCII: whole
+ * words of ASCII without a NUL are skipped first. */
+static int utf8_valid(const char *s, size_t len)
+{
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if ((w & 0x8080808080808080ULL) ||
+            ((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL))
+            break;
+    }
+    return sheaf_utf8_valid(s + i, len - i, NULL);
+}
+
+/* ---- the common request, read without jansson --------------------------- */
+
+/* Almost every request is the same small shape: {"model", "messages" of
+ * {"role","content"} with string (or null) content, and perhaps
+ * "max_tokens", "temperature", "stream":false}.  Building jansson's tree
+ * for it (a hash table per object, a malloc per value) was the largest
+ * part of the simulator's CPU per request, so fast_read reads that shape
+ * directly.  It only ever says yes to a body that jansson reads to the same
+ * values and parse_chat accepts: anything else (another key, a duplicate
+ * key, content parts, a number it is not sure of, a surrogate escape, any
+ * error) gives up, and the body takes the jansson path, which answers it
+ * and words every refusal as before. */
+#define FAST_MAX_MESSAGES 32
+
+typedef struct fast_msg {
+    const char *role;
+    const char *content;       /* NULL: "content": null */
+    size_t content_len;
+} fast_msg;
+
+typedef struct fast_req {
+    char *strings;             /* decoded strings, NUL-terminated, one after another */
+    size_t used;
+    const char *model;
+    fast_msg msg[FAST_MAX_MESSAGES];
+    size_t n_msg;
+    int max_tokens;            /* 0: not given */
+} fast_req;
+
+typedef struct lexer {
+    const char *p, *end;
+} lexer;
+
+static void lex_ws(lexer *l)
+{
+    while (l->p < l->end && (*l->p == ' ' || *l->p == '\t' || *l->p == '\n' || *l->p == '\r'))
+        l->p++;
+}
+
+/* 1 and past it if the next token is the character c. */
+static int lex_char(lexer *l, char c)
+{
+    lex_ws(l);
+    if (l->p == l->end || *l->p != c) return 0;
+    l->p++;
+    return 1;
+}
+
+/* 1 and past it if the next token is the literal word (null, false). */
+static int lex_word(lexer *l, const char *word)
+{
+    size_t n = strlen(word);
+    lex_ws(l);
+    if ((size_t)(l->end - l->p) < n || memcmp(l->p, word, n) != 0) return 0;
+    l->p += n;
+    return 1;
+}
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* The end of the run at p of bytes that stand for themselves in a JSON
+ * string (not '"', '\\' or a control character), a word at a time. */
+static const char *plain_run(const char *p, const char *end)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    for (; end - p >= 8; p += 8) {
+        uint64_t w, q, b;
+        memcpy(&w, p, 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        /* A byte < 0x20, or equal to '"' or '\\', sets its high bit here;
+         * bytes >= 0x80 are masked out by ~w. */
+        if ((((w - ones * 0x20) | (q - ones) | (b - ones)) & ~w & highs) != 0) break;
+    }
+    while (p < end && (unsigned char)*p >= 0x20 && *p != '"' && *p != '\\') p++;
+    return p;
+}
+
+/* Reads a string token into r->strings; NULL when it is not one jansson
+ * surely reads the same (a control character, a bad escape, \u0000 or a
+ * surrogate: jansson judges those).  The body is known to be valid UTF-8,
+ * and a decoded string plus its NUL is never longer than its token, so the
+ * strings fit in the body's length. */
+static const char *lex_string(lexer *l, fast_req *r, size_t *len)
+{
+    char *out = r->strings + r->used;
+    size_t n = 0;
+
+    if (!lex_char(l, '"')) return NULL;
+    while (l->p < l->end) {
+        const char *plain = l->p;
+        l->p = plain_run(l->p, l->end);
+        memcpy(out + n, plain, (size_t)(l->p - plain));
+        n += (size_t)(l->p - plain);
+        if (l->p == l->end) break;
+        unsigned char c = (unsigned char)*l->p++;
+        if (c == '"') {
+            out[n] = '\0';
+            r->used += n + 1;
+            if (len) *len = n;
+            return out;
+        }
+        if (c < 0x20) return NULL;
+        if (c != '\\') {
+            out[n++] = (char)c;
+            continue;
+        }
+        if (l->p == l->end) return NULL;
+        switch (c = (unsigned char)*l->p++) {
+        case '"': case '\\': case '/': out[n++] = (char)c; break;
+        case 'b': out[n++] = '\b'; break;
+        case 'f': out[n++] = '\f'; break;
+        case 'n': out[n++] = '\n'; break;
+        case 'r': out[n++] = '\r'; break;
+        case 't': out[n++] = '\t'; break;
+        case 'u': {
+            unsigned v = 0;
+            if (l->end - l->p < 4) return NULL;
+            for (int k = 0; k < 4; k++) {
+                int h = hex_digit(l->p[k]);
+                if (h < 0) return NULL;
+                v = v * 16 + (unsigned)h;
+            }
+            l->p += 4;
+            if (v == 0 || (v >= 0xD800 && v <= 0xDFFF)) return NULL;
+            if (v < 0x80) {
+                out[n++] = (char)v;
+            } else if (v < 0x800) {
+                out[n++] = (char)(0xC0 | (v >> 6));
+                out[n++] = (char)(0x80 | (v & 0x3F));
+            } else {
+                out[n++] = (char)(0xE0 | (v >> 12));
+                out[n++] = (char)(0x80 | ((v >> 6) & 0x3F));
+                out[n++] = (char)(0x80 | (v & 0x3F));
+            }
+            break;
+        }
+        default: return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* Reads the digits of a JSON number with no sign, fraction or exponent
+ * check of its own: returns how many there are (0: none), the first not
+ * '0' unless it is alone. */
+static size_t lex_digits(lexer *l)
+{
+    const char *start = l->p;
+    while (l->p < l->end && *l->p >= '0' && *l->p <= '9') l->p++;
+    size_t n = (size_t)(l->p - start);
+    return n > 1 && *start == '0' ? 0 : n;
+}
+
+/* "max_tokens": a plain integer in 1..INT_MAX (0, a sign, a fraction or
+ * anything larger: jansson's path, which refuses or reads it). */
+static int lex_max_tokens(lexer *l, int *out)
+{
+    lex_ws(l);
+    const char *start = l->p;
+    size_t n = lex_digits(l);
+    long long v = 0;
+    if (n == 0 || n > 10 || *start == '0') return -1;
+    for (size_t i = 0; i < n; i++) v = v * 10 + (start[i] - '0');
+    if (v > INT_MAX) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* "temperature": digits with perhaps a fraction (no sign, no exponent), in
+ * 0..2 by the same strtod jansson uses. */
+static int lex_temperature(lexer *l)
+{
+    char num[40];
+    lex_ws(l);
+    const char *start = l->p;
+    if (lex_digits(l) == 0) return -1;
+    if (l->p < l->end && *l->p == '.') {
+        l->p++;
+        const char *frac = l->p;
+        while (l->p < l->end && *l->p >= '0' && *l->p <= '9') l->p++;
+        if (l->p == frac) return -1;
+    }
+    size_t n = (size_t)(l->p - start);
+    if (n >= sizeof(num)) return -1;
+    memcpy(num, start, n);
+    num[n] = '\0';
+    double d = strtod(num, NULL);
+    return d >= 0 && d <= 2 ? 0 : -1;
+}
+
+/* One {"role": "...", "content": "..." or null}, each key once. */
+static int lex_message(lexer *l, fast_req *r)
+{
+    fast_msg *m;
+    int has_content = 0;
+
+    if (r->n_msg == FAST_MAX_MESSAGES || !lex_char(l, '{')) return -1;
+    m = &r->msg[r->n_msg++];
+    *m = (fast_msg){0};
+    do {
+        const char *key = lex_string(l, r, NULL);
+        if (!key || !lex_char(l, ':')) return -1;
+        if (strcmp(key, "role") == 0 && !m->role) {
+            if (!(m->role = lex_string(l, r, NULL))) return -1;
+        } else if (strcmp(key, "content") == 0 && !has_content) {
+            has_content = 1;
+            if (!lex_word(l, "null") && !(m->content = lex_string(l, r, &m->content_len)))
+                return -1;
+        } else {
+            return -1;
+        }
+    } while (lex_char(l, ','));
+    return lex_char(l, '}') && m->role && has_content ? 0 : -1;
+}
+
+/* Reads body into *r (r->strings must hold body_len + 1 bytes); 0 when it
+ * is the common shape and valid, -1 when jansson's path must judge it. */
+static int fast_read(const char *body, size_t len, fast_req *r)
+{
+    lexer l = {body, body + len};
+    int seen_model = 0, seen_messages = 0, seen_max = 0, seen_temp = 0, seen_stream = 0;
+
+    if (!utf8_valid(body, len) || !lex_char(&l, '{')) return -1;
+    do {
+        const char *key = lex_string(&l, r, NULL);
+        if (!key || !lex_char(&l, ':')) return -1;
+        if (strcmp(key, "model") == 0 && !seen_model++) {
+            if (!(r->model = lex_string(&l, r, NULL))) return -1;
+        } else if (strcmp(key, "messages") == 0 && !seen_messages++) {
+            if (!lex_char(&l, '[')) return -1;
+            do {
+                if (lex_message(&l, r) != 0) return -1;
+            } while (lex_char(&l, ','));
+            if (!lex_char(&l, ']')) return -1;
+        } else if (strcmp(key, "max_tokens") == 0 && !seen_max++) {
+            if (lex_max_tokens(&l, &r->max_tokens) != 0) return -1;
+        } else if (strcmp(key, "temperature") == 0 && !seen_temp++) {
+            if (lex_temperature(&l) != 0) return -1;
+        } else if (strcmp(key, "stream") == 0 && !seen_stream++) {
+            if (!lex_word(&l, "false") && !lex_word(&l, "null")) return -1;
+        } else {
+            return -1;
+        }
+    } while (lex_char(&l, ','));
+    if (!lex_char(&l, '}')) return -1;
+    lex_ws(&l);
+    return l.p == l.end && seen_model && seen_messages ? 0 : -1;
+}
+
+/* The chat_request of a body fast_read took, as parse_chat makes it;
+ * -1 when fast_read did not take it (cr->strings then NULL). */
+static int fast_chat(const sheaf_buf *body, chat_request *cr)
+{
+    fast_req r = {.strings = malloc(body->len + 1)};
+    size_t last_user = (size_t)-1;
+
+    if (!r.strings) return -1;
+    if (fast_read(body->data ? body->data : "", body->len, &r) != 0) {
+        free(r.strings);
+        return -1;
+    }
+    cr->strings = r.strings;
+    cr->model = r.model;
+    cr->max_tokens = r.max_tokens;
+    for (size_t i = 0; i < r.n_msg; i++)
+        if (strcmp(r.msg[i].role, "user") == 0) last_user = i;
+    if (last_user == (size_t)-1) last_user = r.n_msg - 1;
+    for (size_t i = 0; i < r.n_msg; i++) {
+        const fast_msg *m = &r.msg[i];
+        sheaf_buf *keep = message_keeper(cr, i, last_user, m->role);
+        if (keep && m->content &&
+            sheaf_buf_append(keep, m->content, m->content_len) != SHEAF_OK) {
+            /* Out of memory: cleared for jansson's path, which says so. */
+            sheaf_buf_free(&cr->user);
+            sheaf_buf_free(&cr->system);
+            free(cr->strings);
+            *cr = (chat_request){.user = cr->user, .system = cr->system, .body = cr->body};
+            return -1;
+        }
+        cr->prompt_tokens += sheaf_estimate_tokens(m->content ? m->content : "", m->content_len);
+    }
+    return 0;
+}
+
 /* The answer to a valid request, made before it is admitted so that its
  * tokens count against --tpm. */
 typedef struct chat_answer {
@@ -732,7 +1048,15 @@ static void apply_bad_json(sim *s, const chat_request *cr, chat_answer *a)
     sim_bad_json trig = sim_bad_json_trigger(cr->user.data ? cr->user.data : "", cr->user.len);
 
     if (a->kind != SIM_KIND_JSON || trig == SIM_BAD_JSON_NONE) return;
-    if (trig == SIM_BAD_JSON_ONCE && sim_seen_first(&s->seen, cr->messages) != 1) return;
+    if (trig == SIM_BAD_JSON_ONCE) {
+        /* fast_chat made no tree: jansson reads the body now (it is valid). */
+        json_t *root = cr->messages ? NULL
+                                    : json_loadb(cr->body->data, cr->body->len, 0, NULL);
+        int first = sim_seen_first(&s->seen, root ? json_object_get(root, "messages")
+                                                  : cr->messages);
+        json_decref(root);
+        if (first != 1) return;
+    }
     size_t len = strlen(a->text) / 2;
     a->text[len] = '\0';
     a->completion_tokens = sheaf_estimate_tokens(a->text, len);
@@ -753,18 +1077,88 @@ static void count_answer(sim *s, const chat_request *cr, const chat_answer *a)
     });
 }
 
-/* Builds the chat.completion around the answer; NULL when out of memory. */
-static json_t *build_answer(sim *s, const chat_request *cr, const chat_answer *a)
+/* The length of s[0..len) written as a JSON string by json_string_write. */
+static size_t json_string_size(const char *s, size_t len)
 {
-    char id[40];
-    snprintf(id, sizeof(id), "simcmpl-%llu", (unsigned long long)atomic_fetch_add(&s->next_id, 1));
-    return json_pack("{s:s, s:s, s:i, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I, s:I}}",
-                     "id", id, "object", "chat.completion", "created", 0, "model", cr->model,
-                     "choices", "index", 0, "message", "role", "assistant", "content", a->text,
-                     "finish_reason", a->finish, "usage", "prompt_tokens",
-                     (json_int_t)cr->prompt_tokens, "completion_tokens",
-                     (json_int_t)a->completion_tokens, "total_tokens",
-                     (json_int_t)(cr->prompt_tokens + a->completion_tokens));
+    size_t n = len + 2;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            n += 1;
+        else if (c < 0x20)
+            n += 5;
+    }
+    return n;
+}
+
+/* Writes s[0..len) as a JSON string at out, byte for byte as json_dumps
+ * does (JSON_COMPACT, UTF-8 kept): '"', '\\' and control characters
+ * escaped, \u00XX in upper case for those without a short escape; returns
+ * the end.  s is valid UTF-8 (the caller checks, as json_string does). */
+static char *json_string_write(char *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    *out++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *out++ = (char)c;
+            continue;
+        }
+        *out++ = '\\';
+        switch (c) {
+        case '"': *out++ = '"'; break;
+        case '\\': *out++ = '\\'; break;
+        case '\b': *out++ = 'b'; break;
+        case '\f': *out++ = 'f'; break;
+        case '\n': *out++ = 'n'; break;
+        case '\r': *out++ = 'r'; break;
+        case '\t': *out++ = 't'; break;
+        default:
+            memcpy(out, "u00", 3);
+            out[3] = hex[c >> 4];
+            out[4] = hex[c & 15];
+            out += 5;
+            break;
+        }
+    }
+    *out++ = '"';
+    return out;
+}
+
+/* The chat.completion around the answer, as the compact dump of
+ * {"id","object","created":0,"model","choices":[{"index":0,"message":
+ * {"role":"assistant","content"},"finish_reason"}],"usage":{...}}: written
+ * directly, jansson's tree and dump cost more than the rest of a request.
+ * NULL when out of memory or when a string is not valid UTF-8 (jansson
+ * refused to build such an answer: the client gets the same 500). */
+static char *answer_body(sim *s, const chat_request *cr, const chat_answer *a)
+{
+    static const char mid[] = ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                              "\"content\":";
+    char head[96], tail[160];
+    size_t text_len = strlen(a->text), model_len = strlen(cr->model);
+    int head_len = snprintf(head, sizeof(head),
+                            "{\"id\":\"simcmpl-%llu\",\"object\":\"chat.completion\","
+                            "\"created\":0,\"model\":",
+                            (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+    if (!utf8_valid(a->text, text_len) || !utf8_valid(cr->model, model_len)) return NULL;
+    int tail_len = snprintf(tail, sizeof(tail),
+                            "},\"finish_reason\":\"%s\"}],\"usage\":{\"prompt_tokens\":%lld,"
+                            "\"completion_tokens\":%lld,\"total_tokens\":%lld}}",
+                            a->finish, (long long)cr->prompt_tokens,
+                            (long long)a->completion_tokens,
+                            (long long)(cr->prompt_tokens + a->completion_tokens));
+    char *text = malloc((size_t)head_len + json_string_size(cr->model, model_len) + sizeof(mid) -
+                        1 + json_string_size(a->text, text_len) + (size_t)tail_len + 1);
+    if (!text) return NULL;
+    char *p = text;
+    memcpy(p, head, (size_t)head_len);
+    p = json_string_write(p + head_len, cr->model, model_len);
+    memcpy(p, mid, sizeof(mid) - 1);
+    p = json_string_write(p + sizeof(mid) - 1, a->text, text_len);
+    memcpy(p, tail, (size_t)tail_len + 1);
+    return text;
 }
 
 /* 1 if the Authorization header carries "Bearer <--api-key>". */
@@ -797,7 +1191,7 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
     sim_settings set;
     rate_verdict rv;
     json_error_t jerr;
-    json_t *root = NULL, *resp = NULL;
+    json_t *root = NULL;
     enum MHD_Result ret;
     const char *bad;
     char err[256];
@@ -829,9 +1223,14 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
                          "Request body exceeds %zu bytes", s->opts.max_request_bytes);
         goto out;
     }
-    root = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
-    bad = root ? parse_chat(root, &cr, err, sizeof(err)) : NULL;
-    if (!root || bad) {
+    cr.body = &ctx->body;
+    if (fast_chat(&ctx->body, &cr) == 0) {
+        bad = NULL; /* the common shape, read and valid */
+    } else {
+        root = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
+        bad = root ? parse_chat(root, &cr, err, sizeof(err)) : NULL;
+    }
+    if (!cr.strings && (!root || bad)) {
         *status = MHD_HTTP_BAD_REQUEST;
         STATS_UPDATE(s, s->stats.bad_requests++);
         if (!root)
@@ -995,8 +1394,7 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
 
     int malformed = draw(&s->malformed_rng, set.malformed_rate);
     if (!malformed) apply_bad_json(s, &cr, &ans);
-    resp = build_answer(s, &cr, &ans);
-    char *text = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
+    char *text = answer_body(s, &cr, &ans);
     if (!text) {
         *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
@@ -1026,8 +1424,8 @@ static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const ch
     text = NULL; /* owned by MHD (or freed by send_body) */
 
 out:
-    json_decref(resp);
     json_decref(root);
+    free(cr.strings);
     free(ans.text);
     sheaf_buf_free(&cr.user);
     sheaf_buf_free(&cr.system);

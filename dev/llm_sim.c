@@ -89,25 +89,36 @@
  * naming the key.  GET /control shows the settings.  Only the completions
  * endpoints need the key.
  *
- * Threads: libmicrohttpd runs one thread per connection
- * (MHD_USE_THREAD_PER_CONNECTION), so sleeping for the simulated latency in
- * the handler delays only that request; hundreds of connections may be open
- * at once (--max-connections).  Shared state is guarded by one mutex each:
+ * Threads: libmicrohttpd runs DAEMON_THREADS polling threads (epoll), each
+ * serving many connections, so a request costs no thread switch of its
+ * own; a request sleeps through its latency without holding a thread: its
+ * connection is suspended and a timer thread resumes it when it is due
+ * (timer_sleep), so thousands of connections may be open and sleeping at
+ * once (--max-connections).  Shared state is guarded by one mutex each:
  * the counters; the settings /control changes together with the rate
- * windows they limit; each PRNG.  A request copies the settings once, when
- * it is admitted, and nothing is held while sleeping.
+ * windows they limit; each PRNG; the timer's heap.  A request copies the
+ * settings once, when it is admitted, and nothing is held while sleeping.
  *
  * A request's life: the access handler is called once with the headers
  * (a request context is made and counted in flight), then once per upload
  * chunk (appended to a capped sheaf_buf; past the cap the rest is
- * discarded), then once more to answer (or, for a reset, to return MHD_NO,
+ * discarded), then once more to answer: chat_admit validates, makes the
+ * answer and applies the rate limits and the delay; after the delay (the
+ * handler is called again when the connection is resumed) chat_reply
+ * applies the later faults and answers (or, for a reset, returns MHD_NO,
  * which makes MHD close the connection).  The completed-callback frees the
  * context and ends its in-flight count.
  *
+ * CPU: the simulator shares the box with the fleet it measures, so the
+ * request path is kept cheap: the usual request body is read without
+ * jansson (fast_read; any other goes through jansson as before) and the
+ * chat.completion is written directly (answer_body), byte for byte what
+ * json_dumps made of it.
+ *
  * Shutdown: SIGTERM/SIGINT set a flag (the daemon's threads have both
  * blocked, so the handler runs in the main thread, which waits in
- * sigsuspend); handlers still sleeping give up, the daemon is stopped and
- * the program exits 0. */
+ * sigsuspend); sleeping requests are resumed at once and give up (no
+ * response), the daemon is stopped and the program exits 0. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -135,7 +146,6 @@
 #include "sim_summary.h"
 
 #define COMP "llm-sim"
-#define SLEEP_SLICE_MS 50          /* latency sleeps wake this often to see shutdown */
 #define MAX_RPM 1000000            /* bounds the request window's memory (16 MB) */
 #define MAX_TPM 1000000000000LL    /* tokens per minute */
 #define MAX_DELAY_MS 3600000       /* latency, jitter and slow: an hour at most */
@@ -147,6 +157,8 @@
 #define HUGE_ANSWER_BYTES ((size_t)10 << 20) /* SHEAF_SIM_HUGE_ANSWER's content */
 #define THREAD_STACK (2u << 20)    /* jansson's parser recurses up to depth 2048 */
 #define CONNECTION_TIMEOUT_S 300   /* idle keep-alive connections are closed after */
+#define DAEMON_THREADS 2u          /* MHD's polling threads (epoll), many connections each */
+#define DRAIN_MS 2000              /* at stop, how long resumed sleepers get to give up */
 
 /* What POST /control may change; the command line gives the first values.
  * Guarded by sim.ctl_lock. */
@@ -206,6 +218,28 @@ typedef struct sim_window {
     uint64_t total;            /* sum of n over the window */
 } sim_window;
 
+/* A connection suspended until due (mono ms); seq orders equal dues. */
+typedef struct sleeper {
+    int64_t due;
+    uint64_t seq;
+    struct MHD_Connection *conn;
+} sleeper;
+
+/* The latency's timer: a min-heap of sleepers and the thread that resumes
+ * each when it is due.  Guarded by lock; the heap holds one entry per
+ * connection at most, so it is made --max-connections large once. */
+typedef struct sim_timer {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;       /* on CLOCK_MONOTONIC: an earlier sleeper, or stop */
+    sleeper *heap;
+    size_t n, cap;
+    uint64_t seq;
+    int stop;                  /* no more sleepers: every one was resumed */
+    atomic_int sleeping;       /* connections suspended and not yet back in on_request */
+    pthread_t thread;
+    int started;
+} sim_timer;
+
 typedef struct sim {
     sim_opts opts;
     pthread_mutex_t stats_lock;
@@ -216,6 +250,7 @@ typedef struct sim {
     sim_window tok_window;     /* tokens per admitted request, while tpm is set */
     sim_rng err_rng, jitter_rng, malformed_rng, reset_rng, slow_rng;
     sim_seen seen;             /* requests SHEAF_SIM_BAD_JSON_ONCE answered badly */
+    sim_timer timer;           /* resumes connections suspended for their latency */
     atomic_ullong next_id;
     atomic_int stopping;
 } sim;
@@ -229,6 +264,11 @@ typedef struct req_ctx {
     sheaf_buf body;
     int too_large;             /* the body went past --max-request-bytes */
     int answered;              /* a response was queued early (413 by Content-Length) */
+    struct chat_call *call;    /* admitted, to be answered after its delay */
+    int sleeping;              /* suspended until the timer resumes it */
+    unsigned status;           /* for the log line: 0, no response */
+    const char *note;          /* for the log line: a fault injected, or NULL */
+    uint64_t ptok, ctok;       /* for the log line: the tokens of a 200 */
 } req_ctx;
 
 /* The outcome of the rate limits for one request, and what the
@@ -275,16 +315,150 @@ static double rng_unit(sim_rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p
         pthread_mutex_unlock(&(s)->stats_lock); \
     } while (0)
 
-/* Sleeps ms in short slices; returns -1 if shutdown began meanwhile. */
-static int sleep_unless_stopping(sim *s, int64_t ms)
+/* ---- the latency: suspended connections and their timer ------------------ */
+
+/* A request sleeps through its latency without a thread: its connection is
+ * suspended (MHD_suspend_connection) and put here, and the timer thread
+ * resumes it when it is due; MHD then calls on_request again, which
+ * answers.  So the daemon's few threads serve every connection, and
+ * thousands of requests can sleep at once as before. */
+
+static int sleeper_before(const sleeper *a, const sleeper *b)
 {
-    int64_t end = sheaf_mono_ms() + ms;
-    for (;;) {
-        if (atomic_load(&s->stopping)) return -1;
-        int64_t left = end - sheaf_mono_ms();
-        if (left <= 0) return 0;
-        sheaf_sleep_ms(left < SLEEP_SLICE_MS ? left : SLEEP_SLICE_MS);
+    return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void heap_push(sim_timer *t, sleeper e)
+{
+    size_t i = t->n++;
+    while (i > 0 && sleeper_before(&e, &t->heap[(i - 1) / 2])) {
+        t->heap[i] = t->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
     }
+    t->heap[i] = e;
+}
+
+static sleeper heap_pop(sim_timer *t)
+{
+    sleeper top = t->heap[0], last = t->heap[--t->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= t->n) break;
+        if (c + 1 < t->n && sleeper_before(&t->heap[c + 1], &t->heap[c])) c++;
+        if (!sleeper_before(&t->heap[c], &last)) break;
+        t->heap[i] = t->heap[c];
+        i = c;
+    }
+    if (t->n) t->heap[i] = last;
+    return top;
+}
+
+/* Resumes each sleeper when it is due; at stop, every one at once. */
+static void *timer_main(void *arg)
+{
+    sim_timer *t = arg;
+
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        if (t->n == 0) {
+            if (t->stop) break;
+            pthread_cond_wait(&t->cond, &t->lock);
+            continue;
+        }
+        int64_t wait_ms = t->heap[0].due - sheaf_mono_ms();
+        if (wait_ms > 0 && !t->stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += wait_ms / 1000;
+            ts.tv_nsec += (wait_ms % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+            continue;
+        }
+        sleeper e = heap_pop(t);
+        /* MHD's lock is taken with ours free: a handler holds ours while
+         * suspending (timer_sleep). */
+        pthread_mutex_unlock(&t->lock);
+        MHD_resume_connection(e.conn);
+        pthread_mutex_lock(&t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static int timer_init(sim_timer *t, size_t cap)
+{
+    pthread_condattr_t attr;
+    memset(t, 0, sizeof(*t));
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    atomic_init(&t->sleeping, 0);
+    t->cap = cap;
+    t->heap = malloc(cap * sizeof(*t->heap));
+    return t->heap ? 0 : -1;
+}
+
+static int timer_start(sim_timer *t)
+{
+    if (pthread_create(&t->thread, NULL, timer_main, t) != 0) return -1;
+    t->started = 1;
+    return 0;
+}
+
+/* Suspends the connection (from its access handler) until ms from now;
+ * -1 when it cannot sleep (shutting down, or no room: not expected, the
+ * heap is as large as the connection limit), then the caller answers at
+ * once. */
+static int timer_sleep(sim_timer *t, struct MHD_Connection *conn, req_ctx *ctx, int64_t ms)
+{
+    int rc = -1;
+    pthread_mutex_lock(&t->lock);
+    if (!t->stop && t->n < t->cap) {
+        sleeper e = {sheaf_mono_ms() + ms, t->seq++, conn};
+        MHD_suspend_connection(conn);
+        ctx->sleeping = 1;
+        atomic_fetch_add(&t->sleeping, 1);
+        heap_push(t, e);
+        if (t->heap[0].seq == e.seq) pthread_cond_signal(&t->cond);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+/* A suspended connection is back (resumed, or closed by MHD). */
+static void timer_woke(sim_timer *t, req_ctx *ctx)
+{
+    if (!ctx->sleeping) return;
+    ctx->sleeping = 0;
+    atomic_fetch_sub(&t->sleeping, 1);
+}
+
+/* Resumes every sleeper and stops the thread; the daemon may be stopped
+ * once the sleepers are back (MHD must not stop with a connection
+ * suspended). */
+static void timer_stop(sim_timer *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->stop = 1;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
+    if (t->started) pthread_join(t->thread, NULL);
+    t->started = 0;
+}
+
+static void timer_destroy(sim_timer *t)
+{
+    free(t->heap);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->cond);
 }
 
 /* ---- rate windows ------------------------------------------------------ */
@@ -1179,256 +1353,298 @@ static int authorized(const sim *s, struct MHD_Connection *conn)
     return diff == 0;
 }
 
-/* Answers a complete completions request; returns what MHD wants and sets
- * *status (0: no response) and *note (a fault injected, or NULL) for the
- * log line. */
-static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const char *method,
-                                   req_ctx *ctx, unsigned *status, const char **note,
-                                   uint64_t *ptok, uint64_t *ctok)
-{
+/* A completions request from its admission to its answer: kept in its
+ * req_ctx while the connection sleeps through the latency. */
+typedef struct chat_call {
     chat_request cr;
-    chat_answer ans = {0};
-    sim_settings set;
+    chat_answer ans;
+    sim_settings set;          /* copied once, at admission */
     rate_verdict rv;
+    json_t *root;              /* jansson's tree of the body, when fast_chat did not read it */
+    int64_t delay_ms;          /* latency, jitter and slow, drawn at admission */
+} chat_call;
+
+static void chat_call_free(chat_call *c)
+{
+    if (!c) return;
+    json_decref(c->root);
+    free(c->cr.strings);
+    free(c->ans.text);
+    sheaf_buf_free(&c->cr.user);
+    sheaf_buf_free(&c->cr.system);
+    free(c);
+}
+
+/* The first half of a complete completions request: validation, the
+ * answer, the rate limits and the delay.  Returns 1 when the request was
+ * admitted (ctx->call holds it, to be answered after call->delay_ms by
+ * chat_reply), 0 when it was answered already (*ret is what MHD wants;
+ * ctx->status and ctx->note are set for the log line). */
+static int chat_admit(sim *s, struct MHD_Connection *conn, const char *method, req_ctx *ctx,
+                      enum MHD_Result *ret)
+{
+    chat_call *c = calloc(1, sizeof(*c));
+    chat_request *cr = c ? &c->cr : NULL;
+    chat_answer *ans = c ? &c->ans : NULL;
     json_error_t jerr;
-    json_t *root = NULL;
-    enum MHD_Result ret;
     const char *bad;
     char err[256];
     int storm = 0, admit_rc;
 
-    memset(&cr, 0, sizeof(cr));
-    sheaf_buf_init(&cr.user, s->opts.max_request_bytes);
-    sheaf_buf_init(&cr.system, s->opts.max_request_bytes);
-    *note = NULL;
+    ctx->note = NULL;
+    if (!c) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        STATS_UPDATE(s, s->stats.errors_500++);
+        *ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        return 0;
+    }
+    sheaf_buf_init(&cr->user, s->opts.max_request_bytes);
+    sheaf_buf_init(&cr->system, s->opts.max_request_bytes);
 
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
-        *status = MHD_HTTP_METHOD_NOT_ALLOWED;
+        ctx->status = MHD_HTTP_METHOD_NOT_ALLOWED;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", "method_not_allowed", 0,
-                         "%s is not allowed here; use POST", method);
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "method_not_allowed", 0,
+                          "%s is not allowed here; use POST", method);
+        goto refused;
     }
     if (!authorized(s, conn)) {
-        *status = MHD_HTTP_UNAUTHORIZED;
+        ctx->status = MHD_HTTP_UNAUTHORIZED;
         STATS_UPDATE(s, s->stats.unauthorized_401++);
-        ret = send_error(conn, *status, "invalid_request_error", "invalid_api_key", 0,
-                         "Incorrect or missing API key (expected Authorization: Bearer ...)");
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "invalid_api_key", 0,
+                          "Incorrect or missing API key (expected Authorization: Bearer ...)");
+        goto refused;
     }
     if (ctx->too_large) {
-        *status = MHD_HTTP_CONTENT_TOO_LARGE;
+        ctx->status = MHD_HTTP_CONTENT_TOO_LARGE;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", "request_too_large", 0,
-                         "Request body exceeds %zu bytes", s->opts.max_request_bytes);
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "request_too_large", 0,
+                          "Request body exceeds %zu bytes", s->opts.max_request_bytes);
+        goto refused;
     }
-    cr.body = &ctx->body;
-    if (fast_chat(&ctx->body, &cr) == 0) {
+    cr->body = &ctx->body;
+    if (fast_chat(&ctx->body, cr) == 0) {
         bad = NULL; /* the common shape, read and valid */
     } else {
-        root = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
-        bad = root ? parse_chat(root, &cr, err, sizeof(err)) : NULL;
+        c->root = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
+        bad = c->root ? parse_chat(c->root, cr, err, sizeof(err)) : NULL;
     }
-    if (!cr.strings && (!root || bad)) {
-        *status = MHD_HTTP_BAD_REQUEST;
+    if (!cr->strings && (!c->root || bad)) {
+        ctx->status = MHD_HTTP_BAD_REQUEST;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        if (!root)
-            ret = send_error(conn, *status, "invalid_request_error", NULL, 0,
-                             "We could not parse the JSON body of your request: %s (line %d, "
-                             "column %d)",
-                             jerr.text, jerr.line, jerr.column);
+        if (!c->root)
+            *ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0,
+                              "We could not parse the JSON body of your request: %s (line %d, "
+                              "column %d)",
+                              jerr.text, jerr.line, jerr.column);
         else
-            ret = send_error(conn, *status, "invalid_request_error", NULL, 0, "%s", bad);
-        goto out;
+            *ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0, "%s", bad);
+        goto refused;
     }
-    if (!model_served(s, cr.model)) {
+    if (!model_served(s, cr->model)) {
         /* As providers answer an unknown model. */
-        *status = MHD_HTTP_NOT_FOUND;
+        ctx->status = MHD_HTTP_NOT_FOUND;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", "model_not_found", 0,
-                         "The model `%s` does not exist or you do not have access to it.",
-                         cr.model);
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "model_not_found", 0,
+                          "The model `%s` does not exist or you do not have access to it.",
+                          cr->model);
+        goto refused;
     }
     {   /* The window, checked as providers do: prompt plus the completion
          * asked for (max_tokens) must fit. */
-        uint64_t want = cr.prompt_tokens + (uint64_t)(cr.max_tokens > 0 ? cr.max_tokens : 0);
+        uint64_t want = cr->prompt_tokens + (uint64_t)(cr->max_tokens > 0 ? cr->max_tokens : 0);
         STATS_UPDATE(s, {
             if (want > s->stats.max_call_tokens) s->stats.max_call_tokens = want;
         });
         if (s->opts.context_tokens && want > s->opts.context_tokens) {
-            *status = MHD_HTTP_BAD_REQUEST;
-            *note = "context_length_exceeded";
+            ctx->status = MHD_HTTP_BAD_REQUEST;
+            ctx->note = "context_length_exceeded";
             STATS_UPDATE(s, { s->stats.bad_requests++; s->stats.context_exceeded++; });
-            ret = send_error(conn, *status, "invalid_request_error", "context_length_exceeded", 0,
-                             "This model's maximum context length is %llu tokens. However, you "
-                             "requested %llu tokens (%llu in the messages, %d in the "
-                             "completion). Please reduce the length of the messages or "
-                             "completion.",
-                             (unsigned long long)s->opts.context_tokens, (unsigned long long)want,
-                             (unsigned long long)cr.prompt_tokens, cr.max_tokens);
-            goto out;
+            *ret = send_error(conn, ctx->status, "invalid_request_error",
+                              "context_length_exceeded", 0,
+                              "This model's maximum context length is %llu tokens. However, you "
+                              "requested %llu tokens (%llu in the messages, %d in the "
+                              "completion). Please reduce the length of the messages or "
+                              "completion.",
+                              (unsigned long long)s->opts.context_tokens, (unsigned long long)want,
+                              (unsigned long long)cr->prompt_tokens, cr->max_tokens);
+            goto refused;
         }
     }
-    if (compose_answer(s, &cr, &ans) != 0) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if (compose_answer(s, cr, ans) != 0) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
-        goto out;
+        *ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        goto refused;
     }
 
     /* Admission: the settings are copied here for the whole request. */
     pthread_mutex_lock(&s->ctl_lock);
-    set = s->settings;
+    c->set = s->settings;
     if (s->settings.rate_limit_next > 0) {
         s->settings.rate_limit_next--;
         storm = 1;
         admit_rc = 0;
     } else {
-        admit_rc = rate_admit_locked(s, &set, cr.prompt_tokens + ans.completion_tokens, &rv);
+        admit_rc =
+            rate_admit_locked(s, &c->set, cr->prompt_tokens + ans->completion_tokens, &c->rv);
     }
     pthread_mutex_unlock(&s->ctl_lock);
     if (storm) {
-        *status = MHD_HTTP_TOO_MANY_REQUESTS;
-        *note = "rate_limit_next";
+        ctx->status = MHD_HTTP_TOO_MANY_REQUESTS;
+        ctx->note = "rate_limit_next";
         STATS_UPDATE(s, s->stats.rate_limited_429++);
-        ret = send_error(conn, *status, "requests", "rate_limit_exceeded", 1,
-                         "Rate limit reached (simulated: rate_limit_next). Please try again "
-                         "in 1s.");
-        goto out;
+        *ret = send_error(conn, ctx->status, "requests", "rate_limit_exceeded", 1,
+                          "Rate limit reached (simulated: rate_limit_next). Please try again "
+                          "in 1s.");
+        goto refused;
     }
     if (admit_rc != 0) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
-        goto out;
+        *ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        goto refused;
     }
-    if (!rv.admitted) {
-        *status = MHD_HTTP_TOO_MANY_REQUESTS;
+    if (!c->rv.admitted) {
+        ctx->status = MHD_HTTP_TOO_MANY_REQUESTS;
         STATS_UPDATE(s, s->stats.rate_limited_429++);
-        uint64_t want = cr.prompt_tokens + ans.completion_tokens;
-        if (rv.too_large)
-            ret = send_429(conn, &rv,
-                           "Request too large: %lld tokens per minute (simulated), requested "
-                           "%llu.",
-                           rv.tpm, (unsigned long long)want);
-        else if (strcmp(rv.limited_by, "tokens") == 0)
-            ret = send_429(conn, &rv,
-                           "Rate limit reached: %lld tokens per minute (simulated), used %lld, "
-                           "requested %llu. Please try again in %ds.",
-                           rv.tpm, rv.tpm - rv.remaining_tokens, (unsigned long long)want,
-                           rv.retry_after_s);
+        uint64_t want = cr->prompt_tokens + ans->completion_tokens;
+        if (c->rv.too_large)
+            *ret = send_429(conn, &c->rv,
+                            "Request too large: %lld tokens per minute (simulated), requested "
+                            "%llu.",
+                            c->rv.tpm, (unsigned long long)want);
+        else if (strcmp(c->rv.limited_by, "tokens") == 0)
+            *ret = send_429(conn, &c->rv,
+                            "Rate limit reached: %lld tokens per minute (simulated), used %lld, "
+                            "requested %llu. Please try again in %ds.",
+                            c->rv.tpm, c->rv.tpm - c->rv.remaining_tokens, (unsigned long long)want,
+                            c->rv.retry_after_s);
         else
-            ret = send_429(conn, &rv,
-                           "Rate limit reached: %lld requests per minute (simulated). Please "
-                           "try again in %ds.",
-                           rv.rpm, rv.retry_after_s);
-        goto out;
+            *ret = send_429(conn, &c->rv,
+                            "Rate limit reached: %lld requests per minute (simulated). Please "
+                            "try again in %ds.",
+                            c->rv.rpm, c->rv.retry_after_s);
+        goto refused;
     }
 
-    int64_t delay = set.latency_ms;
-    if (set.jitter_ms > 0) delay += (int64_t)(rng_unit(&s->jitter_rng) * (set.jitter_ms + 1));
+    c->delay_ms = c->set.latency_ms;
+    if (c->set.jitter_ms > 0)
+        c->delay_ms += (int64_t)(rng_unit(&s->jitter_rng) * (c->set.jitter_ms + 1));
     /* SHEAF_SIM_SLOW in the text: this answer is slow_ms late, always (so a
      * test can hold back chosen items and watch the others complete). */
-    if (draw(&s->slow_rng, set.slow_rate) ||
-        (set.slow_ms > 0 && cr.user.data && strstr(cr.user.data, "SHEAF_SIM_SLOW"))) {
-        delay += set.slow_ms;
-        *note = "slow";
+    if (draw(&s->slow_rng, c->set.slow_rate) ||
+        (c->set.slow_ms > 0 && cr->user.data && strstr(cr->user.data, "SHEAF_SIM_SLOW"))) {
+        c->delay_ms += c->set.slow_ms;
+        ctx->note = "slow";
         STATS_UPDATE(s, s->stats.slow++);
     }
-    if (sleep_unless_stopping(s, delay) != 0) {
-        *status = 0;
-        *note = "shutting down";
+    ctx->call = c;
+    return 1;
+
+refused:
+    chat_call_free(c);
+    return 0;
+}
+
+/* The second half, after the delay: the faults that strike then and the
+ * answer.  Frees ctx->call; returns what MHD wants. */
+static enum MHD_Result chat_reply(sim *s, struct MHD_Connection *conn, req_ctx *ctx)
+{
+    chat_call *c = ctx->call;
+    chat_request *cr = &c->cr;
+    chat_answer *ans = &c->ans;
+    enum MHD_Result ret;
+
+    ctx->call = NULL;
+    if (atomic_load(&s->stopping)) {
+        ctx->status = 0;
+        ctx->note = "shutting down";
         ret = MHD_NO; /* drop the connection */
-        goto out;
+        goto done;
     }
-    if (draw(&s->reset_rng, set.reset_rate)) {
-        *status = 0;
-        *note = "reset";
+    if (draw(&s->reset_rng, c->set.reset_rate)) {
+        ctx->status = 0;
+        ctx->note = "reset";
         STATS_UPDATE(s, s->stats.resets++);
         ret = MHD_NO; /* MHD closes the connection without a response */
-        goto out;
+        goto done;
     }
     if (take_next(s, &s->settings.fail_next)) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
-        *note = "fail_next";
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->note = "fail_next";
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0,
                          "The server had an error while processing your request (simulated: "
                          "fail_next).");
-        goto out;
+        goto done;
     }
     if (take_next(s, &s->settings.refuse_next)) {
-        *status = MHD_HTTP_BAD_REQUEST;
-        *note = "refuse_next";
+        ctx->status = MHD_HTTP_BAD_REQUEST;
+        ctx->note = "refuse_next";
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0,
                          "The request was refused (simulated: refuse_next).");
-        goto out;
+        goto done;
     }
     /* Fault triggers in the text itself, so a test can make one chunk fail
      * for ever without touching the others: SHEAF_SIM_FAIL_400 is refused
      * (non-retryable), SHEAF_SIM_FAIL_500 always errors (retryable). */
-    if (cr.user.data && strstr(cr.user.data, "SHEAF_SIM_FAIL_400")) {
-        *status = MHD_HTTP_BAD_REQUEST;
+    if (cr->user.data && strstr(cr->user.data, "SHEAF_SIM_FAIL_400")) {
+        ctx->status = MHD_HTTP_BAD_REQUEST;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0,
                          "The request was refused (simulated: SHEAF_SIM_FAIL_400 in the text).");
-        goto out;
+        goto done;
     }
-    if (cr.user.data && strstr(cr.user.data, "SHEAF_SIM_FAIL_500")) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if (cr->user.data && strstr(cr->user.data, "SHEAF_SIM_FAIL_500")) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0,
                          "The server had an error (simulated: SHEAF_SIM_FAIL_500 in the text).");
-        goto out;
+        goto done;
     }
-    if (draw(&s->err_rng, set.error_rate)) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if (draw(&s->err_rng, c->set.error_rate)) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0,
                          "The server had an error while processing your request (simulated).");
-        goto out;
+        goto done;
     }
 
-    int malformed = draw(&s->malformed_rng, set.malformed_rate);
-    if (!malformed) apply_bad_json(s, &cr, &ans);
-    char *text = answer_body(s, &cr, &ans);
+    int malformed = draw(&s->malformed_rng, c->set.malformed_rate);
+    if (!malformed) apply_bad_json(s, cr, ans);
+    char *text = answer_body(s, cr, ans);
     if (!text) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
-        goto out;
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        goto done;
     }
-    *ptok = cr.prompt_tokens;
-    *ctok = ans.completion_tokens;
-    *status = MHD_HTTP_OK;
+    ctx->ptok = cr->prompt_tokens;
+    ctx->ctok = ans->completion_tokens;
+    ctx->status = MHD_HTTP_OK;
     /* Every answered request, malformed or not, is in max_prompt_tokens:
      * it is there to show that no call went over a budget. */
     STATS_UPDATE(s, {
-        if (cr.prompt_tokens > s->stats.max_prompt_tokens)
-            s->stats.max_prompt_tokens = cr.prompt_tokens;
+        if (cr->prompt_tokens > s->stats.max_prompt_tokens)
+            s->stats.max_prompt_tokens = cr->prompt_tokens;
     });
     if (malformed) {
         /* Half of a JSON object is never valid JSON: its closing brace is
          * the last byte. */
         text[strlen(text) / 2] = '\0';
-        *note = "malformed";
+        ctx->note = "malformed";
         STATS_UPDATE(s, s->stats.malformed++);
     } else {
-        if (ans.bad_json) *note = "bad_json";
-        count_answer(s, &cr, &ans);
+        if (ans->bad_json) ctx->note = "bad_json";
+        count_answer(s, cr, ans);
     }
-    ret = send_body(conn, *status, text, "application/json", 0, &rv);
+    ret = send_body(conn, ctx->status, text, "application/json", 0, &c->rv);
     text = NULL; /* owned by MHD (or freed by send_body) */
 
-out:
-    json_decref(root);
-    free(cr.strings);
-    free(ans.text);
-    sheaf_buf_free(&cr.user);
-    sheaf_buf_free(&cr.system);
+done:
+    chat_call_free(c);
     return ret;
 }
 
@@ -1620,6 +1836,25 @@ static enum MHD_Result handle_control(sim *s, struct MHD_Connection *conn, const
 
 static int is_path(const char *url, const char *path) { return strcmp(url, path) == 0; }
 
+/* Logs a completions request's outcome (unless --quiet); returns ret. */
+static enum MHD_Result chat_logged(sim *s, const char *method, const char *url,
+                                   const req_ctx *ctx, enum MHD_Result ret)
+{
+    long long ms = (long long)(sheaf_mono_ms() - ctx->started_ms);
+    if (s->opts.quiet) {
+        /* no line per request */
+    } else if (ctx->status == 0) {
+        sheaf_info(COMP, "%s %s -> no response (%s) after %lld ms", method, url,
+                   ctx->note ? ctx->note : "error", ms);
+    } else {
+        sheaf_info(COMP, "%s %s -> %u in %lld ms (prompt %llu, completion %llu tokens)%s%s",
+                   method, url, ctx->status, ms, (unsigned long long)ctx->ptok,
+                   (unsigned long long)ctx->ctok, ctx->note ? " fault: " : "",
+                   ctx->note ? ctx->note : "");
+    }
+    return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -1669,26 +1904,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (ctx->call) {
+        /* Back from its latency: timer_main resumed the connection. */
+        timer_woke(&s->timer, ctx);
+        return chat_logged(s, method, url, ctx, chat_reply(s, conn, ctx));
+    }
     if (ctx->answered) return MHD_YES;
     ctx->answered = 1;
 
     if (ctx->ep == EP_COMPLETIONS) {
-        unsigned status = 0;
-        const char *note = NULL;
-        uint64_t ptok = 0, ctok = 0;
-        enum MHD_Result ret = handle_chat(s, conn, method, ctx, &status, &note, &ptok, &ctok);
-        long long ms = (long long)(sheaf_mono_ms() - ctx->started_ms);
-        if (s->opts.quiet) {
-            /* no line per request */
-        } else if (status == 0) {
-            sheaf_info(COMP, "%s %s -> no response (%s) after %lld ms", method, url,
-                       note ? note : "error", ms);
-        } else {
-            sheaf_info(COMP, "%s %s -> %u in %lld ms (prompt %llu, completion %llu tokens)%s%s",
-                       method, url, status, ms, (unsigned long long)ptok,
-                       (unsigned long long)ctok, note ? " fault: " : "", note ? note : "");
-        }
-        return ret;
+        enum MHD_Result ret;
+        if (!chat_admit(s, conn, method, ctx, &ret)) return chat_logged(s, method, url, ctx, ret);
+        if (ctx->call->delay_ms > 0 &&
+            timer_sleep(&s->timer, conn, ctx, ctx->call->delay_ms) == 0)
+            return MHD_YES; /* on_request is called again when it is resumed */
+        return chat_logged(s, method, url, ctx, chat_reply(s, conn, ctx));
     }
     if (is_path(url, "/health") && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
         return send_body(conn, MHD_HTTP_OK, strdup("ok\n"), "text/plain", 0, NULL);
@@ -1716,6 +1946,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)toe;
     if (!ctx) return;
     if (ctx->ep == EP_COMPLETIONS) STATS_UPDATE(s, s->stats.in_flight--);
+    timer_woke(&s->timer, ctx);
+    chat_call_free(ctx->call);
     sheaf_buf_free(&ctx->body);
     free(ctx);
     *con_cls = NULL;
@@ -1966,7 +2198,7 @@ static int write_file_atomic(const char *path, const char *text)
 }
 
 /* Raises the open-file limit to its hard maximum: every connection is a
- * descriptor and a thread. */
+ * descriptor. */
 static void raise_nofile(int want)
 {
     struct rlimit rl;
@@ -1981,6 +2213,7 @@ static void raise_nofile(int want)
 
 static void sim_destroy(sim *s)
 {
+    timer_destroy(&s->timer);
     win_clear(&s->req_window);
     win_clear(&s->tok_window);
     pthread_mutex_destroy(&s->stats_lock);
@@ -2000,8 +2233,8 @@ int main(int argc, char **argv)
     struct sockaddr_in sin;
     struct sockaddr_in6 sin6;
     struct sockaddr *sa;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
     const char *host;
     char port_text[16], url[128], limit[64];
     sigset_t block, old;
@@ -2018,6 +2251,11 @@ int main(int argc, char **argv)
     pthread_mutex_init(&s.reset_rng.lock, NULL);
     pthread_mutex_init(&s.slow_rng.lock, NULL);
     sim_seen_init(&s.seen);
+    if (timer_init(&s.timer, (size_t)s.opts.max_connections) != 0) {
+        fprintf(stderr, "sheaf-llm-sim: out of memory\n");
+        sim_destroy(&s);
+        return 1;
+    }
     /* The error and jitter streams are as before the other faults existed,
      * so --error-rate with a given --seed fails the same requests. */
     s.err_rng.state = s.opts.seed;
@@ -2061,12 +2299,17 @@ int main(int argc, char **argv)
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
     pthread_sigmask(SIG_BLOCK, &block, &old);
+    if (timer_start(&s.timer) != 0) {
+        sheaf_error(COMP, "cannot start the timer thread: %s", strerror(errno));
+        goto out;
+    }
 
     /* The logger must be the first option to catch every message. */
     d = MHD_start_daemon(flags, (uint16_t)s.opts.port, NULL, NULL, on_request, &s,
                          MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
                          MHD_OPTION_SOCK_ADDR, sa,
                          MHD_OPTION_CONNECTION_LIMIT, (unsigned)s.opts.max_connections,
+                         MHD_OPTION_THREAD_POOL_SIZE, DAEMON_THREADS,
                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
                          MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
                          MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK,
@@ -2112,6 +2355,12 @@ int main(int argc, char **argv)
 
 out:
     atomic_store(&s.stopping, 1);
+    /* Sleeping requests are resumed and give up (no response); the daemon
+     * stops once they are back, as MHD must not stop with one suspended. */
+    timer_stop(&s.timer);
+    for (int64_t end = sheaf_mono_ms() + DRAIN_MS;
+         atomic_load(&s.timer.sleeping) > 0 && sheaf_mono_ms() < end;)
+        sheaf_sleep_ms(5);
     if (d) MHD_stop_daemon(d);
     if (rc == 0 && s.opts.port_file) unlink(s.opts.port_file);
     sim_destroy(&s);

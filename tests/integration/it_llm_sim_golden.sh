@@ -2,7 +2,8 @@
 # The LLM simulator's answers, byte for byte: a fixed corpus of requests
 # (llm_sim_corpus.py: the usual chat requests, every answer kind and fault
 # trigger, odd and bad JSON of many kinds, the other endpoints, /control)
-# under two configurations, plain and with faults, limits and a model list,
+# under three configurations: plain; with faults, limits and a model list;
+# with latency, jitter and slow answers (the requests sleep suspended),
 # and the simulator's log lines (timestamps, PIDs, ports and durations
 # left out), compared with tests/expected/llm_sim/answers.txt, made by the
 # simulator that parsed every request with jansson and built every answer
@@ -35,5 +36,6 @@ run_corpus() {
 run_corpus plain
 SHEAF_SIM_MODELS=sim-1,m run_corpus faults --malformed-rate 0.2 --reset-rate 0.05 \
   --error-rate 0.05 --seed 3 --context-tokens 300 --summary-words 20 --max-request-bytes 5000
+run_corpus latency --latency-ms 1 --jitter-ms 3 --slow-rate 0.1 --slow-ms 2 --seed 5
 check_golden "$T/answers.txt" llm_sim/answers.txt
 log "ok: $(grep -c '^[0-9]' "$T/answers.txt") answers as expected"

@@ -264,6 +264,7 @@ typedef struct req_ctx {
     sheaf_buf body;
     int too_large;             /* the body went past --max-request-bytes */
     int answered;              /* a response was queued early (413 by Content-Length) */
+    const char *url;           /* completions: its path (static), for the log line */
     struct chat_call *call;    /* admitted, to be answered after its delay */
     int sleeping;              /* suspended until the timer resumes it */
     unsigned status;           /* for the log line: 0, no response */
@@ -638,7 +639,9 @@ static void add_ratelimit_headers(struct MHD_Response *resp, const rate_verdict 
 }
 
 /* Queues body (malloc'd; ownership passes to MHD, which frees it), with
- * Retry-After when retry_after_s > 0 and the rate headers when rl. */
+ * Retry-After when retry_after_s > 0 and the rate headers when rl.  With
+ * no connection (its client left while it slept: on_completed) the body is
+ * only freed. */
 static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned status, char *body,
                                  const char *content_type, int retry_after_s,
                                  const rate_verdict *rl)
@@ -646,7 +649,10 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned status, c
     struct MHD_Response *resp;
     enum MHD_Result ret;
 
-    if (!body) return MHD_NO;
+    if (!body || !conn) {
+        free(body);
+        return MHD_NO;
+    }
     resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(body);
@@ -1873,6 +1879,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *con_cls = ctx;
         if (is_path(url, "/v1/chat/completions") || is_path(url, "/chat/completions")) {
             ctx->ep = EP_COMPLETIONS;
+            ctx->url = is_path(url, "/chat/completions") ? "/chat/completions"
+                                                         : "/v1/chat/completions";
             STATS_UPDATE(s, {
                 s->stats.requests++;
                 if (++s->stats.in_flight > s->stats.max_in_flight)
@@ -1945,9 +1953,16 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn;
     (void)toe;
     if (!ctx) return;
+    if (ctx->call) {
+        /* Its client left while it slept: MHD saw the connection closed
+         * when it was resumed and did not call on_request.  It is answered
+         * all the same, to no one (faults drawn, answers counted, a log
+         * line), as a handler sleeping in its own thread did. */
+        timer_woke(&s->timer, ctx);
+        chat_logged(s, MHD_HTTP_METHOD_POST, ctx->url, ctx, chat_reply(s, NULL, ctx));
+    }
     if (ctx->ep == EP_COMPLETIONS) STATS_UPDATE(s, s->stats.in_flight--);
     timer_woke(&s->timer, ctx);
-    chat_call_free(ctx->call);
     sheaf_buf_free(&ctx->body);
     free(ctx);
     *con_cls = NULL;

@@ -253,6 +253,7 @@ typedef struct sim {
     sim_timer timer;           /* resumes connections suspended for their latency */
     atomic_ullong next_id;
     atomic_int stopping;
+    atomic_int connections;    /* open, counted by on_connection */
 } sim;
 
 typedef enum { EP_OTHER, EP_COMPLETIONS } endpoint;
@@ -1968,6 +1969,32 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* --max-connections: MHD's own limit, in its epoll mode, stops accepting
+ * when it is reached (a client over it waits in the listen backlog), where
+ * with a thread per connection MHD accepted and closed it at once, with a
+ * warning.  So the limit is kept here, the same way: MHD's is set a little
+ * higher (DAEMON_THREADS more) so that it keeps accepting, and a connection
+ * over ours is closed with the warning MHD wrote. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    sim *s = cls;
+    (void)conn;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) atomic_fetch_add(&s->connections, 1);
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED) atomic_fetch_sub(&s->connections, 1);
+}
+
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    sim *s = cls;
+    (void)addr;
+    (void)addrlen;
+    if (atomic_load(&s->connections) < s->opts.max_connections) return MHD_YES;
+    sheaf_warn(COMP, "libmicrohttpd: Server reached connection limit. Closing inbound connection.");
+    return MHD_NO;
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -2281,6 +2308,7 @@ int main(int argc, char **argv)
     s.settings = s.opts.initial;
     atomic_init(&s.next_id, 1);
     atomic_init(&s.stopping, 0);
+    atomic_init(&s.connections, 0);
 
     host = strcmp(s.opts.host, "localhost") == 0 ? "127.0.0.1" : s.opts.host;
     memset(&sin, 0, sizeof(sin));
@@ -2320,10 +2348,12 @@ int main(int argc, char **argv)
     }
 
     /* The logger must be the first option to catch every message. */
-    d = MHD_start_daemon(flags, (uint16_t)s.opts.port, NULL, NULL, on_request, &s,
+    d = MHD_start_daemon(flags, (uint16_t)s.opts.port, on_accept, &s, on_request, &s,
                          MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
                          MHD_OPTION_SOCK_ADDR, sa,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)s.opts.max_connections,
+                         MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)s.opts.max_connections + DAEMON_THREADS,
+                         MHD_OPTION_NOTIFY_CONNECTION, on_connection, &s,
                          MHD_OPTION_THREAD_POOL_SIZE, DAEMON_THREADS,
                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
                          MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,

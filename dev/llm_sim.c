@@ -735,6 +735,7 @@ typedef struct chat_request {
     sheaf_buf system;          /* content of the first system message */
     int has_system;
     sim_format format;         /* response_format */
+    int triggers;              /* "SHEAF_SIM_" is in user: the text triggers are looked for */
     char *strings;             /* read by fast_read: its decoded strings (model points here) */
     const sheaf_buf *body;     /* the request body, for a late jansson read (apply_bad_json) */
 } chat_request;
@@ -1198,7 +1199,7 @@ static int compose_answer(sim *s, const chat_request *cr, chat_answer *a)
     a->text = sim_answer(&p, &a->kind);
     if (!a->text) return -1;
     size_t len = strlen(a->text);
-    if (cr->user.data && strstr(cr->user.data, "SHEAF_SIM_HUGE_ANSWER")) {
+    if (cr->triggers && strstr(cr->user.data, "SHEAF_SIM_HUGE_ANSWER")) {
         /* A runaway answer: HUGE_ANSWER_BYTES of words, max_tokens ignored. */
         static const char word[] = "runaway ";
         char *huge = malloc(HUGE_ANSWER_BYTES + 1);
@@ -1226,9 +1227,9 @@ static int compose_answer(sim *s, const chat_request *cr, chat_answer *a)
  * actually reads. */
 static void apply_bad_json(sim *s, const chat_request *cr, chat_answer *a)
 {
+    if (a->kind != SIM_KIND_JSON) return;
     sim_bad_json trig = sim_bad_json_trigger(cr->user.data ? cr->user.data : "", cr->user.len);
-
-    if (a->kind != SIM_KIND_JSON || trig == SIM_BAD_JSON_NONE) return;
+    if (trig == SIM_BAD_JSON_NONE) return;
     if (trig == SIM_BAD_JSON_ONCE) {
         /* fast_chat made no tree: jansson reads the body now (it is valid). */
         json_t *root = cr->messages ? NULL
@@ -1448,6 +1449,8 @@ static int chat_admit(sim *s, struct MHD_Connection *conn, const char *method, r
             *ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0, "%s", bad);
         goto refused;
     }
+    /* One look for the prefix of every text trigger, instead of one each. */
+    cr->triggers = cr->user.data && strstr(cr->user.data, "SHEAF_SIM_") != NULL;
     if (!model_served(s, cr->model)) {
         /* As providers answer an unknown model. */
         ctx->status = MHD_HTTP_NOT_FOUND;
@@ -1541,7 +1544,7 @@ static int chat_admit(sim *s, struct MHD_Connection *conn, const char *method, r
     /* SHEAF_SIM_SLOW in the text: this answer is slow_ms late, always (so a
      * test can hold back chosen items and watch the others complete). */
     if (draw(&s->slow_rng, c->set.slow_rate) ||
-        (c->set.slow_ms > 0 && cr->user.data && strstr(cr->user.data, "SHEAF_SIM_SLOW"))) {
+        (c->set.slow_ms > 0 && cr->triggers && strstr(cr->user.data, "SHEAF_SIM_SLOW"))) {
         c->delay_ms += c->set.slow_ms;
         ctx->note = "slow";
         STATS_UPDATE(s, s->stats.slow++);
@@ -1597,14 +1600,14 @@ static enum MHD_Result chat_reply(sim *s, struct MHD_Connection *conn, req_ctx *
     /* Fault triggers in the text itself, so a test can make one chunk fail
      * for ever without touching the others: SHEAF_SIM_FAIL_400 is refused
      * (non-retryable), SHEAF_SIM_FAIL_500 always errors (retryable). */
-    if (cr->user.data && strstr(cr->user.data, "SHEAF_SIM_FAIL_400")) {
+    if (cr->triggers && strstr(cr->user.data, "SHEAF_SIM_FAIL_400")) {
         ctx->status = MHD_HTTP_BAD_REQUEST;
         STATS_UPDATE(s, s->stats.bad_requests++);
         ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0,
                          "The request was refused (simulated: SHEAF_SIM_FAIL_400 in the text).");
         goto done;
     }
-    if (cr->user.data && strstr(cr->user.data, "SHEAF_SIM_FAIL_500")) {
+    if (cr->triggers && strstr(cr->user.data, "SHEAF_SIM_FAIL_500")) {
         ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
         ret = send_error(conn, ctx->status, "server_error", NULL, 0,

@@ -227,7 +227,7 @@ typedef struct sleeper {
 
 /* The latency's timer: a min-heap of sleepers and the thread that resumes
  * each when it is due.  Guarded by lock; the heap holds one entry per
- * connection at most, so it is made --max-connections large once. */
+ * connection at most, so it is made as large as MHD's connection limit once. */
 typedef struct sim_timer {
     pthread_mutex_t lock;
     pthread_cond_t cond;       /* on CLOCK_MONOTONIC: an earlier sleeper, or stop */
@@ -2296,7 +2296,8 @@ int main(int argc, char **argv)
     pthread_mutex_init(&s.reset_rng.lock, NULL);
     pthread_mutex_init(&s.slow_rng.lock, NULL);
     sim_seen_init(&s.seen);
-    if (timer_init(&s.timer, (size_t)s.opts.max_connections) != 0) {
+    /* One sleeper per connection at most: as many as MHD lets in. */
+    if (timer_init(&s.timer, (size_t)s.opts.max_connections + DAEMON_THREADS) != 0) {
         fprintf(stderr, "sheaf-llm-sim: out of memory\n");
         sim_destroy(&s);
         return 1;

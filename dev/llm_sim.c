@@ -89,25 +89,36 @@
  * naming the key.  GET /control shows the settings.  Only the completions
  * endpoints need the key.
  *
- * Threads: libmicrohttpd runs one thread per connection
- * (MHD_USE_THREAD_PER_CONNECTION), so sleeping for the simulated latency in
- * the handler delays only that request; hundreds of connections may be open
- * at once (--max-connections).  Shared state is guarded by one mutex each:
+ * Threads: libmicrohttpd runs DAEMON_THREADS polling threads (epoll), each
+ * serving many connections, so a request costs no thread switch of its
+ * own; a request sleeps through its latency without holding a thread: its
+ * connection is suspended and a timer thread resumes it when it is due
+ * (timer_sleep), so thousands of connections may be open and sleeping at
+ * once (--max-connections).  Shared state is guarded by one mutex each:
  * the counters; the settings /control changes together with the rate
- * windows they limit; each PRNG.  A request copies the settings once, when
- * it is admitted, and nothing is held while sleeping.
+ * windows they limit; each PRNG; the timer's heap.  A request copies the
+ * settings once, when it is admitted, and nothing is held while sleeping.
  *
  * A request's life: the access handler is called once with the headers
  * (a request context is made and counted in flight), then once per upload
  * chunk (appended to a capped sheaf_buf; past the cap the rest is
- * discarded), then once more to answer (or, for a reset, to return MHD_NO,
+ * discarded), then once more to answer: chat_admit validates, makes the
+ * answer and applies the rate limits and the delay; after the delay (the
+ * handler is called again when the connection is resumed) chat_reply
+ * applies the later faults and answers (or, for a reset, returns MHD_NO,
  * which makes MHD close the connection).  The completed-callback frees the
  * context and ends its in-flight count.
  *
+ * CPU: the simulator shares the box with the fleet it measures, so the
+ * request path is kept cheap: the usual request body is read without
+ * jansson (fast_read; any other goes through jansson as before) and the
+ * chat.completion is written directly (answer_body), byte for byte what
+ * json_dumps made of it.
+ *
  * Shutdown: SIGTERM/SIGINT set a flag (the daemon's threads have both
  * blocked, so the handler runs in the main thread, which waits in
- * sigsuspend); handlers still sleeping give up, the daemon is stopped and
- * the program exits 0. */
+ * sigsuspend); sleeping requests are resumed at once and give up (no
+ * response), the daemon is stopped and the program exits 0. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -135,7 +146,6 @@
 #include "sim_summary.h"
 
 #define COMP "llm-sim"
-#define SLEEP_SLICE_MS 50          /* latency sleeps wake this often to see shutdown */
 #define MAX_RPM 1000000            /* bounds the request window's memory (16 MB) */
 #define MAX_TPM 1000000000000LL    /* tokens per minute */
 #define MAX_DELAY_MS 3600000       /* latency, jitter and slow: an hour at most */
@@ -147,6 +157,8 @@
 #define HUGE_ANSWER_BYTES ((size_t)10 << 20) /* SHEAF_SIM_HUGE_ANSWER's content */
 #define THREAD_STACK (2u << 20)    /* jansson's parser recurses up to depth 2048 */
 #define CONNECTION_TIMEOUT_S 300   /* idle keep-alive connections are closed after */
+#define DAEMON_THREADS 2u          /* MHD's polling threads (epoll), many connections each */
+#define DRAIN_MS 2000              /* at stop, how long resumed sleepers get to give up */
 
 /* What POST /control may change; the command line gives the first values.
  * Guarded by sim.ctl_lock. */
@@ -206,6 +218,28 @@ typedef struct sim_window {
     uint64_t total;            /* sum of n over the window */
 } sim_window;
 
+/* A connection suspended until due (mono ms); seq orders equal dues. */
+typedef struct sleeper {
+    int64_t due;
+    uint64_t seq;
+    struct MHD_Connection *conn;
+} sleeper;
+
+/* The latency's timer: a min-heap of sleepers and the thread that resumes
+ * each when it is due.  Guarded by lock; the heap holds one entry per
+ * connection at most, so it is made as large as MHD's connection limit once. */
+typedef struct sim_timer {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;       /* on CLOCK_MONOTONIC: an earlier sleeper, or stop */
+    sleeper *heap;
+    size_t n, cap;
+    uint64_t seq;
+    int stop;                  /* no more sleepers: every one was resumed */
+    atomic_int sleeping;       /* connections suspended and not yet back in on_request */
+    pthread_t thread;
+    int started;
+} sim_timer;
+
 typedef struct sim {
     sim_opts opts;
     pthread_mutex_t stats_lock;
@@ -216,8 +250,10 @@ typedef struct sim {
     sim_window tok_window;     /* tokens per admitted request, while tpm is set */
     sim_rng err_rng, jitter_rng, malformed_rng, reset_rng, slow_rng;
     sim_seen seen;             /* requests SHEAF_SIM_BAD_JSON_ONCE answered badly */
+    sim_timer timer;           /* resumes connections suspended for their latency */
     atomic_ullong next_id;
     atomic_int stopping;
+    atomic_int connections;    /* open, counted by on_connection */
 } sim;
 
 typedef enum { EP_OTHER, EP_COMPLETIONS } endpoint;
@@ -229,6 +265,12 @@ typedef struct req_ctx {
     sheaf_buf body;
     int too_large;             /* the body went past --max-request-bytes */
     int answered;              /* a response was queued early (413 by Content-Length) */
+    const char *url;           /* completions: its path (static), for the log line */
+    struct chat_call *call;    /* admitted, to be answered after its delay */
+    int sleeping;              /* suspended until the timer resumes it */
+    unsigned status;           /* for the log line: 0, no response */
+    const char *note;          /* for the log line: a fault injected, or NULL */
+    uint64_t ptok, ctok;       /* for the log line: the tokens of a 200 */
 } req_ctx;
 
 /* The outcome of the rate limits for one request, and what the
@@ -275,16 +317,150 @@ static double rng_unit(sim_rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p
         pthread_mutex_unlock(&(s)->stats_lock); \
     } while (0)
 
-/* Sleeps ms in short slices; returns -1 if shutdown began meanwhile. */
-static int sleep_unless_stopping(sim *s, int64_t ms)
+/* ---- the latency: suspended connections and their timer ------------------ */
+
+/* A request sleeps through its latency without a thread: its connection is
+ * suspended (MHD_suspend_connection) and put here, and the timer thread
+ * resumes it when it is due; MHD then calls on_request again, which
+ * answers.  So the daemon's few threads serve every connection, and
+ * thousands of requests can sleep at once as before. */
+
+static int sleeper_before(const sleeper *a, const sleeper *b)
 {
-    int64_t end = sheaf_mono_ms() + ms;
-    for (;;) {
-        if (atomic_load(&s->stopping)) return -1;
-        int64_t left = end - sheaf_mono_ms();
-        if (left <= 0) return 0;
-        sheaf_sleep_ms(left < SLEEP_SLICE_MS ? left : SLEEP_SLICE_MS);
+    return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+}
+
+static void heap_push(sim_timer *t, sleeper e)
+{
+    size_t i = t->n++;
+    while (i > 0 && sleeper_before(&e, &t->heap[(i - 1) / 2])) {
+        t->heap[i] = t->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
     }
+    t->heap[i] = e;
+}
+
+static sleeper heap_pop(sim_timer *t)
+{
+    sleeper top = t->heap[0], last = t->heap[--t->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= t->n) break;
+        if (c + 1 < t->n && sleeper_before(&t->heap[c + 1], &t->heap[c])) c++;
+        if (!sleeper_before(&t->heap[c], &last)) break;
+        t->heap[i] = t->heap[c];
+        i = c;
+    }
+    if (t->n) t->heap[i] = last;
+    return top;
+}
+
+/* Resumes each sleeper when it is due; at stop, every one at once. */
+static void *timer_main(void *arg)
+{
+    sim_timer *t = arg;
+
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        if (t->n == 0) {
+            if (t->stop) break;
+            pthread_cond_wait(&t->cond, &t->lock);
+            continue;
+        }
+        int64_t wait_ms = t->heap[0].due - sheaf_mono_ms();
+        if (wait_ms > 0 && !t->stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += wait_ms / 1000;
+            ts.tv_nsec += (wait_ms % 1000) * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+            continue;
+        }
+        sleeper e = heap_pop(t);
+        /* MHD's lock is taken with ours free: a handler holds ours while
+         * suspending (timer_sleep). */
+        pthread_mutex_unlock(&t->lock);
+        MHD_resume_connection(e.conn);
+        pthread_mutex_lock(&t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
+    return NULL;
+}
+
+static int timer_init(sim_timer *t, size_t cap)
+{
+    pthread_condattr_t attr;
+    memset(t, 0, sizeof(*t));
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    atomic_init(&t->sleeping, 0);
+    t->cap = cap;
+    t->heap = malloc(cap * sizeof(*t->heap));
+    return t->heap ? 0 : -1;
+}
+
+static int timer_start(sim_timer *t)
+{
+    if (pthread_create(&t->thread, NULL, timer_main, t) != 0) return -1;
+    t->started = 1;
+    return 0;
+}
+
+/* Suspends the connection (from its access handler) until ms from now;
+ * -1 when it cannot sleep (shutting down, or no room: not expected, the
+ * heap is as large as the connection limit), then the caller answers at
+ * once. */
+static int timer_sleep(sim_timer *t, struct MHD_Connection *conn, req_ctx *ctx, int64_t ms)
+{
+    int rc = -1;
+    pthread_mutex_lock(&t->lock);
+    if (!t->stop && t->n < t->cap) {
+        sleeper e = {sheaf_mono_ms() + ms, t->seq++, conn};
+        MHD_suspend_connection(conn);
+        ctx->sleeping = 1;
+        atomic_fetch_add(&t->sleeping, 1);
+        heap_push(t, e);
+        if (t->heap[0].seq == e.seq) pthread_cond_signal(&t->cond);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return rc;
+}
+
+/* A suspended connection is back (resumed, or closed by MHD). */
+static void timer_woke(sim_timer *t, req_ctx *ctx)
+{
+    if (!ctx->sleeping) return;
+    ctx->sleeping = 0;
+    atomic_fetch_sub(&t->sleeping, 1);
+}
+
+/* Resumes every sleeper and stops the thread; the daemon may be stopped
+ * once the sleepers are back (MHD must not stop with a connection
+ * suspended). */
+static void timer_stop(sim_timer *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->stop = 1;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->lock);
+    if (t->started) pthread_join(t->thread, NULL);
+    t->started = 0;
+}
+
+static void timer_destroy(sim_timer *t)
+{
+    free(t->heap);
+    pthread_mutex_destroy(&t->lock);
+    pthread_cond_destroy(&t->cond);
 }
 
 /* ---- rate windows ------------------------------------------------------ */
@@ -464,7 +640,9 @@ static void add_ratelimit_headers(struct MHD_Response *resp, const rate_verdict 
 }
 
 /* Queues body (malloc'd; ownership passes to MHD, which frees it), with
- * Retry-After when retry_after_s > 0 and the rate headers when rl. */
+ * Retry-After when retry_after_s > 0 and the rate headers when rl.  With
+ * no connection (its client left while it slept: on_completed) the body is
+ * only freed. */
 static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned status, char *body,
                                  const char *content_type, int retry_after_s,
                                  const rate_verdict *rl)
@@ -472,7 +650,10 @@ static enum MHD_Result send_body(struct MHD_Connection *conn, unsigned status, c
     struct MHD_Response *resp;
     enum MHD_Result ret;
 
-    if (!body) return MHD_NO;
+    if (!body || !conn) {
+        free(body);
+        return MHD_NO;
+    }
     resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(body);
@@ -554,6 +735,9 @@ typedef struct chat_request {
     sheaf_buf system;          /* content of the first system message */
     int has_system;
     sim_format format;         /* response_format */
+    int triggers;              /* "SHEAF_SIM_" is in user: the text triggers are looked for */
+    char *strings;             /* read by fast_read: its decoded strings (model points here) */
+    const sheaf_buf *body;     /* the request body, for a late jansson read (apply_bad_json) */
 } chat_request;
 
 /* Appends a message content (string, null, or an array of {"type":"text",
@@ -583,6 +767,16 @@ static const char *content_text(json_t *content, sheaf_buf *out)
     return NULL;
 }
 
+/* Where message i's text is kept: the last user message's in cr->user, the
+ * first system message's in cr->system, no other (NULL: only counted).
+ * Notes a system message as seen, whichever is kept. */
+static sheaf_buf *message_keeper(chat_request *cr, size_t i, size_t last_user, const char *role)
+{
+    int first_system = !cr->has_system && strcmp(role, "system") == 0;
+    cr->has_system |= first_system;
+    return i == last_user ? &cr->user : first_system ? &cr->system : NULL;
+}
+
 /* Reads every message's text: counts its tokens and keeps the last user
  * message's and the first system message's.  prompt_tokens is the sum of
  * sheaf_estimate_tokens() over each message's text, exactly what the worker
@@ -596,8 +790,7 @@ static const char *take_messages(json_t *messages, size_t last_user, chat_reques
 
     json_array_foreach(messages, i, msg) {
         const char *role = json_string_value(json_object_get(msg, "role"));
-        int first_system = !cr->has_system && strcmp(role, "system") == 0;
-        sheaf_buf *keep = i == last_user ? &cr->user : first_system ? &cr->system : NULL;
+        sheaf_buf *keep = message_keeper(cr, i, last_user, role);
         sheaf_buf text;
 
         sheaf_buf_init(&text, cr->user.max);
@@ -606,7 +799,6 @@ static const char *take_messages(json_t *messages, size_t last_user, chat_reques
             const sheaf_buf *t = keep ? keep : &text;
             cr->prompt_tokens += sheaf_estimate_tokens(t->data ? t->data : "", t->len);
         }
-        cr->has_system |= first_system;
         sheaf_buf_free(&text);
         if (e) return e;
     }
@@ -671,6 +863,312 @@ static const char *parse_chat(json_t *root, chat_request *cr, char *err, size_t 
     return sim_format_parse(json_object_get(root, "response_format"), &cr->format, err, errlen);
 }
 
+/* sheaf_utf8_valid(s, len), quicker on text that is mostly ASCII: whole
+ * words of ASCII without a NUL are skipped first. */
+static int utf8_valid(const char *s, size_t len)
+{
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if ((w & 0x8080808080808080ULL) ||
+            ((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL))
+            break;
+    }
+    return sheaf_utf8_valid(s + i, len - i, NULL);
+}
+
+/* ---- the common request, read without jansson --------------------------- */
+
+/* Almost every request is the same small shape: {"model", "messages" of
+ * {"role","content"} with string (or null) content, and perhaps
+ * "max_tokens", "temperature", "stream":false}.  Building jansson's tree
+ * for it (a hash table per object, a malloc per value) was the largest
+ * part of the simulator's CPU per request, so fast_read reads that shape
+ * directly.  It only ever says yes to a body that jansson reads to the same
+ * values and parse_chat accepts: anything else (another key, a duplicate
+ * key, content parts, a number it is not sure of, a surrogate escape, any
+ * error) gives up, and the body takes the jansson path, which answers it
+ * and words every refusal as before. */
+#define FAST_MAX_MESSAGES 32
+
+typedef struct fast_msg {
+    const char *role;
+    const char *content;       /* NULL: "content": null */
+    size_t content_len;
+} fast_msg;
+
+typedef struct fast_req {
+    char *strings;             /* decoded strings, NUL-terminated, one after another */
+    size_t used;
+    const char *model;
+    fast_msg msg[FAST_MAX_MESSAGES];
+    size_t n_msg;
+    int max_tokens;            /* 0: not given */
+} fast_req;
+
+typedef struct lexer {
+    const char *p, *end;
+} lexer;
+
+static void lex_ws(lexer *l)
+{
+    while (l->p < l->end && (*l->p == ' ' || *l->p == '\t' || *l->p == '\n' || *l->p == '\r'))
+        l->p++;
+}
+
+/* 1 and past it if the next token is the character c. */
+static int lex_char(lexer *l, char c)
+{
+    lex_ws(l);
+    if (l->p == l->end || *l->p != c) return 0;
+    l->p++;
+    return 1;
+}
+
+/* 1 and past it if the next token is the literal word (null, false). */
+static int lex_word(lexer *l, const char *word)
+{
+    size_t n = strlen(word);
+    lex_ws(l);
+    if ((size_t)(l->end - l->p) < n || memcmp(l->p, word, n) != 0) return 0;
+    l->p += n;
+    return 1;
+}
+
+static int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* The end of the run at p of bytes that stand for themselves in a JSON
+ * string (not '"', '\\' or a control character), a word at a time. */
+static const char *plain_run(const char *p, const char *end)
+{
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    for (; end - p >= 8; p += 8) {
+        uint64_t w, q, b;
+        memcpy(&w, p, 8);
+        q = w ^ (ones * '"');
+        b = w ^ (ones * '\\');
+        /* A byte < 0x20, or equal to '"' or '\\', sets its high bit here;
+         * bytes >= 0x80 are masked out by ~w. */
+        if ((((w - ones * 0x20) | (q - ones) | (b - ones)) & ~w & highs) != 0) break;
+    }
+    while (p < end && (unsigned char)*p >= 0x20 && *p != '"' && *p != '\\') p++;
+    return p;
+}
+
+/* Reads a string token into r->strings; NULL when it is not one jansson
+ * surely reads the same (a control character, a bad escape, \u0000 or a
+ * surrogate: jansson judges those).  The body is known to be valid UTF-8,
+ * and a decoded string plus its NUL is never longer than its token, so the
+ * strings fit in the body's length. */
+static const char *lex_string(lexer *l, fast_req *r, size_t *len)
+{
+    char *out = r->strings + r->used;
+    size_t n = 0;
+
+    if (!lex_char(l, '"')) return NULL;
+    while (l->p < l->end) {
+        const char *plain = l->p;
+        l->p = plain_run(l->p, l->end);
+        memcpy(out + n, plain, (size_t)(l->p - plain));
+        n += (size_t)(l->p - plain);
+        if (l->p == l->end) break;
+        unsigned char c = (unsigned char)*l->p++;
+        if (c == '"') {
+            out[n] = '\0';
+            r->used += n + 1;
+            if (len) *len = n;
+            return out;
+        }
+        if (c < 0x20) return NULL;
+        if (c != '\\') {
+            out[n++] = (char)c;
+            continue;
+        }
+        if (l->p == l->end) return NULL;
+        switch (c = (unsigned char)*l->p++) {
+        case '"': case '\\': case '/': out[n++] = (char)c; break;
+        case 'b': out[n++] = '\b'; break;
+        case 'f': out[n++] = '\f'; break;
+        case 'n': out[n++] = '\n'; break;
+        case 'r': out[n++] = '\r'; break;
+        case 't': out[n++] = '\t'; break;
+        case 'u': {
+            unsigned v = 0;
+            if (l->end - l->p < 4) return NULL;
+            for (int k = 0; k < 4; k++) {
+                int h = hex_digit(l->p[k]);
+                if (h < 0) return NULL;
+                v = v * 16 + (unsigned)h;
+            }
+            l->p += 4;
+            if (v == 0 || (v >= 0xD800 && v <= 0xDFFF)) return NULL;
+            if (v < 0x80) {
+                out[n++] = (char)v;
+            } else if (v < 0x800) {
+                out[n++] = (char)(0xC0 | (v >> 6));
+                out[n++] = (char)(0x80 | (v & 0x3F));
+            } else {
+                out[n++] = (char)(0xE0 | (v >> 12));
+                out[n++] = (char)(0x80 | ((v >> 6) & 0x3F));
+                out[n++] = (char)(0x80 | (v & 0x3F));
+            }
+            break;
+        }
+        default: return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* Reads the digits of a JSON number with no sign, fraction or exponent
+ * check of its own: returns how many there are (0: none), the first not
+ * '0' unless it is alone. */
+static size_t lex_digits(lexer *l)
+{
+    const char *start = l->p;
+    while (l->p < l->end && *l->p >= '0' && *l->p <= '9') l->p++;
+    size_t n = (size_t)(l->p - start);
+    return n > 1 && *start == '0' ? 0 : n;
+}
+
+/* "max_tokens": a plain integer in 1..INT_MAX (0, a sign, a fraction or
+ * anything larger: jansson's path, which refuses or reads it). */
+static int lex_max_tokens(lexer *l, int *out)
+{
+    lex_ws(l);
+    const char *start = l->p;
+    size_t n = lex_digits(l);
+    long long v = 0;
+    if (n == 0 || n > 10 || *start == '0') return -1;
+    for (size_t i = 0; i < n; i++) v = v * 10 + (start[i] - '0');
+    if (v > INT_MAX) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* "temperature": digits with perhaps a fraction (no sign, no exponent), in
+ * 0..2 by the same strtod jansson uses. */
+static int lex_temperature(lexer *l)
+{
+    char num[40];
+    lex_ws(l);
+    const char *start = l->p;
+    if (lex_digits(l) == 0) return -1;
+    if (l->p < l->end && *l->p == '.') {
+        l->p++;
+        const char *frac = l->p;
+        while (l->p < l->end && *l->p >= '0' && *l->p <= '9') l->p++;
+        if (l->p == frac) return -1;
+    }
+    size_t n = (size_t)(l->p - start);
+    if (n >= sizeof(num)) return -1;
+    memcpy(num, start, n);
+    num[n] = '\0';
+    double d = strtod(num, NULL);
+    return d >= 0 && d <= 2 ? 0 : -1;
+}
+
+/* One {"role": "...", "content": "..." or null}, each key once. */
+static int lex_message(lexer *l, fast_req *r)
+{
+    fast_msg *m;
+    int has_content = 0;
+
+    if (r->n_msg == FAST_MAX_MESSAGES || !lex_char(l, '{')) return -1;
+    m = &r->msg[r->n_msg++];
+    *m = (fast_msg){0};
+    do {
+        const char *key = lex_string(l, r, NULL);
+        if (!key || !lex_char(l, ':')) return -1;
+        if (strcmp(key, "role") == 0 && !m->role) {
+            if (!(m->role = lex_string(l, r, NULL))) return -1;
+        } else if (strcmp(key, "content") == 0 && !has_content) {
+            has_content = 1;
+            if (!lex_word(l, "null") && !(m->content = lex_string(l, r, &m->content_len)))
+                return -1;
+        } else {
+            return -1;
+        }
+    } while (lex_char(l, ','));
+    return lex_char(l, '}') && m->role && has_content ? 0 : -1;
+}
+
+/* Reads body into *r (r->strings must hold body_len + 1 bytes); 0 when it
+ * is the common shape and valid, -1 when jansson's path must judge it. */
+static int fast_read(const char *body, size_t len, fast_req *r)
+{
+    lexer l = {body, body + len};
+    int seen_model = 0, seen_messages = 0, seen_max = 0, seen_temp = 0, seen_stream = 0;
+
+    if (!utf8_valid(body, len) || !lex_char(&l, '{')) return -1;
+    do {
+        const char *key = lex_string(&l, r, NULL);
+        if (!key || !lex_char(&l, ':')) return -1;
+        if (strcmp(key, "model") == 0 && !seen_model++) {
+            if (!(r->model = lex_string(&l, r, NULL))) return -1;
+        } else if (strcmp(key, "messages") == 0 && !seen_messages++) {
+            if (!lex_char(&l, '[')) return -1;
+            do {
+                if (lex_message(&l, r) != 0) return -1;
+            } while (lex_char(&l, ','));
+            if (!lex_char(&l, ']')) return -1;
+        } else if (strcmp(key, "max_tokens") == 0 && !seen_max++) {
+            if (lex_max_tokens(&l, &r->max_tokens) != 0) return -1;
+        } else if (strcmp(key, "temperature") == 0 && !seen_temp++) {
+            if (lex_temperature(&l) != 0) return -1;
+        } else if (strcmp(key, "stream") == 0 && !seen_stream++) {
+            if (!lex_word(&l, "false") && !lex_word(&l, "null")) return -1;
+        } else {
+            return -1;
+        }
+    } while (lex_char(&l, ','));
+    if (!lex_char(&l, '}')) return -1;
+    lex_ws(&l);
+    return l.p == l.end && seen_model && seen_messages ? 0 : -1;
+}
+
+/* The chat_request of a body fast_read took, as parse_chat makes it;
+ * -1 when fast_read did not take it (cr->strings then NULL). */
+static int fast_chat(const sheaf_buf *body, chat_request *cr)
+{
+    fast_req r = {.strings = malloc(body->len + 1)};
+    size_t last_user = (size_t)-1;
+
+    if (!r.strings) return -1;
+    if (fast_read(body->data ? body->data : "", body->len, &r) != 0) {
+        free(r.strings);
+        return -1;
+    }
+    cr->strings = r.strings;
+    cr->model = r.model;
+    cr->max_tokens = r.max_tokens;
+    for (size_t i = 0; i < r.n_msg; i++)
+        if (strcmp(r.msg[i].role, "user") == 0) last_user = i;
+    if (last_user == (size_t)-1) last_user = r.n_msg - 1;
+    for (size_t i = 0; i < r.n_msg; i++) {
+        const fast_msg *m = &r.msg[i];
+        sheaf_buf *keep = message_keeper(cr, i, last_user, m->role);
+        if (keep && m->content &&
+            sheaf_buf_append(keep, m->content, m->content_len) != SHEAF_OK) {
+            /* Out of memory: cleared for jansson's path, which says so. */
+            sheaf_buf_free(&cr->user);
+            sheaf_buf_free(&cr->system);
+            free(cr->strings);
+            *cr = (chat_request){.user = cr->user, .system = cr->system, .body = cr->body};
+            return -1;
+        }
+        cr->prompt_tokens += sheaf_estimate_tokens(m->content ? m->content : "", m->content_len);
+    }
+    return 0;
+}
+
 /* The answer to a valid request, made before it is admitted so that its
  * tokens count against --tpm. */
 typedef struct chat_answer {
@@ -701,7 +1199,7 @@ static int compose_answer(sim *s, const chat_request *cr, chat_answer *a)
     a->text = sim_answer(&p, &a->kind);
     if (!a->text) return -1;
     size_t len = strlen(a->text);
-    if (cr->user.data && strstr(cr->user.data, "SHEAF_SIM_HUGE_ANSWER")) {
+    if (cr->triggers && strstr(cr->user.data, "SHEAF_SIM_HUGE_ANSWER")) {
         /* A runaway answer: HUGE_ANSWER_BYTES of words, max_tokens ignored. */
         static const char word[] = "runaway ";
         char *huge = malloc(HUGE_ANSWER_BYTES + 1);
@@ -729,10 +1227,18 @@ static int compose_answer(sim *s, const chat_request *cr, chat_answer *a)
  * actually reads. */
 static void apply_bad_json(sim *s, const chat_request *cr, chat_answer *a)
 {
+    if (a->kind != SIM_KIND_JSON) return;
     sim_bad_json trig = sim_bad_json_trigger(cr->user.data ? cr->user.data : "", cr->user.len);
-
-    if (a->kind != SIM_KIND_JSON || trig == SIM_BAD_JSON_NONE) return;
-    if (trig == SIM_BAD_JSON_ONCE && sim_seen_first(&s->seen, cr->messages) != 1) return;
+    if (trig == SIM_BAD_JSON_NONE) return;
+    if (trig == SIM_BAD_JSON_ONCE) {
+        /* fast_chat made no tree: jansson reads the body now (it is valid). */
+        json_t *root = cr->messages ? NULL
+                                    : json_loadb(cr->body->data, cr->body->len, 0, NULL);
+        int first = sim_seen_first(&s->seen, root ? json_object_get(root, "messages")
+                                                  : cr->messages);
+        json_decref(root);
+        if (first != 1) return;
+    }
     size_t len = strlen(a->text) / 2;
     a->text[len] = '\0';
     a->completion_tokens = sheaf_estimate_tokens(a->text, len);
@@ -753,18 +1259,88 @@ static void count_answer(sim *s, const chat_request *cr, const chat_answer *a)
     });
 }
 
-/* Builds the chat.completion around the answer; NULL when out of memory. */
-static json_t *build_answer(sim *s, const chat_request *cr, const chat_answer *a)
+/* The length of s[0..len) written as a JSON string by json_string_write. */
+static size_t json_string_size(const char *s, size_t len)
 {
-    char id[40];
-    snprintf(id, sizeof(id), "simcmpl-%llu", (unsigned long long)atomic_fetch_add(&s->next_id, 1));
-    return json_pack("{s:s, s:s, s:i, s:s, s:[{s:i, s:{s:s, s:s}, s:s}], s:{s:I, s:I, s:I}}",
-                     "id", id, "object", "chat.completion", "created", 0, "model", cr->model,
-                     "choices", "index", 0, "message", "role", "assistant", "content", a->text,
-                     "finish_reason", a->finish, "usage", "prompt_tokens",
-                     (json_int_t)cr->prompt_tokens, "completion_tokens",
-                     (json_int_t)a->completion_tokens, "total_tokens",
-                     (json_int_t)(cr->prompt_tokens + a->completion_tokens));
+    size_t n = len + 2;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            n += 1;
+        else if (c < 0x20)
+            n += 5;
+    }
+    return n;
+}
+
+/* Writes s[0..len) as a JSON string at out, byte for byte as json_dumps
+ * does (JSON_COMPACT, UTF-8 kept): '"', '\\' and control characters
+ * escaped, \u00XX in upper case for those without a short escape; returns
+ * the end.  s is valid UTF-8 (the caller checks, as json_string does). */
+static char *json_string_write(char *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    *out++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *out++ = (char)c;
+            continue;
+        }
+        *out++ = '\\';
+        switch (c) {
+        case '"': *out++ = '"'; break;
+        case '\\': *out++ = '\\'; break;
+        case '\b': *out++ = 'b'; break;
+        case '\f': *out++ = 'f'; break;
+        case '\n': *out++ = 'n'; break;
+        case '\r': *out++ = 'r'; break;
+        case '\t': *out++ = 't'; break;
+        default:
+            memcpy(out, "u00", 3);
+            out[3] = hex[c >> 4];
+            out[4] = hex[c & 15];
+            out += 5;
+            break;
+        }
+    }
+    *out++ = '"';
+    return out;
+}
+
+/* The chat.completion around the answer, as the compact dump of
+ * {"id","object","created":0,"model","choices":[{"index":0,"message":
+ * {"role":"assistant","content"},"finish_reason"}],"usage":{...}}: written
+ * directly, jansson's tree and dump cost more than the rest of a request.
+ * NULL when out of memory or when a string is not valid UTF-8 (jansson
+ * refused to build such an answer: the client gets the same 500). */
+static char *answer_body(sim *s, const chat_request *cr, const chat_answer *a)
+{
+    static const char mid[] = ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                              "\"content\":";
+    char head[96], tail[160];
+    size_t text_len = strlen(a->text), model_len = strlen(cr->model);
+    int head_len = snprintf(head, sizeof(head),
+                            "{\"id\":\"simcmpl-%llu\",\"object\":\"chat.completion\","
+                            "\"created\":0,\"model\":",
+                            (unsigned long long)atomic_fetch_add(&s->next_id, 1));
+    if (!utf8_valid(a->text, text_len) || !utf8_valid(cr->model, model_len)) return NULL;
+    int tail_len = snprintf(tail, sizeof(tail),
+                            "},\"finish_reason\":\"%s\"}],\"usage\":{\"prompt_tokens\":%lld,"
+                            "\"completion_tokens\":%lld,\"total_tokens\":%lld}}",
+                            a->finish, (long long)cr->prompt_tokens,
+                            (long long)a->completion_tokens,
+                            (long long)(cr->prompt_tokens + a->completion_tokens));
+    char *text = malloc((size_t)head_len + json_string_size(cr->model, model_len) + sizeof(mid) -
+                        1 + json_string_size(a->text, text_len) + (size_t)tail_len + 1);
+    if (!text) return NULL;
+    char *p = text;
+    memcpy(p, head, (size_t)head_len);
+    p = json_string_write(p + head_len, cr->model, model_len);
+    memcpy(p, mid, sizeof(mid) - 1);
+    p = json_string_write(p + sizeof(mid) - 1, a->text, text_len);
+    memcpy(p, tail, (size_t)tail_len + 1);
+    return text;
 }
 
 /* 1 if the Authorization header carries "Bearer <--api-key>". */
@@ -785,252 +1361,300 @@ static int authorized(const sim *s, struct MHD_Connection *conn)
     return diff == 0;
 }
 
-/* Answers a complete completions request; returns what MHD wants and sets
- * *status (0: no response) and *note (a fault injected, or NULL) for the
- * log line. */
-static enum MHD_Result handle_chat(sim *s, struct MHD_Connection *conn, const char *method,
-                                   req_ctx *ctx, unsigned *status, const char **note,
-                                   uint64_t *ptok, uint64_t *ctok)
-{
+/* A completions request from its admission to its answer: kept in its
+ * req_ctx while the connection sleeps through the latency. */
+typedef struct chat_call {
     chat_request cr;
-    chat_answer ans = {0};
-    sim_settings set;
+    chat_answer ans;
+    sim_settings set;          /* copied once, at admission */
     rate_verdict rv;
+    json_t *root;              /* jansson's tree of the body, when fast_chat did not read it */
+    int64_t delay_ms;          /* latency, jitter and slow, drawn at admission */
+} chat_call;
+
+static void chat_call_free(chat_call *c)
+{
+    if (!c) return;
+    json_decref(c->root);
+    free(c->cr.strings);
+    free(c->ans.text);
+    sheaf_buf_free(&c->cr.user);
+    sheaf_buf_free(&c->cr.system);
+    free(c);
+}
+
+/* The first half of a complete completions request: validation, the
+ * answer, the rate limits and the delay.  Returns 1 when the request was
+ * admitted (ctx->call holds it, to be answered after call->delay_ms by
+ * chat_reply), 0 when it was answered already (*ret is what MHD wants;
+ * ctx->status and ctx->note are set for the log line). */
+static int chat_admit(sim *s, struct MHD_Connection *conn, const char *method, req_ctx *ctx,
+                      enum MHD_Result *ret)
+{
+    chat_call *c = calloc(1, sizeof(*c));
+    chat_request *cr = c ? &c->cr : NULL;
+    chat_answer *ans = c ? &c->ans : NULL;
     json_error_t jerr;
-    json_t *root = NULL, *resp = NULL;
-    enum MHD_Result ret;
     const char *bad;
     char err[256];
     int storm = 0, admit_rc;
 
-    memset(&cr, 0, sizeof(cr));
-    sheaf_buf_init(&cr.user, s->opts.max_request_bytes);
-    sheaf_buf_init(&cr.system, s->opts.max_request_bytes);
-    *note = NULL;
+    ctx->note = NULL;
+    if (!c) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        STATS_UPDATE(s, s->stats.errors_500++);
+        *ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        return 0;
+    }
+    sheaf_buf_init(&cr->user, s->opts.max_request_bytes);
+    sheaf_buf_init(&cr->system, s->opts.max_request_bytes);
 
     if (strcmp(method, MHD_HTTP_METHOD_POST) != 0) {
-        *status = MHD_HTTP_METHOD_NOT_ALLOWED;
+        ctx->status = MHD_HTTP_METHOD_NOT_ALLOWED;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", "method_not_allowed", 0,
-                         "%s is not allowed here; use POST", method);
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "method_not_allowed", 0,
+                          "%s is not allowed here; use POST", method);
+        goto refused;
     }
     if (!authorized(s, conn)) {
-        *status = MHD_HTTP_UNAUTHORIZED;
+        ctx->status = MHD_HTTP_UNAUTHORIZED;
         STATS_UPDATE(s, s->stats.unauthorized_401++);
-        ret = send_error(conn, *status, "invalid_request_error", "invalid_api_key", 0,
-                         "Incorrect or missing API key (expected Authorization: Bearer ...)");
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "invalid_api_key", 0,
+                          "Incorrect or missing API key (expected Authorization: Bearer ...)");
+        goto refused;
     }
     if (ctx->too_large) {
-        *status = MHD_HTTP_CONTENT_TOO_LARGE;
+        ctx->status = MHD_HTTP_CONTENT_TOO_LARGE;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", "request_too_large", 0,
-                         "Request body exceeds %zu bytes", s->opts.max_request_bytes);
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "request_too_large", 0,
+                          "Request body exceeds %zu bytes", s->opts.max_request_bytes);
+        goto refused;
     }
-    root = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
-    bad = root ? parse_chat(root, &cr, err, sizeof(err)) : NULL;
-    if (!root || bad) {
-        *status = MHD_HTTP_BAD_REQUEST;
+    cr->body = &ctx->body;
+    if (fast_chat(&ctx->body, cr) == 0) {
+        bad = NULL; /* the common shape, read and valid */
+    } else {
+        c->root = json_loadb(ctx->body.data ? ctx->body.data : "", ctx->body.len, 0, &jerr);
+        bad = c->root ? parse_chat(c->root, cr, err, sizeof(err)) : NULL;
+    }
+    if (!cr->strings && (!c->root || bad)) {
+        ctx->status = MHD_HTTP_BAD_REQUEST;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        if (!root)
-            ret = send_error(conn, *status, "invalid_request_error", NULL, 0,
-                             "We could not parse the JSON body of your request: %s (line %d, "
-                             "column %d)",
-                             jerr.text, jerr.line, jerr.column);
+        if (!c->root)
+            *ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0,
+                              "We could not parse the JSON body of your request: %s (line %d, "
+                              "column %d)",
+                              jerr.text, jerr.line, jerr.column);
         else
-            ret = send_error(conn, *status, "invalid_request_error", NULL, 0, "%s", bad);
-        goto out;
+            *ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0, "%s", bad);
+        goto refused;
     }
-    if (!model_served(s, cr.model)) {
+    /* One look for the prefix of every text trigger, instead of one each. */
+    cr->triggers = cr->user.data && strstr(cr->user.data, "SHEAF_SIM_") != NULL;
+    if (!model_served(s, cr->model)) {
         /* As providers answer an unknown model. */
-        *status = MHD_HTTP_NOT_FOUND;
+        ctx->status = MHD_HTTP_NOT_FOUND;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", "model_not_found", 0,
-                         "The model `%s` does not exist or you do not have access to it.",
-                         cr.model);
-        goto out;
+        *ret = send_error(conn, ctx->status, "invalid_request_error", "model_not_found", 0,
+                          "The model `%s` does not exist or you do not have access to it.",
+                          cr->model);
+        goto refused;
     }
     {   /* The window, checked as providers do: prompt plus the completion
          * asked for (max_tokens) must fit. */
-        uint64_t want = cr.prompt_tokens + (uint64_t)(cr.max_tokens > 0 ? cr.max_tokens : 0);
+        uint64_t want = cr->prompt_tokens + (uint64_t)(cr->max_tokens > 0 ? cr->max_tokens : 0);
         STATS_UPDATE(s, {
             if (want > s->stats.max_call_tokens) s->stats.max_call_tokens = want;
         });
         if (s->opts.context_tokens && want > s->opts.context_tokens) {
-            *status = MHD_HTTP_BAD_REQUEST;
-            *note = "context_length_exceeded";
+            ctx->status = MHD_HTTP_BAD_REQUEST;
+            ctx->note = "context_length_exceeded";
             STATS_UPDATE(s, { s->stats.bad_requests++; s->stats.context_exceeded++; });
-            ret = send_error(conn, *status, "invalid_request_error", "context_length_exceeded", 0,
-                             "This model's maximum context length is %llu tokens. However, you "
-                             "requested %llu tokens (%llu in the messages, %d in the "
-                             "completion). Please reduce the length of the messages or "
-                             "completion.",
-                             (unsigned long long)s->opts.context_tokens, (unsigned long long)want,
-                             (unsigned long long)cr.prompt_tokens, cr.max_tokens);
-            goto out;
+            *ret = send_error(conn, ctx->status, "invalid_request_error",
+                              "context_length_exceeded", 0,
+                              "This model's maximum context length is %llu tokens. However, you "
+                              "requested %llu tokens (%llu in the messages, %d in the "
+                              "completion). Please reduce the length of the messages or "
+                              "completion.",
+                              (unsigned long long)s->opts.context_tokens, (unsigned long long)want,
+                              (unsigned long long)cr->prompt_tokens, cr->max_tokens);
+            goto refused;
         }
     }
-    if (compose_answer(s, &cr, &ans) != 0) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if (compose_answer(s, cr, ans) != 0) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
-        goto out;
+        *ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        goto refused;
     }
 
     /* Admission: the settings are copied here for the whole request. */
     pthread_mutex_lock(&s->ctl_lock);
-    set = s->settings;
+    c->set = s->settings;
     if (s->settings.rate_limit_next > 0) {
         s->settings.rate_limit_next--;
         storm = 1;
         admit_rc = 0;
     } else {
-        admit_rc = rate_admit_locked(s, &set, cr.prompt_tokens + ans.completion_tokens, &rv);
+        admit_rc =
+            rate_admit_locked(s, &c->set, cr->prompt_tokens + ans->completion_tokens, &c->rv);
     }
     pthread_mutex_unlock(&s->ctl_lock);
     if (storm) {
-        *status = MHD_HTTP_TOO_MANY_REQUESTS;
-        *note = "rate_limit_next";
+        ctx->status = MHD_HTTP_TOO_MANY_REQUESTS;
+        ctx->note = "rate_limit_next";
         STATS_UPDATE(s, s->stats.rate_limited_429++);
-        ret = send_error(conn, *status, "requests", "rate_limit_exceeded", 1,
-                         "Rate limit reached (simulated: rate_limit_next). Please try again "
-                         "in 1s.");
-        goto out;
+        *ret = send_error(conn, ctx->status, "requests", "rate_limit_exceeded", 1,
+                          "Rate limit reached (simulated: rate_limit_next). Please try again "
+                          "in 1s.");
+        goto refused;
     }
     if (admit_rc != 0) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
-        goto out;
+        *ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        goto refused;
     }
-    if (!rv.admitted) {
-        *status = MHD_HTTP_TOO_MANY_REQUESTS;
+    if (!c->rv.admitted) {
+        ctx->status = MHD_HTTP_TOO_MANY_REQUESTS;
         STATS_UPDATE(s, s->stats.rate_limited_429++);
-        uint64_t want = cr.prompt_tokens + ans.completion_tokens;
-        if (rv.too_large)
-            ret = send_429(conn, &rv,
-                           "Request too large: %lld tokens per minute (simulated), requested "
-                           "%llu.",
-                           rv.tpm, (unsigned long long)want);
-        else if (strcmp(rv.limited_by, "tokens") == 0)
-            ret = send_429(conn, &rv,
-                           "Rate limit reached: %lld tokens per minute (simulated), used %lld, "
-                           "requested %llu. Please try again in %ds.",
-                           rv.tpm, rv.tpm - rv.remaining_tokens, (unsigned long long)want,
-                           rv.retry_after_s);
+        uint64_t want = cr->prompt_tokens + ans->completion_tokens;
+        if (c->rv.too_large)
+            *ret = send_429(conn, &c->rv,
+                            "Request too large: %lld tokens per minute (simulated), requested "
+                            "%llu.",
+                            c->rv.tpm, (unsigned long long)want);
+        else if (strcmp(c->rv.limited_by, "tokens") == 0)
+            *ret = send_429(conn, &c->rv,
+                            "Rate limit reached: %lld tokens per minute (simulated), used %lld, "
+                            "requested %llu. Please try again in %ds.",
+                            c->rv.tpm, c->rv.tpm - c->rv.remaining_tokens, (unsigned long long)want,
+                            c->rv.retry_after_s);
         else
-            ret = send_429(conn, &rv,
-                           "Rate limit reached: %lld requests per minute (simulated). Please "
-                           "try again in %ds.",
-                           rv.rpm, rv.retry_after_s);
-        goto out;
+            *ret = send_429(conn, &c->rv,
+                            "Rate limit reached: %lld requests per minute (simulated). Please "
+                            "try again in %ds.",
+                            c->rv.rpm, c->rv.retry_after_s);
+        goto refused;
     }
 
-    int64_t delay = set.latency_ms;
-    if (set.jitter_ms > 0) delay += (int64_t)(rng_unit(&s->jitter_rng) * (set.jitter_ms + 1));
+    c->delay_ms = c->set.latency_ms;
+    if (c->set.jitter_ms > 0)
+        c->delay_ms += (int64_t)(rng_unit(&s->jitter_rng) * (c->set.jitter_ms + 1));
     /* SHEAF_SIM_SLOW in the text: this answer is slow_ms late, always (so a
      * test can hold back chosen items and watch the others complete). */
-    if (draw(&s->slow_rng, set.slow_rate) ||
-        (set.slow_ms > 0 && cr.user.data && strstr(cr.user.data, "SHEAF_SIM_SLOW"))) {
-        delay += set.slow_ms;
-        *note = "slow";
+    if (draw(&s->slow_rng, c->set.slow_rate) ||
+        (c->set.slow_ms > 0 && cr->triggers && strstr(cr->user.data, "SHEAF_SIM_SLOW"))) {
+        c->delay_ms += c->set.slow_ms;
+        ctx->note = "slow";
         STATS_UPDATE(s, s->stats.slow++);
     }
-    if (sleep_unless_stopping(s, delay) != 0) {
-        *status = 0;
-        *note = "shutting down";
+    ctx->call = c;
+    return 1;
+
+refused:
+    chat_call_free(c);
+    return 0;
+}
+
+/* The second half, after the delay: the faults that strike then and the
+ * answer.  Frees ctx->call; returns what MHD wants. */
+static enum MHD_Result chat_reply(sim *s, struct MHD_Connection *conn, req_ctx *ctx)
+{
+    chat_call *c = ctx->call;
+    chat_request *cr = &c->cr;
+    chat_answer *ans = &c->ans;
+    enum MHD_Result ret;
+
+    ctx->call = NULL;
+    if (atomic_load(&s->stopping)) {
+        ctx->status = 0;
+        ctx->note = "shutting down";
         ret = MHD_NO; /* drop the connection */
-        goto out;
+        goto done;
     }
-    if (draw(&s->reset_rng, set.reset_rate)) {
-        *status = 0;
-        *note = "reset";
+    if (draw(&s->reset_rng, c->set.reset_rate)) {
+        ctx->status = 0;
+        ctx->note = "reset";
         STATS_UPDATE(s, s->stats.resets++);
         ret = MHD_NO; /* MHD closes the connection without a response */
-        goto out;
+        goto done;
     }
     if (take_next(s, &s->settings.fail_next)) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
-        *note = "fail_next";
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->note = "fail_next";
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0,
                          "The server had an error while processing your request (simulated: "
                          "fail_next).");
-        goto out;
+        goto done;
     }
     if (take_next(s, &s->settings.refuse_next)) {
-        *status = MHD_HTTP_BAD_REQUEST;
-        *note = "refuse_next";
+        ctx->status = MHD_HTTP_BAD_REQUEST;
+        ctx->note = "refuse_next";
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0,
                          "The request was refused (simulated: refuse_next).");
-        goto out;
+        goto done;
     }
     /* Fault triggers in the text itself, so a test can make one chunk fail
      * for ever without touching the others: SHEAF_SIM_FAIL_400 is refused
      * (non-retryable), SHEAF_SIM_FAIL_500 always errors (retryable). */
-    if (cr.user.data && strstr(cr.user.data, "SHEAF_SIM_FAIL_400")) {
-        *status = MHD_HTTP_BAD_REQUEST;
+    if (cr->triggers && strstr(cr->user.data, "SHEAF_SIM_FAIL_400")) {
+        ctx->status = MHD_HTTP_BAD_REQUEST;
         STATS_UPDATE(s, s->stats.bad_requests++);
-        ret = send_error(conn, *status, "invalid_request_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "invalid_request_error", NULL, 0,
                          "The request was refused (simulated: SHEAF_SIM_FAIL_400 in the text).");
-        goto out;
+        goto done;
     }
-    if (cr.user.data && strstr(cr.user.data, "SHEAF_SIM_FAIL_500")) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if (cr->triggers && strstr(cr->user.data, "SHEAF_SIM_FAIL_500")) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0,
                          "The server had an error (simulated: SHEAF_SIM_FAIL_500 in the text).");
-        goto out;
+        goto done;
     }
-    if (draw(&s->err_rng, set.error_rate)) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    if (draw(&s->err_rng, c->set.error_rate)) {
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0,
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0,
                          "The server had an error while processing your request (simulated).");
-        goto out;
+        goto done;
     }
 
-    int malformed = draw(&s->malformed_rng, set.malformed_rate);
-    if (!malformed) apply_bad_json(s, &cr, &ans);
-    resp = build_answer(s, &cr, &ans);
-    char *text = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
+    int malformed = draw(&s->malformed_rng, c->set.malformed_rate);
+    if (!malformed) apply_bad_json(s, cr, ans);
+    char *text = answer_body(s, cr, ans);
     if (!text) {
-        *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->status = MHD_HTTP_INTERNAL_SERVER_ERROR;
         STATS_UPDATE(s, s->stats.errors_500++);
-        ret = send_error(conn, *status, "server_error", NULL, 0, "out of memory");
-        goto out;
+        ret = send_error(conn, ctx->status, "server_error", NULL, 0, "out of memory");
+        goto done;
     }
-    *ptok = cr.prompt_tokens;
-    *ctok = ans.completion_tokens;
-    *status = MHD_HTTP_OK;
+    ctx->ptok = cr->prompt_tokens;
+    ctx->ctok = ans->completion_tokens;
+    ctx->status = MHD_HTTP_OK;
     /* Every answered request, malformed or not, is in max_prompt_tokens:
      * it is there to show that no call went over a budget. */
     STATS_UPDATE(s, {
-        if (cr.prompt_tokens > s->stats.max_prompt_tokens)
-            s->stats.max_prompt_tokens = cr.prompt_tokens;
+        if (cr->prompt_tokens > s->stats.max_prompt_tokens)
+            s->stats.max_prompt_tokens = cr->prompt_tokens;
     });
     if (malformed) {
         /* Half of a JSON object is never valid JSON: its closing brace is
          * the last byte. */
         text[strlen(text) / 2] = '\0';
-        *note = "malformed";
+        ctx->note = "malformed";
         STATS_UPDATE(s, s->stats.malformed++);
     } else {
-        if (ans.bad_json) *note = "bad_json";
-        count_answer(s, &cr, &ans);
+        if (ans->bad_json) ctx->note = "bad_json";
+        count_answer(s, cr, ans);
     }
-    ret = send_body(conn, *status, text, "application/json", 0, &rv);
+    ret = send_body(conn, ctx->status, text, "application/json", 0, &c->rv);
     text = NULL; /* owned by MHD (or freed by send_body) */
 
-out:
-    json_decref(resp);
-    json_decref(root);
-    free(ans.text);
-    sheaf_buf_free(&cr.user);
-    sheaf_buf_free(&cr.system);
+done:
+    chat_call_free(c);
     return ret;
 }
 
@@ -1222,6 +1846,25 @@ static enum MHD_Result handle_control(sim *s, struct MHD_Connection *conn, const
 
 static int is_path(const char *url, const char *path) { return strcmp(url, path) == 0; }
 
+/* Logs a completions request's outcome (unless --quiet); returns ret. */
+static enum MHD_Result chat_logged(sim *s, const char *method, const char *url,
+                                   const req_ctx *ctx, enum MHD_Result ret)
+{
+    long long ms = (long long)(sheaf_mono_ms() - ctx->started_ms);
+    if (s->opts.quiet) {
+        /* no line per request */
+    } else if (ctx->status == 0) {
+        sheaf_info(COMP, "%s %s -> no response (%s) after %lld ms", method, url,
+                   ctx->note ? ctx->note : "error", ms);
+    } else {
+        sheaf_info(COMP, "%s %s -> %u in %lld ms (prompt %llu, completion %llu tokens)%s%s",
+                   method, url, ctx->status, ms, (unsigned long long)ctx->ptok,
+                   (unsigned long long)ctx->ctok, ctx->note ? " fault: " : "",
+                   ctx->note ? ctx->note : "");
+    }
+    return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -1240,6 +1883,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *con_cls = ctx;
         if (is_path(url, "/v1/chat/completions") || is_path(url, "/chat/completions")) {
             ctx->ep = EP_COMPLETIONS;
+            ctx->url = is_path(url, "/chat/completions") ? "/chat/completions"
+                                                         : "/v1/chat/completions";
             STATS_UPDATE(s, {
                 s->stats.requests++;
                 if (++s->stats.in_flight > s->stats.max_in_flight)
@@ -1271,26 +1916,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (ctx->call) {
+        /* Back from its latency: timer_main resumed the connection. */
+        timer_woke(&s->timer, ctx);
+        return chat_logged(s, method, url, ctx, chat_reply(s, conn, ctx));
+    }
     if (ctx->answered) return MHD_YES;
     ctx->answered = 1;
 
     if (ctx->ep == EP_COMPLETIONS) {
-        unsigned status = 0;
-        const char *note = NULL;
-        uint64_t ptok = 0, ctok = 0;
-        enum MHD_Result ret = handle_chat(s, conn, method, ctx, &status, &note, &ptok, &ctok);
-        long long ms = (long long)(sheaf_mono_ms() - ctx->started_ms);
-        if (s->opts.quiet) {
-            /* no line per request */
-        } else if (status == 0) {
-            sheaf_info(COMP, "%s %s -> no response (%s) after %lld ms", method, url,
-                       note ? note : "error", ms);
-        } else {
-            sheaf_info(COMP, "%s %s -> %u in %lld ms (prompt %llu, completion %llu tokens)%s%s",
-                       method, url, status, ms, (unsigned long long)ptok,
-                       (unsigned long long)ctok, note ? " fault: " : "", note ? note : "");
-        }
-        return ret;
+        enum MHD_Result ret;
+        if (!chat_admit(s, conn, method, ctx, &ret)) return chat_logged(s, method, url, ctx, ret);
+        if (ctx->call->delay_ms > 0 &&
+            timer_sleep(&s->timer, conn, ctx, ctx->call->delay_ms) == 0)
+            return MHD_YES; /* on_request is called again when it is resumed */
+        return chat_logged(s, method, url, ctx, chat_reply(s, conn, ctx));
     }
     if (is_path(url, "/health") && strcmp(method, MHD_HTTP_METHOD_GET) == 0)
         return send_body(conn, MHD_HTTP_OK, strdup("ok\n"), "text/plain", 0, NULL);
@@ -1317,10 +1957,45 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)conn;
     (void)toe;
     if (!ctx) return;
+    if (ctx->call) {
+        /* Its client left while it slept: MHD saw the connection closed
+         * when it was resumed and did not call on_request.  It is answered
+         * all the same, to no one (faults drawn, answers counted, a log
+         * line), as a handler sleeping in its own thread did. */
+        timer_woke(&s->timer, ctx);
+        chat_logged(s, MHD_HTTP_METHOD_POST, ctx->url, ctx, chat_reply(s, NULL, ctx));
+    }
     if (ctx->ep == EP_COMPLETIONS) STATS_UPDATE(s, s->stats.in_flight--);
+    timer_woke(&s->timer, ctx);
     sheaf_buf_free(&ctx->body);
     free(ctx);
     *con_cls = NULL;
+}
+
+/* --max-connections: MHD's own limit, in its epoll mode, stops accepting
+ * when it is reached (a client over it waits in the listen backlog), where
+ * with a thread per connection MHD accepted and closed it at once, with a
+ * warning.  So the limit is kept here, the same way: MHD's is set a little
+ * higher (DAEMON_THREADS more) so that it keeps accepting, and a connection
+ * over ours is closed with the warning MHD wrote. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    sim *s = cls;
+    (void)conn;
+    (void)socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) atomic_fetch_add(&s->connections, 1);
+    else if (code == MHD_CONNECTION_NOTIFY_CLOSED) atomic_fetch_sub(&s->connections, 1);
+}
+
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    sim *s = cls;
+    (void)addr;
+    (void)addrlen;
+    if (atomic_load(&s->connections) < s->opts.max_connections) return MHD_YES;
+    sheaf_warn(COMP, "libmicrohttpd: Server reached connection limit. Closing inbound connection.");
+    return MHD_NO;
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -1568,7 +2243,7 @@ static int write_file_atomic(const char *path, const char *text)
 }
 
 /* Raises the open-file limit to its hard maximum: every connection is a
- * descriptor and a thread. */
+ * descriptor. */
 static void raise_nofile(int want)
 {
     struct rlimit rl;
@@ -1583,6 +2258,7 @@ static void raise_nofile(int want)
 
 static void sim_destroy(sim *s)
 {
+    timer_destroy(&s->timer);
     win_clear(&s->req_window);
     win_clear(&s->tok_window);
     pthread_mutex_destroy(&s->stats_lock);
@@ -1602,8 +2278,8 @@ int main(int argc, char **argv)
     struct sockaddr_in sin;
     struct sockaddr_in6 sin6;
     struct sockaddr *sa;
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
     const char *host;
     char port_text[16], url[128], limit[64];
     sigset_t block, old;
@@ -1620,6 +2296,12 @@ int main(int argc, char **argv)
     pthread_mutex_init(&s.reset_rng.lock, NULL);
     pthread_mutex_init(&s.slow_rng.lock, NULL);
     sim_seen_init(&s.seen);
+    /* One sleeper per connection at most: as many as MHD lets in. */
+    if (timer_init(&s.timer, (size_t)s.opts.max_connections + DAEMON_THREADS) != 0) {
+        fprintf(stderr, "sheaf-llm-sim: out of memory\n");
+        sim_destroy(&s);
+        return 1;
+    }
     /* The error and jitter streams are as before the other faults existed,
      * so --error-rate with a given --seed fails the same requests. */
     s.err_rng.state = s.opts.seed;
@@ -1630,6 +2312,7 @@ int main(int argc, char **argv)
     s.settings = s.opts.initial;
     atomic_init(&s.next_id, 1);
     atomic_init(&s.stopping, 0);
+    atomic_init(&s.connections, 0);
 
     host = strcmp(s.opts.host, "localhost") == 0 ? "127.0.0.1" : s.opts.host;
     memset(&sin, 0, sizeof(sin));
@@ -1663,12 +2346,19 @@ int main(int argc, char **argv)
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
     pthread_sigmask(SIG_BLOCK, &block, &old);
+    if (timer_start(&s.timer) != 0) {
+        sheaf_error(COMP, "cannot start the timer thread: %s", strerror(errno));
+        goto out;
+    }
 
     /* The logger must be the first option to catch every message. */
-    d = MHD_start_daemon(flags, (uint16_t)s.opts.port, NULL, NULL, on_request, &s,
+    d = MHD_start_daemon(flags, (uint16_t)s.opts.port, on_accept, &s, on_request, &s,
                          MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
                          MHD_OPTION_SOCK_ADDR, sa,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)s.opts.max_connections,
+                         MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)s.opts.max_connections + DAEMON_THREADS,
+                         MHD_OPTION_NOTIFY_CONNECTION, on_connection, &s,
+                         MHD_OPTION_THREAD_POOL_SIZE, DAEMON_THREADS,
                          MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S,
                          MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
                          MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK,
@@ -1714,6 +2404,12 @@ int main(int argc, char **argv)
 
 out:
     atomic_store(&s.stopping, 1);
+    /* Sleeping requests are resumed and give up (no response); the daemon
+     * stops once they are back, as MHD must not stop with one suspended. */
+    timer_stop(&s.timer);
+    for (int64_t end = sheaf_mono_ms() + DRAIN_MS;
+         atomic_load(&s.timer.sleeping) > 0 && sheaf_mono_ms() < end;)
+        sheaf_sleep_ms(5);
     if (d) MHD_stop_daemon(d);
     if (rc == 0 && s.opts.port_file) unlink(s.opts.port_file);
     sim_destroy(&s);

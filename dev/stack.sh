@@ -4,7 +4,7 @@
 #   dev/stack.sh up   [--dir DIR] [--workers N] [--reducers N] [--partitions P]
 #                     [--latency-ms N] [--error-rate F] [--rate-limit-rpm N]
 #                     [--tpm N] [--malformed-rate F] [--reset-rate F]
-#                     [--slow-rate F --slow-ms N] [--session-timeout-ms N]
+#                     [--slow-rate F --slow-ms N] [--llm-quiet] [--session-timeout-ms N]
 #                     [--redis-aof] [--listen-addr ADDR]
 #                     [--kafka mock|kraft|kraft3] [--map-config KEY=VALUE]
 #                     [--dlq-config KEY=VALUE]
@@ -19,6 +19,8 @@
 # connection without a response; --slow-rate answers --slow-ms late.  They
 # can be changed while it runs: POST {"reset_rate":0.1,...} to
 # <llm>/control (see sheaf-llm-sim --help; the base URL without /v1).
+# --llm-quiet: the simulator writes no log line per request (benchmarks: a
+# line costs it a write system call per request).
 # --listen-addr ADDR (an IPv4 address of this host, default 127.0.0.1):
 # the mock brokers, Redis and the simulator listen on ADDR instead of
 # loopback, and the exports name ADDR, so workers on other hosts (or
@@ -234,6 +236,7 @@ cmd_up() {
     local workers=2 reducers=1 partitions=8 latency=0 error_rate=0 rpm=0 session=6000
     local tpm=0 malformed_rate=0 reset_rate=0 slow_rate=0 slow_ms=0
     local sim_opts_given=0 mock sim worker reducer bootstrap llm_url pid name topics bin
+    local -a sim_quiet=()
     local kafka=${SHEAF_DEV_KAFKA:-mock} nodes=1
     local -a topic_config=()
     while (($#)); do
@@ -250,6 +253,7 @@ cmd_up() {
         --reset-rate) need_rate "$1" "${2:-}"; reset_rate=$2; sim_opts_given=1; shift 2 ;;
         --slow-rate) need_rate "$1" "${2:-}"; slow_rate=$2; sim_opts_given=1; shift 2 ;;
         --slow-ms) need_uint "$1" "${2:-}"; slow_ms=$2; sim_opts_given=1; shift 2 ;;
+        --llm-quiet) sim_quiet=(--quiet); shift ;;
         --session-timeout-ms) need_uint "$1" "${2:-}"; session=$2; shift 2 ;;
         --redis-aof) REDIS_AOF=(--appendonly yes --appendfsync everysec); shift ;;
         --kafka) kafka=${2:-}; shift 2 ;;
@@ -341,7 +345,8 @@ cmd_up() {
         start llm-sim "$DIR/llm-sim.log" "$sim" --host "$LISTEN_ADDR" --port 0 \
             --port-file "$DIR/llm.port" --latency-ms "$latency" --error-rate "$error_rate" \
             --rate-limit-rpm "$rpm" --tpm "$tpm" --malformed-rate "$malformed_rate" \
-            --reset-rate "$reset_rate" --slow-rate "$slow_rate" --slow-ms "$slow_ms"
+            --reset-rate "$reset_rate" --slow-rate "$slow_rate" --slow-ms "$slow_ms" \
+            "${sim_quiet[@]}"
         wait_file "$DIR/llm.port" "$STARTED_PID" llm-sim
         llm_url="http://$LISTEN_ADDR:$(cat "$DIR/llm.port")/v1"
         log "LLM: no endpoint configured; using the deterministic local simulator at $llm_url"

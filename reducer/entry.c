@@ -98,6 +98,7 @@ void entry_finish(rentry *e, entry_outcome out)
     if (e->hold_ev) event_del(e->hold_ev);
     hold_end(e, 0);
     r->n_entries--;
+    sheaf_metric_set(r->entries_now, (int64_t)r->n_entries);
     if (out == ENTRY_DONE) {
         entry_sent(e);
         sheaf_state_ready_ack_async(r->rt->redis, e->job, r->cfg.reducer_group, e->id, on_acked,
@@ -607,6 +608,7 @@ void entry_start(reducer *r, const sheaf_ready_entry *in, const rkind *kind)
     if (r->entries) r->entries->prev = e;
     r->entries = e;
     r->n_entries++;
+    sheaf_metric_set(r->entries_now, (int64_t)r->n_entries);
     if (!kind) {
         entry_finish(e, ENTRY_DONE);
         return;

@@ -132,17 +132,28 @@ static void on_read_ev(evutil_socket_t fd, short what, void *arg)
     }
     if (r->n_entries >= (size_t)r->cfg.reducer_window) return; /* entry_finish asks again */
     room = (size_t)r->cfg.reducer_window - r->n_entries;
-    /* COUNT is per stream: a share of the room each, at least one. */
-    count = room / r->jobs.n;
-    if (count < 1) count = 1;
-    r->rotate = (r->rotate + 1) % r->jobs.n;
+    /* COUNT is per stream: a share of the room each, at least one.  With
+     * more jobs than room, a slice of them (one entry each at most) and
+     * the next slice the next time: never more entries than the window. */
+    char *const *jobs = r->jobs.v;
+    size_t n = r->jobs.n, first;
+    if (room < n) {
+        jobs += r->rotate;
+        n = r->jobs.n - r->rotate < room ? r->jobs.n - r->rotate : room;
+        r->rotate = (r->rotate + n) % r->jobs.n;
+        first = 0;
+    } else {
+        r->rotate = (r->rotate + 1) % r->jobs.n;
+        first = r->rotate;
+    }
+    count = room / n;
     r->reading = 1;
     evtimer_del(r->read_ev);
     /* Within redis.timeout_ms, or the watchdog takes the wait for a hang. */
     int block = r->cfg.redis_timeout_ms / 2 < READ_BLOCK_MS ? r->cfg.redis_timeout_ms / 2
                                                             : READ_BLOCK_MS;
-    sheaf_state_ready_read_async(r->reads, r->cfg.reducer_group, r->consumer, r->jobs.v,
-                                 r->jobs.n, r->rotate, (int)count, block, on_read, r);
+    sheaf_state_ready_read_async(r->reads, r->cfg.reducer_group, r->consumer, jobs, n, first,
+                                 (int)count, block, on_read, r);
 }
 
 /* ---- the active jobs ---- */
@@ -326,11 +337,11 @@ static void tick(void *ud)
 
 /* ---- start, stop ---- */
 
-static sheaf_metric *counter(reducer *r, const char *name, const char *help, char *errstr,
-                             size_t errlen)
+static sheaf_metric *metric(reducer *r, sheaf_metric_type type, const char *name,
+                            const char *help, char *errstr, size_t errlen)
 {
-    return sheaf_metrics_add(r->rt->metrics, SHEAF_METRIC_COUNTER, name, help, NULL, NULL, NULL,
-                             0, errstr, errlen);
+    return sheaf_metrics_add(r->rt->metrics, type, name, help, NULL, NULL, NULL, 0, errstr,
+                             errlen);
 }
 
 static int setup(reducer *r, char *errstr, size_t errlen)
@@ -341,12 +352,16 @@ static int setup(reducer *r, char *errstr, size_t errlen)
     if (!(r->rt = sheaf_runtime_create(&r->cfg, "reducer", r->cfg.reducer_window, errstr,
                                        errlen)))
         return -1;
-    if (!(r->docs = counter(r, "sheaf_docs_reduced_total", "Documents whose result was recorded.",
-                            errstr, errlen)) ||
-        !(r->groups = counter(r, "sheaf_groups_reduced_total",
-                              "Metadata groups whose result was recorded.", errstr, errlen)) ||
-        !(r->overviews = counter(r, "sheaf_overviews_total", "Job overviews recorded.", errstr,
-                                 errlen)))
+    if (!(r->docs = metric(r, SHEAF_METRIC_COUNTER, "sheaf_docs_reduced_total",
+                           "Documents whose result was recorded.", errstr, errlen)) ||
+        !(r->groups = metric(r, SHEAF_METRIC_COUNTER, "sheaf_groups_reduced_total",
+                             "Metadata groups whose result was recorded.", errstr, errlen)) ||
+        !(r->overviews = metric(r, SHEAF_METRIC_COUNTER, "sheaf_overviews_total",
+                                "Job overviews recorded.", errstr, errlen)) ||
+        !(r->entries_now = metric(r, SHEAF_METRIC_GAUGE, "sheaf_reducer_entries",
+                                  "Ready entries (documents, groups, overviews) worked on now; "
+                                  "at most reducer.window.",
+                                  errstr, errlen)))
         return -1;
     if (r->cfg.reducer_output && *r->cfg.reducer_output) {
         r->out = strcmp(r->cfg.reducer_output, "-") == 0 ? stdout

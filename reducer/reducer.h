@@ -60,6 +60,7 @@ struct reducer {
     sheaf_runtime_queue *results_q;
     char results_topic[256];
     sheaf_metric *docs, *groups, *overviews; /* counters */
+    sheaf_metric *entries_now;   /* gauge: n_entries */
     char consumer[160];
     sheaf_strlist jobs;          /* active jobs whose group exists, sorted */
     size_t rotate;               /* where the next read starts, for fairness */

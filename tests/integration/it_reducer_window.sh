@@ -4,7 +4,8 @@
 # calls are all in flight together (the simulator's peak concurrency), not
 # reducer.threads (16) at a time; the job's reduce phase takes about two
 # call lengths (combines, then the overview), and its results equal a run
-# at zero latency.
+# at zero latency.  Then 8 jobs ready against reducer.window=4: never more
+# than 4 entries at once (the reducer's sheaf_reducer_entries gauge).
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 export SHEAF_CACHE_ENABLED=false   # the second job would be answered from the cache
@@ -48,3 +49,33 @@ results "$JOB" > "$T/slow.jsonl"
 strip() { jq -c 'del(.job)' "$1"; }
 cmp <(strip "$T/ref.jsonl") <(strip "$T/slow.jsonl") || fail "results at 1 s latency differ from the zero-latency run"
 log "ok: $N combines at once; identical results"
+
+# More jobs than room: the window still bounds the entries worked on at
+# once (a read asked every job's stream for at least one entry: 8 jobs
+# ready against a window of 4 started 8 combines).
+stop_pid "$LAST_PID"
+curl -sf -X POST -d '{"latency_ms": 0}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set the latency"
+JOBS=()
+for i in $(seq 1 8); do
+  mkdir -p "$T/one-$i"
+  cp "$T/in/report-$i.txt" "$T/one-$i/"
+  JOBS+=("$("$SHEAF" submit "${SMALL[@]}" "$T/one-$i")")
+done
+all_ready() { for j in "${JOBS[@]}"; do [ "$(job_field "$j" docs_ready)" = 1 ] || return 1; done; }
+wait_until 120 "8 jobs with their document ready" all_ready
+curl -sf -X POST -d '{"latency_ms": 500}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set the latency"
+# The reducer's entries worked on (its gauge), sampled every 50 ms until
+# the jobs are done (each entry takes at least one 500 ms call).
+done_all() { for j in "${JOBS[@]}"; do [ "$(job_field "$j" state)" = done ] || return 1; done; }
+start_with_metrics reducer r2 -X reducer.window=4
+most=0
+until done_all; do
+  p=$(curl -sf "http://127.0.0.1:$PORT/metrics" | sed -n 's/^sheaf_reducer_entries \([0-9]*\)$/\1/p')
+  ((${p:-0} > most)) && most=$p
+  ((SECONDS < 300)) || fail "the 8 jobs did not end"
+  sleep 0.05
+done
+log "8 jobs, window 4: at most $most entries held at once"
+[ "$most" -le 4 ] || fail "$most entries worked on at once with reducer.window=4"
+[ "$most" -ge 2 ] || fail "at most $most entry held: the window was not used"
+log "ok: 8 jobs through a window of 4"

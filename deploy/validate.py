@@ -270,7 +270,8 @@ def check_dockerfile():
     check(re.search(r"^USER 10001", runtime, re.M) is not None, "Dockerfile: runtime runs as uid 10001")
     check('CMD ["sheaf-worker"]' in runtime, "Dockerfile: CMD sheaf-worker")
     for pkg in ("librdkafka1", "libcurl4", "libmsgpackc2", "libhiredis0.14", "libjansson4",
-                "libssl3", "libmicrohttpd12", "poppler-utils", "ca-certificates"):
+                "libssl3", "libevent-core-2.1-7", "libevent-extra-2.1-7", "poppler-utils",
+                "ca-certificates"):
         check(re.search(r"\b" + re.escape(pkg) + r"\b", runtime) is not None, f"Dockerfile: runtime installs {pkg}")
 
 

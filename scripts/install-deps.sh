@@ -32,7 +32,7 @@ PACKAGES=(
   libhiredis-dev                            # Redis client
   libevent-dev                              # the runtime's event loop (libevent 2.1)
   libjansson-dev                            # JSON for the HTTP API and records
-  libssl-dev                                # SHA-256 for pipeline versions
+  libssl-dev                                # OpenSSL's digests, to check ours (test_sha)
   libmicrohttpd-dev                         # HTTP server of the LLM simulator
   libcmocka-dev                             # unit test framework
   redis-server                              # real Redis for the dev stack and tests

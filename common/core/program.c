@@ -10,6 +10,19 @@
 
 volatile sig_atomic_t sheaf_stop = 0;
 
+/* GnuTLS comes into every sheaf process with libcurl's dependencies
+ * (librtmp, libldap), none of which sheaf uses: llm.* allows http and https
+ * only, and curl's TLS is OpenSSL.  Its library constructor initialises it
+ * anyway, ~0.7 MB of library pages and heap per process, unless the
+ * program defines this function (what gnutls.h's GNUTLS_SKIP_GLOBAL_INIT
+ * writes; common/CMakeLists.txt exports it from every program).  A library
+ * that does use GnuTLS calls gnutls_global_init itself. */
+int _gnutls_global_init_skip(void);
+int _gnutls_global_init_skip(void)
+{
+    return 1;
+}
+
 static void on_stop(int sig)
 {
     (void)sig;

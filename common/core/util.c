@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,14 +34,9 @@ void sheaf_sleep_ms(int64_t ms)
 
 void sheaf_sha256_hex(const void *data, size_t len, char out[65])
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    static const char hex[] = "0123456789abcdef";
-    SHA256(data, len, md);
-    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[64] = '\0';
+    unsigned char md[32];
+    sheaf_sha256(data, len, md);
+    sheaf_hex(md, sizeof(md), out);
 }
 
 /* Length of the well-formed UTF-8 sequence at s (1..4), or 0 if invalid. */

@@ -107,7 +107,6 @@
 #include "sheaf/util.h"
 
 #define ASYNC_MAX_IN_FLIGHT 4096
-#define ASYNC_SLOT_KEEP_BYTES 65536   /* a slot's buffer larger than this is freed after use */
 #define ASYNC_HTTP_RECV_BYTES 1024L   /* curl's receive buffer per slot on plain http (its minimum) */
 #define ASYNC_PENALTY_SLACK_MS 100    /* a penalty extending the hold less than this is not resent */
 #define LEARN_MARGIN SHEAF_LLM_LEARN_MARGIN
@@ -401,12 +400,14 @@ done:
     return ret;
 }
 
-/* Returns a slot to the pool; a buffer grown by a big answer is let go so a
- * few large responses do not pin memory in every slot. */
+/* Returns a slot to the pool.  Its answer buffer is let go: the answer was
+ * copied out when the attempt was classified, and a buffer kept per idle
+ * or waiting slot was ~0.5 MB at 1,024 in flight (reallocating a few
+ * hundred bytes per attempt costs nothing beside an HTTP exchange). */
 static void slot_put(sheaf_llm_async *a, llm_slot *s)
 {
     s->call = NULL;
-    if (s->xfer.body.cap > ASYNC_SLOT_KEEP_BYTES) sheaf_buf_free(&s->xfer.body);
+    sheaf_buf_free(&s->xfer.body);
     sheaf_llm_xfer_reset(&s->xfer);
     s->next_free = a->free_slots;
     a->free_slots = s;

@@ -1,36 +1,43 @@
 /* metrics_http.c - the HTTP endpoint for /metrics and /health, on
- * libmicrohttpd.  See sheaf/metrics.h.
+ * libevent's evhttp.  See sheaf/metrics.h.
  *
- * One internal polling thread (poll(2)) serves every connection: answers
- * are rendered from atomics in microseconds, so a thread per connection
- * would buy nothing, and a slow or hostile client cannot hold the others
- * (MHD multiplexes them; a connection idle for 10 s is dropped).  At most
- * 32 connections at once.
+ * Where it runs: on a loop the caller already turns (create_on: the
+ * runtime's, so the worker and the reducer serve from their one thread), or
+ * on a private loop in a thread of its own (create: the producer's stream
+ * mode and the tests, which have no libevent loop).  Answers are rendered
+ * from atomics in microseconds, so either way one thread serves every
+ * connection; a connection idle for 10 s is dropped.
  *
- * A request's life: the access handler is called once with the headers
- * (a small context is made; a declared body over SHEAF_METRICS_MAX_BODY or
- * a URL over SHEAF_METRICS_MAX_URL is answered at once, 413 or 414), then
- * once per upload chunk (counted and dropped: no endpoint takes a body),
- * then once more to answer.  Headers larger than MHD's per-connection
- * memory pool are refused by MHD itself (431/414).
+ * Why evhttp and not libmicrohttpd, which served here before: the runtime
+ * already has the loop, so the endpoint needs no thread (its stack and
+ * malloc arena); and libmicrohttpd's library constructor initialised
+ * GnuTLS in every process that linked it, ~0.8 MB of library pages and
+ * heap nobody used (sheaf_program's GnuTLS note says the rest).
  *
- * The daemon's thread is started with SIGTERM and SIGINT blocked, so the
- * process's stop signals reach the threads that poll sheaf_stop and whose
- * blocking calls they are meant to interrupt.
+ * A request: a URL over SHEAF_METRICS_MAX_URL is answered 414, a body over
+ * SHEAF_METRICS_MAX_BODY 413 (evhttp refuses it while reading, from its
+ * Content-Length), an unknown path 404, a method other than GET or HEAD on
+ * a known path 405 with Allow; the query string is ignored.  HEAD gets the
+ * headers of GET without the body (evhttp leaves it out).
+ *
+ * The private thread is started with SIGTERM and SIGINT blocked, so the
+ * process's stop signals reach the threads that poll sheaf_stop.  It is
+ * stopped through a pipe its loop watches (the loop is not thread-safe).
  *
  * Binding: metrics.bind is a numeric IPv4 or IPv6 address (or
- * "localhost"); when the port cannot be bound the error names
- * metrics.port with the system's reason (found by binding a probe socket:
- * MHD reports no errno). */
+ * "localhost"); the socket is bound here, so an error names metrics.port
+ * with the system's reason. */
 #include "sheaf/metrics.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <microhttpd.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,167 +46,168 @@
 
 #include "sheaf/log.h"
 
-#define CONNECTION_LIMIT 32u
-#define CONNECTION_TIMEOUT_S 10u
+#define LISTEN_BACKLOG 32
+#define CONNECTION_TIMEOUT_S 10
 #define HEALTH_MAX_OUTPUT (64u * 1024)
 
 struct sheaf_metrics_server {
-    struct MHD_Daemon *daemon;
+    struct event_base *base;   /* borrowed, or owned with a thread of its own */
+    int own_thread;
+    pthread_t thread;
+    int stop_pipe[2];          /* own thread: a byte written stops its loop */
+    struct event *stop_ev;     /* owned */
+    struct evhttp *http;       /* owned */
     sheaf_metrics *metrics;    /* borrowed */
     sheaf_health *health;      /* borrowed */
 };
 
-typedef struct req_ctx {
-    size_t body_bytes;
-    int answered;
-} req_ctx;
-
-/* Queues text (malloc'd; MHD frees it) as the answer. */
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, char *text,
-                             const char *content_type)
+/* Sends text (rendered into a buffer of ours) as the answer. */
+static void reply(struct evhttp_request *req, int status, const char *reason, const char *text,
+                  size_t len, const char *content_type)
 {
-    struct MHD_Response *resp;
-    enum MHD_Result ret;
-    if (!text) return MHD_NO;
-    resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(text);
-        return MHD_NO;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    struct evbuffer *body = evbuffer_new();
+    evhttp_add_header(h, "Content-Type", content_type);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (status == HTTP_BADMETHOD) evhttp_add_header(h, "Allow", "GET, HEAD");
+    if (!body || evbuffer_add(body, text, len) != 0) {
+        if (body) evbuffer_free(body);
+        evhttp_send_error(req, HTTP_INTERNAL, NULL);
+        return;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
-    ret = MHD_queue_response(conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    evhttp_send_reply(req, status, reason, body);
+    evbuffer_free(body);
 }
 
-static enum MHD_Result reply_text(struct MHD_Connection *conn, unsigned status, const char *msg)
+static void reply_text(struct evhttp_request *req, int status, const char *reason,
+                       const char *msg)
 {
-    return reply(conn, status, strdup(msg), "text/plain; charset=utf-8");
+    reply(req, status, reason, msg, strlen(msg), "text/plain; charset=utf-8");
 }
 
-static enum MHD_Result serve_metrics(sheaf_metrics_server *s, struct MHD_Connection *conn)
+static void serve_metrics(sheaf_metrics_server *s, struct evhttp_request *req)
 {
     sheaf_buf out;
     sheaf_buf_init(&out, SHEAF_METRICS_MAX_OUTPUT);
     if (sheaf_metrics_render(s->metrics, &out) != SHEAF_OK) {
-        sheaf_buf_free(&out);
         sheaf_warn("metrics", "cannot render the metrics (out of memory or over the cap)");
-        return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render metrics\n");
+        reply_text(req, HTTP_INTERNAL, "Internal Server Error", "cannot render metrics\n");
+    } else {
+        reply(req, HTTP_OK, "OK", out.data ? out.data : "", out.len,
+              "text/plain; version=0.0.4; charset=utf-8");
     }
-    /* The buffer's storage is handed to MHD. */
-    return reply(conn, MHD_HTTP_OK, sheaf_buf_steal(&out),
-                 "text/plain; version=0.0.4; charset=utf-8");
+    sheaf_buf_free(&out);
 }
 
-static enum MHD_Result serve_health(sheaf_metrics_server *s, struct MHD_Connection *conn)
+static void serve_health(sheaf_metrics_server *s, struct evhttp_request *req)
 {
     sheaf_buf out;
     int healthy = 0;
     sheaf_buf_init(&out, HEALTH_MAX_OUTPUT);
-    if (sheaf_health_render(s->health, &out, &healthy) != SHEAF_OK) {
-        sheaf_buf_free(&out);
-        return reply_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot render health\n");
-    }
-    return reply(conn, healthy ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
-                 sheaf_buf_steal(&out), "application/json");
+    if (sheaf_health_render(s->health, &out, &healthy) != SHEAF_OK)
+        reply_text(req, HTTP_INTERNAL, "Internal Server Error", "cannot render health\n");
+    else
+        reply(req, healthy ? HTTP_OK : HTTP_SERVUNAVAIL, healthy ? "OK" : "Service Unavailable",
+              out.data ? out.data : "", out.len, "application/json");
+    sheaf_buf_free(&out);
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+static void on_request(struct evhttp_request *req, void *arg)
 {
-    sheaf_metrics_server *s = cls;
-    req_ctx *ctx = *con_cls;
-    (void)version;
-    (void)upload_data;
+    sheaf_metrics_server *s = arg;
+    const char *uri = evhttp_request_get_uri(req);
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+    const char *path = u ? evhttp_uri_get_path(u) : NULL;
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 
-    if (!ctx) {
-        /* First call: headers only. */
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (!(ctx = calloc(1, sizeof(*ctx)))) return MHD_NO;
-        *con_cls = ctx;
-        if (strlen(url) > SHEAF_METRICS_MAX_URL) {
-            ctx->answered = 1;
-            return reply_text(conn, MHD_HTTP_URI_TOO_LONG, "URL too long\n");
-        }
-        if (cl && strtoull(cl, NULL, 10) > SHEAF_METRICS_MAX_BODY) {
-            ctx->answered = 1;
-            return reply_text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large\n");
-        }
-        return MHD_YES;
-    }
-    if (*upload_data_size > 0) {
-        /* No endpoint takes a body: count it, drop it, answer at the end. */
-        ctx->body_bytes += *upload_data_size;
-        *upload_data_size = 0;
-        return MHD_YES;
-    }
-    if (ctx->answered) return MHD_YES;
-    ctx->answered = 1;
-    if (ctx->body_bytes > SHEAF_METRICS_MAX_BODY)
-        return reply_text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "request body too large\n");
-    int known = strcmp(url, "/metrics") == 0 || strcmp(url, "/health") == 0;
-    if (!known) return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics or /health\n");
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return reply_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
-    return strcmp(url, "/metrics") == 0 ? serve_metrics(s, conn) : serve_health(s, conn);
-}
-
-static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                         enum MHD_RequestTerminationCode toe)
-{
-    (void)cls;
-    (void)conn;
-    (void)toe;
-    free(*con_cls);
-    *con_cls = NULL;
-}
-
-static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
-
-static void on_mhd_log(void *cls, const char *fmt, va_list ap)
-{
-    char msg[512];
-    size_t n;
-    (void)cls;
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    n = strlen(msg);
-    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
-    /* Client mistakes (bad requests, resets) are not the process's trouble. */
-    sheaf_debug("metrics", "libmicrohttpd: %s", msg);
-}
-
-/* Why binding addr fails, from a probe socket ("" when it does not fail). */
-static void bind_error(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen)
-{
-    int one = 1, fd = socket(sa->sa_family, SOCK_STREAM, 0);
-    out[0] = '\0';
-    if (fd < 0) {
-        snprintf(out, outlen, "%s", strerror(errno));
+    if (!uri || strlen(uri) > SHEAF_METRICS_MAX_URL) {
+        reply_text(req, 414, "URI Too Long", "URL too long\n");
         return;
     }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, sa, len) != 0 || listen(fd, 1) != 0) snprintf(out, outlen, "%s", strerror(errno));
-    close(fd);
+    if (evbuffer_get_length(evhttp_request_get_input_buffer(req)) > SHEAF_METRICS_MAX_BODY) {
+        reply_text(req, 413, "Payload Too Large", "request body too large\n");
+        return;
+    }
+    if (!path || (strcmp(path, "/metrics") != 0 && strcmp(path, "/health") != 0)) {
+        reply_text(req, HTTP_NOTFOUND, "Not Found", "not found: try /metrics or /health\n");
+        return;
+    }
+    if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+        reply_text(req, HTTP_BADMETHOD, "Method Not Allowed", "method not allowed\n");
+        return;
+    }
+    if (strcmp(path, "/metrics") == 0) serve_metrics(s, req);
+    else serve_health(s, req);
 }
 
-sheaf_metrics_server *sheaf_metrics_server_create(const sheaf_config *cfg, sheaf_metrics *m,
-                                                  sheaf_health *h, char *errstr, size_t errlen)
+/* A listening socket on sa, or -1 with the system's reason in why. */
+static int listen_on(const struct sockaddr *sa, socklen_t len, char *why, size_t whylen)
+{
+    int one = 1, fd = socket(sa->sa_family, SOCK_STREAM, 0);
+    if (fd < 0) {
+        snprintf(why, whylen, "%s", strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (sa->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, sa, len) != 0 || listen(fd, LISTEN_BACKLOG) != 0 ||
+        evutil_make_socket_nonblocking(fd) != 0 || evutil_make_socket_closeonexec(fd) != 0) {
+        snprintf(why, whylen, "%s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    event_base_loopbreak(arg);
+}
+
+static void *serve_thread(void *arg)
+{
+    sheaf_metrics_server *s = arg;
+    event_base_dispatch(s->base);
+    return NULL;
+}
+
+/* Frees what create made; with a thread of its own the thread is stopped
+ * first.  Works on a half-built server. */
+static void server_free(sheaf_metrics_server *s, int thread_started)
+{
+    if (!s) return;
+    if (thread_started) {
+        char b = 1;
+        while (write(s->stop_pipe[1], &b, 1) < 0 && errno == EINTR)
+            ;
+        pthread_join(s->thread, NULL);
+    }
+    if (s->http) evhttp_free(s->http);
+    if (s->stop_ev) event_free(s->stop_ev);
+    if (s->own_thread) {
+        if (s->base) event_base_free(s->base);
+        if (s->stop_pipe[0] >= 0) close(s->stop_pipe[0]);
+        if (s->stop_pipe[1] >= 0) close(s->stop_pipe[1]);
+    }
+    free(s);
+}
+
+/* Serves on base, or (base NULL) on a private loop in a thread of its own. */
+static sheaf_metrics_server *server_create(struct event_base *base, const sheaf_config *cfg,
+                                           sheaf_metrics *m, sheaf_health *h, char *errstr,
+                                           size_t errlen)
 {
     struct sockaddr_in sin;
     struct sockaddr_in6 sin6;
     struct sockaddr *sa;
     socklen_t salen;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
-    sheaf_metrics_server *s = NULL;
+    sheaf_metrics_server *s = NULL, *ret = NULL;
     sigset_t block, old;
     char why[256];
     const char *host;
+    int fd = -1, v6 = 0, started = 0;
 
     if (!cfg || !m || !h || cfg->metrics_port <= 0 || cfg->metrics_port > 65535) {
         sheaf_set_err(errstr, errlen, "key \"metrics.port\": %d is not a port to serve on",
@@ -220,7 +228,7 @@ sheaf_metrics_server *sheaf_metrics_server_create(const sheaf_config *cfg, sheaf
         sin6.sin6_port = htons((uint16_t)cfg->metrics_port);
         sa = (struct sockaddr *)&sin6;
         salen = sizeof(sin6);
-        flags |= MHD_USE_IPv6;
+        v6 = 1;
     } else {
         sheaf_set_err(errstr, errlen, "key \"metrics.bind\": \"%s\" is not a numeric IPv4 or "
                       "IPv6 address", host);
@@ -239,36 +247,83 @@ sheaf_metrics_server *sheaf_metrics_server_create(const sheaf_config *cfg, sheaf
     }
     s->metrics = m;
     s->health = h;
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    /* The logger must be the first option to catch every message. */
-    s->daemon = MHD_start_daemon(flags, (uint16_t)cfg->metrics_port, NULL, NULL, on_request, s,
-                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
-                                 MHD_OPTION_SOCK_ADDR, sa,
-                                 MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT_S,
-                                 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024),
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                 MHD_OPTION_END);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (!s->daemon) {
-        bind_error(sa, salen, why, sizeof(why));
+    s->base = base;
+    s->stop_pipe[0] = s->stop_pipe[1] = -1;
+    if (!base) {
+        s->own_thread = 1;
+        if (pipe(s->stop_pipe) != 0 || evutil_make_socket_closeonexec(s->stop_pipe[0]) != 0 ||
+            evutil_make_socket_closeonexec(s->stop_pipe[1]) != 0 || !(s->base = event_base_new()) ||
+            !(s->stop_ev = event_new(s->base, s->stop_pipe[0], EV_READ, on_stop, s->base)) ||
+            event_add(s->stop_ev, NULL) != 0) {
+            sheaf_set_err(errstr, errlen, "metrics server: cannot make its loop");
+            goto done;
+        }
+    }
+    if ((fd = listen_on(sa, salen, why, sizeof(why))) < 0) {
         sheaf_set_err(errstr, errlen, "key \"metrics.port\": cannot serve metrics on %s port %d: %s",
-                      host, cfg->metrics_port, why[0] ? why : "libmicrohttpd could not start");
-        free(s);
+                      host, cfg->metrics_port, why);
+        goto done;
+    }
+    if (!(s->http = evhttp_new(s->base))) {
+        sheaf_set_err(errstr, errlen, "metrics server: out of memory");
+        goto done;
+    }
+    /* Every method reaches on_request, which answers 405 itself (with Allow). */
+    evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                            EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_max_body_size(s->http, SHEAF_METRICS_MAX_BODY);
+    evhttp_set_max_headers_size(s->http, 32 * 1024);
+    evhttp_set_timeout(s->http, CONNECTION_TIMEOUT_S);
+    evhttp_set_gencb(s->http, on_request, s);
+    if (!evhttp_accept_socket_with_handle(s->http, fd)) {
+        sheaf_set_err(errstr, errlen, "key \"metrics.port\": cannot serve metrics on %s port %d: "
+                      "cannot watch the socket", host, cfg->metrics_port);
+        goto done;
+    }
+    fd = -1; /* evhttp's now */
+    if (s->own_thread) {
+        sigemptyset(&block);
+        sigaddset(&block, SIGTERM);
+        sigaddset(&block, SIGINT);
+        pthread_sigmask(SIG_BLOCK, &block, &old);
+        started = pthread_create(&s->thread, NULL, serve_thread, s) == 0;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (!started) {
+            sheaf_set_err(errstr, errlen, "metrics server: cannot start its thread");
+            goto done;
+        }
+    }
+    sheaf_info("metrics", "serving /metrics and /health on http://%s%s%s:%d/", v6 ? "[" : "",
+               host, v6 ? "]" : "", cfg->metrics_port);
+    ret = s;
+    s = NULL; /* the caller's */
+done:
+    if (fd >= 0) close(fd);
+    server_free(s, 0);
+    return ret;
+}
+
+sheaf_metrics_server *sheaf_metrics_server_create(const sheaf_config *cfg, sheaf_metrics *m,
+                                                  sheaf_health *h, char *errstr, size_t errlen)
+{
+    return server_create(NULL, cfg, m, h, errstr, errlen);
+}
+
+sheaf_metrics_server *sheaf_metrics_server_create_on(struct event_base *base,
+                                                     const sheaf_config *cfg, sheaf_metrics *m,
+                                                     sheaf_health *h, char *errstr,
+                                                     size_t errlen)
+{
+    if (!base) {
+        sheaf_set_err(errstr, errlen, "metrics server: no loop");
         return NULL;
     }
-    sheaf_info("metrics", "serving /metrics and /health on http://%s%s%s:%d/",
-               (flags & MHD_USE_IPv6) ? "[" : "", host, (flags & MHD_USE_IPv6) ? "]" : "",
-               cfg->metrics_port);
-    return s;
+    return server_create(base, cfg, m, h, errstr, errlen);
 }
 
 void sheaf_metrics_server_destroy(sheaf_metrics_server *s)
 {
-    if (!s) return;
-    if (s->daemon) MHD_stop_daemon(s->daemon);
-    free(s);
+    server_free(s, s && s->own_thread);
 }

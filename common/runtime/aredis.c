@@ -16,11 +16,11 @@
  * Redis restart or SCRIPT FLUSH, and the same request must then go again
  * as EVAL, after the caller has long returned.
  *
- * Why scripts' SHA-1s are remembered: computing one (OpenSSL's one-shot
- * SHA1 plus 20 sprintf calls) for every EVALSHA cost ~5 % of a worker's
- * CPU at zero latency.  A script's body is one of lua_scripts.c's constant
- * strings, so its SHA-1 is kept by the body's address (AREDIS_SHAS of
- * them; beyond that they are computed each time).
+ * Why scripts' SHA-1s are remembered: computing one for every EVALSHA
+ * (then OpenSSL's one-shot SHA1 plus 20 sprintf calls) cost ~5 % of a
+ * worker's CPU at zero latency.  A script's body is one of lua_scripts.c's
+ * constant strings, so its SHA-1 is kept by the body's address (AREDIS_SHAS
+ * of them; beyond that they are computed each time).
  *
  * Why a watchdog: hiredis 0.14's async API has no connect or command
  * timeout; a Redis stopped with SIGSTOP (or a dead peer without a reset)

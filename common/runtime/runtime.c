@@ -121,8 +121,8 @@ static int ops_start(sheaf_runtime *rt, char *errstr, size_t errlen)
         return -1;
     }
     if (rt->cfg->metrics_port > 0 &&
-        !(rt->server = sheaf_metrics_server_create(rt->cfg, rt->metrics, rt->health, errstr,
-                                                   errlen)))
+        !(rt->server = sheaf_metrics_server_create_on(rt->base, rt->cfg, rt->metrics,
+                                                      rt->health, errstr, errlen)))
         return -1;
     if (!(rt->ops = event_new(rt->base, -1, EV_PERSIST, on_ops, rt)) ||
         event_add(rt->ops, &every) != 0) {

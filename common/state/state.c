@@ -16,7 +16,6 @@
 #include "sheaf/state.h"
 
 #include <errno.h>
-#include <openssl/sha.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -419,9 +418,9 @@ static sheaf_err script_load(sheaf_redis *r, const sheaf_lua_script *s, char *er
 
 void sheaf_lua_sha(const sheaf_lua_script *s, char sha[SHEAF_LUA_SHA_SIZE])
 {
-    unsigned char md[SHA_DIGEST_LENGTH];
-    SHA1((const unsigned char *)s->body, strlen(s->body), md);
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) sprintf(sha + 2 * i, "%02x", md[i]);
+    unsigned char md[20];
+    sheaf_sha1(s->body, strlen(s->body), md);
+    sheaf_hex(md, sizeof(md), sha);
 }
 
 sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_reg *docs,
@@ -429,7 +428,7 @@ sheaf_err sheaf_state_docs_add(sheaf_redis *r, const char *job, const sheaf_doc_
 {
     static const sheaf_lua_script reg = {sheaf_lua_doc_register};
     char kdocs[KEYLEN], kg[KEYLEN], pre[KEYLEN], kdoc[KEYLEN], nbuf[16], obuf[24];
-    char sha[2 * SHA_DIGEST_LENGTH + 1];
+    char sha[SHEAF_LUA_SHA_SIZE];
     const char *argv[11 + SHEAF_MAX_GROUP_PATHS];
     sheaf_err err;
 

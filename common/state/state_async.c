@@ -42,7 +42,7 @@ struct acall {
     sheaf_aredis *ar;
     size_t held;                 /* steps not answered, +1 while the starter sends */
     sheaf_err err;
-    char errstr[SHEAF_ERRSTR_SIZE];
+    char *errstr;                /* owned: the first failure's text (NULL: none, or no memory) */
     int outputs;                 /* OUT_* */
     long long n;
     char *str;                   /* owned copy */
@@ -83,18 +83,23 @@ static acall *acall_new(sheaf_aredis *ar, sheaf_state_fn done, void *ud, const c
     return c;
 }
 
-/* Records the first failure. */
+/* Records the first failure.  Its text is allocated only then: a record
+ * lives per call under way (a worker has a window of stores out at once
+ * when a burst of answers comes), and an inline SHEAF_ERRSTR_SIZE buffer
+ * nearly never used made up most of it (~0.5 MB at 1,024 in flight). */
 static void acall_fail(acall *c, sheaf_err err, const char *why)
 {
     if (c->err != SHEAF_OK) return;
     c->err = err;
-    snprintf(c->errstr, sizeof(c->errstr), "%s", why && *why ? why : sheaf_strerror(err));
+    if (!why || !*why) why = sheaf_strerror(err);
+    c->errstr = sheaf_strndup(why, strnlen(why, SHEAF_ERRSTR_SIZE - 1));
 }
 
 static void acall_finish(acall *c)
 {
     sheaf_state_reply r = {.err = c->err, .n = c->n, .str = c->str, .len = c->len,
-                           .errstr = c->err == SHEAF_OK ? "" : c->errstr};
+                           .errstr = c->err == SHEAF_OK ? ""
+                                     : c->errstr ? c->errstr : sheaf_strerror(c->err)};
     if (c->err == SHEAF_OK) {
         if (c->outputs & OUT_LIST) r.list = &c->list;
         if (c->outputs & OUT_BATCH) r.batch = &c->batch;
@@ -112,6 +117,7 @@ static void acall_finish(acall *c)
     free(c->str);
     free(c->job);
     free(c->item);
+    free(c->errstr);
     free(c);
 }
 

@@ -14,6 +14,12 @@ int64_t sheaf_wall_ms(void);
 /* Sleeps ms milliseconds (interrupted early by signals). */
 void sheaf_sleep_ms(int64_t ms);
 
+/* Digests of data (sha.c, not OpenSSL's: see there why): SHA-256 into 32
+ * bytes, SHA-1 (Redis names a script by it) into 20. */
+void sheaf_sha256(const void *data, size_t len, unsigned char out[32]);
+void sheaf_sha1(const void *data, size_t len, unsigned char out[20]);
+/* md[0..n) as lowercase hex into out (2n + 1 bytes including NUL). */
+void sheaf_hex(const unsigned char *md, size_t n, char *out);
 /* Lowercase hex SHA-256 of data into out (65 bytes including NUL). */
 void sheaf_sha256_hex(const void *data, size_t len, char out[65]);
 

@@ -17,7 +17,8 @@
  * name_sum and name_count (equal to the +Inf bucket).  Counter names must
  * end in _total.  Families come out in registration order.
  *
- * The server (libmicrohttpd, one internal polling thread) answers
+ * The server (libevent's evhttp, on the caller's loop or a thread of its
+ * own) answers
  *   GET /metrics   200, the registry rendered
  *   GET /health    200 {"status":"ok","checks":{...}} or 503
  *                  {"status":"unhealthy","checks":{...}} (sheaf/health.h)
@@ -86,15 +87,24 @@ sheaf_err sheaf_metrics_render(sheaf_metrics *m, sheaf_buf *out);
 /* ---- the HTTP endpoint (metrics_http.c) ---- */
 
 typedef struct sheaf_metrics_server sheaf_metrics_server;
+struct event_base;
 
 /* Serves m and h (both borrowed: they must outlive the server) on
- * metrics.bind port metrics.port.  Call only when metrics.port > 0.  NULL
+ * metrics.bind port metrics.port, from a thread of its own (m and h are
+ * then read from that thread).  Call only when metrics.port > 0.  NULL
  * with errstr naming the key when the address does not parse or the port
  * cannot be bound. */
 sheaf_metrics_server *sheaf_metrics_server_create(const sheaf_config *cfg, sheaf_metrics *m,
                                                   sheaf_health *h, char *errstr,
                                                   size_t errlen);
-/* Stops the server (waits for its thread).  NULL is a no-op. */
+/* The same, served by base (borrowed; it must outlive the server) from the
+ * thread that turns it: no thread of its own. */
+sheaf_metrics_server *sheaf_metrics_server_create_on(struct event_base *base,
+                                                     const sheaf_config *cfg, sheaf_metrics *m,
+                                                     sheaf_health *h, char *errstr,
+                                                     size_t errlen);
+/* Stops the server (and waits for its thread, if it has one).  NULL is a
+ * no-op. */
 void sheaf_metrics_server_destroy(sheaf_metrics_server *s);
 
 #endif

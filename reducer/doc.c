@@ -232,8 +232,9 @@ static int chain_answered(rentry *e, sheaf_err err, const stage_result *res)
     return 1;
 }
 
-static void on_refined(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+static void on_refined(rentry *e, void *ud, sheaf_err err, stage_result *res, json_t *levels)
 {
+    (void)ud;
     doc_work *w = e->work;
     (void)levels;
     if (!chain_answered(e, err, res)) return;
@@ -244,8 +245,9 @@ static void on_refined(rentry *e, sheaf_err err, stage_result *res, json_t *leve
     critique_next(e);
 }
 
-static void on_critique(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+static void on_critique(rentry *e, void *ud, sheaf_err err, stage_result *res, json_t *levels)
 {
+    (void)ud;
     doc_work *w = e->work;
     (void)levels;
     if (!chain_answered(e, err, res)) return;
@@ -258,7 +260,7 @@ static void on_critique(rentry *e, sheaf_err err, stage_result *res, json_t *lev
     w->critique = res->text; /* taken */
     res->text = NULL;
     rvars_set(&w->v, "critique", w->critique);
-    reduce_call(e, "refine", &e->p->refine, &w->v, on_refined);
+    reduce_call(e, "refine", &e->p->refine, &w->v, on_refined, NULL);
 }
 
 static void critique_next(rentry *e)
@@ -271,7 +273,7 @@ static void critique_next(rentry *e)
     snprintf(w->round, sizeof(w->round), "%d", w->k);
     rvars_set(&w->v, "round", w->round);
     rvars_set(&w->v, "draft", w->draft);
-    reduce_call(e, "critique", &e->p->critique, &w->v, on_critique);
+    reduce_call(e, "critique", &e->p->critique, &w->v, on_critique, NULL);
 }
 
 /* Starts the chain on the summary; partials are the final combine call's
@@ -304,8 +306,9 @@ static void combined(rentry *e, const json_t *top)
     else record(e);
 }
 
-static void on_combined(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+static void on_combined(rentry *e, void *ud, sheaf_err err, stage_result *res, json_t *levels)
 {
+    (void)ud;
     doc_work *w = e->work;
     json_t *top = NULL;
     if (err != SHEAF_OK) {
@@ -355,7 +358,7 @@ static void compute(rentry *e)
     rvars_set(&v, "doc_id", e->item);
     rvars_set(&v, "chunk_count", w->chunks);
     reduce_run(e, "combine", &p->combine, sheaf_pipeline_combine_budget(p), &v, "partials",
-               w->texts, w->n_ok, on_combined);
+               w->texts, w->n_ok, on_combined, NULL);
 }
 
 /* ---- read ---- */

@@ -19,12 +19,16 @@
  *
  * The steps, each a callback on the loop:
  *   PRIOR (entry.c) -> MEMBERS (ids) -> RESULTS (the members' results)
- *   -> for each result-label group, children first: REDUCE -> RECORD
- *   -> the entry's own group: REDUCE -> RECORD -> done
+ *   -> the result-label groups: every leaf REDUCE at once; a parent's
+ *      REDUCE when its last child is summarized; RECORD one at a time in
+ *      plan order as each is ready
+ *   -> the entry's own group: REDUCE (when its children are in) -> RECORD
+ *      (after theirs) -> done
  *      (the overview: REDUCE -> RECORD -> RETIRE -> done)
  * The result-label groups are planned as a tree from the members' data
- * before any call (pure work), then reduced one after the other in that
- * order, each parent from its children's summaries. */
+ * before any call (pure work), children before parents; each parent takes
+ * its children's summaries in plan order, so the results are the same
+ * whatever order the calls end in. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,13 +108,28 @@ static void path_label(const json_t *path, char *out, size_t outlen)
     }
 }
 
+/* One summary: a result-label group, or the entry's own group or overview.
+ * Its members, the variables of its call (the strings they point to live
+ * here) and its result, kept until it is recorded. */
+typedef struct summary {
+    items members;
+    rvars v;
+    char count[24], label[1024], depth[16], ndocs[24], ngroups[24];
+    stage_result res;
+    json_t *levels;
+    int summarized;    /* res and levels are its result */
+} summary;
+
 /* A result-label group: its members are documents (the innermost level)
- * or its children's summaries, pushed as each is done. */
+ * or its children's summaries, taken in plan order once the last of them
+ * is summarized. */
 typedef struct gnode {
     json_t *path;
     char *value;       /* its label value: its id in its parent's prompt */
-    items members;
     long parent;       /* index in nodes; -1: the entry's own group or overview */
+    size_t waiting;    /* children not summarized yet */
+    int started;       /* its summary is under way or done */
+    summary s;
 } gnode;
 
 typedef struct gwork {
@@ -119,52 +138,38 @@ typedef struct gwork {
     char *canon;       /* its compact JSON (the results key) */
     int innermost;     /* its members are documents */
     sheaf_strlist ids; /* its member ids */
-    items members;     /* the entry's own members */
-    gnode *nodes;      /* result-label groups, in the order they are reduced */
-    size_t n_nodes, cap_nodes, at;
-    /* The summary under way (a node, the group or the overview). */
-    long node;         /* index in nodes, or -1 */
-    rvars v;
-    char count[24], label[1024], depth[16], ndocs[24], ngroups[24];
-    char **texts;
-    size_t n_texts;
-    stage_result res;
-    json_t *levels;
+    summary own;       /* the entry's own group or overview */
+    size_t own_waiting; /* top-level result-label groups not summarized yet */
+    gnode *nodes;      /* result-label groups, children before their parent */
+    size_t n_nodes, cap_nodes;
+    size_t recorded;   /* nodes recorded, in plan order (then the own one) */
+    int recording;     /* a record is under way (entry_record: one at a time) */
 } gwork;
 
-static void summary_clear(gwork *w)
+static void summary_free(summary *s)
 {
-    texts_free(w->texts, w->n_texts);
-    w->texts = NULL;
-    w->n_texts = 0;
-    stage_result_clear(&w->res);
-    json_decref(w->levels);
-    w->levels = NULL;
+    items_free(&s->members);
+    stage_result_clear(&s->res);
+    json_decref(s->levels);
+    s->levels = NULL;
 }
 
 static void group_clear(rentry *e)
 {
     gwork *w = e->work;
     if (!w) return;
-    summary_clear(w);
     for (size_t i = 0; i < w->n_nodes; i++) {
         json_decref(w->nodes[i].path);
         free(w->nodes[i].value);
-        items_free(&w->nodes[i].members);
+        summary_free(&w->nodes[i].s);
     }
     free(w->nodes);
-    items_free(&w->members);
+    summary_free(&w->own);
     sheaf_strlist_free(&w->ids);
     json_decref(w->path);
     free(w->canon);
     free(w);
     e->work = NULL;
-}
-
-/* The members of the summary under way. */
-static items *cur_members(gwork *w)
-{
-    return w->node >= 0 ? &w->nodes[w->node].members : &w->members;
 }
 
 /* ---- the plan: result-label groups ---- */
@@ -239,7 +244,7 @@ static int plan_labels(rentry *e, gwork *w, const json_t *parent_path, const ite
                 items_free(&sub);
                 rc = -1;
             } else {
-                w->nodes[k].members = sub; /* taken */
+                w->nodes[k].s.members = sub; /* taken */
             }
         }
     }
@@ -248,9 +253,19 @@ static int plan_labels(rentry *e, gwork *w, const json_t *parent_path, const ite
     return rc;
 }
 
-/* ---- summaries ---- */
+/* ---- summaries ----
+ *
+ * Every result-label group whose members are known is reduced at once (the
+ * leaves first, all together; a parent as soon as its last child is
+ * summarized), so a level of K groups costs one call length, not K.  The
+ * results do not depend on the order calls end in: a parent takes its
+ * children's summaries in plan order, and the records are stored and
+ * written out one at a time in plan order, children before parents, the
+ * entry's own last. */
 
-static void summary_next(rentry *e);
+static void record_next(rentry *e);
+
+static void summary_done(rentry *e, gnode *n);
 
 static void overview_done(rentry *e);
 
@@ -287,46 +302,49 @@ static void on_overview_written(rentry *e, sheaf_store_outcome stored)
     overview_done(e);
 }
 
-static void on_group_written(rentry *e, sheaf_store_outcome stored)
+static void group_written(rentry *e, const summary *s, sheaf_store_outcome stored)
 {
-    gwork *w = e->work;
     reducer *r = e->r;
-    items *m = cur_members(w);
-    if (stored >= SHEAF_STORE_NEW) {
-        r->n_groups++;
-        sheaf_metric_inc(r->groups);
-        sheaf_info("reducer", "job %s group %s: %zu member(s) summarized%s", e->job, w->label,
-                   m->n, stored >= SHEAF_STORE_NEW_OVERVIEW ? "; its parent is complete" : "");
-    }
-    if (w->node < 0) { /* the entry's own group (or its prior result) */
-        entry_finish(e, ENTRY_DONE);
-        return;
-    }
-    /* A result-label group: its summary is a member of its parent. */
-    gnode *n = &w->nodes[w->node];
-    items *parent = n->parent >= 0 ? &w->nodes[n->parent].members : &w->members;
-    if (w->res.text && !w->res.error) {
-        items_push(parent, n->value, w->res.text, NULL);
-        w->res.text = NULL;
-    } else {
-        parent->failed++;
-    }
-    w->at++;
-    summary_next(e);
+    if (stored < SHEAF_STORE_NEW) return;
+    r->n_groups++;
+    sheaf_metric_inc(r->groups);
+    sheaf_info("reducer", "job %s group %s: %zu member(s) summarized%s", e->job, s->label,
+               s->members.n, stored >= SHEAF_STORE_NEW_OVERVIEW ? "; its parent is complete" : "");
 }
 
-/* The record of the summary under way: stored, written out, then on. */
-static void summary_record(rentry *e)
+/* The entry's own group is written out (or was, by an earlier run). */
+static void on_own_written(rentry *e, sheaf_store_outcome stored)
 {
     gwork *w = e->work;
-    items *m = cur_members(w);
+    group_written(e, &w->own, stored);
+    entry_finish(e, ENTRY_DONE);
+}
+
+/* A result-label group is written out: the next record. */
+static void on_node_written(rentry *e, sheaf_store_outcome stored)
+{
+    gwork *w = e->work;
+    group_written(e, &w->nodes[w->recorded].s, stored);
+    w->recorded++;
+    w->recording = 0;
+    record_next(e);
+}
+
+/* The record of a summary (own: the entry's own group or overview), stored
+ * and written out, then then(e, outcome). */
+static void summary_record(rentry *e, const summary *s, const json_t *path, int own,
+                           void (*then)(rentry *e, sheaf_store_outcome stored))
+{
+    gwork *w = e->work;
+    const items *m = &s->members;
+    const char *text = s->res.text && !s->res.error ? s->res.text : NULL;
     json_t *rec;
     char *json = NULL, *path_json = NULL;
+    int overview = own && w->overview;
 
-    if (w->overview) {
+    if (overview) {
         rec = json_object();
-        json_object_set_new(rec, "overview", w->res.text && !w->res.error
-                                                 ? json_string(w->res.text) : json_null());
+        json_object_set_new(rec, "overview", text ? json_string(text) : json_null());
         if (e->p->n_group_by) {
             json_object_set_new(rec, "groups", json_integer((json_int_t)m->n));
             json_object_set_new(rec, "groups_failed", json_integer((json_int_t)m->failed));
@@ -335,120 +353,207 @@ static void summary_record(rentry *e)
             json_object_set_new(rec, "docs_failed", json_integer((json_int_t)m->failed));
         }
     } else {
-        const json_t *path = w->node >= 0 ? w->nodes[w->node].path : w->path;
         size_t level = json_array_size(path);
         rec = json_pack("{s:O,s:s,s:i,s:o,s:i,s:i}", "group", path, "by",
                         e->p->group_by[level - 1], "level", (int)level, "summary",
-                        w->res.text && !w->res.error ? json_string(w->res.text) : json_null(),
-                        "members", (int)m->n, "members_failed", (int)m->failed);
+                        text ? json_string(text) : json_null(), "members", (int)m->n,
+                        "members_failed", (int)m->failed);
         path_json = json_dumps(path, JSON_COMPACT);
     }
-    if (w->res.error) json_object_set_new(rec, "error", json_string(w->res.error));
-    if (json_array_size(w->levels)) json_object_set(rec, "levels", w->levels);
+    if (s->res.error) json_object_set_new(rec, "error", json_string(s->res.error));
+    if (json_array_size(s->levels)) json_object_set(rec, "levels", s->levels);
     json = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(rec);
-    if (!json || (!w->overview && !path_json)) {
+    if (!json || (!overview && !path_json))
         entry_finish(e, ENTRY_RETRY);
-    } else if (w->overview) {
-        entry_record(e, SHEAF_ITEM_OVERVIEW, NULL, json, &w->res.usage, 0, on_overview_written);
-    } else {
-        entry_record(e, SHEAF_ITEM_GROUP, path_json, json, &w->res.usage, w->node < 0,
-                     on_group_written);
-    }
+    else if (overview)
+        entry_record(e, SHEAF_ITEM_OVERVIEW, NULL, json, &s->res.usage, 0, then);
+    else
+        entry_record(e, SHEAF_ITEM_GROUP, path_json, json, &s->res.usage, own, then);
     free(json);
     free(path_json);
 }
 
-static void on_summarized(rentry *e, sheaf_err err, stage_result *res, json_t *levels)
+/* Records the next summary in plan order once it is there; one record at
+ * a time (an entry holds one). */
+static void record_next(rentry *e)
 {
     gwork *w = e->work;
+    if (w->recording || e->finished) return;
+    if (w->recorded < w->n_nodes) {
+        gnode *n = &w->nodes[w->recorded];
+        if (!n->s.summarized) return;
+        w->recording = 1;
+        summary_record(e, &n->s, n->path, 0, on_node_written);
+        return;
+    }
+    if (!w->own.summarized) return;
+    w->recording = 1;
+    summary_record(e, &w->own, w->path, 1, w->overview ? on_overview_written : on_own_written);
+}
+
+static void on_summarized(rentry *e, void *ud, sheaf_err err, stage_result *res,
+                          json_t *levels)
+{
+    gwork *w = e->work;
+    gnode *n = ud;
+    summary *s = n ? &n->s : &w->own;
     if (err != SHEAF_OK) {
         entry_finish(e, entry_from(err));
         return;
     }
-    w->res = *res; /* taken */
+    s->res = *res; /* taken */
     memset(res, 0, sizeof(*res));
-    w->levels = json_incref(levels);
-    summary_record(e);
+    s->levels = json_incref(levels);
+    summary_done(e, n);
 }
 
-/* Reduces the members of the summary under way with stage (vars set);
- * none: the record says none (no call). */
-static void summarize(rentry *e, const char *name, const sheaf_stage *st, const char *none)
+/* Reduces the members of s (n's, or the entry's own when n is NULL) with
+ * stage (vars set); none: the record says none (no call). */
+static void summarize(rentry *e, gnode *n, const char *name, const sheaf_stage *st,
+                      const char *none)
 {
     gwork *w = e->work;
-    items *m = cur_members(w);
-    if (m->n == 0) {
-        w->res.error = strdup(none);
-        summary_record(e);
+    summary *s = n ? &n->s : &w->own;
+    char **texts;
+    if (s->members.n == 0) {
+        if (!(s->res.error = strdup(none))) {
+            entry_finish(e, ENTRY_RETRY);
+            return;
+        }
+        summary_done(e, n);
         return;
     }
-    if (!(w->texts = item_texts(m))) {
+    if (!(texts = item_texts(&s->members))) {
         entry_finish(e, ENTRY_RETRY);
         return;
     }
-    w->n_texts = m->n;
-    reduce_run(e, name, st, sheaf_stage_prompt_budget(st), &w->v, "results", w->texts, m->n,
-               on_summarized);
+    /* reduce_run copies the texts. */
+    reduce_run(e, name, st, sheaf_stage_prompt_budget(st), &s->v, "results", texts,
+               s->members.n, on_summarized, n);
+    texts_free(texts, s->members.n);
 }
 
-/* Summarizes a group (a result-label node, or the entry's own) into one
- * result. */
-static void group_summary(rentry *e)
+/* Summarizes a group (a result-label node, or the entry's own when n is
+ * NULL) into one result. */
+static void group_summary(rentry *e, gnode *n)
 {
     gwork *w = e->work;
-    items *m = cur_members(w);
-    const json_t *path = w->node >= 0 ? w->nodes[w->node].path : w->path;
+    summary *s = n ? &n->s : &w->own;
+    const json_t *path = n ? n->path : w->path;
     size_t level = json_array_size(path);
 
-    summary_clear(w);
-    snprintf(w->count, sizeof(w->count), "%zu", m->n);
-    snprintf(w->depth, sizeof(w->depth), "%zu", level);
-    path_label(path, w->label, sizeof(w->label));
-    w->v = (rvars){0};
-    rvars_set(&w->v, "job_id", e->job);
-    rvars_set(&w->v, "group", json_string_value(json_array_get(path, level - 1)));
-    rvars_set(&w->v, "group_key", e->p->group_by[level - 1]);
-    rvars_set(&w->v, "group_path", w->label);
-    rvars_set(&w->v, "count", w->count);
-    summarize(e, "group", &e->p->group, "no member of the group has a result");
+    snprintf(s->count, sizeof(s->count), "%zu", s->members.n);
+    snprintf(s->depth, sizeof(s->depth), "%zu", level);
+    path_label(path, s->label, sizeof(s->label));
+    s->v = (rvars){0};
+    rvars_set(&s->v, "job_id", e->job);
+    rvars_set(&s->v, "group", json_string_value(json_array_get(path, level - 1)));
+    rvars_set(&s->v, "group_key", e->p->group_by[level - 1]);
+    rvars_set(&s->v, "group_path", s->label);
+    rvars_set(&s->v, "count", s->count);
+    summarize(e, n, "group", &e->p->group, "no member of the group has a result");
 }
 
 static void overview_summary(rentry *e)
 {
     gwork *w = e->work;
     const sheaf_pipeline *p = e->p;
-    items *m = &w->members;
+    summary *s = &w->own;
 
-    summary_clear(w);
     if (!p->overview.present) {
-        summary_record(e);
+        summary_done(e, NULL);
         return;
     }
-    snprintf(w->ndocs, sizeof(w->ndocs), "%zu", p->n_group_by ? (size_t)0 : w->ids.n);
-    snprintf(w->ngroups, sizeof(w->ngroups), "%zu", p->n_group_by ? m->n : (size_t)0);
-    snprintf(w->count, sizeof(w->count), "%zu", m->n);
-    w->v = (rvars){0};
-    rvars_set(&w->v, "job_id", e->job);
-    rvars_set(&w->v, "doc_count", w->ndocs);
-    rvars_set(&w->v, "group_count", w->ngroups);
-    rvars_set(&w->v, "count", w->count);
-    summarize(e, "overview", &p->overview,
+    snprintf(s->ndocs, sizeof(s->ndocs), "%zu", p->n_group_by ? (size_t)0 : w->ids.n);
+    snprintf(s->ngroups, sizeof(s->ngroups), "%zu", p->n_group_by ? s->members.n : (size_t)0);
+    snprintf(s->count, sizeof(s->count), "%zu", s->members.n);
+    s->v = (rvars){0};
+    rvars_set(&s->v, "job_id", e->job);
+    rvars_set(&s->v, "doc_count", s->ndocs);
+    rvars_set(&s->v, "group_count", s->ngroups);
+    rvars_set(&s->v, "count", s->count);
+    summarize(e, NULL, "overview", &p->overview,
               p->n_group_by ? "no group has a summary" : "no document has a summary");
 }
 
-/* The next summary: the planned result-label groups, then the entry's own. */
-static void summary_next(rentry *e)
+static void own_summary(rentry *e)
 {
     gwork *w = e->work;
-    if (w->at < w->n_nodes) {
-        w->node = (long)w->at;
-        group_summary(e);
+    if (w->overview) overview_summary(e);
+    else group_summary(e, NULL);
+}
+
+/* The summaries of parent's children (-1: the entry's own), in plan order,
+ * as its members; 0, or -1 when out of memory. */
+static int take_children(gwork *w, long parent, items *into)
+{
+    for (size_t k = 0; k < w->n_nodes; k++) {
+        const gnode *c = &w->nodes[k];
+        if (c->parent != parent) continue;
+        if (!c->s.res.text || c->s.res.error) {
+            into->failed++;
+            continue;
+        }
+        char *text = strdup(c->s.res.text);
+        if (!text) return -1;
+        items_push(into, c->value, text, NULL);
+    }
+    return 0;
+}
+
+/* A summary has its result (n: a result-label group; NULL: the entry's
+ * own): its parent starts once every child is in, and the records go on. */
+static void summary_done(rentry *e, gnode *n)
+{
+    gwork *w = e->work;
+    if (n) {
+        n->s.summarized = 1;
+        size_t *waiting = n->parent >= 0 ? &w->nodes[n->parent].waiting : &w->own_waiting;
+        if (--*waiting == 0) {
+            gnode *p = n->parent >= 0 ? &w->nodes[n->parent] : NULL;
+            if (take_children(w, n->parent, p ? &p->s.members : &w->own.members) != 0) {
+                entry_finish(e, ENTRY_RETRY);
+                return;
+            }
+            /* The parent's step may end the entry: held until it returns. */
+            entry_sent(e);
+            if (p) {
+                p->started = 1;
+                group_summary(e, p);
+            } else {
+                own_summary(e);
+            }
+            if (!entry_back(e)) return;
+        }
+    } else {
+        w->own.summarized = 1;
+    }
+    record_next(e);
+}
+
+/* Starts the summaries: every result-label group whose members are
+ * documents at once, or the entry's own when there are none. */
+static void summaries_start(rentry *e)
+{
+    gwork *w = e->work;
+    for (size_t k = 0; k < w->n_nodes; k++) {
+        long parent = w->nodes[k].parent;
+        if (parent >= 0) w->nodes[parent].waiting++;
+        else w->own_waiting++;
+    }
+    if (w->n_nodes == 0) {
+        own_summary(e);
         return;
     }
-    w->node = -1;
-    if (w->overview) overview_summary(e);
-    else group_summary(e);
+    entry_sent(e); /* a start may end the entry: held until the last */
+    for (size_t k = 0; k < w->n_nodes && !e->finished; k++) {
+        gnode *n = &w->nodes[k];
+        if (n->waiting > 0 || n->started) continue;
+        n->started = 1;
+        group_summary(e, n);
+    }
+    entry_back(e);
 }
 
 /* ---- members ---- */
@@ -468,7 +573,7 @@ static void on_results(void *ud, const sheaf_state_reply *rep)
     }
     entry_redis_ok(e);
     labels = w->innermost && e->p->n_group_by > e->p->n_meta_levels;
-    into = labels ? &docs : &w->members;
+    into = labels ? &docs : &w->own.members;
     for (size_t i = 0; i < w->ids.n; i++) {
         const char *id = w->ids.v[i];
         json_t *rec = rep->strs[i] ? json_loads(rep->strs[i], 0, NULL) : NULL;
@@ -489,7 +594,7 @@ static void on_results(void *ud, const sheaf_state_reply *rep)
         json_decref(rec);
     }
     if (labels) {
-        w->members.failed += docs.failed;
+        w->own.members.failed += docs.failed;
         int rc = plan_labels(e, w, w->path, &docs, json_array_size(w->path), -1);
         items_free(&docs);
         if (rc != 0) {
@@ -498,8 +603,7 @@ static void on_results(void *ud, const sheaf_state_reply *rep)
             return;
         }
     }
-    w->at = 0;
-    summary_next(e);
+    summaries_start(e);
 }
 
 static void read_results(rentry *e)
@@ -566,9 +670,8 @@ static void group_start(rentry *e)
         entry_finish(e, ENTRY_RETRY);
         return;
     }
-    w->node = -1;
     /* Stored already: no call, only the outputs if nobody wrote them. */
-    entry_prior(e, SHEAF_ITEM_GROUP, w->canon, read_ids, on_group_written);
+    entry_prior(e, SHEAF_ITEM_GROUP, w->canon, read_ids, on_own_written);
 }
 
 static void overview_start(rentry *e)
@@ -579,7 +682,6 @@ static void overview_start(rentry *e)
         return;
     }
     w->overview = 1;
-    w->node = -1;
     /* Stored already: no call, only the outputs and the retention. */
     entry_prior(e, SHEAF_ITEM_OVERVIEW, NULL, read_ids, on_overview_written);
 }

@@ -162,6 +162,7 @@ struct rop {
     size_t n_calls, open;
     int final;                   /* the calls under way are the last */
     reduce_done_fn done;
+    void *ud;
 };
 
 static void op_free(rop *op)
@@ -183,7 +184,7 @@ static void op_end(rop *op, sheaf_err err)
     op_free(op);
     for (size_t i = 0; i < op->n; i++) free(op->cur[i]);
     free(op->cur);
-    if (entry_back(e)) op->done(e, err, &op->res, op->levels);
+    if (entry_back(e)) op->done(e, op->ud, err, &op->res, op->levels);
     stage_result_clear(&op->res);
     json_decref(op->levels);
     free(op);
@@ -502,7 +503,7 @@ static void op_next(rop *op)
 }
 
 static rop *op_new(rentry *e, const char *name, const sheaf_stage *st, const rvars *vars,
-                   reduce_done_fn done)
+                   reduce_done_fn done, void *ud)
 {
     rop *op = calloc(1, sizeof(*op));
     if (!op) return NULL;
@@ -511,15 +512,16 @@ static rop *op_new(rentry *e, const char *name, const sheaf_stage *st, const rva
     op->st = *st;
     op->vars = *vars;
     op->done = done;
+    op->ud = ud;
     op->levels = json_array();
     entry_sent(e); /* op_end gives it back */
     return op;
 }
 
 void reduce_call(rentry *e, const char *name, const sheaf_stage *st, const rvars *vars,
-                 reduce_done_fn done)
+                 reduce_done_fn done, void *ud)
 {
-    rop *op = op_new(e, name, st, vars, done);
+    rop *op = op_new(e, name, st, vars, done, ud);
     if (!op) {
         entry_finish(e, ENTRY_RETRY);
         return;
@@ -530,9 +532,9 @@ void reduce_call(rentry *e, const char *name, const sheaf_stage *st, const rvars
 
 void reduce_run(rentry *e, const char *name, const sheaf_stage *st, int budget,
                 const rvars *vars, const char *input_var, char *const *texts, size_t n,
-                reduce_done_fn done)
+                reduce_done_fn done, void *ud)
 {
-    rop *op = op_new(e, name, st, vars, done);
+    rop *op = op_new(e, name, st, vars, done, ud);
     if (!op || !(op->cur = calloc(n ? n : 1, sizeof(char *)))) {
         if (op) op_end(op, SHEAF_ERR_NOMEM);
         else entry_finish(e, ENTRY_RETRY);

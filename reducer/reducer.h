@@ -182,12 +182,14 @@ void stage_result_clear(stage_result *res);
  * them out); SHEAF_ERR_STOPPED (shutdown, lease lost) or
  * SHEAF_ERR_LLM_RETRY (transient, after every attempt: nothing decided,
  * the entry is tried again later).  levels: each progressive level's
- * results (an array of arrays; the callee takes a reference). */
-typedef void (*reduce_done_fn)(rentry *e, sheaf_err err, stage_result *res, json_t *levels);
+ * results (an array of arrays; the callee takes a reference); ud: the
+ * caller's, as given (an entry may run several reductions at once). */
+typedef void (*reduce_done_fn)(rentry *e, void *ud, sheaf_err err, stage_result *res,
+                               json_t *levels);
 
 /* Renders the stage with vars and calls the LLM once. */
 void reduce_call(rentry *e, const char *name, const sheaf_stage *st, const rvars *vars,
-                 reduce_done_fn done);
+                 reduce_done_fn done, void *ud);
 /* Reduces texts with the stage: one call with every text joined under
  * input_var when the prompt fits budget (sheaf_stage_prompt_budget; 0 = no
  * bound), else in levels (sheaf/plan.h): consecutive texts in groups that
@@ -196,7 +198,7 @@ void reduce_call(rentry *e, const char *name, const sheaf_stage *st, const rvars
  * live until done. */
 void reduce_run(rentry *e, const char *name, const sheaf_stage *st, int budget,
                 const rvars *vars, const char *input_var, char *const *texts, size_t n,
-                reduce_done_fn done);
+                reduce_done_fn done, void *ud);
 
 /* The entry is no longer to be worked on: its lease was lost, or SIGTERM's
  * drain is over.  Checked before every step that costs something. */

@@ -5,7 +5,10 @@
 # reducer.threads (16) at a time; the job's reduce phase takes about two
 # call lengths (combines, then the overview), and its results equal a run
 # at zero latency.  Then 8 jobs ready against reducer.window=4: never more
-# than 4 entries at once (the reducer's sheaf_reducer_entries gauge).
+# than 4 entries at once (the reducer's sheaf_reducer_entries gauge).  Then
+# groups by a map-result field (postings: 4 sectors of role groups): every
+# role group's call in flight at once, not one after the other, and the
+# same results as at zero latency.
 # shellcheck source=tests/integration/lib.sh
 source "$(dirname "$0")/lib.sh"
 export SHEAF_CACHE_ENABLED=false   # the second job would be answered from the cache
@@ -79,3 +82,34 @@ log "8 jobs, window 4: at most $most entries held at once"
 [ "$most" -le 4 ] || fail "$most entries worked on at once with reducer.window=4"
 [ "$most" -ge 2 ] || fail "at most $most entry held: the window was not used"
 log "ok: 8 jobs through a window of 4"
+
+# Result-label groups: the postings' role groups (result.role) inside each
+# sector (meta.sector) are reduced at once.  They were reduced one after
+# the other: at most one call per sector in flight.
+stop_pid "$LAST_PID"
+curl -sf -X POST -d '{"latency_ms": 0}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set the latency"
+HIER=(--pipeline "$ROOT/examples/pipelines/postings-hierarchy.json" "$ROOT/examples/postings.jsonl")
+NP=$(wc -l < "$ROOT/examples/postings.jsonl")
+start_reducer r3; R3=$LAST_PID
+HREF="$("$SHEAF" submit "${HIER[@]}")"
+wait_job "$HREF" 180
+results "$HREF" > "$T/href.jsonl"
+stop_pid "$R3"
+roles=$(jq -s '[.[] | select(.level == 2)] | length' "$T/href.jsonl")
+sectors=$(jq -s '[.[] | select(.level == 1)] | length' "$T/href.jsonl")
+[ "$roles" -gt "$sectors" ] || fail "expected more role groups than sectors: $roles roles, $sectors sectors"
+HJOB="$("$SHEAF" submit "${HIER[@]}")"
+hmapped() { [ "$(job_field "$HJOB" chunks_done)" = "$(job_field "$HJOB" chunks)" ] && [ "$(job_field "$HJOB" docs_ready)" = "$NP" ]; }
+wait_until 120 "every posting mapped and ready" hmapped
+curl -sf -X POST -d '{"latency_ms": 1000}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set the latency"
+sim_reset
+t0=$(date +%s%N)
+start_reducer r4 -X reducer.window=64
+wait_job "$HJOB" 120
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+peak=$(sim_stat max_in_flight)
+log "hierarchy: $roles role groups in $sectors sectors, reduced in $ms ms at 1 s per call; peak $peak calls in flight, $(sim_stat requests) calls"
+[ "$peak" -ge "$roles" ] || fail "only $peak calls in flight at once: the $roles role groups were not reduced together"
+results "$HJOB" > "$T/hslow.jsonl"
+cmp <(strip "$T/href.jsonl") <(strip "$T/hslow.jsonl") || fail "hierarchy results at 1 s latency differ from the zero-latency run"
+log "ok: $roles role groups at once; identical results"

@@ -689,7 +689,14 @@ static json_t *error_json(const char *type, const char *code, const char *fmt, v
 static json_t *error_json(const char *type, const char *code, const char *fmt, va_list ap)
 {
     char msg[512];
+    size_t len, bad;
     vsnprintf(msg, sizeof(msg), fmt, ap);
+    /* The message may quote the request (jansson's parse error shows the
+     * bytes it choked on) or be cut inside a character: every byte that is
+     * not well-formed UTF-8 becomes '?', or json_pack refuses it and the
+     * client gets no answer at all. */
+    len = strlen(msg);
+    while (!sheaf_utf8_valid(msg, len, &bad)) msg[bad] = '?';
     return json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", msg, "type", type, "param",
                      "code", code);
 }

@@ -189,6 +189,10 @@ add(b'{"rate_limit_rpm":0,"tpm":0}', path="/control")
 add(None, path="/stats", method="GET")
 add(b'', path="/stats/reset")
 add(None, path="/stats", method="GET")
+# Added after the simulator's rewrite (appended, so the answers above keep
+# their numbers): a bad escape of a non-ASCII character, whose parse error
+# quotes half a character; the old simulator closed the connection.
+add(b'{"model":"m","messages":[{"role":"user","content":"a\\\xc3\xa9"}]}')
 
 
 def connect():

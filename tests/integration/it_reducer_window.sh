@@ -14,6 +14,24 @@ source "$(dirname "$0")/lib.sh"
 export SHEAF_CACHE_ENABLED=false   # the second job would be answered from the cache
 N=40
 
+# reduce_slow NAME JOB DOCS: once every chunk of JOB is mapped and its DOCS
+# documents are ready (no reducer running), a 1 s model and a reducer
+# NAME with reducer.window 64; waits for the job.  Sets ms (the reduce
+# phase), peak (the simulator's most calls in flight) and calls.
+reduce_slow() {
+  local name="$1" job="$2" docs="$3" t0
+  mapped() { [ "$(job_field "$job" chunks_done)" = "$(job_field "$job" chunks)" ] && [ "$(job_field "$job" docs_ready)" = "$docs" ]; }
+  wait_until 120 "every chunk of $job mapped and $docs documents ready" mapped
+  curl -sf -X POST -d '{"latency_ms": 1000}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set the latency"
+  sim_reset
+  t0=$(date +%s%N)
+  start_reducer "$name" -X reducer.window=64
+  wait_job "$job" 120
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  peak=$(sim_stat max_in_flight)
+  calls=$(sim_stat requests)
+}
+
 stack_up --latency-ms 0
 start_worker w1
 SMALL=(-X chunk.max_tokens=120)
@@ -34,17 +52,8 @@ stop_pid "$R0"
 
 # The map first, with no reducer: every document's entry waits in the stream.
 JOB="$("$SHEAF" submit "${SMALL[@]}" "$T/in")"
-mapped() { [ "$(job_field "$JOB" chunks_done)" = "$(job_field "$JOB" chunks)" ] && [ "$(job_field "$JOB" docs_ready)" = "$N" ]; }
-wait_until 120 "every chunk mapped and $N documents ready" mapped
+reduce_slow r1 "$JOB" "$N"
 [ "$(job_field "$JOB" chunks)" -ge $((2 * N)) ] || fail "documents of one chunk make no combine call: $(job_field "$JOB" chunks) chunks"
-curl -sf -X POST -d '{"latency_ms": 1000}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set the latency"
-sim_reset
-t0=$(date +%s%N)
-start_reducer r1 -X reducer.window=64
-wait_job "$JOB" 120
-ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-peak=$(sim_stat max_in_flight)
-calls=$(sim_stat requests)
 log "reduce phase: $ms ms for $N combines and the overview at 1 s per call; peak $peak calls in flight, $calls calls"
 [ "$peak" -ge "$N" ] || fail "only $peak combine calls were in flight at once (expected all $N: reducer.window 64)"
 results "$JOB" > "$T/slow.jsonl"
@@ -99,16 +108,8 @@ roles=$(jq -s '[.[] | select(.level == 2)] | length' "$T/href.jsonl")
 sectors=$(jq -s '[.[] | select(.level == 1)] | length' "$T/href.jsonl")
 [ "$roles" -gt "$sectors" ] || fail "expected more role groups than sectors: $roles roles, $sectors sectors"
 HJOB="$("$SHEAF" submit "${HIER[@]}")"
-hmapped() { [ "$(job_field "$HJOB" chunks_done)" = "$(job_field "$HJOB" chunks)" ] && [ "$(job_field "$HJOB" docs_ready)" = "$NP" ]; }
-wait_until 120 "every posting mapped and ready" hmapped
-curl -sf -X POST -d '{"latency_ms": 1000}' "${SHEAF_LLM_BASE_URL%/v1}/control" > /dev/null || fail "cannot set the latency"
-sim_reset
-t0=$(date +%s%N)
-start_reducer r4 -X reducer.window=64
-wait_job "$HJOB" 120
-ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-peak=$(sim_stat max_in_flight)
-log "hierarchy: $roles role groups in $sectors sectors, reduced in $ms ms at 1 s per call; peak $peak calls in flight, $(sim_stat requests) calls"
+reduce_slow r4 "$HJOB" "$NP"
+log "hierarchy: $roles role groups in $sectors sectors, reduced in $ms ms at 1 s per call; peak $peak calls in flight, $calls calls"
 [ "$peak" -ge "$roles" ] || fail "only $peak calls in flight at once: the $roles role groups were not reduced together"
 results "$HJOB" > "$T/hslow.jsonl"
 cmp <(strip "$T/href.jsonl") <(strip "$T/hslow.jsonl") || fail "hierarchy results at 1 s latency differ from the zero-latency run"

@@ -114,7 +114,7 @@ static void path_label(const json_t *path, char *out, size_t outlen)
 typedef struct summary {
     items members;
     rvars v;
-    char count[24], label[1024], depth[16], ndocs[24], ngroups[24];
+    char count[24], label[1024], ndocs[24], ngroups[24];
     stage_result res;
     json_t *levels;
     int summarized;    /* res and levels are its result */
@@ -443,8 +443,8 @@ static void group_summary(rentry *e, gnode *n)
     const json_t *path = n ? n->path : w->path;
     size_t level = json_array_size(path);
 
+    if (n) n->started = 1;
     snprintf(s->count, sizeof(s->count), "%zu", s->members.n);
-    snprintf(s->depth, sizeof(s->depth), "%zu", level);
     path_label(path, s->label, sizeof(s->label));
     s->v = (rvars){0};
     rvars_set(&s->v, "job_id", e->job);
@@ -518,12 +518,8 @@ static void summary_done(rentry *e, gnode *n)
             }
             /* The parent's step may end the entry: held until it returns. */
             entry_sent(e);
-            if (p) {
-                p->started = 1;
-                group_summary(e, p);
-            } else {
-                own_summary(e);
-            }
+            if (p) group_summary(e, p);
+            else own_summary(e);
             if (!entry_back(e)) return;
         }
     } else {
@@ -549,9 +545,7 @@ static void summaries_start(rentry *e)
     entry_sent(e); /* a start may end the entry: held until the last */
     for (size_t k = 0; k < w->n_nodes && !e->finished; k++) {
         gnode *n = &w->nodes[k];
-        if (n->waiting > 0 || n->started) continue;
-        n->started = 1;
-        group_summary(e, n);
+        if (n->waiting == 0 && !n->started) group_summary(e, n);
     }
     entry_back(e);
 }
